@@ -1,0 +1,215 @@
+/** Unit tests of the config: the old format read unchanged, and every mistake reported at its line and column. */
+
+import assert from "node:assert/strict";
+import { configCandidates, domainConfig, formatDiagnostic, parseConfig } from "./config.ts";
+
+function problems(text: string, options = {}): string[] {
+  return parseConfig(text, "hooks.jsonc", options).diagnostics.map(formatDiagnostic);
+}
+
+Deno.test("parseConfig() reports each mistake as file:line:column: message (json.path = value)", async (t) => {
+  const cases: [string, string, string[]][] = [
+    ["a typo in a field name", `{"web1": {"private_ip": "10.0.0.1",\n  "prot_map": {"tcp": [22]}}}`, [
+      'hooks.jsonc:2:3: Unknown field "prot_map"; known fields: interface, private_ip, public_ip, source_ip, ' +
+      "private_ipv6, public_ipv6, source_ipv6, port_map, port_range (web1.prot_map)",
+      "hooks.jsonc:1:10: warning: Entry forwards no port: give port_map or port_range (web1)",
+    ]],
+    ["a malformed address", `{"web1": {"private_ip": "192.168.122.300", "port_map": {"tcp": [22]}}}`, [
+      'hooks.jsonc:1:25: Not an IP address (web1.private_ip = "192.168.122.300")',
+    ]],
+    ["a missing private_ip", `{"web1": {"port_map": {"tcp": [22]}}}`, [
+      'hooks.jsonc:1:10: Missing required field "private_ip" (web1)',
+    ]],
+    [
+      "a port out of range and a port as a string",
+      `{"w": {"private_ip": "10.0.0.1",\n "port_map": {"tcp": [[70000, 22], "80"]}}}`,
+      [
+        "hooks.jsonc:2:24: Port out of range 1-65535 (w.port_map.tcp[0][0] = 70000)",
+        'hooks.jsonc:2:36: Expected a port number, found a string (w.port_map.tcp[1] = "80")',
+      ],
+    ],
+    [
+      "a range running past 65535",
+      `{"w": {"private_ip": "10.0.0.1", "port_range": [{"init_port": 65500, "ports_num": 100, "protocol": "tcp"}]}}`,
+      [
+        "hooks.jsonc:1:83: Range 65500-65599 runs past port 65535 (w.port_range[0].ports_num = 100)",
+      ],
+    ],
+    ["a protocol that has no ports", `{"w": {"private_ip": "10.0.0.1", "port_map": {"sctp": [5]}}}`, [
+      'hooks.jsonc:1:47: Protocol "sctp" cannot be forwarded by port; use tcp or udp (w.port_map.sctp)',
+    ]],
+    [
+      "icmp, which the old hook accepted but never applied",
+      `{"w": {"private_ip": "10.0.0.1", "port_map": {"icmp": [1], "tcp": [22]}}}`,
+      [
+        "hooks.jsonc:1:47: warning: icmp cannot be forwarded by port (the old hook could never apply it); skipped (w.port_map.icmp)",
+      ],
+    ],
+    [
+      "families mixed inside one forward",
+      `{"w": {"private_ip": "10.0.0.1", "public_ip": "2001:db8::1", "port_map": {"tcp": [22]}}}`,
+      [
+        'hooks.jsonc:1:47: Cannot forward between families: private_ip is IPv4, public_ip is IPv6 (w.public_ip = "2001:db8::1")',
+      ],
+    ],
+    ["a domain mapped to a string, as another tool's file does", `{"iface-WAN": "eth0"}`, [
+      "hooks.jsonc:1:15: Expected an entry object or a list of them, found a string; is this a config of another tool? " +
+      'libvirt-hook-qemu maps each domain name to its forwards (iface-WAN = "eth0")',
+    ]],
+    [
+      "the same public port claimed twice, with IPv6 in another spelling",
+      dedent2(`
+      {"a": {"private_ip": "fd00::1", "public_ip": "2001:db8::1", "port_map": {"tcp": [443]}},
+       "b": {"private_ip": "fd00::2", "public_ip": "2001:0db8:0:0:0:0:0:1", "port_range": [{"init_port": 400, "ports_num": 50, "protocol": "tcp"}]}}
+    `),
+      [
+        "hooks.jsonc:1:82: Public tcp port 443 on 2001:db8::1 is also claimed by b.port_range[0] (400-449) (a.port_map.tcp[0] = 443)",
+        "hooks.jsonc:2:85: Public tcp port 400-449 on 2001:db8::1 is also claimed by a.port_map.tcp[0] (443) (b.port_range[0])",
+      ],
+    ],
+    ["a file that does not parse", `{"a": {"private_ip": "10.0.0.1",, }}`, [
+      "hooks.jsonc:1:33: Cannot parse the config: expected a quoted property name",
+      "hooks.jsonc:1:33: Cannot parse the config: expected a value",
+    ]],
+    ["an unknown setting", `{"/settings": {"backend": "iptables", "colour": "blue"}}`, [
+      'hooks.jsonc:1:39: Unknown setting "colour"; known: backend (["/settings"].colour)',
+    ]],
+  ];
+  for (const [name, text, expected] of cases) {
+    await t.step(name, () => assert.deepEqual(problems(text), expected));
+  }
+});
+
+function dedent2(text: string): string {
+  return text.trim().split("\n").map((l) => l.trim()).join("\n");
+}
+
+Deno.test("parseConfig() counts a public port claimed by an explicit address and by the default one as a clash", () => {
+  const text = `{"a": {"private_ip": "10.0.0.1", "port_map": {"tcp": [22]}},
+    "b": {"private_ip": "10.0.0.2", "public_ip": "203.0.113.1", "port_map": {"tcp": [22]}}}`;
+  assert.equal(problems(text).length, 0);
+  assert.equal(problems(text, { defaultPublicIp: { 4: "203.0.113.1" } }).length, 2);
+});
+
+Deno.test("domainConfig() stops only the domains a problem belongs to", async (t) => {
+  const text = `{"good": {"private_ip": "10.0.0.1", "port_map": {"tcp": [22]}},
+    "bad": {"private_ip": "nope", "port_map": {"tcp": [23]}}}`;
+  const config = parseConfig(text, "hooks.jsonc");
+  await t.step(
+    "a valid entry beside an invalid one",
+    () => assert.equal(domainConfig(config, "good").kind, "ok"),
+  );
+  await t.step("the invalid entry", () => assert.equal(domainConfig(config, "bad").kind, "invalid"));
+  await t.step(
+    "a domain the file does not name",
+    () => assert.equal(domainConfig(config, "other").kind, "absent"),
+  );
+  await t.step("every claimant of a clashing port", () => {
+    const clash = parseConfig(
+      `{"x": {"private_ip": "10.0.0.1", "public_ip": "192.0.2.1", "port_map": {"tcp": [22]}},
+        "y": {"private_ip": "10.0.0.2", "public_ip": "192.0.2.1", "port_map": {"tcp": [[22, 2222]]}},
+        "z": {"private_ip": "10.0.0.3", "public_ip": "192.0.2.1", "port_map": {"tcp": [80]}}}`,
+      "hooks.jsonc",
+    );
+    assert.deepEqual(["x", "y", "z"].map((d) => domainConfig(clash, d).kind), ["invalid", "invalid", "ok"]);
+  });
+  await t.step("a broken file stops the domains it names, and only those", () => {
+    const broken = parseConfig(`{"a": {"private_ip": "10.0.0.1",, }, "b": {`, "hooks.jsonc");
+    assert.equal(broken.broken, true);
+    assert.deepEqual(["a", "b", "c"].map((d) => domainConfig(broken, d).kind), [
+      "invalid",
+      "invalid",
+      "absent",
+    ]);
+  });
+  await t.step("a broken file that names nobody stops everyone", () => {
+    const broken = parseConfig(`[1, 2`, "hooks.jsonc");
+    assert.equal(domainConfig(broken, "anyone").kind, "invalid");
+  });
+});
+
+Deno.test("parseConfig() reads dual-stack entries and IPv6 in canonical form", () => {
+  const config = parseConfig(
+    `{"w": {"private_ip": "192.168.122.10", "private_ipv6": "FD00:0122:0:0::10", "public_ipv6": "2001:db8::7",
+      "source_ipv6": "2001:db8:99::/48", "port_map": {"tcp": [22]}}}`,
+    "hooks.jsonc",
+  );
+  assert.deepEqual(config.diagnostics, []);
+  assert.deepEqual(config.domains.get("w")?.[0]?.targets, [
+    { family: 4, privateIp: "192.168.122.10" },
+    { family: 6, privateIp: "fd00:122::10", publicIp: "2001:db8::7", source: "2001:db8:99::/48" },
+  ]);
+});
+
+Deno.test("configCandidates() follows CONFIG_FILENAME, then CONFIG_PATH, then /etc/libvirt/hooks", () => {
+  const env = (vars: Record<string, string>) => (name: string) => vars[name];
+  assert.deepEqual(configCandidates(env({ CONFIG_FILENAME: "/x/my.json", CONFIG_PATH: "/y" })), [
+    "/x/my.json",
+  ]);
+  assert.deepEqual(configCandidates(env({ CONFIG_PATH: "/y/" })), ["/y/hooks.jsonc", "/y/hooks.json"]);
+  assert.deepEqual(configCandidates(env({})), [
+    "/etc/libvirt/hooks/hooks.jsonc",
+    "/etc/libvirt/hooks/hooks.json",
+  ]);
+});
+
+const CORPUS = new URL("./test/fixtures/legacy/", import.meta.url);
+
+Deno.test("parseConfig() reads the old hook's real configs as their README says", async (t) => {
+  const expect: Record<string, { domains: string[]; errors?: RegExp; warnings?: number }> = {
+    "01-saschpe-initial-pairs.json": { domains: ["cloud-admin", "cloud-node1"] },
+    "02-bronson-single-port.json": { domains: ["cloud-admin", "cloud-node1"] },
+    "03-bronson-comments.json": { domains: ["cloud-admin", "cloud-node1"] },
+    "04-bronson-no-interface.json": { domains: ["cloud-admin", "cloud-node1"] },
+    "05-bronson-interface-restored.json": { domains: ["cloud-admin", "cloud-node1"] },
+    "06-rehn-source-ip.json": { domains: ["cloud-admin", "cloud-node1"], warnings: 1 },
+    "07-perflyst-notes.json": { domains: ["cloud-admin", "cloud-node1"], warnings: 1 },
+    "08-stridsberg-documented-trailing-comma.json": {
+      domains: ["example-guest-vm-name-please-change"],
+      warnings: 1,
+    },
+    "09-regunakyle-no-trailing-comma.json": { domains: ["example-guest-vm-name-please-change"], warnings: 1 },
+    "10-ricardoboss-no-comments.json": { domains: ["example-guest-vm-name-please-change"], warnings: 1 },
+    "11-crc-remote-access-guide.json": { domains: ["crc"] },
+    "12-testvm-notes.json": { domains: ["testvm"] },
+    "13-shell-generated-ssh-nginx.json": { domains: [], errors: /^[^:]+:12:23: Not an IP address/ },
+    "14-foreign-tobima-hook-nat.json": {
+      domains: [],
+      errors: /^[^:]+:2:14: .*is this a config of another tool/,
+    },
+    "15-foreign-deadbok-fork.json": {
+      domains: [],
+      errors: /^[^:]+:2:14: .*found a boolean; is this a config/,
+    },
+  };
+  for (const [file, want] of Object.entries(expect)) {
+    await t.step(file, async () => {
+      const config = parseConfig(await Deno.readTextFile(new URL(file, CORPUS)), file);
+      assert.deepEqual([...config.domains.keys()], want.domains);
+      const errors = config.diagnostics.filter((d) => d.severity === "error").map(formatDiagnostic);
+      if (want.errors) assert.match(errors[0] ?? "", want.errors);
+      else assert.deepEqual(errors, []);
+      if (!want.errors) {
+        assert.equal(config.diagnostics.filter((d) => d.severity === "warning").length, want.warnings ?? 0);
+      }
+    });
+  }
+  await t.step(
+    "08 forwards the range init_port .. init_port+ports_num-1, restricted to source_ip",
+    async () => {
+      const file = "08-stridsberg-documented-trailing-comma.json";
+      const config = parseConfig(await Deno.readTextFile(new URL(file, CORPUS)), file);
+      const [entry] = config.domains.get("example-guest-vm-name-please-change")!;
+      assert.deepEqual(entry!.ports.filter((p) => p.count > 1), [
+        { protocol: "tcp", publicPort: 8888, privatePort: 8888, count: 2 },
+        { protocol: "udp", publicPort: 30000, privatePort: 30000, count: 100 },
+      ]);
+      assert.equal(entry!.targets[0]!.source, "8.8.8.8");
+    },
+  );
+  await t.step("13 with a real name and address substituted is accepted", async () => {
+    const text = (await Deno.readTextFile(new URL("13-shell-generated-ssh-nginx.json", CORPUS)))
+      .replace("$VM_NAME", "vm1").replace("$GUEST_IP", "192.168.122.50");
+    assert.deepEqual(parseConfig(text, "13.json").diagnostics, []);
+  });
+});

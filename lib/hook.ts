@@ -1,0 +1,186 @@
+/** What the hook does for each libvirt call: install, re-sync or remove one domain's forwards. */
+
+import { type Config, configCandidates, domainConfig, formatDiagnostic, loadConfig } from "../config.ts";
+import { type Change, type Forward, iptablesTools, planForwards, syncDomain, type Tools } from "../rules.ts";
+import type { Family } from "./address.ts";
+import { guestInterfaces } from "./domain_xml.ts";
+import type { HostFacts } from "./host.ts";
+import type { Runner } from "./runner.ts";
+
+/** The operations libvirt passes to the qemu hook. */
+export const QEMU_OPERATIONS = [
+  "prepare",
+  "start",
+  "started",
+  "stopped",
+  "release",
+  "migrate",
+  "restore",
+  "reconnect",
+  "attach",
+] as const;
+
+/** One call from libvirt: `<domain> <operation> <sub-operation> <extra>`. */
+export interface HookCall {
+  domain: string;
+  operation: string;
+  subOperation: string;
+  extra: string;
+}
+
+/** Tells whether argv is a libvirt hook call: four arguments, a known operation, a known sub-operation. */
+export function asHookCall(args: string[]): HookCall | undefined {
+  if (args.length !== 4) return undefined;
+  const [domain = "", operation = "", subOperation = "", extra = ""] = args;
+  if (!(QEMU_OPERATIONS as readonly string[]).includes(operation)) return undefined;
+  if (!["begin", "end", "-"].includes(subOperation)) return undefined;
+  return { domain, operation, subOperation, extra };
+}
+
+/** Everything the hook touches outside itself, so tests can record it. */
+export interface HookDeps {
+  env(name: string): string | undefined;
+  readStdin(): Promise<string>;
+  runner: Runner;
+  /** Writes one line to stderr (libvirt shows it when the hook fails). */
+  problem(line: string): void;
+  facts(): Promise<HostFacts>;
+  lock<T>(fn: () => Promise<T>): Promise<T>;
+  /** Turns on hairpin mode of a bridge port (the guest's tap), so a guest can reach itself when br_netfilter is on. */
+  setHairpin(device: string): Promise<void>;
+  /** Records one action where administrators look (syslog); must never fail or block. */
+  log(line: string): void;
+}
+
+/** Runs one hook call and returns its exit code: non-zero only when `start` cannot install the forwards. */
+export async function runHook(call: HookCall, deps: HookDeps): Promise<number> {
+  switch (call.operation) {
+    case "start":
+      return await start(call.domain, deps);
+    case "reconnect":
+      await reconnect(call.domain, deps);
+      return 0;
+    case "stopped":
+      await stop(call.domain, deps);
+      return 0;
+    default:
+      return 0;
+  }
+}
+
+function tools(deps: HookDeps): Record<Family, Tools> {
+  return iptablesTools(deps.env("IPTABLES_BINARY") || undefined);
+}
+
+async function loadFor(deps: HookDeps): Promise<{ config: Config; facts: HostFacts }> {
+  const facts = await deps.facts();
+  const defaults: Partial<Record<Family, string>> = {};
+  for (const family of [4, 6] as const) {
+    const found = facts.defaultPublicIp[family];
+    if (found && "address" in found) defaults[family] = found.address;
+  }
+  const config = await loadConfig(configCandidates(deps.env), { defaultPublicIp: defaults });
+  for (const d of config.diagnostics) deps.problem(formatDiagnostic(d));
+  return { config, facts };
+}
+
+async function start(domain: string, deps: HookDeps): Promise<number> {
+  const { config, facts } = await loadFor(deps);
+  const found = domainConfig(config, domain);
+  if (found.kind === "absent") return 0;
+  const fail = (why: string) => {
+    deps.problem(`Cannot apply forwards for "${domain}": ${why}`);
+    deps.log(`start ${domain}: failed: ${why}`);
+    return 1;
+  };
+  if (found.kind === "invalid") {
+    return fail(`${found.errors.length} problem(s) in ${config.file}, listed above; nothing was changed`);
+  }
+  const plan = planForwards(found.entries, facts);
+  if (plan.problems.length > 0) {
+    for (const p of plan.problems) deps.problem(`${config.file}: ${p}`);
+    return fail("nothing was changed");
+  }
+  try {
+    const changes = await deps.lock(() =>
+      syncDomain(domain, plan.forwards, { runner: deps.runner, tools: tools(deps) })
+    );
+    await hairpinPorts(domain, plan.forwards, facts, deps);
+    deps.log(`start ${domain}: ${describe(changes, plan.forwards)}`);
+    return 0;
+  } catch (err) {
+    return fail(message(err));
+  }
+}
+
+async function reconnect(domain: string, deps: HookDeps): Promise<void> {
+  const { config, facts } = await loadFor(deps);
+  const found = domainConfig(config, domain);
+  const keep = (why: string) => {
+    deps.problem(`Keeping the live forwards of "${domain}" unchanged: ${why}`);
+    deps.log(`reconnect ${domain}: kept live rules: ${why}`);
+  };
+  if (config.broken || found.kind === "invalid") {
+    return keep(`problems in ${config.file}, listed above`);
+  }
+  let forwards: Forward[] = [];
+  if (found.kind === "ok") {
+    const plan = planForwards(found.entries, facts);
+    if (plan.problems.length > 0) {
+      for (const p of plan.problems) deps.problem(`${config.file}: ${p}`);
+      return keep("its forwards cannot be planned");
+    }
+    forwards = plan.forwards;
+  }
+  try {
+    const changes = await deps.lock(() =>
+      syncDomain(domain, forwards, { runner: deps.runner, tools: tools(deps) })
+    );
+    if (forwards.length > 0) await hairpinPorts(domain, forwards, facts, deps);
+    if (changes.length > 0) deps.log(`reconnect ${domain}: ${describe(changes, forwards)}`);
+  } catch (err) {
+    deps.problem(`Cannot re-apply forwards for "${domain}": ${message(err)}`);
+    deps.log(`reconnect ${domain}: failed: ${message(err)}`);
+  }
+}
+
+async function stop(domain: string, deps: HookDeps): Promise<void> {
+  try {
+    const changes = await deps.lock(() =>
+      syncDomain(domain, [], { runner: deps.runner, tools: tools(deps) })
+    );
+    if (changes.length > 0) deps.log(`stopped ${domain}: ${describe(changes, [])}`);
+  } catch (err) {
+    deps.problem(`Cannot remove forwards for "${domain}": ${message(err)}`);
+    deps.log(`stopped ${domain}: failed: ${message(err)}`);
+  }
+}
+
+/**
+ * With bridge netfilter on, a DNAT to a guest on the same bridge is forwarded by the bridge itself, back out of
+ * the port the packet came in on, which a bridge refuses unless that port is in hairpin mode. So a guest can
+ * reach its own forward only with hairpin mode on its tap: a per-port setting, never a host-wide one.
+ */
+async function hairpinPorts(domain: string, forwards: Forward[], facts: HostFacts, deps: HookDeps) {
+  if (!forwards.some((f) => facts.bridgeNetfilter[f.family])) return;
+  const bridges = new Set(forwards.map((f) => f.interface));
+  const any = bridges.has(undefined);
+  const taps = guestInterfaces(await deps.readStdin()).filter((i) => any || bridges.has(i.bridge));
+  for (const tap of taps) {
+    try {
+      await deps.setHairpin(tap.device);
+    } catch (err) {
+      deps.problem(`Cannot turn on hairpin mode on "${tap.device}" of "${domain}": ${message(err)}`);
+    }
+  }
+}
+
+function describe(changes: Change[], forwards: Forward[]): string {
+  const removed = changes.reduce((n, c) => n + c.removed, 0);
+  return `${forwards.length} forward(s) live, ${removed} old rule(s) removed`;
+}
+
+/** The message of any thrown value. */
+export function message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,177 @@
+/** Facts about this host that plans need, read from /proc and /sys without starting any process. */
+
+import { type Address, type Family, formatAddress, type Network, parseAddress } from "./address.ts";
+
+/** A directly connected route: the network a guest address lies in, and its interface. */
+export interface ConnectedRoute extends Network {
+  device: string;
+}
+
+/** What the host looks like: default public addresses, connected networks, bridge netfilter. */
+export interface HostFacts {
+  /** The default public address per family, or why there is none. */
+  defaultPublicIp: Partial<Record<Family, { address: string } | { problem: string }>>;
+  connected: ConnectedRoute[];
+  /** Whether bridged frames pass through ip(6)tables (br_netfilter with bridge-nf-call-ip(6)tables = 1). */
+  bridgeNetfilter: Record<Family, boolean>;
+}
+
+/** Reads the host facts; every file is optional, missing ones simply yield fewer facts. */
+export async function readHostFacts(): Promise<HostFacts> {
+  const [route4, route6, inet6, nf4, nf6] = await Promise.all([
+    readOptional("/proc/net/route"),
+    readOptional("/proc/net/ipv6_route"),
+    readOptional("/proc/net/if_inet6"),
+    readOptional("/proc/sys/net/bridge/bridge-nf-call-iptables"),
+    readOptional("/proc/sys/net/bridge/bridge-nf-call-ip6tables"),
+  ]);
+  const r4 = parseRoutes4(route4);
+  const r6 = parseRoutes6(route6);
+  let interfaces: Deno.NetworkInterfaceInfo[] = [];
+  try {
+    interfaces = Deno.networkInterfaces();
+  } catch {
+    // Without the permission or the syscall, only explicit public addresses work; plans say so.
+  }
+  return {
+    defaultPublicIp: {
+      4: defaultIPv4(r4.defaultDevices, interfaces),
+      6: defaultIPv6(r6.defaultDevices, parseInet6(inet6)),
+    },
+    connected: [...r4.connected, ...r6.connected],
+    bridgeNetfilter: { 4: nf4.trim() === "1", 6: nf6.trim() === "1" },
+  };
+}
+
+async function readOptional(path: string): Promise<string> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch {
+    return "";
+  }
+}
+
+/** Parses /proc/net/route: default route devices (best metric first) and connected networks. */
+export function parseRoutes4(text: string): { defaultDevices: string[]; connected: ConnectedRoute[] } {
+  const defaults: { device: string; metric: number }[] = [];
+  const connected: ConnectedRoute[] = [];
+  for (const line of text.split("\n").slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 8) continue;
+    const [device = "", dest = "", gateway = "", flagsHex = "", , , metric = "0", mask = ""] = f;
+    const flags = parseInt(flagsHex, 16);
+    if (!(flags & 0x1)) continue; // RTF_UP
+    const prefix = popcount(le32(mask));
+    if (prefix === 0) defaults.push({ device, metric: Number(metric) });
+    else if (!(flags & 0x2) && le32(gateway) === 0n && prefix < 32) {
+      connected.push({ family: 4, value: le32(dest), prefix, device });
+    }
+  }
+  defaults.sort((a, b) => a.metric - b.metric);
+  return { defaultDevices: defaults.map((d) => d.device), connected };
+}
+
+/** Parses /proc/net/ipv6_route: default route devices and connected networks. */
+export function parseRoutes6(text: string): { defaultDevices: string[]; connected: ConnectedRoute[] } {
+  const defaults: { device: string; metric: number }[] = [];
+  const connected: ConnectedRoute[] = [];
+  for (const line of text.split("\n")) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 10) continue;
+    const [dest = "", plen = "", , , nextHop = "", metric = "", , , flagsHex = "", device = ""] = f;
+    const flags = parseInt(flagsHex, 16);
+    if (!(flags & 0x1) || device === "lo") continue;
+    const prefix = parseInt(plen, 16);
+    if (prefix === 0 && BigInt(`0x${dest}`) === 0n) {
+      defaults.push({ device, metric: parseInt(metric, 16) });
+    } else if (!(flags & 0x2) && BigInt(`0x${nextHop}`) === 0n && prefix < 128 && !dest.startsWith("fe80")) {
+      if (dest.startsWith("ff")) continue;
+      connected.push({ family: 6, value: BigInt(`0x${dest}`), prefix, device });
+    }
+  }
+  defaults.sort((a, b) => a.metric - b.metric);
+  return { defaultDevices: defaults.map((d) => d.device), connected };
+}
+
+/** An address line of /proc/net/if_inet6. */
+export interface Inet6Address {
+  address: string;
+  device: string;
+  scope: number;
+  flags: number;
+}
+
+/** Parses /proc/net/if_inet6. */
+export function parseInet6(text: string): Inet6Address[] {
+  const out: Inet6Address[] = [];
+  for (const line of text.split("\n")) {
+    const [hex = "", , , scope = "", flags = "", device = ""] = line.trim().split(/\s+/);
+    if (hex.length !== 32) continue;
+    out.push({
+      address: formatAddress(6, BigInt(`0x${hex}`)),
+      device,
+      scope: parseInt(scope, 16),
+      flags: parseInt(flags, 16),
+    });
+  }
+  return out;
+}
+
+function defaultIPv4(devices: string[], interfaces: Deno.NetworkInterfaceInfo[]) {
+  const device = devices[0];
+  if (!device) return { problem: "the host has no IPv4 default route" };
+  const address = interfaces.find((i) => i.name === device && i.family === "IPv4")?.address;
+  if (!address) return { problem: `the default route's interface "${device}" has no IPv4 address` };
+  return { address };
+}
+
+// IFA_F_TEMPORARY, IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE: never a stable public address.
+const UNSTABLE = 0x01 | 0x08 | 0x20 | 0x40;
+
+function defaultIPv6(devices: string[], addresses: Inet6Address[]) {
+  const device = devices[0];
+  if (!device) return { problem: "the host has no IPv6 default route" };
+  const stable = addresses.filter((a) => a.device === device && a.scope === 0 && !(a.flags & UNSTABLE));
+  if (stable.length === 0) {
+    return { problem: `the default route's interface "${device}" has no stable global IPv6 address` };
+  }
+  if (stable.length > 1) {
+    return {
+      problem: `the default route's interface "${device}" has several global IPv6 addresses (${
+        stable.map((a) => a.address).join(", ")
+      })`,
+    };
+  }
+  return { address: stable[0]!.address };
+}
+
+/** The most specific connected network that holds `addr`, if any. */
+export function connectedNetworkOf(routes: ConnectedRoute[], addr: Address): ConnectedRoute | undefined {
+  let best: ConnectedRoute | undefined;
+  for (const r of routes) {
+    if (r.family !== addr.family) continue;
+    const bits = BigInt(addr.family === 4 ? 32 : 128);
+    const shift = bits - BigInt(r.prefix);
+    if (addr.value >> shift !== r.value >> shift) continue;
+    if (!best || r.prefix > best.prefix) best = r;
+  }
+  return best;
+}
+
+function le32(hex: string): bigint {
+  const n = parseInt(hex, 16) >>> 0;
+  return BigInt(((n & 0xff) << 24 | (n & 0xff00) << 8 | (n >>> 8) & 0xff00 | n >>> 24) >>> 0);
+}
+
+function popcount(v: bigint): number {
+  let n = 0;
+  for (let x = v; x > 0n; x >>= 1n) n += Number(x & 1n);
+  return n;
+}
+
+/** Parses an address or throws a TypeError naming it. */
+export function mustParse(text: string): Address {
+  const a = parseAddress(text.split("/")[0] ?? "");
+  if (!a) throw new TypeError(`Not an IP address: "${text}"`);
+  return a;
+}

@@ -1,0 +1,96 @@
+/** Runs external commands: argument arrays only, every run bounded by a timeout. */
+
+/** What a finished command left: its exit code and its output. */
+export interface CommandResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Options for one command run. */
+export interface RunOptions {
+  stdin?: string;
+  timeoutMs?: number;
+}
+
+/** Runs commands; tests replace it with a recording fake. */
+export interface Runner {
+  run(argv: string[], options?: RunOptions): Promise<CommandResult>;
+}
+
+/** The default bound for one command: libvirt waits for the hook with no timeout of its own. */
+export const DEFAULT_TIMEOUT_MS = 20_000;
+
+/** A runner that starts real processes with Deno.Command and kills them when they outlast their timeout. */
+export function systemRunner(defaultTimeoutMs = DEFAULT_TIMEOUT_MS): Runner {
+  return {
+    async run(argv, options = {}) {
+      const [program, ...args] = argv;
+      if (!program) throw new TypeError("Cannot run an empty command");
+      const timeoutMs = options.timeoutMs ?? defaultTimeoutMs;
+      let child: Deno.ChildProcess;
+      try {
+        child = new Deno.Command(program, {
+          args,
+          stdin: options.stdin === undefined ? "null" : "piped",
+          stdout: "piped",
+          stderr: "piped",
+        }).spawn();
+      } catch (err) {
+        const why = err instanceof Deno.errors.NotFound ? "not found" : String(err);
+        return { code: 127, stdout: "", stderr: `${program}: ${why}` };
+      }
+      const timer = setTimeout(() => {
+        try {
+          child.kill("SIGKILL");
+        } catch {
+          // Already gone.
+        }
+      }, timeoutMs);
+      try {
+        if (options.stdin !== undefined) {
+          const writer = child.stdin.getWriter();
+          // A command that exits early closes its stdin; its exit code tells the story.
+          await writer.write(new TextEncoder().encode(options.stdin)).catch(() => {});
+          await writer.close().catch(() => {});
+        }
+        const out = await child.output();
+        const decoder = new TextDecoder();
+        const stderr = decoder.decode(out.stderr);
+        if (out.signal === "SIGKILL") {
+          return {
+            code: 124,
+            stdout: decoder.decode(out.stdout),
+            stderr: `${stderr}timed out after ${timeoutMs} ms`,
+          };
+        }
+        return { code: out.code, stdout: decoder.decode(out.stdout), stderr };
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
+}
+
+/** A command that exited non-zero; its message names the command and carries its stderr. */
+export class CommandError extends Error {
+  /** The failed command's result. */
+  readonly result: CommandResult;
+  constructor(argv: string[], result: CommandResult) {
+    super(`${argv[0]} exited with ${result.code}: ${oneLine(result.stderr) || "no message"}`);
+    this.name = "CommandError";
+    this.result = result;
+  }
+}
+
+/** Runs a command and throws CommandError unless it exits 0. */
+export async function runChecked(runner: Runner, argv: string[], options?: RunOptions): Promise<string> {
+  const result = await runner.run(argv, options);
+  if (result.code !== 0) throw new CommandError(argv, result);
+  return result.stdout;
+}
+
+/** Joins a multi-line message into one line, so every problem stays one line on stderr. */
+export function oneLine(text: string): string {
+  return text.trim().split("\n").map((l) => l.trim()).filter(Boolean).join("; ");
+}

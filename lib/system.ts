@@ -1,0 +1,78 @@
+/** The real world behind HookDeps: environment, stdin, processes, /proc and /sys, the lock and syslog. */
+
+import type { HookDeps } from "./hook.ts";
+import { readHostFacts } from "./host.ts";
+import { withLock } from "./lock.ts";
+import { systemRunner } from "./runner.ts";
+
+/** The syslog tag of every line we log. */
+export const LOG_TAG = "libvirt-hook-qemu";
+
+/** Reads an environment variable, treating a denied permission as unset. */
+export function env(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch {
+    return undefined;
+  }
+}
+
+let stdinText: Promise<string> | undefined;
+
+/** Reads all of stdin once; later calls get the same text. */
+export function readStdin(): Promise<string> {
+  stdinText ??= new Response(Deno.stdin.readable).text().catch(() => "");
+  return stdinText;
+}
+
+const encoder = new TextEncoder();
+
+/** Writes one line to stderr, synchronously, so it is out before any exit. */
+export function problem(line: string): void {
+  Deno.stderr.writeSync(encoder.encode(`${line}\n`));
+}
+
+/** Sends one line to syslog through logger(1), without waiting for it; losing a log line never fails the hook. */
+export function log(line: string): void {
+  try {
+    const child = new Deno.Command("logger", {
+      args: ["-t", LOG_TAG, "-p", "daemon.info", "--", line],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    child.unref();
+    child.status.catch(() => {});
+  } catch {
+    // No logger on this host: nothing to log to.
+  }
+}
+
+async function setHairpin(device: string): Promise<void> {
+  if (!/^[^/\0]+$/.test(device) || device === "." || device === "..") {
+    throw new TypeError(`Not a device name: "${device}"`);
+  }
+  const path = `/sys/class/net/${device}/brport/hairpin_mode`;
+  try {
+    if ((await Deno.readTextFile(path)).trim() === "1") return;
+  } catch (err) {
+    // Not a bridge port (macvtap, direct): hairpin mode does not apply.
+    if (err instanceof Deno.errors.NotFound) return;
+    throw err;
+  }
+  await Deno.writeTextFile(path, "1");
+}
+
+/** The hook's dependencies on this machine. */
+export function systemHookDeps(): HookDeps {
+  return {
+    env,
+    readStdin,
+    runner: systemRunner(),
+    problem,
+    facts: readHostFacts,
+    lock: (fn) => withLock(fn),
+    setHairpin,
+    log,
+  };
+}

@@ -1,0 +1,22 @@
+/** Entry point: libvirt's hook calls and the operator commands, told apart by their arguments. */
+
+import { runCli } from "./lib/cli.ts";
+import { asHookCall, message, runHook } from "./lib/hook.ts";
+import { problem, systemHookDeps } from "./lib/system.ts";
+
+/** Runs the program for `args` and returns its exit code. */
+export async function main(args: string[]): Promise<number> {
+  const call = asHookCall(args);
+  if (!call) return await runCli(args);
+  // libvirt reads the stdout of some hook calls as domain XML: nothing may ever reach it.
+  console.log = console.info = console.debug = console.error;
+  try {
+    return await runHook(call, systemHookDeps());
+  } catch (err) {
+    problem(`Hook "${call.operation}" for "${call.domain}" failed: ${message(err)}`);
+    // Only start may fail: a failing reconnect makes libvirt kill the running guest.
+    return call.operation === "start" ? 1 : 0;
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

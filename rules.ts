@@ -1,0 +1,498 @@
+/** Turns a domain's entries into firewall rules, renders them as one iptables-restore batch and applies it. */
+
+import { createHash } from "node:crypto";
+import type { Entry, Protocol } from "./config.ts";
+import { type Family, formatNetwork, parseAddress } from "./lib/address.ts";
+import { connectedNetworkOf, type HostFacts } from "./lib/host.ts";
+import { CommandError, oneLine, type Runner } from "./lib/runner.ts";
+
+/** One port forward, fully resolved: nothing in it depends on the host any more. */
+export interface Forward {
+  family: Family;
+  protocol: Protocol;
+  publicIp: string;
+  publicPort: number;
+  privateIp: string;
+  privatePort: number;
+  /** How many consecutive ports (a port_range); public and private ports are then equal. */
+  count: number;
+  /** Only this address or network may use the forward. */
+  source?: string;
+  /** The guest's bridge: the FORWARD accept matches it as outgoing interface. */
+  interface?: string;
+  /** Sources masqueraded when they reach the forward through the public address (hairpin). */
+  hairpinFrom: string;
+}
+
+/** Resolves a domain's entries against the host: default public addresses and hairpin networks. */
+export function planForwards(
+  entries: Entry[],
+  facts: HostFacts,
+): { forwards: Forward[]; problems: string[] } {
+  const forwards: Forward[] = [];
+  const problems: string[] = [];
+  for (const entry of entries) {
+    for (const t of entry.targets) {
+      let publicIp = t.publicIp;
+      if (publicIp === undefined) {
+        const found = facts.defaultPublicIp[t.family];
+        if (!found || "problem" in found) {
+          const key = t.family === 4 && !entry.targets.some((x) => x.family === 6 && x !== t)
+            ? "public_ip"
+            : t.family === 6 && entry.targets.length > 1
+            ? "public_ipv6"
+            : "public_ip";
+          problems.push(
+            `${entry.path}: Cannot find the default public IPv${t.family} address: ${
+              found && "problem" in found ? found.problem : "unknown"
+            }; set "${key}"`,
+          );
+          continue;
+        }
+        publicIp = found.address;
+      }
+      const priv = parseAddress(t.privateIp)!;
+      const net = connectedNetworkOf(facts.connected, priv);
+      const hairpinFrom = net ? formatNetwork(net) : `${priv.text}/${priv.family === 4 ? 32 : 128}`;
+      for (const p of entry.ports) {
+        forwards.push({
+          family: t.family,
+          protocol: p.protocol,
+          publicIp,
+          publicPort: p.publicPort,
+          privateIp: t.privateIp,
+          privatePort: p.privatePort,
+          count: p.count,
+          ...(t.source === undefined ? {} : { source: t.source }),
+          ...(entry.interface === undefined ? {} : { interface: entry.interface }),
+          hairpinFrom,
+        });
+      }
+    }
+  }
+  return { forwards, problems };
+}
+
+/** Every chain we create starts with this; nothing else is ever touched. */
+export const CHAIN_PREFIX = "LVH-";
+/** Our rules carry a comment `libvirt-hook-qemu:<format version>:<domain>`. */
+export const COMMENT_TAG = "libvirt-hook-qemu:";
+/** The version of the rule layout, written into every comment. */
+export const FORMAT_VERSION = 1;
+
+/** A short, stable hash of a domain name, used in chain names (12 hex digits, 48 bits). */
+export function domainHash(domain: string): string {
+  return createHash("sha256").update(domain).digest("hex").slice(0, 12);
+}
+
+/** The chains one domain owns: `LVH-<hash>-DNAT` etc., 21 characters, under iptables' 28. */
+export function chainNames(domain: string): { dnat: string; snat: string; fwd: string } {
+  const h = domainHash(domain);
+  return {
+    dnat: `${CHAIN_PREFIX}${h}-DNAT`,
+    snat: `${CHAIN_PREFIX}${h}-SNAT`,
+    fwd: `${CHAIN_PREFIX}${h}-FWD`,
+  };
+}
+
+/** The comment on every rule of a domain; odd characters are percent-encoded so it needs no quoting. */
+export function ruleComment(domain: string): string {
+  let name = domain.replace(
+    /[^A-Za-z0-9._~+@=,-]/g,
+    (c) =>
+      [...new TextEncoder().encode(c)].map((b) => `%${b.toString(16).toUpperCase().padStart(2, "0")}`).join(
+        "",
+      ),
+  );
+  // A comment holds 255 characters at most; such a long name is shown by its hash instead.
+  if (name.length > 200) name = `#${domainHash(domain)}`;
+  return `${COMMENT_TAG}${FORMAT_VERSION}:${name}`;
+}
+
+/** Decodes the domain named in one of our comments (undefined when the comment is not ours). */
+export function commentDomain(comment: string): string | undefined {
+  if (!comment.startsWith(COMMENT_TAG)) return undefined;
+  const rest = comment.slice(COMMENT_TAG.length);
+  const name = rest.slice(rest.indexOf(":") + 1);
+  try {
+    return decodeURIComponent(name);
+  } catch {
+    return name;
+  }
+}
+
+type Table = "nat" | "filter";
+const TABLES: Table[] = ["nat", "filter"];
+
+/** A rule as data: the table and chain it goes in and its iptables arguments. */
+export interface Rule {
+  table: Table;
+  chain: string;
+  args: string[];
+}
+
+/** The rules one family of a domain's forwards needs: our chains, the jumps into them, and their contents. */
+export function buildRules(
+  domain: string,
+  forwards: Forward[],
+): { chains: Rule[]; jumps: Rule[]; rules: Rule[] } {
+  if (forwards.length === 0) return { chains: [], jumps: [], rules: [] };
+  const c = chainNames(domain);
+  const comment = ["-m", "comment", "--comment", ruleComment(domain)];
+  const jump = (table: Table, chain: string, target: string): Rule => ({
+    table,
+    chain,
+    args: [...comment, "-j", target],
+  });
+  const dnat: Rule[] = [], snat: Rule[] = [], fwd: Rule[] = [];
+  for (const f of forwards) {
+    const host = f.family === 4 ? "/32" : "/128";
+    const pub = `${f.publicIp}${host}`;
+    const ports = (first: number) => (f.count === 1 ? `${first}` : `${first}:${first + f.count - 1}`);
+    const proto = ["-p", f.protocol, "-m", f.protocol];
+    const source = f.source === undefined ? [] : ["-s", f.source];
+    // A range keeps its ports, so DNAT names no port and the kernel keeps the original one.
+    const to = f.count > 1
+      ? f.privateIp
+      : f.family === 4
+      ? `${f.privateIp}:${f.privatePort}`
+      : `[${f.privateIp}]:${f.privatePort}`;
+    const translated = [
+      "-m",
+      "conntrack",
+      "--ctstate",
+      "DNAT",
+      "--ctorigdst",
+      pub,
+      "--ctorigdstport",
+      ports(f.publicPort),
+    ];
+    dnat.push({
+      table: "nat",
+      chain: c.dnat,
+      args: [
+        "-d",
+        pub,
+        ...source,
+        ...proto,
+        "--dport",
+        ports(f.publicPort),
+        ...comment,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        to,
+      ],
+    });
+    snat.push({
+      table: "nat",
+      chain: c.snat,
+      args: [
+        "-s",
+        f.hairpinFrom,
+        "-d",
+        `${f.privateIp}${host}`,
+        ...proto,
+        "--dport",
+        ports(f.privatePort),
+        ...translated,
+        ...comment,
+        "-j",
+        "MASQUERADE",
+      ],
+    });
+    fwd.push({
+      table: "filter",
+      chain: c.fwd,
+      args: [
+        "-d",
+        `${f.privateIp}${host}`,
+        ...(f.interface === undefined ? [] : ["-o", f.interface]),
+        ...proto,
+        "--dport",
+        ports(f.privatePort),
+        ...translated,
+        ...comment,
+        "-j",
+        "ACCEPT",
+      ],
+    });
+  }
+  return {
+    chains: [
+      { table: "nat", chain: c.dnat, args: [] },
+      { table: "nat", chain: c.snat, args: [] },
+      { table: "filter", chain: c.fwd, args: [] },
+    ],
+    // Inserted at the top: FORWARD must accept before libvirt's REJECT, and NAT must win over other tools'.
+    jumps: [
+      jump("nat", "PREROUTING", c.dnat),
+      jump("nat", "OUTPUT", c.dnat),
+      jump("nat", "POSTROUTING", c.snat),
+      jump("filter", "FORWARD", c.fwd),
+    ],
+    rules: [...dnat, ...snat, ...fwd],
+  };
+}
+
+/** A rule of ours (or one that jumps into ours) as iptables-save printed it. */
+export interface LiveRule {
+  table: string;
+  chain: string;
+  /** The rule's arguments after `-A <chain> `, exactly as saved, so `-D <chain> <spec>` deletes it. */
+  spec: string;
+  /** The domain hash it belongs to, from its chain, its jump target or its comment. */
+  owner: string;
+  /** The domain named in its comment, when it has our comment. */
+  domain?: string;
+}
+
+/** What of ours is live in one family: our chains by table and the rules that concern them. */
+export interface Live {
+  chains: { table: string; chain: string; owner: string }[];
+  rules: LiveRule[];
+}
+
+/** Extracts our chains and rules from iptables-save output; everything else is skipped unread. */
+export function parseSave(text: string): Live {
+  const live: Live = { chains: [], rules: [] };
+  let table = "";
+  for (const line of text.split("\n")) {
+    if (line.startsWith("*")) {
+      table = line.slice(1).trim();
+      continue;
+    }
+    // Cheap filter first: on a busy host almost every line is someone else's.
+    if (!line.includes(CHAIN_PREFIX) && !line.includes(COMMENT_TAG)) continue;
+    if (line.startsWith(":")) {
+      const chain = line.slice(1).split(" ")[0] ?? "";
+      const owner = chainOwner(chain);
+      if (owner) live.chains.push({ table, chain, owner });
+      continue;
+    }
+    if (!line.startsWith("-A ")) continue;
+    const rest = line.slice(3);
+    const space = rest.indexOf(" ");
+    const chain = space < 0 ? rest : rest.slice(0, space);
+    const spec = space < 0 ? "" : rest.slice(space + 1);
+    const tokens = tokenize(spec);
+    const target = tokens[tokens.indexOf("-j") + 1] ?? tokens[tokens.indexOf("-g") + 1];
+    const commentAt = tokens.indexOf("--comment");
+    const comment = commentAt >= 0 ? tokens[commentAt + 1] : undefined;
+    const domain = comment === undefined ? undefined : commentDomain(comment);
+    const owner = chainOwner(chain) ?? (target === undefined ? undefined : chainOwner(target)) ??
+      (domain === undefined ? undefined : domainHash(domain));
+    if (owner) live.rules.push({ table, chain, spec, owner, ...(domain === undefined ? {} : { domain }) });
+  }
+  return live;
+}
+
+function chainOwner(chain: string): string | undefined {
+  return /^LVH-([0-9a-f]{12})-/.exec(chain)?.[1];
+}
+
+/** Splits an iptables-save rule into words, honouring its double quotes and backslash escapes. */
+export function tokenize(spec: string): string[] {
+  const out: string[] = [];
+  let word = "", inWord = false, quoted = false;
+  for (let i = 0; i < spec.length; i++) {
+    const ch = spec[i]!;
+    if (quoted) {
+      if (ch === "\\" && i + 1 < spec.length) word += spec[++i];
+      else if (ch === '"') quoted = false;
+      else word += ch;
+    } else if (ch === '"') {
+      quoted = inWord = true;
+    } else if (ch === " ") {
+      if (inWord) out.push(word);
+      word = "";
+      inWord = false;
+    } else {
+      word += ch;
+      inWord = true;
+    }
+  }
+  if (inWord) out.push(word);
+  return out;
+}
+
+/** Keeps only what belongs to one domain. */
+export function liveOf(live: Live, domain: string): Live {
+  const h = domainHash(domain);
+  return { chains: live.chains.filter((c) => c.owner === h), rules: live.rules.filter((r) => r.owner === h) };
+}
+
+/**
+ * Renders one iptables-restore batch (for `--noflush`) that makes the domain's live rules (`current`, already
+ * narrowed with liveOf) equal to `forwards`: declaring our chains flushes them, the live jumps are deleted by
+ * their saved text, chains no longer needed are deleted, then the new rules go in. Undefined: nothing to do.
+ */
+export function renderSync(domain: string, forwards: Forward[], current: Live): string | undefined {
+  const want = buildRules(domain, forwards);
+  if (want.rules.length === 0 && current.chains.length === 0 && current.rules.length === 0) return undefined;
+  const out: string[] = [];
+  for (const table of TABLES) {
+    const wanted = want.chains.filter((c) => c.table === table).map((c) => c.chain);
+    const liveChains = current.chains.filter((c) => c.table === table).map((c) => c.chain);
+    const foreignRules = current.rules.filter((r) => r.table === table && !chainOwner(r.chain));
+    const adds = [...want.jumps, ...want.rules].filter((r) => r.table === table);
+    if (wanted.length === 0 && liveChains.length === 0 && foreignRules.length === 0) continue;
+    out.push(`*${table}`);
+    for (const chain of unique([...wanted, ...liveChains])) out.push(`:${chain} - [0:0]`);
+    for (const r of foreignRules) out.push(`-D ${r.chain} ${r.spec}`);
+    for (const chain of unique(liveChains)) if (!wanted.includes(chain)) out.push(`-X ${chain}`);
+    for (const r of adds) {
+      const verb = chainOwner(r.chain) ? "-A" : "-I";
+      out.push(`${verb} ${r.chain} ${r.args.join(" ")}`);
+    }
+    out.push("COMMIT");
+  }
+  return out.join("\n") + "\n";
+}
+
+/** Renders a batch that puts a domain back exactly as `before` had it, whatever is live for it `now`. */
+export function renderRollback(domain: string, before: Live, now: Live): string | undefined {
+  const clear = renderSync(domain, [], now) ?? "";
+  const out: string[] = [];
+  for (const table of TABLES) {
+    const chains = before.chains.filter((c) => c.table === table);
+    const rules = before.rules.filter((r) => r.table === table);
+    if (chains.length === 0 && rules.length === 0) continue;
+    out.push(`*${table}`);
+    for (const c of chains) out.push(`:${c.chain} - [0:0]`);
+    for (const r of rules) if (chainOwner(r.chain)) out.push(`-A ${r.chain} ${r.spec}`);
+    // Jumps were inserted at the top; inserting them in reverse order keeps their original relative order.
+    for (const r of [...rules].reverse()) if (!chainOwner(r.chain)) out.push(`-I ${r.chain} ${r.spec}`);
+    out.push("COMMIT");
+  }
+  const text = clear + (out.length ? out.join("\n") + "\n" : "");
+  return text === "" ? undefined : text;
+}
+
+function unique<T>(items: T[]): T[] {
+  return [...new Set(items)];
+}
+
+/** The iptables programs of one family. */
+export interface Tools {
+  save: string[];
+  restore: string[];
+}
+
+/** Derives the save and restore programs from IPTABLES_BINARY (default `iptables`) for each family. */
+export function iptablesTools(binary = "iptables"): Record<Family, Tools> {
+  const slash = binary.lastIndexOf("/");
+  const dir = binary.slice(0, slash + 1);
+  const base = binary.slice(slash + 1);
+  const v6 = base.replace(/^iptables/, "ip6tables");
+  const tools = (name: string): Tools => ({
+    save: [`${dir}${name}-save`],
+    restore: [`${dir}${name}-restore`, "--noflush", "--wait"],
+  });
+  return { 4: tools(base), 6: tools(v6) };
+}
+
+/** What one sync changed in one family. */
+export interface Change {
+  family: Family;
+  removed: number;
+  added: number;
+}
+
+/** Thrown when a domain's rules cannot be applied; the firewall is as it was before. */
+export class ApplyError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ApplyError";
+  }
+}
+
+const FAMILIES: Family[] = [4, 6];
+
+/** Reads what is live for every family; a family whose tools are missing counts as empty. */
+export async function readLive(
+  runner: Runner,
+  tools: Record<Family, Tools>,
+): Promise<Record<Family, Live | undefined>> {
+  const [v4, v6] = await Promise.all(FAMILIES.map(async (family) => {
+    const result = await runner.run(tools[family].save);
+    if (result.code === 127) return undefined;
+    if (result.code !== 0) throw new CommandError(tools[family].save, result);
+    return parseSave(result.stdout);
+  }));
+  return { 4: v4, 6: v6 };
+}
+
+/**
+ * Makes a domain's live rules equal to `forwards` in every family, all or nothing: one iptables-restore batch
+ * per family, and if any batch fails, every family is put back as it was before this call.
+ */
+export async function syncDomain(
+  domain: string,
+  forwards: Forward[],
+  deps: { runner: Runner; tools: Record<Family, Tools> },
+): Promise<Change[]> {
+  const { runner, tools } = deps;
+  const live = await readLive(runner, tools);
+  const before: Partial<Record<Family, Live>> = {};
+  const batches: { family: Family; text: string; change: Change }[] = [];
+  for (const family of FAMILIES) {
+    const wanted = forwards.filter((f) => f.family === family);
+    const all = live[family];
+    if (!all) {
+      if (wanted.length > 0) throw new ApplyError(`${tools[family].save[0]} is not installed`);
+      continue;
+    }
+    const mine = liveOf(all, domain);
+    before[family] = mine;
+    const text = renderSync(domain, wanted, mine);
+    if (text === undefined) continue;
+    const added = buildRules(domain, wanted);
+    batches.push({
+      family,
+      text,
+      change: { family, removed: mine.rules.length, added: added.rules.length + added.jumps.length },
+    });
+  }
+  const attempted: Family[] = [];
+  for (const batch of batches) {
+    attempted.push(batch.family);
+    const result = await runner.run(tools[batch.family].restore, { stdin: batch.text });
+    if (result.code !== 0) {
+      const why = `${tools[batch.family].restore[0]} failed: ${
+        oneLine(result.stderr) || `exit ${result.code}`
+      }`;
+      const rollback = await rollBack(domain, attempted, before, deps);
+      throw new ApplyError(rollback ? `${why}; ${rollback}` : why);
+    }
+  }
+  return batches.map((b) => b.change);
+}
+
+async function rollBack(
+  domain: string,
+  families: Family[],
+  before: Partial<Record<Family, Live>>,
+  deps: { runner: Runner; tools: Record<Family, Tools> },
+): Promise<string | undefined> {
+  const problems: string[] = [];
+  for (const family of families) {
+    try {
+      const save = await deps.runner.run(deps.tools[family].save);
+      if (save.code !== 0) throw new CommandError(deps.tools[family].save, save);
+      const text = renderRollback(
+        domain,
+        before[family] ?? { chains: [], rules: [] },
+        liveOf(parseSave(save.stdout), domain),
+      );
+      if (text === undefined) continue;
+      const result = await deps.runner.run(deps.tools[family].restore, { stdin: text });
+      if (result.code !== 0) throw new CommandError(deps.tools[family].restore, result);
+    } catch (err) {
+      problems.push(`IPv${family}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+  return problems.length
+    ? `rolling back also failed, rules may be left half-applied: ${problems.join("; ")}`
+    : undefined;
+}
