@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Installs libvirt-hook-qemu as /etc/libvirt/hooks/qemu: a compiled binary where `deno compile` can get its
+# runtime, else the pinned Deno binary with the sources and a filled module cache (no network at hook time).
+set -euo pipefail
+
+DENO_VERSION=2.9.6
+NAME=libvirt-hook-qemu
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+DESTDIR=${DESTDIR:-}
+HOOKS=$DESTDIR/etc/libvirt/hooks
+LIB=$HOOKS/$NAME
+MANIFEST=$LIB/MANIFEST
+
+usage() {
+  cat <<EOF
+Usage: install.sh [options]
+  (no option)    build and install the hook as /etc/libvirt/hooks/qemu (and the network hook)
+  --source       skip deno compile: install the Deno binary, the sources and a module cache
+  --compiled     fail unless the compiled binary can be built
+  --qemu-d       install as /etc/libvirt/hooks/qemu.d/$NAME (libvirt >= 6.5) beside another qemu hook
+  --force        install even when the existing config has errors
+  --uninstall    remove what install put there; keep the config; say which forwards are still live
+  --purge        with --uninstall: remove the live forwards too
+  --deno-only    only make sure Deno $DENO_VERSION is on PATH (from npm when missing)
+Environment: DESTDIR installs under another root; DENORT_BIN names a denort binary for deno compile.
+EOF
+}
+
+mode=install kind=auto qemu_d=0 force=0 purge=0
+for arg in "$@"; do
+  case $arg in
+    --source) kind=source ;;
+    --compiled) kind=compiled ;;
+    --qemu-d) qemu_d=1 ;;
+    --force) force=1 ;;
+    --uninstall) mode=uninstall ;;
+    --purge) purge=1 ;;
+    --deno-only) mode=deno ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "install.sh: unknown option $arg" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '%s\n' "$*"; }
+die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
+
+ensure_deno() {
+  if command -v deno >/dev/null 2>&1 && deno --version 2>/dev/null | grep -q "^deno $DENO_VERSION "; then
+    return
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    die "Deno $DENO_VERSION is needed. Install Node.js and npm (apt-get install npm), then: npm install -g deno@$DENO_VERSION"
+  fi
+  say "Installing Deno $DENO_VERSION from npm"
+  npm install -g --no-fund --no-audit --allow-scripts=deno "deno@$DENO_VERSION" >/dev/null 2>&1 ||
+    npm install -g --no-fund --no-audit "deno@$DENO_VERSION" >/dev/null
+  hash -r
+  deno --version | grep -q "^deno $DENO_VERSION " || die "npm installed Deno, but 'deno --version' does not say $DENO_VERSION"
+}
+
+if [ "$mode" = deno ]; then
+  ensure_deno
+  exit 0
+fi
+
+hook_path() { if [ "$qemu_d" = 1 ]; then echo "$HOOKS/qemu.d/$NAME"; else echo "$HOOKS/qemu"; fi; }
+
+# Ours: listed in our manifest. Anything else at that path belongs to someone else.
+is_ours() { [ -f "$MANIFEST" ] && grep -qxF "${1#"$DESTDIR"}" "$MANIFEST"; }
+
+installed_cmd() {
+  # The installed program, runnable from here (also under DESTDIR).
+  local hook
+  for hook in "$HOOKS/qemu" "$HOOKS/qemu.d/$NAME"; do
+    if is_ours "$hook" && [ -x "$hook" ]; then echo "$hook"; return; fi
+  done
+}
+
+uninstall() {
+  [ -f "$MANIFEST" ] || { say "Nothing to uninstall: $MANIFEST does not exist"; exit 0; }
+  local cmd
+  cmd=$(installed_cmd)
+  if [ -n "$cmd" ]; then
+    if [ "$purge" = 1 ]; then
+      "$cmd" remove --all || say "Some forwards could not be removed; see above"
+    else
+      local live
+      live=$("$cmd" status 2>/dev/null || true)
+      if printf '%s' "$live" | grep -q -- '->'; then
+        say "These forwards are still live:"
+        printf '%s\n' "$live"
+        say "Remove them with: $cmd remove --all   (before uninstalling), or run install.sh --uninstall --purge"
+      fi
+    fi
+  fi
+  local f
+  while IFS= read -r f; do
+    [ -n "$f" ] && [ "$f" != "${MANIFEST#"$DESTDIR"}" ] && rm -rf "$DESTDIR$f" && say "removed $f"
+  done <"$MANIFEST"
+  rm -f "$MANIFEST"
+  rmdir "$LIB" 2>/dev/null || true
+  say "Kept your config in ${HOOKS#"$DESTDIR"}/. Restart libvirtd so it stops calling the removed hook."
+}
+
+if [ "$mode" = uninstall ]; then
+  uninstall
+  exit 0
+fi
+
+ensure_deno
+target=$(hook_path)
+if [ -e "$target" ] && ! is_ours "$target"; then
+  die "$target exists and is not ours; it was left untouched. Move it away, or install beside it with --qemu-d (libvirt >= 6.5 runs every script in qemu.d/)."
+fi
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+
+# 1. Build: the compiled binary when possible, else the source form.
+built=""
+if [ "$kind" != source ]; then
+  if (cd "$SRC" && DENO_NO_UPDATE_CHECK=1 deno compile --quiet -P=hook --config deno.json \
+    --output "$stage/qemu" main.ts) >"$stage/compile.log" 2>&1 &&
+    "$stage/qemu" --version 2>/dev/null | grep -q "^$NAME "; then
+    built=compiled
+  elif [ "$kind" = compiled ]; then
+    cat "$stage/compile.log" >&2
+    die "deno compile could not build the binary (it downloads its runtime, denort, unless DENORT_BIN names one)"
+  else
+    say "deno compile is not possible here ($(grep -m1 -io 'error.*' "$stage/compile.log" || echo 'no runtime')); installing the source form"
+  fi
+fi
+if [ -z "$built" ]; then
+  mkdir -p "$stage/lib/src/lib" "$stage/lib/cache"
+  cp "$SRC"/deno.json "$SRC"/deno.lock "$SRC"/main.ts "$SRC"/config.ts "$SRC"/rules.ts "$stage/lib/src/"
+  find "$SRC/lib" -maxdepth 1 -name '*.ts' ! -name '*_test.ts' -exec cp {} "$stage/lib/src/lib/" \;
+  cp "$(readlink -f "$(command -v deno)")" "$stage/lib/deno"
+  (cd "$stage/lib/src" && DENO_DIR="$stage/lib/cache" DENO_NO_UPDATE_CHECK=1 deno cache --quiet main.ts) ||
+    die "Cannot fill the module cache (it needs the npm registry once, at install time)"
+  cat >"$stage/qemu" <<'EOF'
+#!/bin/sh
+# libvirt-hook-qemu, source form: the pinned Deno binary runs the sources offline from their own module cache.
+d=$(dirname "$(readlink -f "$0")")/libvirt-hook-qemu
+[ -d "$d" ] || d=$(dirname "$(readlink -f "$0")")/../libvirt-hook-qemu
+export DENO_DIR="$d/cache" DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1
+exec "$d/deno" run --quiet --cached-only --no-prompt --no-check -P=hook --config "$d/src/deno.json" "$d/src/main.ts" "$@"
+EOF
+  chmod 755 "$stage/qemu"
+  built=source
+fi
+
+# 2. Check the config that is there (or the example we are about to install) before activating anything.
+mkdir -p "$HOOKS"
+config=""
+for c in "$HOOKS/hooks.jsonc" "$HOOKS/hooks.json"; do [ -f "$c" ] && { config=$c; break; }; done
+if [ -n "$config" ]; then
+  say "Checking your config ${config#"$DESTDIR"}:"
+  if ! "$stage/qemu" check --config "$config"; then
+    if [ "$force" = 1 ]; then
+      say "The config has errors (above): the guests they name will not start until they are fixed (--force given)"
+    else
+      die "the config has errors (above); guests they name would not start. Fix it, or install anyway with --force. Nothing was installed."
+    fi
+  fi
+fi
+
+# 3. Install.
+first_time=1
+[ -f "$MANIFEST" ] && first_time=0
+files=()
+place() { # place SRC DEST MODE
+  mkdir -p "$(dirname "$2")"
+  rm -rf "$2.new" && cp -a "$1" "$2.new" && chmod "$3" "$2.new" && rm -rf "$2" && mv "$2.new" "$2"
+  files+=("${2#"$DESTDIR"}")
+}
+mkdir -p "$LIB"
+if [ "$built" = source ]; then
+  for part in deno src cache; do
+    rm -rf "$LIB/$part.new" && cp -a "$stage/lib/$part" "$LIB/$part.new" && rm -rf "$LIB/$part" && mv "$LIB/$part.new" "$LIB/$part"
+    files+=("${LIB#"$DESTDIR"}/$part")
+  done
+else
+  rm -rf "$LIB/deno" "$LIB/src" "$LIB/cache"
+fi
+place "$stage/qemu" "$target" 755
+place "$SRC/hooks.schema.json" "$HOOKS/hooks.schema.json" 644
+if [ -z "$config" ]; then
+  cp "$SRC/hooks.jsonc" "$HOOKS/hooks.jsonc" && chmod 644 "$HOOKS/hooks.jsonc"
+  say "Installed the example config ${HOOKS#"$DESTDIR"}/hooks.jsonc (it names a guest \"web1\"; edit it for yours)"
+fi
+printf '%s\n' "${files[@]}" "${MANIFEST#"$DESTDIR"}" >"$MANIFEST"
+
+say "Installed ${target#"$DESTDIR"} ($built form: $(if [ "$built" = compiled ]; then echo 'one self-contained binary'; else echo "Deno $DENO_VERSION + sources + module cache in ${LIB#"$DESTDIR"}, run offline"; fi))"
+if [ "$first_time" = 1 ]; then
+  say "Next: restart libvirtd once (systemctl restart libvirtd), since libvirt looks for hooks when it starts."
+else
+  say "Updated in place; libvirtd already knows the hook, no restart needed."
+fi
+say "Check your config any time with: ${target#"$DESTDIR"} check"

@@ -1,0 +1,220 @@
+/** The hook's contract with libvirt, with a recording runner in place of iptables. */
+
+import assert from "node:assert/strict";
+import { domainHash } from "../rules.ts";
+import { dedent, FACTS, recordingRunner } from "../test/util.ts";
+import { asHookCall, type HookDeps, runHook } from "./hook.ts";
+import type { HostFacts } from "./host.ts";
+import type { CommandResult } from "./runner.ts";
+
+const GOOD = `{
+  "web1": {"interface": "virbr0", "private_ip": "192.168.122.10", "port_map": {"tcp": [[2222, 22]]}},
+  "db": {"private_ip": "not-an-ip", "port_map": {"tcp": [5432]}},
+}`;
+
+const XML = dedent(`
+  <domain type='kvm'><name>web1</name><devices>
+    <interface type='network'><source network='default' bridge='virbr0'/><target dev='vnet7'/></interface>
+    <interface type='bridge'><source bridge='br-lan'/><target dev='vnet8'/></interface>
+  </devices></domain>
+`);
+
+interface Fake {
+  deps: HookDeps;
+  calls: string[][];
+  stdins: (string | undefined)[];
+  stderr: string[];
+  hairpin: string[];
+  stdinRead: () => boolean;
+}
+
+async function fake(
+  configText: string | undefined,
+  respond: (argv: string[]) => Partial<CommandResult> = () => ({}),
+  facts: HostFacts = FACTS,
+): Promise<Fake> {
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/hooks.jsonc`;
+  if (configText !== undefined) await Deno.writeTextFile(file, configText);
+  const runner = recordingRunner(respond);
+  const stderr: string[] = [];
+  const hairpin: string[] = [];
+  let read = false;
+  const deps: HookDeps = {
+    env: (name) => (name === "CONFIG_PATH" ? dir : undefined),
+    readStdin: () => {
+      read = true;
+      return Promise.resolve(XML);
+    },
+    runner,
+    problem: (line) => stderr.push(line),
+    facts: () => Promise.resolve(facts),
+    lock: (fn) => fn(),
+    setHairpin: (device) => {
+      hairpin.push(device);
+      return Promise.resolve();
+    },
+    log: () => {},
+  };
+  return {
+    deps,
+    get calls() {
+      return runner.calls.map((c) => c.argv);
+    },
+    get stdins() {
+      return runner.calls.map((c) => c.stdin);
+    },
+    stderr,
+    hairpin,
+    stdinRead: () => read,
+  };
+}
+
+const call = (domain: string, operation: string) => asHookCall([domain, operation, "begin", "-"])!;
+const SAVE_4 = ["iptables-save"], SAVE_6 = ["ip6tables-save"];
+const RESTORE_4 = ["iptables-restore", "--noflush", "--wait"];
+
+Deno.test("asHookCall() takes only libvirt's four-argument form, whatever the guest is called", async (t) => {
+  await t.step("a guest named like a command", () => assert.ok(asHookCall(["check", "start", "begin", "-"])));
+  await t.step(
+    "release with a shutoff reason",
+    () => assert.ok(asHookCall(["web1", "release", "end", "shutdown"])),
+  );
+  await t.step("an operator command", () => assert.equal(asHookCall(["plan", "web1"]), undefined));
+  await t.step("three arguments", () => assert.equal(asHookCall(["web1", "start", "begin"]), undefined));
+  await t.step(
+    "an unknown operation",
+    () => assert.equal(asHookCall(["web1", "explode", "begin", "-"]), undefined),
+  );
+});
+
+Deno.test("runHook() start installs the domain's forwards with one batch", async () => {
+  const f = await fake(GOOD);
+  assert.equal(await runHook(call("web1", "start"), f.deps), 0);
+  assert.deepEqual(f.calls, [SAVE_4, SAVE_6, RESTORE_4]);
+  assert.match(
+    f.stdins[2]!,
+    new RegExp(`-A LVH-${domainHash("web1")}-DNAT -d 203.0.113.1/32 .*--to-destination 192.168.122.10:22`),
+  );
+  // Problems elsewhere in the file are reported, but do not stop this guest.
+  assert.deepEqual(f.stderr, [
+    'hooks.jsonc:3:24: Not an IP address (db.private_ip = "not-an-ip")'.replace(
+      /^/,
+      `${f.deps.env("CONFIG_PATH")}/`,
+    ),
+  ]);
+});
+
+Deno.test("runHook() start fails without touching the firewall when the domain's entry is invalid", async () => {
+  const f = await fake(GOOD);
+  assert.equal(await runHook(call("db", "start"), f.deps), 1);
+  assert.deepEqual(f.calls, []);
+  assert.match(f.stderr[0]!, /hooks\.jsonc:3:24: Not an IP address \(db\.private_ip = "not-an-ip"\)$/);
+  assert.match(
+    f.stderr[1]!,
+    /^Cannot apply forwards for "db": 1 problem\(s\) in .*hooks\.jsonc, listed above; nothing was changed$/,
+  );
+});
+
+Deno.test("runHook() start does nothing for a domain the config does not name", async (t) => {
+  for (const [name, text] of [["no config file", undefined], ["not in the file", GOOD]] as const) {
+    await t.step(name, async () => {
+      const f = await fake(text);
+      assert.equal(await runHook(call("other", "start"), f.deps), 0);
+      assert.deepEqual(f.calls, []);
+    });
+  }
+});
+
+Deno.test("runHook() start with a file that does not parse fails the domains it names, and only those", async () => {
+  const broken = `{"web1": {"private_ip": "192.168.122.10",, }`;
+  const named = await fake(broken);
+  assert.equal(await runHook(call("web1", "start"), named.deps), 1);
+  assert.deepEqual(named.calls, []);
+  const other = await fake(broken);
+  assert.equal(await runHook(call("other", "start"), other.deps), 0);
+  assert.deepEqual(other.calls, []);
+  assert.match(other.stderr[0]!, /hooks\.jsonc:1:42: Cannot parse the config/);
+});
+
+Deno.test("runHook() start fails with iptables' own words when the firewall refuses", async () => {
+  const f = await fake(
+    GOOD,
+    (argv) => argv[0] === "iptables-restore" ? { code: 1, stderr: "iptables-restore: line 7 failed\n" } : {},
+  );
+  assert.equal(await runHook(call("web1", "start"), f.deps), 1);
+  assert.equal(
+    f.stderr.at(-1),
+    'Cannot apply forwards for "web1": iptables-restore failed: iptables-restore: line 7 failed',
+  );
+});
+
+Deno.test("runHook() start turns on hairpin mode for the guest's taps only when bridge netfilter is on", async (t) => {
+  await t.step("off: no port is touched, stdin is not even read", async () => {
+    const f = await fake(GOOD);
+    await runHook(call("web1", "start"), f.deps);
+    assert.deepEqual(f.hairpin, []);
+    assert.equal(f.stdinRead(), false);
+  });
+  await t.step("on: the taps on the entry's bridge", async () => {
+    const f = await fake(GOOD, undefined, { ...FACTS, bridgeNetfilter: { 4: true, 6: true } });
+    await runHook(call("web1", "start"), f.deps);
+    assert.deepEqual(f.hairpin, ["vnet7"]);
+  });
+});
+
+Deno.test("runHook() reconnect never fails, and keeps live rules when the config cannot be trusted", async (t) => {
+  const h = domainHash("web1");
+  const live = `*filter\n:LVH-${h}-FWD - [0:0]\n-A FORWARD -j LVH-${h}-FWD\nCOMMIT\n`;
+  const withLive = (argv: string[]) => (argv[0] === "iptables-save" ? { stdout: live } : {});
+  await t.step("an invalid entry: nothing is changed", async () => {
+    const f = await fake(GOOD.replace("192.168.122.10", "192.168.122.999"), withLive);
+    assert.equal(await runHook(call("web1", "reconnect"), f.deps), 0);
+    assert.deepEqual(f.calls, []);
+    assert.match(f.stderr.at(-1)!, /^Keeping the live forwards of "web1" unchanged/);
+  });
+  await t.step("a file that does not parse, even for a domain it no longer names", async () => {
+    const f = await fake(`{"x": [`, withLive);
+    assert.equal(await runHook(call("web1", "reconnect"), f.deps), 0);
+    assert.deepEqual(f.calls, []);
+  });
+  await t.step("the domain left the config: its rules go", async () => {
+    const f = await fake(`{}`, withLive);
+    assert.equal(await runHook(call("web1", "reconnect"), f.deps), 0);
+    assert.deepEqual(f.calls, [SAVE_4, SAVE_6, RESTORE_4]);
+    assert.match(f.stdins[2]!, new RegExp(`-X LVH-${h}-FWD`));
+  });
+  await t.step("the firewall refuses: still exit 0", async () => {
+    const f = await fake(GOOD, () => ({ code: 4, stderr: "boom" }));
+    assert.equal(await runHook(call("web1", "reconnect"), f.deps), 0);
+    assert.match(
+      f.stderr.at(-1)!,
+      /^Cannot re-apply forwards for "web1": iptables-save exited with 4: boom$/,
+    );
+  });
+});
+
+Deno.test("runHook() stopped removes what is live without reading the config, and never fails", async (t) => {
+  await t.step("nothing live: only a look", async () => {
+    const f = await fake(`{"web1": [`);
+    assert.equal(await runHook(call("web1", "stopped"), f.deps), 0);
+    assert.deepEqual(f.calls, [SAVE_4, SAVE_6]);
+    assert.deepEqual(f.stderr, []);
+  });
+  await t.step("iptables missing", async () => {
+    const f = await fake(GOOD, () => ({ code: 1, stderr: "iptables-save: cannot initialize" }));
+    assert.equal(await runHook(call("web1", "stopped"), f.deps), 0);
+    assert.match(f.stderr[0]!, /^Cannot remove forwards for "web1": iptables-save exited with 1/);
+  });
+});
+
+Deno.test("runHook() ignores every other operation without running anything or reading stdin", async (t) => {
+  for (const op of ["prepare", "started", "release", "migrate", "restore", "attach"]) {
+    await t.step(op, async () => {
+      const f = await fake(GOOD);
+      assert.equal(await runHook(call("web1", op), f.deps), 0);
+      assert.deepEqual(f.calls, []);
+      assert.equal(f.stdinRead(), false);
+    });
+  }
+});
