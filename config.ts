@@ -1,7 +1,7 @@
 /** Reads hooks.jsonc (or the old hooks.json), validates it, and reports problems with file, line and column. */
 
 import { type Node, type ParseError, parseTree, printParseErrorCode } from "jsonc-parser";
-import { type Address, type Family, parseAddress } from "./lib/address.ts";
+import { type Address, type Family, formatNetwork, networkOf, parseAddress } from "./lib/address.ts";
 
 /** The protocols a forward can use: DNAT by port needs one of these. */
 export const PROTOCOLS = ["tcp", "udp"] as const;
@@ -371,7 +371,9 @@ function readEntry(
       fail(n, jsonPath(path, key), `Expected an IPv${want} address, found IPv${addr.family}`);
       return undefined;
     }
-    return prefixText === undefined ? addr : { ...addr, text: `${addr.text}/${Number(prefixText)}` };
+    if (prefixText === undefined || Number(prefixText) === (addr.family === 4 ? 32 : 128)) return addr;
+    // A network is kept in the form iptables prints it: host bits cleared.
+    return { ...addr, text: formatNetwork(networkOf(addr, Number(prefixText))) };
   };
 
   const targets: Target[] = [];

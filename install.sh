@@ -127,15 +127,15 @@ if [ "$kind" != source ]; then
     cat "$stage/compile.log" >&2
     die "deno compile could not build the binary (it downloads its runtime, denort, unless DENORT_BIN names one)"
   else
-    say "deno compile is not possible here ($(grep -m1 -io 'error.*' "$stage/compile.log" || echo 'no runtime')); installing the source form"
+    say "deno compile is not possible here ($(grep -m1 -ioE 'dns error|failed to [a-z ]+|denort[^.]*' "$stage/compile.log" || echo 'no runtime')); installing the source form"
   fi
 fi
 if [ -z "$built" ]; then
-  mkdir -p "$stage/lib/src/lib" "$stage/lib/cache"
-  cp "$SRC"/deno.json "$SRC"/deno.lock "$SRC"/main.ts "$SRC"/config.ts "$SRC"/rules.ts "$stage/lib/src/"
-  find "$SRC/lib" -maxdepth 1 -name '*.ts' ! -name '*_test.ts' -exec cp {} "$stage/lib/src/lib/" \;
-  cp "$(readlink -f "$(command -v deno)")" "$stage/lib/deno"
-  (cd "$stage/lib/src" && DENO_DIR="$stage/lib/cache" DENO_NO_UPDATE_CHECK=1 deno cache --quiet main.ts) ||
+  mkdir -p "$stage/$NAME/src/lib" "$stage/$NAME/cache"
+  cp "$SRC"/deno.json "$SRC"/deno.lock "$SRC"/main.ts "$SRC"/config.ts "$SRC"/rules.ts "$stage/$NAME/src/"
+  find "$SRC/lib" -maxdepth 1 -name '*.ts' ! -name '*_test.ts' -exec cp {} "$stage/$NAME/src/lib/" \;
+  cp "$(readlink -f "$(command -v deno)")" "$stage/$NAME/deno"
+  (cd "$stage/$NAME/src" && DENO_DIR="$stage/$NAME/cache" DENO_NO_UPDATE_CHECK=1 deno cache --quiet main.ts) ||
     die "Cannot fill the module cache (it needs the npm registry once, at install time)"
   cat >"$stage/qemu" <<'EOF'
 #!/bin/sh
@@ -155,7 +155,10 @@ config=""
 for c in "$HOOKS/hooks.jsonc" "$HOOKS/hooks.json"; do [ -f "$c" ] && { config=$c; break; }; done
 if [ -n "$config" ]; then
   say "Checking your config ${config#"$DESTDIR"}:"
-  if ! "$stage/qemu" check --config "$config"; then
+  rc=0
+  "$stage/qemu" check --config "$config" || rc=$?
+  [ "$rc" -le 1 ] || die "the new hook could not run its own check (exit $rc); nothing was installed"
+  if [ "$rc" = 1 ]; then
     if [ "$force" = 1 ]; then
       say "The config has errors (above): the guests they name will not start until they are fixed (--force given)"
     else
@@ -176,7 +179,7 @@ place() { # place SRC DEST MODE
 mkdir -p "$LIB"
 if [ "$built" = source ]; then
   for part in deno src cache; do
-    rm -rf "$LIB/$part.new" && cp -a "$stage/lib/$part" "$LIB/$part.new" && rm -rf "$LIB/$part" && mv "$LIB/$part.new" "$LIB/$part"
+    rm -rf "$LIB/$part.new" && cp -a "$stage/$NAME/$part" "$LIB/$part.new" && rm -rf "$LIB/$part" && mv "$LIB/$part.new" "$LIB/$part"
     files+=("${LIB#"$DESTDIR"}/$part")
   done
 else

@@ -496,3 +496,68 @@ async function rollBack(
     ? `rolling back also failed, rules may be left half-applied: ${problems.join("; ")}`
     : undefined;
 }
+
+/** A forward as read back from a live DNAT rule, for status. */
+export interface LiveForward {
+  domain: string;
+  family: Family;
+  protocol: string;
+  publicIp: string;
+  publicPorts: string;
+  privateIp: string;
+  privatePorts: string;
+  source?: string;
+}
+
+/** Reads the forwards back from our live DNAT rules; a domain is named by its rules' comment. */
+export function liveForwards(live: Live, family: Family): LiveForward[] {
+  const out: LiveForward[] = [];
+  for (const r of live.rules) {
+    if (r.table !== "nat" || !r.chain.endsWith("-DNAT") || !chainOwner(r.chain)) continue;
+    const t = tokenize(r.spec);
+    const arg = (flag: string) => {
+      const i = t.indexOf(flag);
+      return i >= 0 ? t[i + 1] : undefined;
+    };
+    const to = arg("--to-destination");
+    const dport = arg("--dport");
+    if (to === undefined || dport === undefined) continue;
+    const bare = (a: string) => a.replace(/\/(32|128)$/, "");
+    const m = /^\[(.*)\]:(\d+)$/.exec(to) ?? /^([^:]+):(\d+)$/.exec(to);
+    const publicPorts = dport.replace(":", "-");
+    const source = arg("-s") === undefined ? undefined : bare(arg("-s")!);
+    out.push({
+      domain: r.domain ?? `#${r.owner}`,
+      family,
+      protocol: arg("-p") ?? "?",
+      publicIp: bare(arg("-d") ?? "?"),
+      publicPorts,
+      privateIp: m ? m[1]! : to,
+      privatePorts: m ? m[2]! : publicPorts,
+      ...(source === undefined ? {} : { source }),
+    });
+  }
+  return out;
+}
+
+/** Renders a forward as `proto public:port -> private:port [from source]`, the same for live and planned ones. */
+export function describeForward(f: LiveForward): string {
+  const host = (ip: string) => (f.family === 6 ? `[${ip}]` : ip);
+  const from = f.source === undefined ? "" : ` from ${f.source}`;
+  return `${f.protocol} ${host(f.publicIp)}:${f.publicPorts} -> ${host(f.privateIp)}:${f.privatePorts}${from}`;
+}
+
+/** The live form of a planned forward, so planned and live ones compare as text. */
+export function asLiveForward(domain: string, f: Forward): LiveForward {
+  const ports = (p: number) => (f.count === 1 ? `${p}` : `${p}-${p + f.count - 1}`);
+  return {
+    domain,
+    family: f.family,
+    protocol: f.protocol,
+    publicIp: f.publicIp,
+    publicPorts: ports(f.publicPort),
+    privateIp: f.privateIp,
+    privatePorts: ports(f.privatePort),
+    ...(f.source === undefined ? {} : { source: f.source }),
+  };
+}

@@ -1,36 +1,81 @@
-/** The operator commands: check, plan and friends. Human output on stdout, problems on stderr. */
+/** The operator commands: check, plan, status, apply, remove, reload, migrate-legacy. */
 
 import { parseArgs } from "node:util";
-import { configCandidates, domainConfig, formatDiagnostic, loadConfig } from "../config.ts";
-import { buildRules, planForwards, renderSync } from "../rules.ts";
-import type { Family } from "./address.ts";
-import { readHostFacts } from "./host.ts";
-import { env } from "./system.ts";
+import { configCandidates, domainConfig, type Entry, formatDiagnostic } from "../config.ts";
+import {
+  asLiveForward,
+  buildRules,
+  describeForward,
+  type LiveForward,
+  liveForwards,
+  planForwards,
+  readLive,
+  renderSync,
+  tokenize,
+} from "../rules.ts";
+import { parseAddress } from "./address.ts";
+import { connectedNetworkOf, type ConnectedRoute } from "./host.ts";
+import { type HookDeps, install, loadFor, message, remove, resync, tools } from "./hook.ts";
+import { runChecked } from "./runner.ts";
+import { env, systemHookDeps } from "./system.ts";
 
 /** The program's version. */
-export const VERSION = "0.1.0";
+export const VERSION = "0.2.0";
 
-const USAGE = `libvirt-hook-qemu ${VERSION}: port forwarding for libvirt guests
+const HELP: Record<string, string> = {
+  "": `libvirt-hook-qemu ${VERSION}: port forwarding for libvirt guests
 
-Usage (libvirt):  qemu <domain> <operation> <sub-operation> <extra>   (domain XML on stdin)
+Usage (libvirt):  qemu <domain> <operation> <sub-operation> <extra>    (domain XML on stdin)
 Usage (people):   qemu <command> [options]
 
 Commands:
-  check [--config FILE]         Validate the config; print every problem as file:line:column
-  plan <domain> [--config FILE] Print the iptables-restore batch that start would apply
-  help [command]                Show this help
+  check            Validate the config; print every problem as file:line:column
+  plan <domain>    Print the batch that start would apply, touching nothing
+  status [domain]  Show the forwards that are live now, read from the firewall
+  apply <domain>   Apply a running guest's forwards from the current config (like start)
+  remove <domain>  Remove a guest's live forwards (like stopped); --all removes every domain's
+  reload           Re-apply every domain that has live rules from the current config
+  migrate-legacy   Remove the old Python hook's chains and apply ours for running guests
+  help [command]   Show help for a command
 
 Options:
-  -h, --help       Show help
-  -V, --version    Show the version
+  -c, --config FILE  Use this config instead of CONFIG_FILENAME / CONFIG_PATH / /etc/libvirt/hooks
+  -h, --help         Show help;  -V, --version  Show the version
 
 Environment: CONFIG_FILENAME (the config file), CONFIG_PATH (its directory, default /etc/libvirt/hooks;
 hooks.jsonc, else hooks.json), IPTABLES_BINARY (default iptables).
 
-Exit codes: 0 success; 1 the config has errors or the firewall refused; 2 usage error.`;
+Exit codes: 0 success; 1 the config has errors, or a change failed (nothing of it was applied); 2 usage error.`,
+  check: `Usage: qemu check [--config FILE]
+Validates the whole config. Prints each problem as file:line:column: message (json.path = value), and warns
+about what validates but will not work: a public_ip that is not an address of this host, a private_ip outside
+the network of its interface, a public port the host itself listens on. Exit 0 only when there is no error.`,
+  plan: `Usage: qemu plan <domain> [--config FILE]
+Prints exactly the iptables-restore batch that start installs for the domain (start first removes what is live
+for it). Touches nothing; needs no root.`,
+  status: `Usage: qemu status [domain] [--json] [--config FILE]
+Reads our live rules from the firewall and prints each forward as proto public:port -> private:port [from src].
+Forwards that the current config does not explain are flagged.`,
+  apply: `Usage: qemu apply <domain> [--config FILE]
+Applies the domain's forwards from the current config, as libvirt's start does, for a guest that is running
+(libvirt keeps /run/libvirt/qemu/<domain>.xml for running guests). Refuses a guest that is not running.`,
+  remove: `Usage: qemu remove <domain> | --all
+Removes what is live for the domain (or, with --all, for every domain that has rules of ours).`,
+  reload: `Usage: qemu reload [--config FILE]
+Re-applies every domain that has live rules from the current config, atomically per domain; a domain that left
+the config loses its rules; a domain whose entry is invalid keeps its live rules.`,
+  "migrate-legacy": `Usage: qemu migrate-legacy [--dry-run] [--config FILE]
+Removes the old Python hook's chains (DNAT-<dom>, SNAT-<dom>, FWD-<dom>) and the jumps into them, for the
+domains in the config and the running guests, shows what it removed, then applies ours for running guests.`,
+};
+
+/** Where libvirt keeps the XML of running guests; LIBVIRT_QEMU_RUN_DIR overrides it for tests. */
+function runDir(): string {
+  return env("LIBVIRT_QEMU_RUN_DIR") ?? "/run/libvirt/qemu";
+}
 
 /** Runs an operator command and returns its exit code. */
-export async function runCli(args: string[]): Promise<number> {
+export async function runCli(args: string[], deps: HookDeps = cliDeps()): Promise<number> {
   let parsed;
   try {
     parsed = parseArgs({
@@ -40,32 +85,61 @@ export async function runCli(args: string[]): Promise<number> {
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
         config: { type: "string", short: "c" },
+        json: { type: "boolean" },
+        all: { type: "boolean" },
+        "dry-run": { type: "boolean" },
       },
     });
   } catch (err) {
-    console.error(`${err instanceof Error ? err.message : String(err)}\nRun with --help for usage.`);
-    return 2;
+    return usage(message(err));
   }
   const { values, positionals } = parsed;
-  const [command, ...rest] = positionals;
+  const [command = "", ...rest] = positionals;
   if (values.version) {
     console.log(`libvirt-hook-qemu ${VERSION}`);
     return 0;
   }
-  if (values.help || command === undefined || command === "help") {
-    console.log(USAGE);
-    return command === undefined && !values.help ? 2 : 0;
+  if (values.help || command === "help" || command === "") {
+    const topic = command === "help" ? rest[0] ?? "" : command;
+    if (!(topic in HELP)) return usage(`Unknown command "${topic}"`);
+    console.log(HELP[topic]);
+    return command === "" && !values.help ? 2 : 0;
   }
-  const candidates = values.config ? [values.config] : configCandidates(env);
+  if (values.config) {
+    const file = values.config;
+    const base = deps.env;
+    deps = { ...deps, env: (name) => (name === "CONFIG_FILENAME" ? file : base(name)) };
+  }
+  const one = async (f: (domain: string) => Promise<number>) => {
+    if (rest.length !== 1) return usage(`${command} needs exactly one domain name`);
+    return await f(rest[0]!);
+  };
   switch (command) {
     case "check":
-      return await check(candidates);
+      return await check(deps);
     case "plan":
-      if (rest.length !== 1) return usage("plan needs exactly one domain name");
-      return await plan(rest[0]!, candidates);
+      return await one((d) => plan(d, deps));
+    case "status":
+      if (rest.length > 1) return usage("status takes at most one domain name");
+      return await status(deps, rest[0], values.json ?? false);
+    case "apply":
+      return await one((d) => apply(d, deps));
+    case "remove":
+      if (values.all && rest.length === 0) return await removeAll(deps);
+      return await one(async (d) => (await remove(d, deps, "remove")) ? 0 : 1);
+    case "reload":
+      return await reload(deps);
+    case "migrate-legacy":
+      return await migrateLegacy(deps, values["dry-run"] ?? false);
     default:
       return usage(`Unknown command "${command}"`);
   }
+}
+
+function cliDeps(): HookDeps {
+  const deps = systemHookDeps();
+  // Operator commands print problems on stderr too, but never read stdin.
+  return { ...deps, readStdin: () => Promise.resolve("") };
 }
 
 function usage(why: string): number {
@@ -73,34 +147,97 @@ function usage(why: string): number {
   return 2;
 }
 
-async function loadWithFacts(candidates: string[]) {
-  const facts = await readHostFacts();
-  const defaults: Partial<Record<Family, string>> = {};
-  for (const family of [4, 6] as const) {
-    const found = facts.defaultPublicIp[family];
-    if (found && "address" in found) defaults[family] = found.address;
-  }
-  return { facts, config: await loadConfig(candidates, { defaultPublicIp: defaults }) };
-}
-
-async function check(candidates: string[]): Promise<number> {
-  const { config } = await loadWithFacts(candidates);
-  for (const d of config.diagnostics) console.error(formatDiagnostic(d));
+async function check(deps: HookDeps): Promise<number> {
+  const { config, facts } = await loadFor({ ...deps, problem: (line) => console.error(line) });
   if (!config.exists) {
-    console.error(`No config file found (looked for ${candidates.join(", ")}): no domain is configured`);
+    console.error(
+      `No config file found (looked for ${configCandidates(deps.env).join(", ")}): no domain is configured`,
+    );
     return 1;
   }
+  const warnings = await hostWarnings(config.domains, facts.connected);
+  for (const w of warnings) console.error(`${config.file}: warning: ${w}`);
   const errors = config.diagnostics.filter((d) => d.severity === "error").length;
   if (errors > 0) {
-    console.error(`${config.file}: ${errors} error(s)`);
+    console.error(`${config.file}: ${errors} error(s); the domains they name will not start`);
     return 1;
   }
-  console.log(`${config.file}: OK, ${config.domains.size} domain(s)`);
+  console.log(`${config.file}: OK, ${config.domains.size} domain(s), firewall backend: iptables`);
   return 0;
 }
 
-async function plan(domain: string, candidates: string[]): Promise<number> {
-  const { config, facts } = await loadWithFacts(candidates);
+/** Warnings about what validates but will not work on this host. */
+async function hostWarnings(domains: Map<string, Entry[]>, connected: ConnectedRoute[]): Promise<string[]> {
+  const out: string[] = [];
+  let local: Set<string> | undefined;
+  try {
+    local = new Set(Deno.networkInterfaces().map((i) => parseAddress(i.address)?.text ?? i.address));
+  } catch {
+    // Without the interface list, this check is skipped.
+  }
+  const listening = await listeningPorts();
+  for (const entries of domains.values()) {
+    for (const e of entries) {
+      for (const t of e.targets) {
+        if (t.publicIp && local && !local.has(t.publicIp)) {
+          out.push(
+            `${e.path}: public_ip ${t.publicIp} is not an address of this host; nothing will arrive there`,
+          );
+        }
+        if (e.interface) {
+          const nets = connected.filter((r) => r.device === e.interface && r.family === t.family);
+          const addr = parseAddress(t.privateIp)!;
+          if (nets.length > 0 && !connectedNetworkOf(nets, addr)) {
+            out.push(
+              `${e.path}: private_ip ${t.privateIp} is outside the networks of interface ${e.interface}`,
+            );
+          }
+        }
+        for (const p of e.ports) {
+          for (let port = p.publicPort; port < p.publicPort + p.count; port++) {
+            if (listening.has(`${p.protocol} ${port}`)) {
+              out.push(
+                `${e.path}: public ${p.protocol} port ${port} is one the host itself listens on; the forward takes it away from the host`,
+              );
+              break;
+            }
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/** The tcp and udp ports something on this host listens on, from /proc/net (no process started). */
+async function listeningPorts(): Promise<Set<string>> {
+  const out = new Set<string>();
+  for (
+    const [file, proto, state] of [
+      ["/proc/net/tcp", "tcp", "0A"],
+      ["/proc/net/tcp6", "tcp", "0A"],
+      ["/proc/net/udp", "udp", "07"],
+      ["/proc/net/udp6", "udp", "07"],
+    ] as const
+  ) {
+    let text = "";
+    try {
+      text = await Deno.readTextFile(file);
+    } catch {
+      continue;
+    }
+    for (const line of text.split("\n").slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f[3] !== state) continue;
+      const port = parseInt(f[1]?.split(":")[1] ?? "", 16);
+      if (port) out.add(`${proto} ${port}`);
+    }
+  }
+  return out;
+}
+
+async function plan(domain: string, deps: HookDeps): Promise<number> {
+  const { config, facts } = await loadFor({ ...deps, problem: () => {} });
   const found = domainConfig(config, domain);
   if (found.kind === "invalid") {
     for (const d of found.errors) console.error(formatDiagnostic(d));
@@ -116,12 +253,193 @@ async function plan(domain: string, candidates: string[]): Promise<number> {
   for (const family of [4, 6] as const) {
     const mine = forwards.filter((f) => f.family === family);
     if (mine.length === 0) continue;
-    const text = renderSync(domain, mine, { chains: [], rules: [] }) ?? "";
     const count = buildRules(domain, mine).rules.length;
     console.log(
       `# ${family === 4 ? "iptables" : "ip6tables"}-restore --noflush: ${count} rule(s) for "${domain}"`,
     );
-    console.log(text.trimEnd());
+    console.log((renderSync(domain, mine, { chains: [], rules: [] }) ?? "").trimEnd());
   }
   return 0;
+}
+
+async function liveByDomain(deps: HookDeps): Promise<Map<string, LiveForward[]>> {
+  const live = await readLive(deps.runner, tools(deps));
+  const out = new Map<string, LiveForward[]>();
+  for (const family of [4, 6] as const) {
+    const l = live[family];
+    if (!l) continue;
+    // A domain with rules but no DNAT rule left (a half-removed state) still shows up, with no forward.
+    for (const r of l.rules) if (r.domain !== undefined && !out.has(r.domain)) out.set(r.domain, []);
+    for (const f of liveForwards(l, family)) out.set(f.domain, [...(out.get(f.domain) ?? []), f]);
+  }
+  return out;
+}
+
+async function status(deps: HookDeps, only: string | undefined, json: boolean): Promise<number> {
+  const [live, { config, facts }] = await Promise.all([
+    liveByDomain(deps),
+    loadFor({ ...deps, problem: () => {} }),
+  ]);
+  const report = [];
+  for (const [domain, forwards] of [...live].sort(([a], [b]) => a.localeCompare(b))) {
+    if (only !== undefined && domain !== only) continue;
+    const found = domainConfig(config, domain);
+    const planned = new Set(
+      found.kind === "ok"
+        ? planForwards(found.entries, facts).forwards.map((f) => describeForward(asLiveForward(domain, f)))
+        : [],
+    );
+    const running = await exists(`${runDir()}/${domain}.xml`);
+    report.push({
+      domain,
+      running,
+      inConfig: found.kind !== "absent",
+      forwards: forwards.map((f) => ({
+        forward: describeForward(f),
+        explained: planned.has(describeForward(f)),
+      })),
+    });
+  }
+  if (json) {
+    console.log(JSON.stringify({ backend: "iptables", domains: report }, null, 2));
+    return 0;
+  }
+  if (report.length === 0) {
+    console.log(only === undefined ? "No forwards are live." : `No forwards are live for "${only}".`);
+  }
+  for (const d of report) {
+    const notes = [d.running ? "running" : "not running", ...(d.inConfig ? [] : ["not in the config"])];
+    console.log(`${d.domain} (${notes.join(", ")})`);
+    for (const f of d.forwards) {
+      console.log(`  ${f.forward}${f.explained ? "" : "   <- not explained by the config"}`);
+    }
+  }
+  return 0;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function apply(domain: string, deps: HookDeps): Promise<number> {
+  const xmlPath = `${runDir()}/${domain}.xml`;
+  let xml: string;
+  try {
+    xml = await Deno.readTextFile(xmlPath);
+  } catch {
+    console.error(
+      `Cannot apply forwards for "${domain}": it is not running (${xmlPath} does not exist), so nothing would remove them; they are applied when it starts`,
+    );
+    return 1;
+  }
+  const { config } = await loadFor({ ...deps, problem: () => {} });
+  if (domainConfig(config, domain).kind === "absent") {
+    console.error(`"${domain}" is not in ${config.file}; to remove its forwards, use: remove ${domain}`);
+    return 1;
+  }
+  const ok = await install(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "apply");
+  if (ok) console.log(`Applied the forwards of "${domain}"`);
+  return ok ? 0 : 1;
+}
+
+async function removeAll(deps: HookDeps): Promise<number> {
+  const live = await liveByDomain(deps);
+  let failed = 0;
+  for (const domain of live.keys()) {
+    if (await remove(domain, deps, "remove")) console.log(`Removed the forwards of "${domain}"`);
+    else failed++;
+  }
+  if (live.size === 0) console.log("No forwards are live.");
+  return failed ? 1 : 0;
+}
+
+async function reload(deps: HookDeps): Promise<number> {
+  const live = await liveByDomain(deps);
+  let failed = 0;
+  for (const domain of live.keys()) {
+    if (await resync(domain, deps, "reload")) console.log(`Reloaded "${domain}"`);
+    else failed++;
+  }
+  if (live.size === 0) console.log("No forwards are live; nothing to reload.");
+  return failed ? 1 : 0;
+}
+
+/** The old hook named its chains `DNAT-<domain>`, `SNAT-<domain>`, `FWD-<domain>`, cut to 28 characters. */
+function legacyChains(domain: string) {
+  return {
+    nat: [`DNAT-${domain}`, `SNAT-${domain}`].map((c) => c.slice(0, 28)),
+    filter: [`FWD-${domain}`.slice(0, 28)],
+  };
+}
+
+async function migrateLegacy(deps: HookDeps, dryRun: boolean): Promise<number> {
+  const { config } = await loadFor({ ...deps, problem: () => {} });
+  let running: string[] = [];
+  try {
+    running = [...Deno.readDirSync(runDir())].filter((e) => e.name.endsWith(".xml")).map((e) =>
+      e.name.slice(0, -4)
+    );
+  } catch {
+    // libvirt is not running here: only the config's domains are candidates.
+  }
+  const candidates = new Set([...config.names, ...running]);
+  const t = tools(deps)[4];
+  const saved = await runChecked(deps.runner, t.save);
+  const wanted = new Map<string, Set<string>>([["nat", new Set()], ["filter", new Set()]]);
+  for (const d of candidates) {
+    const c = legacyChains(d);
+    for (const name of c.nat) wanted.get("nat")!.add(name);
+    for (const name of c.filter) wanted.get("filter")!.add(name);
+  }
+  const found = new Map<string, string[]>([["nat", []], ["filter", []]]);
+  const jumps = new Map<string, string[]>([["nat", []], ["filter", []]]);
+  let table = "";
+  for (const line of saved.split("\n")) {
+    if (line.startsWith("*")) table = line.slice(1);
+    const chain = /^:(\S+) /.exec(line)?.[1];
+    if (chain && wanted.get(table)?.has(chain)) found.get(table)!.push(chain);
+    if (line.startsWith("-A ")) {
+      const words = tokenize(line.slice(3));
+      const target = words[words.indexOf("-j") + 1];
+      if (target && wanted.get(table)?.has(target)) jumps.get(table)!.push(line.slice(3));
+    }
+  }
+  const total = found.get("nat")!.length + found.get("filter")!.length;
+  if (total === 0) {
+    console.log("No chains of the old hook are live.");
+  } else {
+    const batch: string[] = [];
+    for (const [tbl, chains] of found) {
+      if (chains.length === 0) continue;
+      batch.push(`*${tbl}`, ...chains.map((c) => `:${c} - [0:0]`));
+      for (const j of jumps.get(tbl)!) batch.push(`-D ${j}`);
+      for (const c of chains) batch.push(`-X ${c}`);
+      batch.push("COMMIT");
+    }
+    console.log(`${dryRun ? "Would remove" : "Removing"} the old hook's chains and the jumps into them:`);
+    for (const [tbl, chains] of found) for (const c of chains) console.log(`  ${tbl} chain ${c}`);
+    for (const [tbl, js] of jumps) for (const j of js) console.log(`  ${tbl} rule -A ${j}`);
+    if (dryRun) return 0;
+    try {
+      await deps.lock(() => runChecked(deps.runner, t.restore, { stdin: batch.join("\n") + "\n" }));
+    } catch (err) {
+      console.error(`Cannot remove the old hook's rules: ${message(err)}; nothing was changed`);
+      return 1;
+    }
+    deps.log(`migrate-legacy: removed ${total} chain(s) of the old hook`);
+  }
+  let failed = 0;
+  for (const domain of running) {
+    if (domainConfig(config, domain).kind === "absent") continue;
+    const xml = await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => "");
+    if (await install(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "migrate-legacy")) {
+      console.log(`Applied the forwards of running guest "${domain}"`);
+    } else failed++;
+  }
+  return failed ? 1 : 0;
 }

@@ -56,23 +56,27 @@ export interface HookDeps {
 export async function runHook(call: HookCall, deps: HookDeps): Promise<number> {
   switch (call.operation) {
     case "start":
-      return await start(call.domain, deps);
+      return (await install(call.domain, deps)) ? 0 : 1;
     case "reconnect":
-      await reconnect(call.domain, deps);
+      await resync(call.domain, deps, "reconnect");
       return 0;
     case "stopped":
-      await stop(call.domain, deps);
+      await remove(call.domain, deps, "stopped");
       return 0;
     default:
       return 0;
   }
 }
 
-function tools(deps: HookDeps): Record<Family, Tools> {
+/** The iptables programs, following IPTABLES_BINARY. */
+export function tools(deps: Pick<HookDeps, "env">): Record<Family, Tools> {
   return iptablesTools(deps.env("IPTABLES_BINARY") || undefined);
 }
 
-async function loadFor(deps: HookDeps): Promise<{ config: Config; facts: HostFacts }> {
+/** Reads the host facts, then the config (using the default addresses to find clashing claims). */
+export async function loadFor(
+  deps: Pick<HookDeps, "facts" | "env" | "problem">,
+): Promise<{ config: Config; facts: HostFacts }> {
   const facts = await deps.facts();
   const defaults: Partial<Record<Family, string>> = {};
   for (const family of [4, 6] as const) {
@@ -84,14 +88,15 @@ async function loadFor(deps: HookDeps): Promise<{ config: Config; facts: HostFac
   return { config, facts };
 }
 
-async function start(domain: string, deps: HookDeps): Promise<number> {
+/** Installs a domain's forwards from the config (libvirt's start, the apply command); false when it cannot. */
+export async function install(domain: string, deps: HookDeps, action = "start"): Promise<boolean> {
   const { config, facts } = await loadFor(deps);
   const found = domainConfig(config, domain);
-  if (found.kind === "absent") return 0;
+  if (found.kind === "absent") return true;
   const fail = (why: string) => {
     deps.problem(`Cannot apply forwards for "${domain}": ${why}`);
-    deps.log(`start ${domain}: failed: ${why}`);
-    return 1;
+    deps.log(`${action} ${domain}: failed: ${why}`);
+    return false;
   };
   if (found.kind === "invalid") {
     return fail(`${found.errors.length} problem(s) in ${config.file}, listed above; nothing was changed`);
@@ -106,19 +111,24 @@ async function start(domain: string, deps: HookDeps): Promise<number> {
       syncDomain(domain, plan.forwards, { runner: deps.runner, tools: tools(deps) })
     );
     await hairpinPorts(domain, plan.forwards, facts, deps);
-    deps.log(`start ${domain}: ${describe(changes, plan.forwards)}`);
-    return 0;
+    deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}`);
+    return true;
   } catch (err) {
     return fail(message(err));
   }
 }
 
-async function reconnect(domain: string, deps: HookDeps): Promise<void> {
+/**
+ * Makes a domain's live rules equal to what the config says now (libvirt's reconnect, the reload command);
+ * keeps them as they are when the config cannot be trusted. False when something could not be done.
+ */
+export async function resync(domain: string, deps: HookDeps, action: string): Promise<boolean> {
   const { config, facts } = await loadFor(deps);
   const found = domainConfig(config, domain);
   const keep = (why: string) => {
     deps.problem(`Keeping the live forwards of "${domain}" unchanged: ${why}`);
-    deps.log(`reconnect ${domain}: kept live rules: ${why}`);
+    deps.log(`${action} ${domain}: kept live rules: ${why}`);
+    return false;
   };
   if (config.broken || found.kind === "invalid") {
     return keep(`problems in ${config.file}, listed above`);
@@ -137,22 +147,27 @@ async function reconnect(domain: string, deps: HookDeps): Promise<void> {
       syncDomain(domain, forwards, { runner: deps.runner, tools: tools(deps) })
     );
     if (forwards.length > 0) await hairpinPorts(domain, forwards, facts, deps);
-    if (changes.length > 0) deps.log(`reconnect ${domain}: ${describe(changes, forwards)}`);
+    if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, forwards)}`);
+    return true;
   } catch (err) {
     deps.problem(`Cannot re-apply forwards for "${domain}": ${message(err)}`);
-    deps.log(`reconnect ${domain}: failed: ${message(err)}`);
+    deps.log(`${action} ${domain}: failed: ${message(err)}`);
+    return false;
   }
 }
 
-async function stop(domain: string, deps: HookDeps): Promise<void> {
+/** Removes whatever is live for a domain, whatever the config says (libvirt's stopped, the remove command). */
+export async function remove(domain: string, deps: HookDeps, action: string): Promise<boolean> {
   try {
     const changes = await deps.lock(() =>
       syncDomain(domain, [], { runner: deps.runner, tools: tools(deps) })
     );
-    if (changes.length > 0) deps.log(`stopped ${domain}: ${describe(changes, [])}`);
+    if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, [])}`);
+    return true;
   } catch (err) {
     deps.problem(`Cannot remove forwards for "${domain}": ${message(err)}`);
-    deps.log(`stopped ${domain}: failed: ${message(err)}`);
+    deps.log(`${action} ${domain}: failed: ${message(err)}`);
+    return false;
   }
 }
 

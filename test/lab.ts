@@ -18,12 +18,13 @@
  * route. Nothing here ever touches the root namespace's firewall, sysctls or interfaces: veths are
  * created directly inside their namespaces.
  *
- * Deviation from the original brief: servers are not socat but one small Deno agent per namespace
- * (node:net / node:dgram, started lazily with `deno eval`). socat 1.7.4 reports IPv6 peers as
- * `[0000:0000:...:0001]` (bracketed, fully expanded) and its SYSTEM address needs a shell string;
- * the agent replies with the canonical address (`2001:db8:1::50`) and needs no shell. The client side
- * (`connect`) uses netcat-openbsd (see there why not socat). Needed binaries: ip, iptables(-save/-restore),
- * ip6tables(-save/-restore), sysctl, nc (netcat-openbsd), unshare, test, cat, and deno itself.
+ * Servers are not socat but one small Deno agent per namespace (Deno.listen for TCP, node:dgram for UDP;
+ * started lazily with `deno eval`, it exits when its stdin closes, so it cannot outlive the test process):
+ * socat 1.7.4 reports IPv6 peers as `[0000:0000:...:0001]` (bracketed, fully expanded) and its SYSTEM
+ * address needs a shell string; the agent replies with the canonical address (`2001:db8:1::50`), needs no
+ * shell, and reports readiness itself once the socket is bound and listening (no `ss` polling). The client
+ * side (`connect`) uses netcat-openbsd (see there why not socat). Needed binaries: ip, iptables(-save/
+ * -restore), ip6tables(-save/-restore), sysctl, nc (netcat-openbsd), unshare, test, cat, and deno itself.
  */
 
 /** Addresses and prefixes of the lab topology. */
@@ -301,6 +302,9 @@ export function baseRulesText(
     nat: ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
     filter: ["INPUT", "FORWARD", "OUTPUT"],
   };
+  const { redirectFrom, redirectTo } = FOREIGN;
+  const foreignRedirect =
+    `-A FOREIGN_PRE -p tcp -m tcp --dport ${redirectFrom} -j REDIRECT --to-ports ${redirectTo}`;
   const table = (name: keyof typeof builtin, chains: string[], rules: string[]): string[] => [
     `*${name}`,
     ...builtin[name].map((c) => `:${c} ACCEPT [0:0]`),
@@ -321,7 +325,7 @@ export function baseRulesText(
         "-A PREROUTING -m addrtype --dst-type LOCAL -j FOREIGN_PRE",
         "-A POSTROUTING -j LIBVIRT_PRT",
         "-A POSTROUTING -s 172.31.0.0/16 ! -o fbr0 -j MASQUERADE",
-        `-A FOREIGN_PRE -p tcp -m tcp --dport ${FOREIGN.redirectFrom} -j REDIRECT --to-ports ${FOREIGN.redirectTo}`,
+        foreignRedirect,
         `-A LIBVIRT_PRT -s ${net} -d 224.0.0.0/24 -j RETURN`,
         `-A LIBVIRT_PRT -s ${net} -d 255.255.255.255/32 -j RETURN`,
         `-A LIBVIRT_PRT -s ${net} ! -d ${net} -p tcp -j MASQUERADE --to-ports 1024-65535`,
@@ -372,7 +376,7 @@ export function baseRulesText(
     ...table("nat", ["FOREIGN_PRE", "LIBVIRT_PRT"], [
       "-A PREROUTING -m addrtype --dst-type LOCAL -j FOREIGN_PRE",
       "-A POSTROUTING -j LIBVIRT_PRT",
-      `-A FOREIGN_PRE -p tcp -m tcp --dport ${FOREIGN.redirectFrom} -j REDIRECT --to-ports ${FOREIGN.redirectTo}`,
+      foreignRedirect,
     ]),
     ...table(
       "filter",
@@ -494,11 +498,6 @@ class Agent {
     this.#writer = this.#child.stdin.getWriter();
     this.#stderr = this.#child.stderr.text();
     this.#readLoop = this.#read();
-  }
-
-  /** PID of the agent (ip netns exec execs into deno, so this is the deno process). */
-  get pid(): number {
-    return this.#child.pid;
   }
 
   async #read(): Promise<void> {
@@ -727,9 +726,9 @@ export async function createLab(opts: LabOptions = {}): Promise<Lab> {
     get checksumRule() {
       return checksumRule;
     },
-    exec(netns, argv, execOpts = {}) {
+    async exec(netns, argv, execOpts = {}) {
       if (argv.length === 0) throw new Error("exec: empty argv");
-      return run(inNs(netns, argv), execOpts);
+      return await run(inNs(netns, argv), execOpts);
     },
     async serve(netns, proto, port, label) {
       if (closed) throw new Error("lab is closed");

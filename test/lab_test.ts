@@ -10,24 +10,25 @@
  *             -m conntrack --ctstate DNAT -j MASQUERADE`  (ip6tables: -s fd00:122::/64 -d fd00:122::10/128)
  *   HAIRPIN = `ip link set vnet0 type bridge_slave hairpin on` (vnet0 = bridge port of the TARGET guest g1)
  *
- * | case                            | bridge-nf-call-iptables=0            | bridge-nf-call-iptables=1                |
- * |---------------------------------|--------------------------------------|------------------------------------------|
- * | (a) g2 -> pub:2222 -> g1:22     | needs MASQ (hairpin irrelevant);     | works with nothing extra: peer           |
- * |                                 | peer = 192.168.122.1                 | 192.168.122.11 (real g2); with MASQ the  |
- * |                                 | (without MASQ: no answer)            | peer is 192.168.122.1                    |
- * | (b) g1 -> pub:2222 -> g1:22     | needs MASQ (hairpin irrelevant);     | needs MASQ AND HAIRPIN (either alone: no |
- * |     (its own forward)           | peer = 192.168.122.1                 | answer); peer = 192.168.122.1            |
- * | (c) host -> pub:2222 (OUTPUT    | OUTPUT DNAT alone suffices;          | same; peer = 203.0.113.1                 |
- * |     DNAT)                       | peer = 203.0.113.1 (MASQ unused)     |                                          |
- * | client -> pub:2222              | peer = 203.0.113.50 (real source) in every combination, with or without MASQ/HAIRPIN  |
+ * | case                         | bridge-nf-call-iptables=0         | bridge-nf-call-iptables=1           |
+ * |------------------------------|-----------------------------------|-------------------------------------|
+ * | (a) g2 -> pub:2222 -> g1:22  | needs MASQ (hairpin irrelevant);  | works with nothing extra: peer      |
+ * |                              | peer = 192.168.122.1              | 192.168.122.11 (real g2); with MASQ |
+ * |                              | (without MASQ: no answer)         | peer = 192.168.122.1                |
+ * | (b) g1 -> pub:2222 -> g1:22  | needs MASQ (hairpin irrelevant);  | needs MASQ AND HAIRPIN (either one  |
+ * |     (its own forward)        | peer = 192.168.122.1              | alone: no answer); peer = .122.1    |
+ * | (c) host -> pub:2222         | OUTPUT DNAT alone suffices;       | same; peer = 203.0.113.1            |
+ * |     (nat OUTPUT DNAT)        | peer = 203.0.113.1 (MASQ unused)  |                                     |
+ * | client -> pub:2222           | peer = 203.0.113.50 (real source) | same (with or without MASQ/HAIRPIN) |
  *
  * So "MASQ always + HAIRPIN on the target guest's port" works in both settings; HAIRPIN is harmless with
  * bridge-nf off (and in this lab it caused no IPv6 DAD failure in a Linux guest, enhanced_dad 0 or 1).
  * Why: with bridge-nf on, br_netfilter runs nat PREROUTING on the bridge port and a DNAT to a guest on the
  * same bridge is *bridged* straight to that guest's port (no routing), so replies g1->g2 are de-NATed by
  * conntrack on the bridge; g1->g1 must leave by its ingress port (hairpin) and, without MASQ, arrives with
- * g1's own address as source and is dropped as martian. With bridge-nf off the host routes the hairpin and
- * the guest would answer the other guest directly (bypassing the un-DNAT) unless MASQ makes the host the peer.
+ * g1's own address as source and is dropped by g1 as a martian source (IPv4: in_martian_src counted).
+ * With bridge-nf off the host routes the hairpin and the guest would answer the other guest directly
+ * (bypassing the un-DNAT) unless MASQ makes the host the peer.
  * FORWARD: the hairpin cases and (c) need no FORWARD accept (libvirt's LIBVIRT_FWX `-i virbr0 -o virbr0`
  * accepts the routed hairpin; (c) never traverses FORWARD). The client case needs the FORWARD accept for IPv4
  * (else libvirt's LIBVIRT_FWI REJECTs it); for IPv6 only with ipv6Forward "established" — real libvirt 9.0

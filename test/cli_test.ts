@@ -1,0 +1,371 @@
+/** Black-box tests of the operator commands and install.sh: spawn the program, check stdout, stderr and exit code. */
+
+import assert from "node:assert/strict";
+import { canRunLab, createLab, LAB_ADDR as A } from "./lab.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const MAIN = `${ROOT}main.ts`;
+const can = await canRunLab();
+const opts = { sanitizeOps: false, sanitizeResources: false };
+
+async function run(argv: string[], env: Record<string, string> = {}, stdin?: string) {
+  const child = new Deno.Command(argv[0]!, {
+    args: argv.slice(1),
+    env,
+    stdin: stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode(stdin));
+    await w.close();
+  }
+  const out = await child.output();
+  const d = new TextDecoder();
+  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+}
+
+const cli = (args: string[], env: Record<string, string> = {}) =>
+  run([Deno.execPath(), "run", "-A", MAIN, ...args], env);
+
+async function tempConfig(text: string): Promise<string> {
+  const file = await Deno.makeTempFile({ suffix: ".jsonc" });
+  await Deno.writeTextFile(file, text);
+  return file;
+}
+
+Deno.test("--version and --help go to stdout with exit 0; a bad command is a usage error", async () => {
+  const v = await cli(["--version"]);
+  assert.deepEqual([v.code, v.stdout.trim(), v.stderr], [0, "libvirt-hook-qemu 0.2.0", ""]);
+  const h = await cli(["help", "status"]);
+  assert.equal(h.code, 0);
+  assert.match(h.stdout, /^Usage: qemu status \[domain\] \[--json\]/);
+  const bad = await cli(["frobnicate"]);
+  assert.deepEqual([bad.code, bad.stdout], [2, ""]);
+  assert.equal(bad.stderr, 'Unknown command "frobnicate". Run with --help for usage.\n');
+});
+
+Deno.test("check prints every problem on stderr as file:line:column and exits 1", async () => {
+  const file = await tempConfig(`{
+  "web1": { "private_ip": "192.168.122.10", "port_map": { "tcp": [[2222, 22]] }, "sorce_ip": "1.2.3.4" },
+  "web2": { "private_ip": "192.168.122.300", "port_map": { "tcp": [[2222, 22]] } },
+}`);
+  const r = await cli(["check", "--config", file]);
+  assert.equal(r.code, 1);
+  assert.equal(r.stdout, "");
+  const lines = r.stderr.trimEnd().split("\n");
+  assert.deepEqual(lines.slice(0, 2), [
+    `${file}:2:82: Unknown field "sorce_ip"; known fields: interface, private_ip, public_ip, source_ip, private_ipv6, ` +
+    "public_ipv6, source_ipv6, port_map, port_range (web1.sorce_ip)",
+    `${file}:3:27: Not an IP address (web2.private_ip = "192.168.122.300")`,
+  ]);
+  assert.equal(lines.at(-1), `${file}: 2 error(s); the domains they name will not start`);
+});
+
+Deno.test("check accepts the shipped example and every real legacy config that should pass", async () => {
+  for (
+    const file of [
+      `${ROOT}hooks.jsonc`,
+      `${ROOT}test/fixtures/legacy/08-stridsberg-documented-trailing-comma.json`,
+    ]
+  ) {
+    const r = await cli(["check", "--config", file]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /: OK, 1 domain\(s\)/);
+  }
+});
+
+Deno.test({
+  name: "plan prints exactly what start applies; status reads it back; apply refuses a stopped guest",
+  ignore: !can.ok,
+  ...opts,
+  async fn() {
+    const lab = await createLab();
+    const dir = await Deno.makeTempDir();
+    try {
+      // An IPTABLES_BINARY whose restore records its input, so we see exactly what start applied.
+      for (const fam of ["iptables", "ip6tables"]) {
+        await Deno.writeTextFile(`${dir}/${fam}-save`, `#!/bin/sh\nexec /usr/sbin/${fam}-save "$@"\n`);
+        await Deno.writeTextFile(
+          `${dir}/${fam}-restore`,
+          `#!/bin/sh\ntee -a ${dir}/${fam}.applied | /usr/sbin/${fam}-restore "$@"\n`,
+        );
+        await Deno.chmod(`${dir}/${fam}-save`, 0o755);
+        await Deno.chmod(`${dir}/${fam}-restore`, 0o755);
+      }
+      const config = await tempConfig(
+        `{"web1": {"private_ip": "${A.g1v4}", "private_ipv6": "${A.g1v6}", "source_ip": "${A.client4b}",
+          "port_map": {"tcp": [[2222, 22]]}}}`,
+      );
+      const env = { CONFIG_FILENAME: config, IPTABLES_BINARY: `${dir}/iptables`, LIBVIRT_QEMU_RUN_DIR: dir };
+      const inHost = (args: string[], stdin?: string) =>
+        run(["ip", "netns", "exec", lab.ns.host, Deno.execPath(), "run", "-A", MAIN, ...args], env, stdin);
+
+      const plan = await inHost(["plan", "web1"]);
+      assert.equal(plan.code, 0, plan.stderr);
+      const start = await inHost(["web1", "start", "begin", "-"], "<domain/>");
+      assert.equal(start.code, 0, start.stderr);
+      const applied = (await Deno.readTextFile(`${dir}/iptables.applied`)) +
+        (await Deno.readTextFile(`${dir}/ip6tables.applied`));
+      assert.equal(plan.stdout.split("\n").filter((l) => !l.startsWith("#")).join("\n"), applied);
+
+      const status = await inHost(["status"]);
+      assert.equal(status.code, 0, status.stderr);
+      assert.equal(
+        status.stdout,
+        [
+          "web1 (not running)",
+          `  tcp ${A.hostPub4}:2222 -> ${A.g1v4}:22 from ${A.client4b}`,
+          `  tcp [${A.hostPub6}]:2222 -> [${A.g1v6}]:22`,
+          "",
+        ].join("\n"),
+      );
+      const json = JSON.parse((await inHost(["status", "--json"])).stdout);
+      assert.equal(json.domains[0].forwards[0].explained, true);
+
+      // The config changes under a live guest: status flags what it no longer explains.
+      await Deno.writeTextFile(config, `{}`);
+      assert.match(
+        (await inHost(["status"])).stdout,
+        /^web1 \(not running, not in the config\)\n.*<- not explained by the config/,
+      );
+
+      const refused = await inHost(["apply", "web1"]);
+      assert.equal(refused.code, 1);
+      assert.match(refused.stderr, /^Cannot apply forwards for "web1": it is not running/);
+
+      const removed = await inHost(["remove", "web1"]);
+      assert.equal(removed.code, 0, removed.stderr);
+      assert.equal((await inHost(["status"])).stdout, "No forwards are live.\n");
+    } finally {
+      await lab.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "migrate-legacy removes exactly the old hook's chains and jumps, then applies ours for running guests",
+  ignore: !can.ok,
+  ...opts,
+  async fn() {
+    const lab = await createLab();
+    const dir = await Deno.makeTempDir();
+    try {
+      const before = await lab.ruleset(4);
+      // What the old Python hook leaves for a running guest "web1".
+      const legacy = [
+        "*nat",
+        ":DNAT-web1 - [0:0]",
+        ":SNAT-web1 - [0:0]",
+        `-A PREROUTING -d ${A.hostPub4}/32 -j DNAT-web1`,
+        `-A OUTPUT -d ${A.hostPub4}/32 -j DNAT-web1`,
+        `-A POSTROUTING -s ${A.g1v4}/32 -d ${A.g1v4}/32 -j SNAT-web1`,
+        `-A DNAT-web1 -d ${A.hostPub4}/32 -p tcp -m tcp --dport 2222 -j DNAT --to-destination ${A.g1v4}:22`,
+        `-A SNAT-web1 -s ${A.g1v4}/32 -d ${A.g1v4}/32 -p tcp -m tcp --dport 22 -j MASQUERADE`,
+        "COMMIT",
+        "*filter",
+        ":FWD-web1 - [0:0]",
+        `-I FORWARD -d ${A.g1v4}/32 -j FWD-web1`,
+        `-A FWD-web1 -d ${A.g1v4}/32 -p tcp -m tcp --dport 22 -j ACCEPT`,
+        "COMMIT",
+        "",
+      ].join("\n");
+      const load = await lab.exec(lab.ns.host, ["iptables-restore", "--noflush"], { stdin: legacy });
+      assert.equal(load.code, 0, load.stderr);
+      await Deno.writeTextFile(`${dir}/web1.xml`, "<domain><name>web1</name></domain>");
+      const config = await tempConfig(
+        `{"web1": {"private_ip": "${A.g1v4}", "port_map": {"tcp": [[2222, 22]]}}}`,
+      );
+      const env = { CONFIG_FILENAME: config, LIBVIRT_QEMU_RUN_DIR: dir };
+      const r = await run([
+        "ip",
+        "netns",
+        "exec",
+        lab.ns.host,
+        Deno.execPath(),
+        "run",
+        "-A",
+        MAIN,
+        "migrate-legacy",
+      ], env);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(
+        r.stdout,
+        /^Removing the old hook's chains and the jumps into them:\n  nat chain DNAT-web1\n  nat chain SNAT-web1\n  filter chain FWD-web1\n/,
+      );
+      assert.match(r.stdout, /Applied the forwards of running guest "web1"\n$/);
+      const after = await lab.ruleset(4);
+      assert.doesNotMatch(after, /DNAT-web1|SNAT-web1|FWD-web1/);
+      await lab.serve(lab.ns.g1, "tcp", 22, "g1");
+      assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
+      await run(
+        ["ip", "netns", "exec", lab.ns.host, Deno.execPath(), "run", "-A", MAIN, "remove", "web1"],
+        env,
+      );
+      assert.equal(await lab.ruleset(4), before);
+    } finally {
+      await lab.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+const LIBVIRT_ENV = { LC_ALL: "C", PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" };
+
+Deno.test({
+  name:
+    "install.sh installs into DESTDIR, twice harmlessly, keeps configs, refuses a foreign hook, uninstalls",
+  ignore: Deno.uid() !== 0,
+  ...opts,
+  async fn(t) {
+    const dest = await Deno.makeTempDir();
+    const hooks = `${dest}/etc/libvirt/hooks`;
+    const install = (...args: string[]) =>
+      run(["bash", `${ROOT}install.sh`, ...args], { ...Deno.env.toObject(), DESTDIR: dest });
+    try {
+      await t.step(
+        "first install: the hook, the example config, the schema; says which form and what next",
+        async () => {
+          const r = await install();
+          assert.equal(r.code, 0, r.stderr);
+          assert.match(r.stdout, /Installed \/etc\/libvirt\/hooks\/qemu \((compiled|source) form/);
+          assert.match(r.stdout, /Next: restart libvirtd once/);
+          assert.ok((await Deno.stat(`${hooks}/qemu`)).mode! & 0o100);
+          assert.equal(
+            await Deno.readTextFile(`${hooks}/hooks.jsonc`),
+            await Deno.readTextFile(`${ROOT}hooks.jsonc`),
+          );
+        },
+      );
+      await t.step("the installed hook runs with libvirt's minimal environment, from /", async () => {
+        const child = await run([
+          "/usr/bin/env",
+          "-i",
+          ...Object.entries(LIBVIRT_ENV).map(([k, v]) => `${k}=${v}`),
+          `${hooks}/qemu`,
+          "--version",
+        ]);
+        assert.deepEqual([child.code, child.stdout.trim()], [0, "libvirt-hook-qemu 0.2.0"]);
+      });
+      await t.step("a second install keeps the user's edited config and needs no restart", async () => {
+        await Deno.writeTextFile(
+          `${hooks}/hooks.jsonc`,
+          `{"mine": {"private_ip": "10.0.0.1", "port_map": {"tcp": [1]}}}`,
+        );
+        const r = await install();
+        assert.equal(r.code, 0, r.stderr);
+        assert.match(r.stdout, /Updated in place/);
+        assert.match(await Deno.readTextFile(`${hooks}/hooks.jsonc`), /"mine"/);
+      });
+      await t.step("an old hooks.json with errors is checked before anything is activated", async () => {
+        await Deno.remove(`${hooks}/hooks.jsonc`);
+        await Deno.copyFile(
+          `${ROOT}test/fixtures/legacy/14-foreign-tobima-hook-nat.json`,
+          `${hooks}/hooks.json`,
+        );
+        const before = await Deno.readFile(`${hooks}/qemu`);
+        const r = await install();
+        assert.equal(r.code, 1);
+        assert.match(r.stderr, /hooks\.json:2:14: Expected an entry object.*another tool/);
+        assert.match(r.stderr, /Nothing was installed/);
+        assert.deepEqual(await Deno.readFile(`${hooks}/qemu`), before);
+        await Deno.copyFile(
+          `${ROOT}test/fixtures/legacy/09-regunakyle-no-trailing-comma.json`,
+          `${hooks}/hooks.json`,
+        );
+        assert.equal((await install()).code, 0);
+        assert.equal(
+          await exists(`${hooks}/hooks.jsonc`),
+          false,
+          "no example config beside an existing hooks.json",
+        );
+      });
+      await t.step("uninstall removes what install put there and keeps the config", async () => {
+        const r = await install("--uninstall");
+        assert.equal(r.code, 0, r.stderr);
+        assert.equal(await exists(`${hooks}/qemu`), false);
+        assert.equal(await exists(`${hooks}/libvirt-hook-qemu`), false);
+        assert.equal(await exists(`${hooks}/hooks.json`), true);
+      });
+      await t.step(
+        "a foreign qemu hook is left alone: refused, or installed beside it in qemu.d",
+        async () => {
+          await Deno.writeTextFile(`${hooks}/qemu`, "#!/bin/sh\n# someone else's hook\n");
+          const r = await install();
+          assert.equal(r.code, 1);
+          assert.match(r.stderr, /qemu exists and is not ours; it was left untouched/);
+          assert.equal(await Deno.readTextFile(`${hooks}/qemu`), "#!/bin/sh\n# someone else's hook\n");
+          const d = await install("--qemu-d");
+          assert.equal(d.code, 0, d.stderr);
+          const child = await run([
+            "/usr/bin/env",
+            "-i",
+            ...Object.entries(LIBVIRT_ENV).map(([k, v]) => `${k}=${v}`),
+            `${hooks}/qemu.d/libvirt-hook-qemu`,
+            "--version",
+          ]);
+          assert.equal(child.code, 0, child.stderr);
+          assert.equal(await Deno.readTextFile(`${hooks}/qemu`), "#!/bin/sh\n# someone else's hook\n");
+          assert.equal((await install("--uninstall")).code, 0);
+          assert.equal(await exists(`${hooks}/qemu.d/libvirt-hook-qemu`), false);
+        },
+      );
+    } finally {
+      await Deno.remove(dest, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "the installed hook, called as libvirt calls it, applies real rules in a namespace",
+  ignore: !can.ok,
+  ...opts,
+  async fn() {
+    const dest = await Deno.makeTempDir();
+    const lab = await createLab();
+    try {
+      const r = await run(["bash", `${ROOT}install.sh`], { ...Deno.env.toObject(), DESTDIR: dest });
+      assert.equal(r.code, 0, r.stderr);
+      const hooks = `${dest}/etc/libvirt/hooks`;
+      await Deno.writeTextFile(
+        `${hooks}/hooks.jsonc`,
+        `{"web1": {"private_ip": "${A.g1v4}", "port_map": {"tcp": [[2222, 22]]}}}`,
+      );
+      await lab.serve(lab.ns.g1, "tcp", 22, "g1");
+      // CONFIG_PATH stands in for /etc/libvirt/hooks, since the hook is installed under DESTDIR.
+      const env = { ...LIBVIRT_ENV, CONFIG_PATH: hooks };
+      const start = await lab.exec(lab.ns.host, [`${hooks}/qemu`, "web1", "start", "begin", "-"], {
+        clearEnv: true,
+        env,
+        cwd: "/",
+        stdin: "<domain/>",
+        timeoutMs: 30_000,
+      });
+      assert.deepEqual([start.code, start.stdout, start.stderr], [0, "", ""]);
+      assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
+      const stop = await lab.exec(lab.ns.host, [`${hooks}/qemu`, "web1", "stopped", "end", "-"], {
+        clearEnv: true,
+        env,
+        cwd: "/",
+        stdin: "<domain/>",
+      });
+      assert.deepEqual([stop.code, stop.stdout, stop.stderr], [0, "", ""]);
+      assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222, { timeoutMs: 800 }), null);
+    } finally {
+      await lab.close();
+      await Deno.remove(dest, { recursive: true });
+    }
+  },
+});
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
