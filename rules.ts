@@ -544,7 +544,9 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
 export function describeForward(f: LiveForward): string {
   const host = (ip: string) => (f.family === 6 ? `[${ip}]` : ip);
   const from = f.source === undefined ? "" : ` from ${f.source}`;
-  return `${f.protocol} ${host(f.publicIp)}:${f.publicPorts} -> ${host(f.privateIp)}:${f.privatePorts}${from}`;
+  return `${f.protocol} ${host(f.publicIp)}:${f.publicPorts} -> ${
+    host(f.privateIp)
+  }:${f.privatePorts}${from}`;
 }
 
 /** The live form of a planned forward, so planned and live ones compare as text. */

@@ -194,7 +194,7 @@ Deno.test({
       assert.equal(r.code, 0, r.stderr);
       assert.match(
         r.stdout,
-        /^Removing the old hook's chains and the jumps into them:\n  nat chain DNAT-web1\n  nat chain SNAT-web1\n  filter chain FWD-web1\n/,
+        /^Removing the old hook's chains and the jumps into them:\n {2}nat chain DNAT-web1\n {2}nat chain SNAT-web1\n {2}filter chain FWD-web1\n/,
       );
       assert.match(r.stdout, /Applied the forwards of running guest "web1"\n$/);
       const after = await lab.ruleset(4);
