@@ -127,7 +127,9 @@ if [ "$kind" != source ]; then
     cat "$stage/compile.log" >&2
     die "deno compile could not build the binary (it downloads its runtime, denort, unless DENORT_BIN names one)"
   else
-    say "deno compile is not possible here ($(grep -m1 -ioE 'dns error|failed to [a-z ]+|denort[^.]*' "$stage/compile.log" || echo 'no runtime')); installing the source form"
+    if [ -n "${DENORT_BIN:-}" ]; then why="it failed with DENORT_BIN=$DENORT_BIN; see $(tail -n 1 "$stage/compile.log")"
+    else why="it could not download its runtime, denort, and DENORT_BIN is not set"; fi
+    say "deno compile is not possible here ($why); installing the source form"
   fi
 fi
 if [ -z "$built" ]; then
