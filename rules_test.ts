@@ -268,3 +268,33 @@ Deno.test("syncDomain() puts every family back as it was when a batch fails", as
   assert.match(rollback, new RegExp(`-A LVH-${h}-FWD -d 192.168.122.10/32 -p tcp`));
   assert.equal(renderRollback("web1", { chains: [], rules: [] }, { chains: [], rules: [] }), undefined);
 });
+
+Deno.test("renderSync() renders IPv6 forwards for ip6tables-restore", () => {
+  const { forwards } = forwardsOf(
+    `{"v6": {"private_ip": "fd00:122::10", "public_ip": "2001:db8:1::7", "source_ip": "2001:db8:99::/48",
+      "port_map": {"tcp": [[2222, 22]]}}}`,
+    "v6",
+  );
+  const h = domainHash("v6");
+  const c = "-m comment --comment libvirt-hook-qemu:1:v6";
+  const ct = "-m conntrack --ctstate DNAT --ctorigdst 2001:db8:1::7/128 --ctorigdstport 2222";
+  assert.equal(
+    renderSync("v6", forwards, { chains: [], rules: [] }),
+    dedent(`
+      *nat
+      :LVH-${h}-DNAT - [0:0]
+      :LVH-${h}-SNAT - [0:0]
+      -I PREROUTING ${c} -j LVH-${h}-DNAT
+      -I OUTPUT ${c} -j LVH-${h}-DNAT
+      -I POSTROUTING ${c} -j LVH-${h}-SNAT
+      -A LVH-${h}-DNAT -d 2001:db8:1::7/128 -s 2001:db8:99::/48 -p tcp -m tcp --dport 2222 ${c} -j DNAT --to-destination [fd00:122::10]:22
+      -A LVH-${h}-SNAT -s fd00:122::/64 -d fd00:122::10/128 -p tcp -m tcp --dport 22 ${ct} ${c} -j MASQUERADE
+      COMMIT
+      *filter
+      :LVH-${h}-FWD - [0:0]
+      -I FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-${h}-FWD -d fd00:122::10/128 -p tcp -m tcp --dport 22 ${ct} ${c} -j ACCEPT
+      COMMIT
+    `),
+  );
+});

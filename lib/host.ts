@@ -128,7 +128,8 @@ function defaultIPv4(devices: string[], interfaces: Deno.NetworkInterfaceInfo[])
 // IFA_F_TEMPORARY, IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE: never a stable public address.
 const UNSTABLE = 0x01 | 0x08 | 0x20 | 0x40;
 
-function defaultIPv6(devices: string[], addresses: Inet6Address[]) {
+/** Chooses the stable global IPv6 address of the default route's interface, or says why there is none. */
+export function defaultIPv6(devices: string[], addresses: Inet6Address[]) {
   const device = devices[0];
   if (!device) return { problem: "the host has no IPv6 default route" };
   const stable = addresses.filter((a) => a.device === device && a.scope === 0 && !(a.flags & UNSTABLE));

@@ -21,7 +21,13 @@ const CONFIG = `{
     "port_range": [{ "init_port": 30000, "ports_num": 3, "protocol": "tcp" }],
   },
   // g2: only the client's second address may use it.
-  "g2": { "private_ip": "${A.g2v4}", "source_ip": "${A.client4b}", "port_map": { "tcp": [[2223, 22]] } },
+  "g2": {
+    "private_ip": "${A.g2v4}",
+    "source_ip": "${A.client4b}",
+    "private_ipv6": "${A.g2v6}",
+    "source_ipv6": "${A.client6b}",
+    "port_map": { "tcp": [[2223, 22]] },
+  },
 }`;
 
 const XML = (name: string, tap: string) =>
@@ -148,6 +154,11 @@ for (const brNetfilter of [false, true]) {
             `g2 ${A.client4b}`,
           );
           assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2223, { timeoutMs: 800 }), null);
+          assert.equal(
+            await lab.connect(ns.client, "tcp", A.hostPub6, 2223, { source: A.client6b }),
+            `g2 ${A.client6b}`,
+          );
+          assert.equal(await lab.connect(ns.client, "tcp", A.hostPub6, 2223, { timeoutMs: 800 }), null);
         });
         await t.step(
           "stop restores the exact pre-start ruleset, both families, and the forwards are gone",
@@ -248,7 +259,7 @@ Deno.test({
         assert.match(
           r.stderr,
           new RegExp(
-            `^${h.config}:11:101: Port out of range 1-65535 \\(g2\\.port_map\\.tcp\\[0\\]\\[1\\] = 70000\\)$`,
+            `^${h.config}:16:34: Port out of range 1-65535 \\(g2\\.port_map\\.tcp\\[0\\]\\[1\\] = 70000\\)$`,
             "m",
           ),
         );
