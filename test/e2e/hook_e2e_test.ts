@@ -1,0 +1,382 @@
+/**
+ * Issue #4: our hook, installed by install.sh, run by a real libvirtd 9.0 (in a network namespace, see
+ * libvirt_env.ts) for a guest's whole life: start, daemon restart, network restart, destroy, and a start the
+ * config refuses. Checks real traffic through libvirt's own rules and the rulesets before, during and after.
+ *
+ * Besides our hook (`/etc/libvirt/hooks/qemu`), the recorder (libvirt_env.ts) is installed as
+ * `/etc/libvirt/hooks/qemu.d/zz-recorder` and as the network hook: libvirt runs qemu.d scripts after `qemu`, so
+ * each recorded qemu call marks the moment our hook had finished, and shows libvirt's calls with their times.
+ *
+ * Needs root, working `ip netns`, and libvirt installed or apt-get. Skipped otherwise (with the reason printed),
+ * or when LVH_E2E=0.
+ */
+import assert from "node:assert/strict";
+import {
+  attachClientNamespace,
+  attachServiceNamespace,
+  defineGuest,
+  destroyGuest,
+  destroyNetwork,
+  domainState,
+  type HookCall,
+  HookRecorder,
+  installLibvirt,
+  isCall,
+  isRoot,
+  type LibvirtEnv,
+  netnsWorks,
+  run,
+  startGuest,
+  startLibvirt,
+  startNatNetwork,
+  startNetwork,
+  startTcpServer,
+  tcpRequest,
+} from "./libvirt_env.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const GUEST = "lvhguest";
+const BAD = "badguest";
+const SERVICE_IP = "192.168.150.10";
+const PEER_IP = "192.168.150.11";
+const PUBLIC_IP = "203.0.113.1";
+const CLIENT_IP = "203.0.113.50";
+const BRIDGE_IP = "192.168.150.1";
+const HOOKS_JSONC = "/etc/libvirt/hooks/hooks.jsonc";
+/** The recorder's name in qemu.d: the recorder names calls by its own file name. */
+const RECORDER = "zz-recorder";
+
+const CONFIG = `// hook_e2e_test.ts
+{
+  "${GUEST}": {
+    "interface": "virbr9",
+    "private_ip": "${SERVICE_IP}",
+    "public_ip": "${PUBLIC_IP}",
+    "port_map": { "tcp": [[8080, 80]] }
+  },
+  "${BAD}": { "private_ip": "192.168.150.300", "port_map": { "tcp": [[8081, 80]] } }
+}
+`;
+
+async function skipReason(): Promise<string | undefined> {
+  if (Deno.env.get("LVH_E2E") === "0") return "LVH_E2E=0";
+  if (Deno.build.os !== "linux") return `not Linux (${Deno.build.os})`;
+  if (!isRoot()) return "not root";
+  const ns = await netnsWorks().catch((e) => ({ ok: false as const, reason: String(e) }));
+  if (!ns.ok) return `ip netns does not work: ${ns.reason}`;
+  const haveLibvirtd = await run(["sh", "-c", "command -v libvirtd"], { check: false, timeoutMs: 10_000 });
+  const haveApt = await run(["sh", "-c", "command -v apt-get"], { check: false, timeoutMs: 10_000 });
+  if (!haveLibvirtd.success && !haveApt.success) return "no libvirtd and no apt-get to install it";
+  return undefined;
+}
+
+const reason = await skipReason();
+if (reason) console.log(`hook_e2e_test: skipped: ${reason}`);
+
+/** 1-based line:column of the first occurrence of `needle` in `text`. */
+function position(text: string, needle: string): string {
+  const at = text.indexOf(needle);
+  assert.ok(at >= 0, `${needle} not in the config`);
+  const before = text.slice(0, at).split("\n");
+  return `${before.length}:${(before.at(-1) ?? "").length + 1}`;
+}
+
+/** iptables-save (or ip6tables-save) in the libvirt namespace, without comments and counters. */
+async function ruleset(env: LibvirtEnv, family: 4 | 6 = 4): Promise<string> {
+  const r = await env.exec([family === 4 ? "iptables-save" : "ip6tables-save"], { timeoutMs: 30_000 });
+  return r.stdout
+    .split("\n")
+    .filter((l) => l !== "" && !l.startsWith("#"))
+    .map((l) => l.replace(/^(:\S+ \S+) \[\d+:\d+\]$/, "$1").replace(/^\[\d+:\d+\] /, ""))
+    .join("\n") + "\n";
+}
+
+/** Lines only in a, only in b (a multiset difference, enough to name what changed). */
+function diff(a: string, b: string): string {
+  const left = a.split("\n"), right = b.split("\n");
+  const minus = left.filter((l) => !right.includes(l)).map((l) => `- ${l}`);
+  const plus = right.filter((l) => !left.includes(l)).map((l) => `+ ${l}`);
+  const moved = left.join("\n") !== right.join("\n") && minus.length === 0 && plus.length === 0;
+  return [...minus, ...plus, ...(moved ? ["(same lines, different order)"] : [])].join("\n") || "(none)";
+}
+
+function environOf(pid: number): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const kv of Deno.readTextFileSync(`/proc/${pid}/environ`).split("\0")) {
+    const eq = kv.indexOf("=");
+    if (eq > 0) out[kv.slice(0, eq)] = kv.slice(eq + 1);
+  }
+  return out;
+}
+
+const epoch = () => (performance.timeOrigin + performance.now()) / 1000;
+
+interface Action {
+  what: string;
+  /** Epoch seconds when the command began. */
+  t0: number;
+  ms: number;
+  result: string;
+}
+
+Deno.test({
+  name:
+    "e2e #4: our installed hook under a real libvirtd: forwards live, survive restarts, vanish on destroy",
+  ignore: reason !== undefined,
+  sanitizeOps: true,
+  sanitizeResources: true,
+  fn: async (t) => {
+    const t00 = performance.now();
+    const install = await installLibvirt();
+    const tmp = await Deno.makeTempDir({ prefix: "lvh-e2e-hook-" });
+    const rec = await HookRecorder.create(`${tmp}/recorder`);
+    const hooksDir = `${tmp}/etc/libvirt/hooks`;
+    let env: LibvirtEnv | undefined;
+    const actions: Action[] = [];
+    const rules: { title: string; text: string }[] = [];
+    const notes: string[] = [];
+    const started: { ns: string[]; pids: number[] } = { ns: [], pids: [] };
+
+    /** Runs one hook-triggering command, recording when it began and how long it took. */
+    const act = async <T>(what: string, fn: () => Promise<T>, show: (r: T) => string = () => "ok") => {
+      const a: Action = { what, t0: epoch(), ms: 0, result: "" };
+      actions.push(a);
+      const p0 = performance.now();
+      try {
+        const r = await fn();
+        a.result = show(r);
+        return r;
+      } catch (e) {
+        a.result = `THREW ${e instanceof Error ? e.message.split("\n")[0] : String(e)}`;
+        throw e;
+      } finally {
+        a.ms = Math.round(performance.now() - p0);
+      }
+    };
+
+    try {
+      await t.step("1. install our hook with install.sh and start libvirtd with it", async () => {
+        const inst = await run(["bash", `${ROOT}install.sh`], {
+          env: { DESTDIR: tmp },
+          timeoutMs: 300_000,
+        });
+        notes.push(`install.sh (${inst.ms} ms): ${inst.stdout.trim().replace(/\n/g, " | ")}`);
+        assert.match(inst.stdout, /source form/);
+        assert.ok((await Deno.stat(`${hooksDir}/qemu`)).isFile);
+        await Deno.writeTextFile(`${hooksDir}/hooks.jsonc`, CONFIG);
+        // the recorder runs after our hook (qemu.d scripts come after qemu) and as the network hook
+        await Deno.mkdir(`${hooksDir}/qemu.d`, { recursive: true });
+        await Deno.copyFile(`${rec.hooksDir}/qemu`, `${hooksDir}/qemu.d/${RECORDER}`);
+        await Deno.chmod(`${hooksDir}/qemu.d/${RECORDER}`, 0o755);
+        await Deno.copyFile(`${rec.hooksDir}/network`, `${hooksDir}/network`);
+        await Deno.chmod(`${hooksDir}/network`, 0o755);
+
+        env = await startLibvirt({ hooksDir });
+        started.ns.push(env.ns);
+        started.pids.push(env.launcherPid, env.virtlogdPid, env.libvirtdPid);
+        const daemonEnv = environOf(env.libvirtdPid);
+        assert.equal(daemonEnv["HOME"], undefined, `libvirtd has HOME: ${JSON.stringify(daemonEnv)}`);
+        assert.deepEqual(Object.keys(daemonEnv).sort(), ["LC_ALL", "PATH"]);
+        notes.push(`libvirtd ${env.libvirtdPid} environment: ${JSON.stringify(daemonEnv)}`);
+      });
+      const e = env;
+      if (!e) throw new Error("libvirtd did not start");
+
+      const net = await startNatNetwork(e);
+      const svc = await attachServiceNamespace(e, net, { ip: SERVICE_IP });
+      const peer = await attachServiceNamespace(e, net, {
+        ip: PEER_IP,
+        suffix: "peer",
+        hostVeth: "lvhpeer0",
+      });
+      const cli = await attachClientNamespace(e, { hostIp: PUBLIC_IP, clientIp: CLIENT_IP });
+      await startTcpServer(e, svc.ns, { port: 80, label: "svc" });
+      const guest = await defineGuest(e, { name: GUEST, network: net.name });
+      await defineGuest(e, { name: BAD, network: net.name, mac: "52:54:00:4c:56:11" });
+      const svcLine = (from: string) =>
+        new RegExp(`^svc ${from.replace(/\./g, "\\.")}:\\d+ -> ${SERVICE_IP.replace(/\./g, "\\.")}:80$`);
+
+      /** The three paths to the forward; `from` is the source the service must see. */
+      const checkForwards = async (when: string) => {
+        const viaClient = await tcpRequest(cli.ns, PUBLIC_IP, 8080);
+        assert.ok(viaClient.ok, `${when}: client -> ${PUBLIC_IP}:8080: ${JSON.stringify(viaClient)}`);
+        assert.match(
+          viaClient.text,
+          svcLine(CLIENT_IP),
+          `${when}: the service must see the client's address`,
+        );
+        const viaHost = await tcpRequest(e.ns, PUBLIC_IP, 8080);
+        assert.ok(viaHost.ok, `${when}: host -> ${PUBLIC_IP}:8080: ${JSON.stringify(viaHost)}`);
+        const viaPeer = await tcpRequest(peer.ns, PUBLIC_IP, 8080);
+        assert.ok(
+          viaPeer.ok,
+          `${when}: ${PEER_IP} (hairpin) -> ${PUBLIC_IP}:8080: ${JSON.stringify(viaPeer)}`,
+        );
+        // masqueraded to the bridge address, so the answer goes back through the host (conntrack un-NATs it)
+        assert.match(viaPeer.text, svcLine(BRIDGE_IP), `${when}: hairpin source`);
+        notes.push(
+          `${when}: client sees "${viaClient.text}"; host sees "${viaHost.text}"; hairpin sees "${viaPeer.text}"`,
+        );
+      };
+      const checkNoForward = async (when: string) => {
+        const r = await tcpRequest(cli.ns, PUBLIC_IP, 8080);
+        assert.ok(!r.ok, `${when}: the forward must not work: ${JSON.stringify(r)}`);
+        if (!r.ok) notes.push(`${when}: client -> ${PUBLIC_IP}:8080: ${r.error}`);
+      };
+
+      let before4 = "", before6 = "", during4 = "";
+      await t.step("2. network, guest and namespaces ready; ruleset before start recorded", async () => {
+        before4 = await ruleset(e);
+        before6 = await ruleset(e, 6);
+        rules.push({ title: "before virsh start", text: before4 });
+        assert.ok(!before4.includes("LVH-"));
+        await checkNoForward("before start");
+      });
+
+      await t.step(
+        "3. virsh start: forwards work for the client, the host and the bridge (hairpin)",
+        async () => {
+          await act(`virsh start ${GUEST}`, () => startGuest(e, guest.name), (r) => `exit ${r.code}`);
+          assert.equal(await domainState(e, GUEST), "running");
+          const started = await rec.waitForCall((c) => isCall(c, RECORDER, GUEST, "started", "begin"));
+          assert.equal(started.cwd, "/");
+          assert.equal(started.initEnv["HOME"], undefined);
+          assert.equal(started.initEnv["LC_ALL"], "C");
+          // the recorder runs after our hook: at its `start` call our rules are already there
+          const atStart = (await rec.calls()).find((c) => isCall(c, RECORDER, GUEST, "start", "begin"));
+          assert.ok(atStart);
+          assert.match(await Deno.readTextFile(atStart.iptablesFile), /LVH-/, "rules not in place at start");
+          during4 = await ruleset(e);
+          rules.push({ title: "during (after virsh start)", text: during4 });
+          assert.match(
+            during4,
+            /^-A FORWARD -m comment --comment "libvirt-hook-qemu:1:lvhguest" -j LVH-\S+-FWD\n-A FORWARD -j LIBVIRT_FWX$/m,
+          );
+          await checkForwards("after start");
+        },
+      );
+
+      await t.step(
+        "4. libvirtd restart with the guest running: reconnect keeps the rules, once",
+        async () => {
+          const since = epoch();
+          await act("restart libvirtd (until virsh answers)", () => e.restartDaemon());
+          started.pids.push(e.libvirtdPid);
+          const reconnect = await rec.waitForCall((c) =>
+            isCall(c, RECORDER, GUEST, "reconnect", "begin") && c.t >= since
+          );
+          notes.push(
+            `reconnect call done ${Math.round((reconnect.t - since) * 1000)} ms after the restart began`,
+          );
+          assert.equal(reconnect.initEnv["HOME"], undefined);
+          assert.equal(environOf(e.libvirtdPid)["HOME"], undefined);
+          assert.equal(await domainState(e, GUEST), "running");
+          const after = await ruleset(e);
+          assert.equal(after, during4, `rules changed by the restart:\n${diff(during4, after)}`);
+          await checkForwards("after libvirtd restart");
+        },
+      );
+
+      await t.step("5. net-destroy + net-start with the guest running", async () => {
+        await act(`virsh net-destroy ${net.name}`, () => destroyNetwork(e, net.name));
+        const down = await ruleset(e);
+        rules.push({ title: "after net-destroy (guest running)", text: down });
+        notes.push(`net-destroy changed (vs during):\n${diff(during4, down)}`);
+        await act(`virsh net-start ${net.name}`, () => startNetwork(e, net.name));
+        const up = await ruleset(e);
+        notes.push(`net-destroy + net-start changed (vs during):\n${diff(during4, up)}`);
+        assert.equal(await domainState(e, GUEST), "running");
+        // libvirt re-creates the bridge without its ports: put our namespaces back on it
+        await svc.reattach();
+        await peer.reattach();
+        await checkForwards("after net-destroy + net-start");
+        assert.equal(up, during4, `rules differ after the network restart:\n${diff(during4, up)}`);
+      });
+
+      await t.step("6. virsh destroy: our rules are gone, the ruleset is the one before start", async () => {
+        await act(`virsh destroy ${GUEST}`, () => destroyGuest(e, guest.name), (r) => `exit ${r.code}`);
+        const stopped = await rec.waitForCall((c) => isCall(c, RECORDER, GUEST, "stopped", "end"));
+        assert.doesNotMatch(
+          await Deno.readTextFile(stopped.iptablesFile),
+          /LVH-/,
+          "rules left after stopped",
+        );
+        await rec.waitForCall((c) => isCall(c, RECORDER, GUEST, "release", "end"));
+        const after4 = await ruleset(e);
+        rules.push({ title: "after virsh destroy", text: after4 });
+        assert.equal(
+          after4,
+          before4,
+          `ruleset after destroy differs from before start:\n${diff(before4, after4)}`,
+        );
+        assert.equal(await ruleset(e, 6), before6);
+        await checkNoForward("after destroy");
+      });
+
+      await t.step("7. virsh start of a guest with a bad config entry fails with our message", async () => {
+        const r = await act(
+          `virsh start ${BAD}`,
+          () => startGuest(e, BAD, { check: false }),
+          (r) => `exit ${r.code}`,
+        );
+        notes.push(`virsh start ${BAD}: exit ${r.code}\n${r.stderr.trim()}`);
+        assert.equal(r.success, false);
+        const where = `${HOOKS_JSONC}:${position(CONFIG, '"192.168.150.300"')}`;
+        assert.ok(
+          r.stderr.includes(`${where}: Not an IP address (${BAD}.private_ip = "192.168.150.300")`),
+          `stderr: ${r.stderr}`,
+        );
+        assert.match(r.stderr, /Cannot apply forwards for "badguest"/);
+        assert.equal(await domainState(e, BAD), "shut off");
+        await rec.waitForCall((c) => isCall(c, RECORDER, BAD, "release", "end"));
+        const after = await ruleset(e);
+        assert.equal(after, before4, `a refused start changed the rules:\n${diff(before4, after)}`);
+      });
+    } finally {
+      // the report: hook calls (recorded after our hook returned) with times relative to the command
+      const calls: HookCall[] = await rec.calls().catch(() => []);
+      const out: string[] = [
+        `\n===== hook_e2e_test report (libvirt install: ${JSON.stringify(install)}) =====`,
+      ];
+      out.push(...notes);
+      out.push(
+        "\n--- hook-triggering steps and the hook calls libvirt made (ms after the command began) ---",
+      );
+      for (const [i, a] of actions.entries()) {
+        out.push(`${a.what}: ${a.ms} ms (${a.result})`);
+        const next = actions[i + 1]?.t0 ?? Infinity;
+        for (const c of calls.filter((c) => c.t >= a.t0 && c.t < next)) {
+          out.push(
+            `  +${String(Math.round((c.t - a.t0) * 1000)).padStart(5)} ms  ${c.hook} ${c.argv.join(" ")}` +
+              (c.hook === RECORDER ? "  (recorded after our qemu hook returned)" : ""),
+          );
+        }
+      }
+      out.push("\n--- harness timings ---");
+      for (const tm of env?.timings ?? []) out.push(`${tm.step}: ${tm.ms} ms`);
+      for (const r of rules) out.push(`\n--- iptables-save ${r.title} ---\n${r.text.trimEnd()}`);
+      console.log(out.join("\n"));
+      await env?.stop();
+      await rec.remove();
+      await Deno.remove(tmp, { recursive: true }).catch(() => undefined);
+    }
+
+    await t.step("8. everything torn down", async () => {
+      const list = await run(["ip", "netns", "list"], { timeoutMs: 10_000 });
+      for (const ns of started.ns) assert.ok(!list.stdout.includes(ns), `namespace left: ${list.stdout}`);
+      for (const pid of started.pids) {
+        const alive = await Deno.readTextFile(`/proc/${pid}/stat`).then(
+          (s) => !/\) [ZX] /.test(s),
+          () => false,
+        );
+        assert.ok(!alive, `process ${pid} is still alive`);
+      }
+      const daemon = await run(["virsh", "-c", "qemu:///system", "version"], {
+        check: false,
+        timeoutMs: 10_000,
+      });
+      assert.ok(!daemon.success, "a libvirtd still answers");
+    });
+    console.log(`hook_e2e_test: ${Math.round(performance.now() - t00)} ms`);
+  },
+});
