@@ -13,7 +13,7 @@ export const SETTINGS_KEY = "/settings";
 /** The top-level key editors read for the JSON Schema; a domain entry is never a string, so it cannot clash. */
 export const SCHEMA_KEY = "$schema";
 /** Firewall backends a user may name in the settings. */
-export const BACKENDS = ["auto", "iptables"] as const;
+export const BACKENDS = ["auto", "iptables", "nftables"] as const;
 
 /** One problem found in the config. `domains` lists the domains it stops; absent, it stops them all. */
 export interface Diagnostic {

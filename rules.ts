@@ -4,7 +4,6 @@ import { createHash } from "node:crypto";
 import type { Entry, Protocol } from "./config.ts";
 import { type Family, formatNetwork, parseAddress } from "./lib/address.ts";
 import { connectedNetworkOf, type HostFacts } from "./lib/host.ts";
-import { CommandError, oneLine, type Runner } from "./lib/runner.ts";
 
 /** One port forward, fully resolved: nothing in it depends on the host any more. */
 export interface Forward {
@@ -251,6 +250,8 @@ export interface LiveRule {
 export interface Live {
   chains: { table: string; chain: string; owner: string }[];
   rules: LiveRule[];
+  /** Whether libvirt's own chains (LIBVIRT_*) are there: libvirt uses its iptables backend. */
+  libvirt?: boolean;
 }
 
 /** Extracts our chains and rules from iptables-save output; everything else is skipped unread. */
@@ -262,6 +263,7 @@ export function parseSave(text: string): Live {
       table = line.slice(1).trim();
       continue;
     }
+    if (line.startsWith(":LIBVIRT_")) live.libvirt = true;
     // Cheap filter first: on a busy host almost every line is someone else's.
     if (!line.includes(CHAIN_PREFIX) && !line.includes(COMMENT_TAG)) continue;
     if (line.startsWith(":")) {
@@ -390,111 +392,6 @@ export function iptablesTools(binary = "iptables"): Record<Family, Tools> {
     restore: [`${dir}${name}-restore`, "--noflush", "--wait"],
   });
   return { 4: tools(base), 6: tools(v6) };
-}
-
-/** What one sync changed in one family. */
-export interface Change {
-  family: Family;
-  removed: number;
-  added: number;
-}
-
-/** Thrown when a domain's rules cannot be applied; the firewall is as it was before. */
-export class ApplyError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "ApplyError";
-  }
-}
-
-const FAMILIES: Family[] = [4, 6];
-
-/** Reads what is live for every family; a family whose tools are missing counts as empty. */
-export async function readLive(
-  runner: Runner,
-  tools: Record<Family, Tools>,
-): Promise<Record<Family, Live | undefined>> {
-  const [v4, v6] = await Promise.all(FAMILIES.map(async (family) => {
-    const result = await runner.run(tools[family].save);
-    if (result.code === 127) return undefined;
-    if (result.code !== 0) throw new CommandError(tools[family].save, result);
-    return parseSave(result.stdout);
-  }));
-  return { 4: v4, 6: v6 };
-}
-
-/**
- * Makes a domain's live rules equal to `forwards` in every family, all or nothing: one iptables-restore batch
- * per family, and if any batch fails, every family is put back as it was before this call.
- */
-export async function syncDomain(
-  domain: string,
-  forwards: Forward[],
-  deps: { runner: Runner; tools: Record<Family, Tools> },
-): Promise<Change[]> {
-  const { runner, tools } = deps;
-  const live = await readLive(runner, tools);
-  const before: Partial<Record<Family, Live>> = {};
-  const batches: { family: Family; text: string; change: Change }[] = [];
-  for (const family of FAMILIES) {
-    const wanted = forwards.filter((f) => f.family === family);
-    const all = live[family];
-    if (!all) {
-      if (wanted.length > 0) throw new ApplyError(`${tools[family].save[0]} is not installed`);
-      continue;
-    }
-    const mine = liveOf(all, domain);
-    before[family] = mine;
-    const text = renderSync(domain, wanted, mine);
-    if (text === undefined) continue;
-    const added = buildRules(domain, wanted);
-    batches.push({
-      family,
-      text,
-      change: { family, removed: mine.rules.length, added: added.rules.length + added.jumps.length },
-    });
-  }
-  const attempted: Family[] = [];
-  for (const batch of batches) {
-    attempted.push(batch.family);
-    const result = await runner.run(tools[batch.family].restore, { stdin: batch.text });
-    if (result.code !== 0) {
-      const why = `${tools[batch.family].restore[0]} failed: ${
-        oneLine(result.stderr) || `exit ${result.code}`
-      }`;
-      const rollback = await rollBack(domain, attempted, before, deps);
-      throw new ApplyError(rollback ? `${why}; ${rollback}` : why);
-    }
-  }
-  return batches.map((b) => b.change);
-}
-
-async function rollBack(
-  domain: string,
-  families: Family[],
-  before: Partial<Record<Family, Live>>,
-  deps: { runner: Runner; tools: Record<Family, Tools> },
-): Promise<string | undefined> {
-  const problems: string[] = [];
-  for (const family of families) {
-    try {
-      const save = await deps.runner.run(deps.tools[family].save);
-      if (save.code !== 0) throw new CommandError(deps.tools[family].save, save);
-      const text = renderRollback(
-        domain,
-        before[family] ?? { chains: [], rules: [] },
-        liveOf(parseSave(save.stdout), domain),
-      );
-      if (text === undefined) continue;
-      const result = await deps.runner.run(deps.tools[family].restore, { stdin: text });
-      if (result.code !== 0) throw new CommandError(deps.tools[family].restore, result);
-    } catch (err) {
-      problems.push(`IPv${family}: ${err instanceof Error ? err.message : String(err)}`);
-    }
-  }
-  return problems.length
-    ? `rolling back also failed, rules may be left half-applied: ${problems.join("; ")}`
-    : undefined;
 }
 
 /** A forward as read back from a live DNAT rule, for status. */

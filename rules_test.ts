@@ -14,9 +14,9 @@ import {
   renderRollback,
   renderSync,
   ruleComment,
-  syncDomain,
   tokenize,
 } from "./rules.ts";
+import { syncDomain } from "./lib/apply.ts";
 import { dedent, FACTS, recordingRunner } from "./test/util.ts";
 
 function forwardsOf(text: string, domain: string, facts = FACTS) {

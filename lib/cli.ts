@@ -9,13 +9,13 @@ import {
   type LiveForward,
   liveForwards,
   planForwards,
-  readLive,
   renderSync,
   tokenize,
 } from "../rules.ts";
 import { parseAddress } from "./address.ts";
 import { connectedNetworkOf, type ConnectedRoute } from "./host.ts";
-import { type HookDeps, install, loadFor, message, remove, resync, tools } from "./hook.ts";
+import { readState } from "./apply.ts";
+import { applyDeps, type HookDeps, install, loadFor, message, remove, resync, tools } from "./hook.ts";
 import { runChecked } from "./runner.ts";
 import { env, systemHookDeps } from "./system.ts";
 
@@ -263,7 +263,7 @@ async function plan(domain: string, deps: HookDeps): Promise<number> {
 }
 
 async function liveByDomain(deps: HookDeps): Promise<Map<string, LiveForward[]>> {
-  const live = await readLive(deps.runner, tools(deps));
+  const live = (await readState(applyDeps(deps))).ipt;
   const out = new Map<string, LiveForward[]>();
   for (const family of [4, 6] as const) {
     const l = live[family];

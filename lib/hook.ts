@@ -1,9 +1,10 @@
 /** What the hook does for each libvirt call: install, re-sync or remove one domain's forwards. */
 
 import { type Config, configCandidates, domainConfig, formatDiagnostic, loadConfig } from "../config.ts";
-import { type Change, type Forward, iptablesTools, planForwards, syncDomain, type Tools } from "../rules.ts";
+import { type Forward, iptablesTools, planForwards, type Tools } from "../rules.ts";
+import { type ApplyDeps, type Change, reassertAccepts, syncDomain } from "./apply.ts";
 import type { Family } from "./address.ts";
-import { guestInterfaces } from "./domain_xml.ts";
+import { guestInterfaces, xmlKind } from "./domain_xml.ts";
 import type { HostFacts } from "./host.ts";
 import type { Runner } from "./runner.ts";
 
@@ -20,6 +21,18 @@ export const QEMU_OPERATIONS = [
   "attach",
 ] as const;
 
+/** The operations libvirt passes to the network hook (`/etc/libvirt/hooks/network`). */
+export const NETWORK_OPERATIONS = [
+  "start",
+  "started",
+  "stopped",
+  "port-created",
+  "port-deleted",
+  "updated",
+  "plugged",
+  "unplugged",
+] as const;
+
 /** One call from libvirt: `<domain> <operation> <sub-operation> <extra>`. */
 export interface HookCall {
   domain: string;
@@ -32,7 +45,8 @@ export interface HookCall {
 export function asHookCall(args: string[]): HookCall | undefined {
   if (args.length !== 4) return undefined;
   const [domain = "", operation = "", subOperation = "", extra = ""] = args;
-  if (!(QEMU_OPERATIONS as readonly string[]).includes(operation)) return undefined;
+  const known = [...QEMU_OPERATIONS, ...NETWORK_OPERATIONS] as readonly string[];
+  if (!known.includes(operation)) return undefined;
   if (!["begin", "end", "-"].includes(subOperation)) return undefined;
   return { domain, operation, subOperation, extra };
 }
@@ -50,10 +64,34 @@ export interface HookDeps {
   setHairpin(device: string): Promise<void>;
   /** Records one action where administrators look (syslog); must never fail or block. */
   log(line: string): void;
+  /** The nft program, or undefined to leave nftables alone (hosts without it, tests of the iptables path). */
+  nft: string | undefined;
+}
+
+/** What applying needs, from the hook's dependencies, the config's settings and the host's networks. */
+export function applyDeps(deps: HookDeps, config?: Config, facts?: HostFacts): ApplyDeps {
+  return {
+    runner: deps.runner,
+    tools: tools(deps),
+    ...(deps.nft === undefined ? {} : { nft: deps.nft }),
+    ...(config ? { backend: config.settings.backend } : {}),
+    ...(facts ? { connected: facts.connected } : {}),
+  };
 }
 
 /** Runs one hook call and returns its exit code: non-zero only when `start` cannot install the forwards. */
 export async function runHook(call: HookCall, deps: HookDeps): Promise<number> {
+  // One executable serves as the qemu and the network hook; the XML on stdin tells which one libvirt ran.
+  const qemuOnly = (QEMU_OPERATIONS as readonly string[]).includes(call.operation) &&
+    !(NETWORK_OPERATIONS as readonly string[]).includes(call.operation);
+  if (
+    !qemuOnly &&
+    (call.operation !== "start" && call.operation !== "started" && call.operation !== "stopped" ||
+      xmlKind(await deps.readStdin()) === "network")
+  ) {
+    await networkHook(call, deps);
+    return 0;
+  }
   switch (call.operation) {
     case "start":
       return (await install(call.domain, deps)) ? 0 : 1;
@@ -107,9 +145,7 @@ export async function install(domain: string, deps: HookDeps, action = "start"):
     return fail("nothing was changed");
   }
   try {
-    const changes = await deps.lock(() =>
-      syncDomain(domain, plan.forwards, { runner: deps.runner, tools: tools(deps) })
-    );
+    const changes = await deps.lock(() => syncDomain(domain, plan.forwards, applyDeps(deps, config, facts)));
     await hairpinPorts(domain, plan.forwards, facts, deps);
     deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}`);
     return true;
@@ -143,9 +179,7 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
     forwards = plan.forwards;
   }
   try {
-    const changes = await deps.lock(() =>
-      syncDomain(domain, forwards, { runner: deps.runner, tools: tools(deps) })
-    );
+    const changes = await deps.lock(() => syncDomain(domain, forwards, applyDeps(deps, config, facts)));
     if (forwards.length > 0) await hairpinPorts(domain, forwards, facts, deps);
     if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, forwards)}`);
     return true;
@@ -159,15 +193,28 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
 /** Removes whatever is live for a domain, whatever the config says (libvirt's stopped, the remove command). */
 export async function remove(domain: string, deps: HookDeps, action: string): Promise<boolean> {
   try {
-    const changes = await deps.lock(() =>
-      syncDomain(domain, [], { runner: deps.runner, tools: tools(deps) })
-    );
+    const changes = await deps.lock(() => syncDomain(domain, [], applyDeps(deps)));
     if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, [])}`);
     return true;
   } catch (err) {
     deps.problem(`Cannot remove forwards for "${domain}": ${message(err)}`);
     deps.log(`${action} ${domain}: failed: ${message(err)}`);
     return false;
+  }
+}
+
+/**
+ * The network hook: when libvirt (re)starts a network it re-creates its nftables chains, and our accepts must
+ * go back in front of its reject. Never fails: a failing network hook stops the network.
+ */
+async function networkHook(call: HookCall, deps: HookDeps): Promise<void> {
+  if (call.operation !== "started") return;
+  try {
+    const facts = await deps.facts();
+    const count = await deps.lock(() => reassertAccepts(applyDeps(deps, undefined, facts)));
+    if (count > 0) deps.log(`network ${call.domain} started: re-asserted our accepts in libvirt's chains`);
+  } catch (err) {
+    deps.problem(`Cannot re-assert forwards after network "${call.domain}" started: ${message(err)}`);
   }
 }
 

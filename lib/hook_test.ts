@@ -55,6 +55,7 @@ async function fake(
       return Promise.resolve();
     },
     log: () => {},
+    nft: undefined,
   };
   return {
     deps,
@@ -150,11 +151,10 @@ Deno.test("runHook() start fails with iptables' own words when the firewall refu
 });
 
 Deno.test("runHook() start turns on hairpin mode for the guest's taps only when bridge netfilter is on", async (t) => {
-  await t.step("off: no port is touched, stdin is not even read", async () => {
+  await t.step("off: no port is touched", async () => {
     const f = await fake(GOOD);
     await runHook(call("web1", "start"), f.deps);
     assert.deepEqual(f.hairpin, []);
-    assert.equal(f.stdinRead(), false);
   });
   await t.step("on: the taps on the entry's bridge", async () => {
     const f = await fake(GOOD, undefined, { ...FACTS, bridgeNetfilter: { 4: true, 6: true } });
@@ -208,13 +208,44 @@ Deno.test("runHook() stopped removes what is live without reading the config, an
   });
 });
 
-Deno.test("runHook() ignores every other operation without running anything or reading stdin", async (t) => {
-  for (const op of ["prepare", "started", "release", "migrate", "restore", "attach"]) {
-    await t.step(op, async () => {
+Deno.test("runHook() ignores every other operation without running anything", async (t) => {
+  for (const op of ["prepare", "release", "migrate", "restore", "attach"]) {
+    await t.step(`${op}: stdin is not even read`, async () => {
       const f = await fake(GOOD);
       assert.equal(await runHook(call("web1", op), f.deps), 0);
       assert.deepEqual(f.calls, []);
       assert.equal(f.stdinRead(), false);
     });
   }
+  await t.step("started (a qemu call: its stdin is a domain)", async () => {
+    const f = await fake(GOOD);
+    assert.equal(await runHook(call("web1", "started"), f.deps), 0);
+    assert.deepEqual(f.calls, []);
+  });
+});
+
+Deno.test("runHook() serves as the network hook when stdin holds <hookData>", async (t) => {
+  const network = (op: string, nft: string | undefined) =>
+    fake(GOOD, (argv) => (argv[0] === "nft" ? { code: 1, stderr: "Error: No such file or directory" } : {}))
+      .then((f) => {
+        f.deps.readStdin = () =>
+          Promise.resolve("<hookData><network><name>default</name></network></hookData>");
+        f.deps.nft = nft;
+        return { f, run: () => runHook(call("default", op), f.deps) };
+      });
+  await t.step("start of a network named like a guest installs nothing", async () => {
+    const { f, run } = await network("start", "nft");
+    assert.equal(await run(), 0);
+    assert.deepEqual(f.calls, []);
+  });
+  await t.step("started reads what is live, to put our accepts back in libvirt's chains", async () => {
+    const { f, run } = await network("started", "nft");
+    assert.equal(await run(), 0);
+    assert.deepEqual(f.calls.map((c) => c[0]), ["iptables-save", "ip6tables-save", "nft", "nft", "nft"]);
+  });
+  await t.step("port-created, a network-only operation, does nothing", async () => {
+    const { f, run } = await network("port-created", "nft");
+    assert.equal(await run(), 0);
+    assert.deepEqual(f.calls, []);
+  });
 });

@@ -74,5 +74,6 @@ export function systemHookDeps(): HookDeps {
     lock: (fn) => withLock(fn),
     setHairpin,
     log,
+    nft: "nft",
   };
 }

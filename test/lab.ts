@@ -82,6 +82,12 @@ export interface LabOptions {
   /** Load the libvirt-like and foreign base rules (default true). */
   baseRules?: boolean;
   /**
+   * Which firewall backend the imitated libvirt uses (default "iptables", libvirt 9.0). "nftables" loads what
+   * libvirt >= 10.4 creates with its nftables backend instead (`table ip/ip6 libvirt_network`, whose
+   * guest_input chain rejects new connections to the guests), plus a foreign nft table, and no iptables rules.
+   */
+  libvirt?: "iptables" | "nftables";
+  /**
    * IPv6 LIBVIRT_FWI accept rule (default "routed"). libvirt 9.0 treats IPv6 in a NAT network as routed:
    * `-d fd00:122::/64 -o virbr0 -j ACCEPT`, so any forwarded IPv6 packet to a guest is accepted.
    * "established" uses the IPv4-like `-m conntrack --ctstate RELATED,ESTABLISHED` variant instead, so a
@@ -158,6 +164,8 @@ export interface Lab {
   ): Promise<string | null>;
   /** iptables-save / ip6tables-save of the host namespace without comments and counters. */
   ruleset(family?: 4 | 6): Promise<string>;
+  /** `nft list ruleset` of the host namespace without counters and handles. */
+  nftRuleset(): Promise<string>;
   /** Kills every process started by the lab and deletes its namespaces. Idempotent. */
   close(): Promise<void>;
   /** Same as close(), for `await using lab = await createLab()`. */
@@ -252,6 +260,49 @@ export async function brNetfilterAvailable(): Promise<boolean> {
     timeoutMs: 5000,
   });
   return r.code === 0;
+}
+
+/**
+ * What libvirt >= 10.4 creates with its nftables backend for the NAT network virbr0 (as measured with libvirt
+ * 11.3: per family a table `libvirt_network`, base chain `forward` jumping to guest_cross, guest_input,
+ * guest_output; guest_input rejects new connections to the bridge), plus a foreign table of another tool.
+ */
+export function libvirtNftText(): string {
+  const family = (ip: "ip" | "ip6", net: string, reject: string) => `
+table ${ip} libvirt_network {
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    counter jump guest_cross
+    counter jump guest_input
+    counter jump guest_output
+  }
+  chain guest_output {
+    iif "virbr0" ${ip} saddr ${net} counter accept
+    iif "virbr0" counter ${reject}
+  }
+  chain guest_input {
+    oif "virbr0" ${ip} daddr ${net} ct state established,related counter accept
+    oif "virbr0" counter ${reject}
+  }
+  chain guest_cross {
+    iif "virbr0" oif "virbr0" counter accept
+  }
+  chain guest_nat {
+    type nat hook postrouting priority srcnat; policy accept;
+    ${ip} saddr ${net} ${ip} daddr != ${net} counter masquerade
+  }
+}`;
+  return [
+    family("ip", LAB_ADDR.net4, "reject"),
+    family("ip6", LAB_ADDR.net6, "reject"),
+    `
+table inet foreign {
+  chain input {
+    type filter hook input priority filter + 10; policy accept;
+    tcp dport 9999 counter accept
+  }
+}`,
+  ].join("\n") + "\n";
 }
 
 /** Checks whether labs can be created here (Linux, root, ip netns, iptables incl. nat, netcat). */
@@ -688,7 +739,9 @@ export async function createLab(opts: LabOptions = {}): Promise<Lab> {
       ]),
     ]);
 
-    if (baseRules) {
+    if (baseRules && opts.libvirt === "nftables") {
+      await runOk(inNs(ns.host, [bin("nft"), "-f", "-"]), { stdin: libvirtNftText() });
+    } else if (baseRules) {
       const v6 = opts.ipv6Forward === undefined ? {} : { ipv6Forward: opts.ipv6Forward };
       const restore4 = (checksum: boolean) =>
         run(inNs(ns.host, [bin("iptables-restore")]), { stdin: baseRulesText(4, { checksum }) });
@@ -783,6 +836,10 @@ export async function createLab(opts: LabOptions = {}): Promise<Lab> {
         .filter((l) => !l.startsWith("#"))
         .map((l) => l.replace(/ \[\d+:\d+\]$/, ""))
         .join("\n");
+    },
+    async nftRuleset() {
+      const r = await runOk(inNs(ns.host, [bin("nft"), "list", "ruleset"]));
+      return r.stdout.replace(/counter packets \d+ bytes \d+/g, "counter");
     },
     close,
     [Symbol.asyncDispose]: close,

@@ -324,6 +324,24 @@ export interface InstallReport {
   userCreated: boolean;
   qemuConfWritten: boolean;
   ms: number;
+  /** The libvirt version (of package libvirt-daemon) installed before, when apt had to change it. */
+  switchedFrom?: string;
+  /** The libvirt version (of package libvirt-daemon) installed now. */
+  libvirtVersion: string;
+  /** Time spent in apt-get (update + install), 0 when apt was skipped. */
+  aptMs: number;
+}
+
+/** The libvirt of Debian 12 (bookworm) that installLibvirt() installs and verifies. */
+export const LIBVIRT9_VERSION_PREFIX = "9.0.0-";
+
+/** What libvirt installLibvirtVersion() must leave installed. */
+export interface LibvirtPackageSpec {
+  /** Packages that must be installed (the libvirt ones among them in `versionPrefix`). */
+  packages: readonly string[];
+  /** Every installed package built from source package `libvirt` must have a version starting with this. */
+  versionPrefix: string;
+  log?: (msg: string) => void;
 }
 
 async function missingPackages(pkgs: readonly string[]): Promise<string[]> {
@@ -339,32 +357,136 @@ async function missingPackages(pkgs: readonly string[]): Promise<string[]> {
   return pkgs.filter((p) => !ok.has(p));
 }
 
+/** Installed packages built from source package `libvirt`: name → version. */
+export async function installedLibvirtPackages(): Promise<Map<string, string>> {
+  const r = await run(
+    ["dpkg-query", "-W", "-f=${db:Status-Abbrev}\t${Package}\t${Version}\t${source:Package}\n"],
+    { check: false, timeoutMs: 30_000 },
+  );
+  const out = new Map<string, string>();
+  for (const line of r.stdout.split("\n")) {
+    const [status, name, version, source] = line.split("\t");
+    if (status?.trim() === "ii" && name && version && source === "libvirt") out.set(name, version);
+  }
+  return out;
+}
+
+/** Versions apt knows for a package (`apt-cache madison`), newest first. */
+async function aptVersions(pkg: string): Promise<string[]> {
+  const r = await run(["apt-cache", "madison", pkg], { check: false, timeoutMs: 30_000 });
+  return r.stdout.split("\n").map((l) => l.split("|")[1]?.trim() ?? "").filter(Boolean);
+}
+
 /**
- * Installs libvirt 9.0 and qemu from Debian (skipped when already installed), creates libvirt's directories and
- * the `libvirt-qemu` system user, and writes /etc/libvirt/qemu.conf (only when it differs).
+ * Makes apt's state match `spec`: the packages installed, every src:libvirt package in the wanted version
+ * (`apt-get install PKG=VERSION --allow-downgrades`; libvirt packages that do not exist in that version are
+ * removed by apt). No service may start meanwhile (policy-rc.d), and changed config files are kept
+ * (dpkg --force-confold). Throws when the result does not match. Returns what it did.
  */
-export async function installLibvirt(opts: { log?: (msg: string) => void } = {}): Promise<InstallReport> {
-  const log = opts.log ?? (() => {});
-  const t0 = performance.now();
-  const missing = await missingPackages(LIBVIRT_PACKAGES);
-  if (missing.length > 0) {
-    log(`installing ${missing.join(" ")}`);
+export async function installLibvirtVersion(
+  spec: LibvirtPackageSpec,
+): Promise<{ installed: string[]; switchedFrom?: string; libvirtVersion: string; aptMs: number }> {
+  const log = spec.log ?? (() => {});
+  const before = await installedLibvirtPackages();
+  const missing = await missingPackages(spec.packages);
+  const wrong = [...before].filter(([, v]) => !v.startsWith(spec.versionPrefix)).map(([p]) => p);
+  const previous = before.get("libvirt-daemon");
+  let aptMs = 0;
+  if (missing.length > 0 || wrong.length > 0) {
+    log(
+      `apt: missing ${missing.join(" ") || "-"}; libvirt not ${spec.versionPrefix}*: ${
+        wrong.join(" ") || "-"
+      }`,
+    );
     // No service may start during the install (there is no init here to start one into anyway, but an init script
     // starting libvirtd in the root namespace would touch the host's firewall).
     const policy = "/usr/sbin/policy-rc.d";
     const ownPolicy = !(await exists(policy));
     if (ownPolicy) await Deno.writeTextFile(policy, "#!/bin/sh\nexit 101\n", { mode: 0o755 });
+    const t0 = performance.now();
     try {
       const env = { DEBIAN_FRONTEND: "noninteractive" };
       await run(["apt-get", "update"], { env, timeoutMs: 300_000 });
-      await run(["apt-get", "install", "-y", "--no-install-recommends", ...LIBVIRT_PACKAGES], {
-        env,
-        timeoutMs: 900_000,
-      });
+      const targetVersion = (await aptVersions("libvirt-daemon")).find((v) =>
+        v.startsWith(spec.versionPrefix)
+      );
+      if (targetVersion === undefined) {
+        throw new Error(
+          `apt knows no libvirt-daemon ${spec.versionPrefix}* (apt-cache madison libvirt-daemon)`,
+        );
+      }
+      const libvirtPkgs = new Set([...before.keys()]);
+      for (const p of spec.packages) {
+        if (before.has(p) || (await aptVersions(p)).includes(targetVersion)) libvirtPkgs.add(p);
+      }
+      const args: string[] = [];
+      for (const p of new Set([...spec.packages, ...libvirtPkgs])) {
+        const versions = libvirtPkgs.has(p) ? await aptVersions(p) : [];
+        // src:libvirt packages that do not exist in the target version are left to apt (it removes them)
+        if (!libvirtPkgs.has(p)) args.push(p);
+        else if (versions.includes(targetVersion)) args.push(`${p}=${targetVersion}`);
+      }
+      await run([
+        "apt-get",
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "--allow-downgrades",
+        "-o",
+        "Dpkg::Options::=--force-confdef",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+        ...args,
+      ], { env, timeoutMs: 900_000 });
+      // Switching versions moves files between packages (libvirt 11's libvirt-common took over files of libvirt
+      // 9's libvirt0, e.g. /usr/share/libvirt/cpu_map/): removing the old owner after the new one was unpacked
+      // deletes them, and dpkg no longer lists them (`dpkg --verify` does not see it). So after a switch,
+      // re-install every libvirt package (from apt's cache).
+      if (wrong.length > 0) {
+        const now = [...(await installedLibvirtPackages())].map(([p, v]) => `${p}=${v}`);
+        log(`apt: re-installing ${now.join(" ")} (files lost in the switch)`);
+        await run([
+          "apt-get",
+          "install",
+          "-y",
+          "--reinstall",
+          "--no-install-recommends",
+          "-o",
+          "Dpkg::Options::=--force-confdef",
+          "-o",
+          "Dpkg::Options::=--force-confold",
+          ...now,
+        ], {
+          env,
+          timeoutMs: 900_000,
+        });
+      }
     } finally {
+      aptMs = Math.round(performance.now() - t0);
       if (ownPolicy) await removeIfExists(policy);
     }
   }
+  const after = await installedLibvirtPackages();
+  const stillWrong = [...after].filter(([, v]) => !v.startsWith(spec.versionPrefix));
+  const stillMissing = await missingPackages(spec.packages);
+  if (stillWrong.length > 0 || stillMissing.length > 0) {
+    throw new Error(
+      `libvirt ${spec.versionPrefix}* not installed as asked: missing ${stillMissing.join(" ") || "-"}, ` +
+        `other versions: ${stillWrong.map(([p, v]) => `${p}=${v}`).join(" ") || "-"}`,
+    );
+  }
+  const libvirtVersion = after.get("libvirt-daemon") ?? "";
+  const res: { installed: string[]; switchedFrom?: string; libvirtVersion: string; aptMs: number } = {
+    installed: missing,
+    libvirtVersion,
+    aptMs,
+  };
+  if (previous !== undefined && previous !== libvirtVersion) res.switchedFrom = previous;
+  return res;
+}
+
+/** Creates libvirt's directories and the `libvirt-qemu` user, writes /etc/libvirt/qemu.conf when it differs. */
+export async function prepareLibvirtHost(): Promise<{ userCreated: boolean; qemuConfWritten: boolean }> {
   for (const dir of ["/var/log/libvirt", "/var/lib/libvirt", "/run/libvirt", HOOKS_DIR]) {
     await Deno.mkdir(dir, { recursive: true });
   }
@@ -387,7 +509,24 @@ export async function installLibvirt(opts: { log?: (msg: string) => void } = {})
     await Deno.writeTextFile(QEMU_CONF_PATH, QEMU_CONF);
     qemuConfWritten = true;
   }
-  return { installed: missing, userCreated, qemuConfWritten, ms: Math.round(performance.now() - t0) };
+  return { userCreated, qemuConfWritten };
+}
+
+/**
+ * Installs libvirt 9.0 and qemu from Debian 12 (skipped when already installed), creates libvirt's directories
+ * and the `libvirt-qemu` system user, and writes /etc/libvirt/qemu.conf (only when it differs).
+ *
+ * When another libvirt is installed (e.g. 11.3 from bookworm-backports by libvirt11_env.ts's installLibvirt11()),
+ * it is switched back to 9.0.0 (`apt-get install PKG=9.0.0-... --allow-downgrades`; libvirt 11's extra packages
+ * are removed). Throws unless libvirt 9.0.0 is installed afterwards.
+ */
+export async function installLibvirt(opts: { log?: (msg: string) => void } = {}): Promise<InstallReport> {
+  const t0 = performance.now();
+  const spec: LibvirtPackageSpec = { packages: LIBVIRT_PACKAGES, versionPrefix: LIBVIRT9_VERSION_PREFIX };
+  if (opts.log) spec.log = opts.log;
+  const apt = await installLibvirtVersion(spec);
+  const host = await prepareLibvirtHost();
+  return { ...apt, ...host, ms: Math.round(performance.now() - t0) };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -487,7 +626,9 @@ export interface StartOptions {
   answerTimeoutMs?: number;
   /**
    * Extra environment for libvirtd on top of `LC_ALL=C PATH=MINIMAL_PATH` (e.g. `{ HOME: "/root" }`, to see what
-   * hooks get under a daemon that has HOME). Default none: exactly libvirt's minimal environment.
+   * hooks get under a daemon that has HOME). Default none: exactly libvirt's minimal environment. A key given
+   * here replaces the default (e.g. `PATH`, to put a directory of wrappers first: libvirt looks up `tc`,
+   * `nft`, `iptables` ... on the daemon's PATH).
    */
   daemonEnv?: Record<string, string>;
 }
@@ -694,8 +835,12 @@ export async function startLibvirt(opts: StartOptions = {}): Promise<LibvirtEnv>
   };
 
   const extraEnv = Object.entries(opts.daemonEnv ?? {}).map(([k, v]) => `${k}=${v}`);
+  // daemonEnv may replace a default (e.g. PATH, to put a wrapper directory first)
+  const baseEnv = DAEMON_ENV.filter((kv) =>
+    !Object.hasOwn(opts.daemonEnv ?? {}, kv.slice(0, kv.indexOf("=")))
+  );
   const startDaemon = async (name: "virtlogd" | "libvirtd", pidfile: string): Promise<number> => {
-    const r = await launch(["/usr/bin/env", "-i", ...DAEMON_ENV, ...extraEnv, name, "-d"]);
+    const r = await launch(["/usr/bin/env", "-i", ...baseEnv, ...extraEnv, name, "-d"]);
     if (r.status !== "exit 0") throw new Error(`${name} -d: ${r.status}\n${r.output}`);
     return await waitFor(`${pidfile} of our ${name}`, async () => {
       const pid = Number((await readTextOr(pidfile, "")).trim());
@@ -1234,9 +1379,17 @@ export interface HookCall {
   stdinFile: string;
   /** `ip -br link` inside the hook's network namespace at call time. */
   links: string[];
-  /** File with `iptables-save` output taken at call time. */
+  /** File with `iptables-save` output (or RecorderOptions.snapshot's) taken at call time. */
   iptablesFile: string;
   exit: number;
+}
+
+export interface RecorderOptions {
+  /**
+   * Shell command whose output is saved per call (HookCall.iptablesFile). Default `iptables-save`; e.g.
+   * `nft list ruleset` under libvirt's nftables backend.
+   */
+  snapshot?: string;
 }
 
 /**
@@ -1245,7 +1398,7 @@ export interface HookCall {
  * on stderr) when the marker file MARKERS/fail-HOOK-OP exists, and sleeps N s first when MARKERS/sleep-HOOK-OP
  * contains N.
  */
-export function recorderScript(dir: string): string {
+export function recorderScript(dir: string, opts: RecorderOptions = {}): string {
   return `#!/bin/sh
 # Recorder hook (test/e2e/libvirt_env.ts): records how libvirt calls it. Installed as qemu and network.
 dir='${dir}'
@@ -1254,7 +1407,7 @@ hook=$(basename "$0")
 id="$ts-$$"
 mkdir -p "$dir/calls"
 cat > "$dir/calls/$id.stdin"
-iptables-save > "$dir/calls/$id.iptables" 2>&1
+${opts.snapshot ?? "iptables-save"} > "$dir/calls/$id.iptables" 2>&1
 op="$2"
 rc=0
 [ -f "$dir/markers/sleep-$hook-$op" ] && sleep "$(cat "$dir/markers/sleep-$hook-$op")"
@@ -1360,14 +1513,14 @@ export class HookRecorder {
   }
 
   /** Writes the recorder as `qemu` and `network` into a new directory (default: a temp dir). */
-  static async create(dir?: string): Promise<HookRecorder> {
+  static async create(dir?: string, opts: RecorderOptions = {}): Promise<HookRecorder> {
     const d = dir ?? (await Deno.makeTempDir({ prefix: "lvh-e2e-recorder-" }));
     const r = new HookRecorder(d);
     await Deno.mkdir(r.hooksDir, { recursive: true });
     await Deno.mkdir(`${d}/markers`, { recursive: true });
     await Deno.mkdir(`${d}/calls`, { recursive: true });
     for (const name of ["qemu", "network"]) {
-      await Deno.writeTextFile(`${r.hooksDir}/${name}`, recorderScript(d), { mode: 0o755 });
+      await Deno.writeTextFile(`${r.hooksDir}/${name}`, recorderScript(d, opts), { mode: 0o755 });
       await Deno.chmod(`${r.hooksDir}/${name}`, 0o755);
     }
     return r;

@@ -1,0 +1,213 @@
+/** Hosts where libvirt uses nftables: the native backend and the iptables backend, with real packets. */
+
+import assert from "node:assert/strict";
+import { brNetfilterAvailable, canRunLab, createLab, type Lab, LAB_ADDR as A } from "./lab.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const can = await canRunLab();
+const nft = can.ok &&
+  (await new Deno.Command("nft", { args: ["--version"] }).output().catch(() => undefined))?.success;
+if (!can.ok) console.log(`Skipping the nftables integration tests: ${can.reason}`);
+else if (!nft) console.log("Skipping the nftables integration tests: nft is not installed");
+const brNf = can.ok ? await brNetfilterAvailable() : false;
+if (can.ok && !brNf) {
+  console.log("Skipping the bridge-netfilter variant: br_netfilter is not loaded on this machine");
+}
+
+const config = (backend: string) =>
+  `{
+  "/settings": { "backend": "${backend}" },
+  "g1": {
+    "private_ip": "${A.g1v4}",
+    "private_ipv6": "${A.g1v6}",
+    "port_map": { "tcp": [[2222, 22], 80], "udp": [[5353, 53]] },
+    "port_range": [{ "init_port": 30000, "ports_num": 3, "protocol": "tcp" }],
+  },
+  "g2": { "private_ip": "${A.g2v4}", "source_ip": "${A.client4b}", "port_map": { "tcp": [[2223, 22]] } },
+}`;
+
+const ENV = { LC_ALL: "C", PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" };
+const XML = (name: string, tap: string) =>
+  `<domain><name>${name}</name><devices><interface type='network'><source bridge='virbr0'/>` +
+  `<target dev='${tap}'/></interface></devices></domain>`;
+
+async function hook(lab: Lab, file: string, args: string[], stdin: string) {
+  const r = await lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, ...args], {
+    stdin,
+    clearEnv: true,
+    env: { ...ENV, CONFIG_FILENAME: file },
+    cwd: "/",
+    timeoutMs: 30_000,
+  });
+  assert.equal(r.stdout, "");
+  return r;
+}
+
+const opts = { sanitizeOps: false, sanitizeResources: false };
+
+for (const backend of ["auto", "iptables"]) {
+  for (const brNetfilter of [false, true]) {
+    Deno.test({
+      name: `libvirt on nftables, backend ${backend === "auto" ? "auto (native nftables)" : "iptables"}, ` +
+        `bridge-nf-call-iptables=${brNetfilter ? 1 : 0}: forwards work and go without residue`,
+      ignore: !can.ok || !nft || (brNetfilter && !brNf),
+      ...opts,
+      async fn(t) {
+        const lab = await createLab({ libvirt: "nftables", brNetfilter });
+        const file = await Deno.makeTempFile({ suffix: ".jsonc" });
+        const { ns } = lab;
+        try {
+          await Deno.writeTextFile(file, config(backend));
+          await lab.serve(ns.g1, "tcp", 22, "g1");
+          await lab.serve(ns.g1, "udp", 53, "g1-dns");
+          await lab.serve(ns.g1, "tcp", 30001, "g1-30001");
+          await lab.serve(ns.g2, "tcp", 22, "g2");
+          const before = { nft: await lab.nftRuleset(), v4: await lab.ruleset(4), v6: await lab.ruleset(6) };
+          await t.step("without our accept, libvirt's reject wins", async () => {
+            assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2222, { timeoutMs: 800 }), null);
+          });
+          await t.step(
+            "start installs the forwards and one accept in front of libvirt's guest_input",
+            async () => {
+              const r = await hook(lab, file, ["g1", "start", "begin", "-"], XML("g1", "vnet0"));
+              assert.deepEqual([r.code, r.stderr], [0, ""]);
+              const chain =
+                (await lab.exec(ns.host, ["nft", "list", "chain", "ip", "libvirt_network", "guest_input"]))
+                  .stdout;
+              const rules = chain.split("\n").map((l) => l.trim()).filter((l) => /accept|reject/.test(l));
+              assert.match(
+                rules[0]!,
+                /^oifname "virbr0" ct status dnat counter packets \d+ bytes \d+ accept comment "libvirt-hook-qemu:1:g1:accept"$/,
+              );
+              const ours =
+                (await lab.exec(ns.host, ["nft", "list", "table", "inet", "libvirt_hook_qemu"])).code === 0;
+              assert.equal(ours, backend === "auto", "our own table exists only with the native backend");
+            },
+          );
+          await t.step("client (IPv4, IPv6, udp, range), host and hairpin", async () => {
+            assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
+            assert.equal(await lab.connect(ns.client, "tcp", A.hostPub6, 2222), `g1 ${A.client6}`);
+            assert.equal(await lab.connect(ns.client, "udp", A.hostPub4, 5353), `g1-dns ${A.client4}`);
+            assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 30001), `g1-30001 ${A.client4}`);
+            assert.match((await lab.connect(ns.host, "tcp", A.hostPub4, 2222)) ?? "", /^g1 /);
+            assert.equal(await lab.connect(ns.g2, "tcp", A.hostPub4, 2222), `g1 ${A.bridge4}`);
+            assert.equal(await lab.connect(ns.g1, "tcp", A.hostPub4, 2222), `g1 ${A.bridge4}`);
+            assert.equal(await lab.connect(ns.g2, "tcp", A.hostPub6, 2222), `g1 ${A.bridge6}`);
+          });
+          await t.step("start twice equals start once", async () => {
+            const once = await lab.nftRuleset();
+            assert.equal((await hook(lab, file, ["g1", "start", "begin", "-"], XML("g1", "vnet0"))).code, 0);
+            assert.equal(await lab.nftRuleset(), once);
+          });
+          await t.step("source restriction", async () => {
+            assert.equal((await hook(lab, file, ["g2", "start", "begin", "-"], XML("g2", "vnet1"))).code, 0);
+            assert.equal(
+              await lab.connect(ns.client, "tcp", A.hostPub4, 2223, { source: A.client4b }),
+              `g2 ${A.client4b}`,
+            );
+            assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2223, { timeoutMs: 800 }), null);
+          });
+          await t.step(
+            "libvirt re-creates its chains: the network hook's started puts our accept back",
+            async () => {
+              // What a network restart does to libvirt's chain: its rules come back above ours.
+              await lab.exec(ns.host, ["nft", "flush", "chain", "ip", "libvirt_network", "guest_input"]);
+              await lab.exec(ns.host, [
+                "nft",
+                "add",
+                "rule",
+                "ip",
+                "libvirt_network",
+                "guest_input",
+                "oif",
+                "virbr0",
+                "counter",
+                "reject",
+              ]);
+              assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2222, { timeoutMs: 800 }), null);
+              const r = await hook(
+                lab,
+                file,
+                ["default", "started", "begin", "-"],
+                "<hookData><network><name>default</name></network></hookData>",
+              );
+              assert.deepEqual([r.code, r.stderr], [0, ""]);
+              assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
+              assert.equal(
+                await lab.connect(ns.client, "tcp", A.hostPub4, 2223, { source: A.client4b }),
+                `g2 ${A.client4b}`,
+              );
+              // Put libvirt's chain back as it was, for the residue check below.
+              await lab.exec(ns.host, ["nft", "flush", "chain", "ip", "libvirt_network", "guest_input"]);
+              await lab.exec(ns.host, ["nft", "-f", "-"], {
+                stdin:
+                  `add rule ip libvirt_network guest_input oif "virbr0" ip daddr ${A.net4} ct state established,related counter accept\n` +
+                  `add rule ip libvirt_network guest_input oif "virbr0" counter reject\n`,
+              });
+            },
+          );
+          await t.step("stop leaves the exact pre-start rulesets, nft and iptables", async () => {
+            assert.equal((await hook(lab, file, ["g1", "stopped", "end", "-"], XML("g1", "vnet0"))).code, 0);
+            assert.equal((await hook(lab, file, ["g2", "stopped", "end", "-"], XML("g2", "vnet1"))).code, 0);
+            // iptables-nft creates its built-in tables on first use and leaves them, empty, behind.
+            assert.equal(withoutEmptyXtables(await lab.nftRuleset()), withoutEmptyXtables(before.nft));
+            assert.equal(withoutEmptySaveTables(await lab.ruleset(4)), before.v4);
+            assert.equal(withoutEmptySaveTables(await lab.ruleset(6)), before.v6);
+          });
+        } finally {
+          await lab.close();
+          await Deno.remove(file).catch(() => {});
+        }
+      },
+    });
+  }
+}
+
+Deno.test({
+  name:
+    "libvirt on iptables: auto keeps to iptables, and an explicit nftables backend is refused with the reason",
+  ignore: !can.ok || !nft,
+  ...opts,
+  async fn() {
+    const lab = await createLab();
+    const file = await Deno.makeTempFile({ suffix: ".jsonc" });
+    try {
+      await lab.serve(lab.ns.g1, "tcp", 22, "g1");
+      await Deno.writeTextFile(file, config("nftables"));
+      const before = await lab.nftRuleset();
+      const refused = await hook(lab, file, ["g1", "start", "begin", "-"], XML("g1", "vnet0"));
+      assert.equal(refused.code, 1);
+      assert.match(
+        refused.stderr,
+        /^Cannot apply forwards for "g1": libvirt uses its iptables backend here: an accept in our nftables table cannot get past LIBVIRT_FWI's REJECT/m,
+      );
+      assert.equal(await lab.nftRuleset(), before);
+      await Deno.writeTextFile(file, config("auto"));
+      assert.equal((await hook(lab, file, ["g1", "start", "begin", "-"], XML("g1", "vnet0"))).code, 0);
+      assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
+      assert.match(await lab.ruleset(4), /LVH-/);
+      await hook(lab, file, ["g1", "stopped", "end", "-"], XML("g1", "vnet0"));
+    } finally {
+      await lab.close();
+      await Deno.remove(file).catch(() => {});
+    }
+  },
+});
+
+/** Drops the tables iptables-nft creates on first use (`ip nat`, `ip6 filter`, ...) when they hold no rule. */
+function withoutEmptyXtables(ruleset: string): string {
+  return ruleset.replace(
+    /table ip6? (nat|filter|mangle|raw) \{\n([\s\S]*?)\n\}\n/g,
+    (whole, _name, body: string) => {
+      const rules = body.split("\n").map((l) => l.trim()).filter((l) =>
+        l && !/^(chain \w+ \{|type .*policy accept;|\})$/.test(l)
+      );
+      return rules.length === 0 ? "" : whole;
+    },
+  );
+}
+
+/** Drops iptables-save tables that only declare built-in chains with policy ACCEPT (left by iptables-nft). */
+function withoutEmptySaveTables(save: string): string {
+  return save.replace(/\*\w+\n(?::[A-Z]+ ACCEPT\n)*COMMIT\n?/g, "");
+}
