@@ -1,7 +1,7 @@
 /** The operator commands: check, plan, status, apply, remove, reload, migrate-legacy. */
 
 import { parseArgs } from "node:util";
-import { configCandidates, domainConfig, type Entry, formatDiagnostic } from "../config.ts";
+import { type Config, configCandidates, domainConfig, type Entry, formatDiagnostic } from "../config.ts";
 import {
   asLiveForward,
   buildRules,
@@ -14,7 +14,15 @@ import {
 } from "../rules.ts";
 import { parseAddress } from "./address.ts";
 import { connectedNetworkOf, type ConnectedRoute } from "./host.ts";
-import { readState } from "./apply.ts";
+import { type Backend, chooseBackend, type FirewallState, readState, reassertAccepts } from "./apply.ts";
+import {
+  bridgesOf,
+  libvirtAccepts,
+  nftBase,
+  nftDomainObjects,
+  type NftLive,
+  nftLiveForwards,
+} from "./nft.ts";
 import { applyDeps, type HookDeps, install, loadFor, message, remove, resync, tools } from "./hook.ts";
 import { runChecked } from "./runner.ts";
 import { env, systemHookDeps } from "./system.ts";
@@ -36,6 +44,7 @@ Commands:
   remove <domain>  Remove a guest's live forwards (like stopped); --all removes every domain's
   reload           Re-apply every domain that has live rules from the current config
   migrate-legacy   Remove the old Python hook's chains and apply ours for running guests
+  watch            Keep the forwards in place when other tools rewrite the firewall (a service)
   help [command]   Show help for a command
 
 Options:
@@ -67,6 +76,11 @@ the config loses its rules; a domain whose entry is invalid keeps its live rules
   "migrate-legacy": `Usage: qemu migrate-legacy [--dry-run] [--config FILE]
 Removes the old Python hook's chains (DNAT-<dom>, SNAT-<dom>, FWD-<dom>) and the jumps into them, for the
 domains in the config and the running guests, shows what it removed, then applies ours for running guests.`,
+  watch: `Usage: qemu watch [--poll SECONDS]
+Runs until stopped (SIGTERM). Follows \`nft monitor rules\`, and every SECONDS (default 30) looks anyway; after each
+change of the firewall it puts our accepts back in front of libvirt's nftables chains (libvirt re-creates them on
+reload, SIGHUP and restarts) and re-applies a running guest's forwards that another tool wiped (a firewalld
+reload, a netfilter-persistent restore). Logs what it mended on stderr and to syslog.`,
 };
 
 /** Where libvirt keeps the XML of running guests; LIBVIRT_QEMU_RUN_DIR overrides it for tests. */
@@ -88,6 +102,7 @@ export async function runCli(args: string[], deps: HookDeps = cliDeps()): Promis
         json: { type: "boolean" },
         all: { type: "boolean" },
         "dry-run": { type: "boolean" },
+        poll: { type: "string" },
       },
     });
   } catch (err) {
@@ -131,6 +146,8 @@ export async function runCli(args: string[], deps: HookDeps = cliDeps()): Promis
       return await reload(deps);
     case "migrate-legacy":
       return await migrateLegacy(deps, values["dry-run"] ?? false);
+    case "watch":
+      return await watch(deps, Number(values.poll ?? "30") || 30);
     default:
       return usage(`Unknown command "${command}"`);
   }
@@ -162,7 +179,12 @@ async function check(deps: HookDeps): Promise<number> {
     console.error(`${config.file}: ${errors} error(s); the domains they name will not start`);
     return 1;
   }
-  console.log(`${config.file}: OK, ${config.domains.size} domain(s), firewall backend: iptables`);
+  console.log(
+    `${config.file}: OK, ${config.domains.size} domain(s); firewall backend: ${await backendLine(
+      deps,
+      config,
+    )}`,
+  );
   return 0;
 }
 
@@ -236,6 +258,30 @@ async function listeningPorts(): Promise<Set<string>> {
   return out;
 }
 
+/** libvirt's chains as if none of our accepts were in them, so plan shows the accepts start would add. */
+function emptyChains(live: NftLive): NftLive["libvirt"] {
+  const out: NftLive["libvirt"] = {};
+  for (const family of [4, 6] as const) if (live.libvirt[family]) out[family] = [];
+  return out;
+}
+
+/** Which backend start would use here, and why; reading the firewall needs root, so without it, say so. */
+async function backendLine(deps: HookDeps, config: Config): Promise<string> {
+  const setting = config.settings.backend;
+  try {
+    const state = await readState(applyDeps(deps, config));
+    const backend = chooseBackend(setting, state);
+    const libvirt = state.nft && Object.keys(state.nft.libvirt).length > 0
+      ? "libvirt uses nftables"
+      : state.ipt[4]?.libvirt
+      ? "libvirt uses iptables"
+      : "no libvirt network firewall seen";
+    return `${backend} (setting "${setting}"; ${libvirt})`;
+  } catch (err) {
+    return `unknown (setting "${setting}"; cannot read the firewall: ${message(err)})`;
+  }
+}
+
 async function plan(domain: string, deps: HookDeps): Promise<number> {
   const { config, facts } = await loadFor({ ...deps, problem: () => {} });
   const found = domainConfig(config, domain);
@@ -250,6 +296,25 @@ async function plan(domain: string, deps: HookDeps): Promise<number> {
   const { forwards, problems } = planForwards(found.entries, facts);
   for (const p of problems) console.error(`${config.file}: ${p}`);
   if (problems.length > 0) return 1;
+  let backend: Backend = config.settings.backend === "nftables" ? "nftables" : "iptables";
+  let state: FirewallState | undefined;
+  try {
+    state = await readState(applyDeps(deps, config));
+    backend = chooseBackend(config.settings.backend, state);
+  } catch (err) {
+    console.error(`Cannot read the firewall (${message(err)}): showing the ${backend} backend`);
+  }
+  if (backend === "nftables") {
+    const wanted = new Map([[domain, bridgesOf(forwards, facts.connected)]]);
+    const commands = [
+      ...nftBase(),
+      ...nftDomainObjects(domain, forwards, bridgesOf(forwards, facts.connected)),
+      ...(state?.nft ? libvirtAccepts({ ...state.nft, libvirt: emptyChains(state.nft) }, wanted) : []),
+    ];
+    console.log(`# nft -f -: ${commands.length} command(s) for "${domain}"`);
+    console.log(commands.join("\n"));
+    return 0;
+  }
   for (const family of [4, 6] as const) {
     const mine = forwards.filter((f) => f.family === family);
     if (mine.length === 0) continue;
@@ -263,8 +328,12 @@ async function plan(domain: string, deps: HookDeps): Promise<number> {
 }
 
 async function liveByDomain(deps: HookDeps): Promise<Map<string, LiveForward[]>> {
-  const live = (await readState(applyDeps(deps))).ipt;
+  const state = await readState(applyDeps(deps));
+  const live = state.ipt;
   const out = new Map<string, LiveForward[]>();
+  for (const f of state.nft ? nftLiveForwards(state.nft) : []) {
+    out.set(f.domain, [...(out.get(f.domain) ?? []), f]);
+  }
   for (const family of [4, 6] as const) {
     const l = live[family];
     if (!l) continue;
@@ -301,7 +370,7 @@ async function status(deps: HookDeps, only: string | undefined, json: boolean): 
     });
   }
   if (json) {
-    console.log(JSON.stringify({ backend: "iptables", domains: report }, null, 2));
+    console.log(JSON.stringify({ backend: await backendLine(deps, config), domains: report }, null, 2));
     return 0;
   }
   if (report.length === 0) {
@@ -366,7 +435,115 @@ async function reload(deps: HookDeps): Promise<number> {
     else failed++;
   }
   if (live.size === 0) console.log("No forwards are live; nothing to reload.");
+  try {
+    const facts = await deps.facts();
+    const count = await deps.lock(() => reassertAccepts(applyDeps(deps, undefined, facts)));
+    if (count > 0) console.log("Put our accepts back in front of libvirt's nftables chains");
+  } catch (err) {
+    console.error(`Cannot re-assert our accepts in libvirt's chains: ${message(err)}`);
+    failed++;
+  }
   return failed ? 1 : 0;
+}
+
+/**
+ * Compares what is live with what the config says for every running guest, and mends it: our accepts back in
+ * front of libvirt's chains, and a running guest's forwards re-applied when another tool wiped them.
+ * Returns what it mended.
+ */
+async function heal(deps: HookDeps): Promise<string[]> {
+  const mended: string[] = [];
+  const { config, facts } = await loadFor({ ...deps, problem: () => {} });
+  if (await deps.lock(() => reassertAccepts(applyDeps(deps, config, facts))) > 0) {
+    mended.push("accepts in libvirt's chains");
+  }
+  if (config.broken) return mended;
+  const live = await liveByDomain(deps);
+  for (const domain of await runningDomains()) {
+    const found = domainConfig(config, domain);
+    if (found.kind !== "ok") continue;
+    const planned = planForwards(found.entries, facts);
+    if (planned.problems.length > 0) continue;
+    const want = planned.forwards.map((f) => describeForward(asLiveForward(domain, f))).sort().join("\n");
+    const have = (live.get(domain) ?? []).map(describeForward).sort().join("\n");
+    if (want === have) continue;
+    const xml = await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => "");
+    if (await install(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "watch")) {
+      mended.push(domain);
+    }
+  }
+  return mended;
+}
+
+async function runningDomains(): Promise<string[]> {
+  try {
+    const out: string[] = [];
+    for await (const e of Deno.readDir(runDir())) if (e.name.endsWith(".xml")) out.push(e.name.slice(0, -4));
+    return out.sort();
+  } catch {
+    return [];
+  }
+}
+
+/** Watches the firewall (`nft monitor`, and a slow poll as a safety net) and heals after every change. */
+async function watch(deps: HookDeps, pollSeconds: number): Promise<number> {
+  const say = (line: string) => console.error(`${new Date().toISOString()} ${line}`);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let running = Promise.resolve();
+  const schedule = (why: string, delay = 300) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      running = running.then(async () => {
+        try {
+          const mended = await heal(deps);
+          if (mended.length > 0) {
+            say(`after ${why}: mended ${mended.join(", ")}`);
+            deps.log(`watch: after ${why}: mended ${mended.join(", ")}`);
+          }
+        } catch (err) {
+          say(`after ${why}: cannot mend: ${message(err)}`);
+        }
+      });
+    }, delay);
+  };
+  const stop = new AbortController();
+  for (const signal of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(signal, () => stop.abort());
+  say(`watching the firewall (nft monitor, and every ${pollSeconds} s)`);
+  schedule("start", 0);
+  const poll = setInterval(() => schedule("poll", 0), pollSeconds * 1000);
+  try {
+    while (!stop.signal.aborted) {
+      let monitor: Deno.ChildProcess;
+      try {
+        monitor = new Deno.Command(deps.nft ?? "nft", {
+          args: ["monitor", "rules"],
+          stdout: "piped",
+          stderr: "null",
+          signal: stop.signal,
+        })
+          .spawn();
+      } catch {
+        // No nft: the poll alone keeps watch.
+        await new Promise((resolve) => stop.signal.addEventListener("abort", resolve, { once: true }));
+        break;
+      }
+      const lines = monitor.stdout.pipeThrough(new TextDecoderStream());
+      for await (const chunk of lines) {
+        // Our own rules changing is our own doing; anything else may have moved or wiped ours.
+        if (chunk.split("\n").some((l) => l.trim() !== "" && !l.includes("libvirt-hook-qemu"))) {
+          schedule("a firewall change");
+        }
+      }
+      await monitor.status;
+      if (!stop.signal.aborted) await new Promise((r) => setTimeout(r, 1000));
+    }
+  } finally {
+    clearInterval(poll);
+    clearTimeout(timer);
+    await running;
+  }
+  say("stopped");
+  return 0;
 }
 
 /** The old hook named its chains `DNAT-<domain>`, `SNAT-<domain>`, `FWD-<domain>`, cut to 28 characters. */

@@ -1,6 +1,6 @@
 /** The native nftables backend: our own `inet` table, and our accept inside libvirt's nftables chains. */
 
-import { COMMENT_TAG, commentDomain, domainHash, type Forward, ruleComment } from "../rules.ts";
+import { COMMENT_TAG, commentDomain, domainHash, type Forward, type LiveForward, ruleComment } from "../rules.ts";
 import type { Family } from "./address.ts";
 import { connectedNetworkOf, type ConnectedRoute } from "./host.ts";
 import { parseAddress } from "./address.ts";
@@ -301,4 +301,70 @@ export function nftBridges(live: NftLive): Map<string, Record<Family, string[]>>
 
 function unique<T>(items: T[]): T[] {
   return [...new Set(items)];
+}
+
+/** Reads forwards back from our table (maps and per-forward rules), for status. */
+export function nftLiveForwards(live: NftLive): LiveForward[] {
+  const names = new Map<string, string>();
+  for (const r of live.rules) {
+    const owner = /^d([0-9a-f]{12})-/.exec(r.jump ?? "")?.[1];
+    const domain = r.comment === undefined ? undefined : commentDomain(r.comment);
+    if (owner && domain !== undefined) names.set(owner, domain);
+  }
+  const out: LiveForward[] = [];
+  for (const m of live.maps) {
+    const match = /^d([0-9a-f]{12})-dnat([46])$/.exec(m.name);
+    if (!match) continue;
+    const domain = names.get(match[1]!) ?? `#${match[1]}`;
+    for (const e of m.elem) {
+      const [key, value] = e as [{ concat: unknown[] }, { concat: unknown[] }];
+      const [publicIp, protocol, publicPort] = key?.concat ?? [];
+      const [privateIp, privatePort] = value?.concat ?? [];
+      out.push({
+        domain,
+        family: match[2] === "6" ? 6 : 4,
+        protocol: String(protocol),
+        publicIp: String(publicIp),
+        publicPorts: String(publicPort),
+        privateIp: String(privateIp),
+        privatePorts: String(privatePort),
+      });
+    }
+  }
+  for (const r of live.rules) {
+    const owner = /^d([0-9a-f]{12})-dnat$/.exec(r.chain)?.[1];
+    if (!owner) continue;
+    let source: string | undefined, publicIp: string | undefined, protocol: string | undefined;
+    let ports: string | undefined, dnat: { addr?: string; port?: number; family?: string } | undefined;
+    for (const e of r.expr as Record<string, Record<string, unknown>>[]) {
+      const m = e.match as { left?: { payload?: { protocol?: string; field?: string } }; right?: unknown } | undefined;
+      const field = m?.left?.payload?.field;
+      if (field === "saddr") source = showAddr(m!.right);
+      if (field === "daddr") publicIp = showAddr(m!.right);
+      if (field === "dport") {
+        protocol = m!.left!.payload!.protocol;
+        const right = m!.right as number | { range?: [number, number] };
+        ports = typeof right === "number" ? `${right}` : right.range ? `${right.range[0]}-${right.range[1]}` : undefined;
+      }
+      if (e.dnat) dnat = e.dnat as typeof dnat;
+    }
+    if (!dnat?.addr || !publicIp || !protocol || !ports) continue;
+    out.push({
+      domain: names.get(owner) ?? `#${owner}`,
+      family: dnat.family === "ip6" ? 6 : 4,
+      protocol,
+      publicIp,
+      publicPorts: ports,
+      privateIp: dnat.addr,
+      privatePorts: dnat.port === undefined ? ports : String(dnat.port),
+      ...(source === undefined ? {} : { source }),
+    });
+  }
+  return out;
+}
+
+function showAddr(right: unknown): string {
+  if (typeof right === "string") return right;
+  const prefix = (right as { prefix?: { addr: string; len: number } }).prefix;
+  return prefix ? `${prefix.addr}/${prefix.len}` : String(right);
 }

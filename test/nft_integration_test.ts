@@ -211,3 +211,70 @@ function withoutEmptyXtables(ruleset: string): string {
 function withoutEmptySaveTables(save: string): string {
   return save.replace(/\*\w+\n(?::[A-Z]+ ACCEPT\n)*COMMIT\n?/g, "");
 }
+
+Deno.test({
+  name:
+    "watch puts our accept back when libvirt rewrites its chain, and our rules when another tool wipes them",
+  ignore: !can.ok || !nft,
+  ...opts,
+  async fn() {
+    const lab = await createLab({ libvirt: "nftables" });
+    const file = await Deno.makeTempFile({ suffix: ".jsonc" });
+    const run = await Deno.makeTempDir();
+    let watcher: Deno.ChildProcess | undefined;
+    try {
+      await Deno.writeTextFile(file, config("auto"));
+      await Deno.writeTextFile(`${run}/g1.xml`, XML("g1", "vnet0"));
+      await lab.serve(lab.ns.g1, "tcp", 22, "g1");
+      assert.equal((await hook(lab, file, ["g1", "start", "begin", "-"], XML("g1", "vnet0"))).code, 0);
+      watcher = new Deno.Command("ip", {
+        args: ["netns", "exec", lab.ns.host, Deno.execPath(), "run", "-A", MAIN, "watch", "--poll", "5"],
+        env: { CONFIG_FILENAME: file, LIBVIRT_QEMU_RUN_DIR: run },
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+      const works = async () => {
+        for (let i = 0; i < 40; i++) {
+          if (
+            await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222, { timeoutMs: 300 }) ===
+              `g1 ${A.client4}`
+          ) {
+            return true;
+          }
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        return false;
+      };
+      // libvirt re-creates its chain (reload, SIGHUP): its rules come back above ours, or ours are gone.
+      await lab.exec(lab.ns.host, ["nft", "flush", "chain", "ip", "libvirt_network", "guest_input"]);
+      await lab.exec(lab.ns.host, [
+        "nft",
+        "add",
+        "rule",
+        "ip",
+        "libvirt_network",
+        "guest_input",
+        "oif",
+        "virbr0",
+        "reject",
+      ]);
+      assert.ok(await works(), "the watcher put our accept back in front of libvirt's reject");
+      // Another tool wipes our table.
+      await lab.exec(lab.ns.host, ["nft", "delete", "table", "inet", "libvirt_hook_qemu"]);
+      assert.ok(await works(), "the watcher re-applied the running guest's forwards");
+    } finally {
+      if (watcher) {
+        try {
+          watcher.kill("SIGTERM");
+        } catch {
+          // already gone
+        }
+        await watcher.stderr.cancel().catch(() => {});
+        await watcher.status;
+      }
+      await lab.close();
+      await Deno.remove(file).catch(() => {});
+      await Deno.remove(run, { recursive: true }).catch(() => {});
+    }
+  },
+});

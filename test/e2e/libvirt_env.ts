@@ -487,7 +487,10 @@ export async function installLibvirtVersion(
 
 /** Creates libvirt's directories and the `libvirt-qemu` user, writes /etc/libvirt/qemu.conf when it differs. */
 export async function prepareLibvirtHost(): Promise<{ userCreated: boolean; qemuConfWritten: boolean }> {
-  for (const dir of ["/var/log/libvirt", "/var/lib/libvirt", "/run/libvirt", HOOKS_DIR]) {
+  // /etc/libvirt/qemu: a libvirt switch removes it when empty; the daemon would re-create it during a test
+  for (
+    const dir of ["/var/log/libvirt", "/var/lib/libvirt", "/run/libvirt", HOOKS_DIR, "/etc/libvirt/qemu"]
+  ) {
     await Deno.mkdir(dir, { recursive: true });
   }
   let userCreated = false;
