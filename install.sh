@@ -19,6 +19,7 @@ Usage: install.sh [options]
   --compiled     fail unless the compiled binary can be built
   --qemu-d       install as /etc/libvirt/hooks/qemu.d/$NAME (libvirt >= 6.5) beside another qemu hook
   --force        install even when the existing config has errors
+  --watcher      also install (and, under systemd, start) the watcher service libvirt-hook-qemu-watch
   --uninstall    remove what install put there; keep the config; say which forwards are still live
   --purge        with --uninstall: remove the live forwards too
   --deno-only    only make sure Deno $DENO_VERSION is on PATH (from npm when missing)
@@ -26,13 +27,14 @@ Environment: DESTDIR installs under another root; DENORT_BIN names a denort bina
 EOF
 }
 
-mode=install kind=auto qemu_d=0 force=0 purge=0
+mode=install kind=auto qemu_d=0 force=0 purge=0 watcher=0
 for arg in "$@"; do
   case $arg in
     --source) kind=source ;;
     --compiled) kind=compiled ;;
     --qemu-d) qemu_d=1 ;;
     --force) force=1 ;;
+    --watcher) watcher=1 ;;
     --uninstall) mode=uninstall ;;
     --purge) purge=1 ;;
     --deno-only) mode=deno ;;
@@ -64,6 +66,9 @@ if [ "$mode" = deno ]; then
 fi
 
 hook_path() { if [ "$qemu_d" = 1 ]; then echo "$HOOKS/qemu.d/$NAME"; else echo "$HOOKS/qemu"; fi; }
+# The same program serves as the network hook (it tells the two apart by the XML on stdin).
+network_path() { if [ "$qemu_d" = 1 ]; then echo "$HOOKS/network.d/$NAME"; else echo "$HOOKS/network"; fi; }
+UNIT=$DESTDIR/etc/systemd/system/$NAME-watch.service
 
 # Ours: listed in our manifest. Anything else at that path belongs to someone else.
 is_ours() { [ -f "$MANIFEST" ] && grep -qxF "${1#"$DESTDIR"}" "$MANIFEST"; }
@@ -92,6 +97,9 @@ uninstall() {
         say "Remove them with: $cmd remove --all   (before uninstalling), or run install.sh --uninstall --purge"
       fi
     fi
+  fi
+  if [ -f "$UNIT" ] && [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then
+    systemctl disable --now "$NAME-watch.service" || true
   fi
   local f
   while IFS= read -r f; do
@@ -188,6 +196,22 @@ else
   rm -rf "$LIB/deno" "$LIB/src" "$LIB/cache"
 fi
 place "$stage/qemu" "$target" 755
+net_target=$(network_path)
+if [ -e "$net_target" ] && ! is_ours "$net_target"; then
+  say "Left ${net_target#"$DESTDIR"} alone (not ours); without our network hook, forwards on hosts where libvirt uses nftables come back only with the watcher (--watcher) or 'qemu reload' after a network restart. --qemu-d installs it in network.d/ instead."
+else
+  place "$stage/qemu" "$net_target" 755
+fi
+if [ "$watcher" = 1 ]; then
+  mkdir -p "$(dirname "$UNIT")"
+  sed "s#@HOOK@#${target#"$DESTDIR"}#" "$SRC/contrib/$NAME-watch.service" >"$UNIT.new" && mv "$UNIT.new" "$UNIT"
+  files+=("${UNIT#"$DESTDIR"}")
+  if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then
+    systemctl daemon-reload && systemctl enable --now "$NAME-watch.service" && say "Started $NAME-watch.service"
+  else
+    say "Installed ${UNIT#"$DESTDIR"}; enable it with: systemctl enable --now $NAME-watch.service"
+  fi
+fi
 place "$SRC/hooks.schema.json" "$HOOKS/hooks.schema.json" 644
 if [ -z "$config" ]; then
   cp "$SRC/hooks.jsonc" "$HOOKS/hooks.jsonc" && chmod 644 "$HOOKS/hooks.jsonc"

@@ -250,6 +250,28 @@ Deno.test({
         ]);
         assert.deepEqual([child.code, child.stdout.trim()], [0, "libvirt-hook-qemu 0.2.0"]);
       });
+      await t.step(
+        "the same program is the network hook; --watcher adds a unit that systemd accepts",
+        async () => {
+          const net = await run(
+            [`${hooks}/network`, "default", "started", "begin", "-"],
+            LIBVIRT_ENV,
+            "<hookData><network/></hookData>",
+          );
+          assert.deepEqual([net.code, net.stdout], [0, ""]);
+          const r = await install("--watcher");
+          assert.equal(r.code, 0, r.stderr);
+          const unit = await Deno.readTextFile(`${dest}/etc/systemd/system/libvirt-hook-qemu-watch.service`);
+          assert.match(unit, /^ExecStart=\/etc\/libvirt\/hooks\/qemu watch$/m);
+          // systemd-analyze resolves ExecStart on this machine, where the hook lies under DESTDIR.
+          const local = `${dest}/libvirt-hook-qemu-watch.service`;
+          await Deno.writeTextFile(local, unit.replace("/etc/libvirt/hooks/qemu", `${hooks}/qemu`));
+          const verify = await run(["systemd-analyze", "verify", local]).catch(() => undefined);
+          if (verify === undefined) {
+            console.log("systemd-analyze is not installed: the unit file is not verified here");
+          } else assert.equal(verify.code, 0, verify.stderr);
+        },
+      );
       await t.step("a second install keeps the user's edited config and needs no restart", async () => {
         await Deno.writeTextFile(
           `${hooks}/hooks.jsonc`,
