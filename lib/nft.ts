@@ -1,6 +1,13 @@
 /** The native nftables backend: our own `inet` table, and our accept inside libvirt's nftables chains. */
 
-import { COMMENT_TAG, commentDomain, domainHash, type Forward, type LiveForward, ruleComment } from "../rules.ts";
+import {
+  COMMENT_TAG,
+  commentDomain,
+  domainHash,
+  type Forward,
+  type LiveForward,
+  ruleComment,
+} from "../rules.ts";
 import type { Family } from "./address.ts";
 import { connectedNetworkOf, type ConnectedRoute } from "./host.ts";
 import { parseAddress } from "./address.ts";
@@ -337,14 +344,20 @@ export function nftLiveForwards(live: NftLive): LiveForward[] {
     let source: string | undefined, publicIp: string | undefined, protocol: string | undefined;
     let ports: string | undefined, dnat: { addr?: string; port?: number; family?: string } | undefined;
     for (const e of r.expr as Record<string, Record<string, unknown>>[]) {
-      const m = e.match as { left?: { payload?: { protocol?: string; field?: string } }; right?: unknown } | undefined;
+      const m = e.match as
+        | { left?: { payload?: { protocol?: string; field?: string } }; right?: unknown }
+        | undefined;
       const field = m?.left?.payload?.field;
       if (field === "saddr") source = showAddr(m!.right);
       if (field === "daddr") publicIp = showAddr(m!.right);
       if (field === "dport") {
         protocol = m!.left!.payload!.protocol;
         const right = m!.right as number | { range?: [number, number] };
-        ports = typeof right === "number" ? `${right}` : right.range ? `${right.range[0]}-${right.range[1]}` : undefined;
+        ports = typeof right === "number"
+          ? `${right}`
+          : right.range
+          ? `${right.range[0]}-${right.range[1]}`
+          : undefined;
       }
       if (e.dnat) dnat = e.dnat as typeof dnat;
     }
