@@ -373,6 +373,7 @@ async function status(deps: HookDeps, only: string | undefined, json: boolean): 
     console.log(JSON.stringify({ backend: await backendLine(deps, config), domains: report }, null, 2));
     return 0;
   }
+  console.log(`Firewall backend: ${await backendLine(deps, config)}`);
   if (report.length === 0) {
     console.log(only === undefined ? "No forwards are live." : `No forwards are live for "${only}".`);
   }

@@ -115,6 +115,7 @@ Deno.test({
       assert.equal(
         status.stdout,
         [
+          'Firewall backend: iptables (setting "auto"; libvirt uses iptables)',
           "web1 (not running)",
           `  tcp ${A.hostPub4}:2222 -> ${A.g1v4}:22 from ${A.client4b}`,
           `  tcp [${A.hostPub6}]:2222 -> [${A.g1v6}]:22`,
@@ -128,7 +129,7 @@ Deno.test({
       await Deno.writeTextFile(config, `{}`);
       assert.match(
         (await inHost(["status"])).stdout,
-        /^web1 \(not running, not in the config\)\n.*<- not explained by the config/,
+        /\nweb1 \(not running, not in the config\)\n.*<- not explained by the config/,
       );
 
       const refused = await inHost(["apply", "web1"]);
@@ -137,7 +138,7 @@ Deno.test({
 
       const removed = await inHost(["remove", "web1"]);
       assert.equal(removed.code, 0, removed.stderr);
-      assert.equal((await inHost(["status"])).stdout, "No forwards are live.\n");
+      assert.match((await inHost(["status"])).stdout, /\nNo forwards are live\.\n$/);
     } finally {
       await lab.close();
       await Deno.remove(dir, { recursive: true });

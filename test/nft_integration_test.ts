@@ -84,6 +84,28 @@ for (const backend of ["auto", "iptables"]) {
               assert.equal(ours, backend === "auto", "our own table exists only with the native backend");
             },
           );
+          await t.step("status reads the forwards back from whichever backend holds them", async () => {
+            const r = await lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, "status"], {
+              env: { CONFIG_FILENAME: file },
+            });
+            assert.equal(r.code, 0, r.stderr);
+            const chosen = backend === "auto" ? "nftables" : "iptables";
+            assert.match(
+              r.stdout,
+              new RegExp(`^Firewall backend: ${chosen} \\(setting "${backend}"; libvirt uses nftables\\)\n`),
+            );
+            for (
+              const line of [
+                `tcp ${A.hostPub4}:2222 -> ${A.g1v4}:22`,
+                `tcp [${A.hostPub6}]:2222 -> [${A.g1v6}]:22`,
+                `udp ${A.hostPub4}:5353 -> ${A.g1v4}:53`,
+                `tcp ${A.hostPub4}:30000-30002 -> ${A.g1v4}:30000-30002`,
+              ]
+            ) {
+              assert.ok(r.stdout.includes(`  ${line}\n`), `${line} in:\n${r.stdout}`);
+            }
+            assert.doesNotMatch(r.stdout, /not explained/);
+          });
           await t.step("client (IPv4, IPv6, udp, range), host and hairpin", async () => {
             assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
             assert.equal(await lab.connect(ns.client, "tcp", A.hostPub6, 2222), `g1 ${A.client6}`);
