@@ -81,14 +81,7 @@ export function applyDeps(deps: HookDeps, config?: Config, facts?: HostFacts): A
 
 /** Runs one hook call and returns its exit code: non-zero only when `start` cannot install the forwards. */
 export async function runHook(call: HookCall, deps: HookDeps): Promise<number> {
-  // One executable serves as the qemu and the network hook; the XML on stdin tells which one libvirt ran.
-  const qemuOnly = (QEMU_OPERATIONS as readonly string[]).includes(call.operation) &&
-    !(NETWORK_OPERATIONS as readonly string[]).includes(call.operation);
-  if (
-    !qemuOnly &&
-    (call.operation !== "start" && call.operation !== "started" && call.operation !== "stopped" ||
-      xmlKind(await deps.readStdin()) === "network")
-  ) {
+  if (await hookRole(call, deps) === "network") {
     await networkHook(call, deps);
     return 0;
   }
@@ -104,6 +97,18 @@ export async function runHook(call: HookCall, deps: HookDeps): Promise<number> {
     default:
       return 0;
   }
+}
+
+/**
+ * Which hook libvirt ran: the same executable serves as the qemu and the network hook (the name a compiled binary
+ * was started under is not reliable). An operation only one of them has decides; for the shared ones (start,
+ * started, stopped) the XML on stdin does: `<domain>` or `<hookData>`.
+ */
+async function hookRole(call: HookCall, deps: HookDeps): Promise<"qemu" | "network"> {
+  const qemu = (QEMU_OPERATIONS as readonly string[]).includes(call.operation);
+  const network = (NETWORK_OPERATIONS as readonly string[]).includes(call.operation);
+  if (qemu !== network) return qemu ? "qemu" : "network";
+  return xmlKind(await deps.readStdin()) === "network" ? "network" : "qemu";
 }
 
 /** The iptables programs, following IPTABLES_BINARY. */
