@@ -67,7 +67,17 @@ export interface FirewallState {
   ipt: Record<Family, Live | undefined>;
   /** Undefined when nft is not installed (or not asked for). */
   nft: NftLive | undefined;
+  /** libvirt's own `firewall_backend` setting, when /etc/libvirt/network.conf has one. */
+  libvirtSetting?: string;
 }
+
+/** Reads `firewall_backend` from libvirt's network.conf (libvirt >= 10.4), if it is set there. */
+export function parseNetworkConf(text: string): string | undefined {
+  return /^\s*firewall_backend\s*=\s*"([a-z]+)"/m.exec(text)?.[1];
+}
+
+/** libvirt's network driver settings; its `firewall_backend` tells which backend libvirt will use. */
+export const LIBVIRT_NETWORK_CONF = "/etc/libvirt/network.conf";
 
 /** Reads what is live for every family and backend, concurrently: a constant number of processes. */
 export async function readState(deps: ApplyDeps): Promise<FirewallState> {
@@ -79,8 +89,11 @@ export async function readState(deps: ApplyDeps): Promise<FirewallState> {
     return parseSave(result.stdout);
   }));
   const nft = deps.nft === undefined ? Promise.resolve(undefined) : readNft(runner, deps.nft);
-  const [[v4, v6], n] = await Promise.all([ipt, nft]);
-  return { ipt: { 4: v4, 6: v6 }, nft: n };
+  const conf = deps.nft === undefined
+    ? Promise.resolve(undefined)
+    : Deno.readTextFile(LIBVIRT_NETWORK_CONF).then(parseNetworkConf, () => undefined);
+  const [[v4, v6], n, setting] = await Promise.all([ipt, nft, conf]);
+  return { ipt: { 4: v4, 6: v6 }, nft: n, ...(setting === undefined ? {} : { libvirtSetting: setting }) };
 }
 
 async function readNft(runner: Runner, nft: string): Promise<NftLive | undefined> {
@@ -108,7 +121,10 @@ function libvirtUsesIptables(state: FirewallState): boolean {
 
 /** Chooses the backend for our rules, or explains why the configured one cannot work here. */
 export function chooseBackend(setting: ApplyDeps["backend"], state: FirewallState): Backend {
-  const libvirtNft = state.nft !== undefined && Object.keys(state.nft.libvirt).length > 0;
+  // What is live decides first; libvirt's own setting counts while none of its networks runs yet.
+  const libvirtNft = state.nft !== undefined &&
+    (Object.keys(state.nft.libvirt).length > 0 ||
+      (state.libvirtSetting === "nftables" && !libvirtUsesIptables(state)));
   if (setting === "nftables" || (setting !== "iptables" && libvirtNft)) {
     if (!state.nft) throw new ApplyError("the nftables backend needs nft, which is not installed");
     if (libvirtUsesIptables(state)) {
