@@ -1,6 +1,6 @@
 /** Reads hooks.jsonc (or the old hooks.json), validates it, and reports problems with file, line and column. */
 
-import { type Node, type ParseError, parseTree, printParseErrorCode } from "jsonc-parser";
+import type { Node, ParseError } from "jsonc-parser";
 import { type Address, type Family, formatNetwork, networkOf, parseAddress } from "./lib/address.ts";
 
 /** The protocols a forward can use: DNAT by port needs one of these. */
@@ -86,8 +86,27 @@ export function configCandidates(env: (name: string) => string | undefined): str
   return [`${dir}/hooks.jsonc`, `${dir}/hooks.json`];
 }
 
-/** Reads and validates the first config file that exists among `candidates`. */
-export async function loadConfig(candidates: string[], options: ValidateOptions = {}): Promise<Config> {
+type Jsonc = typeof import("jsonc-parser");
+let jsonc: Jsonc | undefined;
+
+/**
+ * Loads the JSONC parser (npm:jsonc-parser). It is loaded on demand: as a CommonJS package it brings up Deno's Node
+ * compatibility layer, about 17 ms, which a hook call whose config is already validated (see the cache) never pays.
+ */
+export async function loadParser(): Promise<void> {
+  jsonc ??= await import("jsonc-parser");
+}
+
+/**
+ * Reads and validates the first config file that exists among `candidates`. With `cacheDir`, a validated config is
+ * kept there (on /run, a tmpfs) under a hash of the code, the file name, the options and the text, and reused as
+ * long as none of them changes.
+ */
+export async function loadConfig(
+  candidates: string[],
+  options: ValidateOptions = {},
+  cacheDir?: string,
+): Promise<Config> {
   for (const file of candidates) {
     let text: string;
     try {
@@ -97,9 +116,56 @@ export async function loadConfig(candidates: string[], options: ValidateOptions 
       const message = `Cannot read the config: ${err instanceof Error ? err.message : String(err)}`;
       return { ...emptyConfig(file, true), broken: true, diagnostics: [fileProblem(file, message)] };
     }
-    return parseConfig(text, file, options);
+    const key = cacheDir === undefined ? undefined : await cacheKey(file, options, text);
+    const cached = key === undefined ? undefined : await readCache(cacheDir!, key);
+    if (cached) return cached;
+    await loadParser();
+    const config = parseConfig(text, file, options);
+    if (key !== undefined) await writeCache(cacheDir!, key, config);
+    return config;
   }
   return emptyConfig(candidates[0] ?? "hooks.jsonc", false);
+}
+
+const CACHE_FILE = "config-cache.json";
+
+async function cacheKey(file: string, options: ValidateOptions, text: string): Promise<string> {
+  // The code is part of the key: an upgraded hook never trusts what an older one validated.
+  let code = import.meta.url;
+  for (const path of [new URL(import.meta.url), Deno.execPath()]) {
+    try {
+      code += `|${(await Deno.stat(path)).mtime?.getTime()}`;
+      break;
+    } catch {
+      // Not a file here (a compiled binary's embedded sources): the binary itself stands for the code.
+    }
+  }
+  const data = new TextEncoder().encode(JSON.stringify([code, file, options, text]));
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function readCache(dir: string, key: string): Promise<Config | undefined> {
+  try {
+    const saved = JSON.parse(await Deno.readTextFile(`${dir}/${CACHE_FILE}`));
+    if (saved.key !== key) return undefined;
+    const c = saved.config;
+    return { ...c, domains: new Map(c.domains), names: new Set(c.names) };
+  } catch {
+    return undefined;
+  }
+}
+
+async function writeCache(dir: string, key: string, config: Config): Promise<void> {
+  try {
+    await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+    const tmp = `${dir}/${CACHE_FILE}.${Deno.pid}`;
+    const saved = { key, config: { ...config, domains: [...config.domains], names: [...config.names] } };
+    await Deno.writeTextFile(tmp, JSON.stringify(saved));
+    await Deno.rename(tmp, `${dir}/${CACHE_FILE}`);
+  } catch {
+    // A cache that cannot be written only costs the next call a parse.
+  }
 }
 
 function emptyConfig(file: string, exists: boolean): Config {
@@ -123,11 +189,12 @@ export interface ValidateOptions {
   defaultPublicIp?: Partial<Record<Family, string>>;
 }
 
-/** Parses and validates config text; `file` is used in messages only. */
+/** Parses and validates config text; `file` is used in messages only. Needs `await loadParser()` first. */
 export function parseConfig(text: string, file: string, options: ValidateOptions = {}): Config {
+  if (!jsonc) throw new Error("Cannot parse the config: the parser is not loaded (await loadParser() first)");
   const config = emptyConfig(file, true);
   const errors: ParseError[] = [];
-  const root = parseTree(text, errors, { allowTrailingComma: true, disallowComments: false });
+  const root = jsonc.parseTree(text, errors, { allowTrailingComma: true, disallowComments: false });
   const lines = lineStarts(text);
   const at = (offset: number) => position(lines, offset);
   const report = (node: Node | undefined, path: string, message: string, extra: Partial<Diagnostic> = {}) => {
@@ -584,7 +651,9 @@ function reportClashes(claims: Claim[], report: Report) {
   const groups = new Map<string, Claim[]>();
   for (const c of claims) {
     const key = `${c.protocol} ${c.address}`;
-    groups.set(key, [...(groups.get(key) ?? []), c]);
+    const group = groups.get(key);
+    if (group) group.push(c);
+    else groups.set(key, [c]);
   }
   for (const list of groups.values()) {
     list.sort((a, b) => a.first - b.first || a.node.offset - b.node.offset);
@@ -643,7 +712,7 @@ function show(node: Node): string {
 }
 
 function parseErrorText(code: number): string {
-  const name = printParseErrorCode(code);
+  const name = jsonc!.printParseErrorCode(code);
   const words: Record<string, string> = {
     InvalidSymbol: "unexpected character",
     InvalidNumberFormat: "malformed number",

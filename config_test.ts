@@ -1,7 +1,16 @@
 /** Unit tests of the config: the old format read unchanged, and every mistake reported at its line and column. */
 
 import assert from "node:assert/strict";
-import { configCandidates, domainConfig, formatDiagnostic, parseConfig } from "./config.ts";
+import {
+  configCandidates,
+  domainConfig,
+  formatDiagnostic,
+  loadConfig,
+  loadParser,
+  parseConfig,
+} from "./config.ts";
+
+await loadParser();
 
 function problems(text: string, options = {}): string[] {
   return parseConfig(text, "hooks.jsonc", options).diagnostics.map(formatDiagnostic);
@@ -212,4 +221,32 @@ Deno.test("parseConfig() reads the old hook's real configs as their README says"
       .replace("$VM_NAME", "vm1").replace("$GUEST_IP", "192.168.122.50");
     assert.deepEqual(parseConfig(text, "13.json").diagnostics, []);
   });
+});
+
+Deno.test("loadConfig() reuses a validated config from its cache until the text changes", async () => {
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/hooks.jsonc`;
+  try {
+    await Deno.writeTextFile(
+      file,
+      `{"a": {"private_ip": "10.0.0.1", "port_map": {"tcp": [22]}}, "b": {"private_ip": "x"}}`,
+    );
+    const first = await loadConfig([file], {}, `${dir}/cache`);
+    const cached = JSON.parse(await Deno.readTextFile(`${dir}/cache/config-cache.json`));
+    assert.equal(cached.config.file, file);
+    const second = await loadConfig([file], {}, `${dir}/cache`);
+    assert.deepEqual(second, first);
+    assert.deepEqual([...second.domains.keys()], ["a"]);
+    await Deno.writeTextFile(file, `{"c": {"private_ip": "10.0.0.3", "port_map": {"tcp": [22]}}}`);
+    assert.deepEqual([...(await loadConfig([file], {}, `${dir}/cache`)).domains.keys()], ["c"]);
+    // The new text was validated afresh, under a new key.
+    assert.notDeepEqual(
+      JSON.parse(await Deno.readTextFile(`${dir}/cache/config-cache.json`)).key,
+      cached.key,
+    );
+    await Deno.writeTextFile(`${dir}/cache/config-cache.json`, "{broken");
+    assert.deepEqual([...(await loadConfig([file], {}, `${dir}/cache`)).domains.keys()], ["c"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

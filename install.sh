@@ -192,6 +192,11 @@ if [ "$built" = source ]; then
     rm -rf "$LIB/$part.new" && cp -a "$stage/$NAME/$part" "$LIB/$part.new" && rm -rf "$LIB/$part" && mv "$LIB/$part.new" "$LIB/$part"
     files+=("${LIB#"$DESTDIR"}/$part")
   done
+  # Deno caches transpiled sources by their path: warm that cache where the sources now are, so that libvirt's
+  # first call does not transpile (nor write into /etc); what was cached under the staging path goes.
+  rm -rf "$LIB/cache/gen"
+  (cd "$LIB/src" && DENO_DIR="$LIB/cache" DENO_NO_UPDATE_CHECK=1 deno cache --quiet main.ts lib/cli.ts) ||
+    say "Could not warm the transpile cache; the first call will do it"
 else
   rm -rf "$LIB/deno" "$LIB/src" "$LIB/cache"
 fi

@@ -1,13 +1,13 @@
 /** Entry point: libvirt's hook calls and the operator commands, told apart by their arguments. */
 
-import { runCli } from "./lib/cli.ts";
 import { asHookCall, message, runHook } from "./lib/hook.ts";
 import { problem, systemHookDeps } from "./lib/system.ts";
 
 /** Runs the program for `args` and returns its exit code. */
 export async function main(args: string[]): Promise<number> {
   const call = asHookCall(args);
-  if (!call) return await runCli(args);
+  // The operator commands load what the hook never needs (node:util among them): only when asked for.
+  if (!call) return await (await import("./lib/cli.ts")).runCli(args);
   // libvirt reads the stdout of some hook calls as domain XML: nothing may ever reach it.
   console.log = console.info = console.debug = console.error;
   try {

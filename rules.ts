@@ -1,6 +1,5 @@
 /** Turns a domain's entries into firewall rules, renders them as one iptables-restore batch and applies it. */
 
-import { createHash } from "node:crypto";
 import type { Entry, Protocol } from "./config.ts";
 import { type Family, formatNetwork, parseAddress } from "./lib/address.ts";
 import { connectedNetworkOf, type HostFacts } from "./lib/host.ts";
@@ -79,9 +78,17 @@ export const COMMENT_TAG = "libvirt-hook-qemu:";
 /** The version of the rule layout, written into every comment. */
 export const FORMAT_VERSION = 1;
 
-/** A short, stable hash of a domain name, used in chain names (12 hex digits, 48 bits). */
+/**
+ * A short, stable hash of a domain name, used in chain names: 12 hex digits (48 bits) of FNV-1a 64 over its UTF-8
+ * bytes. Names only need to be told apart, not kept secret; a plain hash keeps node:crypto (and the ~13 ms it
+ * costs to load) off the hook's path.
+ */
 export function domainHash(domain: string): string {
-  return createHash("sha256").update(domain).digest("hex").slice(0, 12);
+  let hash = 0xcbf29ce484222325n;
+  for (const byte of new TextEncoder().encode(domain)) {
+    hash = ((hash ^ BigInt(byte)) * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return hash.toString(16).padStart(16, "0").slice(0, 12);
 }
 
 /** The chains one domain owns: `LVH-<hash>-DNAT` etc., 21 characters, under iptables' 28. */
@@ -277,12 +284,18 @@ export function parseSave(text: string): Live {
     const space = rest.indexOf(" ");
     const chain = space < 0 ? rest : rest.slice(0, space);
     const spec = space < 0 ? "" : rest.slice(space + 1);
+    const own = chainOwner(chain);
+    if (own) {
+      // Inside our own chains the chain names the owner; only the jumps into them need reading.
+      live.rules.push({ table, chain, spec, owner: own });
+      continue;
+    }
     const tokens = tokenize(spec);
     const target = tokens[tokens.indexOf("-j") + 1] ?? tokens[tokens.indexOf("-g") + 1];
     const commentAt = tokens.indexOf("--comment");
     const comment = commentAt >= 0 ? tokens[commentAt + 1] : undefined;
     const domain = comment === undefined ? undefined : commentDomain(comment);
-    const owner = chainOwner(chain) ?? (target === undefined ? undefined : chainOwner(target)) ??
+    const owner = (target === undefined ? undefined : chainOwner(target)) ??
       (domain === undefined ? undefined : domainHash(domain));
     if (owner) live.rules.push({ table, chain, spec, owner, ...(domain === undefined ? {} : { domain }) });
   }
@@ -296,25 +309,15 @@ function chainOwner(chain: string): string | undefined {
 /** Splits an iptables-save rule into words, honouring its double quotes and backslash escapes. */
 export function tokenize(spec: string): string[] {
   const out: string[] = [];
-  let word = "", inWord = false, quoted = false;
-  for (let i = 0; i < spec.length; i++) {
-    const ch = spec[i]!;
-    if (quoted) {
-      if (ch === "\\" && i + 1 < spec.length) word += spec[++i];
-      else if (ch === '"') quoted = false;
-      else word += ch;
-    } else if (ch === '"') {
-      quoted = inWord = true;
-    } else if (ch === " ") {
-      if (inWord) out.push(word);
-      word = "";
-      inWord = false;
-    } else {
-      word += ch;
-      inWord = true;
-    }
+  // A word is a run of quoted parts ("..." with backslash escapes) and bare characters, up to a space.
+  for (const m of spec.matchAll(/(?:"(?:[^"\\]|\\.)*"|[^\s"])+/g)) {
+    const word = m[0];
+    out.push(
+      word.includes('"')
+        ? word.replace(/"((?:[^"\\]|\\.)*)"/g, (_, q: string) => q.replace(/\\(.)/g, "$1"))
+        : word,
+    );
   }
-  if (inWord) out.push(word);
   return out;
 }
 
@@ -329,8 +332,12 @@ export function liveOf(live: Live, domain: string): Live {
  * narrowed with liveOf) equal to `forwards`: declaring our chains flushes them, the live jumps are deleted by
  * their saved text, chains no longer needed are deleted, then the new rules go in. Undefined: nothing to do.
  */
-export function renderSync(domain: string, forwards: Forward[], current: Live): string | undefined {
-  const want = buildRules(domain, forwards);
+export function renderSync(
+  domain: string,
+  forwards: Forward[],
+  current: Live,
+  want: ReturnType<typeof buildRules> = buildRules(domain, forwards),
+): string | undefined {
   if (want.rules.length === 0 && current.chains.length === 0 && current.rules.length === 0) return undefined;
   const out: string[] = [];
   for (const table of TABLES) {
@@ -409,6 +416,8 @@ export interface LiveForward {
 /** Reads the forwards back from our live DNAT rules; a domain is named by its rules' comment. */
 export function liveForwards(live: Live, family: Family): LiveForward[] {
   const out: LiveForward[] = [];
+  const names = new Map<string, string>();
+  for (const r of live.rules) if (r.domain !== undefined) names.set(r.owner, r.domain);
   for (const r of live.rules) {
     if (r.table !== "nat" || !r.chain.endsWith("-DNAT") || !chainOwner(r.chain)) continue;
     const t = tokenize(r.spec);
@@ -424,7 +433,7 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
     const publicPorts = dport.replace(":", "-");
     const source = arg("-s") === undefined ? undefined : bare(arg("-s")!);
     out.push({
-      domain: r.domain ?? `#${r.owner}`,
+      domain: names.get(r.owner) ?? `#${r.owner}`,
       family,
       protocol: arg("-p") ?? "?",
       publicIp: bare(arg("-d") ?? "?"),

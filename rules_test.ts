@@ -1,7 +1,7 @@
 /** Unit tests of the rules: the exact firewall text each config produces, and how live rules are read back. */
 
 import assert from "node:assert/strict";
-import { parseConfig } from "./config.ts";
+import { loadParser, parseConfig } from "./config.ts";
 import {
   buildRules,
   chainNames,
@@ -18,6 +18,8 @@ import {
 } from "./rules.ts";
 import { syncDomain } from "./lib/apply.ts";
 import { dedent, FACTS, recordingRunner } from "./test/util.ts";
+
+await loadParser();
 
 function forwardsOf(text: string, domain: string, facts = FACTS) {
   const config = parseConfig(text, "hooks.jsonc");

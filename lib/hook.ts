@@ -66,6 +66,8 @@ export interface HookDeps {
   log(line: string): void;
   /** The nft program, or undefined to leave nftables alone (hosts without it, tests of the iptables path). */
   nft: string | undefined;
+  /** Where a validated config is cached between calls (a directory on /run), if anywhere. */
+  configCache?: string;
 }
 
 /** What applying needs, from the hook's dependencies, the config's settings and the host's networks. */
@@ -118,7 +120,7 @@ export function tools(deps: Pick<HookDeps, "env">): Record<Family, Tools> {
 
 /** Reads the host facts, then the config (using the default addresses to find clashing claims). */
 export async function loadFor(
-  deps: Pick<HookDeps, "facts" | "env" | "problem">,
+  deps: Pick<HookDeps, "facts" | "env" | "problem" | "configCache">,
 ): Promise<{ config: Config; facts: HostFacts }> {
   const facts = await deps.facts();
   const defaults: Partial<Record<Family, string>> = {};
@@ -126,7 +128,11 @@ export async function loadFor(
     const found = facts.defaultPublicIp[family];
     if (found && "address" in found) defaults[family] = found.address;
   }
-  const config = await loadConfig(configCandidates(deps.env), { defaultPublicIp: defaults });
+  const config = await loadConfig(
+    configCandidates(deps.env),
+    { defaultPublicIp: defaults },
+    deps.configCache,
+  );
   for (const d of config.diagnostics) deps.problem(formatDiagnostic(d));
   return { config, facts };
 }

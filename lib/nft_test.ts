@@ -1,7 +1,7 @@
 /** Unit tests of the nftables backend: the exact commands, and how our accepts sit in libvirt's chains. */
 
 import assert from "node:assert/strict";
-import { parseConfig } from "../config.ts";
+import { loadParser, parseConfig } from "../config.ts";
 import { domainHash, planForwards } from "../rules.ts";
 import { dedent, FACTS } from "../test/util.ts";
 import {
@@ -16,6 +16,8 @@ import {
   nftRemoveDomain,
   parseNftJson,
 } from "./nft.ts";
+
+await loadParser();
 
 const EXAMPLE = await Deno.readTextFile(new URL("../hooks.jsonc", import.meta.url));
 

@@ -5,6 +5,9 @@ import { readHostFacts } from "./host.ts";
 import { withLock } from "./lock.ts";
 import { systemRunner } from "./runner.ts";
 
+/** Where the validated config is cached between hook calls: /run is a tmpfs, root's only. */
+export const CONFIG_CACHE = "/run/libvirt-hook-qemu";
+
 /** The syslog tag of every line we log. */
 export const LOG_TAG = "libvirt-hook-qemu";
 
@@ -75,5 +78,6 @@ export function systemHookDeps(): HookDeps {
     setHairpin,
     log,
     nft: "nft",
+    configCache: CONFIG_CACHE,
   };
 }
