@@ -127,7 +127,12 @@ export async function loadConfig(
   return emptyConfig(candidates[0] ?? "hooks.jsonc", false);
 }
 
-const CACHE_FILE = "config-cache.json";
+/** The cache file of this copy of the code, so that two installed forms never evict each other's entry. */
+function cacheFile(dir: string): string {
+  let h = 0;
+  for (const c of import.meta.url) h = (Math.imul(h, 31) + c.charCodeAt(0)) >>> 0;
+  return `${dir}/config-cache-${h.toString(16)}.json`;
+}
 
 async function cacheKey(file: string, options: ValidateOptions, text: string): Promise<string> {
   // The code is part of the key: an upgraded hook never trusts what an older one validated.
@@ -147,7 +152,7 @@ async function cacheKey(file: string, options: ValidateOptions, text: string): P
 
 async function readCache(dir: string, key: string): Promise<Config | undefined> {
   try {
-    const saved = JSON.parse(await Deno.readTextFile(`${dir}/${CACHE_FILE}`));
+    const saved = JSON.parse(await Deno.readTextFile(cacheFile(dir)));
     if (saved.key !== key) return undefined;
     const c = saved.config;
     return { ...c, domains: new Map(c.domains), names: new Set(c.names) };
@@ -159,10 +164,10 @@ async function readCache(dir: string, key: string): Promise<Config | undefined> 
 async function writeCache(dir: string, key: string, config: Config): Promise<void> {
   try {
     await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
-    const tmp = `${dir}/${CACHE_FILE}.${Deno.pid}`;
+    const tmp = `${cacheFile(dir)}.${Deno.pid}`;
     const saved = { key, config: { ...config, domains: [...config.domains], names: [...config.names] } };
     await Deno.writeTextFile(tmp, JSON.stringify(saved));
-    await Deno.rename(tmp, `${dir}/${CACHE_FILE}`);
+    await Deno.rename(tmp, cacheFile(dir));
   } catch {
     // A cache that cannot be written only costs the next call a parse.
   }

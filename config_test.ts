@@ -232,7 +232,10 @@ Deno.test("loadConfig() reuses a validated config from its cache until the text 
       `{"a": {"private_ip": "10.0.0.1", "port_map": {"tcp": [22]}}, "b": {"private_ip": "x"}}`,
     );
     const first = await loadConfig([file], {}, `${dir}/cache`);
-    const cached = JSON.parse(await Deno.readTextFile(`${dir}/cache/config-cache.json`));
+    const [entry] = [...Deno.readDirSync(`${dir}/cache`)];
+    const cacheFile = `${dir}/cache/${entry!.name}`;
+    assert.match(entry!.name, /^config-cache-[0-9a-f]+\.json$/);
+    const cached = JSON.parse(await Deno.readTextFile(cacheFile));
     assert.equal(cached.config.file, file);
     const second = await loadConfig([file], {}, `${dir}/cache`);
     assert.deepEqual(second, first);
@@ -241,10 +244,10 @@ Deno.test("loadConfig() reuses a validated config from its cache until the text 
     assert.deepEqual([...(await loadConfig([file], {}, `${dir}/cache`)).domains.keys()], ["c"]);
     // The new text was validated afresh, under a new key.
     assert.notDeepEqual(
-      JSON.parse(await Deno.readTextFile(`${dir}/cache/config-cache.json`)).key,
+      JSON.parse(await Deno.readTextFile(cacheFile)).key,
       cached.key,
     );
-    await Deno.writeTextFile(`${dir}/cache/config-cache.json`, "{broken");
+    await Deno.writeTextFile(cacheFile, "{broken");
     assert.deepEqual([...(await loadConfig([file], {}, `${dir}/cache`)).domains.keys()], ["c"]);
   } finally {
     await Deno.remove(dir, { recursive: true });

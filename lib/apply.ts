@@ -97,30 +97,18 @@ export async function readState(deps: ApplyDeps): Promise<FirewallState> {
 }
 
 async function readNft(runner: Runner, nft: string): Promise<NftLive | undefined> {
-  // One cheap look at the table names first: on most hosts neither libvirt's nor our table exists, and then
-  // that is the only nft process of the call.
-  const tables = await runner.run([nft, "-j", "list", "tables"]);
-  if (tables.code === 127) return undefined;
-  if (tables.code !== 0) throw new CommandError([nft, "-j", "list", "tables"], tables);
-  const names = new Set<string>();
-  for (
-    const item of (JSON.parse(tables.stdout || "{}").nftables ?? []) as {
-      table?: { family: string; name: string };
-    }[]
-  ) {
-    if (item.table) names.add(`${item.table.family} ${item.table.name}`);
-  }
-  const lists: string[][] = [];
-  if (names.has(`inet ${NFT_TABLE}`)) lists.push(["list", "table", "inet", NFT_TABLE]);
-  for (const family of ["ip", "ip6"]) {
-    if (names.has(`${family} ${LIBVIRT_TABLE}`)) {
-      lists.push(["list", "chain", family, LIBVIRT_TABLE, LIBVIRT_CHAIN]);
-    }
-  }
+  // Three targeted looks, concurrently. Not `nft list tables`: that fetches the whole ruleset first, 100 ms on a
+  // host with 10 000 rules of other software, where listing one table or chain takes 3 ms.
+  const lists = [
+    ["list", "table", "inet", NFT_TABLE],
+    ["list", "chain", "ip", LIBVIRT_TABLE, LIBVIRT_CHAIN],
+    ["list", "chain", "ip6", LIBVIRT_TABLE, LIBVIRT_CHAIN],
+  ];
   const results = await Promise.all(lists.map((l) => runner.run([nft, "-j", ...l])));
+  if (results.some((r) => r.code === 127)) return undefined;
   const live = emptyNftLive();
   results.forEach((r, i) => {
-    // Gone between the two looks (libvirt re-creating its table): simply not there.
+    // A table or chain that does not exist is simply not there.
     if (r.code !== 0 && /No such file or directory/.test(r.stderr)) return;
     if (r.code !== 0) throw new CommandError([nft, "-j", ...lists[i]!], r);
     parseNftJson(r.stdout, live);
