@@ -321,6 +321,38 @@ export function tokenize(spec: string): string[] {
   return out;
 }
 
+/** The built-in chains our jumps live in. */
+export const JUMP_CHAINS: [string, string][] = [["nat", "PREROUTING"], ["nat", "OUTPUT"], [
+  "nat",
+  "POSTROUTING",
+], [
+  "filter",
+  "FORWARD",
+]];
+
+/**
+ * Turns `iptables -t <table> -S <chain>` listings into iptables-save text, so parseSave reads both: `-N` declares
+ * a chain, `-A` lines stay, policies go. A jump to LIBVIRT_* shows that libvirt uses its iptables backend.
+ */
+export function listingsToSave(listings: { table: string; text: string }[]): string {
+  const out: string[] = [];
+  for (const table of TABLES) {
+    out.push(`*${table}`);
+    for (const l of listings.filter((x) => x.table === table)) {
+      for (const line of l.text.split("\n")) {
+        if (line.startsWith("-N ")) out.push(`:${line.slice(3).trim()} - [0:0]`);
+        else if (line.startsWith("-A ")) {
+          out.push(line);
+          const libvirt = / -j (LIBVIRT_\w+)/.exec(line)?.[1];
+          if (libvirt) out.push(`:${libvirt} - [0:0]`);
+        }
+      }
+    }
+    out.push("COMMIT");
+  }
+  return out.join("\n") + "\n";
+}
+
 /** Keeps only what belongs to one domain. */
 export function liveOf(live: Live, domain: string): Live {
   const h = domainHash(domain);
@@ -386,9 +418,11 @@ function unique<T>(items: T[]): T[] {
 export interface Tools {
   save: string[];
   restore: string[];
+  /** The plain program, for listing single chains (`-t nat -S PREROUTING`). */
+  list: string[];
 }
 
-/** Derives the save and restore programs from IPTABLES_BINARY (default `iptables`) for each family. */
+/** Derives the save, restore and list programs from IPTABLES_BINARY (default `iptables`) for each family. */
 export function iptablesTools(binary = "iptables"): Record<Family, Tools> {
   const slash = binary.lastIndexOf("/");
   const dir = binary.slice(0, slash + 1);
@@ -397,6 +431,7 @@ export function iptablesTools(binary = "iptables"): Record<Family, Tools> {
   const tools = (name: string): Tools => ({
     save: [`${dir}${name}-save`],
     restore: [`${dir}${name}-restore`, "--noflush", "--wait"],
+    list: [`${dir}${name}`, "--wait"],
   });
   return { 4: tools(base), 6: tools(v6) };
 }

@@ -8,6 +8,7 @@ import {
   commentDomain,
   domainHash,
   iptablesTools,
+  listingsToSave,
   liveOf,
   parseSave,
   planForwards,
@@ -228,10 +229,12 @@ Deno.test("iptablesTools() follows IPTABLES_BINARY for both families", () => {
     4: {
       save: ["/usr/sbin/iptables-legacy-save"],
       restore: ["/usr/sbin/iptables-legacy-restore", "--noflush", "--wait"],
+      list: ["/usr/sbin/iptables-legacy", "--wait"],
     },
     6: {
       save: ["/usr/sbin/ip6tables-legacy-save"],
       restore: ["/usr/sbin/ip6tables-legacy-restore", "--noflush", "--wait"],
+      list: ["/usr/sbin/ip6tables-legacy", "--wait"],
     },
   });
 });
@@ -299,4 +302,24 @@ Deno.test("renderSync() renders IPv6 forwards for ip6tables-restore", () => {
       COMMIT
     `),
   );
+});
+
+Deno.test("listingsToSave() reads single-chain listings as iptables-save text", () => {
+  const h = domainHash("web1");
+  const live = parseSave(listingsToSave([
+    {
+      table: "nat",
+      text:
+        `-P PREROUTING ACCEPT\n-A PREROUTING -m comment --comment "libvirt-hook-qemu:1:web1" -j LVH-${h}-DNAT\n`,
+    },
+    {
+      table: "nat",
+      text:
+        `-N LVH-${h}-DNAT\n-A LVH-${h}-DNAT -d 203.0.113.1/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:80\n`,
+    },
+    { table: "filter", text: "-P FORWARD ACCEPT\n-A FORWARD -j LIBVIRT_FWX\n" },
+  ]));
+  assert.deepEqual(live.chains.map((c) => `${c.table} ${c.chain}`), [`nat LVH-${h}-DNAT`]);
+  assert.deepEqual(live.rules.map((r) => `${r.table} ${r.chain}`), ["nat PREROUTING", `nat LVH-${h}-DNAT`]);
+  assert.equal(live.libvirt, true);
 });

@@ -66,8 +66,8 @@ export interface HookDeps {
   log(line: string): void;
   /** The nft program, or undefined to leave nftables alone (hosts without it, tests of the iptables path). */
   nft: string | undefined;
-  /** Where a validated config is cached between calls (a directory on /run), if anywhere. */
-  configCache?: string;
+  /** Our directory on /run, if any: the validated config's cache and the busy-ruleset hint live there. */
+  stateDir?: string;
 }
 
 /** What applying needs, from the hook's dependencies, the config's settings and the host's networks. */
@@ -78,6 +78,7 @@ export function applyDeps(deps: HookDeps, config?: Config, facts?: HostFacts): A
     ...(deps.nft === undefined ? {} : { nft: deps.nft }),
     ...(config ? { backend: config.settings.backend } : {}),
     ...(facts ? { connected: facts.connected } : {}),
+    ...(deps.stateDir === undefined ? {} : { hintDir: deps.stateDir }),
   };
 }
 
@@ -120,7 +121,7 @@ export function tools(deps: Pick<HookDeps, "env">): Record<Family, Tools> {
 
 /** Reads the host facts, then the config (using the default addresses to find clashing claims). */
 export async function loadFor(
-  deps: Pick<HookDeps, "facts" | "env" | "problem" | "configCache">,
+  deps: Pick<HookDeps, "facts" | "env" | "problem" | "stateDir">,
 ): Promise<{ config: Config; facts: HostFacts }> {
   const facts = await deps.facts();
   const defaults: Partial<Record<Family, string>> = {};
@@ -131,7 +132,7 @@ export async function loadFor(
   const config = await loadConfig(
     configCandidates(deps.env),
     { defaultPublicIp: defaults },
-    deps.configCache,
+    deps.stateDir,
   );
   for (const d of config.diagnostics) deps.problem(formatDiagnostic(d));
   return { config, facts };

@@ -5,8 +5,9 @@ import { readHostFacts } from "./host.ts";
 import { withLock } from "./lock.ts";
 import { systemRunner } from "./runner.ts";
 
-/** Where the validated config is cached between hook calls: /run is a tmpfs, root's only. */
-export const CONFIG_CACHE = "/run/libvirt-hook-qemu";
+/** Our directory on /run (a tmpfs, root's only): the validated config's cache and the busy-ruleset hint.
+ * LIBVIRT_HOOK_QEMU_STATE_DIR overrides it (tests; libvirt never sets it). */
+export const STATE_DIR = "/run/libvirt-hook-qemu";
 
 /** The syslog tag of every line we log. */
 export const LOG_TAG = "libvirt-hook-qemu";
@@ -78,6 +79,6 @@ export function systemHookDeps(): HookDeps {
     setHairpin,
     log,
     nft: "nft",
-    configCache: CONFIG_CACHE,
+    stateDir: env("LIBVIRT_HOOK_QEMU_STATE_DIR") || STATE_DIR,
   };
 }
