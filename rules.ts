@@ -259,12 +259,14 @@ export interface Live {
   rules: LiveRule[];
   /** Whether libvirt's own chains (LIBVIRT_*) are there: libvirt uses its iptables backend. */
   libvirt?: boolean;
+  /** How much of the text read was other software's (bytes): what makes a host busy, whatever our own N. */
+  foreignBytes?: number;
 }
 
 /** Extracts our chains and rules from iptables-save output; everything else is skipped unread. */
 export function parseSave(text: string): Live {
   const live: Live = { chains: [], rules: [] };
-  let table = "";
+  let table = "", foreign = 0;
   for (const line of text.split("\n")) {
     if (line.startsWith("*")) {
       table = line.slice(1).trim();
@@ -272,7 +274,10 @@ export function parseSave(text: string): Live {
     }
     if (line.startsWith(":LIBVIRT_")) live.libvirt = true;
     // Cheap filter first: on a busy host almost every line is someone else's.
-    if (!line.includes(CHAIN_PREFIX) && !line.includes(COMMENT_TAG)) continue;
+    if (!line.includes(CHAIN_PREFIX) && !line.includes(COMMENT_TAG)) {
+      foreign += line.length + 1;
+      continue;
+    }
     if (line.startsWith(":")) {
       const chain = line.slice(1).split(" ")[0] ?? "";
       const owner = chainOwner(chain);
@@ -299,6 +304,7 @@ export function parseSave(text: string): Live {
       (domain === undefined ? undefined : domainHash(domain));
     if (owner) live.rules.push({ table, chain, spec, owner, ...(domain === undefined ? {} : { domain }) });
   }
+  live.foreignBytes = foreign;
   return live;
 }
 

@@ -65,7 +65,10 @@ export interface ApplyDeps {
   hintDir?: string;
 }
 
-/** Above this size of `iptables-save` output, a host counts as busy: reading everything costs tens of ms. */
+/**
+ * Above this much of other software's rules in `iptables-save` (bytes; ours do not count, so the choice does not
+ * depend on how many forwards we have), a host counts as busy: reading everything costs tens of ms.
+ */
 export const BUSY_RULESET_BYTES = 256 * 1024;
 const BUSY_HINT = "busy-ruleset";
 
@@ -97,12 +100,14 @@ export async function readState(deps: ApplyDeps, domain?: string): Promise<Firew
   const targeted = domain !== undefined && deps.hintDir !== undefined &&
     await Deno.stat(`${deps.hintDir}/${BUSY_HINT}`).then(() => true, () => false);
   const ipt = Promise.all(FAMILIES.map(async (family) => {
-    if (targeted) return await readChains(runner, tools[family], domain!);
+    const listed = targeted ? await readChains(runner, tools[family], domain!) : "read all";
+    if (listed !== "read all") return listed;
     const result = await runner.run(tools[family].save);
     if (result.code === 127) return undefined;
     if (result.code !== 0) throw new CommandError(tools[family].save, result);
-    if (family === 4 && deps.hintDir !== undefined) await rememberSize(deps.hintDir, result.stdout.length);
-    return parseSave(result.stdout);
+    const live = parseSave(result.stdout);
+    if (family === 4 && deps.hintDir !== undefined) await rememberSize(deps.hintDir, live.foreignBytes ?? 0);
+    return live;
   }));
   const nft = deps.nft === undefined ? Promise.resolve(undefined) : readNft(runner, deps.nft);
   const conf = deps.nft === undefined
@@ -112,7 +117,12 @@ export async function readState(deps: ApplyDeps, domain?: string): Promise<Firew
   return { ipt: { 4: v4, 6: v6 }, nft: n, ...(setting === undefined ? {} : { libvirtSetting: setting }) };
 }
 
-async function readChains(runner: Runner, tools: Tools, domain: string): Promise<Live | undefined> {
+/** Lists the chains that can hold a domain's rules; "read all" when a listing fails in a way a full read explains. */
+async function readChains(
+  runner: Runner,
+  tools: Tools,
+  domain: string,
+): Promise<Live | undefined | "read all"> {
   const c = chainNames(domain);
   const wanted: [string, string, boolean][] = [
     ...JUMP_CHAINS.map(([t, chain]): [string, string, boolean] => [t, chain, true]),
@@ -125,14 +135,13 @@ async function readChains(runner: Runner, tools: Tools, domain: string): Promise
   );
   if (results.some((r) => r.code === 127)) return undefined;
   const listings: { table: string; text: string }[] = [];
-  results.forEach((r, i) => {
-    const [table, chain, builtin] = wanted[i]!;
+  for (const [i, r] of results.entries()) {
+    const [table, , builtin] = wanted[i]!;
     if (r.code === 0) listings.push({ table, text: r.stdout });
-    // Our own chain is simply not there; a built-in one always is.
-    else if (builtin || !/No chain|does not exist/i.test(r.stderr)) {
-      throw new CommandError([...tools.list, "-t", table, "-S", chain], r);
-    }
-  });
+    // Our own chain is simply not there (iptables-nft 1.8.9 says "incompatible" for a chain that does not exist).
+    // Anything else is left to iptables-save, which reads whatever there is.
+    else if (builtin || !/No chain|does not exist|is incompatible/i.test(r.stderr)) return "read all";
+  }
   return parseSave(listingsToSave(listings));
 }
 
