@@ -1,4 +1,4 @@
-/** The operator commands: check, plan, status, apply, remove, reload, migrate-legacy. */
+/** The operator commands: check, plan, status, apply, remove, reload, migrate-legacy, watch. */
 
 import { parseArgs } from "node:util";
 import { type Config, configCandidates, domainConfig, type Entry, formatDiagnostic } from "../config.ts";
