@@ -23,7 +23,17 @@ import {
   type NftLive,
   nftLiveForwards,
 } from "./nft.ts";
-import { applyDeps, type HookDeps, install, loadFor, message, remove, resync, tools } from "./hook.ts";
+import {
+  applyDeps,
+  type HookDeps,
+  install,
+  loadFor,
+  message,
+  remove,
+  removedMarker,
+  resync,
+  tools,
+} from "./hook.ts";
 import { runChecked } from "./runner.ts";
 import { env, systemHookDeps } from "./system.ts";
 
@@ -141,7 +151,7 @@ export async function runCli(args: string[], deps: HookDeps = cliDeps()): Promis
       return await one((d) => apply(d, deps));
     case "remove":
       if (values.all && rest.length === 0) return await removeAll(deps);
-      return await one(async (d) => (await remove(d, deps, "remove")) ? 0 : 1);
+      return await one(async (d) => (await removeByHand(d, deps)) ? 0 : 1);
     case "reload":
       return await reload(deps);
     case "migrate-legacy":
@@ -417,11 +427,24 @@ async function apply(domain: string, deps: HookDeps): Promise<number> {
   return ok ? 0 : 1;
 }
 
+/**
+ * Removes a domain's forwards at an administrator's request, and notes that on /run, so that the watcher does not
+ * put back the forwards of a running guest on purpose taken away; apply or the next start clears the note.
+ */
+async function removeByHand(domain: string, deps: HookDeps): Promise<boolean> {
+  if (!(await remove(domain, deps, "remove"))) return false;
+  if (deps.stateDir !== undefined) {
+    await Deno.mkdir(deps.stateDir, { recursive: true, mode: 0o700 }).catch(() => {});
+    await Deno.writeTextFile(removedMarker(deps.stateDir, domain), `${domain}\n`).catch(() => {});
+  }
+  return true;
+}
+
 async function removeAll(deps: HookDeps): Promise<number> {
   const live = await liveByDomain(deps);
   let failed = 0;
   for (const domain of live.keys()) {
-    if (await remove(domain, deps, "remove")) console.log(`Removed the forwards of "${domain}"`);
+    if (await removeByHand(domain, deps)) console.log(`Removed the forwards of "${domain}"`);
     else failed++;
   }
   if (live.size === 0) console.log("No forwards are live.");
@@ -463,6 +486,7 @@ async function heal(deps: HookDeps): Promise<string[]> {
   for (const domain of await runningDomains()) {
     const found = domainConfig(config, domain);
     if (found.kind !== "ok") continue;
+    if (deps.stateDir !== undefined && await exists(removedMarker(deps.stateDir, domain))) continue;
     const planned = planForwards(found.entries, facts);
     if (planned.problems.length > 0) continue;
     const want = planned.forwards.map((f) => describeForward(asLiveForward(domain, f))).sort().join("\n");

@@ -1,7 +1,7 @@
 /** What the hook does for each libvirt call: install, re-sync or remove one domain's forwards. */
 
 import { type Config, configCandidates, domainConfig, formatDiagnostic, loadConfig } from "../config.ts";
-import { type Forward, iptablesTools, planForwards, type Tools } from "../rules.ts";
+import { domainHash, type Forward, iptablesTools, planForwards, type Tools } from "../rules.ts";
 import { type ApplyDeps, type Change, reassertAccepts, syncDomain } from "./apply.ts";
 import type { Family } from "./address.ts";
 import { guestInterfaces, xmlKind } from "./domain_xml.ts";
@@ -114,6 +114,11 @@ async function hookRole(call: HookCall, deps: HookDeps): Promise<"qemu" | "netwo
   return xmlKind(await deps.readStdin()) === "network" ? "network" : "qemu";
 }
 
+/** The note that an administrator removed a running guest's forwards on purpose (`remove`): watch leaves it be. */
+export function removedMarker(stateDir: string, domain: string): string {
+  return `${stateDir}/removed-${domainHash(domain)}`;
+}
+
 /** The iptables programs, following IPTABLES_BINARY. */
 export function tools(deps: Pick<HookDeps, "env">): Record<Family, Tools> {
   return iptablesTools(deps.env("IPTABLES_BINARY") || undefined);
@@ -160,6 +165,7 @@ export async function install(domain: string, deps: HookDeps, action = "start"):
     const changes = await deps.lock(() => syncDomain(domain, plan.forwards, applyDeps(deps, config, facts)));
     await hairpinPorts(domain, plan.forwards, facts, deps);
     deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}`);
+    if (deps.stateDir !== undefined) await Deno.remove(removedMarker(deps.stateDir, domain)).catch(() => {});
     return true;
   } catch (err) {
     return fail(message(err));

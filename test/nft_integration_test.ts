@@ -243,6 +243,7 @@ Deno.test({
     const lab = await createLab({ libvirt: "nftables" });
     const file = await Deno.makeTempFile({ suffix: ".jsonc" });
     const run = await Deno.makeTempDir();
+    const state = await Deno.makeTempDir();
     let watcher: Deno.ChildProcess | undefined;
     try {
       await Deno.writeTextFile(file, config("auto"));
@@ -251,7 +252,7 @@ Deno.test({
       assert.equal((await hook(lab, file, ["g1", "start", "begin", "-"], XML("g1", "vnet0"))).code, 0);
       watcher = new Deno.Command("ip", {
         args: ["netns", "exec", lab.ns.host, Deno.execPath(), "run", "-A", MAIN, "watch", "--poll", "5"],
-        env: { CONFIG_FILENAME: file, LIBVIRT_QEMU_RUN_DIR: run },
+        env: { CONFIG_FILENAME: file, LIBVIRT_QEMU_RUN_DIR: run, LIBVIRT_HOOK_QEMU_STATE_DIR: state },
         stdout: "null",
         stderr: "piped",
       }).spawn();
@@ -284,6 +285,13 @@ Deno.test({
       // Another tool wipes our table.
       await lab.exec(lab.ns.host, ["nft", "delete", "table", "inet", "libvirt_hook_qemu"]);
       assert.ok(await works(), "the watcher re-applied the running guest's forwards");
+      // An administrator's remove is on purpose: the watcher leaves it be.
+      const removed = await lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, "remove", "g1"], {
+        env: { CONFIG_FILENAME: file, LIBVIRT_QEMU_RUN_DIR: run, LIBVIRT_HOOK_QEMU_STATE_DIR: state },
+      });
+      assert.equal(removed.code, 0, removed.stderr);
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222, { timeoutMs: 500 }), null);
     } finally {
       if (watcher) {
         try {
@@ -297,6 +305,7 @@ Deno.test({
       await lab.close();
       await Deno.remove(file).catch(() => {});
       await Deno.remove(run, { recursive: true }).catch(() => {});
+      await Deno.remove(state, { recursive: true }).catch(() => {});
     }
   },
 });
