@@ -12,29 +12,38 @@
  */
 import assert from "node:assert/strict";
 import {
+  Actions,
+  assertNothingLeft,
+  checkForwards,
+  checkNoForward,
+  diff,
+  epoch,
+  type Forward,
+  installRecorderScript,
+  iptablesSave,
+  reportAndTearDown,
+  runInstallSh,
+  skipping,
+  Started,
+} from "./common.ts";
+import {
   attachClientNamespace,
   attachServiceNamespace,
   defineGuest,
   destroyGuest,
   destroyNetwork,
   domainState,
-  type HookCall,
   HookRecorder,
   installLibvirt,
   isCall,
-  isRoot,
   type LibvirtEnv,
-  netnsWorks,
-  run,
   startGuest,
   startLibvirt,
   startNatNetwork,
   startNetwork,
   startTcpServer,
-  tcpRequest,
 } from "./libvirt_env.ts";
 
-const ROOT = new URL("../../", import.meta.url).pathname;
 const GUEST = "lvhguest";
 const BAD = "badguest";
 const SERVICE_IP = "192.168.150.10";
@@ -58,20 +67,7 @@ const CONFIG = `// hook_e2e_test.ts
 }
 `;
 
-async function skipReason(): Promise<string | undefined> {
-  if (Deno.env.get("LVH_E2E") === "0") return "LVH_E2E=0";
-  if (Deno.build.os !== "linux") return `not Linux (${Deno.build.os})`;
-  if (!isRoot()) return "not root";
-  const ns = await netnsWorks().catch((e) => ({ ok: false as const, reason: String(e) }));
-  if (!ns.ok) return `ip netns does not work: ${ns.reason}`;
-  const haveLibvirtd = await run(["sh", "-c", "command -v libvirtd"], { check: false, timeoutMs: 10_000 });
-  const haveApt = await run(["sh", "-c", "command -v apt-get"], { check: false, timeoutMs: 10_000 });
-  if (!haveLibvirtd.success && !haveApt.success) return "no libvirtd and no apt-get to install it";
-  return undefined;
-}
-
-const reason = await skipReason();
-if (reason) console.log(`hook_e2e_test: skipped: ${reason}`);
+const reason = await skipping("hook_e2e_test", "9.0");
 
 /** 1-based line:column of the first occurrence of `needle` in `text`. */
 function position(text: string, needle: string): string {
@@ -81,25 +77,6 @@ function position(text: string, needle: string): string {
   return `${before.length}:${(before.at(-1) ?? "").length + 1}`;
 }
 
-/** iptables-save (or ip6tables-save) in the libvirt namespace, without comments and counters. */
-async function ruleset(env: LibvirtEnv, family: 4 | 6 = 4): Promise<string> {
-  const r = await env.exec([family === 4 ? "iptables-save" : "ip6tables-save"], { timeoutMs: 30_000 });
-  return r.stdout
-    .split("\n")
-    .filter((l) => l !== "" && !l.startsWith("#"))
-    .map((l) => l.replace(/^(:\S+ \S+) \[\d+:\d+\]$/, "$1").replace(/^\[\d+:\d+\] /, ""))
-    .join("\n") + "\n";
-}
-
-/** Lines only in a, only in b (a multiset difference, enough to name what changed). */
-function diff(a: string, b: string): string {
-  const left = a.split("\n"), right = b.split("\n");
-  const minus = left.filter((l) => !right.includes(l)).map((l) => `- ${l}`);
-  const plus = right.filter((l) => !left.includes(l)).map((l) => `+ ${l}`);
-  const moved = left.join("\n") !== right.join("\n") && minus.length === 0 && plus.length === 0;
-  return [...minus, ...plus, ...(moved ? ["(same lines, different order)"] : [])].join("\n") || "(none)";
-}
-
 function environOf(pid: number): Record<string, string> {
   const out: Record<string, string> = {};
   for (const kv of Deno.readTextFileSync(`/proc/${pid}/environ`).split("\0")) {
@@ -107,16 +84,6 @@ function environOf(pid: number): Record<string, string> {
     if (eq > 0) out[kv.slice(0, eq)] = kv.slice(eq + 1);
   }
   return out;
-}
-
-const epoch = () => (performance.timeOrigin + performance.now()) / 1000;
-
-interface Action {
-  what: string;
-  /** Epoch seconds when the command began. */
-  t0: number;
-  ms: number;
-  result: string;
 }
 
 Deno.test({
@@ -132,48 +99,23 @@ Deno.test({
     const rec = await HookRecorder.create(`${tmp}/recorder`);
     const hooksDir = `${tmp}/etc/libvirt/hooks`;
     let env: LibvirtEnv | undefined;
-    const actions: Action[] = [];
+    const actions = new Actions();
+    const { act } = actions;
     const rules: { title: string; text: string }[] = [];
     const notes: string[] = [];
-    const started: { ns: string[]; pids: number[] } = { ns: [], pids: [] };
-
-    /** Runs one hook-triggering command, recording when it began and how long it took. */
-    const act = async <T>(what: string, fn: () => Promise<T>, show: (r: T) => string = () => "ok") => {
-      const a: Action = { what, t0: epoch(), ms: 0, result: "" };
-      actions.push(a);
-      const p0 = performance.now();
-      try {
-        const r = await fn();
-        a.result = show(r);
-        return r;
-      } catch (e) {
-        a.result = `THREW ${e instanceof Error ? e.message.split("\n")[0] : String(e)}`;
-        throw e;
-      } finally {
-        a.ms = Math.round(performance.now() - p0);
-      }
-    };
+    const started = new Started();
 
     try {
       await t.step("1. install our hook with install.sh and start libvirtd with it", async () => {
-        const inst = await run(["bash", `${ROOT}install.sh`], {
-          env: { DESTDIR: tmp },
-          timeoutMs: 300_000,
-        });
-        notes.push(`install.sh (${inst.ms} ms): ${inst.stdout.trim().replace(/\n/g, " | ")}`);
-        assert.match(inst.stdout, /source form/);
+        await runInstallSh(tmp, notes);
         assert.ok((await Deno.stat(`${hooksDir}/qemu`)).isFile);
         await Deno.writeTextFile(`${hooksDir}/hooks.jsonc`, CONFIG);
         // the recorder runs after our hook (qemu.d scripts come after qemu) and as the network hook
-        await Deno.mkdir(`${hooksDir}/qemu.d`, { recursive: true });
-        await Deno.copyFile(`${rec.hooksDir}/qemu`, `${hooksDir}/qemu.d/${RECORDER}`);
-        await Deno.chmod(`${hooksDir}/qemu.d/${RECORDER}`, 0o755);
-        await Deno.copyFile(`${rec.hooksDir}/network`, `${hooksDir}/network`);
-        await Deno.chmod(`${hooksDir}/network`, 0o755);
+        await installRecorderScript(rec, "qemu", `${hooksDir}/qemu.d/${RECORDER}`);
+        await installRecorderScript(rec, "network", `${hooksDir}/network`);
 
         env = await startLibvirt({ hooksDir });
-        started.ns.push(env.ns);
-        started.pids.push(env.launcherPid, env.virtlogdPid, env.libvirtdPid);
+        started.libvirt(env);
         const daemonEnv = environOf(env.libvirtdPid);
         assert.equal(daemonEnv["HOME"], undefined, `libvirtd has HOME: ${JSON.stringify(daemonEnv)}`);
         assert.deepEqual(Object.keys(daemonEnv).sort(), ["LC_ALL", "PATH"]);
@@ -193,44 +135,33 @@ Deno.test({
       await startTcpServer(e, svc.ns, { port: 80, label: "svc" });
       const guest = await defineGuest(e, { name: GUEST, network: net.name });
       await defineGuest(e, { name: BAD, network: net.name, mac: "52:54:00:4c:56:11" });
-      const svcLine = (from: string) =>
-        new RegExp(`^svc ${from.replace(/\./g, "\\.")}:\\d+ -> ${SERVICE_IP.replace(/\./g, "\\.")}:80$`);
-
-      /** The three paths to the forward; `from` is the source the service must see. */
-      const checkForwards = async (when: string) => {
-        const viaClient = await tcpRequest(cli.ns, PUBLIC_IP, 8080);
-        assert.ok(viaClient.ok, `${when}: client -> ${PUBLIC_IP}:8080: ${JSON.stringify(viaClient)}`);
-        assert.match(
-          viaClient.text,
-          svcLine(CLIENT_IP),
-          `${when}: the service must see the client's address`,
-        );
-        const viaHost = await tcpRequest(e.ns, PUBLIC_IP, 8080);
-        assert.ok(viaHost.ok, `${when}: host -> ${PUBLIC_IP}:8080: ${JSON.stringify(viaHost)}`);
-        const viaPeer = await tcpRequest(peer.ns, PUBLIC_IP, 8080);
-        assert.ok(
-          viaPeer.ok,
-          `${when}: ${PEER_IP} (hairpin) -> ${PUBLIC_IP}:8080: ${JSON.stringify(viaPeer)}`,
-        );
-        // masqueraded to the bridge address, so the answer goes back through the host (conntrack un-NATs it)
-        assert.match(viaPeer.text, svcLine(BRIDGE_IP), `${when}: hairpin source`);
-        notes.push(
-          `${when}: client sees "${viaClient.text}"; host sees "${viaHost.text}"; hairpin sees "${viaPeer.text}"`,
-        );
+      const forward: Forward = {
+        clientNs: cli.ns,
+        clientIp: CLIENT_IP,
+        publicIp: PUBLIC_IP,
+        port: 8080,
+        hostNs: e.ns,
+        peerNs: peer.ns,
+        peerIp: PEER_IP,
+        bridgeIp: BRIDGE_IP,
+        label: "svc",
+        serviceIp: SERVICE_IP,
       };
-      const checkNoForward = async (when: string) => {
-        const r = await tcpRequest(cli.ns, PUBLIC_IP, 8080);
-        assert.ok(!r.ok, `${when}: the forward must not work: ${JSON.stringify(r)}`);
-        if (!r.ok) notes.push(`${when}: client -> ${PUBLIC_IP}:8080: ${r.error}`);
+      /** The three paths to the forward (client, host, hairpin). */
+      const forwardsWork = async (when: string) => {
+        notes.push(`${when}: ${await checkForwards(forward, when)}`);
+      };
+      const noForward = async (when: string) => {
+        notes.push(`${when}: client -> ${PUBLIC_IP}:8080: ${await checkNoForward(forward, when)}`);
       };
 
       let before4 = "", before6 = "", during4 = "";
       await t.step("2. network, guest and namespaces ready; ruleset before start recorded", async () => {
-        before4 = await ruleset(e);
-        before6 = await ruleset(e, 6);
+        before4 = await iptablesSave(e);
+        before6 = await iptablesSave(e, 6);
         rules.push({ title: "before virsh start", text: before4 });
         assert.ok(!before4.includes("LVH-"));
-        await checkNoForward("before start");
+        await noForward("before start");
       });
 
       await t.step(
@@ -246,13 +177,13 @@ Deno.test({
           const atStart = (await rec.calls()).find((c) => isCall(c, RECORDER, GUEST, "start", "begin"));
           assert.ok(atStart);
           assert.match(await Deno.readTextFile(atStart.iptablesFile), /LVH-/, "rules not in place at start");
-          during4 = await ruleset(e);
+          during4 = await iptablesSave(e);
           rules.push({ title: "during (after virsh start)", text: during4 });
           assert.match(
             during4,
             /^-A FORWARD -m comment --comment "libvirt-hook-qemu:1:lvhguest" -j LVH-\S+-FWD\n-A FORWARD -j LIBVIRT_FWX$/m,
           );
-          await checkForwards("after start");
+          await forwardsWork("after start");
         },
       );
 
@@ -271,25 +202,25 @@ Deno.test({
           assert.equal(reconnect.initEnv["HOME"], undefined);
           assert.equal(environOf(e.libvirtdPid)["HOME"], undefined);
           assert.equal(await domainState(e, GUEST), "running");
-          const after = await ruleset(e);
+          const after = await iptablesSave(e);
           assert.equal(after, during4, `rules changed by the restart:\n${diff(during4, after)}`);
-          await checkForwards("after libvirtd restart");
+          await forwardsWork("after libvirtd restart");
         },
       );
 
       await t.step("5. net-destroy + net-start with the guest running", async () => {
         await act(`virsh net-destroy ${net.name}`, () => destroyNetwork(e, net.name));
-        const down = await ruleset(e);
+        const down = await iptablesSave(e);
         rules.push({ title: "after net-destroy (guest running)", text: down });
         notes.push(`net-destroy changed (vs during):\n${diff(during4, down)}`);
         await act(`virsh net-start ${net.name}`, () => startNetwork(e, net.name));
-        const up = await ruleset(e);
+        const up = await iptablesSave(e);
         notes.push(`net-destroy + net-start changed (vs during):\n${diff(during4, up)}`);
         assert.equal(await domainState(e, GUEST), "running");
         // libvirt re-creates the bridge without its ports: put our namespaces back on it
         await svc.reattach();
         await peer.reattach();
-        await checkForwards("after net-destroy + net-start");
+        await forwardsWork("after net-destroy + net-start");
         assert.equal(up, during4, `rules differ after the network restart:\n${diff(during4, up)}`);
       });
 
@@ -302,15 +233,15 @@ Deno.test({
           "rules left after stopped",
         );
         await rec.waitForCall((c) => isCall(c, RECORDER, GUEST, "release", "end"));
-        const after4 = await ruleset(e);
+        const after4 = await iptablesSave(e);
         rules.push({ title: "after virsh destroy", text: after4 });
         assert.equal(
           after4,
           before4,
           `ruleset after destroy differs from before start:\n${diff(before4, after4)}`,
         );
-        assert.equal(await ruleset(e, 6), before6);
-        await checkNoForward("after destroy");
+        assert.equal(await iptablesSave(e, 6), before6);
+        await noForward("after destroy");
       });
 
       await t.step("7. virsh start of a guest with a bad config entry fails with our message", async () => {
@@ -329,54 +260,25 @@ Deno.test({
         assert.match(r.stderr, /Cannot apply forwards for "badguest"/);
         assert.equal(await domainState(e, BAD), "shut off");
         await rec.waitForCall((c) => isCall(c, RECORDER, BAD, "release", "end"));
-        const after = await ruleset(e);
+        const after = await iptablesSave(e);
         assert.equal(after, before4, `a refused start changed the rules:\n${diff(before4, after)}`);
       });
     } finally {
       // the report: hook calls (recorded after our hook returned) with times relative to the command
-      const calls: HookCall[] = await rec.calls().catch(() => []);
-      const out: string[] = [
-        `\n===== hook_e2e_test report (libvirt install: ${JSON.stringify(install)}) =====`,
-      ];
-      out.push(...notes);
-      out.push(
-        "\n--- hook-triggering steps and the hook calls libvirt made (ms after the command began) ---",
-      );
-      for (const [i, a] of actions.entries()) {
-        out.push(`${a.what}: ${a.ms} ms (${a.result})`);
-        const next = actions[i + 1]?.t0 ?? Infinity;
-        for (const c of calls.filter((c) => c.t >= a.t0 && c.t < next)) {
-          out.push(
-            `  +${String(Math.round((c.t - a.t0) * 1000)).padStart(5)} ms  ${c.hook} ${c.argv.join(" ")}` +
-              (c.hook === RECORDER ? "  (recorded after our qemu hook returned)" : ""),
-          );
-        }
-      }
-      out.push("\n--- harness timings ---");
-      for (const tm of env?.timings ?? []) out.push(`${tm.step}: ${tm.ms} ms`);
-      for (const r of rules) out.push(`\n--- iptables-save ${r.title} ---\n${r.text.trimEnd()}`);
-      console.log(out.join("\n"));
-      await env?.stop();
-      await rec.remove();
-      await Deno.remove(tmp, { recursive: true }).catch(() => undefined);
+      await reportAndTearDown({
+        name: "hook_e2e_test",
+        install,
+        notes,
+        callsTitle: "hook-triggering steps and the hook calls libvirt made (ms after the command began)",
+        actions,
+        describe: (c) =>
+          `${c.hook} ${c.argv.join(" ")}` +
+          (c.hook === RECORDER ? "  (recorded after our qemu hook returned)" : ""),
+        rulesets: rules.map((r) => ({ title: `iptables-save ${r.title}`, text: r.text })),
+      }, env, rec, tmp);
     }
 
-    await t.step("8. everything torn down", async () => {
-      const list = await run(["ip", "netns", "list"], { timeoutMs: 10_000 });
-      for (const ns of started.ns) assert.ok(!list.stdout.includes(ns), `namespace left: ${list.stdout}`);
-      for (const pid of started.pids) {
-        const alive = await Deno.readTextFile(`/proc/${pid}/stat`).then(
-          (s) => !/\) [ZX] /.test(s),
-          () => false,
-        );
-        assert.ok(!alive, `process ${pid} is still alive`);
-      }
-      const daemon = await run(["virsh", "-c", "qemu:///system", "version"], {
-        check: false,
-        timeoutMs: 10_000,
-      });
-      assert.ok(!daemon.success, "a libvirtd still answers");
-    });
+    await t.step("8. everything torn down", () => assertNothingLeft(started));
     console.log(`hook_e2e_test: ${Math.round(performance.now() - t00)} ms`);
   },
 });

@@ -15,19 +15,33 @@
  */
 import assert from "node:assert/strict";
 import {
+  Actions,
+  alive,
+  assertNothingLeft,
+  checkForwards as checkForwardPaths,
+  checkNoForward as checkNoForwardPath,
+  diff,
+  epoch,
+  type Forward,
+  installRecorderScript,
+  iptablesSave,
+  reportAndTearDown,
+  runInstallSh,
+  skipping,
+  Started,
+  stripNft,
+  svcLine,
+} from "./common.ts";
+import {
   attachClientNamespace,
   attachServiceNamespace,
   defineGuest,
   destroyGuest,
   destroyNetwork,
   domainState,
-  type HookCall,
   isCall,
-  isRoot,
   type LibvirtEnv,
   MINIMAL_PATH,
-  netnsWorks,
-  run,
   sleep,
   startGuest,
   startNatNetwork,
@@ -46,7 +60,6 @@ import {
   startLibvirt11,
 } from "./libvirt11_env.ts";
 
-const ROOT = new URL("../../", import.meta.url).pathname;
 const GUEST = "lvhguest";
 const GUEST2 = "lvhguest2";
 const SERVICE_IP = "192.168.150.10";
@@ -81,71 +94,7 @@ const CONFIG = `// hook_nft_e2e_test.ts
 }
 `;
 
-async function skipReason(): Promise<string | undefined> {
-  if (Deno.env.get("LVH_E2E") === "0") return "LVH_E2E=0";
-  if (Deno.build.os !== "linux") return `not Linux (${Deno.build.os})`;
-  if (!isRoot()) return "not root";
-  const ns = await netnsWorks().catch((e) => ({ ok: false as const, reason: String(e) }));
-  if (!ns.ok) return `ip netns does not work: ${ns.reason}`;
-  const haveApt = await run(["sh", "-c", "command -v apt-get"], { check: false, timeoutMs: 10_000 });
-  const have11 = await run(["sh", "-c", "libvirtd --version | grep -q ' 11\\.3\\.'"], {
-    check: false,
-    timeoutMs: 10_000,
-  });
-  if (!haveApt.success && !have11.success) {
-    return "no apt-get to install libvirt 11.3 (and it is not installed)";
-  }
-  return undefined;
-}
-
-const reason = await skipReason();
-if (reason) console.log(`hook_nft_e2e_test: skipped: ${reason}`);
-
-/** `nft list ruleset` without counter values and handles, so two rulesets compare by content and order. */
-function stripNft(text: string): string {
-  return text
-    .split("\n")
-    .map((l) => l.replace(/counter packets \d+ bytes \d+/g, "counter").replace(/\s+# handle \d+$/, ""))
-    .filter((l) => l.trim() !== "")
-    .join("\n") + "\n";
-}
-
-/** iptables-save (iptables-nft here) in the libvirt namespace, without comments and counters. */
-async function iptablesSave(env: LibvirtEnv): Promise<string> {
-  const r = await env.exec(["iptables-save"], { timeoutMs: 30_000 });
-  return r.stdout
-    .split("\n")
-    .filter((l) => l !== "" && !l.startsWith("#"))
-    .map((l) => l.replace(/^(:\S+ \S+) \[\d+:\d+\]$/, "$1").replace(/^\[\d+:\d+\] /, ""))
-    .join("\n") + "\n";
-}
-
-/** Lines only in a, only in b (enough to name what changed). */
-function diff(a: string, b: string): string {
-  const left = a.split("\n"), right = b.split("\n");
-  const minus = left.filter((l) => !right.includes(l)).map((l) => `- ${l}`);
-  const plus = right.filter((l) => !left.includes(l)).map((l) => `+ ${l}`);
-  const moved = left.join("\n") !== right.join("\n") && minus.length === 0 && plus.length === 0;
-  return [...minus, ...plus, ...(moved ? ["(same lines, different order)"] : [])].join("\n") || "(none)";
-}
-
-function alive(pid: number): boolean {
-  try {
-    return !/\) [ZX] /.test(Deno.readTextFileSync(`/proc/${pid}/stat`));
-  } catch {
-    return false;
-  }
-}
-
-const epoch = () => (performance.timeOrigin + performance.now()) / 1000;
-
-interface Action {
-  what: string;
-  /** Epoch seconds when the command began. */
-  t0: number;
-  ms: number;
-  result: string;
-}
+const reason = await skipping("hook_nft_e2e_test", "11.3");
 
 /** A long-running process in the libvirt namespace, its output collected line by line with the time. */
 interface Background {
@@ -227,34 +176,16 @@ Deno.test({
     /** Processes of ours in the libvirt namespace (stopped again in teardown, by PID). */
     const background: Background[] = [];
     let failed = false;
-    const actions: Action[] = [];
+    const actions = new Actions();
+    const { act } = actions;
     const rulesets: { title: string; text: string }[] = [];
     const notes: string[] = [];
     const results: string[] = [];
-    const started: { ns: string[]; pids: number[] } = { ns: [], pids: [] };
-
-    /** Runs one hook-triggering command, recording when it began and how long it took. */
-    const act = async <T>(what: string, fn: () => Promise<T>, show: (r: T) => string = () => "ok") => {
-      const a: Action = { what, t0: epoch(), ms: 0, result: "" };
-      actions.push(a);
-      const p0 = performance.now();
-      try {
-        const r = await fn();
-        a.result = show(r);
-        return r;
-      } catch (e) {
-        a.result = `THREW ${e instanceof Error ? e.message.split("\n")[0] : String(e)}`;
-        throw e;
-      } finally {
-        a.ms = Math.round(performance.now() - p0);
-      }
-    };
+    const started = new Started();
 
     try {
       await t.step("install our hooks with install.sh and start libvirtd 11.3 with them", async () => {
-        const inst = await run(["bash", `${ROOT}install.sh`], { env: { DESTDIR: tmp }, timeoutMs: 300_000 });
-        notes.push(`install.sh (${inst.ms} ms): ${inst.stdout.trim().replace(/\n/g, " | ")}`);
-        assert.match(inst.stdout, /source form/);
+        await runInstallSh(tmp, notes);
         for (const hook of ["qemu", "network"]) {
           assert.ok((await Deno.stat(`${hooksDir}/${hook}`)).isFile, `install.sh did not install ${hook}`);
         }
@@ -266,13 +197,10 @@ Deno.test({
         await Deno.writeTextFile(`${hooksDir}/hooks.jsonc`, CONFIG);
         // the recorders run after our hooks (libvirt runs the .d scripts after qemu / network)
         for (const [dir, name] of [["qemu.d", REC_QEMU], ["network.d", REC_NET]] as const) {
-          await Deno.mkdir(`${hooksDir}/${dir}`, { recursive: true });
-          await Deno.copyFile(`${rec.hooksDir}/qemu`, `${hooksDir}/${dir}/${name}`);
-          await Deno.chmod(`${hooksDir}/${dir}/${name}`, 0o755);
+          await installRecorderScript(rec, "qemu", `${hooksDir}/${dir}/${name}`);
         }
         env = await startLibvirt11({ hooksDir });
-        started.ns.push(env.ns);
-        started.pids.push(env.launcherPid, env.virtlogdPid, env.libvirtdPid);
+        started.libvirt(env);
         const check = await env.exec([`${HOOKS_DIR}/qemu`, "check"], {
           env: { CONFIG_PATH: HOOKS_DIR },
           timeoutMs: 60_000,
@@ -302,35 +230,25 @@ Deno.test({
       await startTcpServer(e, svc2.ns, { port: 80, label: "svc2" });
       const guest = await defineGuest(e, { name: GUEST, network: net.name });
       const guest2 = await defineGuest(e, { name: GUEST2, network: net.name, mac: "52:54:00:4c:56:12" });
-      const svcLine = (label: string, from: string, to: string) =>
-        new RegExp(`^${label} ${from.replace(/\./g, "\\.")}:\\d+ -> ${to.replace(/\./g, "\\.")}:80$`);
-
+      const forward: Forward = {
+        clientNs: cli.ns,
+        clientIp: CLIENT_IP,
+        publicIp: PUBLIC_IP,
+        port: 8080,
+        hostNs: e.ns,
+        peerNs: peer.ns,
+        peerIp: PEER_IP,
+        bridgeIp: BRIDGE_IP,
+        label: "svc",
+        serviceIp: SERVICE_IP,
+      };
       /** Client, host and hairpin paths to GUEST's forward. */
       const checkForwards = async (when: string) => {
-        const viaClient = await tcpRequest(cli.ns, PUBLIC_IP, 8080);
-        assert.ok(viaClient.ok, `${when}: client -> ${PUBLIC_IP}:8080: ${JSON.stringify(viaClient)}`);
-        assert.match(
-          viaClient.text,
-          svcLine("svc", CLIENT_IP, SERVICE_IP),
-          `${when}: the service must see the client's address`,
-        );
-        const viaHost = await tcpRequest(e.ns, PUBLIC_IP, 8080);
-        assert.ok(viaHost.ok, `${when}: host -> ${PUBLIC_IP}:8080: ${JSON.stringify(viaHost)}`);
-        const viaPeer = await tcpRequest(peer.ns, PUBLIC_IP, 8080);
-        assert.ok(
-          viaPeer.ok,
-          `${when}: ${PEER_IP} (hairpin) -> ${PUBLIC_IP}:8080: ${JSON.stringify(viaPeer)}`,
-        );
-        // masqueraded to the bridge address, so the answer goes back through the host (conntrack un-NATs it)
-        assert.match(viaPeer.text, svcLine("svc", BRIDGE_IP, SERVICE_IP), `${when}: hairpin source`);
-        results.push(
-          `${when}: OK (client sees "${viaClient.text}"; host sees "${viaHost.text}"; hairpin sees "${viaPeer.text}")`,
-        );
+        results.push(`${when}: OK (${await checkForwardPaths(forward, when)})`);
       };
       const checkNoForward = async (when: string) => {
-        const r = await tcpRequest(cli.ns, PUBLIC_IP, 8080);
-        assert.ok(!r.ok, `${when}: the forward must not work: ${JSON.stringify(r)}`);
-        if (!r.ok) results.push(`${when}: client -> ${PUBLIC_IP}:8080 refused as expected (${r.error})`);
+        const error = await checkNoForwardPath(forward, when);
+        results.push(`${when}: client -> ${PUBLIC_IP}:8080 refused as expected (${error})`);
       };
       /** Our accepts in libvirt's chains: `domains` exactly, once each, ahead of every rule of libvirt's. */
       const checkAccepts = async (when: string, domains: string[]) => {
@@ -583,45 +501,21 @@ Deno.test({
           notes.push(`process ${p.pid} stopped in teardown: ${JSON.stringify(status)}:\n${p.text()}`);
         }
       }
-      const calls: HookCall[] = await rec.calls().catch(() => []);
-      const out: string[] = [
-        `\n===== hook_nft_e2e_test report (libvirt install: ${JSON.stringify(install)}) =====`,
-      ];
-      out.push(...notes);
-      out.push("\n--- results (real traffic) ---", ...results);
-      out.push(
-        "\n--- hook-triggering steps and the hook calls libvirt made (ms after the command began; recorded " +
-          "after our qemu/network hook returned) ---",
-      );
-      for (const [i, a] of actions.entries()) {
-        out.push(`${a.what}: ${a.ms} ms (${a.result})`);
-        const next = actions[i + 1]?.t0 ?? Infinity;
-        for (const c of calls.filter((c) => c.t >= a.t0 && c.t < next)) {
-          const hook = c.hook === REC_QEMU ? "qemu" : c.hook === REC_NET ? "network" : c.hook;
-          out.push(
-            `  +${String(Math.round((c.t - a.t0) * 1000)).padStart(5)} ms  ${hook} ${c.argv.join(" ")}`,
-          );
-        }
-      }
-      out.push("\n--- harness timings ---");
-      for (const tm of env?.timings ?? []) out.push(`${tm.step}: ${tm.ms} ms`);
-      for (const r of rulesets) out.push(`\n--- ${r.title} ---\n${r.text.trimEnd()}`);
-      console.log(out.join("\n"));
-      await env?.stop();
-      await rec.remove();
-      await Deno.remove(tmp, { recursive: true }).catch(() => undefined);
+      await reportAndTearDown({
+        name: "hook_nft_e2e_test",
+        install,
+        notes,
+        results,
+        callsTitle: "hook-triggering steps and the hook calls libvirt made (ms after the command began; recorded " +
+          "after our qemu/network hook returned)",
+        actions,
+        describe: (c) =>
+          `${c.hook === REC_QEMU ? "qemu" : c.hook === REC_NET ? "network" : c.hook} ${c.argv.join(" ")}`,
+        rulesets,
+      }, env, rec, tmp);
     }
 
-    await t.step("7. everything torn down", async () => {
-      const list = await run(["ip", "netns", "list"], { timeoutMs: 10_000 });
-      for (const ns of started.ns) assert.ok(!list.stdout.includes(ns), `namespace left: ${list.stdout}`);
-      for (const pid of started.pids) assert.ok(!alive(pid), `process ${pid} is still alive`);
-      const daemon = await run(["virsh", "-c", "qemu:///system", "version"], {
-        check: false,
-        timeoutMs: 10_000,
-      });
-      assert.ok(!daemon.success, "a libvirtd still answers");
-    });
+    await t.step("7. everything torn down", () => assertNothingLeft(started));
     console.log(`hook_nft_e2e_test: ${Math.round(performance.now() - t00)} ms`);
   },
 });
