@@ -14,26 +14,28 @@ import assert from "node:assert/strict";
 import {
   Actions,
   assertNothingLeft,
+  attachForwardNamespaces,
   checkForwards,
   checkNoForward,
   diff,
   epoch,
-  type Forward,
+  GUEST,
   installRecorderScript,
   iptablesSave,
+  PUBLIC_IP,
   reportAndTearDown,
   runInstallSh,
+  SERVICE_IP,
   skipping,
   Started,
 } from "./common.ts";
 import {
-  attachClientNamespace,
-  attachServiceNamespace,
   defineGuest,
   destroyGuest,
   destroyNetwork,
   domainState,
   HookRecorder,
+  HOOKS_DIR,
   installLibvirt,
   isCall,
   type LibvirtEnv,
@@ -41,17 +43,10 @@ import {
   startLibvirt,
   startNatNetwork,
   startNetwork,
-  startTcpServer,
 } from "./libvirt_env.ts";
 
-const GUEST = "lvhguest";
 const BAD = "badguest";
-const SERVICE_IP = "192.168.150.10";
-const PEER_IP = "192.168.150.11";
-const PUBLIC_IP = "203.0.113.1";
-const CLIENT_IP = "203.0.113.50";
-const BRIDGE_IP = "192.168.150.1";
-const HOOKS_JSONC = "/etc/libvirt/hooks/hooks.jsonc";
+const HOOKS_JSONC = `${HOOKS_DIR}/hooks.jsonc`;
 /** The recorder's name in qemu.d: the recorder names calls by its own file name. */
 const RECORDER = "zz-recorder";
 
@@ -125,28 +120,9 @@ Deno.test({
       if (!e) throw new Error("libvirtd did not start");
 
       const net = await startNatNetwork(e);
-      const svc = await attachServiceNamespace(e, net, { ip: SERVICE_IP });
-      const peer = await attachServiceNamespace(e, net, {
-        ip: PEER_IP,
-        suffix: "peer",
-        hostVeth: "lvhpeer0",
-      });
-      const cli = await attachClientNamespace(e, { hostIp: PUBLIC_IP, clientIp: CLIENT_IP });
-      await startTcpServer(e, svc.ns, { port: 80, label: "svc" });
+      const { svc, peer, forward } = await attachForwardNamespaces(e, net);
       const guest = await defineGuest(e, { name: GUEST, network: net.name });
       await defineGuest(e, { name: BAD, network: net.name, mac: "52:54:00:4c:56:11" });
-      const forward: Forward = {
-        clientNs: cli.ns,
-        clientIp: CLIENT_IP,
-        publicIp: PUBLIC_IP,
-        port: 8080,
-        hostNs: e.ns,
-        peerNs: peer.ns,
-        peerIp: PEER_IP,
-        bridgeIp: BRIDGE_IP,
-        label: "svc",
-        serviceIp: SERVICE_IP,
-      };
       /** The three paths to the forward (client, host, hairpin). */
       const forwardsWork = async (when: string) => {
         notes.push(`${when}: ${await checkForwards(forward, when)}`);
@@ -265,17 +241,22 @@ Deno.test({
       });
     } finally {
       // the report: hook calls (recorded after our hook returned) with times relative to the command
-      await reportAndTearDown({
-        name: "hook_e2e_test",
-        install,
-        notes,
-        callsTitle: "hook-triggering steps and the hook calls libvirt made (ms after the command began)",
-        actions,
-        describe: (c) =>
-          `${c.hook} ${c.argv.join(" ")}` +
-          (c.hook === RECORDER ? "  (recorded after our qemu hook returned)" : ""),
-        rulesets: rules.map((r) => ({ title: `iptables-save ${r.title}`, text: r.text })),
-      }, env, rec, tmp);
+      await reportAndTearDown(
+        {
+          name: "hook_e2e_test",
+          install,
+          notes,
+          callsTitle: "hook-triggering steps and the hook calls libvirt made (ms after the command began)",
+          actions,
+          describe: (c) =>
+            `${c.hook} ${c.argv.join(" ")}` +
+            (c.hook === RECORDER ? "  (recorded after our qemu hook returned)" : ""),
+          rulesets: rules.map((r) => ({ title: `iptables-save ${r.title}`, text: r.text })),
+        },
+        env,
+        rec,
+        tmp,
+      );
     }
 
     await t.step("8. everything torn down", () => assertNothingLeft(started));

@@ -18,27 +18,31 @@ import {
   Actions,
   alive,
   assertNothingLeft,
+  attachForwardNamespaces,
   checkForwards as checkForwardPaths,
   checkNoForward as checkNoForwardPath,
+  CLIENT_IP,
   diff,
   epoch,
-  type Forward,
+  GUEST,
   installRecorderScript,
   iptablesSave,
+  PUBLIC_IP,
   reportAndTearDown,
   runInstallSh,
+  SERVICE_IP,
   skipping,
   Started,
   stripNft,
   svcLine,
 } from "./common.ts";
 import {
-  attachClientNamespace,
   attachServiceNamespace,
   defineGuest,
   destroyGuest,
   destroyNetwork,
   domainState,
+  HOOKS_DIR,
   isCall,
   type LibvirtEnv,
   MINIMAL_PATH,
@@ -60,17 +64,9 @@ import {
   startLibvirt11,
 } from "./libvirt11_env.ts";
 
-const GUEST = "lvhguest";
 const GUEST2 = "lvhguest2";
-const SERVICE_IP = "192.168.150.10";
-const PEER_IP = "192.168.150.11";
 const SERVICE2_IP = "192.168.150.12";
-const PUBLIC_IP = "203.0.113.1";
-const CLIENT_IP = "203.0.113.50";
-const BRIDGE_IP = "192.168.150.1";
 const BRIDGE = "virbr9";
-/** Where the harness puts our hooks directory while libvirtd runs (startLibvirt's hooksDir). */
-const HOOKS_DIR = "/etc/libvirt/hooks";
 /** The recorders' names in qemu.d and network.d: the recorder names calls by its own file name. */
 const REC_QEMU = "zz-recorder";
 const REC_NET = "zz-net-recorder";
@@ -214,34 +210,15 @@ Deno.test({
 
       const net = await act("virsh net-start lvhnet (first)", () => startNatNetwork(e));
       assert.equal(net.bridge, BRIDGE);
-      const svc = await attachServiceNamespace(e, net, { ip: SERVICE_IP });
-      const peer = await attachServiceNamespace(e, net, {
-        ip: PEER_IP,
-        suffix: "peer",
-        hostVeth: "lvhpeer0",
-      });
+      const { svc, peer, cli, forward } = await attachForwardNamespaces(e, net);
       const svc2 = await attachServiceNamespace(e, net, {
         ip: SERVICE2_IP,
         suffix: "svc2",
         hostVeth: "lvhsvc2",
       });
-      const cli = await attachClientNamespace(e, { hostIp: PUBLIC_IP, clientIp: CLIENT_IP });
-      await startTcpServer(e, svc.ns, { port: 80, label: "svc" });
       await startTcpServer(e, svc2.ns, { port: 80, label: "svc2" });
       const guest = await defineGuest(e, { name: GUEST, network: net.name });
       const guest2 = await defineGuest(e, { name: GUEST2, network: net.name, mac: "52:54:00:4c:56:12" });
-      const forward: Forward = {
-        clientNs: cli.ns,
-        clientIp: CLIENT_IP,
-        publicIp: PUBLIC_IP,
-        port: 8080,
-        hostNs: e.ns,
-        peerNs: peer.ns,
-        peerIp: PEER_IP,
-        bridgeIp: BRIDGE_IP,
-        label: "svc",
-        serviceIp: SERVICE_IP,
-      };
       /** Client, host and hairpin paths to GUEST's forward. */
       const checkForwards = async (when: string) => {
         results.push(`${when}: OK (${await checkForwardPaths(forward, when)})`);
@@ -501,18 +478,24 @@ Deno.test({
           notes.push(`process ${p.pid} stopped in teardown: ${JSON.stringify(status)}:\n${p.text()}`);
         }
       }
-      await reportAndTearDown({
-        name: "hook_nft_e2e_test",
-        install,
-        notes,
-        results,
-        callsTitle: "hook-triggering steps and the hook calls libvirt made (ms after the command began; recorded " +
-          "after our qemu/network hook returned)",
-        actions,
-        describe: (c) =>
-          `${c.hook === REC_QEMU ? "qemu" : c.hook === REC_NET ? "network" : c.hook} ${c.argv.join(" ")}`,
-        rulesets,
-      }, env, rec, tmp);
+      await reportAndTearDown(
+        {
+          name: "hook_nft_e2e_test",
+          install,
+          notes,
+          results,
+          callsTitle:
+            "hook-triggering steps and the hook calls libvirt made (ms after the command began; recorded " +
+            "after our qemu/network hook returned)",
+          actions,
+          describe: (c) =>
+            `${c.hook === REC_QEMU ? "qemu" : c.hook === REC_NET ? "network" : c.hook} ${c.argv.join(" ")}`,
+          rulesets,
+        },
+        env,
+        rec,
+        tmp,
+      );
     }
 
     await t.step("7. everything torn down", () => assertNothingLeft(started));

@@ -22,6 +22,7 @@ import {
   type LibvirtPackageSpec,
   MINIMAL_PATH,
   prepareLibvirtHost,
+  readTextOr,
   type RunResult,
   startLibvirt,
   type StartOptions,
@@ -94,15 +95,6 @@ exec /usr/sbin/tc "$@"
 
 // ---------------------------------------------------------------------------------------------------------
 // Installation
-
-async function readTextOr(path: string, fallback: string): Promise<string> {
-  try {
-    return await Deno.readTextFile(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return fallback;
-    throw e;
-  }
-}
 
 /** Writes `text` to `path` unless it already has it; true when written. */
 async function writeIfChanged(path: string, text: string, mode = 0o644): Promise<boolean> {

@@ -9,14 +9,12 @@
  * otherwise (with the reason printed), or when LVH_E2E=0.
  */
 import assert from "node:assert/strict";
+import { assertNothingLeft, skipping, Started } from "./common.ts";
 import {
   defineGuest,
   destroyGuest,
   isCall,
-  isRoot,
   type LibvirtEnv,
-  netnsWorks,
-  run,
   startGuest,
   startNatNetwork,
 } from "./libvirt_env.ts";
@@ -29,33 +27,7 @@ import {
   startLibvirt11,
 } from "./libvirt11_env.ts";
 
-async function skipReason(): Promise<string | undefined> {
-  if (Deno.env.get("LVH_E2E") === "0") return "LVH_E2E=0";
-  if (Deno.build.os !== "linux") return `not Linux (${Deno.build.os})`;
-  if (!isRoot()) return "not root";
-  const ns = await netnsWorks().catch((e) => ({ ok: false as const, reason: String(e) }));
-  if (!ns.ok) return `ip netns does not work: ${ns.reason}`;
-  const haveApt = await run(["sh", "-c", "command -v apt-get"], { check: false, timeoutMs: 10_000 });
-  const have11 = await run(["sh", "-c", "libvirtd --version | grep -q ' 11\\.3\\.'"], {
-    check: false,
-    timeoutMs: 10_000,
-  });
-  if (!haveApt.success && !have11.success) {
-    return "no apt-get to install libvirt 11.3 (and it is not installed)";
-  }
-  return undefined;
-}
-
-const reason = await skipReason();
-if (reason) console.log(`libvirt11_env_test: skipped: ${reason}`);
-
-function alive(pid: number): boolean {
-  try {
-    return !/\) [ZX] /.test(Deno.readTextFileSync(`/proc/${pid}/stat`));
-  } catch {
-    return false;
-  }
-}
+const reason = await skipping("libvirt11_env_test", "11.3");
 
 Deno.test({
   name: "e2e: libvirt 11.3 (nftables backend) in a namespace: hooks, nft tables, rules re-created on restart",
@@ -68,11 +40,10 @@ Deno.test({
     assert.match(install.libvirtVersion, /^11\.3\./);
     const rec = await createNftRecorder();
     let env: LibvirtEnv | undefined;
-    const started: { ns: string; pids: number[] } = { ns: "", pids: [] };
+    const started = new Started();
     try {
       env = await startLibvirt11({ hooksDir: rec.hooksDir });
-      started.ns = env.ns;
-      started.pids = [env.launcherPid, env.virtlogdPid, env.libvirtdPid];
+      started.libvirt(env);
       const e = env;
 
       await t.step("libvirtd 11 runs in our namespace", async () => {
@@ -154,15 +125,6 @@ Deno.test({
       await rec.remove();
     }
 
-    await t.step("nothing we started is left", async () => {
-      const list = await run(["ip", "netns", "list"]);
-      assert.ok(!list.stdout.includes(started.ns), `namespaces left: ${list.stdout}`);
-      for (const pid of started.pids) assert.ok(!alive(pid), `process ${pid} is still alive`);
-      const daemon = await run(["virsh", "-c", "qemu:///system", "version"], {
-        check: false,
-        timeoutMs: 10_000,
-      });
-      assert.ok(!daemon.success, "a libvirtd still answers");
-    });
+    await t.step("nothing we started is left", () => assertNothingLeft(started));
   },
 });

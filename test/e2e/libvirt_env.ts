@@ -179,7 +179,8 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-async function readTextOr(path: string, fallback: string): Promise<string> {
+/** The text of `path`, or `fallback` when it does not exist. */
+export async function readTextOr(path: string, fallback: string): Promise<string> {
   try {
     return await Deno.readTextFile(path);
   } catch (e) {
@@ -1161,18 +1162,8 @@ export interface ServiceNamespace extends AttachedNamespace {
   reattach(): Promise<void>;
 }
 
-/**
- * A namespace whose eth0 is a port of the libvirt bridge, holding the guest's configured address (the guest has
- * no OS), so a process there can serve TCP on the bridge. Default route via the bridge address.
- */
-export async function attachServiceNamespace(
-  env: LibvirtEnv,
-  net: NatNetwork,
-  opts: { ip?: string; mac?: string; suffix?: string; hostVeth?: string } = {},
-): Promise<ServiceNamespace> {
-  const ip = opts.ip ?? "192.168.150.10";
-  const hostVeth = opts.hostVeth ?? "lvhsvc0";
-  const ns = await env.addNamespace(opts.suffix ?? "svc");
+/** A veth pair: `hostVeth` in the libvirt namespace, its peer `eth0` in namespace `ns`. */
+async function addVeth(env: LibvirtEnv, hostVeth: string, ns: string): Promise<void> {
   await run([
     "ip",
     "-n",
@@ -1188,6 +1179,21 @@ export async function attachServiceNamespace(
     "netns",
     ns,
   ]);
+}
+
+/**
+ * A namespace whose eth0 is a port of the libvirt bridge, holding the guest's configured address (the guest has
+ * no OS), so a process there can serve TCP on the bridge. Default route via the bridge address.
+ */
+export async function attachServiceNamespace(
+  env: LibvirtEnv,
+  net: NatNetwork,
+  opts: { ip?: string; mac?: string; suffix?: string; hostVeth?: string } = {},
+): Promise<ServiceNamespace> {
+  const ip = opts.ip ?? "192.168.150.10";
+  const hostVeth = opts.hostVeth ?? "lvhsvc0";
+  const ns = await env.addNamespace(opts.suffix ?? "svc");
+  await addVeth(env, hostVeth, ns);
   if (opts.mac) await run(["ip", "-n", ns, "link", "set", "eth0", "address", opts.mac]);
   await run(["ip", "-n", ns, "addr", "add", `${ip}/${net.prefix}`, "dev", "eth0"]);
   await run(["ip", "-n", ns, "link", "set", "eth0", "up"]);
@@ -1213,21 +1219,7 @@ export async function attachClientNamespace(
   const prefix = opts.prefix ?? 24;
   const hostVeth = opts.hostVeth ?? "lvhcli0";
   const ns = await env.addNamespace(opts.suffix ?? "cli");
-  await run([
-    "ip",
-    "-n",
-    env.ns,
-    "link",
-    "add",
-    hostVeth,
-    "type",
-    "veth",
-    "peer",
-    "name",
-    "eth0",
-    "netns",
-    ns,
-  ]);
+  await addVeth(env, hostVeth, ns);
   await run(["ip", "-n", env.ns, "addr", "add", `${hostIp}/${prefix}`, "dev", hostVeth]);
   await run(["ip", "-n", env.ns, "link", "set", hostVeth, "up"]);
   await run(["ip", "-n", ns, "addr", "add", `${ip}/${prefix}`, "dev", "eth0"]);

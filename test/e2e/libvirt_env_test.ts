@@ -6,6 +6,7 @@
  * otherwise (with the reason printed), or when LVH_E2E=0.
  */
 import assert from "node:assert/strict";
+import { assertNothingLeft, skipping, Started } from "./common.ts";
 import {
   attachClientNamespace,
   attachServiceNamespace,
@@ -14,9 +15,7 @@ import {
   HookRecorder,
   installLibvirt,
   isCall,
-  isRoot,
   type LibvirtEnv,
-  netnsWorks,
   run,
   startGuest,
   startLibvirt,
@@ -25,20 +24,7 @@ import {
   tcpRequest,
 } from "./libvirt_env.ts";
 
-async function skipReason(): Promise<string | undefined> {
-  if (Deno.env.get("LVH_E2E") === "0") return "LVH_E2E=0";
-  if (Deno.build.os !== "linux") return `not Linux (${Deno.build.os})`;
-  if (!isRoot()) return "not root";
-  const ns = await netnsWorks().catch((e) => ({ ok: false as const, reason: String(e) }));
-  if (!ns.ok) return `ip netns does not work: ${ns.reason}`;
-  const haveLibvirtd = await run(["sh", "-c", "command -v libvirtd"], { check: false });
-  const haveApt = await run(["sh", "-c", "command -v apt-get"], { check: false });
-  if (!haveLibvirtd.success && !haveApt.success) return "no libvirtd and no apt-get to install it";
-  return undefined;
-}
-
-const reason = await skipReason();
-if (reason) console.log(`libvirt_env_test: skipped: ${reason}`);
+const reason = await skipping("libvirt_env_test", "9.0");
 
 async function hooksListing(): Promise<string> {
   const r = await run(["sh", "-c", "ls -la --time-style=+ /etc/libvirt/hooks 2>&1 || true"], {
@@ -58,11 +44,10 @@ Deno.test({
     const hooksBefore = await hooksListing();
     const rec = await HookRecorder.create();
     let env: LibvirtEnv | undefined;
-    const started: { ns: string; pids: number[] } = { ns: "", pids: [] };
+    const started = new Started();
     try {
       env = await startLibvirt({ hooksDir: rec.hooksDir });
-      started.ns = env.ns;
-      started.pids = [env.launcherPid, env.virtlogdPid, env.libvirtdPid];
+      started.libvirt(env);
       assert.ok(env.libvirtdPid > 0 && env.virtlogdPid > 0 && env.launcherPid > 0);
       const e = env;
 
@@ -133,24 +118,10 @@ Deno.test({
     }
 
     await t.step("nothing we started is left", async () => {
-      const list = await run(["ip", "netns", "list"]);
-      assert.ok(!list.stdout.includes(started.ns), `namespaces left: ${list.stdout}`);
-      for (const pid of started.pids) {
-        let alive = false;
-        try {
-          const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-          alive = !/\) [ZX] /.test(stat);
-        } catch {
-          alive = false;
-        }
-        assert.ok(!alive, `process ${pid} is still alive`);
+      await assertNothingLeft(started);
+      for (const ns of started.ns) {
+        assert.ok(!(await Deno.stat(`/run/lvh-e2e/${ns}`).then(() => true, () => false)));
       }
-      const daemon = await run(["virsh", "-c", "qemu:///system", "version"], {
-        check: false,
-        timeoutMs: 10_000,
-      });
-      assert.ok(!daemon.success, "a libvirtd still answers");
-      assert.ok(!(await Deno.stat(`/run/lvh-e2e/${started.ns}`).then(() => true, () => false)));
       assert.equal(await hooksListing(), hooksBefore, "/etc/libvirt/hooks was not restored");
     });
   },

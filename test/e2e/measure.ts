@@ -26,6 +26,13 @@ import {
   tcpRequest,
 } from "./libvirt_env.ts";
 
+/** Our own chain MYCHAIN (accepting tcp to the service's port 80), jumped to first from FORWARD. */
+const MYCHAIN = [
+  ["iptables", "-w", "-N", "MYCHAIN"],
+  ["iptables", "-w", "-A", "MYCHAIN", "-d", "192.168.150.10", "-p", "tcp", "--dport", "80", "-j", "ACCEPT"],
+  ["iptables", "-w", "-I", "FORWARD", "1", "-j", "MYCHAIN"],
+];
+
 const out: string[] = [];
 const say = (s = "") => {
   out.push(s);
@@ -152,22 +159,7 @@ async function main() {
     );
     for (
       const argv of [
-        ["iptables", "-w", "-N", "MYCHAIN"],
-        [
-          "iptables",
-          "-w",
-          "-A",
-          "MYCHAIN",
-          "-d",
-          "192.168.150.10",
-          "-p",
-          "tcp",
-          "--dport",
-          "80",
-          "-j",
-          "ACCEPT",
-        ],
-        ["iptables", "-w", "-I", "FORWARD", "1", "-j", "MYCHAIN"],
+        ...MYCHAIN,
         ["iptables", "-w", "-t", "nat", "-N", "MYNAT"],
         [
           "iptables",
@@ -331,22 +323,7 @@ async function main() {
     await newCalls(now(), 0);
     for (
       const argv of [
-        ["iptables", "-w", "-N", "MYCHAIN"],
-        [
-          "iptables",
-          "-w",
-          "-A",
-          "MYCHAIN",
-          "-d",
-          "192.168.150.10",
-          "-p",
-          "tcp",
-          "--dport",
-          "80",
-          "-j",
-          "ACCEPT",
-        ],
-        ["iptables", "-w", "-I", "FORWARD", "1", "-j", "MYCHAIN"],
+        ...MYCHAIN,
       ]
     ) {
       await env.exec(argv);
