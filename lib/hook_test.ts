@@ -25,6 +25,7 @@ interface Fake {
   stdins: (string | undefined)[];
   stderr: string[];
   hairpin: string[];
+  logged: string[];
   stdinRead: () => boolean;
 }
 
@@ -39,6 +40,7 @@ async function fake(
   const runner = recordingRunner(respond);
   const stderr: string[] = [];
   const hairpin: string[] = [];
+  const logged: string[] = [];
   let read = false;
   const deps: HookDeps = {
     env: (name) => (name === "CONFIG_PATH" ? dir : undefined),
@@ -54,7 +56,7 @@ async function fake(
       hairpin.push(device);
       return Promise.resolve();
     },
-    log: () => {},
+    log: (line) => logged.push(line),
     nft: undefined,
   };
   return {
@@ -67,6 +69,7 @@ async function fake(
     },
     stderr,
     hairpin,
+    logged,
     stdinRead: () => read,
   };
 }
@@ -253,5 +256,27 @@ Deno.test("runHook() serves as the network hook when stdin holds <hookData>", as
     const { f, run } = await network("port-created", "nft");
     assert.equal(await run(), 0);
     assert.deepEqual(f.calls, []);
+  });
+});
+
+Deno.test("runHook() logs one line per action that changed the firewall, or failed to", async (t) => {
+  await t.step("start", async () => {
+    const f = await fake(GOOD);
+    await runHook(call("web1", "start"), f.deps);
+    assert.deepEqual(f.logged, ["start web1: 1 forward(s) live, 0 old rule(s) removed"]);
+  });
+  await t.step("a refused start", async () => {
+    const f = await fake(GOOD);
+    await runHook(call("db", "start"), f.deps);
+    assert.equal(f.logged.length, 1);
+    assert.match(
+      f.logged[0]!,
+      /^start db: failed: 1 problem\(s\) in .*hooks\.jsonc, listed above; nothing was changed$/,
+    );
+  });
+  await t.step("a stop with nothing live changes nothing and logs nothing", async () => {
+    const f = await fake(GOOD);
+    await runHook(call("web1", "stopped"), f.deps);
+    assert.deepEqual(f.logged, []);
   });
 });

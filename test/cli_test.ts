@@ -392,3 +392,29 @@ async function exists(path: string): Promise<boolean> {
     return false;
   }
 }
+
+Deno.test({
+  name: "install.sh --compiled builds the single binary where deno compile can get its runtime (DENORT_BIN)",
+  ignore: !Deno.env.get("DENORT_BIN"),
+  ...opts,
+  async fn() {
+    const dest = await Deno.makeTempDir();
+    try {
+      const r = await run(["bash", `${ROOT}install.sh`, "--compiled"], {
+        ...Deno.env.toObject(),
+        DESTDIR: dest,
+      });
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /\(compiled form: one self-contained binary\)/);
+      const v = await run(["/usr/bin/env", "-i", "LC_ALL=C", `${dest}/etc/libvirt/hooks/qemu`, "--version"]);
+      assert.deepEqual([v.code, v.stdout.trim()], [0, "libvirt-hook-qemu 0.2.0"]);
+    } finally {
+      await Deno.remove(dest, { recursive: true });
+    }
+  },
+});
+if (!Deno.env.get("DENORT_BIN")) {
+  console.log(
+    "Skipping the compiled-binary install test: DENORT_BIN is not set (deno compile cannot download denort here)",
+  );
+}
