@@ -99,8 +99,3 @@ export function networkOf(addr: Address, prefix: number): Network {
   const mask = ((1n << BigInt(bits)) - 1n) ^ ((1n << BigInt(bits - prefix)) - 1n);
   return { family: addr.family, value: addr.value & mask, prefix };
 }
-
-/** Tells whether `addr` lies inside `net`. */
-export function contains(net: Network, addr: Address): boolean {
-  return net.family === addr.family && networkOf(addr, net.prefix).value === net.value;
-}

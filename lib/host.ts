@@ -1,6 +1,6 @@
 /** Facts about this host that plans need, read from /proc and /sys without starting any process. */
 
-import { type Address, type Family, formatAddress, type Network, parseAddress } from "./address.ts";
+import { type Address, type Family, formatAddress, type Network } from "./address.ts";
 
 /** A directly connected route: the network a guest address lies in, and its interface. */
 export interface ConnectedRoute extends Network {
@@ -168,11 +168,4 @@ function popcount(v: bigint): number {
   let n = 0;
   for (let x = v; x > 0n; x >>= 1n) n += Number(x & 1n);
   return n;
-}
-
-/** Parses an address or throws a TypeError naming it. */
-export function mustParse(text: string): Address {
-  const a = parseAddress(text.split("/")[0] ?? "");
-  if (!a) throw new TypeError(`Not an IP address: "${text}"`);
-  return a;
 }
