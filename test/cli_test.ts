@@ -418,3 +418,41 @@ if (!Deno.env.get("DENORT_BIN")) {
     "Skipping the compiled-binary install test: DENORT_BIN is not set (deno compile cannot download denort here)",
   );
 }
+
+Deno.test({
+  name: "check warns about what validates but will not work on this host",
+  ignore: !can.ok,
+  ...opts,
+  async fn() {
+    const lab = await createLab();
+    try {
+      await lab.serve(lab.ns.host, "tcp", 2222, "host-ssh");
+      const config = await tempConfig(`{
+  "a": { "interface": "virbr0", "private_ip": "10.9.9.9", "public_ip": "${A.hostPub4}", "port_map": { "tcp": [[2222, 22]] } },
+  "b": { "private_ip": "${A.g2v4}", "public_ip": "198.51.100.77", "port_map": { "tcp": [[2223, 22]] } },
+}`);
+      const r = await run([
+        "ip",
+        "netns",
+        "exec",
+        lab.ns.host,
+        Deno.execPath(),
+        "run",
+        "-A",
+        MAIN,
+        "check",
+        "--config",
+        config,
+      ]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(r.stderr.trimEnd().split("\n"), [
+        `${config}: warning: a: private_ip 10.9.9.9 is outside the networks of interface virbr0`,
+        `${config}: warning: a: public tcp port 2222 is one the host itself listens on; the forward takes it away from the host`,
+        `${config}: warning: b: public_ip 198.51.100.77 is not an address of this host; nothing will arrive there`,
+      ]);
+      assert.match(r.stdout, /: OK, 2 domain\(s\); firewall backend: iptables/);
+    } finally {
+      await lab.close();
+    }
+  },
+});
