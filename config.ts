@@ -86,7 +86,7 @@ export function configCandidates(env: (name: string) => string | undefined): str
   return [`${dir}/hooks.jsonc`, `${dir}/hooks.json`];
 }
 
-type Jsonc = typeof import("jsonc-parser");
+type Jsonc = typeof import("./lib/jsonc.ts");
 let jsonc: Jsonc | undefined;
 
 /**
@@ -94,7 +94,7 @@ let jsonc: Jsonc | undefined;
  * compatibility layer, about 17 ms, which a hook call whose config is already validated (see the cache) never pays.
  */
 export async function loadParser(): Promise<void> {
-  jsonc ??= await import("jsonc-parser");
+  jsonc ??= await import("./lib/jsonc.ts");
 }
 
 /**

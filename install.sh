@@ -145,7 +145,9 @@ if [ -z "$built" ]; then
   cp "$SRC"/deno.json "$SRC"/deno.lock "$SRC"/main.ts "$SRC"/config.ts "$SRC"/rules.ts "$stage/$NAME/src/"
   find "$SRC/lib" -maxdepth 1 -name '*.ts' ! -name '*_test.ts' -exec cp {} "$stage/$NAME/src/lib/" \;
   cp "$(readlink -f "$(command -v deno)")" "$stage/$NAME/deno"
-  (cd "$stage/$NAME/src" && DENO_DIR="$stage/$NAME/cache" DENO_NO_UPDATE_CHECK=1 deno cache --quiet main.ts) ||
+  # Every module, the lazily loaded ones too: deno cache does not insist on what is only imported dynamically.
+  (cd "$stage/$NAME/src" && DENO_DIR="$stage/$NAME/cache" DENO_NO_UPDATE_CHECK=1 \
+    deno cache --quiet main.ts lib/cli.ts lib/jsonc.ts) ||
     die "Cannot fill the module cache (it needs the npm registry once, at install time)"
   cat >"$stage/qemu" <<'EOF'
 #!/bin/sh
@@ -159,7 +161,13 @@ EOF
   built=source
 fi
 
-# 2. Check the config that is there (or the example we are about to install) before activating anything.
+# 2. Prove the new hook runs offline, parser included (a fresh state directory, so no cached config helps it).
+selftest=$(mktemp -d)
+LIBVIRT_HOOK_QEMU_STATE_DIR=$selftest "$stage/qemu" check --config "$SRC/hooks.jsonc" >/dev/null 2>"$stage/selftest.log" ||
+  { cat "$stage/selftest.log" >&2; rm -rf "$selftest"; die "the new hook does not run (above); nothing was installed"; }
+rm -rf "$selftest"
+
+# 3. Check the config that is there (or the example we are about to install) before activating anything.
 mkdir -p "$HOOKS"
 config=""
 for c in "$HOOKS/hooks.jsonc" "$HOOKS/hooks.json"; do [ -f "$c" ] && { config=$c; break; }; done
@@ -177,7 +185,7 @@ if [ -n "$config" ]; then
   fi
 fi
 
-# 3. Install.
+# 4. Install.
 first_time=1
 [ -f "$MANIFEST" ] && first_time=0
 files=()
@@ -195,7 +203,7 @@ if [ "$built" = source ]; then
   # Deno caches transpiled sources by their path: warm that cache where the sources now are, so that libvirt's
   # first call does not transpile (nor write into /etc); what was cached under the staging path goes.
   rm -rf "$LIB/cache/gen"
-  (cd "$LIB/src" && DENO_DIR="$LIB/cache" DENO_NO_UPDATE_CHECK=1 deno cache --quiet main.ts lib/cli.ts) ||
+  (cd "$LIB/src" && DENO_DIR="$LIB/cache" DENO_NO_UPDATE_CHECK=1 deno cache --quiet main.ts lib/cli.ts lib/jsonc.ts) ||
     say "Could not warm the transpile cache; the first call will do it"
 else
   rm -rf "$LIB/deno" "$LIB/src" "$LIB/cache"

@@ -456,3 +456,56 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "install.sh --uninstall names the forwards still live; --purge removes them",
+  ignore: !can.ok,
+  ...opts,
+  async fn() {
+    const lab = await createLab();
+    const dest = await Deno.makeTempDir();
+    const hooks = `${dest}/etc/libvirt/hooks`;
+    const inHost = (argv: string[], env: Record<string, string> = {}, stdin?: string) =>
+      run(
+        ["ip", "netns", "exec", lab.ns.host, ...argv],
+        { ...Deno.env.toObject(), DESTDIR: dest, ...env },
+        stdin,
+      );
+    try {
+      const before = await lab.ruleset(4);
+      const start = async () => {
+        // Installed from outside the lab (filling the module cache needs the npm registry), run inside it.
+        const installed = await run(["bash", `${ROOT}install.sh`], { ...Deno.env.toObject(), DESTDIR: dest });
+        assert.equal(installed.code, 0, installed.stderr);
+        await Deno.writeTextFile(
+          `${hooks}/hooks.jsonc`,
+          `{"web1": {"private_ip": "${A.g1v4}", "port_map": {"tcp": [[2222, 22]]}}}`,
+        );
+        const r = await inHost(
+          [`${hooks}/qemu`, "web1", "start", "begin", "-"],
+          { CONFIG_PATH: hooks },
+          "<domain/>",
+        );
+        assert.equal(r.code, 0, r.stderr);
+      };
+      await start();
+      const kept = await inHost(["bash", `${ROOT}install.sh`, "--uninstall"]);
+      assert.equal(kept.code, 0, kept.stderr);
+      assert.match(
+        kept.stdout,
+        /^These forwards are still live:\n(?:.*\n)*? {2}tcp 203\.0\.113\.1:2222 -> 192\.168\.122\.10:22\b/m,
+      );
+      assert.match(kept.stdout, /remove --all/);
+      assert.notEqual(await lab.ruleset(4), before);
+      // Put it back, and this time purge.
+      await start();
+      const purged = await inHost(["bash", `${ROOT}install.sh`, "--uninstall", "--purge"]);
+      assert.equal(purged.code, 0, purged.stderr);
+      assert.match(purged.stdout, /Removed the forwards of "web1"/);
+      assert.equal(await lab.ruleset(4), before);
+    } finally {
+      await lab.close();
+      await Deno.remove(dest, { recursive: true });
+    }
+  },
+});
