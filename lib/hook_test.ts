@@ -7,6 +7,10 @@ import { asHookCall, type HookDeps, runHook } from "./hook.ts";
 import type { HostFacts } from "./host.ts";
 import type { CommandResult } from "./runner.ts";
 
+/** Every config file these tests write lives here, removed when the tests end. */
+const SCRATCH = await Deno.makeTempDir();
+globalThis.addEventListener("unload", () => Deno.removeSync(SCRATCH, { recursive: true }));
+
 const GOOD = `{
   "web1": {"interface": "virbr0", "private_ip": "192.168.122.10", "port_map": {"tcp": [[2222, 22]]}},
   "db": {"private_ip": "not-an-ip", "port_map": {"tcp": [5432]}},
@@ -34,7 +38,7 @@ async function fake(
   respond: (argv: string[]) => Partial<CommandResult> = () => ({}),
   facts: HostFacts = FACTS,
 ): Promise<Fake> {
-  const dir = await Deno.makeTempDir();
+  const dir = await Deno.makeTempDir({ dir: SCRATCH });
   const file = `${dir}/hooks.jsonc`;
   if (configText !== undefined) await Deno.writeTextFile(file, configText);
   const runner = recordingRunner(respond);

@@ -6,6 +6,9 @@ import { canRunLab, createLab, LAB_ADDR as A } from "./lab.ts";
 const ROOT = new URL("..", import.meta.url).pathname;
 const MAIN = `${ROOT}main.ts`;
 const can = await canRunLab();
+/** Every config file these tests write lives here, removed when the tests end. */
+const SCRATCH = await Deno.makeTempDir();
+globalThis.addEventListener("unload", () => Deno.removeSync(SCRATCH, { recursive: true }));
 const opts = { sanitizeOps: false, sanitizeResources: false };
 
 async function run(argv: string[], env: Record<string, string> = {}, stdin?: string) {
@@ -30,7 +33,7 @@ const cli = (args: string[], env: Record<string, string> = {}) =>
   run([Deno.execPath(), "run", "-A", MAIN, ...args], env);
 
 async function tempConfig(text: string): Promise<string> {
-  const file = await Deno.makeTempFile({ suffix: ".jsonc" });
+  const file = await Deno.makeTempFile({ dir: SCRATCH, suffix: ".jsonc" });
   await Deno.writeTextFile(file, text);
   return file;
 }
