@@ -275,21 +275,36 @@ function emptyChains(live: NftLive): NftLive["libvirt"] {
   return out;
 }
 
-/** Which backend start would use here, and why; reading the firewall needs root, so without it, say so. */
-async function backendLine(deps: HookDeps, config: Config): Promise<string> {
-  const setting = config.settings.backend;
+/** Which backend start would use here, and why, from what is live. */
+function describeBackend(setting: Config["settings"]["backend"], state: FirewallState): string {
+  const libvirt = state.nft && Object.keys(state.nft.libvirt).length > 0
+    ? "libvirt uses nftables"
+    : state.ipt[4]?.libvirt
+    ? "libvirt uses iptables"
+    : "no libvirt network firewall seen";
   try {
-    const state = await readState(applyDeps(deps, config));
-    const backend = chooseBackend(setting, state);
-    const libvirt = state.nft && Object.keys(state.nft.libvirt).length > 0
-      ? "libvirt uses nftables"
-      : state.ipt[4]?.libvirt
-      ? "libvirt uses iptables"
-      : "no libvirt network firewall seen";
-    return `${backend} (setting "${setting}"; ${libvirt})`;
+    return `${chooseBackend(setting, state)} (setting "${setting}"; ${libvirt})`;
   } catch (err) {
-    return `unknown (setting "${setting}"; cannot read the firewall: ${message(err)})`;
+    return `none: ${message(err)}`;
   }
+}
+
+/** The live firewall, or why it cannot be read (reading it needs root). */
+async function readFirewall(deps: HookDeps, config: Config): Promise<FirewallState | { error: string }> {
+  try {
+    return await readState(applyDeps(deps, config));
+  } catch (err) {
+    return { error: message(err) };
+  }
+}
+
+/** Which backend start would use here and why; without access to the firewall, says so. */
+async function backendLine(deps: HookDeps, config: Config): Promise<string> {
+  const state = await readFirewall(deps, config);
+  if ("error" in state) {
+    return `unknown (setting "${config.settings.backend}"; cannot read the firewall: ${state.error})`;
+  }
+  return describeBackend(config.settings.backend, state);
 }
 
 async function plan(domain: string, deps: HookDeps): Promise<number> {
@@ -306,21 +321,24 @@ async function plan(domain: string, deps: HookDeps): Promise<number> {
   const { forwards, problems } = planForwards(found.entries, facts);
   for (const p of problems) console.error(`${config.file}: ${p}`);
   if (problems.length > 0) return 1;
+  const firewall = await readFirewall(deps, config);
   let backend: Backend = config.settings.backend === "nftables" ? "nftables" : "iptables";
-  let state: FirewallState | undefined;
-  try {
-    state = await readState(applyDeps(deps, config));
-    backend = chooseBackend(config.settings.backend, state);
-  } catch (err) {
-    console.error(`Cannot read the firewall (${message(err)}): showing the ${backend} backend`);
+  if ("error" in firewall) {
+    console.error(`Cannot read the firewall (${firewall.error}): showing the ${backend} backend`);
+  } else {
+    try {
+      backend = chooseBackend(config.settings.backend, firewall);
+    } catch (err) {
+      console.error(`Cannot apply forwards for "${domain}": ${message(err)}`);
+      return 1;
+    }
   }
   if (backend === "nftables") {
-    const wanted = new Map([[domain, bridgesOf(forwards, facts.connected)]]);
-    const commands = [
-      ...nftBase(),
-      ...nftDomainObjects(domain, forwards, bridgesOf(forwards, facts.connected)),
-      ...(state?.nft ? libvirtAccepts({ ...state.nft, libvirt: emptyChains(state.nft) }, wanted) : []),
-    ];
+    const bridges = bridgesOf(forwards, facts.connected);
+    const libvirt = "error" in firewall || !firewall.nft
+      ? []
+      : libvirtAccepts({ ...firewall.nft, libvirt: emptyChains(firewall.nft) }, new Map([[domain, bridges]]));
+    const commands = [...nftBase(), ...nftDomainObjects(domain, forwards, bridges), ...libvirt];
     console.log(`# nft -f -: ${commands.length} command(s) for "${domain}"`);
     console.log(commands.join("\n"));
     return 0;
@@ -337,28 +355,36 @@ async function plan(domain: string, deps: HookDeps): Promise<number> {
   return 0;
 }
 
-async function liveByDomain(deps: HookDeps): Promise<Map<string, LiveForward[]>> {
-  const state = await readState(applyDeps(deps));
-  const live = state.ipt;
+/** The forwards that are live, by domain, read back from either backend. */
+function forwardsByDomain(state: FirewallState): Map<string, LiveForward[]> {
   const out = new Map<string, LiveForward[]>();
-  for (const f of state.nft ? nftLiveForwards(state.nft) : []) {
-    out.set(f.domain, [...(out.get(f.domain) ?? []), f]);
-  }
+  const add = (domain: string, forwards: LiveForward[] = []) => {
+    const list = out.get(domain);
+    if (list) list.push(...forwards);
+    else out.set(domain, [...forwards]);
+  };
+  for (const f of state.nft ? nftLiveForwards(state.nft) : []) add(f.domain, [f]);
   for (const family of [4, 6] as const) {
-    const l = live[family];
+    const l = state.ipt[family];
     if (!l) continue;
     // A domain with rules but no DNAT rule left (a half-removed state) still shows up, with no forward.
-    for (const r of l.rules) if (r.domain !== undefined && !out.has(r.domain)) out.set(r.domain, []);
-    for (const f of liveForwards(l, family)) out.set(f.domain, [...(out.get(f.domain) ?? []), f]);
+    for (const r of l.rules) if (r.domain !== undefined) add(r.domain);
+    for (const f of liveForwards(l, family)) add(f.domain, [f]);
   }
   return out;
 }
 
+/** Reads the live firewall and returns its forwards by domain. */
+async function liveByDomain(deps: HookDeps): Promise<Map<string, LiveForward[]>> {
+  return forwardsByDomain(await readState(applyDeps(deps)));
+}
+
 async function status(deps: HookDeps, only: string | undefined, json: boolean): Promise<number> {
-  const [live, { config, facts }] = await Promise.all([
-    liveByDomain(deps),
-    loadFor({ ...deps, problem: () => {} }),
-  ]);
+  const { config, facts } = await loadFor({ ...deps, problem: () => {} });
+  // One read of the firewall serves both the forwards and the backend line.
+  const state = await readState(applyDeps(deps, config));
+  const live = forwardsByDomain(state);
+  const backend = describeBackend(config.settings.backend, state);
   const report = [];
   for (const [domain, forwards] of [...live].sort(([a], [b]) => a.localeCompare(b))) {
     if (only !== undefined && domain !== only) continue;
@@ -380,10 +406,10 @@ async function status(deps: HookDeps, only: string | undefined, json: boolean): 
     });
   }
   if (json) {
-    console.log(JSON.stringify({ backend: await backendLine(deps, config), domains: report }, null, 2));
+    console.log(JSON.stringify({ backend, domains: report }, null, 2));
     return 0;
   }
-  console.log(`Firewall backend: ${await backendLine(deps, config)}`);
+  console.log(`Firewall backend: ${backend}`);
   if (report.length === 0) {
     console.log(only === undefined ? "No forwards are live." : `No forwards are live for "${only}".`);
   }
@@ -417,14 +443,12 @@ async function apply(domain: string, deps: HookDeps): Promise<number> {
     );
     return 1;
   }
-  const { config } = await loadFor({ ...deps, problem: () => {} });
-  if (domainConfig(config, domain).kind === "absent") {
-    console.error(`"${domain}" is not in ${config.file}; to remove its forwards, use: remove ${domain}`);
-    return 1;
-  }
-  const ok = await install(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "apply");
-  if (ok) console.log(`Applied the forwards of "${domain}"`);
-  return ok ? 0 : 1;
+  const result = await install(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "apply");
+  if (result === "absent") {
+    const file = configCandidates(deps.env).join(" or ");
+    console.error(`"${domain}" is not in ${file}; to remove its forwards, use: remove ${domain}`);
+  } else if (result === "installed") console.log(`Applied the forwards of "${domain}"`);
+  return result === "installed" ? 0 : 1;
 }
 
 /**
@@ -493,7 +517,7 @@ async function heal(deps: HookDeps): Promise<string[]> {
     const have = (live.get(domain) ?? []).map(describeForward).sort().join("\n");
     if (want === have) continue;
     const xml = await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => "");
-    if (await install(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "watch")) {
+    if (await install(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "watch") === "installed") {
       mended.push(domain);
     }
   }
@@ -637,11 +661,14 @@ async function migrateLegacy(deps: HookDeps, dryRun: boolean): Promise<number> {
   }
   let failed = 0;
   for (const domain of running) {
-    if (domainConfig(config, domain).kind === "absent") continue;
     const xml = await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => "");
-    if (await install(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "migrate-legacy")) {
-      console.log(`Applied the forwards of running guest "${domain}"`);
-    } else failed++;
+    const result = await install(
+      domain,
+      { ...deps, readStdin: () => Promise.resolve(xml) },
+      "migrate-legacy",
+    );
+    if (result === "installed") console.log(`Applied the forwards of running guest "${domain}"`);
+    if (result === "failed") failed++;
   }
   return failed ? 1 : 0;
 }

@@ -90,7 +90,7 @@ export async function runHook(call: HookCall, deps: HookDeps): Promise<number> {
   }
   switch (call.operation) {
     case "start":
-      return (await install(call.domain, deps)) ? 0 : 1;
+      return (await install(call.domain, deps)) === "failed" ? 1 : 0;
     case "reconnect":
       await resync(call.domain, deps, "reconnect");
       return 0;
@@ -143,15 +143,18 @@ export async function loadFor(
   return { config, facts };
 }
 
-/** Installs a domain's forwards from the config (libvirt's start, the apply command); false when it cannot. */
-export async function install(domain: string, deps: HookDeps, action = "start"): Promise<boolean> {
+/** What install did: the forwards are live, the config does not name the domain, or it could not. */
+export type InstallResult = "installed" | "absent" | "failed";
+
+/** Installs a domain's forwards from the config (libvirt's start, the apply command). */
+export async function install(domain: string, deps: HookDeps, action = "start"): Promise<InstallResult> {
   const { config, facts } = await loadFor(deps);
   const found = domainConfig(config, domain);
-  if (found.kind === "absent") return true;
+  if (found.kind === "absent") return "absent";
   const fail = (why: string) => {
     deps.problem(`Cannot apply forwards for "${domain}": ${why}`);
     deps.log(`${action} ${domain}: failed: ${why}`);
-    return false;
+    return "failed" as const;
   };
   if (found.kind === "invalid") {
     return fail(`${found.errors.length} problem(s) in ${config.file}, listed above; nothing was changed`);
@@ -166,7 +169,7 @@ export async function install(domain: string, deps: HookDeps, action = "start"):
     await hairpinPorts(domain, plan.forwards, facts, deps);
     deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}`);
     if (deps.stateDir !== undefined) await Deno.remove(removedMarker(deps.stateDir, domain)).catch(() => {});
-    return true;
+    return "installed";
   } catch (err) {
     return fail(message(err));
   }

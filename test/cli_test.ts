@@ -32,6 +32,10 @@ async function run(argv: string[], env: Record<string, string> = {}, stdin?: str
 const cli = (args: string[], env: Record<string, string> = {}) =>
   run([Deno.execPath(), "run", "-A", MAIN, ...args], env);
 
+/** The program from source inside namespace `ns` (a lab's host), as an operator or libvirt would run it there. */
+const cliIn = (ns: string, args: string[], env: Record<string, string> = {}, stdin?: string) =>
+  run(["ip", "netns", "exec", ns, Deno.execPath(), "run", "-A", MAIN, ...args], env, stdin);
+
 async function tempConfig(text: string): Promise<string> {
   const file = await Deno.makeTempFile({ dir: SCRATCH, suffix: ".jsonc" });
   await Deno.writeTextFile(file, text);
@@ -102,8 +106,7 @@ Deno.test({
           "port_map": {"tcp": [[2222, 22]]}}}`,
       );
       const env = { CONFIG_FILENAME: config, IPTABLES_BINARY: `${dir}/iptables`, LIBVIRT_QEMU_RUN_DIR: dir };
-      const inHost = (args: string[], stdin?: string) =>
-        run(["ip", "netns", "exec", lab.ns.host, Deno.execPath(), "run", "-A", MAIN, ...args], env, stdin);
+      const inHost = (args: string[], stdin?: string) => cliIn(lab.ns.host, args, env, stdin);
 
       const plan = await inHost(["plan", "web1"]);
       assert.equal(plan.code, 0, plan.stderr);
@@ -184,17 +187,7 @@ Deno.test({
         `{"web1": {"private_ip": "${A.g1v4}", "port_map": {"tcp": [[2222, 22]]}}}`,
       );
       const env = { CONFIG_FILENAME: config, LIBVIRT_QEMU_RUN_DIR: dir };
-      const r = await run([
-        "ip",
-        "netns",
-        "exec",
-        lab.ns.host,
-        Deno.execPath(),
-        "run",
-        "-A",
-        MAIN,
-        "migrate-legacy",
-      ], env);
+      const r = await cliIn(lab.ns.host, ["migrate-legacy"], env);
       assert.equal(r.code, 0, r.stderr);
       assert.match(
         r.stdout,
@@ -205,10 +198,7 @@ Deno.test({
       assert.doesNotMatch(after, /DNAT-web1|SNAT-web1|FWD-web1/);
       await lab.serve(lab.ns.g1, "tcp", 22, "g1");
       assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
-      await run(
-        ["ip", "netns", "exec", lab.ns.host, Deno.execPath(), "run", "-A", MAIN, "remove", "web1"],
-        env,
-      );
+      await cliIn(lab.ns.host, ["remove", "web1"], env);
       assert.equal(await lab.ruleset(4), before);
     } finally {
       await lab.close();
@@ -434,19 +424,7 @@ Deno.test({
   "a": { "interface": "virbr0", "private_ip": "10.9.9.9", "public_ip": "${A.hostPub4}", "port_map": { "tcp": [[2222, 22]] } },
   "b": { "private_ip": "${A.g2v4}", "public_ip": "198.51.100.77", "port_map": { "tcp": [[2223, 22]] } },
 }`);
-      const r = await run([
-        "ip",
-        "netns",
-        "exec",
-        lab.ns.host,
-        Deno.execPath(),
-        "run",
-        "-A",
-        MAIN,
-        "check",
-        "--config",
-        config,
-      ]);
+      const r = await cliIn(lab.ns.host, ["check", "--config", config]);
       assert.equal(r.code, 0, r.stderr);
       assert.deepEqual(r.stderr.trimEnd().split("\n"), [
         `${config}: warning: a: private_ip 10.9.9.9 is outside the networks of interface virbr0`,

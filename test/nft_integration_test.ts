@@ -45,6 +45,22 @@ async function hook(lab: Lab, file: string, args: string[], stdin: string) {
 
 const opts = { sanitizeOps: false, sanitizeResources: false };
 
+/** What libvirt does to its guest_input chain when it re-creates its rules: its reject comes back, ours is gone. */
+async function libvirtRewritesItsChain(lab: Lab) {
+  await lab.exec(lab.ns.host, ["nft", "flush", "chain", "ip", "libvirt_network", "guest_input"]);
+  await lab.exec(lab.ns.host, [
+    "nft",
+    "add",
+    "rule",
+    "ip",
+    "libvirt_network",
+    "guest_input",
+    "oif",
+    "virbr0",
+    "reject",
+  ]);
+}
+
 for (const backend of ["auto", "iptables"]) {
   for (const brNetfilter of [false, true]) {
     Deno.test({
@@ -132,8 +148,8 @@ for (const backend of ["auto", "iptables"]) {
           await t.step(
             "libvirt re-creates its chains: the network hook's started puts our accept back",
             async () => {
-              // What a network restart does to libvirt's chain: its rules come back above ours.
-              await lab.exec(ns.host, ["nft", "flush", "chain", "ip", "libvirt_network", "guest_input"]);
+              // What a network restart does to libvirt's chain: its rules come back, ours are gone.
+              await libvirtRewritesItsChain(lab);
               await lab.exec(ns.host, [
                 "nft",
                 "add",
@@ -268,8 +284,8 @@ Deno.test({
         }
         return false;
       };
-      // libvirt re-creates its chain (reload, SIGHUP): its rules come back above ours, or ours are gone.
-      await lab.exec(lab.ns.host, ["nft", "flush", "chain", "ip", "libvirt_network", "guest_input"]);
+      // libvirt re-creates its chain (reload, SIGHUP): its rules come back, ours are gone.
+      await libvirtRewritesItsChain(lab);
       await lab.exec(lab.ns.host, [
         "nft",
         "add",
