@@ -134,7 +134,8 @@ const TABLES: Table[] = ["nat", "filter"];
 export interface Rule {
   table: Table;
   chain: string;
-  args: string[];
+  /** The rule after `-A <chain> `, as iptables-restore reads it. */
+  spec: string;
 }
 
 /** The rules one family of a domain's forwards needs: our chains, the jumps into them, and their contents. */
@@ -144,91 +145,53 @@ export function buildRules(
 ): { chains: Rule[]; jumps: Rule[]; rules: Rule[] } {
   if (forwards.length === 0) return { chains: [], jumps: [], rules: [] };
   const c = chainNames(domain);
-  const comment = ["-m", "comment", "--comment", ruleComment(domain)];
+  const comment = `-m comment --comment ${ruleComment(domain)}`;
   const jump = (table: Table, chain: string, target: string): Rule => ({
     table,
     chain,
-    args: [...comment, "-j", target],
+    spec: `${comment} -j ${target}`,
   });
+  // Built as text directly: at 1000 forwards, arrays of words joined later cost several ms more.
   const dnat: Rule[] = [], snat: Rule[] = [], fwd: Rule[] = [];
   for (const f of forwards) {
     const host = f.family === 4 ? "/32" : "/128";
     const pub = `${f.publicIp}${host}`;
-    const ports = (first: number) => (f.count === 1 ? `${first}` : `${first}:${first + f.count - 1}`);
-    const proto = ["-p", f.protocol, "-m", f.protocol];
-    const source = f.source === undefined ? [] : ["-s", f.source];
+    const priv = `${f.privateIp}${host}`;
+    const last = f.count - 1;
+    const publicPorts = last === 0 ? `${f.publicPort}` : `${f.publicPort}:${f.publicPort + last}`;
+    const privatePorts = last === 0 ? `${f.privatePort}` : `${f.privatePort}:${f.privatePort + last}`;
+    const proto = `-p ${f.protocol} -m ${f.protocol}`;
+    const source = f.source === undefined ? "" : ` -s ${f.source}`;
+    const out = f.interface === undefined ? "" : ` -o ${f.interface}`;
     // A range keeps its ports, so DNAT names no port and the kernel keeps the original one.
     const to = f.count > 1
       ? f.privateIp
       : f.family === 4
       ? `${f.privateIp}:${f.privatePort}`
       : `[${f.privateIp}]:${f.privatePort}`;
-    const translated = [
-      "-m",
-      "conntrack",
-      "--ctstate",
-      "DNAT",
-      "--ctorigdst",
-      pub,
-      "--ctorigdstport",
-      ports(f.publicPort),
-    ];
+    const translated = `-m conntrack --ctstate DNAT --ctorigdst ${pub} --ctorigdstport ${publicPorts}`;
     dnat.push({
       table: "nat",
       chain: c.dnat,
-      args: [
-        "-d",
-        pub,
-        ...source,
-        ...proto,
-        "--dport",
-        ports(f.publicPort),
-        ...comment,
-        "-j",
-        "DNAT",
-        "--to-destination",
-        to,
-      ],
+      spec: `-d ${pub}${source} ${proto} --dport ${publicPorts} ${comment} -j DNAT --to-destination ${to}`,
     });
     snat.push({
       table: "nat",
       chain: c.snat,
-      args: [
-        "-s",
-        f.hairpinFrom,
-        "-d",
-        `${f.privateIp}${host}`,
-        ...proto,
-        "--dport",
-        ports(f.privatePort),
-        ...translated,
-        ...comment,
-        "-j",
-        "MASQUERADE",
-      ],
+      spec:
+        `-s ${f.hairpinFrom} -d ${priv} ${proto} --dport ${privatePorts} ${translated} ${comment} -j MASQUERADE`,
     });
     fwd.push({
       table: "filter",
       chain: c.fwd,
-      args: [
-        "-d",
-        `${f.privateIp}${host}`,
-        ...(f.interface === undefined ? [] : ["-o", f.interface]),
-        ...proto,
-        "--dport",
-        ports(f.privatePort),
-        ...translated,
-        ...comment,
-        "-j",
-        "ACCEPT",
-      ],
+      spec: `-d ${priv}${out} ${proto} --dport ${privatePorts} ${translated} ${comment} -j ACCEPT`,
     });
   }
   return {
     chains: [
-      { table: "nat", chain: c.dnat, args: [] },
-      { table: "nat", chain: c.snat, args: [] },
-      { table: "filter", chain: c.fwd, args: [] },
+      { table: "nat", chain: c.dnat, spec: "" },
+      { table: "nat", chain: c.snat, spec: "" },
+      { table: "filter", chain: c.fwd, spec: "" },
     ],
     // Inserted at the top: FORWARD must accept before libvirt's REJECT, and NAT must win over other tools'.
     jumps: [
@@ -390,7 +353,7 @@ export function renderSync(
     for (const chain of unique(liveChains)) if (!wanted.includes(chain)) out.push(`-X ${chain}`);
     for (const r of adds) {
       const verb = chainOwner(r.chain) ? "-A" : "-I";
-      out.push(`${verb} ${r.chain} ${r.args.join(" ")}`);
+      out.push(`${verb} ${r.chain} ${r.spec}`);
     }
     out.push("COMMIT");
   }

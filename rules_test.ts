@@ -105,7 +105,7 @@ Deno.test("buildRules() declares every chain it jumps to, and fills only its own
   const { chains, jumps, rules } = buildRules("web1", forwards);
   const declared = new Set(chains.map((c) => `${c.table} ${c.chain}`));
   for (const j of jumps) {
-    const target = j.args[j.args.indexOf("-j") + 1];
+    const target = / -j (\S+)$/.exec(j.spec)?.[1];
     assert.ok(declared.has(`${j.table} ${target}`), `jump to undeclared ${j.table} ${target}`);
   }
   for (const r of rules) assert.ok(declared.has(`${r.table} ${r.chain}`), `rule in undeclared ${r.chain}`);

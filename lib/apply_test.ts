@@ -1,8 +1,26 @@
 /** Choosing the backend: what is live first, then libvirt's own setting, then what is installed. */
 
 import assert from "node:assert/strict";
-import { chooseBackend, type FirewallState, parseNetworkConf } from "./apply.ts";
+import {
+  chooseBackend,
+  drivesNfTables,
+  type FirewallState,
+  ownChainsAndJumps,
+  parseInteractive,
+  parseNetworkConf,
+  syncDomain,
+} from "./apply.ts";
 import { emptyNftLive } from "./nft.ts";
+import {
+  domainHash,
+  type Forward,
+  iptablesTools,
+  type Live,
+  liveOf,
+  parseSave,
+  renderSync,
+} from "../rules.ts";
+import { dedent, recordingRunner } from "../test/util.ts";
 
 const ipt = (libvirt: boolean) => ({ chains: [], rules: [], libvirt });
 const nftWithLibvirt = () => ({ ...emptyNftLive(), libvirt: { 4: [] } });
@@ -60,4 +78,228 @@ Deno.test("chooseBackend() follows what libvirt uses, and refuses what cannot wo
 Deno.test("parseNetworkConf() reads libvirt's firewall_backend", () => {
   assert.equal(parseNetworkConf('# comment\nfirewall_backend = "nftables"\n'), "nftables");
   assert.equal(parseNetworkConf('#firewall_backend = "iptables"\n'), undefined);
+});
+
+// ---- One nft look instead of iptables-save, where iptables is iptables-nft ----
+
+const META =
+  '{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}';
+const doc = (...items: string[]) => `{"nftables": [${[META, ...items].join(", ")}]}`;
+const chain = (family: string, table: string, name: string) =>
+  `{"chain": {"family": "${family}", "table": "${table}", "name": "${name}", "handle": 9}}`;
+const jump = (family: string, table: string, from: string, target: string) =>
+  `{"rule": {"family": "${family}", "table": "${table}", "chain": "${from}", "handle": 70620, "expr": ` +
+  `[{"xt": {"type": "match", "name": "comment"}}, {"counter": {"packets": 0, "bytes": 0}}, ` +
+  `{"jump": {"target": "${target}"}}]}}`;
+const missing = (command: string) => `Error: No such file or directory\n${command}\n   ^^^\n`;
+
+const H = domainHash("vm1");
+/** What `nft -j -i` prints on an iptables-nft host where vm1 has IPv4 forwards live (captured from nft 1.0.6). */
+const VM1_LIVE = {
+  stdout: [
+    doc(
+      chain("ip", "nat", "PREROUTING"),
+      chain("ip", "nat", `LVH-${H}-DNAT`),
+      chain("ip", "nat", `LVH-${H}-SNAT`),
+      chain("ip", "nat", `LVH-${domainHash("other")}-DNAT`),
+      chain("ip", "filter", `LVH-${H}-FWD`),
+      chain("ip", "filter", "LIBVIRT_FWI"),
+    ),
+    doc(jump("ip", "nat", "PREROUTING", `LVH-${H}-DNAT`), jump("ip", "nat", "PREROUTING", "DOCKER")),
+    doc(jump("ip", "nat", "OUTPUT", `LVH-${H}-DNAT`)),
+    doc(jump("ip", "nat", "POSTROUTING", `LVH-${H}-SNAT`), jump("ip", "nat", "POSTROUTING", "LVH-0000-SNAT")),
+    doc(jump("ip", "filter", "FORWARD", `LVH-${H}-FWD`)),
+  ].join("\n") + "\n",
+  stderr: [
+    "list chain ip6 nat PREROUTING",
+    "list chain ip6 nat OUTPUT",
+    "list chain ip6 nat POSTROUTING",
+    "list chain ip6 filter FORWARD",
+    "list table inet libvirt_hook_qemu",
+    "list chain ip libvirt_network guest_input",
+    "list chain ip6 libvirt_network guest_input",
+  ].map(missing).join(""),
+};
+/** The same host with nothing of vm1: only `list chains` and the chains of iptables' nat and filter tables. */
+const VM1_ABSENT = {
+  stdout: [doc(chain("ip", "nat", "PREROUTING")), doc(), doc(), doc(), doc()].join("\n") + "\n",
+  stderr: VM1_LIVE.stderr,
+};
+/** iptables-save of VM1_LIVE's host: what the whole read sees. */
+const VM1_SAVE = dedent(`
+  *nat
+  :PREROUTING ACCEPT [0:0]
+  :LVH-${H}-DNAT - [0:0]
+  :LVH-${H}-SNAT - [0:0]
+  -A PREROUTING -m comment --comment "libvirt-hook-qemu:1:vm1" -j LVH-${H}-DNAT
+  -A PREROUTING -j DOCKER
+  -A OUTPUT -m comment --comment "libvirt-hook-qemu:1:vm1" -j LVH-${H}-DNAT
+  -A POSTROUTING -m comment --comment "libvirt-hook-qemu:1:vm1" -j LVH-${H}-SNAT
+  -A LVH-${H}-DNAT -d 203.0.113.1/32 -p tcp -m tcp --dport 2222 -m comment --comment "libvirt-hook-qemu:1:vm1" -j DNAT --to-destination 192.168.122.10:22
+  COMMIT
+  *filter
+  :FORWARD ACCEPT [0:0]
+  :LIBVIRT_FWI - [0:0]
+  :LVH-${H}-FWD - [0:0]
+  -A FORWARD -m comment --comment "libvirt-hook-qemu:1:vm1" -j LVH-${H}-FWD
+  COMMIT
+`);
+
+Deno.test("parseInteractive() takes one document per listing and tolerates only what does not exist", () => {
+  assert.deepEqual(parseInteractive(VM1_LIVE.stdout, VM1_LIVE.stderr)?.missing, [
+    "list chain ip6 nat PREROUTING",
+    "list chain ip6 nat OUTPUT",
+    "list chain ip6 nat POSTROUTING",
+    "list chain ip6 filter FORWARD",
+    "list table inet libvirt_hook_qemu",
+    "list chain ip libvirt_network guest_input",
+    "list chain ip6 libvirt_network guest_input",
+  ]);
+  assert.equal(parseInteractive(VM1_LIVE.stdout, VM1_LIVE.stderr)?.docs.length, 5);
+  // A build that prints its prompt before each answer.
+  assert.deepEqual(parseInteractive(`nft> ${doc()}\nnft> \n`, "")?.docs, [doc()]);
+  assert.equal(parseInteractive("", "Error: Could not process rule: Operation not permitted\n"), undefined);
+});
+
+Deno.test("ownChainsAndJumps() sees what iptables-save shows of a domain, but what is in its chains", () => {
+  const [chains = "", ...listings] = parseInteractive(VM1_LIVE.stdout, VM1_LIVE.stderr)!.docs;
+  const quick = ownChainsAndJumps(chains, listings, "vm1")!;
+  const whole = liveOf(parseSave(VM1_SAVE), "vm1");
+  const sorted = (l: Live) => ({
+    chains: l.chains.map((c) => `${c.table} ${c.chain}`).sort(),
+    jumps: l.rules.filter((r) => !r.chain.startsWith("LVH-")).map((r) => `${r.table} ${r.chain} ${r.spec}`)
+      .sort(),
+  });
+  assert.deepEqual(sorted(quick[4]), sorted(whole));
+  assert.equal(quick[4].libvirt, true);
+  assert.deepEqual(quick[6], { chains: [], rules: [] });
+  assert.equal(ownChainsAndJumps("not json", [], "vm1"), undefined);
+});
+
+const FORWARD_VM1: Forward = {
+  family: 4,
+  protocol: "tcp",
+  publicIp: "203.0.113.1",
+  publicPort: 2222,
+  privateIp: "192.168.122.10",
+  privatePort: 22,
+  count: 1,
+  hairpinFrom: "192.168.122.0/24",
+  interface: "virbr0",
+};
+
+/** syncDomain() against a recording runner on an iptables-nft host; `answer` stands for nft -j -i. */
+async function syncOnNft(
+  forwards: Forward[],
+  answer: { stdout: string; stderr: string; code?: number },
+  restoreFails: (n: number) => boolean = () => false,
+) {
+  let restores = 0;
+  const runner = recordingRunner((argv) => {
+    if (argv.join(" ") === "nft -j -i") return { code: 0, ...answer };
+    if (argv[0] === "iptables-save") return { stdout: VM1_SAVE };
+    if (argv[0] === "iptables-restore") {
+      return restoreFails(++restores) ? { code: 1, stderr: "Bad rule" } : {};
+    }
+    if (argv[0] === "nft") return { code: 1, stderr: "Error: No such file or directory\n" };
+    return {};
+  });
+  const deps = {
+    runner,
+    tools: iptablesTools(),
+    nft: "nft",
+    iptablesNft: true,
+    backend: "iptables" as const,
+  };
+  const changes = await syncDomain("vm1", forwards, deps);
+  return { changes, calls: runner.calls };
+}
+
+Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t) => {
+  await t.step("a start with nothing live: no iptables-save, the whole batch of new rules", async () => {
+    const { calls, changes } = await syncOnNft([FORWARD_VM1], VM1_ABSENT);
+    assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", "iptables-restore"]);
+    assert.equal(calls[1]!.stdin, renderSync("vm1", [FORWARD_VM1], { chains: [], rules: [] }));
+    assert.deepEqual(changes, [{ target: "iptables", removed: 0, added: 7 }]);
+  });
+  await t.step(
+    "a stop: the jumps deleted by their text, the chains flushed and deleted, nothing else read",
+    async () => {
+      const { calls, changes } = await syncOnNft([], VM1_LIVE);
+      assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", "iptables-restore"]);
+      assert.equal(calls[1]!.stdin, renderSync("vm1", [], liveOf(parseSave(VM1_SAVE), "vm1")));
+      assert.deepEqual(changes, [{ target: "iptables", removed: undefined, added: 0 }]);
+    },
+  );
+  await t.step("a start over live chains reads them whole: rolling back needs what is in them", async () => {
+    const { calls } = await syncOnNft([FORWARD_VM1], VM1_LIVE);
+    assert.deepEqual(calls.map((c) => c.argv[0]), [
+      "nft",
+      "iptables-save",
+      "ip6tables-save",
+      "nft",
+      "nft",
+      "nft",
+      "iptables-restore",
+    ]);
+  });
+  await t.step(
+    "a stop whose jump does not look like ours: removed from a whole read, never rolled back blind",
+    async () => {
+      const { calls, changes } = await syncOnNft([], VM1_LIVE, (n) => n === 1);
+      const programs = calls.map((c) => c.argv[0]);
+      assert.deepEqual(programs, [
+        "nft",
+        "iptables-restore",
+        "iptables-save",
+        "ip6tables-save",
+        "nft",
+        "nft",
+        "nft",
+        "iptables-restore",
+      ]);
+      assert.equal(calls[7]!.stdin, renderSync("vm1", [], liveOf(parseSave(VM1_SAVE), "vm1")));
+      assert.deepEqual(changes, [{ target: "iptables", removed: 5, added: 0 }]);
+    },
+  );
+  await t.step("an nft without its interactive mode: the whole read", async () => {
+    const { calls } = await syncOnNft([FORWARD_VM1], {
+      code: 1,
+      stdout: "",
+      stderr: "Error: interactive CLI not supported in this build\n",
+    });
+    assert.deepEqual(calls.map((c) => c.argv[0]), [
+      "nft",
+      "iptables-save",
+      "ip6tables-save",
+      "nft",
+      "nft",
+      "nft",
+      "iptables-restore",
+    ]);
+  });
+  await t.step("an answer short of a listing: the whole read", async () => {
+    const { calls } = await syncOnNft([FORWARD_VM1], { ...VM1_ABSENT, stderr: "" });
+    assert.equal(calls[1]!.argv[0], "iptables-save");
+  });
+});
+
+Deno.test("drivesNfTables() follows PATH and the alternatives' links to the program", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/xtables-nft-multi`, "");
+    await Deno.writeTextFile(`${dir}/xtables-legacy-multi`, "");
+    await Deno.mkdir(`${dir}/nft`);
+    await Deno.mkdir(`${dir}/legacy`);
+    for (const name of ["iptables", "ip6tables"]) {
+      await Deno.symlink(`${dir}/xtables-nft-multi`, `${dir}/nft/${name}`);
+      await Deno.symlink(`${dir}/xtables-legacy-multi`, `${dir}/legacy/${name}`);
+    }
+    assert.equal(drivesNfTables(iptablesTools(), `/nonexistent:${dir}/nft`), true);
+    assert.equal(drivesNfTables(iptablesTools(), `${dir}/legacy:${dir}/nft`), false);
+    assert.equal(drivesNfTables(iptablesTools(`${dir}/nft/iptables`), ""), true);
+    assert.equal(drivesNfTables(iptablesTools(), "/nonexistent"), false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -68,13 +68,17 @@ export interface HookDeps {
   nft: string | undefined;
   /** Our directory on /run, if any: the validated config's cache and the busy-ruleset hint live there. */
   stateDir?: string;
+  /** Whether these iptables tools drive nf_tables (iptables-nft); absent: read with iptables-save. */
+  nfTables?(tools: Record<Family, Tools>): boolean;
 }
 
 /** What applying needs, from the hook's dependencies, the config's settings and the host's networks. */
 export function applyDeps(deps: HookDeps, config?: Config, facts?: HostFacts): ApplyDeps {
+  const t = tools(deps);
   return {
     runner: deps.runner,
-    tools: tools(deps),
+    tools: t,
+    ...(deps.nft !== undefined && deps.nfTables?.(t) ? { iptablesNft: true } : {}),
     ...(deps.nft === undefined ? {} : { nft: deps.nft }),
     ...(config ? { backend: config.settings.backend } : {}),
     ...(facts ? { connected: facts.connected } : {}),
@@ -259,7 +263,10 @@ async function hairpinPorts(domain: string, forwards: Forward[], facts: HostFact
 }
 
 function describe(changes: Change[], forwards: Forward[]): string {
-  const removed = changes.reduce((n, c) => n + c.removed, 0);
+  if (changes.some((c) => c.removed === undefined)) {
+    return `${forwards.length} forward(s) live, old rules removed`;
+  }
+  const removed = changes.reduce((n, c) => n + (c.removed ?? 0), 0);
   return `${forwards.length} forward(s) live, ${removed} old rule(s) removed`;
 }
 

@@ -11,6 +11,8 @@ export interface CommandResult {
 export interface RunOptions {
   stdin?: string;
   timeoutMs?: number;
+  /** Variables set for this command, on top of the hook's own environment. */
+  env?: Record<string, string>;
 }
 
 /** Runs commands; tests replace it with a recording fake. */
@@ -33,6 +35,7 @@ export function systemRunner(defaultTimeoutMs = DEFAULT_TIMEOUT_MS): Runner {
         child = new Deno.Command(program, {
           args,
           stdin: options.stdin === undefined ? "null" : "piped",
+          ...(options.env === undefined ? {} : { env: options.env }),
           stdout: "piped",
           stderr: "piped",
         }).spawn();
@@ -40,13 +43,16 @@ export function systemRunner(defaultTimeoutMs = DEFAULT_TIMEOUT_MS): Runner {
         const why = err instanceof Deno.errors.NotFound ? "not found" : String(err);
         return { code: 127, stdout: "", stderr: `${program}: ${why}` };
       }
-      const timer = setTimeout(() => {
+      // AbortSignal.timeout, not setTimeout: the first setTimeout of a Deno process costs ~3.5 ms, this ~0.2 ms.
+      const deadline = AbortSignal.timeout(timeoutMs);
+      const kill = () => {
         try {
           child.kill("SIGKILL");
         } catch {
           // Already gone.
         }
-      }, timeoutMs);
+      };
+      deadline.addEventListener("abort", kill, { once: true });
       try {
         if (options.stdin !== undefined) {
           const writer = child.stdin.getWriter();
@@ -66,7 +72,7 @@ export function systemRunner(defaultTimeoutMs = DEFAULT_TIMEOUT_MS): Runner {
         }
         return { code: out.code, stdout: decoder.decode(out.stdout), stderr };
       } finally {
-        clearTimeout(timer);
+        deadline.removeEventListener("abort", kill);
       }
     },
   };

@@ -1,5 +1,6 @@
 /** The real world behind HookDeps: environment, stdin, processes, /proc and /sys, the lock and syslog. */
 
+import { drivesNfTables } from "./apply.ts";
 import type { HookDeps } from "./hook.ts";
 import { readHostFacts } from "./host.ts";
 import { withLock } from "./lock.ts";
@@ -21,12 +22,33 @@ export function env(name: string): string | undefined {
   }
 }
 
-let stdinText: Promise<string> | undefined;
+let stdinText: string | undefined;
 
-/** Reads all of stdin once; later calls get the same text. */
+/**
+ * Reads all of stdin once; later calls get the same text. Synchronously: libvirt writes the XML and closes the
+ * pipe, and a plain read loop costs a tenth of what bringing up web streams does (~3 ms) for a few kilobytes.
+ */
 export function readStdin(): Promise<string> {
-  stdinText ??= new Response(Deno.stdin.readable).text().catch(() => "");
-  return stdinText;
+  if (stdinText === undefined) {
+    const chunks: Uint8Array[] = [];
+    const buffer = new Uint8Array(64 * 1024);
+    try {
+      for (let n = Deno.stdin.readSync(buffer); n !== null; n = Deno.stdin.readSync(buffer)) {
+        if (n === 0) break;
+        chunks.push(buffer.slice(0, n));
+      }
+    } catch {
+      // No stdin (closed, or not readable): no XML.
+    }
+    const all = new Uint8Array(chunks.reduce((sum, c) => sum + c.length, 0));
+    let at = 0;
+    for (const c of chunks) {
+      all.set(c, at);
+      at += c.length;
+    }
+    stdinText = new TextDecoder().decode(all);
+  }
+  return Promise.resolve(stdinText);
 }
 
 const encoder = new TextEncoder();
@@ -80,5 +102,6 @@ export function systemHookDeps(): HookDeps {
     log,
     nft: "nft",
     stateDir: env("LIBVIRT_HOOK_QEMU_STATE_DIR") || STATE_DIR,
+    nfTables: (tools) => drivesNfTables(tools, env("PATH")),
   };
 }

@@ -305,7 +305,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "hook on a busy host reads only the chains it needs, with the same result",
+  name: "hook on a busy host reads only what it needs, with the same result",
   ignore: !can.ok,
   ...opts,
   async fn() {
@@ -324,12 +324,16 @@ Deno.test({
         0,
       );
       const pristine = await h.rules();
-      // The first call reads everything and notes that the host is busy.
+      // A start with nothing of the domain live needs one nft look, whatever the host has.
       assert.equal((await h.hook("g1", "start")).code, 0);
       const hint = `${h.stateDir}/busy-ruleset`;
-      assert.ok(Number(await Deno.readTextFile(hint)) > 256 * 1024);
+      await assert.rejects(Deno.stat(hint), Deno.errors.NotFound);
       const once = await h.rules();
-      // From then on, single chains: the second start still replaces the rules instead of adding to them.
+      // A start over live chains reads them: the first time everything, noting that the host is busy.
+      assert.equal((await h.hook("g1", "start")).code, 0);
+      assert.ok(Number(await Deno.readTextFile(hint)) > 256 * 1024);
+      assert.equal(await h.rules(), once);
+      // From then on single chains: the rules are still replaced, not added to.
       assert.equal((await h.hook("g1", "start")).code, 0);
       assert.equal(await h.rules(), once);
       assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
