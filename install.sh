@@ -125,10 +125,13 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 
 # 1. Build: the compiled binary when possible, else the source form.
+# A young generation of 8 MB: a hook call is short-lived, and with V8's default one, building 1000 forwards'
+# rules spends 4 ms in garbage collections that free nothing (peak memory stays the same).
+V8_FLAGS="--v8-flags=--min-semi-space-size=8"
 built=""
 if [ "$kind" != source ]; then
-  if (cd "$SRC" && DENO_NO_UPDATE_CHECK=1 deno compile --quiet -P=hook --config deno.json \
-    --output "$stage/qemu" main.ts) >"$stage/compile.log" 2>&1 &&
+  if (cd "$SRC" && DENO_NO_UPDATE_CHECK=1 deno compile --quiet -P=hook "$V8_FLAGS" \
+    --config deno.json --output "$stage/qemu" main.ts) >"$stage/compile.log" 2>&1 &&
     "$stage/qemu" --version 2>/dev/null | grep -q "^$NAME "; then
     built=compiled
   elif [ "$kind" = compiled ]; then
@@ -149,13 +152,13 @@ if [ -z "$built" ]; then
   (cd "$stage/$NAME/src" && DENO_DIR="$stage/$NAME/cache" DENO_NO_UPDATE_CHECK=1 \
     deno cache --quiet main.ts lib/cli.ts lib/jsonc.ts) ||
     die "Cannot fill the module cache (it needs the npm registry once, at install time)"
-  cat >"$stage/qemu" <<'EOF'
+  cat >"$stage/qemu" <<EOF
 #!/bin/sh
 # libvirt-hook-qemu, source form: the pinned Deno binary runs the sources offline from their own module cache.
-d=$(dirname "$(readlink -f "$0")")/libvirt-hook-qemu
-[ -d "$d" ] || d=$(dirname "$(readlink -f "$0")")/../libvirt-hook-qemu
-export DENO_DIR="$d/cache" DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1
-exec "$d/deno" run --quiet --cached-only --no-prompt --no-check -P=hook --config "$d/src/deno.json" "$d/src/main.ts" "$@"
+d=\$(dirname "\$(readlink -f "\$0")")/libvirt-hook-qemu
+[ -d "\$d" ] || d=\$(dirname "\$(readlink -f "\$0")")/../libvirt-hook-qemu
+export DENO_DIR="\$d/cache" DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1
+exec "\$d/deno" run --quiet --cached-only --no-prompt --no-check $V8_FLAGS -P=hook --config "\$d/src/deno.json" "\$d/src/main.ts" "\$@"
 EOF
   chmod 755 "$stage/qemu"
   built=source

@@ -345,16 +345,14 @@ export function renderSync(
     const wanted = want.chains.filter((c) => c.table === table).map((c) => c.chain);
     const liveChains = current.chains.filter((c) => c.table === table).map((c) => c.chain);
     const foreignRules = current.rules.filter((r) => r.table === table && !chainOwner(r.chain));
-    const adds = [...want.jumps, ...want.rules].filter((r) => r.table === table);
     if (wanted.length === 0 && liveChains.length === 0 && foreignRules.length === 0) continue;
     out.push(`*${table}`);
     for (const chain of unique([...wanted, ...liveChains])) out.push(`:${chain} - [0:0]`);
     for (const r of foreignRules) out.push(`-D ${r.chain} ${r.spec}`);
     for (const chain of unique(liveChains)) if (!wanted.includes(chain)) out.push(`-X ${chain}`);
-    for (const r of adds) {
-      const verb = chainOwner(r.chain) ? "-A" : "-I";
-      out.push(`${verb} ${r.chain} ${r.spec}`);
-    }
+    // Jumps go in at the top of built-in chains, the rules at the end of our own.
+    for (const r of want.jumps) if (r.table === table) out.push(`-I ${r.chain} ${r.spec}`);
+    for (const r of want.rules) if (r.table === table) out.push(`-A ${r.chain} ${r.spec}`);
     out.push("COMMIT");
   }
   return out.join("\n") + "\n";
