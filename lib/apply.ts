@@ -21,6 +21,7 @@ import type { BACKENDS } from "../config.ts";
 import type { Family } from "./address.ts";
 import type { ConnectedRoute } from "./host.ts";
 import {
+  addNftItems,
   bridgesOf,
   emptyNftLive,
   LIBVIRT_CHAIN,
@@ -31,6 +32,8 @@ import {
   nftBase,
   nftBridges,
   nftDomainObjects,
+  type NftItem,
+  nftItems,
   type NftLive,
   nftRemoveDomain,
   parseNftJson,
@@ -172,11 +175,16 @@ async function readAtOnce(deps: ApplyDeps, nft: string, domain: string): Promise
     result.code !== 0 || !answered || answered.docs.length + answered.missing.length !== commands.length ||
     answered.missing.some((m) => !commands.includes(m) || m === commands[0])
   ) return undefined;
-  const [chains = "", ...rest] = answered.docs;
+  let docs: NftItem[][];
+  try {
+    docs = answered.docs.map(nftItems);
+  } catch {
+    return undefined;
+  }
+  const [chains = [], ...rest] = docs;
   const ipt = ownChainsAndJumps(chains, rest, domain);
-  if (!ipt) return undefined;
   const nftLive = emptyNftLive();
-  for (const doc of rest) parseNftJson(doc, nftLive);
+  for (const items of rest) addNftItems(items, nftLive);
   return { ipt, nft: nftLive, partial: true, ...(setting === undefined ? {} : { libvirtSetting: setting }) };
 }
 
@@ -205,55 +213,48 @@ export function parseInteractive(
 }
 
 /**
- * From `list chains` and the listings of the built-in chains: per family, the domain's chains and the jumps into
- * them, as iptables-save would have shown them (our jumps carry nothing but our comment). Undefined when a
- * listing cannot be read.
+ * From `list chains` and the listings of the built-in chains (their `nft -j` objects): per family, the domain's
+ * chains and the jumps into them, as iptables-save would have shown them (our jumps carry nothing but our
+ * comment).
  */
 export function ownChainsAndJumps(
-  chains: string,
-  listings: string[],
+  chains: NftItem[],
+  listings: NftItem[][],
   domain: string,
-): Record<Family, Live> | undefined {
+): Record<Family, Live> {
   const owner = domainHash(domain);
   const ours = `${CHAIN_PREFIX}${owner}-`;
   const out: Record<Family, Live> = { 4: { chains: [], rules: [] }, 6: { chains: [], rules: [] } };
-  try {
-    for (const { kind, v, family } of iptablesItems(chains)) {
-      if (kind !== "chain") continue;
-      const name = String(v.name);
-      if (name.startsWith("LIBVIRT_")) out[family].libvirt = true;
-      if (name.startsWith(ours)) out[family].chains.push({ table: String(v.table), chain: name, owner });
+  for (const { kind, v, family } of iptablesItems(chains)) {
+    if (kind !== "chain") continue;
+    const name = String(v.name);
+    if (name.startsWith("LIBVIRT_")) out[family].libvirt = true;
+    if (name.startsWith(ours)) out[family].chains.push({ table: String(v.table), chain: name, owner });
+  }
+  for (const { kind, v, family } of listings.flatMap(iptablesItems)) {
+    if (kind !== "rule") continue;
+    for (const e of (v.expr ?? []) as { jump?: { target?: string } }[]) {
+      const target = e.jump?.target;
+      if (target === undefined || !target.startsWith(ours)) continue;
+      out[family].rules.push({
+        table: String(v.table),
+        chain: String(v.chain),
+        spec: `-m comment --comment "${ruleComment(domain)}" -j ${target}`,
+        owner,
+        domain,
+      });
     }
-    for (const { kind, v, family } of listings.flatMap(iptablesItems)) {
-      if (kind !== "rule") continue;
-      for (const e of (v.expr ?? []) as { jump?: { target?: string } }[]) {
-        const target = e.jump?.target;
-        if (target === undefined || !target.startsWith(ours)) continue;
-        out[family].rules.push({
-          table: String(v.table),
-          chain: String(v.chain),
-          spec: `-m comment --comment "${ruleComment(domain)}" -j ${target}`,
-          owner,
-          domain,
-        });
-      }
-    }
-  } catch {
-    return undefined;
   }
   return out;
 }
 
-/** The items of one `nft -j` document that belong to iptables-nft's nat and filter tables. */
-function iptablesItems(doc: string): { kind: string; v: Record<string, unknown>; family: Family }[] {
-  const items = (JSON.parse(doc) as { nftables?: Record<string, Record<string, unknown>>[] }).nftables ?? [];
-  const out: { kind: string; v: Record<string, unknown>; family: Family }[] = [];
-  for (const item of items) {
-    const [kind, v] = Object.entries(item)[0] ?? [];
-    if (!kind || !v || (v.table !== "nat" && v.table !== "filter")) continue;
-    if (v.family === "ip" || v.family === "ip6") out.push({ kind, v, family: v.family === "ip" ? 4 : 6 });
-  }
-  return out;
+/** The objects that belong to iptables-nft's nat and filter tables, with their family. */
+function iptablesItems(items: NftItem[]): (NftItem & { family: Family })[] {
+  return items.flatMap((i) =>
+    (i.v.table === "nat" || i.v.table === "filter") && (i.v.family === "ip" || i.v.family === "ip6")
+      ? [{ ...i, family: i.v.family === "ip" ? 4 as const : 6 as const }]
+      : []
+  );
 }
 
 function readNetworkConf(): Promise<string | undefined> {

@@ -10,7 +10,7 @@ import {
   parseNetworkConf,
   syncDomain,
 } from "./apply.ts";
-import { emptyNftLive } from "./nft.ts";
+import { emptyNftLive, nftItems } from "./nft.ts";
 import {
   domainHash,
   type Forward,
@@ -162,8 +162,8 @@ Deno.test("parseInteractive() takes one document per listing and tolerates only 
 });
 
 Deno.test("ownChainsAndJumps() sees what iptables-save shows of a domain, but what is in its chains", () => {
-  const [chains = "", ...listings] = parseInteractive(VM1_LIVE.stdout, VM1_LIVE.stderr)!.docs;
-  const quick = ownChainsAndJumps(chains, listings, "vm1")!;
+  const [chains = [], ...listings] = parseInteractive(VM1_LIVE.stdout, VM1_LIVE.stderr)!.docs.map(nftItems);
+  const quick = ownChainsAndJumps(chains, listings, "vm1");
   const whole = liveOf(parseSave(VM1_SAVE), "vm1");
   const sorted = (l: Live) => ({
     chains: l.chains.map((c) => `${c.table} ${c.chain}`).sort(),
@@ -173,7 +173,6 @@ Deno.test("ownChainsAndJumps() sees what iptables-save shows of a domain, but wh
   assert.deepEqual(sorted(quick[4]), sorted(whole));
   assert.equal(quick[4].libvirt, true);
   assert.deepEqual(quick[6], { chains: [], rules: [] });
-  assert.equal(ownChainsAndJumps("not json", [], "vm1"), undefined);
 });
 
 const FORWARD_VM1: Forward = {
@@ -187,6 +186,9 @@ const FORWARD_VM1: Forward = {
   hairpinFrom: "192.168.122.0/24",
   interface: "virbr0",
 };
+
+/** What the whole read runs: iptables-save per family and three nft lists. */
+const WHOLE_READ = ["iptables-save", "ip6tables-save", "nft", "nft", "nft"];
 
 /** syncDomain() against a recording runner on an iptables-nft host; `answer` stands for nft -j -i. */
 async function syncOnNft(
@@ -233,31 +235,14 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
   );
   await t.step("a start over live chains reads them whole: rolling back needs what is in them", async () => {
     const { calls } = await syncOnNft([FORWARD_VM1], VM1_LIVE);
-    assert.deepEqual(calls.map((c) => c.argv[0]), [
-      "nft",
-      "iptables-save",
-      "ip6tables-save",
-      "nft",
-      "nft",
-      "nft",
-      "iptables-restore",
-    ]);
+    assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", ...WHOLE_READ, "iptables-restore"]);
   });
   await t.step(
     "a stop whose jump does not look like ours: removed from a whole read, never rolled back blind",
     async () => {
       const { calls, changes } = await syncOnNft([], VM1_LIVE, (n) => n === 1);
       const programs = calls.map((c) => c.argv[0]);
-      assert.deepEqual(programs, [
-        "nft",
-        "iptables-restore",
-        "iptables-save",
-        "ip6tables-save",
-        "nft",
-        "nft",
-        "nft",
-        "iptables-restore",
-      ]);
+      assert.deepEqual(programs, ["nft", "iptables-restore", ...WHOLE_READ, "iptables-restore"]);
       assert.equal(calls[7]!.stdin, renderSync("vm1", [], liveOf(parseSave(VM1_SAVE), "vm1")));
       assert.deepEqual(changes, [{ target: "iptables", removed: 5, added: 0 }]);
     },
@@ -268,19 +253,16 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
       stdout: "",
       stderr: "Error: interactive CLI not supported in this build\n",
     });
-    assert.deepEqual(calls.map((c) => c.argv[0]), [
-      "nft",
-      "iptables-save",
-      "ip6tables-save",
-      "nft",
-      "nft",
-      "nft",
-      "iptables-restore",
-    ]);
+    assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", ...WHOLE_READ, "iptables-restore"]);
   });
   await t.step("an answer short of a listing: the whole read", async () => {
     const { calls } = await syncOnNft([FORWARD_VM1], { ...VM1_ABSENT, stderr: "" });
     assert.equal(calls[1]!.argv[0], "iptables-save");
+  });
+  await t.step("an answer that is not JSON: the whole read", async () => {
+    const stdout = VM1_ABSENT.stdout.replace(doc(), '{"nftables": [broken');
+    const { calls } = await syncOnNft([FORWARD_VM1], { ...VM1_ABSENT, stdout });
+    assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", ...WHOLE_READ, "iptables-restore"]);
   });
 });
 

@@ -16,7 +16,6 @@ export async function withLock<T>(fn: () => Promise<T>, path = LOCK_PATH, timeou
       deadline.addEventListener("abort", giveUp, { once: true });
     });
     await Promise.race([file.lock(true), timeout]);
-    deadline.removeEventListener("abort", giveUp);
     return await fn();
   } finally {
     deadline.removeEventListener("abort", giveUp);

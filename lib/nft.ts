@@ -142,13 +142,32 @@ export function emptyNftLive(): NftLive {
   return { table: false, chains: [], maps: [], sets: [], rules: [], libvirt: {} };
 }
 
-/** Reads `nft -j list ...` output into our live state (our table and/or libvirt's chain). */
-export function parseNftJson(text: string, into: NftLive = emptyNftLive()): NftLive {
-  if (text.trim() === "") return into;
+/** One object of `nft -j` output: its kind (table, chain, rule, ...) and its fields. */
+export interface NftItem {
+  kind: string;
+  v: Record<string, unknown>;
+}
+
+/** The objects of one `nft -j list ...` document; throws on text that is not one. */
+export function nftItems(text: string): NftItem[] {
+  if (text.trim() === "") return [];
   const doc = JSON.parse(text) as { nftables?: Record<string, Record<string, unknown>>[] };
+  const out: NftItem[] = [];
   for (const item of doc.nftables ?? []) {
     const [kind, v] = Object.entries(item)[0] ?? [];
-    if (!kind || !v) continue;
+    if (kind && v) out.push({ kind, v });
+  }
+  return out;
+}
+
+/** Reads `nft -j list ...` output into our live state (our table and/or libvirt's chain). */
+export function parseNftJson(text: string, into: NftLive = emptyNftLive()): NftLive {
+  return addNftItems(nftItems(text), into);
+}
+
+/** Adds what of `items` is ours or libvirt's guest_input to `into`. */
+export function addNftItems(items: NftItem[], into: NftLive): NftLive {
+  for (const { kind, v } of items) {
     if (kind === "table" && v.name === NFT_TABLE && v.family === "inet") into.table = true;
     if (v.table === NFT_TABLE && v.family === "inet") {
       if (kind === "chain") into.chains.push(String(v.name));

@@ -30,23 +30,17 @@ let stdinText: string | undefined;
  */
 export function readStdin(): Promise<string> {
   if (stdinText === undefined) {
-    const chunks: Uint8Array[] = [];
+    const decoder = new TextDecoder();
     const buffer = new Uint8Array(64 * 1024);
+    let text = "";
     try {
-      for (let n = Deno.stdin.readSync(buffer); n !== null; n = Deno.stdin.readSync(buffer)) {
-        if (n === 0) break;
-        chunks.push(buffer.slice(0, n));
+      for (let n = Deno.stdin.readSync(buffer); n !== null && n > 0; n = Deno.stdin.readSync(buffer)) {
+        text += decoder.decode(buffer.subarray(0, n), { stream: true });
       }
     } catch {
       // No stdin (closed, or not readable): no XML.
     }
-    const all = new Uint8Array(chunks.reduce((sum, c) => sum + c.length, 0));
-    let at = 0;
-    for (const c of chunks) {
-      all.set(c, at);
-      at += c.length;
-    }
-    stdinText = new TextDecoder().decode(all);
+    stdinText = text + decoder.decode();
   }
   return Promise.resolve(stdinText);
 }
