@@ -110,14 +110,15 @@ export async function loadConfig(
   for (const file of candidates) {
     let text: string;
     try {
-      text = await Deno.readTextFile(file);
+      // Synchronous file access on this path: libvirt waits, and each async call costs more than the reading.
+      text = Deno.readTextFileSync(file);
     } catch (err) {
       if (err instanceof Deno.errors.NotFound) continue;
       const message = `Cannot read the config: ${err instanceof Error ? err.message : String(err)}`;
       return { ...emptyConfig(file, true), broken: true, diagnostics: [fileProblem(file, message)] };
     }
-    const key = cacheDir === undefined ? undefined : await cacheKey(file, options, text);
-    const cached = key === undefined ? undefined : await readCache(cacheDir!, key);
+    const key = cacheDir === undefined ? undefined : cacheKey(file, options, text);
+    const cached = key === undefined ? undefined : readCache(cacheDir!, key);
     if (cached) return cached;
     await loadParser();
     const config = parseConfig(text, file, options);
@@ -134,12 +135,12 @@ function cacheFile(dir: string): string {
   return `${dir}/config-cache-${h.toString(16)}.json`;
 }
 
-async function cacheKey(file: string, options: ValidateOptions, text: string): Promise<string> {
+function cacheKey(file: string, options: ValidateOptions, text: string): string {
   // The code is part of the key: an upgraded hook never trusts what an older one validated.
   let code = import.meta.url;
   for (const path of [new URL(import.meta.url), Deno.execPath()]) {
     try {
-      code += `|${(await Deno.stat(path)).mtime?.getTime()}`;
+      code += `|${Deno.statSync(path).mtime?.getTime()}`;
       break;
     } catch {
       // Not a file here (a compiled binary's embedded sources): the binary itself stands for the code.
@@ -149,9 +150,9 @@ async function cacheKey(file: string, options: ValidateOptions, text: string): P
   return JSON.stringify([code, file, options, text]);
 }
 
-async function readCache(dir: string, key: string): Promise<Config | undefined> {
+function readCache(dir: string, key: string): Config | undefined {
   try {
-    const saved = JSON.parse(await Deno.readTextFile(cacheFile(dir)));
+    const saved = JSON.parse(Deno.readTextFileSync(cacheFile(dir)));
     if (saved.key !== key) return undefined;
     const c = saved.config;
     return { ...c, domains: new Map(c.domains), names: new Set(c.names) };

@@ -11,6 +11,7 @@ import {
   type Live,
   liveOf,
   parseSave,
+  renderAdditions,
   renderRollback,
   renderSync,
   ruleComment,
@@ -109,11 +110,17 @@ export function parseNetworkConf(text: string): string | undefined {
 export const LIBVIRT_NETWORK_CONF = "/etc/libvirt/network.conf";
 
 /** Reads what is live for every family and backend, concurrently: a constant number of processes. */
-export async function readState(deps: ApplyDeps, domain?: string): Promise<FirewallState> {
+export async function readState(
+  deps: ApplyDeps,
+  domain?: string,
+  onInput?: () => void,
+): Promise<FirewallState> {
   if (domain !== undefined && deps.iptablesNft && deps.nft !== undefined) {
-    const state = await readAtOnce(deps, deps.nft, domain);
+    const state = await readAtOnce(deps, deps.nft, domain, onInput);
     if (state) return state;
   }
+  // iptables-save and nft list take no input.
+  onInput?.();
   return await readAll(deps, domain);
 }
 
@@ -154,7 +161,12 @@ const NFT_FAMILY: Record<Family, string> = { 4: "ip", 6: "ip6" };
  * our own chains: a sync that needs it (the domain has chains already and gets forwards again) reads it all.
  * Undefined when the answer is not exactly what was asked for; then the caller reads everything.
  */
-async function readAtOnce(deps: ApplyDeps, nft: string, domain: string): Promise<FirewallState | undefined> {
+async function readAtOnce(
+  deps: ApplyDeps,
+  nft: string,
+  domain: string,
+  onInput?: () => void,
+): Promise<FirewallState | undefined> {
   const commands = [
     "list chains",
     ...FAMILIES.flatMap((f) =>
@@ -166,7 +178,11 @@ async function readAtOnce(deps: ApplyDeps, nft: string, domain: string): Promise
   ];
   // HOME: the interactive mode keeps a history file there; it must not write into root's home.
   const [result, setting] = await Promise.all([
-    deps.runner.run([nft, "-j", "-i"], { stdin: commands.join("\n") + "\n", env: { HOME: "/dev/null" } }),
+    deps.runner.run([nft, "-j", "-i"], {
+      stdin: commands.join("\n") + "\n",
+      env: { HOME: "/dev/null" },
+      ...(onInput ? { onInput } : {}),
+    }),
     readNetworkConf(),
   ]);
   const answered = parseInteractive(result.stdout, result.stderr);
@@ -378,34 +394,47 @@ export function chooseBackend(setting: ApplyDeps["backend"], state: FirewallStat
  * `nft -f` transaction; if any of them fails, what was already applied is put back as it was.
  */
 export async function syncDomain(domain: string, forwards: Forward[], deps: ApplyDeps): Promise<Change[]> {
-  const reading = readState(deps, domain);
-  // What iptables would get does not depend on what is live: built while the firewall is read (ms at 1000).
-  const built: Built = {
-    4: buildRules(domain, forwards.filter((f) => f.family === 4)),
-    6: buildRules(domain, forwards.filter((f) => f.family === 6)),
-  };
+  let sent = () => {};
+  const inputSent = new Promise<void>((resolve) => sent = resolve);
+  const reading = readState(deps, domain, sent);
+  // What is added does not depend on what is live: built and rendered while the firewall is read (ms at 1000),
+  // once the reading process has its input (else it would wait for this work to end).
+  await Promise.race([inputSent, reading.then(() => {}, () => {})]);
+  const built = {} as Built;
+  for (const family of FAMILIES) {
+    const rules = buildRules(domain, forwards.filter((f) => f.family === family));
+    built[family] = { rules, additions: renderAdditions(rules) };
+  }
+  const bridges = forwards.length > 0 ? bridgesOf(forwards, deps.connected ?? []) : undefined;
   let state = await reading;
   // A domain whose chains are there already and gets forwards again (reconnect, reload): rolling back exactly
   // needs what is in them.
   const hasChains = (s: FirewallState) => FAMILIES.some((f) => (s.ipt[f]?.chains.length ?? 0) > 0);
   if (state.partial && forwards.length > 0 && hasChains(state)) state = await readAll(deps, domain);
   try {
-    return await syncState(domain, forwards, built, deps, state);
+    return await syncState(domain, forwards, built, bridges, deps, state);
   } catch (err) {
     // A removal from a partial read assumed that our jumps look as we make them; where one did not, a removal
     // from everything that is live finishes the job (what was removed already stays removed).
     if (!state.partial || forwards.length > 0 || !(err instanceof ApplyError)) throw err;
-    return await syncState(domain, forwards, built, deps, await readAll(deps, domain));
+    return await syncState(domain, forwards, built, bridges, deps, await readAll(deps, domain));
   }
 }
 
-/** The iptables rules of a domain's forwards, per family. */
-type Built = Record<Family, ReturnType<typeof buildRules>>;
+/** The iptables rules of a domain's forwards, per family, and the batch lines that add them. */
+type Built = Record<
+  Family,
+  { rules: ReturnType<typeof buildRules>; additions: ReturnType<typeof renderAdditions> }
+>;
+
+/** The bridges a domain's forwards go out of (see bridgesOf); undefined when it has none. */
+type Bridges = Record<Family, string[]> | undefined;
 
 async function syncState(
   domain: string,
   forwards: Forward[],
   built: Built,
+  bridges: Bridges,
   deps: ApplyDeps,
   state: FirewallState,
 ): Promise<Change[]> {
@@ -421,8 +450,10 @@ async function syncState(
     }
     const mine = liveOf(all, domain);
     before[family] = mine;
-    const added = backend === "iptables" ? built[family] : buildRules(domain, []);
-    const text = renderSync(domain, wanted, mine, added);
+    const added = backend === "iptables"
+      ? built[family]
+      : { rules: buildRules(domain, []), additions: undefined };
+    const text = renderSync(domain, wanted, mine, added.rules, added.additions);
     if (text === undefined) continue;
     const target = family === 4 ? "iptables" : "ip6tables";
     batches.push({
@@ -431,12 +462,12 @@ async function syncState(
       change: {
         target,
         removed: state.partial && mine.chains.length > 0 ? undefined : mine.rules.length,
-        added: added.rules.length + added.jumps.length,
+        added: added.rules.rules.length + added.rules.jumps.length,
       },
     });
   }
   const nftCommands = state.nft
-    ? nftSync(domain, backend === "nftables" ? forwards : [], forwards, state.nft, deps)
+    ? nftSync(domain, backend === "nftables" ? forwards : [], bridges, state.nft, deps)
     : [];
 
   const attempted: Family[] = [];
@@ -465,17 +496,26 @@ async function syncState(
   return changes;
 }
 
-/** The nft commands for one domain: our table's objects and our accepts in libvirt's chains. */
-function nftSync(domain: string, ours: Forward[], all: Forward[], live: NftLive, deps: ApplyDeps): string[] {
+/**
+ * The nft commands for one domain: our table's objects (for `ours`, the forwards nftables carries) and our accepts
+ * in libvirt's chains (for `bridges`, those of all its forwards).
+ */
+function nftSync(
+  domain: string,
+  ours: Forward[],
+  bridges: Bridges,
+  live: NftLive,
+  deps: ApplyDeps,
+): string[] {
   const table = ours.length > 0
     ? [
       ...nftBase(),
       ...nftRemoveDomain(domain, live, true),
-      ...nftDomainObjects(domain, ours, bridgesOf(ours, deps.connected ?? [])),
+      ...nftDomainObjects(domain, ours, bridges ?? bridgesOf(ours, deps.connected ?? [])),
     ]
     : nftRemoveDomain(domain, live, false);
   const wanted = liveAccepts(live);
-  if (all.length > 0) wanted.set(domain, bridgesOf(all, deps.connected ?? []));
+  if (bridges) wanted.set(domain, bridges);
   else wanted.delete(domain);
   return [...table, ...libvirtAccepts(live, wanted)];
 }

@@ -123,6 +123,15 @@ export function removedMarker(stateDir: string, domain: string): string {
   return `${stateDir}/removed-${domainHash(domain)}`;
 }
 
+/** Removes a file of ours, if it is there; synchronously, as a hook call is about to end. */
+function removeIfThere(path: string): void {
+  try {
+    Deno.removeSync(path);
+  } catch {
+    // Not there: nothing to do.
+  }
+}
+
 /** The iptables programs, following IPTABLES_BINARY. */
 export function tools(deps: Pick<HookDeps, "env">): Record<Family, Tools> {
   return iptablesTools(deps.env("IPTABLES_BINARY") || undefined);
@@ -172,7 +181,7 @@ export async function install(domain: string, deps: HookDeps, action = "start"):
     const changes = await deps.lock(() => syncDomain(domain, plan.forwards, applyDeps(deps, config, facts)));
     await hairpinPorts(domain, plan.forwards, facts, deps);
     deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}`);
-    if (deps.stateDir !== undefined) await Deno.remove(removedMarker(deps.stateDir, domain)).catch(() => {});
+    if (deps.stateDir !== undefined) removeIfThere(removedMarker(deps.stateDir, domain));
     return "installed";
   } catch (err) {
     return fail(message(err));

@@ -5,7 +5,7 @@ export const LOCK_PATH = "/run/libvirt-hook-qemu.lock";
 
 /** Runs `fn` holding an exclusive flock on `path`; gives up after `timeoutMs`. */
 export async function withLock<T>(fn: () => Promise<T>, path = LOCK_PATH, timeoutMs = 30_000): Promise<T> {
-  const file = await Deno.open(path, { create: true, write: true });
+  const file = Deno.openSync(path, { create: true, write: true });
   // AbortSignal.timeout, not setTimeout: the first setTimeout of a Deno process costs ~3.5 ms, this ~0.2 ms.
   const deadline = AbortSignal.timeout(timeoutMs);
   let giveUp = () => {};

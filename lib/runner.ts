@@ -13,6 +13,11 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Variables set for this command, on top of the hook's own environment. */
   env?: Record<string, string>;
+  /**
+   * Called once the command has all of its stdin (written and closed). Writing is done by the event loop, so a
+   * caller that has CPU work to overlap with the command waits for this first, else the command waits for it.
+   */
+  onInput?: () => void;
 }
 
 /** Runs commands; tests replace it with a recording fake. */
@@ -60,6 +65,7 @@ export function systemRunner(defaultTimeoutMs = DEFAULT_TIMEOUT_MS): Runner {
           await writer.write(new TextEncoder().encode(options.stdin)).catch(() => {});
           await writer.close().catch(() => {});
         }
+        options.onInput?.();
         const out = await child.output();
         const decoder = new TextDecoder();
         const stderr = decoder.decode(out.stderr);

@@ -22,6 +22,29 @@ Deno.test("systemRunner() passes stdin and extra variables, and tells a missing 
   assert.equal((await runner.run(["/nonexistent/program"])).code, 127);
 });
 
+Deno.test("systemRunner() tells when a command has its input, while it still runs", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    let calls = 0;
+    // The command ends only once onInput has run: were onInput called after the command's end, it would time out.
+    const r = await systemRunner().run(
+      ["sh", "-c", `read line; echo "$line"; while [ ! -e "${dir}/go" ]; do sleep 0.01; done`],
+      {
+        stdin: "input\n",
+        timeoutMs: 5000,
+        onInput: () => {
+          calls++;
+          Deno.writeTextFileSync(`${dir}/go`, "");
+        },
+      },
+    );
+    assert.deepEqual(r, { code: 0, stdout: "input\n", stderr: "" });
+    assert.equal(calls, 1);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("withLock() waits for the holder, and gives up after its timeout", async () => {
   const dir = await Deno.makeTempDir();
   const path = `${dir}/lock`;
