@@ -221,6 +221,8 @@ export interface LiveRule {
   owner: string;
   /** The domain named in its comment, when it has our comment. */
   domain?: string;
+  /** Its nftables handle, where it was read with nft (iptables-nft): what deletes exactly this rule. */
+  handle?: number;
 }
 
 /** What of ours is live in one family: our chains by table and the rules that concern them. */

@@ -37,6 +37,7 @@ import {
   nftItems,
   type NftLive,
   nftRemoveDomain,
+  nftRemoveIptables,
   parseNftJson,
 } from "./nft.ts";
 import { CommandError, oneLine, type Runner } from "./runner.ts";
@@ -258,6 +259,7 @@ export function ownChainsAndJumps(
         spec: `-m comment --comment "${ruleComment(domain)}" -j ${target}`,
         owner,
         domain,
+        ...(typeof v.handle === "number" ? { handle: v.handle } : {}),
       });
     }
   }
@@ -412,13 +414,47 @@ export async function syncDomain(domain: string, forwards: Forward[], deps: Appl
   const hasChains = (s: FirewallState) => FAMILIES.some((f) => (s.ipt[f]?.chains.length ?? 0) > 0);
   if (state.partial && forwards.length > 0 && hasChains(state)) state = await readAll(deps, domain);
   try {
+    if (state.partial && forwards.length === 0) return await removeAtOnce(domain, state, deps);
     return await syncState(domain, forwards, built, bridges, deps, state);
   } catch (err) {
-    // A removal from a partial read assumed that our jumps look as we make them; where one did not, a removal
-    // from everything that is live finishes the job (what was removed already stays removed).
+    // A removal from a partial read failed as a whole (nothing changed) where something differs from what the
+    // read showed; a removal from everything that is live finishes the job.
     if (!state.partial || forwards.length > 0 || !(err instanceof ApplyError)) throw err;
     return await syncState(domain, forwards, built, bridges, deps, await readAll(deps, domain));
   }
+}
+
+/**
+ * Removes a domain read with readAtOnce in one nft transaction: the jumps into its iptables-nft chains (by
+ * handle), those chains, its objects in our nftables table and its accepts in libvirt's chains. iptables-restore
+ * commits each table on its own, and the kernel makes every commit that deletes wait for a grace period
+ * (10–40 ms here) before the program can exit; one transaction waits once. All or nothing: where it fails,
+ * nothing changed.
+ */
+async function removeAtOnce(domain: string, state: FirewallState, deps: ApplyDeps): Promise<Change[]> {
+  const mine = {} as Record<Family, Live>;
+  for (const family of FAMILIES) {
+    mine[family] = liveOf(state.ipt[family] ?? { chains: [], rules: [] }, domain);
+  }
+  const iptables = nftRemoveIptables(mine);
+  if (!iptables) throw new ApplyError("A jump into our chains was read without its nft handle");
+  const others = state.nft ? nftSync(domain, [], undefined, state.nft, deps) : [];
+  const commands = [...iptables, ...others];
+  if (commands.length === 0) return [];
+  const result = await deps.runner.run([deps.nft!, "-f", "-"], { stdin: commands.join("\n") + "\n" });
+  if (result.code !== 0) {
+    throw new ApplyError(`nft failed: ${oneLine(result.stderr) || `exit ${result.code}`}`);
+  }
+  const changes: Change[] = [];
+  for (const family of FAMILIES) {
+    const { chains, rules } = mine[family];
+    if (chains.length === 0 && rules.length === 0) continue;
+    // What was in the chains was not read: only the jumps are counted, and only where there are no chains.
+    const removed = chains.length > 0 ? undefined : rules.length;
+    changes.push({ target: family === 4 ? "iptables" : "ip6tables", removed, added: 0 });
+  }
+  if (others.length > 0) changes.push({ target: "nft", removed: 0, added: others.length });
+  return changes;
 }
 
 /** The iptables rules of a domain's forwards, per family, and the batch lines that add them. */

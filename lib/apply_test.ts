@@ -87,8 +87,8 @@ const META =
 const doc = (...items: string[]) => `{"nftables": [${[META, ...items].join(", ")}]}`;
 const chain = (family: string, table: string, name: string) =>
   `{"chain": {"family": "${family}", "table": "${table}", "name": "${name}", "handle": 9}}`;
-const jump = (family: string, table: string, from: string, target: string) =>
-  `{"rule": {"family": "${family}", "table": "${table}", "chain": "${from}", "handle": 70620, "expr": ` +
+const jump = (family: string, table: string, from: string, target: string, handle = 70620) =>
+  `{"rule": {"family": "${family}", "table": "${table}", "chain": "${from}", "handle": ${handle}, "expr": ` +
   `[{"xt": {"type": "match", "name": "comment"}}, {"counter": {"packets": 0, "bytes": 0}}, ` +
   `{"jump": {"target": "${target}"}}]}}`;
 const missing = (command: string) => `Error: No such file or directory\n${command}\n   ^^^\n`;
@@ -105,10 +105,13 @@ const VM1_LIVE = {
       chain("ip", "filter", `LVH-${H}-FWD`),
       chain("ip", "filter", "LIBVIRT_FWI"),
     ),
-    doc(jump("ip", "nat", "PREROUTING", `LVH-${H}-DNAT`), jump("ip", "nat", "PREROUTING", "DOCKER")),
-    doc(jump("ip", "nat", "OUTPUT", `LVH-${H}-DNAT`)),
-    doc(jump("ip", "nat", "POSTROUTING", `LVH-${H}-SNAT`), jump("ip", "nat", "POSTROUTING", "LVH-0000-SNAT")),
-    doc(jump("ip", "filter", "FORWARD", `LVH-${H}-FWD`)),
+    doc(jump("ip", "nat", "PREROUTING", `LVH-${H}-DNAT`, 101), jump("ip", "nat", "PREROUTING", "DOCKER")),
+    doc(jump("ip", "nat", "OUTPUT", `LVH-${H}-DNAT`, 102)),
+    doc(
+      jump("ip", "nat", "POSTROUTING", `LVH-${H}-SNAT`, 103),
+      jump("ip", "nat", "POSTROUTING", "LVH-0000-SNAT"),
+    ),
+    doc(jump("ip", "filter", "FORWARD", `LVH-${H}-FWD`, 104)),
   ].join("\n") + "\n",
   stderr: [
     "list chain ip6 nat PREROUTING",
@@ -195,10 +198,16 @@ async function syncOnNft(
   forwards: Forward[],
   answer: { stdout: string; stderr: string; code?: number },
   restoreFails: (n: number) => boolean = () => false,
+  nftRefuses = false,
 ) {
   let restores = 0;
   const runner = recordingRunner((argv) => {
     if (argv.join(" ") === "nft -j -i") return { code: 0, ...answer };
+    if (argv.join(" ") === "nft -f -") {
+      return nftRefuses
+        ? { code: 1, stderr: "Error: Could not process rule: No such file or directory" }
+        : {};
+    }
     if (argv[0] === "iptables-save") return { stdout: VM1_SAVE };
     if (argv[0] === "iptables-restore") {
       return restoreFails(++restores) ? { code: 1, stderr: "Bad rule" } : {};
@@ -225,24 +234,43 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
     assert.deepEqual(changes, [{ target: "iptables", removed: 0, added: 7 }]);
   });
   await t.step(
-    "a stop: the jumps deleted by their text, the chains flushed and deleted, nothing else read",
+    "a stop: one nft transaction deletes the jumps read (by handle) and the chains, nothing else is read",
     async () => {
       const { calls, changes } = await syncOnNft([], VM1_LIVE);
-      assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", "iptables-restore"]);
-      assert.equal(calls[1]!.stdin, renderSync("vm1", [], liveOf(parseSave(VM1_SAVE), "vm1")));
+      assert.deepEqual(calls.map((c) => c.argv.join(" ")), ["nft -j -i", "nft -f -"]);
+      assert.equal(
+        calls[1]!.stdin,
+        dedent(`
+          delete rule ip nat PREROUTING handle 101
+          delete rule ip nat OUTPUT handle 102
+          delete rule ip nat POSTROUTING handle 103
+          delete rule ip filter FORWARD handle 104
+          flush chain ip nat LVH-${H}-DNAT
+          flush chain ip nat LVH-${H}-SNAT
+          flush chain ip filter LVH-${H}-FWD
+          delete chain ip nat LVH-${H}-DNAT
+          delete chain ip nat LVH-${H}-SNAT
+          delete chain ip filter LVH-${H}-FWD
+        `),
+      );
       assert.deepEqual(changes, [{ target: "iptables", removed: undefined, added: 0 }]);
     },
   );
+  await t.step("a stop with nothing live: no transaction at all", async () => {
+    const { calls, changes } = await syncOnNft([], VM1_ABSENT);
+    assert.deepEqual(calls.map((c) => c.argv.join(" ")), ["nft -j -i"]);
+    assert.deepEqual(changes, []);
+  });
   await t.step("a start over live chains reads them whole: rolling back needs what is in them", async () => {
     const { calls } = await syncOnNft([FORWARD_VM1], VM1_LIVE);
     assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", ...WHOLE_READ, "iptables-restore"]);
   });
   await t.step(
-    "a stop whose jump does not look like ours: removed from a whole read, never rolled back blind",
+    "a stop that nft refuses (the firewall changed since the read): nothing changed, redone from a whole read",
     async () => {
-      const { calls, changes } = await syncOnNft([], VM1_LIVE, (n) => n === 1);
+      const { calls, changes } = await syncOnNft([], VM1_LIVE, () => false, true);
       const programs = calls.map((c) => c.argv[0]);
-      assert.deepEqual(programs, ["nft", "iptables-restore", ...WHOLE_READ, "iptables-restore"]);
+      assert.deepEqual(programs, ["nft", "nft", ...WHOLE_READ, "iptables-restore"]);
       assert.equal(calls[7]!.stdin, renderSync("vm1", [], liveOf(parseSave(VM1_SAVE), "vm1")));
       assert.deepEqual(changes, [{ target: "iptables", removed: 5, added: 0 }]);
     },

@@ -5,6 +5,7 @@ import {
   commentDomain,
   domainHash,
   type Forward,
+  type Live,
   type LiveForward,
   ruleComment,
 } from "../rules.ts";
@@ -18,6 +19,25 @@ export const NFT_TABLE = "libvirt_hook_qemu";
 export const LIBVIRT_TABLE = "libvirt_network";
 /** The chain of libvirt's table that rejects new connections to guests. */
 export const LIBVIRT_CHAIN = "guest_input";
+
+/**
+ * The nft commands that remove what one domain has in iptables-nft's tables (`live`: its chains and the jumps
+ * into them, read with nft, so each jump has its handle): the jumps by handle, then the chains, emptied first.
+ * Undefined when a jump has no handle: it cannot be deleted exactly.
+ */
+export function nftRemoveIptables(live: Record<Family, Live>): string[] | undefined {
+  const out: string[] = [];
+  for (const family of [4, 6] as const) {
+    const nftFamily = family === 4 ? "ip" : "ip6";
+    for (const r of live[family].rules) {
+      if (r.handle === undefined) return undefined;
+      out.push(`delete rule ${nftFamily} ${r.table} ${r.chain} handle ${r.handle}`);
+    }
+    for (const c of live[family].chains) out.push(`flush chain ${nftFamily} ${c.table} ${c.chain}`);
+    for (const c of live[family].chains) out.push(`delete chain ${nftFamily} ${c.table} ${c.chain}`);
+  }
+  return out;
+}
 
 /** The nft object name prefix of one domain: `d<hash>`. */
 export function nftPrefix(domain: string): string {

@@ -14,6 +14,7 @@ import {
   nftDomainObjects,
   type NftLive,
   nftRemoveDomain,
+  nftRemoveIptables,
   parseNftJson,
 } from "./nft.ts";
 
@@ -114,6 +115,38 @@ Deno.test("nftRemoveDomain() deletes the domain's jumps by handle, then its chai
   // The last domain takes the table with it, so stop leaves nothing behind.
   assert.deepEqual(nftRemoveDomain("web1", live([]), false), [`delete table ${t}`]);
   assert.deepEqual(nftRemoveDomain("web1", emptyNftLive(), false), []);
+});
+
+Deno.test("nftRemoveIptables() deletes a domain's jumps by handle, then empties and deletes its chains", () => {
+  const jump = (table: string, chain: string, handle?: number) => ({
+    table,
+    chain,
+    spec: "",
+    owner: "h",
+    ...(handle === undefined ? {} : { handle }),
+  });
+  const live = {
+    4: {
+      chains: [{ table: "nat", chain: "LVH-h-DNAT", owner: "h" }],
+      rules: [jump("nat", "PREROUTING", 7), jump("nat", "OUTPUT", 9)],
+    },
+    6: {
+      chains: [{ table: "filter", chain: "LVH-h-FWD", owner: "h" }],
+      rules: [jump("filter", "FORWARD", 3)],
+    },
+  };
+  assert.deepEqual(nftRemoveIptables(live), [
+    "delete rule ip nat PREROUTING handle 7",
+    "delete rule ip nat OUTPUT handle 9",
+    "flush chain ip nat LVH-h-DNAT",
+    "delete chain ip nat LVH-h-DNAT",
+    "delete rule ip6 filter FORWARD handle 3",
+    "flush chain ip6 filter LVH-h-FWD",
+    "delete chain ip6 filter LVH-h-FWD",
+  ]);
+  assert.deepEqual(nftRemoveIptables({ 4: { chains: [], rules: [] }, 6: { chains: [], rules: [] } }), []);
+  // A jump read without its handle (iptables-save) cannot be deleted exactly this way.
+  assert.equal(nftRemoveIptables({ ...live, 4: { chains: [], rules: [jump("nat", "OUTPUT")] } }), undefined);
 });
 
 Deno.test("libvirtAccepts() keeps our accepts in front of libvirt's reject, and touches nothing of libvirt's", async (t) => {
