@@ -155,8 +155,16 @@ if [ -z "$built" ]; then
   cat >"$stage/qemu" <<EOF
 #!/bin/sh
 # libvirt-hook-qemu, source form: the pinned Deno binary runs the sources offline from their own module cache.
-d=\$(dirname "\$(readlink -f "\$0")")/libvirt-hook-qemu
-[ -d "\$d" ] || d=\$(dirname "\$(readlink -f "\$0")")/../libvirt-hook-qemu
+# Its files are beside this script (hooks/) or one level up (hooks/qemu.d/). libvirt runs hooks by their path, so
+# the shell finds them without starting a process; through symbolic links (readlink) only where that fails.
+case \$0 in */*) here=\${0%/*} ;; *) here=. ;; esac
+d=\$here/libvirt-hook-qemu
+[ -d "\$d" ] || d=\$here/../libvirt-hook-qemu
+if [ ! -d "\$d" ]; then
+  here=\$(dirname "\$(readlink -f "\$0")")
+  d=\$here/libvirt-hook-qemu
+  [ -d "\$d" ] || d=\$here/../libvirt-hook-qemu
+fi
 export DENO_DIR="\$d/cache" DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1
 exec "\$d/deno" run --quiet --cached-only --no-prompt --no-check $V8_FLAGS -P=hook --config "\$d/src/deno.json" "\$d/src/main.ts" "\$@"
 EOF
