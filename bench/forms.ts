@@ -78,17 +78,19 @@ export async function prepareForms(
     } else {
       kind = "source";
       label = "installed (source form)";
-      // A probe runs through a copy of the installed wrapper, from the same directory, with the same flags.
+      // A probe runs through a copy of the installed wrapper, beside the bundle it runs, with the same flags.
       const wrapper = await Deno.readTextFile(hook);
-      const target = '"$d/src/main.ts"';
+      const target = '"$d/bundle/main.js"';
       if (!wrapper.includes(target)) {
         throw new Error(`Cannot find ${target} in the installed wrapper ${hook}`);
       }
       probe = async (name, code) => {
-        const src = join(hooks, "libvirt-hook-qemu", "src", `bench-probe-${name}.ts`);
-        await Deno.writeTextFile(src, code.replaceAll("{main}", "./main.ts"));
+        // The bundle runs without deno.json: a bare npm name does not resolve there.
+        if (/import "[^.{]/.test(code) && !/import "node:/.test(code)) return undefined;
+        const src = join(hooks, "libvirt-hook-qemu", "bundle", `bench-probe-${name}.js`);
+        await Deno.writeTextFile(src, code.replaceAll("{main}", "./main.js"));
         const argv0 = join(hooks, `bench-probe-${name}`);
-        await Deno.writeTextFile(argv0, wrapper.replace(target, `"$d/src/bench-probe-${name}.ts"`));
+        await Deno.writeTextFile(argv0, wrapper.replace(target, `"$d/bundle/bench-probe-${name}.js"`));
         await Deno.chmod(argv0, 0o755);
         return [argv0];
       };

@@ -243,6 +243,20 @@ Deno.test({
           "--version",
         ]);
         assert.deepEqual([child.code, child.stdout.trim()], [0, "libvirt-hook-qemu 0.2.0"]);
+        // It finds its own files without starting a process (no readlink, no dirname on this PATH) ...
+        const bare = await run(["/usr/bin/env", "-i", "PATH=/nonexistent", `${hooks}/qemu`, "--version"]);
+        assert.deepEqual([bare.code, bare.stdout.trim()], [0, "libvirt-hook-qemu 0.2.0"], bare.stderr);
+        // ... and through a symbolic link from elsewhere too.
+        const link = `${dest}/elsewhere-qemu`;
+        await Deno.symlink(`${hooks}/qemu`, link);
+        const linked = await run([
+          "/usr/bin/env",
+          "-i",
+          ...Object.entries(LIBVIRT_ENV).map(([k, v]) => `${k}=${v}`),
+          link,
+          "--version",
+        ]);
+        assert.deepEqual([linked.code, linked.stdout.trim()], [0, "libvirt-hook-qemu 0.2.0"], linked.stderr);
       });
       await t.step(
         "the same program is the network hook; --watcher adds a unit that systemd accepts",
