@@ -139,12 +139,23 @@ export interface Rule {
   spec: string;
 }
 
-/** The rules one family of a domain's forwards needs: our chains, the jumps into them, and their contents. */
-export function buildRules(
-  domain: string,
-  forwards: Forward[],
-): { chains: Rule[]; jumps: Rule[]; rules: Rule[] } {
-  if (forwards.length === 0) return { chains: [], jumps: [], rules: [] };
+/**
+ * The rules one family of a domain's forwards needs, as the hook applies them: our chains, the jumps into them,
+ * and per table the `-A <chain> <spec>` lines that fill our chains. Lines, not objects: at 1000 forwards this runs
+ * once, uncompiled, while libvirt waits, and text is what iptables-restore reads.
+ */
+export interface RuleLines {
+  chains: Rule[];
+  jumps: Rule[];
+  lines: Record<Table, string[]>;
+  /** How many rules the lines hold. */
+  count: number;
+}
+
+/** Renders a domain's rules of one family (see RuleLines). */
+export function ruleLines(domain: string, forwards: Forward[]): RuleLines {
+  const lines: Record<Table, string[]> = { nat: [], filter: [] };
+  if (forwards.length === 0) return { chains: [], jumps: [], lines, count: 0 };
   const c = chainNames(domain);
   const comment = `-m comment --comment ${ruleComment(domain)}`;
   const jump = (table: Table, chain: string, target: string): Rule => ({
@@ -152,15 +163,14 @@ export function buildRules(
     chain,
     spec: `${comment} -j ${target}`,
   });
-  // Built as text directly, and what is the same for every forward of one address pair only once: at 1000
-  // forwards, this runs once, uncompiled, on the path libvirt waits on.
-  const dnat: Rule[] = [], snat: Rule[] = [], fwd: Rule[] = [];
+  // What is the same for every forward between one pair of addresses is made once.
+  const dnat: string[] = [], snat: string[] = [], fwd: string[] = [];
   const parts = new Map<string, ReturnType<typeof commonParts>>();
   for (const f of forwards) {
     const key =
       `${f.family} ${f.protocol} ${f.publicIp} ${f.privateIp} ${f.source} ${f.interface} ${f.hairpinFrom}`;
     let p = parts.get(key);
-    if (!p) parts.set(key, p = commonParts(f, comment));
+    if (!p) parts.set(key, p = commonParts(f, c, comment));
     const last = f.count - 1;
     const publicPorts = last === 0 ? `${f.publicPort}` : `${f.publicPort}:${f.publicPort + last}`;
     const privatePorts = last === 0 ? `${f.privatePort}` : `${f.privatePort}:${f.privatePort + last}`;
@@ -171,10 +181,12 @@ export function buildRules(
       ? `${f.privateIp}:${f.privatePort}`
       : `[${f.privateIp}]:${f.privatePort}`;
     const translated = p.translated + publicPorts;
-    dnat.push({ table: "nat", chain: c.dnat, spec: p.dnat + publicPorts + p.dnatTo + to });
-    snat.push({ table: "nat", chain: c.snat, spec: p.snat + privatePorts + translated + p.snatTail });
-    fwd.push({ table: "filter", chain: c.fwd, spec: p.fwd + privatePorts + translated + p.fwdTail });
+    dnat.push(p.dnat + publicPorts + p.dnatTo + to);
+    snat.push(p.snat + privatePorts + translated + p.snatTail);
+    fwd.push(p.fwd + privatePorts + translated + p.fwdTail);
   }
+  lines.nat = [...dnat, ...snat];
+  lines.filter = fwd;
   return {
     chains: [
       { table: "nat", chain: c.dnat, spec: "" },
@@ -188,12 +200,28 @@ export function buildRules(
       jump("nat", "POSTROUTING", c.snat),
       jump("filter", "FORWARD", c.fwd),
     ],
-    rules: [...dnat, ...snat, ...fwd],
+    lines,
+    count: 3 * forwards.length,
   };
 }
 
+/** The same rules as data (table, chain, spec): for tests and for reading, not on the hook's path. */
+export function buildRules(
+  domain: string,
+  forwards: Forward[],
+): { chains: Rule[]; jumps: Rule[]; rules: Rule[] } {
+  const { chains, jumps, lines } = ruleLines(domain, forwards);
+  const rules = TABLES.flatMap((table) =>
+    lines[table].map((line): Rule => {
+      const end = line.indexOf(" ", 3);
+      return { table, chain: line.slice(3, end), spec: line.slice(end + 1) };
+    })
+  );
+  return { chains, jumps, rules };
+}
+
 /** The parts of a forward's three rules that are the same for every forward between the same two addresses. */
-function commonParts(f: Forward, comment: string) {
+function commonParts(f: Forward, c: ReturnType<typeof chainNames>, comment: string) {
   const host = f.family === 4 ? "/32" : "/128";
   const pub = `${f.publicIp}${host}`;
   const priv = `${f.privateIp}${host}`;
@@ -201,11 +229,11 @@ function commonParts(f: Forward, comment: string) {
   const source = f.source === undefined ? "" : ` -s ${f.source}`;
   const out = f.interface === undefined ? "" : ` -o ${f.interface}`;
   return {
-    dnat: `-d ${pub}${source} ${proto} --dport `,
+    dnat: `-A ${c.dnat} -d ${pub}${source} ${proto} --dport `,
     dnatTo: ` ${comment} -j DNAT --to-destination `,
-    snat: `-s ${f.hairpinFrom} -d ${priv} ${proto} --dport `,
+    snat: `-A ${c.snat} -s ${f.hairpinFrom} -d ${priv} ${proto} --dport `,
     snatTail: ` ${comment} -j MASQUERADE`,
-    fwd: `-d ${priv}${out} ${proto} --dport `,
+    fwd: `-A ${c.fwd} -d ${priv}${out} ${proto} --dport `,
     fwdTail: ` ${comment} -j ACCEPT`,
     translated: ` -m conntrack --ctstate DNAT --ctorigdst ${pub} --ctorigdstport `,
   };
@@ -346,10 +374,10 @@ export function renderSync(
   domain: string,
   forwards: Forward[],
   current: Live,
-  want: ReturnType<typeof buildRules> = buildRules(domain, forwards),
+  want: RuleLines = ruleLines(domain, forwards),
   additions: Record<Table, string> = renderAdditions(want),
 ): string | undefined {
-  if (want.rules.length === 0 && current.chains.length === 0 && current.rules.length === 0) return undefined;
+  if (want.count === 0 && current.chains.length === 0 && current.rules.length === 0) return undefined;
   const out: string[] = [];
   for (const table of TABLES) {
     const wanted = want.chains.filter((c) => c.table === table).map((c) => c.chain);
@@ -371,19 +399,11 @@ export function renderSync(
  * renders them while it reads the firewall (3000 lines at 1000 forwards). Jumps go in at the top of built-in
  * chains, the rules at the end of our own.
  */
-export function renderAdditions(want: ReturnType<typeof buildRules>): Record<Table, string> {
+export function renderAdditions(want: RuleLines): Record<Table, string> {
   const out = {} as Record<Table, string>;
-  const heads = new Map<string, string>();
   for (const table of TABLES) {
-    const lines: string[] = [];
-    for (const r of want.jumps) if (r.table === table) lines.push(`-I ${r.chain} ${r.spec}`);
-    for (const r of want.rules) {
-      if (r.table !== table) continue;
-      let head = heads.get(r.chain);
-      if (head === undefined) heads.set(r.chain, head = `-A ${r.chain} `);
-      lines.push(head + r.spec);
-    }
-    out[table] = lines.join("\n");
+    const jumps = want.jumps.filter((r) => r.table === table).map((r) => `-I ${r.chain} ${r.spec}`);
+    out[table] = [...jumps, ...want.lines[table]].join("\n");
   }
   return out;
 }

@@ -1,7 +1,6 @@
 /** Applies a domain's forwards to the live firewall, all or nothing, with whichever backend fits the host. */
 
 import {
-  buildRules,
   CHAIN_PREFIX,
   chainNames,
   domainHash,
@@ -15,6 +14,8 @@ import {
   renderRollback,
   renderSync,
   ruleComment,
+  type RuleLines,
+  ruleLines,
   tokenize,
   type Tools,
 } from "../rules.ts";
@@ -404,7 +405,7 @@ export async function syncDomain(domain: string, forwards: Forward[], deps: Appl
   await Promise.race([inputSent, reading.then(() => {}, () => {})]);
   const built = {} as Built;
   for (const family of FAMILIES) {
-    const rules = buildRules(domain, forwards.filter((f) => f.family === family));
+    const rules = ruleLines(domain, forwards.filter((f) => f.family === family));
     built[family] = { rules, additions: renderAdditions(rules) };
   }
   const bridges = forwards.length > 0 ? bridgesOf(forwards, deps.connected ?? []) : undefined;
@@ -460,7 +461,7 @@ async function removeAtOnce(domain: string, state: FirewallState, deps: ApplyDep
 /** The iptables rules of a domain's forwards, per family, and the batch lines that add them. */
 type Built = Record<
   Family,
-  { rules: ReturnType<typeof buildRules>; additions: ReturnType<typeof renderAdditions> }
+  { rules: RuleLines; additions: ReturnType<typeof renderAdditions> }
 >;
 
 /** The bridges a domain's forwards go out of (see bridgesOf); undefined when it has none. */
@@ -488,7 +489,7 @@ async function syncState(
     before[family] = mine;
     const added = backend === "iptables"
       ? built[family]
-      : { rules: buildRules(domain, []), additions: undefined };
+      : { rules: ruleLines(domain, []), additions: undefined };
     const text = renderSync(domain, wanted, mine, added.rules, added.additions);
     if (text === undefined) continue;
     const target = family === 4 ? "iptables" : "ip6tables";
@@ -498,7 +499,7 @@ async function syncState(
       change: {
         target,
         removed: state.partial && mine.chains.length > 0 ? undefined : mine.rules.length,
-        added: added.rules.rules.length + added.rules.jumps.length,
+        added: added.rules.count + added.rules.jumps.length,
       },
     });
   }

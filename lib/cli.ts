@@ -4,12 +4,12 @@ import { parseArgs } from "node:util";
 import { type Config, configCandidates, domainConfig, type Entry, formatDiagnostic } from "../config.ts";
 import {
   asLiveForward,
-  buildRules,
   describeForward,
   type LiveForward,
   liveForwards,
   planForwards,
   renderSync,
+  ruleLines,
   tokenize,
 } from "../rules.ts";
 import { parseAddress } from "./address.ts";
@@ -346,7 +346,7 @@ async function plan(domain: string, deps: HookDeps): Promise<number> {
   for (const family of [4, 6] as const) {
     const mine = forwards.filter((f) => f.family === family);
     if (mine.length === 0) continue;
-    const count = buildRules(domain, mine).rules.length;
+    const count = ruleLines(domain, mine).count;
     console.log(
       `# ${family === 4 ? "iptables" : "ip6tables"}-restore --noflush: ${count} rule(s) for "${domain}"`,
     );
