@@ -98,6 +98,22 @@ export async function loadParser(): Promise<void> {
 }
 
 /**
+ * Whether the first config file among `candidates` has a domain's name in its text: a hint, before validating,
+ * that the domain may have forwards. Never wrong the other way for a name written plainly (a name spelled with
+ * JSON escapes is missed); it only decides what the hook does while it validates.
+ */
+export function configMentions(candidates: string[], domain: string): boolean {
+  for (const file of candidates) {
+    try {
+      return domain !== "" && Deno.readTextFileSync(file).includes(domain);
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) return false;
+    }
+  }
+  return false;
+}
+
+/**
  * Reads and validates the first config file that exists among `candidates`. With `cacheDir`, a validated config is
  * kept there (on /run, a tmpfs) with the code's identity, the file name, the options and the text it came from,
  * and reused as long as none of them changes.

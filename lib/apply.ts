@@ -394,15 +394,21 @@ export function chooseBackend(setting: ApplyDeps["backend"], state: FirewallStat
 
 /**
  * Makes a domain's live rules equal to `forwards`, all or nothing: one iptables-restore batch per family and one
- * `nft -f` transaction; if any of them fails, what was already applied is put back as it was.
+ * `nft -f` transaction; if any of them fails, what was already applied is put back as it was. `read`: the
+ * domain's readState, when the caller started it already (under the same lock).
  */
-export async function syncDomain(domain: string, forwards: Forward[], deps: ApplyDeps): Promise<Change[]> {
+export async function syncDomain(
+  domain: string,
+  forwards: Forward[],
+  deps: ApplyDeps,
+  read?: Promise<FirewallState>,
+): Promise<Change[]> {
   let sent = () => {};
   const inputSent = new Promise<void>((resolve) => sent = resolve);
-  const reading = readState(deps, domain, sent);
+  const reading = read ?? readState(deps, domain, sent);
   // What is added does not depend on what is live: built and rendered while the firewall is read (ms at 1000),
   // once the reading process has its input (else it would wait for this work to end).
-  await Promise.race([inputSent, reading.then(() => {}, () => {})]);
+  if (!read) await Promise.race([inputSent, reading.then(() => {}, () => {})]);
   const built = {} as Built;
   for (const family of FAMILIES) {
     const rules = ruleLines(domain, forwards.filter((f) => f.family === family));

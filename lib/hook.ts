@@ -1,8 +1,22 @@
 /** What the hook does for each libvirt call: install, re-sync or remove one domain's forwards. */
 
-import { type Config, configCandidates, domainConfig, formatDiagnostic, loadConfig } from "../config.ts";
+import {
+  type Config,
+  configCandidates,
+  configMentions,
+  domainConfig,
+  formatDiagnostic,
+  loadConfig,
+} from "../config.ts";
 import { domainHash, type Forward, iptablesTools, planForwards, type Tools } from "../rules.ts";
-import { type ApplyDeps, type Change, reassertAccepts, syncDomain } from "./apply.ts";
+import {
+  type ApplyDeps,
+  type Change,
+  type FirewallState,
+  readState,
+  reassertAccepts,
+  syncDomain,
+} from "./apply.ts";
 import type { Family } from "./address.ts";
 import { guestInterfaces, xmlKind } from "./domain_xml.ts";
 import type { HostFacts } from "./host.ts";
@@ -159,8 +173,32 @@ export async function loadFor(
 /** What install did: the forwards are live, the config does not name the domain, or it could not. */
 export type InstallResult = "installed" | "absent" | "failed";
 
-/** Installs a domain's forwards from the config (libvirt's start, the apply command). */
+/**
+ * Installs a domain's forwards from the config (libvirt's start, the apply command). Where the config names the
+ * domain, the firewall is read (a process, ~3 ms) while the config is validated and the forwards are planned:
+ * under the lock from the start, as every read that a write follows.
+ */
 export async function install(domain: string, deps: HookDeps, action = "start"): Promise<InstallResult> {
+  if (!configMentions(configCandidates(deps.env), domain)) return await installWith(domain, deps, action);
+  return await deps.lock(async () => {
+    const reading = readState(applyDeps(deps), domain);
+    // Handled from now on (whatever path below awaits it or not), and never left running when we return.
+    const settled = reading.then(() => {}, () => {});
+    try {
+      return await installWith(domain, deps, action, reading);
+    } finally {
+      await settled;
+    }
+  });
+}
+
+/** install(), with the firewall's read already under way (and the lock held), or not. */
+async function installWith(
+  domain: string,
+  deps: HookDeps,
+  action: string,
+  reading?: Promise<FirewallState>,
+): Promise<InstallResult> {
   const { config, facts } = await loadFor(deps);
   const found = domainConfig(config, domain);
   if (found.kind === "absent") return "absent";
@@ -178,7 +216,8 @@ export async function install(domain: string, deps: HookDeps, action = "start"):
     return fail("nothing was changed");
   }
   try {
-    const changes = await deps.lock(() => syncDomain(domain, plan.forwards, applyDeps(deps, config, facts)));
+    const sync = () => syncDomain(domain, plan.forwards, applyDeps(deps, config, facts), reading);
+    const changes = reading ? await sync() : await deps.lock(sync);
     await hairpinPorts(domain, plan.forwards, facts, deps);
     deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}`);
     if (deps.stateDir !== undefined) removeIfThere(removedMarker(deps.stateDir, domain));

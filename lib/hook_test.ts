@@ -113,10 +113,47 @@ Deno.test("runHook() start installs the domain's forwards with one batch", async
   ]);
 });
 
+Deno.test("runHook() start reads the firewall under the lock while it validates, where the config names the domain", async (t) => {
+  const traced = async (text: string) => {
+    const f = await fake(text);
+    const events: string[] = [];
+    const { runner, facts } = f.deps;
+    f.deps.lock = async (fn) => {
+      events.push("lock");
+      try {
+        return await fn();
+      } finally {
+        events.push("unlock");
+      }
+    };
+    f.deps.runner = { run: (argv, o) => (events.push(argv[0]!), runner.run(argv, o)) };
+    f.deps.facts = () => (events.push("facts"), facts());
+    return { f, events };
+  };
+  await t.step("named: the read goes first, the write follows, all under the lock", async () => {
+    const { f, events } = await traced(GOOD);
+    assert.equal(await runHook(call("web1", "start"), f.deps), 0);
+    assert.deepEqual(events, [
+      "lock",
+      "iptables-save",
+      "ip6tables-save",
+      "facts",
+      "iptables-restore",
+      "unlock",
+    ]);
+  });
+  await t.step("not named: no lock, no read", async () => {
+    const { f, events } = await traced(GOOD);
+    assert.equal(await runHook(call("other", "start"), f.deps), 0);
+    assert.deepEqual(events, ["facts"]);
+  });
+});
+
 Deno.test("runHook() start fails without touching the firewall when the domain's entry is invalid", async () => {
   const f = await fake(GOOD);
   assert.equal(await runHook(call("db", "start"), f.deps), 1);
-  assert.deepEqual(f.calls, []);
+  // The config names it, so the firewall was read while the config was validated; nothing was written.
+  assert.deepEqual(f.calls, [SAVE_4, SAVE_6]);
   assert.match(f.stderr[0]!, /hooks\.jsonc:3:24: Not an IP address \(db\.private_ip = "not-an-ip"\)$/);
   assert.match(
     f.stderr[1]!,
@@ -138,7 +175,7 @@ Deno.test("runHook() start with a file that does not parse fails the domains it 
   const broken = `{"web1": {"private_ip": "192.168.122.10",, }`;
   const named = await fake(broken);
   assert.equal(await runHook(call("web1", "start"), named.deps), 1);
-  assert.deepEqual(named.calls, []);
+  assert.deepEqual(named.calls, [SAVE_4, SAVE_6], "a read, no write");
   const other = await fake(broken);
   assert.equal(await runHook(call("other", "start"), other.deps), 0);
   assert.deepEqual(other.calls, []);
