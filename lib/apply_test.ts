@@ -8,6 +8,7 @@ import {
   ownChainsAndJumps,
   parseInteractive,
   parseNetworkConf,
+  readState,
   syncDomain,
 } from "./apply.ts";
 import { emptyNftLive, nftItems } from "./nft.ts";
@@ -94,40 +95,54 @@ const jump = (family: string, table: string, from: string, target: string, handl
 const missing = (command: string) => `Error: No such file or directory\n${command}\n   ^^^\n`;
 
 const H = domainHash("vm1");
-/** What `nft -j -i` prints on an iptables-nft host where vm1 has IPv4 forwards live (captured from nft 1.0.6). */
-const VM1_LIVE = {
-  stdout: [
-    doc(
-      chain("ip", "nat", "PREROUTING"),
-      chain("ip", "nat", `LVH-${H}-DNAT`),
-      chain("ip", "nat", `LVH-${H}-SNAT`),
-      chain("ip", "nat", `LVH-${domainHash("other")}-DNAT`),
-      chain("ip", "filter", `LVH-${H}-FWD`),
-      chain("ip", "filter", "LIBVIRT_FWI"),
-    ),
-    doc(jump("ip", "nat", "PREROUTING", `LVH-${H}-DNAT`, 101), jump("ip", "nat", "PREROUTING", "DOCKER")),
-    doc(jump("ip", "nat", "OUTPUT", `LVH-${H}-DNAT`, 102)),
-    doc(
-      jump("ip", "nat", "POSTROUTING", `LVH-${H}-SNAT`, 103),
-      jump("ip", "nat", "POSTROUTING", "LVH-0000-SNAT"),
-    ),
-    doc(jump("ip", "filter", "FORWARD", `LVH-${H}-FWD`, 104)),
-  ].join("\n") + "\n",
-  stderr: [
-    "list chain ip6 nat PREROUTING",
-    "list chain ip6 nat OUTPUT",
-    "list chain ip6 nat POSTROUTING",
-    "list chain ip6 filter FORWARD",
-    "list table inet libvirt_hook_qemu",
-    "list chain ip libvirt_network guest_input",
-    "list chain ip6 libvirt_network guest_input",
-  ].map(missing).join(""),
+/** A host as `nft -j -i` sees it: the answer to each command, undefined where nft says "No such file". */
+type NftHost = Record<string, string | undefined>;
+/** What `nft -j -i` prints for `commands` on `host`: a document per command answered, an error per other. */
+function answer(host: NftHost, commands: string[]): { stdout: string; stderr: string } {
+  const stdout = commands.flatMap((c) => host[c] === undefined ? [] : [host[c]]);
+  const stderr = commands.filter((c) => host[c] === undefined).map(missing);
+  return { stdout: stdout.map((d) => `${d}\n`).join(""), stderr: stderr.join("") };
+}
+/** An iptables-nft host where vm1 has IPv4 forwards live (documents captured from nft 1.0.6). */
+const VM1_HOST: NftHost = {
+  "list chains": doc(
+    chain("ip", "nat", "PREROUTING"),
+    chain("ip", "nat", `LVH-${H}-DNAT`),
+    chain("ip", "nat", `LVH-${H}-SNAT`),
+    chain("ip", "nat", `LVH-${domainHash("other")}-DNAT`),
+    chain("ip", "filter", `LVH-${H}-FWD`),
+    chain("ip", "filter", "LIBVIRT_FWI"),
+  ),
+  "list chain ip nat PREROUTING": doc(
+    jump("ip", "nat", "PREROUTING", `LVH-${H}-DNAT`, 101),
+    jump("ip", "nat", "PREROUTING", "DOCKER"),
+  ),
+  "list chain ip nat OUTPUT": doc(jump("ip", "nat", "OUTPUT", `LVH-${H}-DNAT`, 102)),
+  "list chain ip nat POSTROUTING": doc(
+    jump("ip", "nat", "POSTROUTING", `LVH-${H}-SNAT`, 103),
+    jump("ip", "nat", "POSTROUTING", "LVH-0000-SNAT"),
+  ),
+  "list chain ip filter FORWARD": doc(jump("ip", "filter", "FORWARD", `LVH-${H}-FWD`, 104)),
 };
 /** The same host with nothing of vm1: only `list chains` and the chains of iptables' nat and filter tables. */
-const VM1_ABSENT = {
-  stdout: [doc(chain("ip", "nat", "PREROUTING")), doc(), doc(), doc(), doc()].join("\n") + "\n",
-  stderr: VM1_LIVE.stderr,
+const EMPTY_HOST: NftHost = {
+  "list chains": doc(chain("ip", "nat", "PREROUTING")),
+  "list chain ip nat PREROUTING": doc(),
+  "list chain ip nat OUTPUT": doc(),
+  "list chain ip nat POSTROUTING": doc(),
+  "list chain ip filter FORWARD": doc(),
 };
+/** The commands of the read that lists the jumps too (a removal). */
+const READ_WITH_JUMPS = [
+  "list chains",
+  ...["ip", "ip6"].flatMap((f) =>
+    ["nat PREROUTING", "nat OUTPUT", "nat POSTROUTING", "filter FORWARD"].map((c) => `list chain ${f} ${c}`)
+  ),
+  "list table inet libvirt_hook_qemu",
+  "list chain ip libvirt_network guest_input",
+  "list chain ip6 libvirt_network guest_input",
+];
+const VM1_LIVE = answer(VM1_HOST, READ_WITH_JUMPS);
 /** iptables-save of VM1_LIVE's host: what the whole read sees. */
 const VM1_SAVE = dedent(`
   *nat
@@ -193,16 +208,21 @@ const FORWARD_VM1: Forward = {
 /** What the whole read runs: iptables-save per family and three nft lists. */
 const WHOLE_READ = ["iptables-save", "ip6tables-save", "nft", "nft", "nft"];
 
-/** syncDomain() against a recording runner on an iptables-nft host; `answer` stands for nft -j -i. */
+/**
+ * syncDomain() against a recording runner on an iptables-nft host; `host` answers nft -j -i (or `reply` turns
+ * the answer to the commands into what nft printed).
+ */
 async function syncOnNft(
   forwards: Forward[],
-  answer: { stdout: string; stderr: string; code?: number },
+  host: NftHost,
   restoreFails: (n: number) => boolean = () => false,
   nftRefuses = false,
+  reply: (a: { stdout: string; stderr: string }) => { stdout: string; stderr: string; code?: number } = (a) =>
+    a,
 ) {
   let restores = 0;
-  const runner = recordingRunner((argv) => {
-    if (argv.join(" ") === "nft -j -i") return { code: 0, ...answer };
+  const runner = recordingRunner((argv, stdin) => {
+    if (argv.join(" ") === "nft -j -i") return { code: 0, ...reply(answer(host, stdin!.trim().split("\n"))) };
     if (argv.join(" ") === "nft -f -") {
       return nftRefuses
         ? { code: 1, stderr: "Error: Could not process rule: No such file or directory" }
@@ -228,7 +248,7 @@ async function syncOnNft(
 
 Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t) => {
   await t.step("a start with nothing live: no iptables-save, the whole batch of new rules", async () => {
-    const { calls, changes } = await syncOnNft([FORWARD_VM1], VM1_ABSENT);
+    const { calls, changes } = await syncOnNft([FORWARD_VM1], EMPTY_HOST);
     assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", "iptables-restore"]);
     assert.equal(calls[1]!.stdin, renderSync("vm1", [FORWARD_VM1], { chains: [], rules: [] }));
     assert.deepEqual(changes, [{ target: "iptables", removed: 0, added: 7 }]);
@@ -236,7 +256,7 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
   await t.step(
     "a stop: one nft transaction deletes the jumps read (by handle) and the chains, nothing else is read",
     async () => {
-      const { calls, changes } = await syncOnNft([], VM1_LIVE);
+      const { calls, changes } = await syncOnNft([], VM1_HOST);
       assert.deepEqual(calls.map((c) => c.argv.join(" ")), ["nft -j -i", "nft -f -"]);
       assert.equal(
         calls[1]!.stdin,
@@ -257,18 +277,18 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
     },
   );
   await t.step("a stop with nothing live: no transaction at all", async () => {
-    const { calls, changes } = await syncOnNft([], VM1_ABSENT);
+    const { calls, changes } = await syncOnNft([], EMPTY_HOST);
     assert.deepEqual(calls.map((c) => c.argv.join(" ")), ["nft -j -i"]);
     assert.deepEqual(changes, []);
   });
   await t.step("a start over live chains reads them whole: rolling back needs what is in them", async () => {
-    const { calls } = await syncOnNft([FORWARD_VM1], VM1_LIVE);
+    const { calls } = await syncOnNft([FORWARD_VM1], VM1_HOST);
     assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", ...WHOLE_READ, "iptables-restore"]);
   });
   await t.step(
     "a stop that nft refuses (the firewall changed since the read): nothing changed, redone from a whole read",
     async () => {
-      const { calls, changes } = await syncOnNft([], VM1_LIVE, () => false, true);
+      const { calls, changes } = await syncOnNft([], VM1_HOST, () => false, true);
       const programs = calls.map((c) => c.argv[0]);
       assert.deepEqual(programs, ["nft", "nft", ...WHOLE_READ, "iptables-restore"]);
       assert.equal(calls[7]!.stdin, renderSync("vm1", [], liveOf(parseSave(VM1_SAVE), "vm1")));
@@ -276,22 +296,57 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
     },
   );
   await t.step("an nft without its interactive mode: the whole read", async () => {
-    const { calls } = await syncOnNft([FORWARD_VM1], {
+    const { calls } = await syncOnNft([FORWARD_VM1], EMPTY_HOST, undefined, false, () => ({
       code: 1,
       stdout: "",
       stderr: "Error: interactive CLI not supported in this build\n",
-    });
+    }));
     assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", ...WHOLE_READ, "iptables-restore"]);
   });
   await t.step("an answer short of a listing: the whole read", async () => {
-    const { calls } = await syncOnNft([FORWARD_VM1], { ...VM1_ABSENT, stderr: "" });
+    const { calls } = await syncOnNft([], EMPTY_HOST, undefined, false, (a) => ({ ...a, stderr: "" }));
     assert.equal(calls[1]!.argv[0], "iptables-save");
   });
   await t.step("an answer that is not JSON: the whole read", async () => {
-    const stdout = VM1_ABSENT.stdout.replace(doc(), '{"nftables": [broken');
-    const { calls } = await syncOnNft([FORWARD_VM1], { ...VM1_ABSENT, stdout });
+    const { calls } = await syncOnNft([FORWARD_VM1], VM1_HOST, undefined, false, (a) => ({
+      ...a,
+      stdout: a.stdout.replace('{"nftables"', '{"nftables": [broken'),
+    }));
     assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", ...WHOLE_READ, "iptables-restore"]);
   });
+  await t.step(
+    "a start lists no jumps; where the domain's chains are live, it reads everything",
+    async () => {
+      const fresh = await syncOnNft([FORWARD_VM1], EMPTY_HOST);
+      assert.deepEqual(fresh.calls[0]!.stdin!.trim().split("\n"), [
+        "list chains",
+        "list table inet libvirt_hook_qemu",
+        "list chain ip libvirt_network guest_input",
+        "list chain ip6 libvirt_network guest_input",
+      ]);
+      const stop = await syncOnNft([], EMPTY_HOST);
+      assert.deepEqual(stop.calls[0]!.stdin!.trim().split("\n"), READ_WITH_JUMPS);
+    },
+  );
+  await t.step(
+    "a removal from a read without jumps (a start that planned none) reads everything",
+    async () => {
+      const deps = {
+        runner: recordingRunner((argv, stdin) => {
+          if (argv.join(" ") === "nft -j -i") return answer(VM1_HOST, stdin!.trim().split("\n"));
+          if (argv[0] === "iptables-save") return { stdout: VM1_SAVE };
+          return argv[0] === "nft" ? { code: 1, stderr: "Error: No such file or directory\n" } : {};
+        }),
+        tools: iptablesTools(),
+        nft: "nft",
+        iptablesNft: true,
+      };
+      const read = readState(deps, "vm1", undefined, false);
+      assert.equal((await read).jumpsUnread, true);
+      await syncDomain("vm1", [], deps, read);
+      assert.deepEqual(deps.runner.calls.map((c) => c.argv[0]), ["nft", ...WHOLE_READ, "iptables-restore"]);
+    },
+  );
 });
 
 Deno.test("drivesNfTables() follows PATH and the alternatives' links to the program", async () => {

@@ -181,7 +181,7 @@ export type InstallResult = "installed" | "absent" | "failed";
 export async function install(domain: string, deps: HookDeps, action = "start"): Promise<InstallResult> {
   if (!configMentions(configCandidates(deps.env), domain)) return await installWith(domain, deps, action);
   return await deps.lock(async () => {
-    const reading = readState(applyDeps(deps), domain);
+    const reading = readState(applyDeps(deps), domain, undefined, false);
     // Handled from now on (whatever path below awaits it or not), and never left running when we return.
     const settled = reading.then(() => {}, () => {});
     try {
