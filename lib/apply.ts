@@ -409,6 +409,23 @@ export function chooseBackend(setting: ApplyDeps["backend"], state: FirewallStat
 }
 
 /**
+ * Starts readState for a domain (with or without the jumps, see readAtOnce) and returns once the reading process
+ * has its input: its stdin is written by the event loop, so CPU work done meanwhile would hold the read up instead
+ * of overlapping it. A failure of the read surfaces where `state` is awaited.
+ */
+export async function beginRead(
+  deps: ApplyDeps,
+  domain: string,
+  jumps: boolean,
+): Promise<{ state: Promise<FirewallState> }> {
+  let sent = () => {};
+  const inputSent = new Promise<void>((resolve) => sent = resolve);
+  const state = readState(deps, domain, sent, jumps);
+  await Promise.race([inputSent, state.then(() => {}, () => {})]);
+  return { state };
+}
+
+/**
  * Makes a domain's live rules equal to `forwards`, all or nothing: one iptables-restore batch per family and one
  * `nft -f` transaction; if any of them fails, what was already applied is put back as it was. `read`: the
  * domain's readState, when the caller started it already (under the same lock).
@@ -419,13 +436,9 @@ export async function syncDomain(
   deps: ApplyDeps,
   read?: Promise<FirewallState>,
 ): Promise<Change[]> {
-  let sent = () => {};
-  const inputSent = new Promise<void>((resolve) => sent = resolve);
-  // A start lists no jumps: with chains of the domain live, it reads everything below anyway.
-  const reading = read ?? readState(deps, domain, sent, forwards.length === 0);
-  // What is added does not depend on what is live: built and rendered while the firewall is read (ms at 1000),
-  // once the reading process has its input (else it would wait for this work to end).
-  if (!read) await Promise.race([inputSent, reading.then(() => {}, () => {})]);
+  // A start lists no jumps: with chains of the domain live, it reads everything below anyway. What is added does
+  // not depend on what is live: built and rendered while the firewall is read (ms at 1000).
+  const reading = read ?? (await beginRead(deps, domain, forwards.length === 0)).state;
   const built = {} as Built;
   for (const family of FAMILIES) {
     const rules = ruleLines(domain, forwards.filter((f) => f.family === family));

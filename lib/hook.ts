@@ -11,9 +11,9 @@ import {
 import { domainHash, type Forward, iptablesTools, planForwards, type Tools } from "../rules.ts";
 import {
   type ApplyDeps,
+  beginRead,
   type Change,
   type FirewallState,
-  readState,
   reassertAccepts,
   syncDomain,
 } from "./apply.ts";
@@ -181,13 +181,12 @@ export type InstallResult = "installed" | "absent" | "failed";
 export async function install(domain: string, deps: HookDeps, action = "start"): Promise<InstallResult> {
   if (!configMentions(configCandidates(deps.env), domain)) return await installWith(domain, deps, action);
   return await deps.lock(async () => {
-    const reading = readState(applyDeps(deps), domain, undefined, false);
-    // Handled from now on (whatever path below awaits it or not), and never left running when we return.
-    const settled = reading.then(() => {}, () => {});
+    const reading = (await beginRead(applyDeps(deps), domain, false)).state;
     try {
       return await installWith(domain, deps, action, reading);
     } finally {
-      await settled;
+      // Never left running when we return, whatever path above awaited it or not.
+      await reading.catch(() => {});
     }
   });
 }
