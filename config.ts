@@ -99,8 +99,8 @@ export async function loadParser(): Promise<void> {
 
 /**
  * Whether the first config file among `candidates` has a domain's name in its text: a hint, before validating,
- * that the domain may have forwards. Never wrong the other way for a name written plainly (a name spelled with
- * JSON escapes is missed); it only decides what the hook does while it validates.
+ * that the domain may have forwards. A name spelled with JSON escapes is missed, and a name inside another one is
+ * found: the hint only decides what the hook does while it validates, never what it applies.
  */
 export function configMentions(candidates: string[], domain: string): boolean {
   for (const file of candidates) {

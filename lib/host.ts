@@ -19,15 +19,15 @@ export interface HostFacts {
 /** Reads the host facts; every file is optional, missing ones simply yield fewer facts. */
 export function readHostFacts(): Promise<HostFacts> {
   // Read synchronously: five small files of the kernel's, where async reads cost more than the reading.
-  const [route4, route6, inet6, nf4, nf6] = [
+  const [route4 = "", route6 = "", inet6 = "", nf4 = "", nf6 = ""] = [
     "/proc/net/route",
     "/proc/net/ipv6_route",
     "/proc/net/if_inet6",
     "/proc/sys/net/bridge/bridge-nf-call-iptables",
     "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
   ].map(readOptional);
-  const r4 = parseRoutes4(route4!);
-  const r6 = parseRoutes6(route6!);
+  const r4 = parseRoutes4(route4);
+  const r6 = parseRoutes6(route6);
   let interfaces: Deno.NetworkInterfaceInfo[] = [];
   try {
     interfaces = Deno.networkInterfaces();
@@ -37,10 +37,10 @@ export function readHostFacts(): Promise<HostFacts> {
   return Promise.resolve({
     defaultPublicIp: {
       4: defaultIPv4(r4.defaultDevices, interfaces),
-      6: defaultIPv6(r6.defaultDevices, parseInet6(inet6!)),
+      6: defaultIPv6(r6.defaultDevices, parseInet6(inet6)),
     },
     connected: [...r4.connected, ...r6.connected],
-    bridgeNetfilter: { 4: nf4!.trim() === "1", 6: nf6!.trim() === "1" },
+    bridgeNetfilter: { 4: nf4.trim() === "1", 6: nf6.trim() === "1" },
   });
 }
 
