@@ -339,7 +339,7 @@ async function runScenario(
     for (const op of OPS) times.set(key(form.id, op), []);
   }
   let hookLines: string[] = [];
-  for (let r = 0; r < sc.runs; r++) {
+  const hookRun = async (r: number) => {
     for (const form of ctx.forms) {
       progress(ctx, `${where}: ${form.id} run ${r + 1}/${sc.runs}`);
       for (const d of names) {
@@ -366,11 +366,10 @@ async function runScenario(
       }
       if (r === 0) await expectOurs(ctx, none, `${where} ${form.id}: after stopped`);
     }
-  }
+  };
 
-  progress(ctx, `${where}: floor (iptables-restore)`);
   const floor = { start: [] as number[], stopped: [] as number[] };
-  for (let r = 0; r < sc.floorRuns; r++) {
+  const floorRun = async (r: number) => {
     for (const d of names) floor.start.push(await restore(ctx, plans.get(d)!));
     const text = await save(ctx);
     if (r === 0) {
@@ -384,28 +383,36 @@ async function runScenario(
     }
     const stops = stopBatches(text);
     for (const d of names) floor.stopped.push(await restore(ctx, stops.get(chainHashOf(plans.get(d)!))!));
-  }
-  await expectOurs(ctx, none, `${where}: after the floor`);
+    if (r === 0) await expectOurs(ctx, none, `${where}: after the floor`);
+  };
 
   const nft = { start: [] as number[], stopped: [] as number[] };
+  const translated = new Map<string, string>();
   if (ctx.nft.ok) {
-    progress(ctx, `${where}: floor (nft -f)`);
-    const translated = new Map<string, string>();
     for (const d of names) {
       const file = join(ctx.workdir, "translate.rules");
       await Deno.writeTextFile(file, plans.get(d)!);
       translated.set(d, nftStartBatch(await ctx.ns.exec(["iptables-restore-translate", "-f", file])));
     }
-    for (let r = 0; r < sc.floorRuns; r++) {
-      for (const d of names) nft.start.push(await nftLoad(ctx, translated.get(d)!));
-      const listings = [];
-      for (const table of ["nat", "filter"]) {
-        listings.push({ table, text: await ctx.ns.exec(["nft", "-a", "list", "table", "ip", table]) });
-      }
-      const stops = nftStopBatches(listings);
-      for (const d of names) nft.stopped.push(await nftLoad(ctx, stops.get(chainHashOf(plans.get(d)!))!));
+  }
+  const nftRun = async (r: number) => {
+    for (const d of names) nft.start.push(await nftLoad(ctx, translated.get(d)!));
+    const listings = [];
+    for (const table of ["nat", "filter"]) {
+      listings.push({ table, text: await ctx.ns.exec(["nft", "-a", "list", "table", "ip", table]) });
     }
-    await expectOurs(ctx, none, `${where}: after the nft floor`);
+    const stops = nftStopBatches(listings);
+    for (const d of names) nft.stopped.push(await nftLoad(ctx, stops.get(chainHashOf(plans.get(d)!))!));
+    if (r === 0) await expectOurs(ctx, none, `${where}: after the nft floor`);
+  };
+
+  // Interleaved, run by run: the hook and its floors see the same state of the machine, whatever drifts.
+  for (let r = 0; r < Math.max(sc.runs, sc.floorRuns); r++) {
+    if (r < sc.runs) await hookRun(r);
+    if (r < sc.floorRuns) {
+      await floorRun(r);
+      if (ctx.nft.ok) await nftRun(r);
+    }
   }
 
   const rows: Row[] = [];
