@@ -209,18 +209,17 @@ const FORWARD_VM1: Forward = {
 const WHOLE_READ = ["iptables-save", "ip6tables-save", "nft", "nft", "nft"];
 
 /**
- * syncDomain() against a recording runner on an iptables-nft host; `host` answers nft -j -i (or `reply` turns
- * the answer to the commands into what nft printed).
+ * syncDomain() against a recording runner on an iptables-nft host: `host` answers nft -j -i (`reply` turns that
+ * answer into what nft printed); `nftRefuses` makes nft -f fail.
  */
 async function syncOnNft(
   forwards: Forward[],
   host: NftHost,
-  restoreFails: (n: number) => boolean = () => false,
-  nftRefuses = false,
-  reply: (a: { stdout: string; stderr: string }) => { stdout: string; stderr: string; code?: number } = (a) =>
-    a,
+  { nftRefuses = false, reply = (a) => a }: {
+    nftRefuses?: boolean;
+    reply?: (a: { stdout: string; stderr: string }) => { stdout: string; stderr: string; code?: number };
+  } = {},
 ) {
-  let restores = 0;
   const runner = recordingRunner((argv, stdin) => {
     if (argv.join(" ") === "nft -j -i") return { code: 0, ...reply(answer(host, stdin!.trim().split("\n"))) };
     if (argv.join(" ") === "nft -f -") {
@@ -229,9 +228,6 @@ async function syncOnNft(
         : {};
     }
     if (argv[0] === "iptables-save") return { stdout: VM1_SAVE };
-    if (argv[0] === "iptables-restore") {
-      return restoreFails(++restores) ? { code: 1, stderr: "Bad rule" } : {};
-    }
     if (argv[0] === "nft") return { code: 1, stderr: "Error: No such file or directory\n" };
     return {};
   });
@@ -288,7 +284,7 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
   await t.step(
     "a stop that nft refuses (the firewall changed since the read): nothing changed, redone from a whole read",
     async () => {
-      const { calls, changes } = await syncOnNft([], VM1_HOST, () => false, true);
+      const { calls, changes } = await syncOnNft([], VM1_HOST, { nftRefuses: true });
       const programs = calls.map((c) => c.argv[0]);
       assert.deepEqual(programs, ["nft", "nft", ...WHOLE_READ, "iptables-restore"]);
       assert.equal(calls[7]!.stdin, renderSync("vm1", [], liveOf(parseSave(VM1_SAVE), "vm1")));
@@ -296,22 +292,19 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
     },
   );
   await t.step("an nft without its interactive mode: the whole read", async () => {
-    const { calls } = await syncOnNft([FORWARD_VM1], EMPTY_HOST, undefined, false, () => ({
-      code: 1,
-      stdout: "",
-      stderr: "Error: interactive CLI not supported in this build\n",
-    }));
+    const { calls } = await syncOnNft([FORWARD_VM1], EMPTY_HOST, {
+      reply: () => ({ code: 1, stdout: "", stderr: "Error: interactive CLI not supported in this build\n" }),
+    });
     assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", ...WHOLE_READ, "iptables-restore"]);
   });
   await t.step("an answer short of a listing: the whole read", async () => {
-    const { calls } = await syncOnNft([], EMPTY_HOST, undefined, false, (a) => ({ ...a, stderr: "" }));
+    const { calls } = await syncOnNft([], EMPTY_HOST, { reply: (a) => ({ ...a, stderr: "" }) });
     assert.equal(calls[1]!.argv[0], "iptables-save");
   });
   await t.step("an answer that is not JSON: the whole read", async () => {
-    const { calls } = await syncOnNft([FORWARD_VM1], VM1_HOST, undefined, false, (a) => ({
-      ...a,
-      stdout: a.stdout.replace('{"nftables"', '{"nftables": [broken'),
-    }));
+    const { calls } = await syncOnNft([FORWARD_VM1], VM1_HOST, {
+      reply: (a) => ({ ...a, stdout: a.stdout.replace('{"nftables"', '{"nftables": [broken') }),
+    });
     assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", ...WHOLE_READ, "iptables-restore"]);
   });
   await t.step(
