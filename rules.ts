@@ -141,21 +141,21 @@ export interface Rule {
 
 /**
  * The rules one family of a domain's forwards needs, as the hook applies them: our chains, the jumps into them,
- * and per table the `-A <chain> <spec>` lines that fill our chains. Lines, not objects: at 1000 forwards this runs
- * once, uncompiled, while libvirt waits, and text is what iptables-restore reads.
+ * and per table the `-A <chain> <spec>` lines that fill our chains, as text. Text, not objects: at 1000 forwards
+ * this runs once, uncompiled, while libvirt waits, and text is what iptables-restore reads.
  */
 export interface RuleLines {
   chains: Rule[];
   jumps: Rule[];
-  lines: Record<Table, string[]>;
-  /** How many rules the lines hold. */
+  /** Per table, the lines that fill our chains, joined by newlines ("" for none). */
+  text: Record<Table, string>;
+  /** How many rules the text holds. */
   count: number;
 }
 
 /** Renders a domain's rules of one family (see RuleLines). */
 export function ruleLines(domain: string, forwards: Forward[]): RuleLines {
-  const lines: Record<Table, string[]> = { nat: [], filter: [] };
-  if (forwards.length === 0) return { chains: [], jumps: [], lines, count: 0 };
+  if (forwards.length === 0) return { chains: [], jumps: [], text: { nat: "", filter: "" }, count: 0 };
   const c = chainNames(domain);
   const comment = `-m comment --comment ${ruleComment(domain)}`;
   const jump = (table: Table, chain: string, target: string): Rule => ({
@@ -163,7 +163,8 @@ export function ruleLines(domain: string, forwards: Forward[]): RuleLines {
     chain,
     spec: `${comment} -j ${target}`,
   });
-  // What is the same for every forward between one pair of addresses is made once.
+  // What is the same for every forward between one pair of addresses is made once; each line is pieces of text
+  // joined once per chain (far fewer objects for the garbage collector than a string per line).
   const dnat: string[] = [], snat: string[] = [], fwd: string[] = [];
   const parts = new Map<string, ReturnType<typeof commonParts>>();
   for (const f of forwards) {
@@ -180,13 +181,13 @@ export function ruleLines(domain: string, forwards: Forward[]): RuleLines {
       : f.family === 4
       ? `${f.privateIp}:${f.privatePort}`
       : `[${f.privateIp}]:${f.privatePort}`;
-    const translated = p.translated + publicPorts;
-    dnat.push(p.dnat + publicPorts + p.dnatTo + to);
-    snat.push(p.snat + privatePorts + translated + p.snatTail);
-    fwd.push(p.fwd + privatePorts + translated + p.fwdTail);
+    dnat.push(p.dnat, publicPorts, p.dnatTo, to, "\n");
+    snat.push(p.snat, privatePorts, p.translated, publicPorts, p.snatTail, "\n");
+    fwd.push(p.fwd, privatePorts, p.translated, publicPorts, p.fwdTail, "\n");
   }
-  lines.nat = [...dnat, ...snat];
-  lines.filter = fwd;
+  // Every line ends with a newline; the text has none at its end.
+  snat[snat.length - 1] = "";
+  fwd[fwd.length - 1] = "";
   return {
     chains: [
       { table: "nat", chain: c.dnat, spec: "" },
@@ -200,7 +201,7 @@ export function ruleLines(domain: string, forwards: Forward[]): RuleLines {
       jump("nat", "POSTROUTING", c.snat),
       jump("filter", "FORWARD", c.fwd),
     ],
-    lines,
+    text: { nat: dnat.join("") + snat.join(""), filter: fwd.join("") },
     count: 3 * forwards.length,
   };
 }
@@ -210,9 +211,9 @@ export function buildRules(
   domain: string,
   forwards: Forward[],
 ): { chains: Rule[]; jumps: Rule[]; rules: Rule[] } {
-  const { chains, jumps, lines } = ruleLines(domain, forwards);
+  const { chains, jumps, text } = ruleLines(domain, forwards);
   const rules = TABLES.flatMap((table) =>
-    lines[table].map((line): Rule => {
+    text[table] === "" ? [] : text[table].split("\n").map((line): Rule => {
       const end = line.indexOf(" ", 3);
       return { table, chain: line.slice(3, end), spec: line.slice(end + 1) };
     })
@@ -402,8 +403,11 @@ export function renderSync(
 export function renderAdditions(want: RuleLines): Record<Table, string> {
   const out = {} as Record<Table, string>;
   for (const table of TABLES) {
-    const jumps = want.jumps.filter((r) => r.table === table).map((r) => `-I ${r.chain} ${r.spec}`);
-    out[table] = [...jumps, ...want.lines[table]].join("\n");
+    const jumps = want.jumps.filter((r) => r.table === table).map((r) => `-I ${r.chain} ${r.spec}`).join(
+      "\n",
+    );
+    const rules = want.text[table];
+    out[table] = jumps === "" ? rules : rules === "" ? jumps : `${jumps}\n${rules}`;
   }
   return out;
 }
