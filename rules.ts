@@ -52,6 +52,10 @@ export function planForwards(
       const priv = parseAddress(t.privateIp)!;
       const net = connectedNetworkOf(facts.connected, priv);
       const hairpinFrom = net ? formatNetwork(net) : `${priv.text}/${priv.family === 4 ? 32 : 128}`;
+      // The optional fields are the same for every port of the target: made once, not twice per port.
+      const optional: Pick<Forward, "source" | "interface"> = {};
+      if (t.source !== undefined) optional.source = t.source;
+      if (entry.interface !== undefined) optional.interface = entry.interface;
       for (const p of entry.ports) {
         forwards.push({
           family: t.family,
@@ -61,9 +65,8 @@ export function planForwards(
           privateIp: t.privateIp,
           privatePort: p.privatePort,
           count: p.count,
-          ...(t.source === undefined ? {} : { source: t.source }),
-          ...(entry.interface === undefined ? {} : { interface: entry.interface }),
           hairpinFrom,
+          ...optional,
         });
       }
     }
