@@ -14,8 +14,8 @@ export interface RunOptions {
   /** Variables set for this command, on top of the hook's own environment. */
   env?: Record<string, string>;
   /**
-   * Called once the command has all of its stdin (written and closed). Writing is done by the event loop, so a
-   * caller that has CPU work to overlap with the command waits for this first, else the command waits for it.
+   * Called once all of the command's stdin is written (end of file follows). Writing is done by the event loop, so
+   * a caller that has CPU work to overlap with the command waits for this first, else the command waits for it.
    */
   onInput?: () => void;
 }
@@ -63,9 +63,10 @@ export function systemRunner(defaultTimeoutMs = DEFAULT_TIMEOUT_MS): Runner {
           const writer = child.stdin.getWriter();
           // A command that exits early closes its stdin; its exit code tells the story.
           await writer.write(new TextEncoder().encode(options.stdin)).catch(() => {});
+          // The command has its input now; closing it (end of file) can wait for the caller's next await.
+          options.onInput?.();
           await writer.close().catch(() => {});
-        }
-        options.onInput?.();
+        } else options.onInput?.();
         const out = await child.output();
         const decoder = new TextDecoder();
         const stderr = decoder.decode(out.stderr);
