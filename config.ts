@@ -97,51 +97,57 @@ export async function loadParser(): Promise<void> {
   jsonc ??= await import("./lib/jsonc.ts");
 }
 
-/**
- * Whether the first config file among `candidates` has a domain's name in its text: a hint, before validating,
- * that the domain may have forwards. A name spelled with JSON escapes is missed, and a name inside another one is
- * found: the hint only decides what the hook does while it validates, never what it applies.
- */
-export function configMentions(candidates: string[], domain: string): boolean {
+/** The config file as read, once per call: the first of the candidates that exists, or why it cannot be read. */
+export type ConfigSource =
+  | { file: string; text: string }
+  | { file: string; error: string }
+  | { file: string; missing: true };
+
+/** Reads the first config file that exists among `candidates`; synchronously: libvirt waits for the hook. */
+export function readConfigSource(candidates: string[]): ConfigSource {
   for (const file of candidates) {
     try {
-      return domain !== "" && Deno.readTextFileSync(file).includes(domain);
+      return { file, text: Deno.readTextFileSync(file) };
     } catch (err) {
-      if (!(err instanceof Deno.errors.NotFound)) return false;
+      if (err instanceof Deno.errors.NotFound) continue;
+      return { file, error: `Cannot read the config: ${err instanceof Error ? err.message : String(err)}` };
     }
   }
-  return false;
+  return { file: candidates[0] ?? "hooks.jsonc", missing: true };
 }
 
 /**
- * Reads and validates the first config file that exists among `candidates`. With `cacheDir`, a validated config is
- * kept there (on /run, a tmpfs) with the code's identity, the file name, the options and the text it came from,
- * and reused as long as none of them changes.
+ * Whether the config's text has a domain's name in it: a hint, before validating, that the domain may have
+ * forwards. A name spelled with JSON escapes is missed, and a name inside another one is found: the hint only
+ * decides what the hook does while it validates, never what it applies.
+ */
+export function configMentions(source: ConfigSource, domain: string): boolean {
+  return "text" in source && domain !== "" && source.text.includes(domain);
+}
+
+/**
+ * Validates the config read from `candidates` (or the `source` read from them already). With `cacheDir`, a
+ * validated config is kept there (on /run, a tmpfs) with the code's identity, the file name, the options and the
+ * text it came from, and reused as long as none of them changes.
  */
 export async function loadConfig(
   candidates: string[],
   options: ValidateOptions = {},
   cacheDir?: string,
+  source: ConfigSource = readConfigSource(candidates),
 ): Promise<Config> {
-  for (const file of candidates) {
-    let text: string;
-    try {
-      // Synchronous file access on this path: libvirt waits, and each async call costs more than the reading.
-      text = Deno.readTextFileSync(file);
-    } catch (err) {
-      if (err instanceof Deno.errors.NotFound) continue;
-      const message = `Cannot read the config: ${err instanceof Error ? err.message : String(err)}`;
-      return { ...emptyConfig(file, true), broken: true, diagnostics: [fileProblem(file, message)] };
-    }
-    const key = cacheDir === undefined ? undefined : cacheKey(file, options, text);
-    const cached = key === undefined ? undefined : readCache(cacheDir!, key);
-    if (cached) return cached;
-    await loadParser();
-    const config = parseConfig(text, file, options);
-    if (key !== undefined) await writeCache(cacheDir!, key, config);
-    return config;
+  const { file } = source;
+  if ("missing" in source) return emptyConfig(file, false);
+  if ("error" in source) {
+    return { ...emptyConfig(file, true), broken: true, diagnostics: [fileProblem(file, source.error)] };
   }
-  return emptyConfig(candidates[0] ?? "hooks.jsonc", false);
+  const key = cacheDir === undefined ? undefined : cacheKey(file, options, source.text);
+  const cached = key === undefined ? undefined : readCache(cacheDir!, key);
+  if (cached) return cached;
+  await loadParser();
+  const config = parseConfig(source.text, file, options);
+  if (key !== undefined) await writeCache(cacheDir!, key, config);
+  return config;
 }
 
 /** The cache file of this copy of the code, so that two installed forms never evict each other's entry. */

@@ -3,11 +3,13 @@
 import assert from "node:assert/strict";
 import {
   configCandidates,
+  configMentions,
   domainConfig,
   formatDiagnostic,
   loadConfig,
   loadParser,
   parseConfig,
+  readConfigSource,
 } from "./config.ts";
 
 await loadParser();
@@ -221,6 +223,38 @@ Deno.test("parseConfig() reads the old hook's real configs as their README says"
       .replace("$VM_NAME", "vm1").replace("$GUEST_IP", "192.168.122.50");
     assert.deepEqual(parseConfig(text, "13.json").diagnostics, []);
   });
+});
+
+Deno.test("readConfigSource() reads the first config that exists once; loadConfig() and configMentions() use it", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const missing = readConfigSource([`${dir}/hooks.jsonc`, `${dir}/hooks.json`]);
+    assert.deepEqual(missing, { file: `${dir}/hooks.jsonc`, missing: true });
+    assert.equal((await loadConfig([], {}, undefined, missing)).exists, false);
+    await Deno.writeTextFile(
+      `${dir}/hooks.json`,
+      `{"web1": {"private_ip": "10.0.0.1", "port_map": {"tcp": [22]}}}`,
+    );
+    const found = readConfigSource([`${dir}/hooks.jsonc`, `${dir}/hooks.json`]);
+    assert.equal(found.file, `${dir}/hooks.json`);
+    assert.equal(configMentions(found, "web1"), true);
+    assert.equal(configMentions(found, "db"), false);
+    // Validated from what was read, not from the candidates read again.
+    await Deno.remove(`${dir}/hooks.json`);
+    assert.deepEqual([...(await loadConfig([], {}, undefined, found)).domains.keys()], ["web1"]);
+    // A config that cannot be read (here a directory) is broken, said at its file's first line.
+    await Deno.mkdir(`${dir}/hooks.jsonc`);
+    const unreadable = readConfigSource([`${dir}/hooks.jsonc`]);
+    assert.equal(configMentions(unreadable, "web1"), false);
+    const broken = await loadConfig([], {}, undefined, unreadable);
+    assert.equal(broken.broken, true);
+    assert.match(
+      formatDiagnostic(broken.diagnostics[0]!),
+      new RegExp(`^${dir}/hooks\\.jsonc:1:1: Cannot read the config: `),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("loadConfig() reuses a validated config from its cache until the text changes", async () => {

@@ -4,9 +4,11 @@ import {
   type Config,
   configCandidates,
   configMentions,
+  type ConfigSource,
   domainConfig,
   formatDiagnostic,
   loadConfig,
+  readConfigSource,
 } from "../config.ts";
 import { domainHash, type Forward, iptablesTools, planForwards, type Tools } from "../rules.ts";
 import {
@@ -151,9 +153,13 @@ export function tools(deps: Pick<HookDeps, "env">): Record<Family, Tools> {
   return iptablesTools(deps.env("IPTABLES_BINARY") || undefined);
 }
 
-/** Reads the host facts, then the config (using the default addresses to find clashing claims). */
+/**
+ * Reads the host facts, then the config (using the default addresses to find clashing claims); `source`: the
+ * config file read already.
+ */
 export async function loadFor(
   deps: Pick<HookDeps, "facts" | "env" | "problem" | "stateDir">,
+  source?: ConfigSource,
 ): Promise<{ config: Config; facts: HostFacts }> {
   const facts = await deps.facts();
   const defaults: Partial<Record<Family, string>> = {};
@@ -161,11 +167,8 @@ export async function loadFor(
     const found = facts.defaultPublicIp[family];
     if (found && "address" in found) defaults[family] = found.address;
   }
-  const config = await loadConfig(
-    configCandidates(deps.env),
-    { defaultPublicIp: defaults },
-    deps.stateDir,
-  );
+  const candidates = configCandidates(deps.env);
+  const config = await loadConfig(candidates, { defaultPublicIp: defaults }, deps.stateDir, source);
   for (const d of config.diagnostics) deps.problem(formatDiagnostic(d));
   return { config, facts };
 }
@@ -179,11 +182,12 @@ export type InstallResult = "installed" | "absent" | "failed";
  * under the lock from the start, as every read that a write follows.
  */
 export async function install(domain: string, deps: HookDeps, action = "start"): Promise<InstallResult> {
-  if (!configMentions(configCandidates(deps.env), domain)) return await installWith(domain, deps, action);
+  const source = readConfigSource(configCandidates(deps.env));
+  if (!configMentions(source, domain)) return await installWith(domain, deps, action, source);
   return await deps.lock(async () => {
     const reading = (await beginRead(applyDeps(deps), domain, false)).state;
     try {
-      return await installWith(domain, deps, action, reading);
+      return await installWith(domain, deps, action, source, reading);
     } finally {
       // Never left running when we return, whatever path above awaited it or not.
       await reading.catch(() => {});
@@ -191,14 +195,15 @@ export async function install(domain: string, deps: HookDeps, action = "start"):
   });
 }
 
-/** install(), with the firewall's read already under way (and the lock held), or not. */
+/** install(), from the config file as read, with the firewall's read already under way (and the lock held), or not. */
 async function installWith(
   domain: string,
   deps: HookDeps,
   action: string,
+  source: ConfigSource,
   reading?: Promise<FirewallState>,
 ): Promise<InstallResult> {
-  const { config, facts } = await loadFor(deps);
+  const { config, facts } = await loadFor(deps, source);
   const found = domainConfig(config, domain);
   if (found.kind === "absent") return "absent";
   const fail = (why: string) => {
