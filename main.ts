@@ -8,8 +8,15 @@ export async function main(args: string[]): Promise<number> {
   const call = asHookCall(args);
   // The operator commands load what the hook never needs (node:util among them): only when asked for.
   if (!call) return await (await import("./lib/cli.ts")).runCli(args);
-  // libvirt reads the stdout of some hook calls as domain XML: nothing may ever reach it.
-  console.log = console.info = console.debug = console.error;
+  // libvirt reads the stdout of some hook calls as domain XML: nothing may ever reach it. And a line that cannot be
+  // written to stderr (full, closed) must not fail the call: problem() never throws, console.error would.
+  const say = (...parts: unknown[]) => problem(parts.map(String).join(" "));
+  console.log =
+    console.info =
+    console.debug =
+    console.warn =
+    console.error =
+      say;
   try {
     return await runHook(call, systemHookDeps());
   } catch (err) {

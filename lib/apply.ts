@@ -1,6 +1,7 @@
 /** Applies a domain's forwards to the live firewall, all or nothing, with whichever backend fits the host. */
 
 import {
+  carriedDomain,
   CHAIN_PREFIX,
   chainNames,
   domainHash,
@@ -71,6 +72,8 @@ export interface ApplyDeps {
   backend?: typeof BACKENDS[number];
   /** Connected networks, to find the bridge behind each guest address. */
   connected?: ConnectedRoute[];
+  /** Where libvirt keeps its running networks' status (default LIBVIRT_NETWORK_RUN_DIR; tests point elsewhere). */
+  networkRunDir?: string;
   /** A directory on /run where the size of the last full ruleset read is remembered (see readState). */
   hintDir?: string;
   /**
@@ -96,6 +99,13 @@ export interface FirewallState {
   nft: NftLive | undefined;
   /** libvirt's own `firewall_backend` setting, when /etc/libvirt/network.conf has one. */
   libvirtSetting?: string;
+  /** nft was asked for but cannot be run (not installed, not on PATH): nftables could not be read. */
+  nftMissing?: true;
+  /**
+   * The firewall backends libvirt's running networks were set up with (their status files), read only where one
+   * of our programs is missing: what libvirt uses must be known even where we cannot read it.
+   */
+  libvirtBackends?: string[];
   /**
    * The iptables part holds one domain's chains (names only) and the jumps into them, not what is in those
    * chains: enough to remove them (declaring a chain flushes it) or to know that there is nothing of the domain.
@@ -155,7 +165,62 @@ async function readAll(deps: ApplyDeps, domain?: string): Promise<FirewallState>
   const nft = deps.nft === undefined ? Promise.resolve(undefined) : readNft(runner, deps.nft);
   const conf = deps.nft === undefined ? Promise.resolve(undefined) : readNetworkConf();
   const [[v4, v6], n, setting] = await Promise.all([ipt, nft, conf]);
-  return { ipt: { 4: v4, 6: v6 }, nft: n, ...(setting === undefined ? {} : { libvirtSetting: setting }) };
+  const nftMissing = deps.nft !== undefined && n === undefined;
+  const backends = v4 === undefined || nftMissing
+    ? libvirtBackends(deps.networkRunDir ?? LIBVIRT_NETWORK_RUN_DIR)
+    : [];
+  // Without iptables programs, libvirt's iptables chains (iptables-nft's, in `ip filter`) are still seen with nft.
+  if (v4 === undefined && n !== undefined && !backends.includes("iptables")) {
+    if (await hasLibvirtChains(runner, deps.nft!)) backends.push("iptables");
+  }
+  return {
+    ipt: { 4: v4, 6: v6 },
+    nft: n,
+    ...(setting === undefined ? {} : { libvirtSetting: setting }),
+    ...(nftMissing ? { nftMissing } : {}),
+    ...(backends.length > 0 ? { libvirtBackends: backends } : {}),
+  };
+}
+
+/** Whether iptables-nft's `ip filter` table holds libvirt's chains (LIBVIRT_FWI, ...), read with nft. */
+async function hasLibvirtChains(runner: Runner, nft: string): Promise<boolean> {
+  const result = await runner.run([nft, "-j", "list", "chains", "ip"]);
+  if (result.code !== 0) return false;
+  try {
+    return nftItems(result.stdout).some((i) => i.kind === "chain" && String(i.v.name).startsWith("LIBVIRT_"));
+  } catch {
+    return false;
+  }
+}
+
+/** Where libvirt keeps the status of its running networks; each names the firewall backend it was set up with. */
+export const LIBVIRT_NETWORK_RUN_DIR = "/run/libvirt/network";
+
+/**
+ * The firewall backend a libvirt network status file names (`<firewall name=... backend='nftables'>`, written by
+ * libvirt >= 10.4 with the commands that will remove the network's rules), if any.
+ */
+export function parseNetworkStatus(xml: string): string | undefined {
+  return /<firewall\b[^>]*\bbackend=(['"])([a-z]+)\1/.exec(xml)?.[2];
+}
+
+/** The backends of libvirt's running networks, from their status files; synchronously (a few small files). */
+function libvirtBackends(dir: string): string[] {
+  const out = new Set<string>();
+  try {
+    for (const e of Deno.readDirSync(dir)) {
+      if (!e.name.endsWith(".xml")) continue;
+      try {
+        const backend = parseNetworkStatus(Deno.readTextFileSync(`${dir}/${e.name}`));
+        if (backend) out.add(backend);
+      } catch {
+        // A network stopping meanwhile: it has no rules to go by.
+      }
+    }
+  } catch {
+    // No libvirt networks running here.
+  }
+  return [...out].sort();
 }
 
 const NFT_FAMILY: Record<Family, string> = { 4: "ip", 6: "ip6" };
@@ -388,8 +453,38 @@ function libvirtUsesIptables(state: FirewallState): boolean {
   return state.ipt[4]?.libvirt === true || state.ipt[6]?.libvirt === true;
 }
 
+/**
+ * Why a forward could not work here because a program of ours is missing where libvirt's backend needs it, if so:
+ * our accept must go where libvirt rejects (its nftables chain, or ahead of LIBVIRT_FWI in iptables).
+ */
+function missingProgram(state: FirewallState): string | undefined {
+  const says = (backend: string) => [
+    ...(state.libvirtSetting === backend
+      ? [`firewall_backend = "${backend}" in ${LIBVIRT_NETWORK_CONF}`]
+      : []),
+    ...(state.libvirtBackends?.includes(backend) ? [`its running networks use ${backend}`] : []),
+  ];
+  const nftables = says("nftables");
+  if (state.nftMissing && nftables.length > 0) {
+    return `libvirt uses nftables here (${
+      nftables.join("; ")
+    }), but nft is not installed or not on PATH: our ` +
+      "accept cannot go into libvirt's guest_input chain, whose reject would drop every forward; install nftables";
+  }
+  const iptables = says("iptables");
+  if (state.ipt[4] === undefined && iptables.length > 0) {
+    return `libvirt uses iptables here (${
+      iptables.join("; ")
+    }), but iptables-save is not installed or not on ` +
+      "PATH: our accept cannot go ahead of LIBVIRT_FWI's reject; install iptables";
+  }
+  return undefined;
+}
+
 /** Chooses the backend for our rules, or explains why the configured one cannot work here. */
 export function chooseBackend(setting: ApplyDeps["backend"], state: FirewallState): Backend {
+  const missing = missingProgram(state);
+  if (missing) throw new ApplyError(missing);
   // What is live decides first; libvirt's own setting counts while none of its networks runs yet.
   const libvirtNft = state.nft !== undefined &&
     (Object.keys(state.nft.libvirt).length > 0 ||
@@ -594,10 +689,11 @@ function nftSync(
     : nftRemoveDomain(domain, live, false);
   // Without libvirt's nftables chains there is no accept of ours to keep in them.
   if (!live.libvirt[4] && !live.libvirt[6]) return table;
+  // Keyed as the accepts' comments carry the domain, so that a name too long for a comment compares equal.
   const wanted = liveAccepts(live);
   const mine = bridges();
-  if (mine) wanted.set(domain, mine);
-  else wanted.delete(domain);
+  if (mine) wanted.set(carriedDomain(domain), mine);
+  else wanted.delete(carriedDomain(domain));
   return [...table, ...libvirtAccepts(live, wanted)];
 }
 

@@ -4,7 +4,11 @@ import { parseArgs } from "node:util";
 import { type Config, configCandidates, domainConfig, type Entry, formatDiagnostic } from "../config.ts";
 import {
   asLiveForward,
+  carriedDomain,
   describeForward,
+  domainHash,
+  domainLabel,
+  isHashOnly,
   type LiveForward,
   liveForwards,
   planForwards,
@@ -13,7 +17,7 @@ import {
   tokenize,
 } from "../rules.ts";
 import { parseAddress } from "./address.ts";
-import { connectedNetworkOf, type ConnectedRoute } from "./host.ts";
+import { connectedNetworkOf, type HostFacts, type Listener, listenerAt, readListeners } from "./host.ts";
 import { type Backend, chooseBackend, type FirewallState, readState, reassertAccepts } from "./apply.ts";
 import {
   bridgesOf,
@@ -182,7 +186,7 @@ async function check(deps: HookDeps): Promise<number> {
     );
     return 1;
   }
-  const warnings = await hostWarnings(config.domains, facts.connected);
+  const warnings = hostWarnings(config.domains, facts);
   for (const w of warnings) console.error(`${config.file}: warning: ${w}`);
   const errors = config.diagnostics.filter((d) => d.severity === "error").length;
   if (errors > 0) {
@@ -199,7 +203,13 @@ async function check(deps: HookDeps): Promise<number> {
 }
 
 /** Warnings about what validates but will not work on this host. */
-async function hostWarnings(domains: Map<string, Entry[]>, connected: ConnectedRoute[]): Promise<string[]> {
+function hostWarnings(domains: Map<string, Entry[]>, facts: HostFacts): string[] {
+  const { connected } = facts;
+  const defaults: Partial<Record<4 | 6, string>> = {};
+  for (const family of [4, 6] as const) {
+    const found = facts.defaultPublicIp[family];
+    if (found && "address" in found) defaults[family] = found.address;
+  }
   const out: string[] = [];
   let local: Set<string> | undefined;
   try {
@@ -207,7 +217,7 @@ async function hostWarnings(domains: Map<string, Entry[]>, connected: ConnectedR
   } catch {
     // Without the interface list, this check is skipped.
   }
-  const listening = await listeningPorts();
+  const listeners = readListeners();
   for (const entries of domains.values()) {
     for (const e of entries) {
       for (const t of e.targets) {
@@ -225,44 +235,17 @@ async function hostWarnings(domains: Map<string, Entry[]>, connected: ConnectedR
             );
           }
         }
+        const publicIp = parseAddress(t.publicIp ?? defaults[t.family] ?? "");
         for (const p of e.ports) {
-          for (let port = p.publicPort; port < p.publicPort + p.count; port++) {
-            if (listening.has(`${p.protocol} ${port}`)) {
-              out.push(
-                `${e.path}: public ${p.protocol} port ${port} is one the host itself listens on; the forward takes it away from the host`,
-              );
-              break;
-            }
+          const l = publicIp &&
+            listenerAt(listeners, p.protocol, publicIp, p.publicPort, p.publicPort + p.count - 1);
+          if (l) {
+            out.push(
+              `${e.path}: public ${p.protocol} port ${l.port} is one the host itself listens on; the forward takes it away from the host`,
+            );
           }
         }
       }
-    }
-  }
-  return out;
-}
-
-/** The tcp and udp ports something on this host listens on, from /proc/net (no process started). */
-async function listeningPorts(): Promise<Set<string>> {
-  const out = new Set<string>();
-  for (
-    const [file, proto, state] of [
-      ["/proc/net/tcp", "tcp", "0A"],
-      ["/proc/net/tcp6", "tcp", "0A"],
-      ["/proc/net/udp", "udp", "07"],
-      ["/proc/net/udp6", "udp", "07"],
-    ] as const
-  ) {
-    let text = "";
-    try {
-      text = await Deno.readTextFile(file);
-    } catch {
-      continue;
-    }
-    for (const line of text.split("\n").slice(1)) {
-      const f = line.trim().split(/\s+/);
-      if (f[3] !== state) continue;
-      const port = parseInt(f[1]?.split(":")[1] ?? "", 16);
-      if (port) out.add(`${proto} ${port}`);
     }
   }
   return out;
@@ -355,8 +338,11 @@ async function plan(domain: string, deps: HookDeps): Promise<number> {
   return 0;
 }
 
-/** The forwards that are live, by domain, read back from either backend. */
-function forwardsByDomain(state: FirewallState): Map<string, LiveForward[]> {
+/**
+ * The forwards that are live, by domain, read back from either backend. A domain whose name was too long for our
+ * comments is known by its hash only; it gets its name back where one of `names` has that hash.
+ */
+function forwardsByDomain(state: FirewallState, names: Iterable<string>): Map<string, LiveForward[]> {
   const out = new Map<string, LiveForward[]>();
   const add = (domain: string, forwards: LiveForward[] = []) => {
     const list = out.get(domain);
@@ -371,23 +357,33 @@ function forwardsByDomain(state: FirewallState): Map<string, LiveForward[]> {
     for (const r of l.rules) if (r.domain !== undefined) add(r.domain);
     for (const f of liveForwards(l, family)) add(f.domain, [f]);
   }
-  return out;
+  const byHash = new Map<string, string>();
+  for (const name of names) if (isHashOnly(carriedDomain(name))) byHash.set(domainHash(name), name);
+  if (byHash.size === 0) return out;
+  return new Map([...out].map(([domain, forwards]) => [byHash.get(domainHash(domain)) ?? domain, forwards]));
+}
+
+/** The names a domain known only by its hash may have: those of the config, and of the running guests. */
+async function knownNames(config: Config): Promise<string[]> {
+  return [...config.names, ...await runningDomains()];
 }
 
 /** Reads the live firewall and returns its forwards by domain. */
 async function liveByDomain(deps: HookDeps): Promise<Map<string, LiveForward[]>> {
-  return forwardsByDomain(await readState(applyDeps(deps)));
+  const { config } = await loadFor({ ...deps, problem: () => {} });
+  return forwardsByDomain(await readState(applyDeps(deps)), await knownNames(config));
 }
 
 async function status(deps: HookDeps, only: string | undefined, json: boolean): Promise<number> {
   const { config, facts } = await loadFor({ ...deps, problem: () => {} });
   // One read of the firewall serves both the forwards and the backend line.
   const state = await readState(applyDeps(deps, config));
-  const live = forwardsByDomain(state);
+  const live = forwardsByDomain(state, await knownNames(config));
+  const listeners = readListeners();
   const backend = describeBackend(config.settings.backend, state);
   const report = [];
   for (const [domain, forwards] of [...live].sort(([a], [b]) => a.localeCompare(b))) {
-    if (only !== undefined && domain !== only) continue;
+    if (only !== undefined && domain !== only && domainLabel(domain) !== only) continue;
     const found = domainConfig(config, domain);
     const planned = new Set(
       found.kind === "ok"
@@ -396,13 +392,17 @@ async function status(deps: HookDeps, only: string | undefined, json: boolean): 
     );
     const running = await exists(`${runDir()}/${domain}.xml`);
     report.push({
-      domain,
+      domain: domainLabel(domain),
       running,
       inConfig: found.kind !== "absent",
-      forwards: forwards.map((f) => ({
-        forward: describeForward(f),
-        explained: planned.has(describeForward(f)),
-      })),
+      forwards: forwards.map((f) => {
+        const taken = hostListener(f, listeners);
+        return {
+          forward: describeForward(f),
+          explained: planned.has(describeForward(f)),
+          ...(taken ? { takenFromHost: taken } : {}),
+        };
+      }),
     });
   }
   if (json) {
@@ -417,10 +417,22 @@ async function status(deps: HookDeps, only: string | undefined, json: boolean): 
     const notes = [d.running ? "running" : "not running", ...(d.inConfig ? [] : ["not in the config"])];
     console.log(`${d.domain} (${notes.join(", ")})`);
     for (const f of d.forwards) {
-      console.log(`  ${f.forward}${f.explained ? "" : "   <- not explained by the config"}`);
+      const notes = [
+        ...(f.explained ? [] : ["not explained by the config"]),
+        ...(f.takenFromHost ? [`takes from the host a port it listens on (${f.takenFromHost})`] : []),
+      ];
+      console.log(`  ${f.forward}${notes.length ? `   <- ${notes.join("; ")}` : ""}`);
     }
   }
   return 0;
+}
+
+/** The host's own listener a live forward's public port takes over, as `address:port`, if any. */
+function hostListener(f: LiveForward, listeners: Listener[]): string | undefined {
+  const address = parseAddress(f.publicIp);
+  const [first = 0, last = first] = f.publicPorts.split("-").map(Number);
+  const l = address && listenerAt(listeners, f.protocol, address, first, last);
+  return l ? `${l.family === 6 ? `[${l.address}]` : l.address}:${l.port}` : undefined;
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -468,7 +480,7 @@ async function removeAll(deps: HookDeps): Promise<number> {
   const live = await liveByDomain(deps);
   let failed = 0;
   for (const domain of live.keys()) {
-    if (await removeByHand(domain, deps)) console.log(`Removed the forwards of "${domain}"`);
+    if (await removeByHand(domain, deps)) console.log(`Removed the forwards of "${domainLabel(domain)}"`);
     else failed++;
   }
   if (live.size === 0) console.log("No forwards are live.");
@@ -479,7 +491,7 @@ async function reload(deps: HookDeps): Promise<number> {
   const live = await liveByDomain(deps);
   let failed = 0;
   for (const domain of live.keys()) {
-    if (await resync(domain, deps, "reload")) console.log(`Reloaded "${domain}"`);
+    if (await resync(domain, deps, "reload")) console.log(`Reloaded "${domainLabel(domain)}"`);
     else failed++;
   }
   if (live.size === 0) console.log("No forwards are live; nothing to reload.");
@@ -506,8 +518,9 @@ async function heal(deps: HookDeps): Promise<string[]> {
     mended.push("accepts in libvirt's chains");
   }
   if (config.broken) return mended;
-  const live = await liveByDomain(deps);
-  for (const domain of await runningDomains()) {
+  const running = await runningDomains();
+  const live = forwardsByDomain(await readState(applyDeps(deps)), [...config.names, ...running]);
+  for (const domain of running) {
     const found = domainConfig(config, domain);
     if (found.kind !== "ok") continue;
     if (deps.stateDir !== undefined && await exists(removedMarker(deps.stateDir, domain))) continue;

@@ -5,6 +5,7 @@ import {
   configCandidates,
   configMentions,
   type ConfigSource,
+  type Diagnostic,
   domainConfig,
   formatDiagnostic,
   loadConfig,
@@ -21,7 +22,8 @@ import {
 } from "./apply.ts";
 import type { Family } from "./address.ts";
 import { guestInterfaces, xmlKind } from "./domain_xml.ts";
-import type { HostFacts } from "./host.ts";
+import { type HostFacts, type Listener, listenerAt } from "./host.ts";
+import { parseAddress } from "./address.ts";
 import type { Runner } from "./runner.ts";
 
 /** The operations libvirt passes to the qemu hook. */
@@ -78,12 +80,16 @@ export interface HookDeps {
   lock<T>(fn: () => Promise<T>): Promise<T>;
   /** Turns on hairpin mode of a bridge port (the guest's tap), so a guest can reach itself when br_netfilter is on. */
   setHairpin(device: string): Promise<void>;
+  /** The sockets the host itself listens on (a forward of such a public port takes it from the host). */
+  listeners(): Listener[];
   /** Records one action where administrators look (syslog); must never fail or block. */
   log(line: string): void;
   /** The nft program, or undefined to leave nftables alone (hosts without it, tests of the iptables path). */
   nft: string | undefined;
   /** Our directory on /run, if any: the validated config's cache and the busy-ruleset hint live there. */
   stateDir?: string;
+  /** Where libvirt keeps its running networks' status; absent: libvirt's own place. */
+  networkRunDir?: string;
   /** Whether these iptables tools drive nf_tables (iptables-nft); absent: read with iptables-save. */
   nfTables?(tools: Record<Family, Tools>): boolean;
 }
@@ -99,6 +105,7 @@ export function applyDeps(deps: HookDeps, config?: Config, facts?: HostFacts): A
     ...(config ? { backend: config.settings.backend } : {}),
     ...(facts ? { connected: facts.connected } : {}),
     ...(deps.stateDir === undefined ? {} : { hintDir: deps.stateDir }),
+    ...(deps.networkRunDir === undefined ? {} : { networkRunDir: deps.networkRunDir }),
   };
 }
 
@@ -154,12 +161,38 @@ export function tools(deps: Pick<HookDeps, "env">): Record<Family, Tools> {
 }
 
 /**
- * Reads the host facts, then the config (using the default addresses to find clashing claims); `source`: the
- * config file read already.
+ * How many of the config's problems one call for a domain prints: libvirt shows every line in `virsh start`, and a
+ * file with 200 000 clashing entries must not bury the one that matters.
+ */
+export const MAX_PRINTED_PROBLEMS = 20;
+
+/**
+ * Prints the config's problems: for a call about one domain, those that concern it (its own and the file's) first,
+ * and at most MAX_PRINTED_PROBLEMS in all, then how many more there are; without a domain, every one.
+ */
+function printProblems(config: Config, deps: Pick<HookDeps, "problem">, domain?: string): void {
+  const concerns = (d: Diagnostic) => d.domains === undefined || d.domains.includes(domain!);
+  const ordered = domain === undefined
+    ? config.diagnostics
+    : [...config.diagnostics.filter(concerns), ...config.diagnostics.filter((d) => !concerns(d))];
+  const shown = domain === undefined ? ordered : ordered.slice(0, MAX_PRINTED_PROBLEMS);
+  for (const d of shown) deps.problem(formatDiagnostic(d));
+  if (shown.length < ordered.length) {
+    deps.problem(
+      `${config.file}: ${
+        ordered.length - shown.length
+      } more problem(s) not shown; "qemu check" lists them all`,
+    );
+  }
+}
+
+/**
+ * Reads the host facts, then the config (using the default addresses to find clashing claims), and prints its
+ * problems: for a call about one `domain`, those that concern it; `source`: the config file read already.
  */
 export async function loadFor(
   deps: Pick<HookDeps, "facts" | "env" | "problem" | "stateDir">,
-  source?: ConfigSource,
+  { source, domain }: { source?: ConfigSource; domain?: string } = {},
 ): Promise<{ config: Config; facts: HostFacts }> {
   const facts = await deps.facts();
   const defaults: Partial<Record<Family, string>> = {};
@@ -169,7 +202,7 @@ export async function loadFor(
   }
   const candidates = configCandidates(deps.env);
   const config = await loadConfig(candidates, { defaultPublicIp: defaults }, deps.stateDir, source);
-  for (const d of config.diagnostics) deps.problem(formatDiagnostic(d));
+  printProblems(config, deps, domain);
   return { config, facts };
 }
 
@@ -203,7 +236,7 @@ async function installWith(
   source: ConfigSource,
   reading?: Promise<FirewallState>,
 ): Promise<InstallResult> {
-  const { config, facts } = await loadFor(deps, source);
+  const { config, facts } = await loadFor(deps, { source, domain });
   const found = domainConfig(config, domain);
   if (found.kind === "absent") return "absent";
   const fail = (why: string) => {
@@ -224,6 +257,9 @@ async function installWith(
     const changes = reading ? await sync() : await deps.lock(sync);
     await hairpinPorts(domain, plan.forwards, facts, deps);
     deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}`);
+    for (const taken of takenFromHost(plan.forwards, deps.listeners())) {
+      deps.log(`${action} ${domain}: warning: ${taken}`);
+    }
     if (deps.stateDir !== undefined) removeIfThere(removedMarker(deps.stateDir, domain));
     return "installed";
   } catch (err) {
@@ -236,7 +272,7 @@ async function installWith(
  * keeps them as they are when the config cannot be trusted. False when something could not be done.
  */
 export async function resync(domain: string, deps: HookDeps, action: string): Promise<boolean> {
-  const { config, facts } = await loadFor(deps);
+  const { config, facts } = await loadFor(deps, { domain });
   const found = domainConfig(config, domain);
   const keep = (why: string) => {
     deps.problem(`Keeping the live forwards of "${domain}" unchanged: ${why}`);
@@ -244,7 +280,7 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
     return false;
   };
   if (config.broken || found.kind === "invalid") {
-    return keep(`problems in ${config.file}, listed above`);
+    return keep(`problems in ${config.file} (above, or all of them with "qemu check")`);
   }
   let forwards: Forward[] = [];
   if (found.kind === "ok") {
@@ -312,6 +348,26 @@ async function hairpinPorts(domain: string, forwards: Forward[], facts: HostFact
       deps.problem(`Cannot turn on hairpin mode on "${tap.device}" of "${domain}": ${message(err)}`);
     }
   }
+}
+
+/**
+ * The forwards whose public port the host itself listens on, each said as one line: legitimate (a port 22 on an
+ * address of its own for the guest), but a forward on an address sshd listens on locks the administrator out.
+ */
+export function takenFromHost(forwards: Forward[], listeners: Listener[]): string[] {
+  const out: string[] = [];
+  for (const f of forwards) {
+    const last = f.publicPort + f.count - 1;
+    const l = listenerAt(listeners, f.protocol, parseAddress(f.publicIp)!, f.publicPort, last);
+    if (!l) continue;
+    const at = (ip: string, port: number | string) => `${ip.includes(":") ? `[${ip}]` : ip}:${port}`;
+    const ports = f.count === 1 ? `${f.publicPort}` : `${f.publicPort}-${last}`;
+    out.push(
+      `public ${f.protocol} ${at(f.publicIp, ports)} takes from the host a port it listens on ` +
+        `(${at(l.address, l.port)}): connections there now reach the guest, not the host`,
+    );
+  }
+  return out;
 }
 
 function describe(changes: Change[], forwards: Forward[]): string {

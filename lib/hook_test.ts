@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { domainHash } from "../rules.ts";
 import { dedent, FACTS, recordingRunner } from "../test/util.ts";
 import { asHookCall, type HookDeps, runHook } from "./hook.ts";
-import type { HostFacts } from "./host.ts";
+import type { HostFacts, Listener } from "./host.ts";
 import type { CommandResult } from "./runner.ts";
 
 /** Every config file these tests write lives here, removed when the tests end. */
@@ -37,6 +37,7 @@ async function fake(
   configText: string | undefined,
   respond: (argv: string[]) => Partial<CommandResult> = () => ({}),
   facts: HostFacts = FACTS,
+  listeners: Listener[] = [],
 ): Promise<Fake> {
   const dir = await Deno.makeTempDir({ dir: SCRATCH });
   const file = `${dir}/hooks.jsonc`;
@@ -61,6 +62,7 @@ async function fake(
       return Promise.resolve();
     },
     log: (line) => logged.push(line),
+    listeners: () => listeners,
     nft: undefined,
   };
   return {
@@ -320,4 +322,57 @@ Deno.test("runHook() logs one line per action that changed the firewall, or fail
     await runHook(call("web1", "stopped"), f.deps);
     assert.deepEqual(f.logged, []);
   });
+});
+
+Deno.test("runHook() start prints the domain's own problems first, and at most 20 lines in all", async (t) => {
+  // 30 domains with a bad address each, and "late" at the end of the file with its own problem.
+  const bad = Array.from(
+    { length: 30 },
+    (_, i) => `"bad${i}": {"private_ip": "x${i}", "port_map": {"tcp": [1]}},`,
+  );
+  const text = `{\n${bad.join("\n")}\n"late": {"private_ip": "nope", "port_map": {"tcp": [2]}},\n${
+    GOOD.slice(1)
+  }`;
+  await t.step("a domain with a problem of its own sees it first", async () => {
+    const f = await fake(text);
+    assert.equal(await runHook(call("late", "start"), f.deps), 1);
+    assert.match(f.stderr[0]!, /hooks\.jsonc:32:\d+: Not an IP address \(late\.private_ip = "nope"\)$/);
+    assert.equal(f.stderr.length, 20 + 2);
+    assert.match(f.stderr[20]!, /hooks\.jsonc: 12 more problem\(s\) not shown; "qemu check" lists them all$/);
+    assert.match(f.stderr[21]!, /^Cannot apply forwards for "late"/);
+  });
+  await t.step("a valid domain starts, with the same bound on what it prints", async () => {
+    const f = await fake(text);
+    assert.equal(await runHook(call("web1", "start"), f.deps), 0);
+    assert.equal(f.stderr.length, 21);
+    assert.match(f.stderr[20]!, /12 more problem\(s\) not shown/);
+  });
+});
+
+Deno.test("runHook() start logs a public port the host itself listens on, and applies it all the same", async (t) => {
+  const sshd = (address: string): Listener => ({ protocol: "tcp", family: 4, address, port: 2222 });
+  for (
+    const [name, listeners, logged] of [
+      ["listening on any address", [sshd("0.0.0.0")], true],
+      ["listening on the public address", [sshd("203.0.113.1")], true],
+      ["listening on another address only", [sshd("127.0.0.1")], false],
+      ["udp on that port", [{ ...sshd("0.0.0.0"), protocol: "udp" as const }], false],
+    ] as const
+  ) {
+    await t.step(name, async () => {
+      const f = await fake(GOOD, () => ({}), FACTS, [...listeners]);
+      assert.equal(await runHook(call("web1", "start"), f.deps), 0);
+      assert.equal(f.calls.length, 3);
+      const warnings = f.logged.filter((l) => l.includes("warning"));
+      assert.deepEqual(
+        warnings,
+        logged
+          ? [
+            `start web1: warning: public tcp 203.0.113.1:2222 takes from the host a port it listens on ` +
+            `(${listeners[0]!.address}:2222): connections there now reach the guest, not the host`,
+          ]
+          : [],
+      );
+    });
+  }
 });

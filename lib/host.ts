@@ -170,3 +170,61 @@ function popcount(v: bigint): number {
   for (let x = v; x > 0n; x >>= 1n) n += Number(x & 1n);
   return n;
 }
+
+/** A socket this host listens on: tcp in LISTEN, or a bound udp socket; `address` "0.0.0.0"/"::" for any. */
+export interface Listener {
+  protocol: "tcp" | "udp";
+  family: Family;
+  address: string;
+  port: number;
+}
+
+/**
+ * The host's listening sockets, from /proc/net/{tcp,tcp6,udp,udp6} (no process started). Read where a forward's
+ * public port may take a port away from the host itself: sshd on 0.0.0.0:22 and a forward of public port 22.
+ */
+export function readListeners(): Listener[] {
+  return ([
+    ["/proc/net/tcp", "tcp", 4],
+    ["/proc/net/tcp6", "tcp", 6],
+    ["/proc/net/udp", "udp", 4],
+    ["/proc/net/udp6", "udp", 6],
+  ] as const).flatMap(([file, protocol, family]) => parseSockets(readOptional(file), protocol, family));
+}
+
+/** Parses one /proc/net socket table: tcp sockets in LISTEN (state 0A), udp sockets unconnected (07). */
+export function parseSockets(text: string, protocol: "tcp" | "udp", family: Family): Listener[] {
+  const out: Listener[] = [];
+  const listening = protocol === "tcp" ? "0A" : "07";
+  for (const line of text.split("\n").slice(1)) {
+    const [, local = "", , state] = line.trim().split(/\s+/);
+    if (state !== listening) continue;
+    const [hex = "", portHex = ""] = local.split(":");
+    const port = parseInt(portHex, 16);
+    if (!port) continue;
+    // The kernel prints the address as host-order 32-bit words (little-endian here), in hex.
+    let value = 0n;
+    for (let i = 0; i + 8 <= hex.length; i += 8) value = (value << 32n) | le32(hex.slice(i, i + 8));
+    out.push({ protocol, family, address: formatAddress(family, value), port });
+  }
+  return out;
+}
+
+/**
+ * The listener a public address and port range would take away from the host: one bound to that address, or to
+ * any address of its family; an IPv6 socket on any address (`::`) takes IPv4 too, as Linux makes it by default
+ * (dual stack, net.ipv6.bindv6only = 0).
+ */
+export function listenerAt(
+  listeners: Listener[],
+  protocol: string,
+  address: Address,
+  first: number,
+  last: number,
+): Listener | undefined {
+  const any = address.family === 4 ? "0.0.0.0" : "::";
+  return listeners.find((l) =>
+    l.protocol === protocol && l.port >= first && l.port <= last &&
+    ((l.family === address.family && (l.address === any || l.address === address.text)) || l.address === "::")
+  );
+}

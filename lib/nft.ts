@@ -5,6 +5,7 @@ import {
   commentDomain,
   domainHash,
   type Forward,
+  hashOnly,
   type Live,
   type LiveForward,
   ruleComment,
@@ -241,7 +242,7 @@ export function nftRemoveDomain(domain: string, live: NftLive, keepTable: boolea
   const out: string[] = [];
   for (const r of live.rules) {
     const mine = r.jump?.startsWith(`${p}-`) ||
-      (r.comment !== undefined && commentDomain(r.comment) === domain && !r.chain.startsWith(`${p}-`));
+      (r.comment !== undefined && ownerOf(r.comment) === h && !r.chain.startsWith(`${p}-`));
     if (mine) out.push(`delete rule ${t} ${r.chain} handle ${r.handle}`);
   }
   const chains = live.chains.filter((c) => c.startsWith(`${p}-`));
@@ -250,6 +251,12 @@ export function nftRemoveDomain(domain: string, live: NftLive, keepTable: boolea
   for (const m of live.maps) if (m.name.startsWith(`${p}-`)) out.push(`delete map ${t} ${m.name}`);
   for (const s of live.sets) if (s.name.startsWith(`${p}-`)) out.push(`delete set ${t} ${s.name}`);
   return out;
+}
+
+/** The domain hash one of our comments names, if it is ours. */
+function ownerOf(comment: string): string | undefined {
+  const domain = commentDomain(comment);
+  return domain === undefined ? undefined : domainHash(domain);
 }
 
 /** The comment of our accept inside libvirt's chain. */
@@ -369,7 +376,7 @@ export function nftLiveForwards(live: NftLive): LiveForward[] {
   for (const m of live.maps) {
     const match = /^d([0-9a-f]{12})-dnat([46])$/.exec(m.name);
     if (!match) continue;
-    const domain = names.get(match[1]!) ?? `#${match[1]}`;
+    const domain = names.get(match[1]!) ?? hashOnly(match[1]!);
     for (const e of m.elem) {
       const [key, value] = e as [{ concat: unknown[] }, { concat: unknown[] }];
       const [publicIp, protocol, publicPort] = key?.concat ?? [];
@@ -410,7 +417,7 @@ export function nftLiveForwards(live: NftLive): LiveForward[] {
     }
     if (!dnat?.addr || !publicIp || !protocol || !ports) continue;
     out.push({
-      domain: names.get(owner) ?? `#${owner}`,
+      domain: names.get(owner) ?? hashOnly(owner),
       family: dnat.family === "ip6" ? 6 : 4,
       protocol,
       publicIp,

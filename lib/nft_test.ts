@@ -2,7 +2,7 @@
 
 import assert from "node:assert/strict";
 import { loadParser, parseConfig } from "../config.ts";
-import { domainHash, planForwards } from "../rules.ts";
+import { carriedDomain, domainHash, planForwards } from "../rules.ts";
 import { dedent, FACTS } from "../test/util.ts";
 import {
   bridgesOf,
@@ -178,6 +178,18 @@ Deno.test("libvirtAccepts() keeps our accepts in front of libvirt's reject, and 
   });
   await t.step("no libvirt table: nothing", () => {
     assert.deepEqual(libvirtAccepts(emptyNftLive(), wanted), []);
+  });
+  await t.step("a name too long for a comment: carried by its hash, and its accept goes when it goes", () => {
+    const name = "名前".repeat(60);
+    const comment = `libvirt-hook-qemu:1:#${domainHash(name)}:accept`;
+    const l = live([{ handle: 12, comment }, { handle: 10 }]);
+    const read = liveAccepts(l);
+    assert.deepEqual([...read.keys()], [carriedDomain(name)]);
+    // What start writes for it is what is read back: nothing to do while it runs...
+    assert.deepEqual(libvirtAccepts(l, new Map([[carriedDomain(name), { 4: ["virbr0"], 6: [] }]])), []);
+    // ...and its accept is deleted by handle when it stops.
+    read.delete(carriedDomain(name));
+    assert.deepEqual(libvirtAccepts(l, read), ["delete rule ip libvirt_network guest_input handle 12"]);
   });
   await t.step("read back: which domain, which bridge", () => {
     const l = live([{ handle: 12, comment: "libvirt-hook-qemu:1:web1:accept" }]);

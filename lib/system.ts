@@ -2,7 +2,7 @@
 
 import { drivesNfTables } from "./apply.ts";
 import type { HookDeps } from "./hook.ts";
-import { readHostFacts } from "./host.ts";
+import { readHostFacts, readListeners } from "./host.ts";
 import { withLock } from "./lock.ts";
 import { systemRunner } from "./runner.ts";
 
@@ -47,9 +47,18 @@ export function readStdin(): Promise<string> {
 
 const encoder = new TextEncoder();
 
-/** Writes one line to stderr, synchronously, so it is out before any exit. */
+/**
+ * Writes one line to stderr, synchronously, so it is out before any exit. Never throws: with stderr unwritable
+ * (full, closed by its reader) the line is lost, and the call goes on; a throw here would turn reconnect's or
+ * stopped's exit status into a failure, and libvirt kills a running guest whose reconnect fails.
+ */
 export function problem(line: string): void {
-  Deno.stderr.writeSync(encoder.encode(`${line}\n`));
+  try {
+    const bytes = encoder.encode(`${line}\n`);
+    for (let done = 0; done < bytes.length;) done += Deno.stderr.writeSync(bytes.subarray(done));
+  } catch {
+    // Nowhere to say it.
+  }
 }
 
 /** Sends one line to syslog through logger(1), without waiting for it; losing a log line never fails the hook. */
@@ -93,9 +102,12 @@ export function systemHookDeps(): HookDeps {
     facts: readHostFacts,
     lock: (fn) => withLock(fn),
     setHairpin,
+    listeners: readListeners,
     log,
     nft: "nft",
     stateDir: env("LIBVIRT_HOOK_QEMU_STATE_DIR") || STATE_DIR,
+    // Tests only (libvirt never sets it): where the lab keeps network status files.
+    ...(env("LIBVIRT_NETWORK_RUN_DIR") ? { networkRunDir: env("LIBVIRT_NETWORK_RUN_DIR")! } : {}),
     nfTables: (tools) => drivesNfTables(tools, env("PATH")),
   };
 }
