@@ -220,6 +220,12 @@ function hostWarnings(domains: Map<string, Entry[]>, facts: HostFacts): string[]
   const listeners = readListeners();
   for (const entries of domains.values()) {
     for (const e of entries) {
+      if (e.interface !== undefined && !interfaceExists(e.interface)) {
+        out.push(
+          `${e.path}: interface ${e.interface} does not exist on this host (is its libvirt network started?); ` +
+            "the forwards accept only what leaves through it",
+        );
+      }
       for (const t of e.targets) {
         if (t.publicIp && local && !local.has(t.publicIp)) {
           out.push(
@@ -249,6 +255,17 @@ function hostWarnings(domains: Map<string, Entry[]>, facts: HostFacts): string[]
     }
   }
   return out;
+}
+
+/** Whether a network interface of that name exists here (/sys/class/net lists every one, addressed or not). */
+function interfaceExists(name: string): boolean {
+  try {
+    Deno.statSync(`/sys/class/net/${name}`);
+    return true;
+  } catch (err) {
+    // Only a name that is surely not there is reported; without access to /sys, nothing is said.
+    return !(err instanceof Deno.errors.NotFound);
+  }
 }
 
 /** libvirt's chains as if none of our accepts were in them, so plan shows the accepts start would add. */

@@ -437,6 +437,7 @@ Deno.test({
       const config = await tempConfig(`{
   "a": { "interface": "virbr0", "private_ip": "10.9.9.9", "public_ip": "${A.hostPub4}", "port_map": { "tcp": [[2222, 22]] } },
   "b": { "private_ip": "${A.g2v4}", "public_ip": "198.51.100.77", "port_map": { "tcp": [[2223, 22]] } },
+  "c": { "interface": "virbr9", "private_ip": "${A.g2v4}", "port_map": { "tcp": [[2224, 22]] } },
 }`);
       const r = await cliIn(lab.ns.host, ["check", "--config", config]);
       assert.equal(r.code, 0, r.stderr);
@@ -444,8 +445,10 @@ Deno.test({
         `${config}: warning: a: private_ip 10.9.9.9 is outside the networks of interface virbr0`,
         `${config}: warning: a: public tcp port 2222 is one the host itself listens on; the forward takes it away from the host`,
         `${config}: warning: b: public_ip 198.51.100.77 is not an address of this host; nothing will arrive there`,
+        `${config}: warning: c: interface virbr9 does not exist on this host (is its libvirt network started?); ` +
+        "the forwards accept only what leaves through it",
       ]);
-      assert.match(r.stdout, /: OK, 2 domain\(s\); firewall backend: iptables/);
+      assert.match(r.stdout, /: OK, 3 domain\(s\); firewall backend: iptables/);
     } finally {
       await lab.close();
     }
