@@ -16,7 +16,7 @@ export interface Forward {
   count: number;
   /** Only this address or network may use the forward. */
   source?: string;
-  /** The guest's bridge: the FORWARD accept matches it as outgoing interface. */
+  /** The guest's bridge: where our accept in libvirt's nftables chain matches, and hairpin mode is set. */
   interface?: string;
   /** Sources masqueraded when they reach the forward through the public address (hairpin). */
   hairpinFrom: string;
@@ -231,7 +231,7 @@ export function ruleLines(domain: string, forwards: Forward[]): RuleLines {
       : `[${f.privateIp}]:${f.privatePort}`;
     dnat.push(p.dnat, publicPorts, p.dnatTo, to, "\n");
     snat.push(p.snat, privatePorts, p.translated, publicPorts, p.snatTail, "\n");
-    fwd.push(p.fwd, privatePorts, p.translated, publicPorts, p.fwdTail, "\n");
+    fwd.push(p.fwd, publicPorts, p.fwdReply, privatePorts, p.fwdTail, "\n");
   }
   // Every line ends with a newline; the text has none at its end.
   snat[snat.length - 1] = "";
@@ -276,13 +276,15 @@ function commonParts(f: Forward, c: ReturnType<typeof chainNames>, comment: stri
   const priv = `${f.privateIp}${host}`;
   const proto = `-p ${f.protocol} -m ${f.protocol}`;
   const source = f.source === undefined ? "" : ` -s ${f.source}`;
-  const out = f.interface === undefined ? "" : ` -o ${f.interface}`;
   return {
     dnat: `-A ${c.dnat} -d ${pub}${source} ${proto} --dport `,
     dnatTo: ` ${comment} -j DNAT --to-destination `,
     snat: `-A ${c.snat} -s ${f.hairpinFrom} -d ${priv} ${proto} --dport `,
     snatTail: ` ${comment} -j MASQUERADE`,
-    fwd: `-A ${c.fwd} -d ${priv}${out} ${proto} --dport `,
+    // The whole connection, both directions: conntrack's tuples pin it to this forward (the client's packets to
+    // the guest and the guest's replies), so it passes a FORWARD whose policy drops everything else.
+    fwd: `-A ${c.fwd} -p ${f.protocol} -m conntrack --ctstate DNAT --ctorigdst ${pub} --ctorigdstport `,
+    fwdReply: ` --ctreplsrc ${priv} --ctreplsrcport `,
     fwdTail: ` ${comment} -j ACCEPT`,
     translated: ` -m conntrack --ctstate DNAT --ctorigdst ${pub} --ctorigdstport `,
   };
@@ -300,6 +302,8 @@ export interface LiveRule {
   domain?: string;
   /** Its nftables handle, where it was read with nft (iptables-nft): what deletes exactly this rule. */
   handle?: number;
+  /** A jump below a rule of other software in its built-in chain: no longer ahead of it (see Live). */
+  buried?: true;
 }
 
 /** What of ours is live in one family: our chains by table and the rules that concern them. */
@@ -308,6 +312,11 @@ export interface Live {
   rules: LiveRule[];
   /** Whether libvirt's own chains (LIBVIRT_*) are there: libvirt uses its iptables backend. */
   libvirt?: boolean;
+  /**
+   * iptables' own filter FORWARD, where it exists: a gate every forwarded connection passes (Docker, ufw and an
+   * administrator's rules live there, often with policy DROP), so our accept goes into it on either backend.
+   */
+  forward?: { policy: string };
   /** How much of the text read was other software's (bytes): what makes a host busy, whatever our own N. */
   foreignBytes?: number;
 }
@@ -316,15 +325,21 @@ export interface Live {
 export function parseSave(text: string): Live {
   const live: Live = { chains: [], rules: [] };
   let table = "", foreign = 0;
+  // The built-in chains of ours where a rule of other software came first: a jump of ours after it is buried.
+  const foreignFirst = new Set<string>();
   for (const line of text.split("\n")) {
     if (line.startsWith("*")) {
       table = line.slice(1).trim();
       continue;
     }
     if (line.startsWith(":LIBVIRT_")) live.libvirt = true;
+    if (table === "filter" && line.startsWith(":FORWARD ")) {
+      live.forward = { policy: line.split(" ")[1] ?? "" };
+    }
     // Cheap filter first: on a busy host almost every line is someone else's.
     if (!line.includes(CHAIN_PREFIX) && !line.includes(COMMENT_TAG)) {
       foreign += line.length + 1;
+      if (line.startsWith("-A ")) foreignFirst.add(`${table} ${line.slice(3, line.indexOf(" ", 3))}`);
       continue;
     }
     if (line.startsWith(":")) {
@@ -351,7 +366,18 @@ export function parseSave(text: string): Live {
     const domain = comment === undefined ? undefined : commentDomain(comment);
     const owner = (target === undefined ? undefined : chainOwner(target)) ??
       (domain === undefined ? undefined : domainHash(domain));
-    if (owner) live.rules.push({ table, chain, spec, owner, ...(domain === undefined ? {} : { domain }) });
+    if (!owner) {
+      foreignFirst.add(`${table} ${chain}`);
+      continue;
+    }
+    live.rules.push({
+      table,
+      chain,
+      spec,
+      owner,
+      ...(domain === undefined ? {} : { domain }),
+      ...(foreignFirst.has(`${table} ${chain}`) ? { buried: true as const } : {}),
+    });
   }
   live.foreignBytes = foreign;
   return live;
@@ -396,6 +422,7 @@ export function listingsToSave(listings: { table: string; text: string }[]): str
     for (const l of listings.filter((x) => x.table === table)) {
       for (const line of l.text.split("\n")) {
         if (line.startsWith("-N ")) out.push(`:${line.slice(3).trim()} - [0:0]`);
+        else if (line.startsWith("-P ")) out.push(`:${line.slice(3).trim()} [0:0]`);
         else if (line.startsWith("-A ")) {
           out.push(line);
           const libvirt = / -j (LIBVIRT_\w+)/.exec(line)?.[1];

@@ -41,6 +41,8 @@ Deno.test("renderSync() renders the example config as one iptables-restore batch
   const c = "-m comment --comment libvirt-hook-qemu:1:web1";
   const ct = (port: string) =>
     `-m conntrack --ctstate DNAT --ctorigdst 203.0.113.7/32 --ctorigdstport ${port}`;
+  // The accept pins the whole connection, both directions: where it was addressed, and who answers.
+  const reply = (port: string) => `--ctreplsrc 192.168.122.10/32 --ctreplsrcport ${port}`;
   assert.equal(
     renderSync("web1", forwards, { chains: [], rules: [] }),
     dedent(`
@@ -70,12 +72,10 @@ Deno.test("renderSync() renders the example config as one iptables-restore batch
       *filter
       :LVH-${h}-FWD - [0:0]
       -I FORWARD ${c} -j LVH-${h}-FWD
-      -A LVH-${h}-FWD -d 192.168.122.10/32 -o virbr0 -p tcp -m tcp --dport 22 ${ct("2222")} ${c} -j ACCEPT
-      -A LVH-${h}-FWD -d 192.168.122.10/32 -o virbr0 -p tcp -m tcp --dport 443 ${ct("443")} ${c} -j ACCEPT
-      -A LVH-${h}-FWD -d 192.168.122.10/32 -o virbr0 -p udp -m udp --dport 51820 ${ct("51820")} ${c} -j ACCEPT
-      -A LVH-${h}-FWD -d 192.168.122.10/32 -o virbr0 -p udp -m udp --dport 30000:30099 ${
-      ct("30000:30099")
-    } ${c} -j ACCEPT
+      -A LVH-${h}-FWD -p tcp ${ct("2222")} ${reply("22")} ${c} -j ACCEPT
+      -A LVH-${h}-FWD -p tcp ${ct("443")} ${reply("443")} ${c} -j ACCEPT
+      -A LVH-${h}-FWD -p udp ${ct("51820")} ${reply("51820")} ${c} -j ACCEPT
+      -A LVH-${h}-FWD -p udp ${ct("30000:30099")} ${reply("30000:30099")} ${c} -j ACCEPT
       COMMIT
     `),
   );
@@ -334,7 +334,7 @@ Deno.test("renderSync() renders IPv6 forwards for ip6tables-restore", () => {
       *filter
       :LVH-${h}-FWD - [0:0]
       -I FORWARD ${c} -j LVH-${h}-FWD
-      -A LVH-${h}-FWD -d fd00:122::10/128 -p tcp -m tcp --dport 22 ${ct} ${c} -j ACCEPT
+      -A LVH-${h}-FWD -p tcp ${ct} --ctreplsrc fd00:122::10/128 --ctreplsrcport 22 ${c} -j ACCEPT
       COMMIT
     `),
   );

@@ -329,11 +329,18 @@ export function ownChainsAndJumps(
     const name = String(v.name);
     if (name.startsWith("LIBVIRT_")) out[family].libvirt = true;
     if (name.startsWith(ours)) out[family].chains.push({ table: String(v.table), chain: name, owner });
+    if (v.table === "filter" && name === "FORWARD") {
+      out[family].forward = { policy: String(v.policy ?? "accept").toUpperCase() };
+    }
   }
+  // A rule that is not a jump into chains of ours, ahead of one that is, buries it (see LiveRule).
+  const foreignFirst = new Set<string>();
   for (const { kind, v, family } of listings.flatMap(iptablesItems)) {
     if (kind !== "rule") continue;
-    for (const e of (v.expr ?? []) as { jump?: { target?: string } }[]) {
-      const target = e.jump?.target;
+    const where = `${family} ${v.table} ${v.chain}`;
+    const targets = ((v.expr ?? []) as { jump?: { target?: string } }[]).map((e) => e.jump?.target);
+    if (!targets.some((t) => t?.startsWith(CHAIN_PREFIX))) foreignFirst.add(where);
+    for (const target of targets) {
       if (target === undefined || !target.startsWith(ours)) continue;
       out[family].rules.push({
         table: String(v.table),
@@ -342,6 +349,7 @@ export function ownChainsAndJumps(
         owner,
         domain,
         ...(typeof v.handle === "number" ? { handle: v.handle } : {}),
+        ...(foreignFirst.has(where) ? { buried: true as const } : {}),
       });
     }
   }
@@ -594,6 +602,17 @@ async function removeAtOnce(domain: string, state: FirewallState, deps: ApplyDep
   return changes;
 }
 
+/** The filter part of a domain's rules (its accepts, `count` of them): what iptables' FORWARD gets of them. */
+function filterOnly(rules: RuleLines, count: number): Built[Family] {
+  const filter: RuleLines = {
+    chains: rules.chains.filter((c) => c.table === "filter"),
+    jumps: rules.jumps.filter((j) => j.table === "filter"),
+    text: { nat: "", filter: rules.text.filter },
+    count,
+  };
+  return { rules: filter, additions: renderAdditions(filter) };
+}
+
 /** The iptables rules of a domain's forwards, per family, and the batch lines that add them. */
 type Built = Record<
   Family,
@@ -615,16 +634,21 @@ async function syncState(
   const batches: { family: Family; text: string; change: Change }[] = [];
   const before: Partial<Record<Family, Live>> = {};
   for (const family of FAMILIES) {
-    const wanted = backend === "iptables" ? forwards.filter((f) => f.family === family) : [];
     const all = state.ipt[family];
+    // On the nftables backend, iptables' own FORWARD still gets our accept where it exists: it is a gate every
+    // forwarded connection passes (Docker, ufw, an administrator's iptables rules), whatever libvirt uses.
+    const iptables = backend === "iptables" ? "all" : all?.forward ? "filter" : "none";
+    const wanted = iptables === "none" ? [] : forwards.filter((f) => f.family === family);
     if (!all) {
       if (wanted.length > 0) throw new ApplyError(`${deps.tools[family].save[0]} is not installed`);
       continue;
     }
     const mine = liveOf(all, domain);
     before[family] = mine;
-    const added = backend === "iptables"
+    const added = iptables === "all"
       ? built[family]
+      : iptables === "filter"
+      ? filterOnly(built[family].rules, wanted.length)
       : { rules: ruleLines(domain, []), additions: undefined };
     const text = renderSync(domain, wanted, mine, added.rules, added.additions);
     if (text === undefined) continue;
@@ -746,15 +770,12 @@ export function liveBridges(
       if (r.table !== "filter" || !r.chain.endsWith("-FWD") || domain === undefined) continue;
       const t = tokenize(r.spec);
       const at = (flag: string) => (t.includes(flag) ? t[t.indexOf(flag) + 1] : undefined);
-      const privateIp = at("-d")?.replace(/\/\d+$/, "");
+      // The guest's address; its bridge is the device of its connected network (an accept holds no interface).
+      const privateIp = at("--ctreplsrc")?.replace(/\/\d+$/, "");
       if (!privateIp) continue;
-      const interfaceName = at("-o");
-      const forward = {
-        family,
-        privateIp,
-        ...(interfaceName ? { interface: interfaceName } : {}),
-      } as Forward;
-      for (const b of bridgesOf([forward], connected)[family]) add(domain, family, b);
+      for (const b of bridgesOf([{ family, privateIp } as Forward], connected)[family]) {
+        add(domain, family, b);
+      }
     }
   }
   for (const [domain, bridges] of state.nft ? nftBridges(state.nft) : []) {

@@ -8,9 +8,11 @@ import {
   describeForward,
   domainHash,
   domainLabel,
+  type Forward,
   isHashOnly,
   type LiveForward,
   liveForwards,
+  liveOf,
   planForwards,
   renderSync,
   ruleLines,
@@ -536,7 +538,8 @@ async function heal(deps: HookDeps): Promise<string[]> {
   }
   if (config.broken) return mended;
   const running = await runningDomains();
-  const live = forwardsByDomain(await readState(applyDeps(deps)), [...config.names, ...running]);
+  const state = await readState(applyDeps(deps));
+  const live = forwardsByDomain(state, [...config.names, ...running]);
   for (const domain of running) {
     const found = domainConfig(config, domain);
     if (found.kind !== "ok") continue;
@@ -545,13 +548,29 @@ async function heal(deps: HookDeps): Promise<string[]> {
     if (planned.problems.length > 0) continue;
     const want = planned.forwards.map((f) => describeForward(asLiveForward(domain, f))).sort().join("\n");
     const have = (live.get(domain) ?? []).map(describeForward).sort().join("\n");
-    if (want === have) continue;
+    if (want === have && !acceptMisplaced(state, domain, planned.forwards)) continue;
     const xml = await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => "");
     if (await install(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "watch") === "installed") {
       mended.push(domain);
     }
   }
   return mended;
+}
+
+/**
+ * Whether a domain's forwards are live but its accept is not where it must be: iptables' FORWARD appeared since
+ * (Docker or ufw started) without our accept in it, or another tool put its rules ahead of our jumps (libvirt and
+ * firewalld insert theirs at the top when they reload).
+ */
+export function acceptMisplaced(state: FirewallState, domain: string, forwards: Forward[]): boolean {
+  return ([4, 6] as const).some((family) => {
+    const live = state.ipt[family];
+    if (!live || !forwards.some((f) => f.family === family)) return false;
+    const mine = liveOf(live, domain);
+    if (mine.rules.some((r) => r.buried)) return true;
+    return live.forward !== undefined &&
+      !mine.rules.some((r) => r.table === "filter" && r.chain === "FORWARD");
+  });
 }
 
 async function runningDomains(): Promise<string[]> {
