@@ -43,6 +43,7 @@ import {
   parseNftJson,
 } from "./nft.ts";
 import { CommandError, oneLine, type Runner } from "./runner.ts";
+import { type BaseChain, type ForeignGate, forwardHooks, gateKind } from "./gates.ts";
 
 /** What one sync changed in one backend. */
 export interface Change {
@@ -278,6 +279,7 @@ async function readAtOnce(
   const ipt = ownChainsAndJumps(chains, rest, domain);
   const nftLive = emptyNftLive();
   for (const items of rest) addNftItems(items, nftLive);
+  nftLive.hooks = forwardHooks(chains);
   return {
     ipt,
     nft: nftLive,
@@ -439,10 +441,12 @@ async function remember(dir: string, hint: string, bytes: number): Promise<void>
 async function readNft(runner: Runner, nft: string): Promise<NftLive | undefined> {
   // Three targeted looks, concurrently. Not `nft list tables`: that fetches the whole ruleset first, 100 ms on a
   // host with 10 000 rules of other software, where listing one table or chain takes 3 ms.
+  // `list chains` names the gates: every base chain at the forward hook, whatever its table.
   const lists = [
     ["list", "table", "inet", NFT_TABLE],
     ["list", "chain", "ip", LIBVIRT_TABLE, LIBVIRT_CHAIN],
     ["list", "chain", "ip6", LIBVIRT_TABLE, LIBVIRT_CHAIN],
+    ["list", "chains"],
   ];
   const results = await Promise.all(lists.map((l) => runner.run([nft, "-j", ...l])));
   if (results.some((r) => r.code === 127)) return undefined;
@@ -451,7 +455,8 @@ async function readNft(runner: Runner, nft: string): Promise<NftLive | undefined
     // A table or chain that does not exist is simply not there.
     if (r.code !== 0 && /No such file or directory/.test(r.stderr)) return;
     if (r.code !== 0) throw new CommandError([nft, "-j", ...lists[i]!], r);
-    parseNftJson(r.stdout, live);
+    if (i === lists.length - 1) live.hooks = forwardHooks(nftItems(r.stdout));
+    else parseNftJson(r.stdout, live);
   });
   return live;
 }
@@ -799,4 +804,39 @@ export async function reassertAccepts(deps: ApplyDeps): Promise<number> {
     throw new ApplyError(`nft failed: ${oneLine(result.stderr) || `exit ${result.code}`}`);
   }
   return commands.length;
+}
+
+/**
+ * The gates no one opens for us (another program's or an administrator's base chains at the forward hook), with
+ * their tables' rules; `hooks`: the base chains read already (every read lists them), else they are listed here.
+ * No process at all where there are none: the common case.
+ */
+export async function foreignGates(deps: ApplyDeps, hooks?: BaseChain[]): Promise<ForeignGate[]> {
+  if (deps.nft === undefined) return [];
+  if (hooks === undefined) {
+    const listed = await deps.runner.run([deps.nft, "-j", "list", "chains"]);
+    if (listed.code !== 0) return [];
+    hooks = forwardHooks(nftItems(listed.stdout));
+  }
+  const foreign = hooks.filter((h) => gateKind(h, [], NFT_TABLE, LIBVIRT_TABLE) === "foreign");
+  if (foreign.length === 0) return [];
+  const tables = [...new Set(foreign.map((g) => `${g.family} ${g.table}`))];
+  const result = await deps.runner.run([deps.nft, "-j", "-i"], {
+    stdin: tables.map((t) => `list table ${t}`).join("\n") + "\n",
+    env: { HOME: "/dev/null" },
+  });
+  const answered = parseInteractive(result.stdout, result.stderr);
+  const items = (answered?.docs ?? []).flatMap((doc) => {
+    try {
+      return nftItems(doc);
+    } catch {
+      return [];
+    }
+  });
+  return foreign.map((gate) => ({
+    gate,
+    items: items.filter((i) =>
+      i.v.family === gate.family && (i.v.table === gate.table || i.v.name === gate.table)
+    ),
+  }));
 }

@@ -1,7 +1,14 @@
 /** The operator commands: check, plan, status, apply, remove, reload, migrate-legacy, watch. */
 
 import { parseArgs } from "node:util";
-import { type Config, configCandidates, domainConfig, type Entry, formatDiagnostic } from "../config.ts";
+import {
+  type Config,
+  configCandidates,
+  domainConfig,
+  type Entry,
+  formatDiagnostic,
+  jsonPath,
+} from "../config.ts";
 import {
   asLiveForward,
   carriedDomain,
@@ -19,8 +26,23 @@ import {
   tokenize,
 } from "../rules.ts";
 import { parseAddress } from "./address.ts";
-import { connectedNetworkOf, type HostFacts, type Listener, listenerAt, readListeners } from "./host.ts";
-import { type Backend, chooseBackend, type FirewallState, readState, reassertAccepts } from "./apply.ts";
+import {
+  connectedNetworkOf,
+  type ConnectedRoute,
+  type HostFacts,
+  type Listener,
+  listenerAt,
+  readListeners,
+} from "./host.ts";
+import { blockedNote, blockers, gateName, type Packet } from "./gates.ts";
+import {
+  type Backend,
+  chooseBackend,
+  type FirewallState,
+  foreignGates,
+  readState,
+  reassertAccepts,
+} from "./apply.ts";
 import {
   bridgesOf,
   libvirtAccepts,
@@ -31,6 +53,7 @@ import {
 } from "./nft.ts";
 import {
   applyDeps,
+  gateLines,
   type HookDeps,
   install,
   loadFor,
@@ -189,6 +212,13 @@ async function check(deps: HookDeps): Promise<number> {
     return 1;
   }
   const warnings = hostWarnings(config.domains, facts);
+  const gates = await foreignGates(applyDeps(deps, config)).catch(() => []);
+  for (const [domain, entries] of config.domains) {
+    const { forwards } = planForwards(entries, facts);
+    for (const line of gateLines(forwards, gates, facts.connected)) {
+      warnings.push(`${jsonPath("", domain)}: ${line}`);
+    }
+  }
   for (const w of warnings) console.error(`${config.file}: warning: ${w}`);
   const errors = config.diagnostics.filter((d) => d.severity === "error").length;
   if (errors > 0) {
@@ -399,6 +429,7 @@ async function status(deps: HookDeps, only: string | undefined, json: boolean): 
   const state = await readState(applyDeps(deps, config));
   const live = forwardsByDomain(state, await knownNames(config));
   const listeners = readListeners();
+  const gates = await foreignGates(applyDeps(deps, config), state.nft?.hooks);
   const backend = describeBackend(config.settings.backend, state);
   const report = [];
   for (const [domain, forwards] of [...live].sort(([a], [b]) => a.localeCompare(b))) {
@@ -416,10 +447,12 @@ async function status(deps: HookDeps, only: string | undefined, json: boolean): 
       inConfig: found.kind !== "absent",
       forwards: forwards.map((f) => {
         const taken = hostListener(f, listeners);
+        const blocked = blockers(gates, livePacket(f, facts.connected)).map(blockedNote);
         return {
           forward: describeForward(f),
           explained: planned.has(describeForward(f)),
           ...(taken ? { takenFromHost: taken } : {}),
+          ...(blocked.length ? { blocked } : {}),
         };
       }),
     });
@@ -429,6 +462,11 @@ async function status(deps: HookDeps, only: string | undefined, json: boolean): 
     return 0;
   }
   console.log(`Firewall backend: ${backend}`);
+  for (const g of gates) {
+    console.log(
+      `Gate not ours to open: ${gateName(g.gate)} (priority ${g.gate.prio}, policy ${g.gate.policy})`,
+    );
+  }
   if (report.length === 0) {
     console.log(only === undefined ? "No forwards are live." : `No forwards are live for "${only}".`);
   }
@@ -439,11 +477,24 @@ async function status(deps: HookDeps, only: string | undefined, json: boolean): 
       const notes = [
         ...(f.explained ? [] : ["not explained by the config"]),
         ...(f.takenFromHost ? [`takes from the host a port it listens on (${f.takenFromHost})`] : []),
+        ...(f.blocked ?? []),
       ];
       console.log(`  ${f.forward}${notes.length ? `   <- ${notes.join("; ")}` : ""}`);
     }
   }
   return 0;
+}
+
+/** The first packet of a live forward's connections, as a gate at the forward hook sees it. */
+function livePacket(f: LiveForward, connected: ConnectedRoute[]): Packet {
+  const oif = bridgesOf([{ family: f.family, privateIp: f.privateIp } as Forward], connected)[f.family][0];
+  return {
+    family: f.family,
+    protocol: f.protocol,
+    daddr: f.privateIp,
+    dport: Number(f.privatePorts.split("-")[0]),
+    ...(oif === undefined ? {} : { oif }),
+  };
 }
 
 /** The host's own listener a live forward's public port takes over, as `address:port`, if any. */

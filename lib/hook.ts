@@ -17,12 +17,23 @@ import {
   beginRead,
   type Change,
   type FirewallState,
+  foreignGates,
   reassertAccepts,
   syncDomain,
 } from "./apply.ts";
 import type { Family } from "./address.ts";
 import { guestInterfaces, xmlKind } from "./domain_xml.ts";
-import { type HostFacts, type Listener, listenerAt } from "./host.ts";
+import { type ConnectedRoute, type HostFacts, type Listener, listenerAt } from "./host.ts";
+import {
+  type BaseChain,
+  type Blocker,
+  blockers,
+  describeBlocker,
+  type ForeignGate,
+  gateName,
+  type Packet,
+} from "./gates.ts";
+import { bridgesOf } from "./nft.ts";
 import { parseAddress } from "./address.ts";
 import type { Runner } from "./runner.ts";
 
@@ -257,9 +268,12 @@ async function installWith(
     const changes = reading ? await sync() : await deps.lock(sync);
     await hairpinPorts(domain, plan.forwards, facts, deps);
     deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}`);
-    for (const taken of takenFromHost(plan.forwards, deps.listeners())) {
-      deps.log(`${action} ${domain}: warning: ${taken}`);
-    }
+    const hooks = reading ? (await reading).nft?.hooks : undefined;
+    const warnings = [
+      ...takenFromHost(plan.forwards, deps.listeners()),
+      ...await gateWarnings(plan.forwards, deps, facts, hooks),
+    ];
+    for (const w of warnings) deps.log(`${action} ${domain}: warning: ${w}`);
     if (deps.stateDir !== undefined) removeIfThere(removedMarker(deps.stateDir, domain));
     return "installed";
   } catch (err) {
@@ -368,6 +382,52 @@ export function takenFromHost(forwards: Forward[], listeners: Listener[]): strin
     );
   }
   return out;
+}
+
+/** The first packet of a forward's connections, as a gate at the forward hook sees it (after our DNAT). */
+export function packetOf(f: Forward, connected: ConnectedRoute[]): Packet {
+  const oif = bridgesOf([f], connected)[f.family][0];
+  return {
+    family: f.family,
+    protocol: f.protocol,
+    daddr: f.privateIp,
+    dport: f.privatePort,
+    ...(oif === undefined ? {} : { oif }),
+  };
+}
+
+/**
+ * One line per gate no one opens for us that drops (or may drop) some of these forwards: the guest still starts,
+ * but a forward that says OK and carries nothing must never go unsaid. Reads gates only where there are some.
+ */
+export async function gateWarnings(
+  forwards: Forward[],
+  deps: HookDeps,
+  facts: HostFacts,
+  hooks?: BaseChain[],
+): Promise<string[]> {
+  try {
+    return gateLines(forwards, await foreignGates(applyDeps(deps), hooks), facts.connected);
+  } catch {
+    return [];
+  }
+}
+
+/** One line per gate among `gates` that stops some of `forwards`: how many, where, why, and what opens it. */
+export function gateLines(forwards: Forward[], gates: ForeignGate[], connected: ConnectedRoute[]): string[] {
+  if (gates.length === 0) return [];
+  const byGate = new Map<string, { blocker: Blocker; count: number }>();
+  for (const f of forwards) {
+    for (const b of blockers(gates, packetOf(f, connected))) {
+      const key = gateName(b.gate);
+      const seen = byGate.get(key);
+      if (seen) seen.count++;
+      else byGate.set(key, { blocker: b, count: 1 });
+    }
+  }
+  return [...byGate.values()].map(({ blocker, count }) =>
+    `${count} of ${forwards.length} forward(s) ${describeBlocker(blocker)}`
+  );
 }
 
 function describe(changes: Change[], forwards: Forward[]): string {

@@ -287,11 +287,12 @@ Deno.test("runHook() serves as the network hook when stdin holds <hookData>", as
   await t.step("started reads what is live, to put our accepts back in libvirt's chains", async () => {
     const { f, run } = await network("started", "nft");
     assert.equal(await run(), 0);
-    // No table of libvirt's nor of ours: three targeted looks, nothing to write.
+    // No table of libvirt's nor of ours: targeted looks (and the gates), nothing to write.
     assert.deepEqual(f.calls.slice(2).map((c) => c.slice(2).join(" ")), [
       "list table inet libvirt_hook_qemu",
       "list chain ip libvirt_network guest_input",
       "list chain ip6 libvirt_network guest_input",
+      "list chains",
     ]);
     assert.deepEqual(f.stderr, []);
   });

@@ -11,6 +11,7 @@ import {
   ruleComment,
 } from "../rules.ts";
 import type { Family } from "./address.ts";
+import type { BaseChain } from "./gates.ts";
 import { connectedNetworkOf, type ConnectedRoute } from "./host.ts";
 import { parseAddress } from "./address.ts";
 
@@ -156,11 +157,13 @@ export interface NftLive {
   rules: NftRule[];
   /** libvirt's guest_input chain per family, when libvirt uses nftables: its rules in order. */
   libvirt: Partial<Record<Family, NftRule[]>>;
+  /** Every base chain at the forward hook, in any table: the gates a forwarded connection must pass. */
+  hooks: BaseChain[];
 }
 
 /** An empty live state. */
 export function emptyNftLive(): NftLive {
-  return { table: false, chains: [], maps: [], sets: [], rules: [], libvirt: {} };
+  return { table: false, chains: [], maps: [], sets: [], rules: [], libvirt: {}, hooks: [] };
 }
 
 /** One object of `nft -j` output: its kind (table, chain, rule, ...) and its fields. */
