@@ -20,13 +20,8 @@ import {
   tokenize,
 } from "../rules.ts";
 import { parseAddress } from "./address.ts";
-import {
-  connectedNetworkOf,
-  type HostFacts,
-  listenerAt,
-  readListeners,
-} from "./host.ts";
-import { blockedNote, blockers, gateName } from "./gates.ts";
+import { connectedNetworkOf, type HostFacts, listenerAt, readListeners } from "./host.ts";
+import { blockedNote, blockers, gateName, openingLine } from "./gates.ts";
 import {
   type Backend,
   chooseBackend,
@@ -35,13 +30,7 @@ import {
   readState,
   reassertAccepts,
 } from "./apply.ts";
-import {
-  bridgesOf,
-  libvirtAccepts,
-  nftBase,
-  nftDomainObjects,
-  type NftLive,
-} from "./nft.ts";
+import { bridgesOf, libvirtAccepts, nftBase, nftDomainObjects, type NftLive } from "./nft.ts";
 import {
   applyDeps,
   gateLines,
@@ -58,6 +47,7 @@ import { runChecked } from "./runner.ts";
 import { systemHookDeps } from "./system.ts";
 import {
   acceptMisplaced,
+  describeBackend,
   forwardsByDomain,
   hostListener,
   knownNames,
@@ -83,6 +73,7 @@ Commands:
   remove <domain>  Remove a guest's live forwards (like stopped); --all removes every domain's
   reload           Re-apply every domain that has live rules from the current config
   migrate-legacy   Remove the old Python hook's chains and apply ours for running guests
+  doctor [domain]  Walk each forward's path and say what is wrong, with the command that fixes it
   watch            Keep the forwards in place when other tools rewrite the firewall (a service)
   help [command]   Show help for a command
 
@@ -115,6 +106,14 @@ the config loses its rules; a domain whose entry is invalid keeps its live rules
   "migrate-legacy": `Usage: qemu migrate-legacy [--dry-run] [--config FILE]
 Removes the old Python hook's chains (DNAT-<dom>, SNAT-<dom>, FWD-<dom>) and the jumps into them, for the
 domains in the config and the running guests, shows what it removed, then applies ours for running guests.`,
+  doctor: `Usage: qemu doctor [domain] [--json] [--config FILE]
+Walks the path of each forward (of the domain, or of every running configured guest and every live one) and
+says for each link OK or what is wrong, with the command that fixes it: the guest running and its tap on the
+bridge; its address on the bridge's network and answering there; IPv4/IPv6 forwarding; public_ip on this host;
+the live rules equal to the plan; every gate at the forward hook (iptables' FORWARD, libvirt's chains, other
+tables) and whether it lets the forward through; our rules' counters; the host's own listener on the public
+port; the guest listening on its port; bridge netfilter and hairpin; the other firewall software present.
+Exit 0 when all is well, 1 otherwise.`,
   watch: `Usage: qemu watch [--poll SECONDS]
 Runs until stopped (SIGTERM). Follows \`nft monitor rules\`, and every SECONDS (default 30) looks anyway; after each
 change of the firewall it puts our accepts back in front of libvirt's nftables chains (libvirt re-creates them on
@@ -180,6 +179,9 @@ export async function runCli(args: string[], deps: HookDeps = cliDeps()): Promis
       return await reload(deps);
     case "migrate-legacy":
       return await migrateLegacy(deps, values["dry-run"] ?? false);
+    case "doctor":
+      if (rest.length > 1) return usage("doctor takes at most one domain name");
+      return await (await import("./doctor.ts")).doctor(deps, rest[0], values.json ?? false);
     case "watch":
       return await watch(deps, Number(values.poll ?? "30") || 30);
     default:
@@ -302,20 +304,6 @@ function emptyChains(live: NftLive): NftLive["libvirt"] {
   return out;
 }
 
-/** Which backend start would use here, and why, from what is live. */
-function describeBackend(setting: Config["settings"]["backend"], state: FirewallState): string {
-  const libvirt = state.nft && Object.keys(state.nft.libvirt).length > 0
-    ? "libvirt uses nftables"
-    : state.ipt[4]?.libvirt
-    ? "libvirt uses iptables"
-    : "no libvirt network firewall seen";
-  try {
-    return `${chooseBackend(setting, state)} (setting "${setting}"; ${libvirt})`;
-  } catch (err) {
-    return `none: ${message(err)}`;
-  }
-}
-
 /** The live firewall, or why it cannot be read (reading it needs root). */
 async function readFirewall(deps: HookDeps, config: Config): Promise<FirewallState | { error: string }> {
   try {
@@ -427,9 +415,15 @@ async function status(deps: HookDeps, only: string | undefined, json: boolean): 
     return 0;
   }
   console.log(`Firewall backend: ${backend}`);
+  // Only the gates that stop some of what is shown, each with what would let our forwards through.
+  const stopping = new Set(report.flatMap((d) => d.forwards.flatMap((f) => f.blocked ?? [])));
   for (const g of gates) {
+    if (![...stopping].some((note) => note.endsWith(` by ${gateName(g.gate)}`))) continue;
     console.log(
-      `Gate not ours to open: ${gateName(g.gate)} (priority ${g.gate.prio}, policy ${g.gate.policy})`,
+      `Gate not ours to open: ${gateName(g.gate)} (priority ${g.gate.prio}, policy ${g.gate.policy}); ` +
+        `let our forwards through with "${openingLine(g.gate)}" or "/settings": {"accept_in": ["${
+          gateName(g.gate)
+        }"]}`,
     );
   }
   if (report.length === 0) {

@@ -1,6 +1,6 @@
 /** What is live, by domain: forwards read back from the firewall, running guests, and where accepts stand. */
 
-import type { Config } from "../config.ts";
+import type { Config, Settings } from "../config.ts";
 import {
   carriedDomain,
   domainHash,
@@ -11,7 +11,7 @@ import {
   liveOf,
 } from "../rules.ts";
 import { parseAddress } from "./address.ts";
-import type { FirewallState } from "./apply.ts";
+import { chooseBackend, type FirewallState } from "./apply.ts";
 import type { Packet } from "./gates.ts";
 import { type ConnectedRoute, type Listener, listenerAt } from "./host.ts";
 import { bridgesOf, nftLiveForwards } from "./nft.ts";
@@ -21,7 +21,6 @@ import { env } from "./system.ts";
 export function runDir(): string {
   return env("LIBVIRT_QEMU_RUN_DIR") ?? "/run/libvirt/qemu";
 }
-
 
 /**
  * The forwards that are live, by domain, read back from either backend. A domain whose name was too long for our
@@ -53,7 +52,6 @@ export async function knownNames(config: Config): Promise<string[]> {
   return [...config.names, ...await runningDomains()];
 }
 
-
 /** The first packet of a live forward's connections, as a gate at the forward hook sees it. */
 export function livePacket(f: LiveForward, connected: ConnectedRoute[]): Packet {
   const oif = bridgesOf([{ family: f.family, privateIp: f.privateIp } as Forward], connected)[f.family][0];
@@ -74,7 +72,6 @@ export function hostListener(f: LiveForward, listeners: Listener[]): string | un
   return l ? `${l.family === 6 ? `[${l.address}]` : l.address}:${l.port}` : undefined;
 }
 
-
 /**
  * Whether a domain's forwards are live but its accept is not where it must be: iptables' FORWARD appeared since
  * (Docker or ufw started) without our accept in it, or another tool put its rules ahead of our jumps (libvirt and
@@ -91,7 +88,7 @@ export function acceptMisplaced(state: FirewallState, domain: string, forwards: 
   });
 }
 
-export /** The guests libvirt runs now: those with a status file in its run directory. */
+/** The guests libvirt runs now: those with a status file in its run directory. */
 export async function runningDomains(): Promise<string[]> {
   try {
     const out: string[] = [];
@@ -102,3 +99,16 @@ export async function runningDomains(): Promise<string[]> {
   }
 }
 
+/** Which backend start would use here, and why, from what is live. */
+export function describeBackend(setting: Settings["backend"], state: FirewallState): string {
+  const libvirt = state.nft && Object.keys(state.nft.libvirt).length > 0
+    ? "libvirt uses nftables"
+    : state.ipt[4]?.libvirt
+    ? "libvirt uses iptables"
+    : "no libvirt network firewall seen";
+  try {
+    return `${chooseBackend(setting, state)} (setting "${setting}"; ${libvirt})`;
+  } catch (err) {
+    return `none: ${err instanceof Error ? err.message : String(err)}`;
+  }
+}
