@@ -61,7 +61,15 @@ export interface Entry {
 /** Settings that are not about one domain. */
 export interface Settings {
   backend: typeof BACKENDS[number];
+  /**
+   * nftables base chains the administrator hands us (`<family> <table> <chain>`): our accept goes first in each,
+   * as in libvirt's chain. Their own gates are never changed unasked.
+   */
+  acceptIn: string[];
 }
+
+/** The families a chain handed to us (`accept_in`) may be of: those whose forward hook sees routed traffic. */
+const ACCEPT_IN_FAMILIES = ["ip", "ip6", "inet"];
 
 /** The result of loading a config: what is valid, and every problem found. */
 export interface Config {
@@ -202,7 +210,7 @@ function emptyConfig(file: string, exists: boolean): Config {
     broken: false,
     domains: new Map(),
     names: new Set(),
-    settings: { backend: "auto" },
+    settings: { backend: "auto", acceptIn: [] },
     diagnostics: [],
   };
 }
@@ -312,10 +320,52 @@ function readSettings(node: Node, config: Config, report: Report) {
       if (typeof v.value === "string" && (BACKENDS as readonly string[]).includes(v.value)) {
         config.settings.backend = v.value as Settings["backend"];
       } else report(v, here, `Expected one of ${BACKENDS.map((b) => `"${b}"`).join(", ")}`);
+    } else if (key === "accept_in") {
+      readAcceptIn(v, here, config, report);
     } else {
-      report(k, here, `Unknown setting "${key}"; known: backend`);
+      report(k, here, `Unknown setting "${key}"; known: backend, accept_in`);
     }
   }
+}
+
+/** Reads `accept_in`: a list of `"<family> <table> <chain>"`, each an nftables chain that may be handed to us. */
+function readAcceptIn(node: Node, path: string, config: Config, report: Report) {
+  if (node.type !== "array") {
+    return report(node, path, `Expected a list of "<family> <table> <chain>", found ${kind(node)}`);
+  }
+  const chains: string[] = [];
+  (node.children ?? []).forEach((item, i) => {
+    const at = `${path}[${i}]`;
+    const words = typeof item.value === "string" ? item.value.trim().split(/\s+/) : [];
+    const [family = "", table = "", chain = ""] = words;
+    const name = /^[A-Za-z_][A-Za-z0-9_.\-]{0,255}$/;
+    if (item.type !== "string" || words.length !== 3 || !name.test(table) || !name.test(chain)) {
+      return report(
+        item,
+        at,
+        'Expected "<family> <table> <chain>", as nft names a chain (e.g. "inet filter forward")',
+      );
+    }
+    if (!ACCEPT_IN_FAMILIES.includes(family)) {
+      return report(
+        item,
+        at,
+        `Family "${family}" has no forward hook for routed traffic; use ip, ip6 or inet`,
+      );
+    }
+    if (
+      table === "libvirt_network" || table === "libvirt_hook_qemu" ||
+      (table === "filter" && chain === "FORWARD")
+    ) {
+      return report(
+        item,
+        at,
+        "This chain is opened for our forwards already (libvirt's, ours, or iptables' FORWARD)",
+      );
+    }
+    chains.push(words.join(" "));
+  });
+  config.settings.acceptIn = [...new Set(chains)];
 }
 
 /** The fields of an entry, with what they hold: the validator and the JSON Schema both read this table. */

@@ -83,7 +83,7 @@ Deno.test("parseConfig() reports each mistake as file:line:column: message (json
       "hooks.jsonc:1:33: Cannot parse the config: expected a value",
     ]],
     ["an unknown setting", `{"/settings": {"backend": "iptables", "colour": "blue"}}`, [
-      'hooks.jsonc:1:39: Unknown setting "colour"; known: backend (["/settings"].colour)',
+      'hooks.jsonc:1:39: Unknown setting "colour"; known: backend, accept_in (["/settings"].colour)',
     ]],
   ];
   for (const [name, text, expected] of cases) {
@@ -286,4 +286,18 @@ Deno.test("loadConfig() reuses a validated config from its cache until the text 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("parseConfig() reads accept_in: chains handed to us, each a positioned error when it cannot be one", () => {
+  const text =
+    `{"/settings": {"accept_in": ["inet filter forward", "inet  filter  forward", "bridge filter forward",
+  "inet filter", "ip libvirt_network guest_input", 7]}}`;
+  const config = parseConfig(text, "hooks.jsonc");
+  assert.deepEqual(config.settings.acceptIn, ["inet filter forward"]);
+  assert.deepEqual(config.diagnostics.map(formatDiagnostic), [
+    'hooks.jsonc:1:78: Family "bridge" has no forward hook for routed traffic; use ip, ip6 or inet (["/settings"].accept_in[2] = "bridge filter forward")',
+    'hooks.jsonc:2:3: Expected "<family> <table> <chain>", as nft names a chain (e.g. "inet filter forward") (["/settings"].accept_in[3] = "inet filter")',
+    'hooks.jsonc:2:18: This chain is opened for our forwards already (libvirt\'s, ours, or iptables\' FORWARD) (["/settings"].accept_in[4] = "ip libvirt_network guest_input")',
+    'hooks.jsonc:2:52: Expected "<family> <table> <chain>", as nft names a chain (e.g. "inet filter forward") (["/settings"].accept_in[5] = 7)',
+  ]);
 });

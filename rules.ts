@@ -317,6 +317,16 @@ export interface Live {
    * administrator's rules live there, often with policy DROP), so our accept goes into it on either backend.
    */
   forward?: { policy: string };
+  /**
+   * Read with nft (iptables-nft): every chain of iptables' nat and filter tables, by table, with a base chain's
+   * policy (`""` for a chain of our own or another's), so a start knows which built-in chains its batch creates.
+   */
+  tables?: Record<string, Record<string, string>>;
+  /**
+   * Read with nft, where the built-in chains were listed: per `<table> <chain>`, how many rules of other software
+   * (`foreign`) and of our other domains (`ours`) it holds besides this domain's jumps.
+   */
+  othersIn?: Record<string, { foreign: number; ours: number }>;
   /** How much of the text read was other software's (bytes): what makes a host busy, whatever our own N. */
   foreignBytes?: number;
 }

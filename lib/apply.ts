@@ -27,6 +27,7 @@ import {
   addNftItems,
   bridgesOf,
   emptyNftLive,
+  handedAccepts,
   LIBVIRT_CHAIN,
   LIBVIRT_TABLE,
   libvirtAccepts,
@@ -40,10 +41,10 @@ import {
   type NftLive,
   nftRemoveDomain,
   nftRemoveIptables,
-  parseNftJson,
+  reassertHanded,
 } from "./nft.ts";
 import { CommandError, oneLine, type Runner } from "./runner.ts";
-import { type BaseChain, type ForeignGate, forwardHooks, gateKind } from "./gates.ts";
+import { type BaseChain, type ForeignGate, forwardHooks, gateKind, gateName } from "./gates.ts";
 
 /** What one sync changed in one backend. */
 export interface Change {
@@ -73,6 +74,11 @@ export interface ApplyDeps {
   backend?: typeof BACKENDS[number];
   /** Connected networks, to find the bridge behind each guest address. */
   connected?: ConnectedRoute[];
+  /**
+   * The chains the administrator handed us (`accept_in` in the settings, `<family> <table> <chain>`): our accept
+   * goes first in each, like in libvirt's.
+   */
+  acceptIn?: readonly string[];
   /** Where libvirt keeps its running networks' status (default LIBVIRT_NETWORK_RUN_DIR; tests point elsewhere). */
   networkRunDir?: string;
   /** A directory on /run where the size of the last full ruleset read is remembered (see readState). */
@@ -163,7 +169,7 @@ async function readAll(deps: ApplyDeps, domain?: string): Promise<FirewallState>
     }
     return live;
   }));
-  const nft = deps.nft === undefined ? Promise.resolve(undefined) : readNft(runner, deps.nft);
+  const nft = deps.nft === undefined ? Promise.resolve(undefined) : readNft(runner, deps.nft, deps.acceptIn);
   const conf = deps.nft === undefined ? Promise.resolve(undefined) : readNetworkConf();
   const [[v4, v6], n, setting] = await Promise.all([ipt, nft, conf]);
   const nftMissing = deps.nft !== undefined && n === undefined;
@@ -253,6 +259,7 @@ async function readAtOnce(
     `list table inet ${NFT_TABLE}`,
     `list chain ip ${LIBVIRT_TABLE} ${LIBVIRT_CHAIN}`,
     `list chain ip6 ${LIBVIRT_TABLE} ${LIBVIRT_CHAIN}`,
+    ...(deps.acceptIn ?? []).map((gate) => `list chain ${gate}`),
   ];
   // HOME: the interactive mode keeps a history file there; it must not write into root's home.
   const [result, setting] = await Promise.all([
@@ -278,7 +285,7 @@ async function readAtOnce(
   const [chains = [], ...rest] = docs;
   const ipt = ownChainsAndJumps(chains, rest, domain);
   const nftLive = emptyNftLive();
-  for (const items of rest) addNftItems(items, nftLive);
+  for (const items of rest) addNftItems(items, nftLive, deps.acceptIn);
   nftLive.hooks = forwardHooks(chains);
   return {
     ipt,
@@ -329,6 +336,7 @@ export function ownChainsAndJumps(
   for (const { kind, v, family } of iptablesItems(chains)) {
     if (kind !== "chain") continue;
     const name = String(v.name);
+    ((out[family].tables ??= {})[String(v.table)] ??= {})[name] = String(v.policy ?? "");
     if (name.startsWith("LIBVIRT_")) out[family].libvirt = true;
     if (name.startsWith(ours)) out[family].chains.push({ table: String(v.table), chain: name, owner });
     if (v.table === "filter" && name === "FORWARD") {
@@ -342,6 +350,9 @@ export function ownChainsAndJumps(
     const where = `${family} ${v.table} ${v.chain}`;
     const targets = ((v.expr ?? []) as { jump?: { target?: string } }[]).map((e) => e.jump?.target);
     if (!targets.some((t) => t?.startsWith(CHAIN_PREFIX))) foreignFirst.add(where);
+    const count = (out[family].othersIn ??= {})[`${v.table} ${v.chain}`] ??= { foreign: 0, ours: 0 };
+    if (!targets.some((t) => t?.startsWith(CHAIN_PREFIX))) count.foreign++;
+    else if (!targets.some((t) => t?.startsWith(ours))) count.ours++;
     for (const target of targets) {
       if (target === undefined || !target.startsWith(ours)) continue;
       out[family].rules.push({
@@ -438,7 +449,11 @@ async function remember(dir: string, hint: string, bytes: number): Promise<void>
   }
 }
 
-async function readNft(runner: Runner, nft: string): Promise<NftLive | undefined> {
+async function readNft(
+  runner: Runner,
+  nft: string,
+  handed: readonly string[] = [],
+): Promise<NftLive | undefined> {
   // Three targeted looks, concurrently. Not `nft list tables`: that fetches the whole ruleset first, 100 ms on a
   // host with 10 000 rules of other software, where listing one table or chain takes 3 ms.
   // `list chains` names the gates: every base chain at the forward hook, whatever its table.
@@ -447,6 +462,7 @@ async function readNft(runner: Runner, nft: string): Promise<NftLive | undefined
     ["list", "chain", "ip", LIBVIRT_TABLE, LIBVIRT_CHAIN],
     ["list", "chain", "ip6", LIBVIRT_TABLE, LIBVIRT_CHAIN],
     ["list", "chains"],
+    ...handed.map((gate) => ["list", "chain", ...gate.split(" ")]),
   ];
   const results = await Promise.all(lists.map((l) => runner.run([nft, "-j", ...l])));
   if (results.some((r) => r.code === 127)) return undefined;
@@ -455,8 +471,8 @@ async function readNft(runner: Runner, nft: string): Promise<NftLive | undefined
     // A table or chain that does not exist is simply not there.
     if (r.code !== 0 && /No such file or directory/.test(r.stderr)) return;
     if (r.code !== 0) throw new CommandError([nft, "-j", ...lists[i]!], r);
-    if (i === lists.length - 1) live.hooks = forwardHooks(nftItems(r.stdout));
-    else parseNftJson(r.stdout, live);
+    if (i === 3) live.hooks = forwardHooks(nftItems(r.stdout));
+    else addNftItems(nftItems(r.stdout), live, handed);
   });
   return live;
 }
@@ -556,7 +572,7 @@ export async function syncDomain(
   let found: Record<Family, string[]> | undefined;
   const bridges: Bridges = () =>
     forwards.length === 0 ? undefined : found ??= bridgesOf(forwards, deps.connected ?? []);
-  let state = await reading;
+  let state = await readOtherGates(deps, await reading);
   // A domain whose chains are there already and gets forwards again (reconnect, reload): rolling back exactly
   // needs what is in them (and a removal needs the jumps into them, where a start's read did not list them).
   const hasChains = (s: FirewallState) => FAMILIES.some((f) => (s.ipt[f]?.chains.length ?? 0) > 0);
@@ -575,6 +591,33 @@ export async function syncDomain(
 }
 
 /**
+ * Adds to what was read the rules of every gate at the forward hook that is neither libvirt's, iptables', ours nor
+ * handed to us already: a chain the settings no longer hand us may still hold an accept of ours, which goes with
+ * its domain whatever the config says now. One more nft process, only on hosts with such gates.
+ */
+async function readOtherGates(deps: ApplyDeps, state: FirewallState): Promise<FirewallState> {
+  const nft = state.nft;
+  if (!nft || deps.nft === undefined) return state;
+  const others = nft.hooks.map(gateName).filter((g) =>
+    !(g in nft.handed) &&
+    gateKind(nft.hooks.find((h) => gateName(h) === g)!, [], NFT_TABLE, LIBVIRT_TABLE) ===
+      "foreign"
+  );
+  if (others.length === 0) return state;
+  const result = await deps.runner.run([deps.nft, "-j", "-i"], {
+    stdin: others.map((g) => `list chain ${g}`).join("\n") + "\n",
+    env: { HOME: "/dev/null" },
+  });
+  const answered = parseInteractive(result.stdout, result.stderr);
+  // A chain gone since `list chains` is simply not there; any other failure leaves the read unsure.
+  if (!answered) throw new ApplyError(`nft failed: ${oneLine(result.stderr) || `exit ${result.code}`}`);
+  const handed = { ...nft.handed };
+  const live = { ...nft, handed };
+  for (const doc of answered.docs) addNftItems(nftItems(doc), live, others);
+  return { ...state, nft: live };
+}
+
+/**
  * Removes a domain read with readAtOnce in one nft transaction: the jumps into its iptables-nft chains (by
  * handle), those chains, its objects in our nftables table and its accepts in libvirt's chains. iptables-restore
  * commits each table on its own, and the kernel makes every commit that deletes wait for a grace period
@@ -589,12 +632,15 @@ async function removeAtOnce(domain: string, state: FirewallState, deps: ApplyDep
   const iptables = nftRemoveIptables(mine);
   if (!iptables) throw new ApplyError("A jump into our chains was read without its nft handle");
   const others = state.nft ? nftSync(domain, [], () => undefined, state.nft, deps) : [];
-  const commands = [...iptables, ...others];
+  const created = deps.hintDir === undefined || state.jumpsUnread ? undefined : readCreated(deps.hintDir);
+  const uncreate = created ? uncreated(created, state, mine) : { commands: [], keep: [] };
+  const commands = [...iptables, ...others, ...uncreate.commands];
   if (commands.length === 0) return [];
   const result = await deps.runner.run([deps.nft!, "-f", "-"], { stdin: commands.join("\n") + "\n" });
   if (result.code !== 0) {
     throw new ApplyError(`nft failed: ${oneLine(result.stderr) || `exit ${result.code}`}`);
   }
+  if (created && uncreate.keep.length !== created.length) writeCreated(deps.hintDir!, uncreate.keep);
   const changes: Change[] = [];
   for (const family of FAMILIES) {
     const { chains, rules } = mine[family];
@@ -618,6 +664,108 @@ function filterOnly(rules: RuleLines, count: number): Built[Family] {
   return { rules: filter, additions: renderAdditions(filter) };
 }
 
+/**
+ * Where we remember the built-in chains and tables of iptables-nft that a batch of ours created (`<family>
+ * <table> [<chain>]`, one a line): iptables-nft makes a built-in chain when a rule first goes into it, and leaves it
+ * when the rule goes. The last removal that leaves one empty deletes it again, so a host with no iptables rules
+ * before our forwards has none after them. Only what we made is ever deleted, and only while nothing else uses it.
+ */
+const CREATED = "created-chains";
+
+/** The file of CREATED for this network namespace: what a lab's host (or a container) made is its own. */
+function createdFile(dir: string): string {
+  let ns = "";
+  try {
+    ns = `-${Deno.statSync("/proc/self/ns/net").ino}`;
+  } catch {
+    // One namespace as far as we can tell.
+  }
+  return `${dir}/${CREATED}${ns}`;
+}
+
+/** What of iptables-nft a start's jumps create in one family, from what `list chains` showed (`live.tables`). */
+export function createdBy(rules: RuleLines, family: Family, live: Live | undefined): string[] {
+  if (!live?.tables) return [];
+  const out: string[] = [];
+  for (const j of rules.jumps) {
+    if (!live.tables[j.table]) out.push(`${family} ${j.table}`);
+    if (live.tables[j.table]?.[j.chain] === undefined) out.push(`${family} ${j.table} ${j.chain}`);
+  }
+  return out;
+}
+
+/**
+ * The nft commands that delete what we created and a removal leaves empty (`created`: remembered; `mine`: the
+ * domain's chains and jumps, about to go), and the entries to keep remembering: those still used by another of our
+ * domains. An entry that other software uses now is forgotten: the chain is its as much as ours.
+ */
+export function uncreated(
+  created: string[],
+  state: FirewallState,
+  mine: Record<Family, Live>,
+): { commands: string[]; keep: string[] } {
+  const commands: string[] = [], tables: string[] = [], keep: string[] = [];
+  const deleted = new Set<string>();
+  for (const entry of created) {
+    const [f, table = "", chain] = entry.split(" ");
+    const family: Family = f === "6" ? 6 : 4;
+    const live = state.ipt[family];
+    if (chain === undefined) {
+      tables.push(entry);
+      continue;
+    }
+    const policy = live?.tables?.[table]?.[chain];
+    const others = live?.othersIn?.[`${table} ${chain}`] ?? { foreign: 0, ours: 0 };
+    if (policy === undefined || others.foreign > 0 || policy !== "accept") continue;
+    if (others.ours > 0) {
+      keep.push(entry);
+      continue;
+    }
+    commands.push(`delete chain ${family === 4 ? "ip" : "ip6"} ${table} ${chain}`);
+    deleted.add(`${family} ${table} ${chain}`);
+  }
+  for (const entry of tables) {
+    const [f, table = ""] = entry.split(" ");
+    const family: Family = f === "6" ? 6 : 4;
+    const chains = Object.keys(state.ipt[family]?.tables?.[table] ?? {});
+    if (chains.length === 0) continue;
+    const going = new Set(mine[family].chains.filter((c) => c.table === table).map((c) => c.chain));
+    const left = chains.filter((c) => !going.has(c) && !deleted.has(`${family} ${table} ${c}`));
+    if (left.length === 0) commands.push(`delete table ${family === 4 ? "ip" : "ip6"} ${table}`);
+    else if (left.every((c) => c.startsWith(CHAIN_PREFIX) || created.includes(`${family} ${table} ${c}`))) {
+      keep.push(entry);
+    }
+  }
+  return { commands, keep };
+}
+
+function readCreated(dir: string): string[] {
+  try {
+    return Deno.readTextFileSync(createdFile(dir)).split("\n").filter(Boolean);
+  } catch {
+    return [];
+  }
+}
+
+function writeCreated(dir: string, entries: string[]): void {
+  try {
+    if (entries.length === 0) Deno.removeSync(createdFile(dir));
+    else Deno.writeTextFileSync(createdFile(dir), entries.join("\n") + "\n");
+  } catch {
+    // Only tidiness: an empty built-in chain left behind lets everything through, as if it were not there.
+  }
+}
+
+function recordCreated(dir: string, entries: string[]): void {
+  if (entries.length === 0) return;
+  try {
+    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch {
+    // Written below, or not at all.
+  }
+  writeCreated(dir, [...new Set([...readCreated(dir), ...entries])]);
+}
+
 /** The iptables rules of a domain's forwards, per family, and the batch lines that add them. */
 type Built = Record<
   Family,
@@ -636,7 +784,7 @@ async function syncState(
   state: FirewallState,
 ): Promise<Change[]> {
   const backend = forwards.length === 0 ? "iptables" : chooseBackend(deps.backend, state);
-  const batches: { family: Family; text: string; change: Change }[] = [];
+  const batches: { family: Family; text: string; change: Change; rules: RuleLines }[] = [];
   const before: Partial<Record<Family, Live>> = {};
   for (const family of FAMILIES) {
     const all = state.ipt[family];
@@ -661,6 +809,7 @@ async function syncState(
     batches.push({
       family,
       text,
+      rules: added.rules,
       change: {
         target,
         removed: state.partial && mine.chains.length > 0 ? undefined : mine.rules.length,
@@ -689,6 +838,9 @@ async function syncState(
       );
     }
   }
+  if (state.partial && deps.hintDir !== undefined) {
+    recordCreated(deps.hintDir, batches.flatMap((b) => createdBy(b.rules, b.family, state.ipt[b.family])));
+  }
   const changes = batches.map((b) => b.change);
   if (nftCommands.length > 0) {
     const result = await deps.runner.run([deps.nft!, "-f", "-"], { stdin: nftCommands.join("\n") + "\n" });
@@ -716,14 +868,16 @@ function nftSync(
       ...nftDomainObjects(domain, ours, bridges() ?? bridgesOf(ours, deps.connected ?? [])),
     ]
     : nftRemoveDomain(domain, live, false);
-  // Without libvirt's nftables chains there is no accept of ours to keep in them.
-  if (!live.libvirt[4] && !live.libvirt[6]) return table;
-  // Keyed as the accepts' comments carry the domain, so that a name too long for a comment compares equal.
-  const wanted = liveAccepts(live);
+  // Our accepts in libvirt's chains and in those handed to us: the other domains' as they are, this one's as
+  // wanted. Keyed as the accepts' comments carry the domain, so that a name too long for a comment compares equal.
   const mine = bridges();
-  if (mine) wanted.set(carriedDomain(domain), mine);
-  else wanted.delete(carriedDomain(domain));
-  return [...table, ...libvirtAccepts(live, wanted)];
+  const withMine = (wanted: Map<string, Record<Family, string[]>>) => {
+    if (mine) wanted.set(carriedDomain(domain), mine);
+    else wanted.delete(carriedDomain(domain));
+    return wanted;
+  };
+  const libvirt = live.libvirt[4] || live.libvirt[6] ? libvirtAccepts(live, withMine(liveAccepts(live))) : [];
+  return [...table, ...libvirt, ...handedAccepts(live, domain, mine, deps.acceptIn ?? [])];
 }
 
 async function rollBack(
@@ -797,7 +951,11 @@ export async function reassertAccepts(deps: ApplyDeps): Promise<number> {
   if (deps.nft === undefined) return 0;
   const state = await readState(deps);
   if (!state.nft) return 0;
-  const commands = libvirtAccepts(state.nft, liveBridges(state, deps.connected ?? []));
+  const wanted = liveBridges(state, deps.connected ?? []);
+  const commands = [
+    ...libvirtAccepts(state.nft, wanted),
+    ...reassertHanded(state.nft, wanted, deps.acceptIn ?? []),
+  ];
   if (commands.length === 0) return 0;
   const result = await deps.runner.run([deps.nft, "-f", "-"], { stdin: commands.join("\n") + "\n" });
   if (result.code !== 0) {
@@ -818,7 +976,9 @@ export async function foreignGates(deps: ApplyDeps, hooks?: BaseChain[]): Promis
     if (listed.code !== 0) return [];
     hooks = forwardHooks(nftItems(listed.stdout));
   }
-  const foreign = hooks.filter((h) => gateKind(h, [], NFT_TABLE, LIBVIRT_TABLE) === "foreign");
+  const foreign = hooks.filter((h) =>
+    gateKind(h, deps.acceptIn ?? [], NFT_TABLE, LIBVIRT_TABLE) === "foreign"
+  );
   if (foreign.length === 0) return [];
   const tables = [...new Set(foreign.map((g) => `${g.family} ${g.table}`))];
   const result = await deps.runner.run([deps.nft, "-j", "-i"], {

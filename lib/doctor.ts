@@ -1,6 +1,6 @@
 /** `doctor`: walks each forward's path, link by link, and says what is OK, what is wrong, and what fixes it. */
 
-import { domainConfig } from "../config.ts";
+import { domainConfig, type Settings } from "../config.ts";
 import {
   asLiveForward,
   carriedDomain,
@@ -8,6 +8,7 @@ import {
   describeForward,
   type Forward,
   planForwards,
+  ruleComment,
 } from "../rules.ts";
 import { connectedNetworkOf, type HostFacts, listenerAt, readListeners } from "./host.ts";
 import { parseAddress } from "./address.ts";
@@ -91,7 +92,7 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
   const gates = await foreignGates(applyDeps(deps, config), state.nft?.hooks).catch(() => []);
   const running = await runningDomains();
   const live = forwardsByDomain(state, await knownNames(config));
-  const host = hostFindings(state, facts, config.settings.backend, gates, await allChains(deps));
+  const host = hostFindings(state, facts, config.settings, gates, await allChains(deps));
 
   const domains = only !== undefined
     ? [only]
@@ -126,6 +127,7 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
         domain,
         forward: text,
         findings: await forwardFindings(domain, f, {
+          acceptIn: config.settings.acceptIn,
           xml,
           facts,
           state,
@@ -152,7 +154,7 @@ function readSysctl(path: string): string | undefined {
 function hostFindings(
   state: FirewallState,
   facts: HostFacts,
-  setting: "auto" | "iptables" | "nftables",
+  settings: Settings,
   gates: ForeignGate[],
   chains: string[],
 ): Finding[] {
@@ -174,7 +176,7 @@ function hostFindings(
       ));
     }
   }
-  const backend = describeBackend(setting, state);
+  const backend = describeBackend(settings.backend, state);
   out.push(
     backend.startsWith("none:") ? fail(`firewall backend: ${backend}`) : ok(`firewall backend: ${backend}`),
   );
@@ -189,11 +191,13 @@ function hostFindings(
     }
   }
   for (const hook of state.nft?.hooks ?? []) {
-    const kind = gateKind(hook, [], NFT_TABLE, LIBVIRT_TABLE);
+    const kind = gateKind(hook, settings.acceptIn, NFT_TABLE, LIBVIRT_TABLE);
     const where = `gate ${gateName(hook)} (priority ${hook.prio}, policy ${hook.policy})`;
     if (kind === "iptables") out.push(ok(`${where}: iptables' FORWARD, our accept goes into it`));
     else if (kind === "libvirt") out.push(ok(`${where}: libvirt's, our accept goes into its guest_input`));
-    else if (kind === "foreign" && hook.policy === "drop") {
+    else if (kind === "handed") {
+      out.push(ok(`${where}: handed to us (accept_in), our accepts go first in it`));
+    } else if (kind === "foreign" && hook.policy === "drop") {
       const gate = gates.find((g) => gateName(g.gate) === gateName(hook));
       out.push(note(
         `${where}: not ours to open; each forward below says whether it lets it through` +
@@ -246,6 +250,7 @@ function otherSoftware(state: FirewallState, chains: string[]): string[] {
 }
 
 interface ForwardContext {
+  acceptIn: readonly string[];
   xml: string | undefined;
   facts: HostFacts;
   state: FirewallState;
@@ -330,6 +335,15 @@ async function forwardFindings(domain: string, f: Forward, c: ForwardContext): P
           `libvirt's ${LIBVIRT_TABLE} guest_input has no accept of ours: its reject drops this forward`,
           "qemu reload",
         ),
+    );
+  }
+  for (const [gate, rules] of Object.entries(c.state.nft?.handed ?? {})) {
+    if (!c.acceptIn.includes(gate)) continue;
+    const mine = rules.some((r) => r.comment === `${ruleComment(domain)}:accept`);
+    out.push(
+      mine
+        ? ok(`${gate}, handed to us, holds our accept`)
+        : fail(`${gate} is handed to us but holds no accept of ours`, "qemu reload"),
     );
   }
   for (const b of blockers(c.gates, packet)) {

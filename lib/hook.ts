@@ -113,7 +113,7 @@ export function applyDeps(deps: HookDeps, config?: Config, facts?: HostFacts): A
     tools: t,
     ...(deps.nft !== undefined && deps.nfTables?.(t) ? { iptablesNft: true } : {}),
     ...(deps.nft === undefined ? {} : { nft: deps.nft }),
-    ...(config ? { backend: config.settings.backend } : {}),
+    ...(config ? { backend: config.settings.backend, acceptIn: config.settings.acceptIn } : {}),
     ...(facts ? { connected: facts.connected } : {}),
     ...(deps.stateDir === undefined ? {} : { hintDir: deps.stateDir }),
     ...(deps.networkRunDir === undefined ? {} : { networkRunDir: deps.networkRunDir }),

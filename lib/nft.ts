@@ -1,6 +1,7 @@
 /** The native nftables backend: our own `inet` table, and our accept inside libvirt's nftables chains. */
 
 import {
+  carriedDomain,
   COMMENT_TAG,
   commentDomain,
   domainHash,
@@ -159,11 +160,13 @@ export interface NftLive {
   libvirt: Partial<Record<Family, NftRule[]>>;
   /** Every base chain at the forward hook, in any table: the gates a forwarded connection must pass. */
   hooks: BaseChain[];
+  /** The chains the administrator handed us (`accept_in`) that exist, by `<family> <table> <chain>`: their rules. */
+  handed: Record<string, NftRule[]>;
 }
 
 /** An empty live state. */
 export function emptyNftLive(): NftLive {
-  return { table: false, chains: [], maps: [], sets: [], rules: [], libvirt: {}, hooks: [] };
+  return { table: false, chains: [], maps: [], sets: [], rules: [], libvirt: {}, hooks: [], handed: {} };
 }
 
 /** One object of `nft -j` output: its kind (table, chain, rule, ...) and its fields. */
@@ -189,9 +192,15 @@ export function parseNftJson(text: string, into: NftLive = emptyNftLive()): NftL
   return addNftItems(nftItems(text), into);
 }
 
-/** Adds what of `items` is ours or libvirt's guest_input to `into`. */
-export function addNftItems(items: NftItem[], into: NftLive): NftLive {
+/** Adds what of `items` is ours, libvirt's guest_input, or a chain of `handed` (see NftLive) to `into`. */
+export function addNftItems(items: NftItem[], into: NftLive, handed: readonly string[] = []): NftLive {
   for (const { kind, v } of items) {
+    const name = `${v.family} ${v.table} ${kind === "chain" ? v.name : v.chain}`;
+    if ((kind === "chain" || kind === "rule") && handed.includes(name)) {
+      const rules = into.handed[name] ??= [];
+      if (kind === "rule") rules.push(toRule(v));
+      continue;
+    }
     if (kind === "table" && v.name === NFT_TABLE && v.family === "inet") into.table = true;
     if (v.table === NFT_TABLE && v.family === "inet") {
       if (kind === "chain") into.chains.push(String(v.name));
@@ -298,31 +307,89 @@ export function libvirtAccepts(
   for (const family of [4, 6] as const) {
     const chain = live.libvirt[family];
     if (!chain) continue;
-    const table = `${family === 4 ? "ip" : "ip6"} ${LIBVIRT_TABLE}`;
-    const ours = chain.filter((r) => r.comment?.startsWith(COMMENT_TAG) && r.comment.endsWith(":accept"));
     const want: string[] = [];
     for (const [domain, bridges] of wanted) {
-      for (const bridge of bridges[family]) want.push(`${acceptComment(domain)} ${bridge}`);
+      for (const bridge of bridges[family]) want.push(`${acceptComment(domain)} oifname ${bridge}`);
     }
-    const firstForeign = chain.findIndex((r) => !ours.includes(r));
-    const inFront = firstForeign < 0 || ours.every((r) => chain.indexOf(r) < firstForeign);
-    const have = ours.map((r) => `${r.comment} ${oifname(r)}`).sort();
-    if (inFront && have.join("\n") === [...want].sort().join("\n")) continue;
-    for (const r of ours) out.push(`delete rule ${table} ${LIBVIRT_CHAIN} handle ${r.handle}`);
-    for (const w of [...want].reverse()) {
-      const [comment, bridge] = w.split(" ");
-      out.push(
-        `insert rule ${table} ${LIBVIRT_CHAIN} oifname "${bridge}" ct status dnat counter accept comment "${comment}"`,
-      );
-    }
+    out.push(...acceptsIn(chain, `${family === 4 ? "ip" : "ip6"} ${LIBVIRT_TABLE} ${LIBVIRT_CHAIN}`, want));
   }
   return out;
 }
 
-function oifname(r: NftRule): string {
+/**
+ * Commands that keep our accepts in the chains handed to us (`accept_in`) right for one domain: its DNATed
+ * connections both ways (out to its bridges, the replies in from them), ahead of every rule of the chain's owner,
+ * in each chain the settings hand us; gone from a chain no longer handed, and at its stop (`bridges` undefined).
+ * Other domains' accepts stay as they are. Tagged as ours, removed by handle.
+ */
+export function handedAccepts(
+  live: NftLive,
+  domain: string,
+  bridges: Record<Family, string[]> | undefined,
+  acceptIn: readonly string[],
+): string[] {
+  const out: string[] = [];
+  for (const [gate, chain] of Object.entries(live.handed)) {
+    const families = handedFamilies(gate);
+    const wanted = new Map<string, Record<Family, string[]>>();
+    addAccepts(chain, families, wanted);
+    if (bridges && acceptIn.includes(gate)) wanted.set(carriedDomain(domain), bridges);
+    else wanted.delete(carriedDomain(domain));
+    out.push(...acceptsIn(chain, gate, handedWant(wanted, families)));
+  }
+  return out;
+}
+
+/** Our accepts in each chain of `acceptIn` for every domain of `wanted` (domain: bridges), put back in front. */
+export function reassertHanded(
+  live: NftLive,
+  wanted: Map<string, Record<Family, string[]>>,
+  acceptIn: readonly string[],
+): string[] {
+  return Object.entries(live.handed).flatMap(([gate, chain]) =>
+    acceptIn.includes(gate) ? acceptsIn(chain, gate, handedWant(wanted, handedFamilies(gate))) : []
+  );
+}
+
+function handedFamilies(gate: string): Family[] {
+  const family = gate.split(" ")[0];
+  return family === "ip" ? [4] : family === "ip6" ? [6] : [4, 6];
+}
+
+function handedWant(wanted: Map<string, Record<Family, string[]>>, families: Family[]): string[] {
+  const want: string[] = [];
+  for (const [domain, bridges] of wanted) {
+    for (const bridge of new Set(families.flatMap((f) => bridges[f]))) {
+      for (const key of ["oifname", "iifname"]) want.push(`${acceptComment(domain)} ${key} ${bridge}`);
+    }
+  }
+  return want;
+}
+
+/**
+ * Commands that make our accepts in one chain (`where`: family, table, chain) exactly `want` (each
+ * `<comment> <oifname|iifname> <bridge>`) and all ahead of the chain's other rules; nothing when they are.
+ */
+function acceptsIn(chain: NftRule[], where: string, want: string[]): string[] {
+  const ours = chain.filter((r) => r.comment?.startsWith(COMMENT_TAG) && r.comment.endsWith(":accept"));
+  const firstForeign = chain.findIndex((r) => !ours.includes(r));
+  const inFront = firstForeign < 0 || ours.every((r) => chain.indexOf(r) < firstForeign);
+  const have = ours.map((r) => `${r.comment} ${interfaceMatch(r)}`).sort();
+  if (inFront && have.join("\n") === [...want].sort().join("\n")) return [];
+  const out = ours.map((r) => `delete rule ${where} handle ${r.handle}`);
+  for (const w of [...want].reverse()) {
+    const [comment, key, bridge] = w.split(" ");
+    out.push(`insert rule ${where} ${key} "${bridge}" ct status dnat counter accept comment "${comment}"`);
+  }
+  return out;
+}
+
+/** The interface match of one of our accepts: `oifname <bridge>` or `iifname <bridge>`. */
+function interfaceMatch(r: NftRule): string {
   for (const e of r.expr) {
     const m = (e as { match?: { left?: { meta?: { key?: string } }; right?: unknown } }).match;
-    if (m?.left?.meta?.key === "oifname" && typeof m.right === "string") return m.right;
+    const key = m?.left?.meta?.key;
+    if ((key === "oifname" || key === "iifname") && typeof m!.right === "string") return `${key} ${m!.right}`;
   }
   return "";
 }
@@ -330,17 +397,20 @@ function oifname(r: NftRule): string {
 /** The domains (by name) that have accepts in libvirt's chains, with their bridges. */
 export function liveAccepts(live: NftLive): Map<string, Record<Family, string[]>> {
   const out = new Map<string, Record<Family, string[]>>();
-  for (const family of [4, 6] as const) {
-    for (const r of live.libvirt[family] ?? []) {
-      if (!r.comment?.startsWith(COMMENT_TAG) || !r.comment.endsWith(":accept")) continue;
-      const domain = commentDomain(r.comment.slice(0, -":accept".length));
-      if (domain === undefined) continue;
-      const entry = out.get(domain) ?? { 4: [], 6: [] };
-      entry[family].push(oifname(r));
-      out.set(domain, entry);
-    }
-  }
+  for (const family of [4, 6] as const) addAccepts(live.libvirt[family] ?? [], [family], out);
   return out;
+}
+
+function addAccepts(rules: NftRule[], families: Family[], out: Map<string, Record<Family, string[]>>): void {
+  for (const r of rules) {
+    if (!r.comment?.startsWith(COMMENT_TAG) || !r.comment.endsWith(":accept")) continue;
+    const domain = commentDomain(r.comment.slice(0, -":accept".length));
+    const bridge = interfaceMatch(r).split(" ")[1];
+    if (domain === undefined || bridge === undefined) continue;
+    const entry = out.get(domain) ?? { 4: [], 6: [] };
+    for (const f of families) if (!entry[f].includes(bridge)) entry[f].push(bridge);
+    out.set(domain, entry);
+  }
 }
 
 /** Per domain in our table: the bridges recorded in its `d<hash>-br4/6` sets, named through its comments. */

@@ -50,7 +50,18 @@ export function configSchema(): Record<string, unknown> {
       [SETTINGS_KEY]: {
         type: "object",
         additionalProperties: false,
-        properties: { backend: { enum: [...BACKENDS], description: "The firewall backend; auto chooses." } },
+        properties: {
+          backend: { enum: [...BACKENDS], description: "The firewall backend; auto chooses." },
+          accept_in: {
+            type: "array",
+            items: {
+              type: "string",
+              pattern: "^(ip|ip6|inet) [A-Za-z_][A-Za-z0-9_.-]* [A-Za-z_][A-Za-z0-9_.-]*$",
+            },
+            description:
+              'nftables chains at the forward hook handed to us ("<family> <table> <chain>"): our accept goes first in each.',
+          },
+        },
       },
     },
     additionalProperties: {
