@@ -260,6 +260,8 @@ async function readAtOnce(
     `list chain ip ${LIBVIRT_TABLE} ${LIBVIRT_CHAIN}`,
     `list chain ip6 ${LIBVIRT_TABLE} ${LIBVIRT_CHAIN}`,
     ...(deps.acceptIn ?? []).map((gate) => `list chain ${gate}`),
+    // A removal may delete a table we created: every chain of it must be known empty first.
+    ...(jumps && deps.hintDir !== undefined ? createdListings(readCreated(deps.hintDir)) : []),
   ];
   // HOME: the interactive mode keeps a history file there; it must not write into root's home.
   const [result, setting] = await Promise.all([
@@ -332,7 +334,11 @@ export function ownChainsAndJumps(
 ): Record<Family, Live> {
   const owner = domainHash(domain);
   const ours = `${CHAIN_PREFIX}${owner}-`;
-  const out: Record<Family, Live> = { 4: { chains: [], rules: [] }, 6: { chains: [], rules: [] } };
+  // Every chain was listed: a table with none is not there.
+  const out: Record<Family, Live> = {
+    4: { chains: [], rules: [], tables: {} },
+    6: { chains: [], rules: [], tables: {} },
+  };
   for (const { kind, v, family } of iptablesItems(chains)) {
     if (kind !== "chain") continue;
     const name = String(v.name);
@@ -346,6 +352,8 @@ export function ownChainsAndJumps(
   // A rule that is not a jump into chains of ours, ahead of one that is, buries it (see LiveRule).
   const foreignFirst = new Set<string>();
   for (const { kind, v, family } of listings.flatMap(iptablesItems)) {
+    // Each chain listed has its count of other rules, none yet: a chain not listed has none (not known).
+    if (kind === "chain") (out[family].othersIn ??= {})[`${v.table} ${v.name}`] ??= { foreign: 0, ours: 0 };
     if (kind !== "rule") continue;
     const where = `${family} ${v.table} ${v.chain}`;
     const targets = ((v.expr ?? []) as { jump?: { target?: string } }[]).map((e) => e.jump?.target);
@@ -694,47 +702,64 @@ export function createdBy(rules: RuleLines, family: Family, live: Live | undefin
   return out;
 }
 
+/** The built-in chains iptables-nft makes with each of its tables. */
+const BUILTIN: Record<string, string[]> = {
+  filter: ["INPUT", "FORWARD", "OUTPUT"],
+  nat: ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+};
+
+/** The listings a removal adds so that the tables we created are known whole: their built-in chains. */
+function createdListings(created: string[]): string[] {
+  const listed = new Set(JUMP_CHAINS.map(([t, c]) => `${t} ${c}`));
+  return created.flatMap((entry) => {
+    const [f, table = "", chain] = entry.split(" ");
+    if (chain !== undefined) return [];
+    return (BUILTIN[table] ?? []).filter((c) => !listed.has(`${table} ${c}`)).map((c) =>
+      `list chain ${f === "6" ? "ip6" : "ip"} ${table} ${c}`
+    );
+  });
+}
+
 /**
  * The nft commands that delete what we created and a removal leaves empty (`created`: remembered; `mine`: the
  * domain's chains and jumps, about to go), and the entries to keep remembering: those still used by another of our
- * domains. An entry that other software uses now is forgotten: the chain is its as much as ours.
+ * domains. What other software uses now is forgotten: it is as much its as ours. Only a chain known empty (listed,
+ * no rule but this domain's jumps, policy accept) is ever deleted; nft refuses to delete one with rules anyway.
  */
 export function uncreated(
   created: string[],
   state: FirewallState,
   mine: Record<Family, Live>,
 ): { commands: string[]; keep: string[] } {
-  const commands: string[] = [], tables: string[] = [], keep: string[] = [];
-  const deleted = new Set<string>();
+  const commands: string[] = [], keep: string[] = [];
+  const tables = new Set(created.filter((e) => e.split(" ").length === 2));
   for (const entry of created) {
     const [f, table = "", chain] = entry.split(" ");
     const family: Family = f === "6" ? 6 : 4;
+    const nftFamily = family === 4 ? "ip" : "ip6";
     const live = state.ipt[family];
-    if (chain === undefined) {
-      tables.push(entry);
+    const chains = live?.tables?.[table];
+    if (!chains) continue;
+    // Unused: a built-in chain, policy accept, listed, with no rule left once this domain's jumps go.
+    const state_ = (c: string) => {
+      const others = live?.othersIn?.[`${table} ${c}`];
+      if (others === undefined || chains[c] !== "accept" || others.foreign > 0) return "others";
+      return others.ours > 0 ? "ours" : "unused";
+    };
+    if (chain !== undefined) {
+      if (tables.has(`${f} ${table}`) || chains[chain] === undefined) continue;
+      const use = state_(chain);
+      if (use === "unused") commands.push(`delete chain ${nftFamily} ${table} ${chain}`);
+      else if (use === "ours") keep.push(entry);
       continue;
     }
-    const policy = live?.tables?.[table]?.[chain];
-    const others = live?.othersIn?.[`${table} ${chain}`] ?? { foreign: 0, ours: 0 };
-    if (policy === undefined || others.foreign > 0 || policy !== "accept") continue;
-    if (others.ours > 0) {
-      keep.push(entry);
-      continue;
-    }
-    commands.push(`delete chain ${family === 4 ? "ip" : "ip6"} ${table} ${chain}`);
-    deleted.add(`${family} ${table} ${chain}`);
-  }
-  for (const entry of tables) {
-    const [f, table = ""] = entry.split(" ");
-    const family: Family = f === "6" ? 6 : 4;
-    const chains = Object.keys(state.ipt[family]?.tables?.[table] ?? {});
-    if (chains.length === 0) continue;
     const going = new Set(mine[family].chains.filter((c) => c.table === table).map((c) => c.chain));
-    const left = chains.filter((c) => !going.has(c) && !deleted.has(`${family} ${table} ${c}`));
-    if (left.length === 0) commands.push(`delete table ${family === 4 ? "ip" : "ip6"} ${table}`);
-    else if (left.every((c) => c.startsWith(CHAIN_PREFIX) || created.includes(`${family} ${table} ${c}`))) {
-      keep.push(entry);
-    }
+    const left = Object.keys(chains).filter((c) => !going.has(c));
+    const uses = left.map((c) => (c.startsWith(CHAIN_PREFIX) ? "ours" : state_(c)));
+    if (uses.every((u) => u === "unused")) {
+      for (const c of left) commands.push(`delete chain ${nftFamily} ${table} ${c}`);
+      commands.push(`delete table ${nftFamily} ${table}`);
+    } else if (!uses.includes("others")) keep.push(entry);
   }
   return { commands, keep };
 }

@@ -152,7 +152,12 @@ export function installed(program: string): boolean {
  */
 export async function ufw(lab: Lab, scratch: string) {
   const state = await Deno.makeTempDir({ dir: scratch });
-  for (const [from, to] of [["/etc/ufw", "etc-ufw"], ["/lib/ufw", "lib-ufw"], ["/etc/default/ufw", "default-ufw"]]) {
+  for (
+    const [from, to] of [["/etc/ufw", "etc-ufw"], ["/lib/ufw", "lib-ufw"], [
+      "/etc/default/ufw",
+      "default-ufw",
+    ]]
+  ) {
     const r = await new Deno.Command("cp", { args: ["-a", from!, `${state}/${to}`] }).output();
     if (!r.success) throw new Error(`Cannot copy ${from}: ${new TextDecoder().decode(r.stderr)}`);
   }
@@ -185,7 +190,8 @@ export async function ufw(lab: Lab, scratch: string) {
  */
 export async function firewalld(lab: Lab, scratch: string) {
   const state = await Deno.makeTempDir({ dir: scratch });
-  const copy = await new Deno.Command("cp", { args: ["-a", "/etc/firewalld", `${state}/etc-firewalld`] }).output();
+  const copy = await new Deno.Command("cp", { args: ["-a", "/etc/firewalld", `${state}/etc-firewalld`] })
+    .output();
   if (!copy.success) throw new Error("Cannot copy /etc/firewalld");
   const bus = `unix:path=${state}/bus`;
   const daemon = new Deno.Command("ip", {
@@ -201,10 +207,10 @@ export async function firewalld(lab: Lab, scratch: string) {
       "-c",
       `mount -t tmpfs tmpfs /run && mount --bind "$1/etc-firewalld" /etc/firewalld &&
        mount -t tmpfs tmpfs /usr/share/dbus-1/system-services &&
-       { dbus-daemon --system --nofork --nopidfile --address="$2" & } &&
+       { dbus-daemon --system --nofork --nopidfile --address="$2" & bus=$!; } &&
        i=0; while [ ! -S "$1/bus" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done;
        DBUS_SYSTEM_BUS_ADDRESS="$2" firewalld --nofork --nopid --log-target file --log-file "$1/firewalld.log";
-       kill %1 2>/dev/null; wait`,
+       kill "$bus"; wait`,
       "sh",
       state,
       bus,
@@ -222,7 +228,9 @@ export async function firewalld(lab: Lab, scratch: string) {
   while ((await cmd("--state")).stdout.trim() !== "running") {
     if (Date.now() > deadline) {
       daemon.kill("SIGKILL");
-      throw new Error(`firewalld did not come up: ${await Deno.readTextFile(`${state}/firewalld.log`).catch(() => "")}`);
+      throw new Error(
+        `firewalld did not come up: ${await Deno.readTextFile(`${state}/firewalld.log`).catch(() => "")}`,
+      );
     }
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -230,7 +238,11 @@ export async function firewalld(lab: Lab, scratch: string) {
     cmd,
     async stop() {
       // firewalld cleans up on SIGTERM (CleanupOnExit), then the shell ends its D-Bus.
-      const pids = await lab.exec(lab.ns.host, ["pgrep", "-f", `firewalld --nofork --nopid --log-target file --log-file ${state}`]);
+      const pids = await lab.exec(lab.ns.host, [
+        "pgrep",
+        "-f",
+        `firewalld --nofork --nopid --log-target file --log-file ${state}`,
+      ]);
       for (const pid of pids.stdout.trim().split("\n").filter(Boolean)) {
         await lab.exec(lab.ns.host, ["kill", "-TERM", pid]);
       }

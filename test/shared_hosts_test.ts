@@ -38,7 +38,12 @@ async function host(lab: Lab, settings: Record<string, unknown>) {
       },
     }),
   );
-  const env = { LC_ALL: "C", PATH, CONFIG_FILENAME: `${dir}/hooks.jsonc`, LIBVIRT_QEMU_RUN_DIR: `${dir}/run` };
+  const env = {
+    LC_ALL: "C",
+    PATH,
+    CONFIG_FILENAME: `${dir}/hooks.jsonc`,
+    LIBVIRT_QEMU_RUN_DIR: `${dir}/run`,
+  };
   const run = (args: string[]) =>
     lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, ...args], {
       stdin: xml,
@@ -47,7 +52,7 @@ async function host(lab: Lab, settings: Record<string, unknown>) {
       cwd: "/",
       timeoutMs: 30_000,
     });
-  return { run, file: `${dir}/hooks.jsonc` };
+  return { run, env, file: `${dir}/hooks.jsonc` };
 }
 
 /** The whole firewall of the lab's host: iptables per family and every nftables table. */
@@ -87,7 +92,8 @@ for (const software of SOFTWARE) {
   for (const libvirt of ["iptables", "nftables"] as const) {
     for (const backend of libvirt === "iptables" ? ["auto"] : ["auto", "iptables"]) {
       Deno.test({
-        name: `${software.name} (FORWARD policy DROP), libvirt on ${libvirt}, backend ${backend}: the whole ` +
+        name:
+          `${software.name} (FORWARD policy DROP), libvirt on ${libvirt}, backend ${backend}: the whole ` +
           "connection passes, without any rule of Docker's advice, and stop leaves the firewall as it was",
         ignore: !can.ok || !nft || software.missing !== undefined,
         ...opts,
@@ -125,7 +131,8 @@ const ADMIN_TABLE = `table inet filter {
 
 for (const libvirt of ["iptables", "nftables"] as const) {
   Deno.test({
-    name: `an administrator's nftables table with policy drop, libvirt on ${libvirt}: named by check, status and ` +
+    name:
+      `an administrator's nftables table with policy drop, libvirt on ${libvirt}: named by check, status and ` +
       "doctor; with accept_in, traffic passes; after stop, the table is exactly as written",
     ignore: !can.ok || !nft,
     ...opts,
@@ -150,46 +157,164 @@ for (const libvirt of ["iptables", "nftables"] as const) {
           /warning: web1: 4 of 4 forward\(s\) blocked by inet filter forward \(priority 0\): inet filter forward has policy drop; let it through with "nft insert rule inet filter forward ct status dnat accept", or hand us the chain: "\/settings": \{"accept_in": \["inet filter forward"\]\}/,
         );
         const status = await run(["status"]);
-        assert.match(status.stdout, /^Gate not ours to open: inet filter forward \(priority 0, policy drop\)/m);
-        assert.match(status.stdout, /tcp 203\.0\.113\.1:2222 -> 192\.168\.122\.10:22 {3}<- blocked by inet filter forward/);
+        assert.match(
+          status.stdout,
+          /^Gate not ours to open: inet filter forward \(priority 0, policy drop\)/m,
+        );
+        assert.match(
+          status.stdout,
+          /tcp 203\.0\.113\.1:2222 -> 192\.168\.122\.10:22 {3}<- blocked by inet filter forward/,
+        );
         const json = JSON.parse((await run(["status", "--json"])).stdout);
         assert.deepEqual(json.domains[0].forwards[0].blocked, ["blocked by inet filter forward"]);
         const doctor = await run(["doctor", "web1"]);
         assert.equal(doctor.code, 1);
-        assert.match(doctor.stdout, /FAIL {2}blocked by inet filter forward \(priority 0\): inet filter forward has policy drop/);
+        assert.match(
+          doctor.stdout,
+          /FAIL {2}blocked by inet filter forward \(priority 0\): inet filter forward has policy drop/,
+        );
         assert.match(doctor.stdout, /fix: nft insert rule inet filter forward ct status dnat accept/);
         const stopped = await run(["web1", "stopped", "end", "-"]);
         assert.equal(stopped.code, 0, stopped.stderr);
         assert.equal(await adminTable(), written);
       });
 
-      await t.step("handed to us with accept_in: the forward passes, both ways, in both families", async () => {
-        const before = await firewall(lab);
-        const { run } = await host(lab, { accept_in: ["inet filter forward"] });
-        const started = await run(["web1", "start", "begin", "-"]);
-        assert.equal(started.code, 0, started.stderr);
-        assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
-        assert.equal(await lab.connect(ns.client, "tcp", A.hostPub6, 2222), `g1 ${A.client6}`);
-        assert.equal(await lab.connect(ns.client, "udp", A.hostPub4, 5353), `g1-dns ${A.client4}`);
-        // Our accepts are first in the administrator's chain, tagged as ours.
-        const table = await adminTable();
-        assert.match(table, /policy drop;\n\t\toifname "virbr0" ct status dnat counter packets \d+ bytes \d+ accept comment "libvirt-hook-qemu:1:web1:accept"/);
-        const doctor = await run(["doctor", "web1"]);
-        assert.doesNotMatch(doctor.stdout, /blocked by/, doctor.stdout);
-        assert.match(doctor.stdout, /ok {4}inet filter forward, handed to us, holds our accept/);
-        // The administrator reloads the table: our accepts are gone, and reload puts them back in front.
-        await lab.exec(ns.host, ["nft", "-f", "-"], { stdin: `flush table inet filter\n${ADMIN_TABLE}` });
-        assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2222, { timeoutMs: 1000 }), null);
-        const reload = await run(["reload"]);
-        assert.equal(reload.code, 0, reload.stderr);
-        assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
-        // Stop, with the setting gone from the config meanwhile: what is live goes, whatever the config says.
-        const { run: runWithout } = await host(lab, {});
-        const stopped = await runWithout(["web1", "stopped", "end", "-"]);
-        assert.equal(stopped.code, 0, stopped.stderr);
-        assert.equal(await adminTable(), written);
-        assert.equal(await firewall(lab), before);
-      });
+      await t.step(
+        "handed to us with accept_in: the forward passes, both ways, in both families",
+        async () => {
+          const before = await firewall(lab);
+          const { run } = await host(lab, { accept_in: ["inet filter forward"] });
+          const started = await run(["web1", "start", "begin", "-"]);
+          assert.equal(started.code, 0, started.stderr);
+          assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
+          assert.equal(await lab.connect(ns.client, "tcp", A.hostPub6, 2222), `g1 ${A.client6}`);
+          assert.equal(await lab.connect(ns.client, "udp", A.hostPub4, 5353), `g1-dns ${A.client4}`);
+          // Our accepts are first in the administrator's chain, tagged as ours.
+          const table = await adminTable();
+          assert.match(
+            table,
+            /policy drop;\n\t\toifname "virbr0" ct status dnat counter packets \d+ bytes \d+ accept comment "libvirt-hook-qemu:1:web1:accept"/,
+          );
+          const doctor = await run(["doctor", "web1"]);
+          assert.doesNotMatch(doctor.stdout, /blocked by/, doctor.stdout);
+          assert.match(doctor.stdout, /ok {4}inet filter forward, handed to us, holds our accept/);
+          // The administrator reloads the table: our accepts are gone, and reload puts them back in front.
+          await lab.exec(ns.host, ["nft", "-f", "-"], { stdin: `flush table inet filter\n${ADMIN_TABLE}` });
+          assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2222, { timeoutMs: 1000 }), null);
+          const reload = await run(["reload"]);
+          assert.equal(reload.code, 0, reload.stderr);
+          assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
+          // Stop, with the setting gone from the config meanwhile: what is live goes, whatever the config says.
+          const { run: runWithout } = await host(lab, {});
+          const stopped = await runWithout(["web1", "stopped", "end", "-"]);
+          assert.equal(stopped.code, 0, stopped.stderr);
+          assert.equal(await adminTable(), written);
+          assert.equal(await firewall(lab), before);
+        },
+      );
     },
   });
+}
+
+const FIREWALLD = installed("firewalld") && installed("dbus-daemon") && installed("firewall-cmd");
+if (can.ok && !FIREWALLD) {
+  console.log("Skipping the firewalld tests: firewalld or dbus-daemon is not installed");
+}
+
+/** What libvirt does when firewalld (re)starts: it re-creates its iptables chains, its jumps first in FORWARD. */
+async function libvirtRecreates(lab: Lab) {
+  await lab.exec(lab.ns.host, ["iptables-restore"], {
+    stdin: baseRulesText(4, { checksum: lab.checksumRule }),
+  });
+  await lab.exec(lab.ns.host, ["ip6tables-restore"], {
+    stdin: baseRulesText(6, { ipv6Forward: "established" }),
+  });
+}
+
+/** Waits until `probe` gives `want`, for at most `ms`. */
+async function eventually<T>(probe: () => Promise<T>, want: T, ms: number): Promise<T> {
+  const deadline = Date.now() + ms;
+  let got = await probe();
+  while (got !== want && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 250));
+    got = await probe();
+  }
+  return got;
+}
+
+for (const libvirt of ["iptables", "nftables"] as const) {
+  for (const backend of libvirt === "iptables" ? ["auto"] : ["auto", "iptables"]) {
+    Deno.test({
+      name:
+        `firewalld, libvirt on ${libvirt}, backend ${backend}: forwards pass; after firewall-cmd --reload ` +
+        "wipes every iptables rule, the watcher puts ours back in front of libvirt's; stop leaves no residue",
+      ignore: !can.ok || !nft || !FIREWALLD,
+      ...opts,
+      async fn(t) {
+        await using lab = await createLab({ libvirt, ipv6Forward: "established" });
+        const { ns } = lab;
+        const fw = await firewalld(lab, SCRATCH);
+        try {
+          if (libvirt === "iptables") await libvirtRecreates(lab);
+          await lab.serve(ns.g1, "tcp", 22, "g1");
+          await lab.serve(ns.g1, "udp", 53, "g1-dns");
+          const { run, env } = await host(lab, { backend });
+          const before = await firewall(lab);
+          let started = await run(["web1", "start", "begin", "-"]);
+          assert.equal(started.code, 0, started.stderr);
+          await reaches(lab, t);
+          const stoppedFirst = await run(["web1", "stopped", "end", "-"]);
+          assert.equal(stoppedFirst.code, 0, stoppedFirst.stderr);
+          assert.equal(await firewall(lab), before);
+          // A reload alone leaves iptables' tables behind, emptied (it flushes each of them): the firewall as it
+          // is after one is what the second round must leave.
+          assert.equal((await fw.cmd("--reload")).code, 0);
+          if (libvirt === "iptables") await libvirtRecreates(lab);
+          const reloaded = await firewall(lab);
+          started = await run(["web1", "start", "begin", "-"]);
+          assert.equal(started.code, 0, started.stderr);
+          const watcher = new Deno.Command("ip", {
+            args: ["netns", "exec", ns.host, Deno.execPath(), "run", "-A", MAIN, "watch", "--poll", "2"],
+            clearEnv: true,
+            env,
+            stdin: "null",
+            stdout: "null",
+            stderr: "piped",
+          }).spawn();
+          try {
+            // Give the watcher its first look, then reload firewalld: every iptables rule goes, ours too.
+            await new Promise((r) => setTimeout(r, 1500));
+            const reload = await fw.cmd("--reload");
+            assert.equal(reload.code, 0, reload.stderr);
+            if (libvirt === "iptables") await libvirtRecreates(lab);
+            assert.equal(
+              await eventually(
+                () => lab.connect(ns.client, "tcp", A.hostPub4, 2222),
+                `g1 ${A.client4}`,
+                15_000,
+              ),
+              `g1 ${A.client4}`,
+            );
+            if (libvirt === "iptables") {
+              // Ours is back above LIBVIRT_FWI's reject.
+              const rules = (await lab.exec(ns.host, ["iptables", "-S", "FORWARD"])).stdout.split("\n");
+              const ours = rules.findIndex((r) => r.includes("LVH-"));
+              assert.ok(
+                ours >= 0 && ours < rules.findIndex((r) => r.includes("LIBVIRT_FWI")),
+                rules.join("\n"),
+              );
+            }
+          } finally {
+            watcher.kill("SIGTERM");
+            await watcher.output();
+          }
+          const stopped = await run(["web1", "stopped", "end", "-"]);
+          assert.equal(stopped.code, 0, stopped.stderr);
+          assert.equal(await firewall(lab), reloaded);
+        } finally {
+          await fw.stop();
+        }
+      },
+    });
+  }
 }
