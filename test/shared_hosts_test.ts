@@ -318,3 +318,51 @@ for (const libvirt of ["iptables", "nftables"] as const) {
     });
   }
 }
+
+Deno.test({
+  name: "doctor says OK for a working forward, and for broken ones what is wrong and the command that fixes it",
+  ignore: !can.ok || !nft,
+  ...opts,
+  async fn(t) {
+    await using lab = await createLab({ libvirt: "nftables" });
+    const { ns } = lab;
+    const { run } = await host(lab, {});
+    assert.equal((await run(["web1", "start", "begin", "-"])).code, 0);
+    const doctor = async () => {
+      const r = await run(["doctor", "web1"]);
+      return { code: r.code, fails: r.stdout.split("\n").filter((l) => l.startsWith("  FAIL") || / fix: /.test(l)) };
+    };
+    await t.step("the guest does not listen on its port", async () => {
+      assert.deepEqual(await doctor(), {
+        code: 1,
+        fails: [
+          `  FAIL  nothing in the guest listens on ${A.g1v4}:22 (connection refused)`,
+          "        fix: start the service in the guest, or forward to the port it listens on",
+          `  FAIL  nothing in the guest listens on [${A.g1v6}]:22 (connection refused)`,
+          "        fix: start the service in the guest, or forward to the port it listens on",
+        ],
+      });
+    });
+    await lab.serve(ns.g1, "tcp", 22, "g1");
+    await t.step("a working forward", async () => assert.deepEqual(await doctor(), { code: 0, fails: [] }));
+    await t.step("IPv4 forwarding off", async () => {
+      await lab.exec(ns.host, ["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+      assert.deepEqual(await doctor(), {
+        code: 1,
+        fails: [
+          "  FAIL  IPv4 forwarding is off (net.ipv4.ip_forward = 0): the host forwards nothing of that family",
+          "        fix: sysctl -w net.ipv4.ip_forward=1 (and keep it in /etc/sysctl.d/)",
+        ],
+      });
+      await lab.exec(ns.host, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    });
+    await t.step("the forward's rules gone (another tool wiped them)", async () => {
+      await lab.exec(ns.host, ["nft", "delete", "table", "inet", "libvirt_hook_qemu"]);
+      const { fails } = await doctor();
+      assert.deepEqual(fails.slice(0, 2), [
+        "  FAIL  the forward is not live",
+        "        fix: qemu apply web1   (or restart the guest)",
+      ]);
+    });
+  },
+});
