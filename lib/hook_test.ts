@@ -377,3 +377,31 @@ Deno.test("runHook() start logs a public port the host itself listens on, and ap
     });
   }
 });
+
+Deno.test("runHook() start logs a gate that will drop the forwards, and still starts the guest", async () => {
+  const chains = JSON.stringify({
+    nftables: [{
+      chain: { family: "inet", table: "filter", name: "forward", hook: "forward", prio: 0, policy: "drop" },
+    }],
+  });
+  const table = JSON.stringify({
+    nftables: [
+      { table: { family: "inet", name: "filter" } },
+      {
+        chain: { family: "inet", table: "filter", name: "forward", hook: "forward", prio: 0, policy: "drop" },
+      },
+    ],
+  });
+  const f = await fake(GOOD, (argv) => {
+    if (argv.join(" ") === "nft -j list chains") return { stdout: chains };
+    if (argv.join(" ") === "nft -j -i") return { stdout: table };
+    // Nothing else of nftables is there: the iptables backend carries the forwards.
+    if (argv[0] === "nft") return { code: 1, stderr: "Error: No such file or directory" };
+    return {};
+  });
+  f.deps.nft = "nft";
+  assert.equal(await runHook(call("web1", "start"), f.deps), 0);
+  assert.deepEqual(f.logged.filter((l) => l.includes("warning")), [
+    'start web1: warning: 1 of 1 forward(s) blocked by inet filter forward (priority 0): inet filter forward has policy drop; let it through with "nft insert rule inet filter forward ct status dnat accept", or hand us the chain: "/settings": {"accept_in": ["inet filter forward"]}',
+  ]);
+});
