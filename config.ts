@@ -2,6 +2,7 @@
 
 import type { Node, ParseError } from "jsonc-parser";
 import { type Address, type Family, formatNetwork, networkOf, parseAddress } from "./lib/address.ts";
+import { cutTooDeep, invalidUtf8, MAX_DEPTH } from "./lib/jsonc_scan.ts";
 
 /** The protocols a forward can use: DNAT by port needs one of these. */
 export const PROTOCOLS = ["tcp", "udp"] as const;
@@ -107,15 +108,25 @@ export async function loadParser(): Promise<void> {
 
 /** The config file as read, once per call: the first of the candidates that exists, or why it cannot be read. */
 export type ConfigSource =
-  | { file: string; text: string }
+  | { file: string; text: string; invalidUtf8?: number[] }
   | { file: string; error: string }
   | { file: string; missing: true };
 
-/** Reads the first config file that exists among `candidates`; synchronously: libvirt waits for the hook. */
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Reads the first config file that exists among `candidates`; synchronously: libvirt waits for the hook. Bytes that
+ * are no UTF-8 are kept as U+FFFD with their offsets (`invalidUtf8`), to be reported where they are, never used.
+ */
 export function readConfigSource(candidates: string[]): ConfigSource {
   for (const file of candidates) {
     try {
-      return { file, text: Deno.readTextFileSync(file) };
+      const bytes = Deno.readFileSync(file);
+      try {
+        return { file, text: utf8.decode(bytes) };
+      } catch {
+        return { file, text: new TextDecoder().decode(bytes), invalidUtf8: invalidUtf8(bytes) };
+      }
     } catch (err) {
       if (err instanceof Deno.errors.NotFound) continue;
       return { file, error: `Cannot read the config: ${err instanceof Error ? err.message : String(err)}` };
@@ -149,11 +160,12 @@ export async function loadConfig(
   if ("error" in source) {
     return { ...emptyConfig(file, true), broken: true, diagnostics: [fileProblem(file, source.error)] };
   }
-  const key = cacheDir === undefined ? undefined : cacheKey(file, options, source.text);
+  const invalid = source.invalidUtf8 ?? [];
+  const key = cacheDir === undefined ? undefined : cacheKey(file, options, source.text, invalid);
   const cached = key === undefined ? undefined : readCache(cacheDir!, key);
   if (cached) return cached;
   await loadParser();
-  const config = parseConfig(source.text, file, options);
+  const config = parseConfig(source.text, file, options, invalid);
   if (key !== undefined) await writeCache(cacheDir!, key, config);
   return config;
 }
@@ -165,7 +177,7 @@ function cacheFile(dir: string): string {
   return `${dir}/config-cache-${h.toString(16)}.json`;
 }
 
-function cacheKey(file: string, options: ValidateOptions, text: string): string {
+function cacheKey(file: string, options: ValidateOptions, text: string, invalid: number[]): string {
   // The code is part of the key: an upgraded hook never trusts what an older one validated.
   let code = import.meta.url;
   for (const path of [new URL(import.meta.url), Deno.execPath()]) {
@@ -177,7 +189,8 @@ function cacheKey(file: string, options: ValidateOptions, text: string): string 
     }
   }
   // The whole of it, compared exactly: no hash to collide, and no WebCrypto to load (~1 ms) on the hook's path.
-  return JSON.stringify([code, file, options, text]);
+  // Where bytes were not UTF-8 is part of it too: the text alone cannot tell them from a U+FFFD written as such.
+  return JSON.stringify([code, file, options, text, invalid]);
 }
 
 function readCache(dir: string, key: string): Config | undefined {
@@ -224,12 +237,22 @@ export interface ValidateOptions {
   defaultPublicIp?: Partial<Record<Family, string>>;
 }
 
-/** Parses and validates config text; `file` is used in messages only. Needs `await loadParser()` first. */
-export function parseConfig(text: string, file: string, options: ValidateOptions = {}): Config {
+/**
+ * Parses and validates config text; `file` is used in messages only; `invalidUtf8`: where the file's bytes were
+ * not UTF-8 (see readConfigSource). Needs `await loadParser()` first.
+ */
+export function parseConfig(
+  text: string,
+  file: string,
+  options: ValidateOptions = {},
+  invalidUtf8: number[] = [],
+): Config {
   if (!jsonc) throw new Error("Cannot parse the config: the parser is not loaded (await loadParser() first)");
   const config = emptyConfig(file, true);
   const errors: ParseError[] = [];
-  const root = jsonc.parseTree(text, errors, { allowTrailingComma: true, disallowComments: false });
+  // Nesting deep enough to exhaust the parser's recursion is cut out first, and stops only the entry that holds it.
+  const cut = cutTooDeep(text);
+  const root = jsonc.parseTree(cut.text, errors, { allowTrailingComma: true, disallowComments: false });
   const lines = lineStarts(text);
   const at = (offset: number) => position(lines, offset);
   const report = (node: Node | undefined, path: string, message: string, extra: Partial<Diagnostic> = {}) => {
@@ -254,6 +277,24 @@ export function parseConfig(text: string, file: string, options: ValidateOptions
       if (typeof key === "string" && key !== SETTINGS_KEY && key !== SCHEMA_KEY) config.names.add(key);
     }
   }
+  const tooDeep = new Set<string>();
+  for (const d of cut.tooDeep) {
+    const { line, column } = at(d.offset);
+    // At the root, or in the settings: every domain depends on it.
+    const scoped = d.key !== undefined && d.key !== SETTINGS_KEY;
+    if (d.key !== undefined) tooDeep.add(d.key);
+    config.diagnostics.push({
+      severity: "error",
+      file,
+      line,
+      column,
+      message: `Nesting deeper than ${MAX_DEPTH} levels`,
+      path: d.key === undefined ? "" : jsonPath("", d.key),
+      ...(scoped ? { domains: [d.key!] } : {}),
+    });
+    if (!scoped) config.broken = true;
+  }
+  reportInvalidUtf8(invalidUtf8, root, config, at);
   if (errors.length > 0) {
     config.broken = true;
     // A broken file stops the domains it names; when none can be named, it stops them all.
@@ -282,7 +323,9 @@ export function parseConfig(text: string, file: string, options: ValidateOptions
   }
   if (root.type !== "object") {
     config.broken = true;
-    report(root, "", `Expected an object mapping domain names to entries, found ${kind(root)}`);
+    if (!cut.tooDeep.some((d) => d.key === undefined)) {
+      report(root, "", `Expected an object mapping domain names to entries, found ${kind(root)}`);
+    }
     return config;
   }
 
@@ -291,6 +334,7 @@ export function parseConfig(text: string, file: string, options: ValidateOptions
     const [keyNode, valueNode] = prop.children ?? [];
     if (!keyNode || !valueNode) continue;
     const key = String(keyNode.value);
+    if (tooDeep.has(key)) continue;
     if (key === SCHEMA_KEY && valueNode.type === "string") continue;
     if (key === SETTINGS_KEY) {
       readSettings(valueNode, config, report);
@@ -304,6 +348,37 @@ export function parseConfig(text: string, file: string, options: ValidateOptions
     if (d.severity === "error") { for (const name of d.domains ?? []) config.domains.delete(name); }
   }
   return config;
+}
+
+/**
+ * Reports each place where the file's bytes were not UTF-8: inside a top-level entry, an error of that entry (a
+ * name or an address with a U+FFFD in it is never what was meant; in the settings, of the whole file); between
+ * entries (a comment), a warning.
+ */
+function reportInvalidUtf8(
+  offsets: number[],
+  root: Node | undefined,
+  config: Config,
+  at: (offset: number) => { line: number; column: number },
+) {
+  for (const offset of offsets) {
+    const prop = root?.type === "object"
+      ? root.children?.find((p) => p.offset <= offset && offset < p.offset + p.length)
+      : undefined;
+    const key = prop?.children?.[0]?.value;
+    const { line, column } = at(offset);
+    config.diagnostics.push({
+      severity: prop ? "error" : "warning",
+      file: config.file,
+      line,
+      column,
+      message: prop
+        ? "Not UTF-8: bytes here are no text"
+        : "Not UTF-8: bytes here are no text (between entries: ignored)",
+      path: typeof key === "string" ? jsonPath("", key) : "",
+      ...(typeof key === "string" && key !== SETTINGS_KEY ? { domains: [key] } : {}),
+    });
+  }
 }
 
 type Report = (node: Node | undefined, path: string, message: string, extra?: Partial<Diagnostic>) => void;
@@ -485,12 +560,9 @@ function readEntry(
   };
 
   const iface = str("interface");
-  if (iface !== undefined && !/^[^\s/:]{1,15}$/.test(iface)) {
-    fail(
-      fields.get("interface"),
-      jsonPath(path, "interface"),
-      "Not a valid interface name (1-15 characters, no space, / or :)",
-    );
+  const badName = iface === undefined ? undefined : interfaceNameProblem(iface);
+  if (badName) {
+    fail(fields.get("interface"), jsonPath(path, "interface"), `Not a valid interface name: ${badName}`);
   }
 
   const address = (
@@ -599,6 +671,22 @@ function readEntry(
   }
   if (failed) return undefined;
   return { path, ...(iface === undefined ? {} : { interface: iface }), targets, ports };
+}
+
+/**
+ * Why a name cannot be a network interface's, as the kernel checks it (dev_valid_name: 1 to 15 bytes, not "." or
+ * "..", no "/", ":" or white space) and as our rule languages would misread it (a leading "!" is iptables'
+ * negation, a trailing "+" or "*" a wildcard, quotes and backslashes end or escape the rule's words), if it cannot.
+ */
+export function interfaceNameProblem(name: string): string | undefined {
+  const bytes = new TextEncoder().encode(name).length;
+  if (bytes < 1 || bytes > 15) return `${bytes} bytes; the kernel allows 1 to 15`;
+  if (name === "." || name === "..") return `"${name}" is a directory, not a name`;
+  const bad = /[\s/:"'\\\p{Cc}]/u.exec(name);
+  if (bad) return `it holds ${JSON.stringify(bad[0])}, which no interface name may hold here`;
+  if (name.startsWith("!")) return 'a leading "!" would negate the match';
+  if (/[+*]$/.test(name)) return `a trailing "${name.at(-1)}" would match every interface it begins`;
+  return undefined;
 }
 
 function target(family: Family, privateIp: Address, publicIp?: Address, source?: Address): Target {

@@ -6,6 +6,7 @@ import {
   configMentions,
   domainConfig,
   formatDiagnostic,
+  interfaceNameProblem,
   loadConfig,
   loadParser,
   parseConfig,
@@ -300,4 +301,112 @@ Deno.test("parseConfig() reads accept_in: chains handed to us, each a positioned
     'hooks.jsonc:2:18: This chain is opened for our forwards already (libvirt\'s, ours, or iptables\' FORWARD) (["/settings"].accept_in[4] = "ip libvirt_network guest_input")',
     'hooks.jsonc:2:52: Expected "<family> <table> <chain>", as nft names a chain (e.g. "inet filter forward") (["/settings"].accept_in[5] = 7)',
   ]);
+});
+
+const WEB1 = `"web1": {"private_ip": "192.168.122.10", "port_map": {"tcp": [[2222, 22]]}}`;
+
+Deno.test("parseConfig() keeps nesting too deep for the parser to the entry that holds it", async (t) => {
+  const cases: [string, string, string[], boolean][] = [
+    [
+      "100 000 levels beside a valid entry",
+      `{\n${WEB1},\n"other": ${"[".repeat(100_000)}${"]".repeat(100_000)}\n}`,
+      ["hooks.jsonc:3:73: Nesting deeper than 64 levels (other)"],
+      true,
+    ],
+    [
+      "unclosed, to the end of the file",
+      `{\n${WEB1},\n"other": {"x": ${"[".repeat(10_000)}`,
+      ["hooks.jsonc:3:78: Nesting deeper than 64 levels (other)"],
+      false,
+    ],
+    [
+      "in the settings: the whole file",
+      `{\n${WEB1},\n"/settings": ${"[".repeat(100)}${"]".repeat(100)}\n}`,
+      ['hooks.jsonc:3:77: Nesting deeper than 64 levels (["/settings"])'],
+      false,
+    ],
+    ["at the root", `${"[".repeat(6000)}${"]".repeat(6000)}`, [
+      "hooks.jsonc:1:65: Nesting deeper than 64 levels",
+    ], false],
+  ];
+  for (const [name, text, want, web1] of cases) {
+    await t.step(name, () => {
+      const config = parseConfig(text, "hooks.jsonc");
+      const errors = config.diagnostics.map(formatDiagnostic);
+      for (const w of want) assert.ok(errors.includes(w), `${w} not in ${errors.join("\n")}`);
+      assert.ok(errors.every((e) => !/stack|Maximum call/i.test(e)));
+      assert.equal(domainConfig(config, "web1").kind, web1 ? "ok" : "invalid");
+      // A file that no longer parses, or whose settings cannot be read, stops the guests it names; at the root,
+      // where none can be named, every guest.
+      const everyone = name === "at the root" || name.includes("settings");
+      assert.equal(domainConfig(config, "unnamed").kind, everyone ? "invalid" : "absent");
+    });
+  }
+});
+
+Deno.test("readConfigSource() reports bytes that are no UTF-8 where they are, scoped like any problem", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const file = `${dir}/hooks.jsonc`;
+    const enc = new TextEncoder();
+    // virbr0\xff in db's entry; a Latin-1 comment (caf\xe9) between entries.
+    const bytes = new Uint8Array([
+      ...enc.encode(`{\n${WEB1},\n// caf`),
+      0xe9,
+      ...enc.encode(`\n"db": {"interface": "virbr0`),
+      0xff,
+      ...enc.encode(`", "private_ip": "192.168.122.20", "port_map": {"tcp": [5432]}}\n}\n`),
+    ]);
+    await Deno.writeFile(file, bytes);
+    const source = readConfigSource([file]);
+    assert.ok("text" in source);
+    assert.deepEqual(source.invalidUtf8?.length, 2);
+    const config = await loadConfig([file], {}, undefined, source);
+    assert.deepEqual(config.diagnostics.map(formatDiagnostic), [
+      `${file}:3:7: warning: Not UTF-8: bytes here are no text (between entries: ignored)`,
+      `${file}:4:28: Not UTF-8: bytes here are no text (db)`,
+    ]);
+    assert.equal(domainConfig(config, "web1").kind, "ok");
+    assert.equal(domainConfig(config, "db").kind, "invalid");
+    // Valid UTF-8 (and a U+FFFD written as such) reads as before.
+    await Deno.writeTextFile(file, `{${WEB1}} // \uFFFD`);
+    const plain = readConfigSource([file]);
+    assert.ok("text" in plain && plain.invalidUtf8 === undefined);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("interfaceNameProblem() takes what the kernel takes, and nothing our rules would misread", async (t) => {
+  const cases: [string, string | undefined][] = [
+    ["virbr0", undefined],
+    ["br-lan.100", undefined],
+    ["ünïcødé_br0", undefined],
+    ["x".repeat(15), undefined],
+    ["", "0 bytes; the kernel allows 1 to 15"],
+    ["x".repeat(16), "16 bytes; the kernel allows 1 to 15"],
+    ["éééééééé", "16 bytes; the kernel allows 1 to 15"],
+    ["..", '".." is a directory, not a name'],
+    ['virbr0"', 'it holds "\\"", which no interface name may hold here'],
+    ["vir'br", `it holds "'", which no interface name may hold here`],
+    ["vir\\br", 'it holds "\\\\", which no interface name may hold here'],
+    ["a b", 'it holds " ", which no interface name may hold here'],
+    ["br/0", 'it holds "/", which no interface name may hold here'],
+    ["br:0", 'it holds ":", which no interface name may hold here'],
+    ["br\u0007", 'it holds "\\u0007", which no interface name may hold here'],
+    ["!virbr0", 'a leading "!" would negate the match'],
+    ["virbr+", 'a trailing "+" would match every interface it begins'],
+    ["virbr*", 'a trailing "*" would match every interface it begins'],
+  ];
+  for (const [name, want] of cases) {
+    await t.step(JSON.stringify(name), () => assert.equal(interfaceNameProblem(name), want));
+  }
+  await t.step("in an entry: a positioned error of that entry only", () => {
+    const text = `{${WEB1}, "db": {"interface": "virbr0\\"", "private_ip": "192.168.122.20"}}`;
+    const config = parseConfig(text, "hooks.jsonc");
+    assert.deepEqual(config.diagnostics.map(formatDiagnostic).filter((d) => !d.includes("warning")), [
+      'hooks.jsonc:1:99: Not a valid interface name: it holds "\\"", which no interface name may hold here (db.interface = "virbr0\\"")',
+    ]);
+    assert.equal(domainConfig(config, "web1").kind, "ok");
+  });
 });
