@@ -121,18 +121,22 @@ const utf8 = new TextDecoder("utf-8", { fatal: true });
 export function readConfigSource(candidates: string[]): ConfigSource {
   for (const file of candidates) {
     try {
-      const bytes = Deno.readFileSync(file);
-      try {
-        return { file, text: utf8.decode(bytes) };
-      } catch {
-        return { file, text: new TextDecoder().decode(bytes), invalidUtf8: invalidUtf8(bytes) };
-      }
+      return decodeConfig(file, Deno.readFileSync(file));
     } catch (err) {
       if (err instanceof Deno.errors.NotFound) continue;
       return { file, error: `Cannot read the config: ${err instanceof Error ? err.message : String(err)}` };
     }
   }
   return { file: candidates[0] ?? "hooks.jsonc", missing: true };
+}
+
+/** The config file's bytes as text, with where they were not UTF-8 (see readConfigSource). */
+export function decodeConfig(file: string, bytes: Uint8Array): ConfigSource {
+  try {
+    return { file, text: utf8.decode(bytes) };
+  } catch {
+    return { file, text: new TextDecoder().decode(bytes), invalidUtf8: invalidUtf8(bytes) };
+  }
 }
 
 /**

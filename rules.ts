@@ -141,7 +141,7 @@ export function ruleComment(domain: string): string {
 function commentName(domain: string): string {
   if (isHashOnly(domain)) return `#${domainHash(domain)}`;
   const name = domain.replace(
-    /[^A-Za-z0-9._~+@=,-]/g,
+    /[^A-Za-z0-9._~+@=,-]/gu,
     (c) =>
       [...new TextEncoder().encode(c)].map((b) => `%${b.toString(16).toUpperCase().padStart(2, "0")}`).join(
         "",

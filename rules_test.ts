@@ -141,6 +141,7 @@ Deno.test("ruleComment() names the domain so that commentDomain() reads it back"
     "x".repeat(101),
     "x".repeat(300),
     "日本語のなまえ十二文字だよ",
+    "😀",
     "😀".repeat(250),
   ];
   for (const name of names) {
