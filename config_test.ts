@@ -8,6 +8,7 @@ import {
   formatDiagnostic,
   interfaceNameProblem,
   loadConfig,
+  loadConfigFor,
   loadParser,
   parseConfig,
   readConfigSource,
@@ -409,4 +410,37 @@ Deno.test("interfaceNameProblem() takes what the kernel takes, and nothing our r
     ]);
     assert.equal(domainConfig(config, "web1").kind, "ok");
   });
+});
+
+Deno.test("loadConfigFor() gives one domain what the whole config says of it, from a cache read by shard", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const file = `${dir}/hooks.jsonc`;
+    const bad = Array.from(
+      { length: 3000 },
+      (_, i) => `"bad${i}": {"private_ip": "10.0.${i >> 8}.${i & 255}", "port_map": {"tcp": [22]}}`,
+    );
+    await Deno.writeTextFile(file, `{${WEB1},\n${bad.join(",\n")}}`);
+    const whole = parseConfig(await Deno.readTextFile(file), file, { defaultPublicIp: { 4: "203.0.113.1" } });
+    const options = { defaultPublicIp: { 4: "203.0.113.1" } };
+    for (const round of ["parsed", "cached"]) {
+      for (const domain of ["web1", "bad7", "absent"]) {
+        const view = await loadConfigFor(domain, [file], { options, cacheDir: `${dir}/cache` });
+        assert.deepEqual(domainConfig(view, domain), domainConfig(whole, domain), `${round} ${domain}`);
+        assert.equal(view.diagnosticCount ?? view.diagnostics.length, whole.diagnostics.length);
+        // The file's first problems are there, in the file's order, to be printed before the count of the rest.
+        const first = whole.diagnostics.slice(0, 20).map(formatDiagnostic);
+        assert.deepEqual(view.diagnostics.map(formatDiagnostic).filter((d) => first.includes(d)), first);
+      }
+    }
+    // 3001 names: several shards, and a changed text is never answered from the cache.
+    assert.ok([...Deno.readDirSync(`${dir}/cache`)].some((e) => e.isDirectory));
+    await Deno.writeTextFile(file, `{${WEB1.replace("2222", "2223")}}`);
+    const changed = await loadConfigFor("web1", [file], { options, cacheDir: `${dir}/cache` });
+    const entries = domainConfig(changed, "web1");
+    assert.ok(entries.kind === "ok" && entries.entries[0]!.ports[0]!.publicPort === 2223);
+    assert.equal(changed.diagnosticCount ?? changed.diagnostics.length, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -9,6 +9,7 @@ import {
   domainConfig,
   formatDiagnostic,
   loadConfig,
+  loadConfigFor,
   readConfigSource,
 } from "../config.ts";
 import { domainHash, type Forward, iptablesTools, planForwards, type Tools } from "../rules.ts";
@@ -188,11 +189,10 @@ function printProblems(config: Config, deps: Pick<HookDeps, "problem">, domain?:
     : [...config.diagnostics.filter(concerns), ...config.diagnostics.filter((d) => !concerns(d))];
   const shown = domain === undefined ? ordered : ordered.slice(0, MAX_PRINTED_PROBLEMS);
   for (const d of shown) deps.problem(formatDiagnostic(d));
-  if (shown.length < ordered.length) {
+  const count = config.diagnosticCount ?? ordered.length;
+  if (shown.length < count) {
     deps.problem(
-      `${config.file}: ${
-        ordered.length - shown.length
-      } more problem(s) not shown; "qemu check" lists them all`,
+      `${config.file}: ${count - shown.length} more problem(s) not shown; "qemu check" lists them all`,
     );
   }
 }
@@ -212,7 +212,15 @@ export async function loadFor(
     if (found && "address" in found) defaults[family] = found.address;
   }
   const candidates = configCandidates(deps.env);
-  const config = await loadConfig(candidates, { defaultPublicIp: defaults }, deps.stateDir, source);
+  const options = { defaultPublicIp: defaults };
+  // A call for one domain reads only what concerns it from the cache; the commands read the whole config.
+  const config = domain === undefined
+    ? await loadConfig(candidates, options, deps.stateDir, source)
+    : await loadConfigFor(domain, candidates, {
+      options,
+      cacheDir: deps.stateDir,
+      ...(source ? { source } : {}),
+    });
   printProblems(config, deps, domain);
   return { config, facts };
 }
