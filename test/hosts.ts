@@ -250,3 +250,78 @@ export async function firewalld(lab: Lab, scratch: string) {
     },
   };
 }
+
+/**
+ * Runs the real dockerd (Debian's docker.io) in the lab's host, in a private mount namespace: tmpfs over /run and
+ * /etc/docker, the cgroup hierarchies mounted again (`ip netns exec` gives a fresh /sys, and dockerd refuses to
+ * start without its devices cgroup), its data and exec roots and socket in the scratch directory, no containers.
+ * IPv4 forwarding is off when it starts, as on a fresh host: dockerd turns it on and sets FORWARD's policy to DROP.
+ * Ready once its API answers (its own containerd started, its rules written); `stop` kills both.
+ */
+export async function dockerd(lab: Lab, scratch: string) {
+  const work = await Deno.makeTempDir({ dir: scratch });
+  await lab.exec(lab.ns.host, ["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+  const daemon = new Deno.Command("ip", {
+    args: [
+      "netns",
+      "exec",
+      lab.ns.host,
+      "unshare",
+      "-m",
+      "--propagation",
+      "private",
+      "sh",
+      "-c",
+      `set -e
+       mount -t tmpfs tmpfs /run
+       mount -t tmpfs tmpfs /etc/docker
+       mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
+       for c in cpu cpuacct cpuset memory devices freezer blkio pids; do
+         mkdir /sys/fs/cgroup/$c; mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c
+       done
+       mkdir /sys/fs/cgroup/systemd; mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd
+       exec dockerd --storage-driver=vfs --data-root "$1/data" --exec-root "$1/exec" --pidfile "$1/dockerd.pid" \\
+         -H "unix://$1/docker.sock"`,
+      "sh",
+      work,
+    ],
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const deadline = Date.now() + 30_000;
+  // Its API answers once the daemon is up, its network and rules set up before.
+  const ready = async () => {
+    try {
+      const conn = await Deno.connect({ transport: "unix", path: `${work}/docker.sock` });
+      try {
+        await conn.write(new TextEncoder().encode("GET /_ping HTTP/1.0\r\n\r\n"));
+        const buf = new Uint8Array(512);
+        const n = await conn.read(buf);
+        return n !== null && /\r\n\r\nOK$/.test(new TextDecoder().decode(buf.subarray(0, n)));
+      } finally {
+        conn.close();
+      }
+    } catch {
+      return false;
+    }
+  };
+  while (!(await ready())) {
+    if (Date.now() > deadline) {
+      daemon.kill("SIGKILL");
+      throw new Error("dockerd did not come up within 30 s");
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  return {
+    async stop() {
+      // dockerd's containerd dies with it (parent-death signal); its rules stay, as on a real host.
+      try {
+        daemon.kill("SIGKILL");
+      } catch {
+        // Gone already.
+      }
+      await daemon.status;
+    },
+  };
+}

@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { baseRulesText, canRunLab, createLab, type Lab, LAB_ADDR as A } from "./lab.ts";
-import { firewalld, installed, loadDocker, ufw } from "./hosts.ts";
+import { dockerd, firewalld, installed, loadDocker, ufw } from "./hosts.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const can = await canRunLab();
@@ -85,6 +85,12 @@ const SOFTWARE: { name: string; missing?: string; setUp(lab: Lab): Promise<unkno
     ...(installed("ufw") ? {} : { missing: "ufw is not installed" }),
     setUp: (lab) => ufw(lab, SCRATCH),
   },
+  {
+    // Debian 12's docker.io (20.10): its rules are Docker 27's for IPv4 (above), from the daemon itself.
+    name: "dockerd (Debian's docker.io)",
+    ...(installed("dockerd") && installed("containerd") ? {} : { missing: "docker.io is not installed" }),
+    setUp: (lab) => dockerd(lab, SCRATCH),
+  },
 ];
 for (const s of SOFTWARE) if (s.missing && can.ok) console.log(`Skipping the ${s.name} tests: ${s.missing}`);
 
@@ -100,7 +106,8 @@ for (const software of SOFTWARE) {
         async fn(t) {
           await using lab = await createLab({ libvirt, ipv6Forward: "established" });
           const { ns } = lab;
-          await software.setUp(lab);
+          const running = await software.setUp(lab) as { stop?(): Promise<void> } | undefined;
+          await using _ = { [Symbol.asyncDispose]: async () => await running?.stop?.() };
           await lab.serve(ns.g1, "tcp", 22, "g1");
           await lab.serve(ns.g1, "udp", 53, "g1-dns");
           const { run } = await host(lab, { backend });
@@ -320,7 +327,8 @@ for (const libvirt of ["iptables", "nftables"] as const) {
 }
 
 Deno.test({
-  name: "doctor says OK for a working forward, and for broken ones what is wrong and the command that fixes it",
+  name:
+    "doctor says OK for a working forward, and for broken ones what is wrong and the command that fixes it",
   ignore: !can.ok || !nft,
   ...opts,
   async fn(t) {
@@ -330,7 +338,10 @@ Deno.test({
     assert.equal((await run(["web1", "start", "begin", "-"])).code, 0);
     const doctor = async () => {
       const r = await run(["doctor", "web1"]);
-      return { code: r.code, fails: r.stdout.split("\n").filter((l) => l.startsWith("  FAIL") || / fix: /.test(l)) };
+      return {
+        code: r.code,
+        fails: r.stdout.split("\n").filter((l) => l.startsWith("  FAIL") || / fix: /.test(l)),
+      };
     };
     await t.step("the guest does not listen on its port", async () => {
       assert.deepEqual(await doctor(), {
