@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { baseRulesText, canRunLab, createLab, type Lab, LAB_ADDR as A } from "./lab.ts";
+import { baseRulesText, canRunLab, createLab, type Lab, LAB_ADDR as A, libvirtNftText } from "./lab.ts";
 import { dockerd, firewalld, installed, loadDocker, ufw } from "./hosts.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -106,7 +106,9 @@ for (const software of SOFTWARE) {
         async fn(t) {
           await using lab = await createLab({ libvirt, ipv6Forward: "established" });
           const { ns } = lab;
-          const running = await software.setUp(lab) as { stop?(): Promise<void> } | undefined;
+          const running = await software.setUp(lab) as
+            | { stop?(): Promise<void>; reload?(): Promise<void> }
+            | undefined;
           await using _ = { [Symbol.asyncDispose]: async () => await running?.stop?.() };
           await lab.serve(ns.g1, "tcp", 22, "g1");
           await lab.serve(ns.g1, "udp", 53, "g1-dns");
@@ -116,6 +118,12 @@ for (const software of SOFTWARE) {
           const started = await run(["web1", "start", "begin", "-"]);
           assert.equal(started.code, 0, started.stderr);
           await reaches(lab, t);
+          if (running?.reload) {
+            await t.step("its reload leaves our rules alone", async () => {
+              await running.reload!();
+              assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
+            });
+          }
           const doctor = await run(["doctor", "web1"]);
           assert.doesNotMatch(doctor.stdout, /FAIL +(the forward|libvirt|blocked)/, doctor.stdout);
           const stopped = await run(["web1", "stopped", "end", "-"]);
@@ -377,3 +385,52 @@ Deno.test({
     });
   },
 });
+
+for (const libvirt of ["iptables", "nftables"] as const) {
+  Deno.test({
+    name:
+      `systemctl restart nftables (flush ruleset, then /etc/nftables.conf), libvirt on ${libvirt}: once libvirt ` +
+      "has its rules back, the watcher puts ours back",
+    ignore: !can.ok || !nft,
+    ...opts,
+    async fn() {
+      await using lab = await createLab({ libvirt, ipv6Forward: "established" });
+      const { ns } = lab;
+      await lab.serve(ns.g1, "tcp", 22, "g1");
+      const { run, env } = await host(lab, {});
+      const iptables = async () => [await lab.ruleset(4), await lab.ruleset(6)].join("\n");
+      const before = await iptables();
+      assert.equal((await run(["web1", "start", "begin", "-"])).code, 0);
+      assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
+      const watcher = new Deno.Command("ip", {
+        args: ["netns", "exec", ns.host, Deno.execPath(), "run", "-A", MAIN, "watch", "--poll", "2"],
+        clearEnv: true,
+        env,
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      try {
+        await new Promise((r) => setTimeout(r, 1500));
+        // nftables.service's reload: its file starts with `flush ruleset`; everything goes, libvirt's too, until
+        // libvirt re-creates its own (its networks restarted).
+        await lab.exec(ns.host, ["nft", "-f", "-"], { stdin: "flush ruleset\n" });
+        if (libvirt === "iptables") await libvirtRecreates(lab);
+        else await lab.exec(ns.host, ["nft", "-f", "-"], { stdin: libvirtNftText() });
+        assert.equal(
+          await eventually(() => lab.connect(ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`, 15_000),
+          `g1 ${A.client4}`,
+        );
+      } finally {
+        watcher.kill("SIGTERM");
+        await watcher.output();
+      }
+      const stopped = await run(["web1", "stopped", "end", "-"]);
+      assert.equal(stopped.code, 0, stopped.stderr);
+      // The flush took the lab's other tables, and re-created tables list in another order: iptables is as it
+      // was, and nothing of ours is left in nftables.
+      assert.equal(await iptables(), before);
+      assert.doesNotMatch(await lab.nftRuleset(), /libvirt[-_]hook[-_]qemu/);
+    },
+  });
+}
