@@ -279,7 +279,7 @@ async function installWith(
     const hooks = reading ? (await reading).nft?.hooks : undefined;
     const warnings = [
       ...takenFromHost(plan.forwards, deps.listeners()),
-      ...await gateWarnings(plan.forwards, deps, facts, hooks),
+      ...await gateWarnings(plan.forwards, applyDeps(deps, config, facts), hooks),
     ];
     for (const w of warnings) deps.log(`${action} ${domain}: warning: ${w}`);
     if (deps.stateDir !== undefined) removeIfThere(removedMarker(deps.stateDir, domain));
@@ -410,12 +410,11 @@ export function packetOf(f: Forward, connected: ConnectedRoute[]): Packet {
  */
 export async function gateWarnings(
   forwards: Forward[],
-  deps: HookDeps,
-  facts: HostFacts,
+  deps: ApplyDeps,
   hooks?: BaseChain[],
 ): Promise<string[]> {
   try {
-    return gateLines(forwards, await foreignGates(applyDeps(deps), hooks), facts.connected);
+    return gateLines(forwards, await foreignGates(deps, hooks), deps.connected ?? []);
   } catch {
     return [];
   }
