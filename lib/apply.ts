@@ -81,6 +81,8 @@ export interface ApplyDeps {
   acceptIn?: readonly string[];
   /** Where libvirt keeps its running networks' status (default LIBVIRT_NETWORK_RUN_DIR; tests point elsewhere). */
   networkRunDir?: string;
+  /** libvirt's network driver settings (default LIBVIRT_NETWORK_CONF; tests point elsewhere). */
+  networkConf?: string;
   /** A directory on /run where the size of the last full ruleset read is remembered (see readState). */
   hintDir?: string;
   /**
@@ -170,7 +172,7 @@ async function readAll(deps: ApplyDeps, domain?: string): Promise<FirewallState>
     return live;
   }));
   const nft = deps.nft === undefined ? Promise.resolve(undefined) : readNft(runner, deps.nft, deps.acceptIn);
-  const conf = deps.nft === undefined ? Promise.resolve(undefined) : readNetworkConf();
+  const conf = deps.nft === undefined ? Promise.resolve(undefined) : readNetworkConf(deps.networkConf);
   const [[v4, v6], n, setting] = await Promise.all([ipt, nft, conf]);
   const nftMissing = deps.nft !== undefined && n === undefined;
   const backends = v4 === undefined || nftMissing
@@ -270,7 +272,7 @@ async function readAtOnce(
       env: { HOME: "/dev/null" },
       ...(onInput ? { onInput } : {}),
     }),
-    readNetworkConf(),
+    readNetworkConf(deps.networkConf),
   ]);
   const answered = parseInteractive(result.stdout, result.stderr);
   // Every command answered once, `list chains` (which cannot miss) first among the documents.
@@ -386,8 +388,8 @@ function iptablesItems(items: NftItem[]): (NftItem & { family: Family })[] {
   );
 }
 
-function readNetworkConf(): Promise<string | undefined> {
-  return Deno.readTextFile(LIBVIRT_NETWORK_CONF).then(parseNetworkConf, () => undefined);
+function readNetworkConf(path = LIBVIRT_NETWORK_CONF): Promise<string | undefined> {
+  return Deno.readTextFile(path).then(parseNetworkConf, () => undefined);
 }
 
 /**

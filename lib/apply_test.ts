@@ -285,6 +285,7 @@ async function syncOnNft(
     tools: iptablesTools(),
     nft: "nft",
     iptablesNft: true,
+    networkConf: "/nonexistent/network.conf",
     backend: "iptables" as const,
   };
   const changes = await syncDomain("vm1", forwards, deps);
@@ -382,6 +383,7 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
         tools: iptablesTools(),
         nft: "nft",
         iptablesNft: true,
+        networkConf: "/nonexistent/network.conf",
       };
       const read = readState(deps, "vm1", undefined, false);
       assert.equal((await read).jumpsUnread, true);

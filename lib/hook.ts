@@ -102,6 +102,8 @@ export interface HookDeps {
   stateDir?: string;
   /** Where libvirt keeps its running networks' status; absent: libvirt's own place. */
   networkRunDir?: string;
+  /** libvirt's network.conf; absent: libvirt's own. */
+  networkConf?: string;
   /** Whether these iptables tools drive nf_tables (iptables-nft); absent: read with iptables-save. */
   nfTables?(tools: Record<Family, Tools>): boolean;
 }
@@ -118,6 +120,7 @@ export function applyDeps(deps: HookDeps, config?: Config, facts?: HostFacts): A
     ...(facts ? { connected: facts.connected } : {}),
     ...(deps.stateDir === undefined ? {} : { hintDir: deps.stateDir }),
     ...(deps.networkRunDir === undefined ? {} : { networkRunDir: deps.networkRunDir }),
+    ...(deps.networkConf === undefined ? {} : { networkConf: deps.networkConf }),
   };
 }
 
