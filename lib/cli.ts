@@ -209,7 +209,17 @@ async function check(deps: HookDeps): Promise<number> {
     return 1;
   }
   const warnings = hostWarnings(config.domains, facts);
-  const gates = await foreignGates(applyDeps(deps, config)).catch(() => []);
+  const firewall = await readFirewall(deps, config);
+  const hooks = "error" in firewall ? undefined : firewall.nft?.hooks;
+  const gates = await foreignGates(applyDeps(deps, config), hooks).catch(() => []);
+  for (const gate of hooks === undefined ? [] : config.settings.acceptIn) {
+    if (!hooks!.some((h) => gateName(h) === gate)) {
+      warnings.push(
+        `["/settings"].accept_in: ${gate} is no base chain at the forward hook on this host (not there yet, or at ` +
+          "another hook): an accept of ours there lets nothing through",
+      );
+    }
+  }
   for (const [domain, entries] of config.domains) {
     const { forwards } = planForwards(entries, facts);
     for (const line of gateLines(forwards, gates, facts.connected)) {
@@ -222,12 +232,10 @@ async function check(deps: HookDeps): Promise<number> {
     console.error(`${config.file}: ${errors} error(s); the domains they name will not start`);
     return 1;
   }
-  console.log(
-    `${config.file}: OK, ${config.domains.size} domain(s); firewall backend: ${await backendLine(
-      deps,
-      config,
-    )}`,
-  );
+  const backend = "error" in firewall
+    ? `unknown (setting "${config.settings.backend}"; cannot read the firewall: ${firewall.error})`
+    : describeBackend(config.settings.backend, firewall);
+  console.log(`${config.file}: OK, ${config.domains.size} domain(s); firewall backend: ${backend}`);
   return 0;
 }
 
@@ -311,15 +319,6 @@ async function readFirewall(deps: HookDeps, config: Config): Promise<FirewallSta
   } catch (err) {
     return { error: message(err) };
   }
-}
-
-/** Which backend start would use here and why; without access to the firewall, says so. */
-async function backendLine(deps: HookDeps, config: Config): Promise<string> {
-  const state = await readFirewall(deps, config);
-  if ("error" in state) {
-    return `unknown (setting "${config.settings.backend}"; cannot read the firewall: ${state.error})`;
-  }
-  return describeBackend(config.settings.backend, state);
 }
 
 async function plan(domain: string, deps: HookDeps): Promise<number> {

@@ -213,6 +213,13 @@ for (const libvirt of ["iptables", "nftables"] as const) {
           const doctor = await run(["doctor", "web1"]);
           assert.doesNotMatch(doctor.stdout, /blocked by/, doctor.stdout);
           assert.match(doctor.stdout, /ok {4}inet filter forward, handed to us, holds our accept/);
+          // check says nothing of a chain handed to us that is there, and warns of one that is not.
+          assert.doesNotMatch((await run(["check"])).stderr, /accept_in/);
+          const { run: runWrong } = await host(lab, { accept_in: ["inet filter nosuchchain"] });
+          assert.match(
+            (await runWrong(["check"])).stderr,
+            /warning: \["\/settings"\]\.accept_in: inet filter nosuchchain is no base chain at the forward hook on this host/,
+          );
           // The administrator reloads the table: our accepts are gone, and reload puts them back in front.
           await lab.exec(ns.host, ["nft", "-f", "-"], { stdin: `flush table inet filter\n${ADMIN_TABLE}` });
           assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2222, { timeoutMs: 1000 }), null);
