@@ -1,18 +1,11 @@
 /** Unit tests of the config: the old format read unchanged, and every mistake reported at its line and column. */
 
 import assert from "node:assert/strict";
-import {
-  configCandidates,
-  configMentions,
-  domainConfig,
-  formatDiagnostic,
-  interfaceNameProblem,
-  loadConfig,
-  loadConfigFor,
-  loadParser,
-  parseConfig,
-  readConfigSource,
-} from "./config.ts";
+import { domainConfig, loadConfig, loadConfigFor } from "./config.ts";
+import { interfaceNameProblem } from "./config/entry.ts";
+import { formatDiagnostic } from "./config/model.ts";
+import { configCandidates, configMentions, readConfigSource } from "./config/source.ts";
+import { loadParser, parseConfig } from "./config/validate.ts";
 
 await loadParser();
 

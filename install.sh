@@ -6,6 +6,8 @@ set -euo pipefail
 DENO_VERSION=2.9.6
 NAME=libvirt-hook-qemu
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# The folders of the program's sources (beside main.ts, config.ts and rules.ts); the source form copies them.
+SOURCE_DIRS="config backends hook commands system"
 DESTDIR=${DESTDIR:-}
 HOOKS=$DESTDIR/etc/libvirt/hooks
 LIB=$HOOKS/$NAME
@@ -144,13 +146,16 @@ if [ "$kind" != source ]; then
   fi
 fi
 if [ -z "$built" ]; then
-  mkdir -p "$stage/$NAME/src/lib" "$stage/$NAME/cache"
+  mkdir -p "$stage/$NAME/src" "$stage/$NAME/cache"
   cp "$SRC"/deno.json "$SRC"/deno.lock "$SRC"/main.ts "$SRC"/config.ts "$SRC"/rules.ts "$stage/$NAME/src/"
-  find "$SRC/lib" -maxdepth 1 -name '*.ts' ! -name '*_test.ts' -exec cp {} "$stage/$NAME/src/lib/" \;
+  for dir in $SOURCE_DIRS; do
+    mkdir -p "$stage/$NAME/src/$dir"
+    find "$SRC/$dir" -maxdepth 1 -name '*.ts' ! -name '*_test.ts' -exec cp {} "$stage/$NAME/src/$dir/" \;
+  done
   cp "$(readlink -f "$(command -v deno)")" "$stage/$NAME/deno"
   # Every module, the lazily loaded ones too: deno cache does not insist on what is only imported dynamically.
   (cd "$stage/$NAME/src" && DENO_DIR="$stage/$NAME/cache" DENO_NO_UPDATE_CHECK=1 \
-    deno cache --quiet main.ts lib/cli.ts lib/jsonc.ts) ||
+    deno cache --quiet main.ts commands/cli.ts config/jsonc.ts) ||
     die "Cannot fill the module cache (it needs the npm registry once, at install time)"
   # What runs is a bundle of those sources (deno bundle, offline from that cache): one module for what every hook
   # call needs, instead of a graph of a dozen resolved through deno.json and the lock file (~2 ms per call); the

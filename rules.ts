@@ -1,26 +1,45 @@
-/** Turns a domain's entries into firewall rules, renders them as one iptables-restore batch and applies it. */
+/** The rule model: a domain's entries in, its forwards out; and the one place that applies them, all or nothing,
+ * with whichever backend fits the host (the backends' text and live state are in backends/). */
 
-import type { Entry, Protocol } from "./config.ts";
-import { type Family, formatNetwork, parseAddress } from "./lib/address.ts";
-import { connectedNetworkOf, type HostFacts } from "./lib/host.ts";
-
-/** One port forward, fully resolved: nothing in it depends on the host any more. */
-export interface Forward {
-  family: Family;
-  protocol: Protocol;
-  publicIp: string;
-  publicPort: number;
-  privateIp: string;
-  privatePort: number;
-  /** How many consecutive ports (a port_range); public and private ports are then equal. */
-  count: number;
-  /** Only this address or network may use the forward. */
-  source?: string;
-  /** The guest's bridge: where our accept in libvirt's nftables chain matches, and hairpin mode is set. */
-  interface?: string;
-  /** Sources masqueraded when they reach the forward through the public address (hairpin). */
-  hairpinFrom: string;
-}
+import { chooseBackend } from "./backends/choose.ts";
+import { createdBy, readCreated, recordCreated, uncreated, writeCreated } from "./backends/created.ts";
+import { readOtherGates } from "./backends/foreign.ts";
+import type { Forward } from "./backends/forward.ts";
+import {
+  renderAdditions,
+  renderRollback,
+  renderSync,
+  type RuleLines,
+  ruleLines,
+} from "./backends/iptables.ts";
+import { type Live, liveOf, parseSave } from "./backends/iptables_live.ts";
+import { carriedDomain } from "./backends/names.ts";
+import {
+  bridgesOf,
+  handedAccepts,
+  libvirtAccepts,
+  nftBase,
+  nftDomainObjects,
+  nftRemoveDomain,
+  nftRemoveIptables,
+  reassertHanded,
+} from "./backends/nftables.ts";
+import { liveAccepts, type NftLive } from "./backends/nftables_live.ts";
+import {
+  type ApplyDeps,
+  ApplyError,
+  beginRead,
+  FAMILIES,
+  type FirewallState,
+  liveBridges,
+  readAll,
+  readState,
+} from "./backends/state.ts";
+import type { Entry } from "./config/model.ts";
+import { type Family, formatNetwork, parseAddress } from "./system/address.ts";
+import { connectedNetworkOf, type HostFacts } from "./system/host.ts";
+import { batchFailure, CommandError } from "./system/runner.ts";
+import { message } from "./system/report.ts";
 
 /** Resolves a domain's entries against the host: default public addresses and hairpin networks. */
 export function planForwards(
@@ -74,539 +93,260 @@ export function planForwards(
   return { forwards, problems };
 }
 
-/** Every chain we create starts with this; nothing else is ever touched. */
-export const CHAIN_PREFIX = "LVH-";
-/** Our rules carry a comment `libvirt-hook-qemu:<format version>:<domain>`. */
-export const COMMENT_TAG = "libvirt-hook-qemu:";
-/** The version of the rule layout, written into every comment. */
-export const FORMAT_VERSION = 1;
+/** What one sync changed in one backend. */
+export interface Change {
+  target: "iptables" | "ip6tables" | "nft";
+  /** Rules of ours removed or replaced; undefined where a read of chain names did not count what was in our chains. */
+  removed: number | undefined;
+  added: number;
+}
 
 /**
- * Marks a domain known only by its hash: a rule whose comment could not hold the name. NUL can be in no name
- * libvirt passes (an argument cannot hold it, nor can XML), so the mark is never a real name.
+ * Makes a domain's live rules equal to `forwards`, all or nothing: one iptables-restore batch per family and one
+ * `nft -f` transaction; if any of them fails, what was already applied is put back as it was. `read`: the
+ * domain's readState, when the caller started it already (under the same lock).
  */
-const HASH_ONLY = "\0";
-
-/**
- * A short, stable hash of a domain name, used in chain names: 12 hex digits (48 bits) of FNV-1a 64 over its UTF-8
- * bytes. Names only need to be told apart, not kept secret; a plain hash keeps node:crypto (and the ~13 ms it
- * costs to load) off the hook's path. A domain known only by its hash (see hashOnly) has that hash.
- */
-export function domainHash(domain: string): string {
-  if (domain.startsWith(HASH_ONLY)) return domain.slice(HASH_ONLY.length);
-  let hash = 0xcbf29ce484222325n;
-  for (const byte of new TextEncoder().encode(domain)) {
-    hash = ((hash ^ BigInt(byte)) * 0x100000001b3n) & 0xffffffffffffffffn;
+export async function syncDomain(
+  domain: string,
+  forwards: Forward[],
+  deps: ApplyDeps,
+  read?: Promise<FirewallState>,
+): Promise<Change[]> {
+  // A start lists no jumps: with chains of the domain live, it reads everything below anyway. What is added does
+  // not depend on what is live: built and rendered while the firewall is read (ms at 1000).
+  const reading = read ?? (await beginRead(deps, { domain, jumps: forwards.length === 0 })).state;
+  const built = {} as Built;
+  for (const family of FAMILIES) {
+    const rules = ruleLines(domain, forwards.filter((f) => f.family === family));
+    built[family] = { rules, additions: renderAdditions(rules) };
   }
-  return hash.toString(16).padStart(16, "0").slice(0, 12);
-}
-
-/** The domain whose name is lost but whose hash is known, as the other functions here take a domain. */
-export function hashOnly(hash: string): string {
-  return `${HASH_ONLY}${hash}`;
-}
-
-/** Whether a domain is known only by its hash (see hashOnly). */
-export function isHashOnly(domain: string): boolean {
-  return domain.startsWith(HASH_ONLY);
-}
-
-/** A domain as people read it: its name, or `#<hash>` where only the hash is known. */
-export function domainLabel(domain: string): string {
-  return isHashOnly(domain) ? `#${domainHash(domain)}` : domain;
-}
-/** The chains one domain owns: `LVH-<hash>-DNAT` etc., 21 characters, under iptables' 28. */
-export function chainNames(domain: string): { dnat: string; snat: string; fwd: string } {
-  const h = domainHash(domain);
-  return {
-    dnat: `${CHAIN_PREFIX}${h}-DNAT`,
-    snat: `${CHAIN_PREFIX}${h}-SNAT`,
-    fwd: `${CHAIN_PREFIX}${h}-FWD`,
-  };
-}
-
-/**
- * The longest name, percent-encoded, that our comments carry: nftables keeps at most 128 bytes of a comment, and
- * ours is `libvirt-hook-qemu:1:<name>:accept` at most (20 + 100 + 7). A longer name is carried as `#<hash>`:
- * ownership always goes by the hash, never by a name a comment may have had to drop.
- */
-export const MAX_COMMENT_NAME = 100;
-
-/** The comment on every rule of a domain; odd characters are percent-encoded so it needs no quoting. */
-export function ruleComment(domain: string): string {
-  return `${COMMENT_TAG}${FORMAT_VERSION}:${commentName(domain)}`;
-}
-
-/** The name part of our comment: the percent-encoded name, or `#<hash>` where it would not fit. */
-function commentName(domain: string): string {
-  if (isHashOnly(domain)) return `#${domainHash(domain)}`;
-  const name = domain.replace(
-    /[^A-Za-z0-9._~+@=,-]/gu,
-    (c) =>
-      [...new TextEncoder().encode(c)].map((b) => `%${b.toString(16).toUpperCase().padStart(2, "0")}`).join(
-        "",
-      ),
-  );
-  return name.length > MAX_COMMENT_NAME ? `#${domainHash(domain)}` : name;
-}
-
-/**
- * The domain as our comments carry it, so that what is read back compares equal: the name itself, or, for a name
- * too long for a comment, the domain known only by its hash.
- */
-export function carriedDomain(domain: string): string {
-  return commentName(domain).startsWith("#") ? hashOnly(domainHash(domain)) : domain;
-}
-
-/**
- * Decodes the domain named in one of our comments (undefined when the comment is not ours): its name, or the
- * domain known only by its hash (`#<hash>`, see hashOnly). A `#` of a real name is always percent-encoded.
- */
-export function commentDomain(comment: string): string | undefined {
-  if (!comment.startsWith(COMMENT_TAG)) return undefined;
-  const rest = comment.slice(COMMENT_TAG.length);
-  const name = rest.slice(rest.indexOf(":") + 1);
-  const hashed = /^#([0-9a-f]{12})$/.exec(name);
-  if (hashed) return hashOnly(hashed[1]!);
+  // Only nftables needs them (our table, libvirt's chains): looked up when it does (0.3 ms at 1000 forwards).
+  let found: Record<Family, string[]> | undefined;
+  const bridges: Bridges = () =>
+    forwards.length === 0 ? undefined : found ??= bridgesOf(forwards, deps.connected ?? []);
+  let state = await readOtherGates(deps, await reading);
+  // A domain whose chains are there already and gets forwards again (reconnect, reload): rolling back exactly
+  // needs what is in them (and a removal needs the jumps into them, where a start's read did not list them).
+  const hasChains = (s: FirewallState) => FAMILIES.some((f) => (s.ipt[f]?.chains.length ?? 0) > 0);
+  if (state.scope && (forwards.length > 0 || state.scope === "chains, no jumps") && hasChains(state)) {
+    state = await readAll(deps, domain);
+  }
   try {
-    return decodeURIComponent(name);
-  } catch {
-    return name;
+    if (state.scope && forwards.length === 0) return await removeAtOnce(domain, state, deps);
+    return await syncState(domain, forwards, built, bridges, deps, state);
+  } catch (err) {
+    // A removal from a partial read failed as a whole (nothing changed) where something differs from what the
+    // read showed; a removal from everything that is live finishes the job.
+    if (!state.scope || forwards.length > 0 || !(err instanceof ApplyError)) throw err;
+    return await syncState(domain, forwards, built, bridges, deps, await readAll(deps, domain));
   }
-}
-
-/** The iptables tables our rules live in. */
-export type Table = "nat" | "filter";
-const TABLES: Table[] = ["nat", "filter"];
-
-/** A rule as data: the table and chain it goes in and its iptables arguments. */
-export interface Rule {
-  table: Table;
-  chain: string;
-  /** The rule after `-A <chain> `, as iptables-restore reads it. */
-  spec: string;
 }
 
 /**
- * The rules one family of a domain's forwards needs, as the hook applies them: our chains, the jumps into them,
- * and per table the `-A <chain> <spec>` lines that fill our chains, as text. Text, not objects: at 1000 forwards
- * this runs once, uncompiled, while libvirt waits, and text is what iptables-restore reads.
+ * Removes a domain read with readAtOnce in one nft transaction: the jumps into its iptables-nft chains (by
+ * handle), those chains, its objects in our nftables table and its accepts in libvirt's chains. iptables-restore
+ * commits each table on its own, and the kernel makes every commit that deletes wait for a grace period
+ * (10–40 ms here) before the program can exit; one transaction waits once. All or nothing: where it fails,
+ * nothing changed.
  */
-export interface RuleLines {
-  chains: Rule[];
-  jumps: Rule[];
-  /** Per table, the lines that fill our chains, joined by newlines ("" for none). */
-  text: Record<Table, string>;
-  /** How many rules the text holds. */
-  count: number;
-}
-
-/** Renders a domain's rules of one family (see RuleLines). */
-export function ruleLines(domain: string, forwards: Forward[]): RuleLines {
-  if (forwards.length === 0) return { chains: [], jumps: [], text: { nat: "", filter: "" }, count: 0 };
-  const c = chainNames(domain);
-  const comment = `-m comment --comment ${ruleComment(domain)}`;
-  const jump = (table: Table, chain: string, target: string): Rule => ({
-    table,
-    chain,
-    spec: `${comment} -j ${target}`,
-  });
-  // What is the same for every forward between one pair of addresses is made once; each line is pieces of text
-  // joined once per chain (far fewer objects for the garbage collector than a string per line).
-  const dnat: string[] = [], snat: string[] = [], fwd: string[] = [];
-  const parts = new Map<string, ReturnType<typeof commonParts>>();
-  for (const f of forwards) {
-    const key =
-      `${f.family} ${f.protocol} ${f.publicIp} ${f.privateIp} ${f.source} ${f.interface} ${f.hairpinFrom}`;
-    let p = parts.get(key);
-    if (!p) parts.set(key, p = commonParts(f, c, comment));
-    const last = f.count - 1;
-    const publicPorts = last === 0 ? `${f.publicPort}` : `${f.publicPort}:${f.publicPort + last}`;
-    const privatePorts = last === 0 ? `${f.privatePort}` : `${f.privatePort}:${f.privatePort + last}`;
-    // A range keeps its ports, so DNAT names no port and the kernel keeps the original one.
-    const to = f.count > 1
-      ? f.privateIp
-      : f.family === 4
-      ? `${f.privateIp}:${f.privatePort}`
-      : `[${f.privateIp}]:${f.privatePort}`;
-    dnat.push(p.dnat, publicPorts, p.dnatTo, to, "\n");
-    snat.push(p.snat, privatePorts, p.translated, publicPorts, p.snatTail, "\n");
-    fwd.push(p.fwd, publicPorts, p.fwdReply, privatePorts, p.fwdTail, "\n");
+async function removeAtOnce(domain: string, state: FirewallState, deps: ApplyDeps): Promise<Change[]> {
+  const mine = {} as Record<Family, Live>;
+  for (const family of FAMILIES) {
+    mine[family] = liveOf(state.ipt[family] ?? { chains: [], rules: [] }, domain);
   }
-  // Every line ends with a newline; the text has none at its end.
-  snat[snat.length - 1] = "";
-  fwd[fwd.length - 1] = "";
-  return {
-    chains: [
-      { table: "nat", chain: c.dnat, spec: "" },
-      { table: "nat", chain: c.snat, spec: "" },
-      { table: "filter", chain: c.fwd, spec: "" },
-    ],
-    // Inserted at the top: FORWARD must accept before libvirt's REJECT, and NAT must win over other tools'.
-    jumps: [
-      jump("nat", "PREROUTING", c.dnat),
-      jump("nat", "OUTPUT", c.dnat),
-      jump("nat", "POSTROUTING", c.snat),
-      jump("filter", "FORWARD", c.fwd),
-    ],
-    text: { nat: dnat.join("") + snat.join(""), filter: fwd.join("") },
-    count: 3 * forwards.length,
-  };
-}
-
-/** The same rules as data (table, chain, spec): for tests and for reading, not on the hook's path. */
-export function buildRules(
-  domain: string,
-  forwards: Forward[],
-): { chains: Rule[]; jumps: Rule[]; rules: Rule[] } {
-  const { chains, jumps, text } = ruleLines(domain, forwards);
-  const rules = TABLES.flatMap((table) =>
-    text[table] === "" ? [] : text[table].split("\n").map((line): Rule => {
-      const end = line.indexOf(" ", 3);
-      return { table, chain: line.slice(3, end), spec: line.slice(end + 1) };
-    })
-  );
-  return { chains, jumps, rules };
-}
-
-/** The parts of a forward's three rules that are the same for every forward between the same two addresses. */
-function commonParts(f: Forward, c: ReturnType<typeof chainNames>, comment: string) {
-  const host = f.family === 4 ? "/32" : "/128";
-  const pub = `${f.publicIp}${host}`;
-  const priv = `${f.privateIp}${host}`;
-  const proto = `-p ${f.protocol} -m ${f.protocol}`;
-  const source = f.source === undefined ? "" : ` -s ${f.source}`;
-  return {
-    dnat: `-A ${c.dnat} -d ${pub}${source} ${proto} --dport `,
-    dnatTo: ` ${comment} -j DNAT --to-destination `,
-    snat: `-A ${c.snat} -s ${f.hairpinFrom} -d ${priv} ${proto} --dport `,
-    snatTail: ` ${comment} -j MASQUERADE`,
-    // The whole connection, both directions: conntrack's tuples pin it to this forward (the client's packets to
-    // the guest and the guest's replies), so it passes a FORWARD whose policy drops everything else.
-    fwd: `-A ${c.fwd} -p ${f.protocol} -m conntrack --ctstate DNAT --ctorigdst ${pub} --ctorigdstport `,
-    fwdReply: ` --ctreplsrc ${priv} --ctreplsrcport `,
-    fwdTail: ` ${comment} -j ACCEPT`,
-    translated: ` -m conntrack --ctstate DNAT --ctorigdst ${pub} --ctorigdstport `,
-  };
-}
-
-/** A rule of ours (or one that jumps into ours) as iptables-save printed it. */
-export interface LiveRule {
-  table: string;
-  chain: string;
-  /** The rule's arguments after `-A <chain> `, exactly as saved, so `-D <chain> <spec>` deletes it. */
-  spec: string;
-  /** The domain hash it belongs to, from its chain, its jump target or its comment. */
-  owner: string;
-  /** The domain named in its comment, when it has our comment. */
-  domain?: string;
-  /** Its nftables handle, where it was read with nft (iptables-nft): what deletes exactly this rule. */
-  handle?: number;
-  /** A jump below a rule of other software in its built-in chain: no longer ahead of it (see Live). */
-  buried?: true;
-}
-
-/** What of ours is live in one family: our chains by table and the rules that concern them. */
-export interface Live {
-  chains: { table: string; chain: string; owner: string }[];
-  rules: LiveRule[];
-  /** Whether libvirt's own chains (LIBVIRT_*) are there: libvirt uses its iptables backend. */
-  libvirt?: boolean;
-  /**
-   * iptables' own filter FORWARD, where it exists: a gate every forwarded connection passes (Docker, ufw and an
-   * administrator's rules live there, often with policy DROP), so our accept goes into it on either backend.
-   */
-  forward?: { policy: string };
-  /**
-   * Read with nft (iptables-nft): every chain of iptables' nat and filter tables, by table, with a base chain's
-   * policy (`""` for a chain of our own or another's), so a start knows which built-in chains its batch creates.
-   */
-  tables?: Record<string, Record<string, string>>;
-  /**
-   * Read with nft, where the built-in chains were listed: per `<table> <chain>`, how many rules of other software
-   * (`foreign`) and of our other domains (`ours`) it holds besides this domain's jumps.
-   */
-  othersIn?: Record<string, { foreign: number; ours: number }>;
-  /** How much of the text read was other software's (bytes): what makes a host busy, whatever our own N. */
-  foreignBytes?: number;
-}
-
-/** Extracts our chains and rules from iptables-save output; everything else is skipped unread. */
-export function parseSave(text: string): Live {
-  const live: Live = { chains: [], rules: [] };
-  let table = "", foreign = 0;
-  // The built-in chains of ours where a rule of other software came first: a jump of ours after it is buried.
-  const foreignFirst = new Set<string>();
-  for (const line of text.split("\n")) {
-    if (line.startsWith("*")) {
-      table = line.slice(1).trim();
-      continue;
-    }
-    if (line.startsWith(":LIBVIRT_")) live.libvirt = true;
-    if (table === "filter" && line.startsWith(":FORWARD ")) {
-      live.forward = { policy: line.split(" ")[1] ?? "" };
-    }
-    // Cheap filter first: on a busy host almost every line is someone else's.
-    if (!line.includes(CHAIN_PREFIX) && !line.includes(COMMENT_TAG)) {
-      foreign += line.length + 1;
-      if (line.startsWith("-A ")) foreignFirst.add(`${table} ${line.slice(3, line.indexOf(" ", 3))}`);
-      continue;
-    }
-    if (line.startsWith(":")) {
-      const chain = line.slice(1).split(" ")[0] ?? "";
-      const owner = chainOwner(chain);
-      if (owner) live.chains.push({ table, chain, owner });
-      continue;
-    }
-    if (!line.startsWith("-A ")) continue;
-    const rest = line.slice(3);
-    const space = rest.indexOf(" ");
-    const chain = space < 0 ? rest : rest.slice(0, space);
-    const spec = space < 0 ? "" : rest.slice(space + 1);
-    const own = chainOwner(chain);
-    if (own) {
-      // Inside our own chains the chain names the owner; only the jumps into them need reading.
-      live.rules.push({ table, chain, spec, owner: own });
-      continue;
-    }
-    const tokens = tokenize(spec);
-    const target = tokens[tokens.indexOf("-j") + 1] ?? tokens[tokens.indexOf("-g") + 1];
-    const commentAt = tokens.indexOf("--comment");
-    const comment = commentAt >= 0 ? tokens[commentAt + 1] : undefined;
-    const domain = comment === undefined ? undefined : commentDomain(comment);
-    const owner = (target === undefined ? undefined : chainOwner(target)) ??
-      (domain === undefined ? undefined : domainHash(domain));
-    if (!owner) {
-      foreignFirst.add(`${table} ${chain}`);
-      continue;
-    }
-    live.rules.push({
-      table,
-      chain,
-      spec,
-      owner,
-      ...(domain === undefined ? {} : { domain }),
-      ...(foreignFirst.has(`${table} ${chain}`) ? { buried: true as const } : {}),
-    });
-  }
-  live.foreignBytes = foreign;
-  return live;
-}
-
-function chainOwner(chain: string): string | undefined {
-  return /^LVH-([0-9a-f]{12})-/.exec(chain)?.[1];
-}
-
-/** Splits an iptables-save rule into words, honouring its double quotes and backslash escapes. */
-export function tokenize(spec: string): string[] {
-  const out: string[] = [];
-  // A word is a run of quoted parts ("..." with backslash escapes) and bare characters, up to a space.
-  for (const m of spec.matchAll(/(?:"(?:[^"\\]|\\.)*"|[^\s"])+/g)) {
-    const word = m[0];
-    out.push(
-      word.includes('"')
-        ? word.replace(/"((?:[^"\\]|\\.)*)"/g, (_, q: string) => q.replace(/\\(.)/g, "$1"))
-        : word,
-    );
-  }
-  return out;
-}
-
-/** The built-in chains our jumps live in. */
-export const JUMP_CHAINS: [string, string][] = [["nat", "PREROUTING"], ["nat", "OUTPUT"], [
-  "nat",
-  "POSTROUTING",
-], [
-  "filter",
-  "FORWARD",
-]];
-
-/**
- * Turns `iptables -t <table> -S <chain>` listings into iptables-save text, so parseSave reads both: `-N` declares
- * a chain, `-A` lines stay, policies go. A jump to LIBVIRT_* shows that libvirt uses its iptables backend.
- */
-export function listingsToSave(listings: { table: string; text: string }[]): string {
-  const out: string[] = [];
-  for (const table of TABLES) {
-    out.push(`*${table}`);
-    for (const l of listings.filter((x) => x.table === table)) {
-      for (const line of l.text.split("\n")) {
-        if (line.startsWith("-N ")) out.push(`:${line.slice(3).trim()} - [0:0]`);
-        else if (line.startsWith("-P ")) out.push(`:${line.slice(3).trim()} [0:0]`);
-        else if (line.startsWith("-A ")) {
-          out.push(line);
-          const libvirt = / -j (LIBVIRT_\w+)/.exec(line)?.[1];
-          if (libvirt) out.push(`:${libvirt} - [0:0]`);
-        }
-      }
-    }
-    out.push("COMMIT");
-  }
-  return out.join("\n") + "\n";
-}
-
-/** Keeps only what belongs to one domain. */
-export function liveOf(live: Live, domain: string): Live {
-  const h = domainHash(domain);
-  return { chains: live.chains.filter((c) => c.owner === h), rules: live.rules.filter((r) => r.owner === h) };
-}
-
-/**
- * Renders one iptables-restore batch (for `--noflush`) that makes the domain's live rules (`current`, already
- * narrowed with liveOf) equal to `forwards`: declaring our chains flushes them, the live jumps are deleted by
- * their saved text, chains no longer needed are deleted, then the new rules go in. Undefined: nothing to do.
- */
-export function renderSync(
-  domain: string,
-  forwards: Forward[],
-  current: Live,
-  want: RuleLines = ruleLines(domain, forwards),
-  additions: Record<Table, string> = renderAdditions(want),
-): string | undefined {
-  if (want.count === 0 && current.chains.length === 0 && current.rules.length === 0) return undefined;
-  const out: string[] = [];
-  for (const table of TABLES) {
-    const wanted = want.chains.filter((c) => c.table === table).map((c) => c.chain);
-    const liveChains = current.chains.filter((c) => c.table === table).map((c) => c.chain);
-    const foreignRules = current.rules.filter((r) => r.table === table && !chainOwner(r.chain));
-    if (wanted.length === 0 && liveChains.length === 0 && foreignRules.length === 0) continue;
-    out.push(`*${table}`);
-    for (const chain of unique([...wanted, ...liveChains])) out.push(`:${chain} - [0:0]`);
-    for (const r of foreignRules) out.push(`-D ${r.chain} ${r.spec}`);
-    for (const chain of unique(liveChains)) if (!wanted.includes(chain)) out.push(`-X ${chain}`);
-    if (additions[table]) out.push(additions[table]);
-    out.push("COMMIT");
-  }
-  return out.join("\n") + "\n";
-}
-
-/**
- * The lines of a batch that add the wanted rules, per table: they do not depend on what is live, so the hook
- * renders them while it reads the firewall (3000 lines at 1000 forwards). Jumps go in at the top of built-in
- * chains, the rules at the end of our own.
- */
-export function renderAdditions(want: RuleLines): Record<Table, string> {
-  const out = {} as Record<Table, string>;
-  for (const table of TABLES) {
-    const jumps = want.jumps.filter((r) => r.table === table).map((r) => `-I ${r.chain} ${r.spec}`).join(
-      "\n",
-    );
-    const rules = want.text[table];
-    out[table] = jumps === "" ? rules : rules === "" ? jumps : `${jumps}\n${rules}`;
-  }
-  return out;
-}
-
-/** Renders a batch that puts a domain back exactly as `before` had it, whatever is live for it `now`. */
-export function renderRollback(domain: string, before: Live, now: Live): string | undefined {
-  const clear = renderSync(domain, [], now) ?? "";
-  const out: string[] = [];
-  for (const table of TABLES) {
-    const chains = before.chains.filter((c) => c.table === table);
-    const rules = before.rules.filter((r) => r.table === table);
+  const iptables = nftRemoveIptables(mine);
+  if (!iptables) throw new ApplyError("A jump into our chains was read without its nft handle");
+  const others = state.nft ? nftSync(domain, [], () => undefined, state.nft, deps) : [];
+  const created = deps.hintDir === undefined || state.scope === "chains, no jumps"
+    ? undefined
+    : readCreated(deps.hintDir);
+  const uncreate = created ? uncreated(created, state, mine) : { commands: [], keep: [] };
+  const commands = [...iptables, ...others, ...uncreate.commands];
+  if (commands.length === 0) return [];
+  const stdin = commands.join("\n") + "\n";
+  const result = await deps.runner.run([deps.nft!, "-f", "-"], { stdin });
+  if (result.code !== 0) throw new ApplyError(batchFailure("nft", result, stdin));
+  if (created && uncreate.keep.length !== created.length) writeCreated(deps.hintDir!, uncreate.keep);
+  const changes: Change[] = [];
+  for (const family of FAMILIES) {
+    const { chains, rules } = mine[family];
     if (chains.length === 0 && rules.length === 0) continue;
-    out.push(`*${table}`);
-    for (const c of chains) out.push(`:${c.chain} - [0:0]`);
-    for (const r of rules) if (chainOwner(r.chain)) out.push(`-A ${r.chain} ${r.spec}`);
-    // Jumps were inserted at the top; inserting them in reverse order keeps their original relative order.
-    for (const r of [...rules].reverse()) if (!chainOwner(r.chain)) out.push(`-I ${r.chain} ${r.spec}`);
-    out.push("COMMIT");
+    // What was in the chains was not read: only the jumps are counted, and only where there are no chains.
+    const removed = chains.length > 0 ? undefined : rules.length;
+    changes.push({ target: family === 4 ? "iptables" : "ip6tables", removed, added: 0 });
   }
-  const text = clear + (out.length ? out.join("\n") + "\n" : "");
-  return text === "" ? undefined : text;
+  if (others.length > 0) changes.push({ target: "nft", removed: 0, added: others.length });
+  return changes;
 }
 
-function unique<T>(items: T[]): T[] {
-  return [...new Set(items)];
+/** The filter part of a domain's rules (its accepts, `count` of them): what iptables' FORWARD gets of them. */
+function filterOnly(rules: RuleLines, count: number): Built[Family] {
+  const filter: RuleLines = {
+    chains: rules.chains.filter((c) => c.table === "filter"),
+    jumps: rules.jumps.filter((j) => j.table === "filter"),
+    text: { nat: "", filter: rules.text.filter },
+    count,
+  };
+  return { rules: filter, additions: renderAdditions(filter) };
 }
 
-/** The iptables programs of one family. */
-export interface Tools {
-  save: string[];
-  restore: string[];
-  /** The plain program, for listing single chains (`-t nat -S PREROUTING`). */
-  list: string[];
-}
+/** The iptables rules of a domain's forwards, per family, and the batch lines that add them. */
+type Built = Record<
+  Family,
+  { rules: RuleLines; additions: ReturnType<typeof renderAdditions> }
+>;
 
-/** Derives the save, restore and list programs from IPTABLES_BINARY (default `iptables`) for each family. */
-export function iptablesTools(binary = "iptables"): Record<Family, Tools> {
-  const slash = binary.lastIndexOf("/");
-  const dir = binary.slice(0, slash + 1);
-  const base = binary.slice(slash + 1);
-  const v6 = base.replace(/^iptables/, "ip6tables");
-  const tools = (name: string): Tools => ({
-    save: [`${dir}${name}-save`],
-    restore: [`${dir}${name}-restore`, "--noflush", "--wait"],
-    list: [`${dir}${name}`, "--wait"],
-  });
-  return { 4: tools(base), 6: tools(v6) };
-}
+/** The bridges a domain's forwards go out of (see bridgesOf), when asked; undefined when it has none. */
+type Bridges = () => Record<Family, string[]> | undefined;
 
-/** A forward as read back from a live DNAT rule, for status. */
-export interface LiveForward {
-  domain: string;
-  family: Family;
-  protocol: string;
-  publicIp: string;
-  publicPorts: string;
-  privateIp: string;
-  privatePorts: string;
-  source?: string;
-}
-
-/** Reads the forwards back from our live DNAT rules; a domain is named by its rules' comment. */
-export function liveForwards(live: Live, family: Family): LiveForward[] {
-  const out: LiveForward[] = [];
-  const names = new Map<string, string>();
-  for (const r of live.rules) if (r.domain !== undefined) names.set(r.owner, r.domain);
-  for (const r of live.rules) {
-    if (r.table !== "nat" || !r.chain.endsWith("-DNAT") || !chainOwner(r.chain)) continue;
-    const t = tokenize(r.spec);
-    const arg = (flag: string) => {
-      const i = t.indexOf(flag);
-      return i >= 0 ? t[i + 1] : undefined;
-    };
-    const to = arg("--to-destination");
-    const dport = arg("--dport");
-    if (to === undefined || dport === undefined) continue;
-    const bare = (a: string) => a.replace(/\/(32|128)$/, "");
-    const m = /^\[(.*)\]:(\d+)$/.exec(to) ?? /^([^:]+):(\d+)$/.exec(to);
-    const publicPorts = dport.replace(":", "-");
-    const source = arg("-s") === undefined ? undefined : bare(arg("-s")!);
-    out.push({
-      domain: names.get(r.owner) ?? hashOnly(r.owner),
+async function syncState(
+  domain: string,
+  forwards: Forward[],
+  built: Built,
+  bridges: Bridges,
+  deps: ApplyDeps,
+  state: FirewallState,
+): Promise<Change[]> {
+  const backend = forwards.length === 0 ? "iptables" : chooseBackend(deps.backend, state);
+  const batches: { family: Family; text: string; change: Change; rules: RuleLines }[] = [];
+  const before: Partial<Record<Family, Live>> = {};
+  for (const family of FAMILIES) {
+    const all = state.ipt[family];
+    // On the nftables backend, iptables' own FORWARD still gets our accept where it exists: it is a gate every
+    // forwarded connection passes (Docker, ufw, an administrator's iptables rules), whatever libvirt uses.
+    const iptables = backend === "iptables" ? "all" : all?.forward ? "filter" : "none";
+    const wanted = iptables === "none" ? [] : forwards.filter((f) => f.family === family);
+    if (!all) {
+      if (wanted.length > 0) throw new ApplyError(`${deps.tools[family].save[0]} is not installed`);
+      continue;
+    }
+    const mine = liveOf(all, domain);
+    before[family] = mine;
+    const added = iptables === "all"
+      ? built[family]
+      : iptables === "filter"
+      ? filterOnly(built[family].rules, wanted.length)
+      : { rules: ruleLines(domain, []), additions: undefined };
+    const text = renderSync(domain, wanted, mine, { want: added.rules, additions: added.additions });
+    if (text === undefined) continue;
+    const target = family === 4 ? "iptables" : "ip6tables";
+    batches.push({
       family,
-      protocol: arg("-p") ?? "?",
-      publicIp: bare(arg("-d") ?? "?"),
-      publicPorts,
-      privateIp: m ? m[1]! : to,
-      privatePorts: m ? m[2]! : publicPorts,
-      ...(source === undefined ? {} : { source }),
+      text,
+      rules: added.rules,
+      change: {
+        target,
+        removed: state.scope && mine.chains.length > 0 ? undefined : mine.rules.length,
+        added: added.rules.count + added.rules.jumps.length,
+      },
     });
   }
-  return out;
-}
+  const nftCommands = state.nft
+    ? nftSync(domain, backend === "nftables" ? forwards : [], bridges, state.nft, deps)
+    : [];
 
-/** Renders a forward as `proto public:port -> private:port [from source]`, the same for live and planned ones. */
-export function describeForward(f: LiveForward): string {
-  const host = (ip: string) => (f.family === 6 ? `[${ip}]` : ip);
-  const from = f.source === undefined ? "" : ` from ${f.source}`;
-  return `${f.protocol} ${host(f.publicIp)}:${f.publicPorts} -> ${
-    host(f.privateIp)
-  }:${f.privatePorts}${from}`;
-}
-
-/** The live form of a planned forward, so planned and live ones compare as text. */
-export function asLiveForward(domain: string, f: Forward): LiveForward {
-  const ports = (p: number) => (f.count === 1 ? `${p}` : `${p}-${p + f.count - 1}`);
-  return {
-    domain,
-    family: f.family,
-    protocol: f.protocol,
-    publicIp: f.publicIp,
-    publicPorts: ports(f.publicPort),
-    privateIp: f.privateIp,
-    privatePorts: ports(f.privatePort),
-    ...(f.source === undefined ? {} : { source: f.source }),
+  const attempted: Family[] = [];
+  const undo = async (why: string) => {
+    // Only what was read whole can be put back: a partial read knows a family exactly only when the domain had
+    // no chains there. A removal is not undone where it is not known exactly (see syncDomain).
+    const exact = attempted.filter((f) => !state.scope || (before[f]?.chains.length ?? 0) === 0);
+    const rollback = await rollBack(domain, exact, before, deps);
+    return new ApplyError(rollback ? `${why}; ${rollback}` : why);
   };
+  for (const batch of batches) {
+    attempted.push(batch.family);
+    const result = await deps.runner.run(deps.tools[batch.family].restore, { stdin: batch.text });
+    if (result.code !== 0) {
+      throw await undo(batchFailure(deps.tools[batch.family].restore[0]!, result, batch.text));
+    }
+  }
+  if (state.scope && deps.hintDir !== undefined) {
+    recordCreated(deps.hintDir, batches.flatMap((b) => createdBy(b.rules, b.family, state.ipt[b.family])));
+  }
+  const changes = batches.map((b) => b.change);
+  if (nftCommands.length > 0) {
+    const stdin = nftCommands.join("\n") + "\n";
+    const result = await deps.runner.run([deps.nft!, "-f", "-"], { stdin });
+    if (result.code !== 0) throw await undo(batchFailure("nft", result, stdin));
+    changes.push({ target: "nft", removed: 0, added: nftCommands.length });
+  }
+  return changes;
+}
+
+/**
+ * The nft commands for one domain: our table's objects (for `ours`, the forwards nftables carries) and our accepts
+ * in libvirt's chains (for `bridges`, those of all its forwards).
+ */
+function nftSync(
+  domain: string,
+  ours: Forward[],
+  bridges: Bridges,
+  live: NftLive,
+  deps: ApplyDeps,
+): string[] {
+  const table = ours.length > 0
+    ? [
+      ...nftBase(),
+      ...nftRemoveDomain(domain, live, { keepTable: true }),
+      ...nftDomainObjects(domain, ours, bridges() ?? bridgesOf(ours, deps.connected ?? [])),
+    ]
+    : nftRemoveDomain(domain, live);
+  // Our accepts in libvirt's chains and in those handed to us: the other domains' as they are, this one's as
+  // wanted. Keyed as the accepts' comments carry the domain, so that a name too long for a comment compares equal.
+  const mine = bridges();
+  const withMine = (wanted: Map<string, Record<Family, string[]>>) => {
+    if (mine) wanted.set(carriedDomain(domain), mine);
+    else wanted.delete(carriedDomain(domain));
+    return wanted;
+  };
+  const libvirt = live.libvirt[4] || live.libvirt[6] ? libvirtAccepts(live, withMine(liveAccepts(live))) : [];
+  return [...table, ...libvirt, ...handedAccepts(live, domain, mine, deps.acceptIn ?? [])];
+}
+
+async function rollBack(
+  domain: string,
+  families: Family[],
+  before: Partial<Record<Family, Live>>,
+  deps: ApplyDeps,
+): Promise<string | undefined> {
+  const problems: string[] = [];
+  for (const family of families) {
+    try {
+      const save = await deps.runner.run(deps.tools[family].save);
+      if (save.code !== 0) throw new CommandError(deps.tools[family].save, save);
+      const text = renderRollback(
+        domain,
+        before[family] ?? { chains: [], rules: [] },
+        liveOf(parseSave(save.stdout), domain),
+      );
+      if (text === undefined) continue;
+      const result = await deps.runner.run(deps.tools[family].restore, { stdin: text });
+      if (result.code !== 0) throw new Error(batchFailure(deps.tools[family].restore[0]!, result, text));
+    } catch (err) {
+      problems.push(`IPv${family}: ${message(err)}`);
+    }
+  }
+  return problems.length
+    ? `rolling back also failed, rules may be left half-applied: ${problems.join("; ")}`
+    : undefined;
+}
+
+/**
+ * Puts our accepts back in front of libvirt's nftables chains for every domain with live forwards; libvirt
+ * re-creates those chains on network and daemon restarts and on reload. Returns how many commands it ran.
+ */
+export async function reassertAccepts(deps: ApplyDeps): Promise<number> {
+  if (deps.nft === undefined) return 0;
+  const state = await readState(deps);
+  if (!state.nft) return 0;
+  const wanted = liveBridges(state, deps.connected ?? []);
+  const commands = [
+    ...libvirtAccepts(state.nft, wanted),
+    ...reassertHanded(state.nft, wanted, deps.acceptIn ?? []),
+  ];
+  if (commands.length === 0) return 0;
+  const stdin = commands.join("\n") + "\n";
+  const result = await deps.runner.run([deps.nft, "-f", "-"], { stdin });
+  if (result.code !== 0) throw new ApplyError(batchFailure("nft", result, stdin));
+  return commands.length;
 }

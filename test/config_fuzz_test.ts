@@ -5,14 +5,10 @@
  */
 
 import assert from "node:assert/strict";
-import {
-  type Config,
-  decodeConfig,
-  domainConfig,
-  formatDiagnostic,
-  loadParser,
-  parseConfig,
-} from "../config.ts";
+import { domainConfig } from "../config.ts";
+import { type Config, formatDiagnostic } from "../config/model.ts";
+import { decodeConfig } from "../config/source.ts";
+import { loadParser, parseConfig } from "../config/validate.ts";
 
 await loadParser();
 

@@ -1,0 +1,57 @@
+/** A forward: planned (fully resolved) or read back from a live rule, and how people read one. */
+
+import type { Family, Protocol } from "../system/address.ts";
+
+/** One port forward, fully resolved: nothing in it depends on the host any more. */
+export interface Forward {
+  family: Family;
+  protocol: Protocol;
+  publicIp: string;
+  publicPort: number;
+  privateIp: string;
+  privatePort: number;
+  /** How many consecutive ports (a port_range); public and private ports are then equal. */
+  count: number;
+  /** Only this address or network may use the forward. */
+  source?: string;
+  /** The guest's bridge: where our accept in libvirt's nftables chain matches, and hairpin mode is set. */
+  interface?: string;
+  /** Sources masqueraded when they reach the forward through the public address (hairpin). */
+  hairpinFrom: string;
+}
+
+/** A forward as read back from a live DNAT rule, for status. */
+export interface LiveForward {
+  domain: string;
+  family: Family;
+  protocol: string;
+  publicIp: string;
+  publicPorts: string;
+  privateIp: string;
+  privatePorts: string;
+  source?: string;
+}
+
+/** Renders a forward as `proto public:port -> private:port [from source]`, the same for live and planned ones. */
+export function describeForward(f: LiveForward): string {
+  const host = (ip: string) => (f.family === 6 ? `[${ip}]` : ip);
+  const from = f.source === undefined ? "" : ` from ${f.source}`;
+  return `${f.protocol} ${host(f.publicIp)}:${f.publicPorts} -> ${
+    host(f.privateIp)
+  }:${f.privatePorts}${from}`;
+}
+
+/** The live form of a planned forward, so planned and live ones compare as text. */
+export function asLiveForward(domain: string, f: Forward): LiveForward {
+  const ports = (p: number) => (f.count === 1 ? `${p}` : `${p}-${p + f.count - 1}`);
+  return {
+    domain,
+    family: f.family,
+    protocol: f.protocol,
+    publicIp: f.publicIp,
+    publicPorts: ports(f.publicPort),
+    privateIp: f.privateIp,
+    privatePorts: ports(f.privatePort),
+    ...(f.source === undefined ? {} : { source: f.source }),
+  };
+}

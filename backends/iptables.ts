@@ -1,0 +1,215 @@
+/** The iptables backend's text: a domain's rules as iptables-restore batches (sync, additions, rollback). */
+
+import type { Forward } from "./forward.ts";
+import { chainLine, chainOwner, type Live, Table, TABLES } from "./iptables_live.ts";
+import { chainNames, ruleComment } from "./names.ts";
+import type { Family } from "../system/address.ts";
+import { unique } from "../system/collections.ts";
+
+/** A rule as data: the table and chain it goes in and its iptables arguments. */
+export interface Rule {
+  table: Table;
+  chain: string;
+  /** The rule after `-A <chain> `, as iptables-restore reads it. */
+  spec: string;
+}
+
+/**
+ * The rules one family of a domain's forwards needs, as the hook applies them: our chains, the jumps into them,
+ * and per table the `-A <chain> <spec>` lines that fill our chains, as text. Text, not objects: at 1000 forwards
+ * this runs once, uncompiled, while libvirt waits, and text is what iptables-restore reads.
+ */
+export interface RuleLines {
+  chains: Rule[];
+  jumps: Rule[];
+  /** Per table, the lines that fill our chains, joined by newlines ("" for none). */
+  text: Record<Table, string>;
+  /** How many rules the text holds. */
+  count: number;
+}
+
+/** Renders a domain's rules of one family (see RuleLines). */
+export function ruleLines(domain: string, forwards: Forward[]): RuleLines {
+  if (forwards.length === 0) return { chains: [], jumps: [], text: { nat: "", filter: "" }, count: 0 };
+  const c = chainNames(domain);
+  const comment = `-m comment --comment ${ruleComment(domain)}`;
+  const jump = (table: Table, chain: string, target: string): Rule => ({
+    table,
+    chain,
+    spec: `${comment} -j ${target}`,
+  });
+  // What is the same for every forward between one pair of addresses is made once; each line is pieces of text
+  // joined once per chain (far fewer objects for the garbage collector than a string per line).
+  const dnat: string[] = [], snat: string[] = [], fwd: string[] = [];
+  const parts = new Map<string, ReturnType<typeof commonParts>>();
+  for (const f of forwards) {
+    const key =
+      `${f.family} ${f.protocol} ${f.publicIp} ${f.privateIp} ${f.source} ${f.interface} ${f.hairpinFrom}`;
+    let p = parts.get(key);
+    if (!p) parts.set(key, p = commonParts(f, c, comment));
+    const last = f.count - 1;
+    const publicPorts = last === 0 ? `${f.publicPort}` : `${f.publicPort}:${f.publicPort + last}`;
+    const privatePorts = last === 0 ? `${f.privatePort}` : `${f.privatePort}:${f.privatePort + last}`;
+    // A range keeps its ports, so DNAT names no port and the kernel keeps the original one.
+    const to = f.count > 1
+      ? f.privateIp
+      : f.family === 4
+      ? `${f.privateIp}:${f.privatePort}`
+      : `[${f.privateIp}]:${f.privatePort}`;
+    dnat.push(p.dnat, publicPorts, p.dnatTo, to, "\n");
+    snat.push(p.snat, privatePorts, p.translated, publicPorts, p.snatTail, "\n");
+    fwd.push(p.fwd, publicPorts, p.fwdReply, privatePorts, p.fwdTail, "\n");
+  }
+  // Every line ends with a newline; the text has none at its end.
+  snat[snat.length - 1] = "";
+  fwd[fwd.length - 1] = "";
+  return {
+    chains: [
+      { table: "nat", chain: c.dnat, spec: "" },
+      { table: "nat", chain: c.snat, spec: "" },
+      { table: "filter", chain: c.fwd, spec: "" },
+    ],
+    // Inserted at the top: FORWARD must accept before libvirt's REJECT, and NAT must win over other tools'.
+    jumps: [
+      jump("nat", "PREROUTING", c.dnat),
+      jump("nat", "OUTPUT", c.dnat),
+      jump("nat", "POSTROUTING", c.snat),
+      jump("filter", "FORWARD", c.fwd),
+    ],
+    text: { nat: dnat.join("") + snat.join(""), filter: fwd.join("") },
+    count: 3 * forwards.length,
+  };
+}
+
+/** The same rules as data (table, chain, spec): for tests and for reading, not on the hook's path. */
+export function buildRules(
+  domain: string,
+  forwards: Forward[],
+): { chains: Rule[]; jumps: Rule[]; rules: Rule[] } {
+  const { chains, jumps, text } = ruleLines(domain, forwards);
+  const rules = TABLES.flatMap((table) =>
+    text[table] === "" ? [] : text[table].split("\n").map((line): Rule => {
+      const end = line.indexOf(" ", 3);
+      return { table, chain: line.slice(3, end), spec: line.slice(end + 1) };
+    })
+  );
+  return { chains, jumps, rules };
+}
+
+/** The parts of a forward's three rules that are the same for every forward between the same two addresses. */
+function commonParts(f: Forward, c: ReturnType<typeof chainNames>, comment: string) {
+  const host = f.family === 4 ? "/32" : "/128";
+  const pub = `${f.publicIp}${host}`;
+  const priv = `${f.privateIp}${host}`;
+  const proto = `-p ${f.protocol} -m ${f.protocol}`;
+  const source = f.source === undefined ? "" : ` -s ${f.source}`;
+  return {
+    dnat: `-A ${c.dnat} -d ${pub}${source} ${proto} --dport `,
+    dnatTo: ` ${comment} -j DNAT --to-destination `,
+    snat: `-A ${c.snat} -s ${f.hairpinFrom} -d ${priv} ${proto} --dport `,
+    snatTail: ` ${comment} -j MASQUERADE`,
+    // The whole connection, both directions: conntrack's tuples pin it to this forward (the client's packets to
+    // the guest and the guest's replies), so it passes a FORWARD whose policy drops everything else.
+    fwd: `-A ${c.fwd} -p ${f.protocol} -m conntrack --ctstate DNAT --ctorigdst ${pub} --ctorigdstport `,
+    fwdReply: ` --ctreplsrc ${priv} --ctreplsrcport `,
+    fwdTail: ` ${comment} -j ACCEPT`,
+    translated: ` -m conntrack --ctstate DNAT --ctorigdst ${pub} --ctorigdstport `,
+  };
+}
+
+/** The built-in chains our jumps live in. */
+export const JUMP_CHAINS: [string, string][] = [["nat", "PREROUTING"], ["nat", "OUTPUT"], [
+  "nat",
+  "POSTROUTING",
+], [
+  "filter",
+  "FORWARD",
+]];
+
+/**
+ * Renders one iptables-restore batch (for `--noflush`) that makes the domain's live rules (`current`, already
+ * narrowed with liveOf) equal to `forwards`: declaring our chains flushes them, the live jumps are deleted by
+ * their saved text, chains no longer needed are deleted, then the new rules go in. Undefined: nothing to do.
+ */
+export function renderSync(
+  domain: string,
+  forwards: Forward[],
+  current: Live,
+  prepared: { want?: RuleLines | undefined; additions?: Record<Table, string> | undefined } = {},
+): string | undefined {
+  const want = prepared.want ?? ruleLines(domain, forwards);
+  const additions = prepared.additions ?? renderAdditions(want);
+  if (want.count === 0 && current.chains.length === 0 && current.rules.length === 0) return undefined;
+  const out: string[] = [];
+  for (const table of TABLES) {
+    const wanted = want.chains.filter((c) => c.table === table).map((c) => c.chain);
+    const liveChains = current.chains.filter((c) => c.table === table).map((c) => c.chain);
+    const foreignRules = current.rules.filter((r) => r.table === table && !chainOwner(r.chain));
+    if (wanted.length === 0 && liveChains.length === 0 && foreignRules.length === 0) continue;
+    out.push(`*${table}`);
+    for (const chain of unique([...wanted, ...liveChains])) out.push(chainLine(chain));
+    for (const r of foreignRules) out.push(`-D ${r.chain} ${r.spec}`);
+    for (const chain of unique(liveChains)) if (!wanted.includes(chain)) out.push(`-X ${chain}`);
+    if (additions[table]) out.push(additions[table]);
+    out.push("COMMIT");
+  }
+  return out.join("\n") + "\n";
+}
+
+/**
+ * The lines of a batch that add the wanted rules, per table: they do not depend on what is live, so the hook
+ * renders them while it reads the firewall (3000 lines at 1000 forwards). Jumps go in at the top of built-in
+ * chains, the rules at the end of our own.
+ */
+export function renderAdditions(want: RuleLines): Record<Table, string> {
+  const out = {} as Record<Table, string>;
+  for (const table of TABLES) {
+    const jumps = want.jumps.filter((r) => r.table === table).map((r) => `-I ${r.chain} ${r.spec}`).join(
+      "\n",
+    );
+    const rules = want.text[table];
+    out[table] = jumps === "" ? rules : rules === "" ? jumps : `${jumps}\n${rules}`;
+  }
+  return out;
+}
+
+/** Renders a batch that puts a domain back exactly as `before` had it, whatever is live for it `now`. */
+export function renderRollback(domain: string, before: Live, now: Live): string | undefined {
+  const clear = renderSync(domain, [], now) ?? "";
+  const out: string[] = [];
+  for (const table of TABLES) {
+    const chains = before.chains.filter((c) => c.table === table);
+    const rules = before.rules.filter((r) => r.table === table);
+    if (chains.length === 0 && rules.length === 0) continue;
+    out.push(`*${table}`);
+    for (const c of chains) out.push(chainLine(c.chain));
+    for (const r of rules) if (chainOwner(r.chain)) out.push(`-A ${r.chain} ${r.spec}`);
+    // Jumps were inserted at the top; inserting them in reverse order keeps their original relative order.
+    for (const r of [...rules].reverse()) if (!chainOwner(r.chain)) out.push(`-I ${r.chain} ${r.spec}`);
+    out.push("COMMIT");
+  }
+  const text = clear + (out.length ? out.join("\n") + "\n" : "");
+  return text === "" ? undefined : text;
+}
+
+/** The iptables programs of one family. */
+export interface Tools {
+  save: string[];
+  restore: string[];
+  /** The plain program, for listing single chains (`-t nat -S PREROUTING`). */
+  list: string[];
+}
+
+/** Derives the save, restore and list programs from IPTABLES_BINARY (default `iptables`) for each family. */
+export function iptablesTools(binary = "iptables"): Record<Family, Tools> {
+  const slash = binary.lastIndexOf("/");
+  const dir = binary.slice(0, slash + 1);
+  const base = binary.slice(slash + 1);
+  const v6 = base.replace(/^iptables/, "ip6tables");
+  const tools = (name: string): Tools => ({
+    save: [`${dir}${name}-save`],
+    restore: [`${dir}${name}-restore`, "--noflush", "--wait"],
+    list: [`${dir}${name}`, "--wait"],
+  });
+  return { 4: tools(base), 6: tools(v6) };
+}

@@ -1,0 +1,153 @@
+/** The iptables backend's text: the exact iptables-restore batches each config produces. */
+
+import { buildRules, iptablesTools, renderSync } from "./iptables.ts";
+import { liveOf, parseSave } from "./iptables_live.ts";
+import { domainHash } from "./names.ts";
+import assert from "node:assert/strict";
+import { dedent, EXAMPLE, forwardsOf, SAVED } from "../test/util.ts";
+
+Deno.test("renderSync() renders the example config as one iptables-restore batch", () => {
+  const { forwards, problems } = forwardsOf(EXAMPLE, "web1");
+  assert.deepEqual(problems, []);
+  const h = domainHash("web1");
+  const c = "-m comment --comment libvirt-hook-qemu:1:web1";
+  const ct = (port: string) =>
+    `-m conntrack --ctstate DNAT --ctorigdst 203.0.113.7/32 --ctorigdstport ${port}`;
+  // The accept pins the whole connection, both directions: where it was addressed, and who answers.
+  const reply = (port: string) => `--ctreplsrc 192.168.122.10/32 --ctreplsrcport ${port}`;
+  assert.equal(
+    renderSync("web1", forwards, { chains: [], rules: [] }),
+    dedent(`
+      *nat
+      :LVH-${h}-DNAT - [0:0]
+      :LVH-${h}-SNAT - [0:0]
+      -I PREROUTING ${c} -j LVH-${h}-DNAT
+      -I OUTPUT ${c} -j LVH-${h}-DNAT
+      -I POSTROUTING ${c} -j LVH-${h}-SNAT
+      -A LVH-${h}-DNAT -d 203.0.113.7/32 -s 198.51.100.0/24 -p tcp -m tcp --dport 2222 ${c} -j DNAT --to-destination 192.168.122.10:22
+      -A LVH-${h}-DNAT -d 203.0.113.7/32 -s 198.51.100.0/24 -p tcp -m tcp --dport 443 ${c} -j DNAT --to-destination 192.168.122.10:443
+      -A LVH-${h}-DNAT -d 203.0.113.7/32 -s 198.51.100.0/24 -p udp -m udp --dport 51820 ${c} -j DNAT --to-destination 192.168.122.10:51820
+      -A LVH-${h}-DNAT -d 203.0.113.7/32 -s 198.51.100.0/24 -p udp -m udp --dport 30000:30099 ${c} -j DNAT --to-destination 192.168.122.10
+      -A LVH-${h}-SNAT -s 192.168.122.0/24 -d 192.168.122.10/32 -p tcp -m tcp --dport 22 ${
+      ct("2222")
+    } ${c} -j MASQUERADE
+      -A LVH-${h}-SNAT -s 192.168.122.0/24 -d 192.168.122.10/32 -p tcp -m tcp --dport 443 ${
+      ct("443")
+    } ${c} -j MASQUERADE
+      -A LVH-${h}-SNAT -s 192.168.122.0/24 -d 192.168.122.10/32 -p udp -m udp --dport 51820 ${
+      ct("51820")
+    } ${c} -j MASQUERADE
+      -A LVH-${h}-SNAT -s 192.168.122.0/24 -d 192.168.122.10/32 -p udp -m udp --dport 30000:30099 ${
+      ct("30000:30099")
+    } ${c} -j MASQUERADE
+      COMMIT
+      *filter
+      :LVH-${h}-FWD - [0:0]
+      -I FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-${h}-FWD -p tcp ${ct("2222")} ${reply("22")} ${c} -j ACCEPT
+      -A LVH-${h}-FWD -p tcp ${ct("443")} ${reply("443")} ${c} -j ACCEPT
+      -A LVH-${h}-FWD -p udp ${ct("51820")} ${reply("51820")} ${c} -j ACCEPT
+      -A LVH-${h}-FWD -p udp ${ct("30000:30099")} ${reply("30000:30099")} ${c} -j ACCEPT
+      COMMIT
+    `),
+  );
+});
+
+Deno.test("buildRules() declares every chain it jumps to, and fills only its own chains", () => {
+  const { forwards } = forwardsOf(EXAMPLE, "web1");
+  const { chains, jumps, rules } = buildRules("web1", forwards);
+  const declared = new Set(chains.map((c) => `${c.table} ${c.chain}`));
+  for (const j of jumps) {
+    const target = / -j (\S+)$/.exec(j.spec)?.[1];
+    assert.ok(declared.has(`${j.table} ${target}`), `jump to undeclared ${j.table} ${target}`);
+  }
+  for (const r of rules) assert.ok(declared.has(`${r.table} ${r.chain}`), `rule in undeclared ${r.chain}`);
+  assert.deepEqual(jumps.map((j) => `${j.table} ${j.chain}`), [
+    "nat PREROUTING",
+    "nat OUTPUT",
+    "nat POSTROUTING",
+    "filter FORWARD",
+  ]);
+});
+
+Deno.test("renderSync() removes what is live for the domain before adding, whatever the config says now", () => {
+  const h = domainHash("web1");
+  const live = liveOf(parseSave(SAVED(h)), "web1");
+  assert.equal(
+    renderSync("web1", [], live),
+    dedent(`
+      *nat
+      :LVH-${h}-DNAT - [0:0]
+      -D PREROUTING -m comment --comment "libvirt-hook-qemu:1:web1" -j LVH-${h}-DNAT
+      -D PREROUTING -d 203.0.113.9/32 -m comment --comment "libvirt-hook-qemu:7:web1" -j ACCEPT
+      -X LVH-${h}-DNAT
+      COMMIT
+      *filter
+      :LVH-${h}-FWD - [0:0]
+      -D FORWARD -m comment --comment "libvirt-hook-qemu:1:web1" -j LVH-${h}-FWD
+      -X LVH-${h}-FWD
+      COMMIT
+    `),
+  );
+  assert.equal(renderSync("other-domain", [], liveOf(parseSave(SAVED(h)), "other-domain")), undefined);
+});
+
+Deno.test("renderSync() on a second start replaces the live rules instead of adding to them", () => {
+  const { forwards } = forwardsOf(
+    `{"web1": {"private_ip": "192.168.122.10", "port_map": {"tcp": [80]}}}`,
+    "web1",
+  );
+  const h = domainHash("web1");
+  const text = renderSync("web1", forwards, liveOf(parseSave(SAVED(h)), "web1"))!;
+  const lines = text.split("\n");
+  // Chains are declared (so flushed) once, old jumps deleted, chains kept, new jumps inserted once.
+  assert.equal(lines.filter((l) => l === `:LVH-${h}-FWD - [0:0]`).length, 1);
+  assert.equal(lines.filter((l) => l.startsWith("-D FORWARD")).length, 1);
+  assert.equal(lines.filter((l) => l.startsWith("-I FORWARD")).length, 1);
+  assert.equal(lines.filter((l) => l.startsWith("-X")).length, 0);
+});
+
+Deno.test("iptablesTools() follows IPTABLES_BINARY for both families", () => {
+  assert.deepEqual(iptablesTools("/usr/sbin/iptables-legacy"), {
+    4: {
+      save: ["/usr/sbin/iptables-legacy-save"],
+      restore: ["/usr/sbin/iptables-legacy-restore", "--noflush", "--wait"],
+      list: ["/usr/sbin/iptables-legacy", "--wait"],
+    },
+    6: {
+      save: ["/usr/sbin/ip6tables-legacy-save"],
+      restore: ["/usr/sbin/ip6tables-legacy-restore", "--noflush", "--wait"],
+      list: ["/usr/sbin/ip6tables-legacy", "--wait"],
+    },
+  });
+});
+
+Deno.test("renderSync() renders IPv6 forwards for ip6tables-restore", () => {
+  const { forwards } = forwardsOf(
+    `{"v6": {"private_ip": "fd00:122::10", "public_ip": "2001:db8:1::7", "source_ip": "2001:db8:99::/48",
+      "port_map": {"tcp": [[2222, 22]]}}}`,
+    "v6",
+  );
+  const h = domainHash("v6");
+  const c = "-m comment --comment libvirt-hook-qemu:1:v6";
+  const ct = "-m conntrack --ctstate DNAT --ctorigdst 2001:db8:1::7/128 --ctorigdstport 2222";
+  assert.equal(
+    renderSync("v6", forwards, { chains: [], rules: [] }),
+    dedent(`
+      *nat
+      :LVH-${h}-DNAT - [0:0]
+      :LVH-${h}-SNAT - [0:0]
+      -I PREROUTING ${c} -j LVH-${h}-DNAT
+      -I OUTPUT ${c} -j LVH-${h}-DNAT
+      -I POSTROUTING ${c} -j LVH-${h}-SNAT
+      -A LVH-${h}-DNAT -d 2001:db8:1::7/128 -s 2001:db8:99::/48 -p tcp -m tcp --dport 2222 ${c} -j DNAT --to-destination [fd00:122::10]:22
+      -A LVH-${h}-SNAT -s fd00:122::/64 -d fd00:122::10/128 -p tcp -m tcp --dport 22 ${ct} ${c} -j MASQUERADE
+      COMMIT
+      *filter
+      :LVH-${h}-FWD - [0:0]
+      -I FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-${h}-FWD -p tcp ${ct} --ctreplsrc fd00:122::10/128 --ctreplsrcport 22 ${c} -j ACCEPT
+      COMMIT
+    `),
+  );
+});

@@ -1,0 +1,114 @@
+/** What makes a rule, chain or table ours: names and comments derived from the domain, the same in both backends. */
+
+/** Every chain we create starts with this; nothing else is ever touched. */
+export const CHAIN_PREFIX = "LVH-";
+
+/** Our rules carry a comment `libvirt-hook-qemu:<format version>:<domain>`. */
+export const COMMENT_TAG = "libvirt-hook-qemu:";
+
+/** The version of the rule layout, written into every comment. */
+export const FORMAT_VERSION = 1;
+
+/**
+ * Marks a domain known only by its hash: a rule whose comment could not hold the name. NUL can be in no name
+ * libvirt passes (an argument cannot hold it, nor can XML), so the mark is never a real name.
+ */
+const HASH_ONLY = "\0";
+
+/**
+ * A short, stable hash of a domain name, used in chain names: 12 hex digits (48 bits) of FNV-1a 64 over its UTF-8
+ * bytes. Names only need to be told apart, not kept secret; a plain hash keeps node:crypto (and the ~13 ms it
+ * costs to load) off the hook's path. A domain known only by its hash (see hashOnly) has that hash.
+ */
+export function domainHash(domain: string): string {
+  if (domain.startsWith(HASH_ONLY)) return domain.slice(HASH_ONLY.length);
+  let hash = 0xcbf29ce484222325n;
+  for (const byte of new TextEncoder().encode(domain)) {
+    hash = ((hash ^ BigInt(byte)) * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return hash.toString(16).padStart(16, "0").slice(0, 12);
+}
+
+/** The domain whose name is lost but whose hash is known, as the other functions here take a domain. */
+export function hashOnly(hash: string): string {
+  return `${HASH_ONLY}${hash}`;
+}
+
+/** Whether a domain is known only by its hash (see hashOnly). */
+export function isHashOnly(domain: string): boolean {
+  return domain.startsWith(HASH_ONLY);
+}
+
+/** A domain as people read it: its name, or `#<hash>` where only the hash is known. */
+export function domainLabel(domain: string): string {
+  return isHashOnly(domain) ? `#${domainHash(domain)}` : domain;
+}
+
+/** The chains one domain owns: `LVH-<hash>-DNAT` etc., 21 characters, under iptables' 28. */
+export function chainNames(domain: string): { dnat: string; snat: string; fwd: string } {
+  const h = domainHash(domain);
+  return {
+    dnat: `${CHAIN_PREFIX}${h}-DNAT`,
+    snat: `${CHAIN_PREFIX}${h}-SNAT`,
+    fwd: `${CHAIN_PREFIX}${h}-FWD`,
+  };
+}
+
+/**
+ * The longest name, percent-encoded, that our comments carry: nftables keeps at most 128 bytes of a comment, and
+ * ours is `libvirt-hook-qemu:1:<name>:accept` at most (20 + 100 + 7). A longer name is carried as `#<hash>`:
+ * ownership always goes by the hash, never by a name a comment may have had to drop.
+ */
+export const MAX_COMMENT_NAME = 100;
+
+/** The comment on every rule of a domain; odd characters are percent-encoded so it needs no quoting. */
+export function ruleComment(domain: string): string {
+  return `${COMMENT_TAG}${FORMAT_VERSION}:${commentName(domain)}`;
+}
+
+/** The name part of our comment: the percent-encoded name, or `#<hash>` where it would not fit. */
+function commentName(domain: string): string {
+  if (isHashOnly(domain)) return `#${domainHash(domain)}`;
+  const name = domain.replace(
+    /[^A-Za-z0-9._~+@=,-]/gu,
+    (c) =>
+      [...new TextEncoder().encode(c)].map((b) => `%${b.toString(16).toUpperCase().padStart(2, "0")}`).join(
+        "",
+      ),
+  );
+  return name.length > MAX_COMMENT_NAME ? `#${domainHash(domain)}` : name;
+}
+
+/**
+ * The domain as our comments carry it, so that what is read back compares equal: the name itself, or, for a name
+ * too long for a comment, the domain known only by its hash.
+ */
+export function carriedDomain(domain: string): string {
+  return commentName(domain).startsWith("#") ? hashOnly(domainHash(domain)) : domain;
+}
+
+/**
+ * Decodes the domain named in one of our comments (undefined when the comment is not ours): its name, or the
+ * domain known only by its hash (`#<hash>`, see hashOnly). A `#` of a real name is always percent-encoded.
+ */
+export function commentDomain(comment: string): string | undefined {
+  if (!comment.startsWith(COMMENT_TAG)) return undefined;
+  const rest = comment.slice(COMMENT_TAG.length);
+  const name = rest.slice(rest.indexOf(":") + 1);
+  const hashed = /^#([0-9a-f]{12})$/.exec(name);
+  if (hashed) return hashOnly(hashed[1]!);
+  try {
+    return decodeURIComponent(name);
+  } catch {
+    return name;
+  }
+}
+
+/** Our table: one `inet` table holds both families, so one `nft -f` changes both atomically. */
+export const NFT_TABLE = "libvirt_hook_qemu";
+
+/** libvirt's nftables table (libvirt >= 10.4 with its nftables backend), one per family. */
+export const LIBVIRT_TABLE = "libvirt_network";
+
+/** The chain of libvirt's table that rejects new connections to guests. */
+export const LIBVIRT_CHAIN = "guest_input";

@@ -1,0 +1,273 @@
+/** The native nftables backend: our own `inet` table, and our accept inside libvirt's nftables chains. */
+
+import type { Forward } from "./forward.ts";
+import type { Live } from "./iptables_live.ts";
+import {
+  carriedDomain,
+  COMMENT_TAG,
+  domainHash,
+  LIBVIRT_CHAIN,
+  LIBVIRT_TABLE,
+  NFT_TABLE,
+  ruleComment,
+} from "./names.ts";
+import {
+  addAccepts,
+  interfaceMatch,
+  type NftLive,
+  nftOwners,
+  type NftRule,
+  ownerOf,
+} from "./nftables_live.ts";
+import { unique } from "../system/collections.ts";
+import { type Family, parseAddress } from "../system/address.ts";
+import { connectedNetworkOf, type ConnectedRoute } from "../system/host.ts";
+
+/**
+ * The nft commands that remove what one domain has in iptables-nft's tables (`live`: its chains and the jumps
+ * into them, read with nft, so each jump has its handle): the jumps by handle, then the chains, emptied first.
+ * Undefined when a jump has no handle: it cannot be deleted exactly.
+ */
+export function nftRemoveIptables(live: Record<Family, Live>): string[] | undefined {
+  const out: string[] = [];
+  for (const family of [4, 6] as const) {
+    const nftFamily = family === 4 ? "ip" : "ip6";
+    for (const r of live[family].rules) {
+      if (r.handle === undefined) return undefined;
+      out.push(`delete rule ${nftFamily} ${r.table} ${r.chain} handle ${r.handle}`);
+    }
+    for (const c of live[family].chains) out.push(`flush chain ${nftFamily} ${c.table} ${c.chain}`);
+    for (const c of live[family].chains) out.push(`delete chain ${nftFamily} ${c.table} ${c.chain}`);
+  }
+  return out;
+}
+
+/** The nft object name prefix of one domain: `d<hash>`. */
+export function nftPrefix(domain: string): string {
+  return `d${domainHash(domain)}`;
+}
+
+/** Renders the nft commands that create one domain's objects for `forwards` (both families). */
+export function nftDomainObjects(
+  domain: string,
+  forwards: Forward[],
+  bridges: Record<Family, string[]> = { 4: [], 6: [] },
+): string[] {
+  if (forwards.length === 0) return [];
+  const p = nftPrefix(domain);
+  const t = `inet ${NFT_TABLE}`;
+  const comment = `comment "${ruleComment(domain)}"`;
+  const out: string[] = [];
+  const dnat: string[] = [], snat: string[] = [];
+  for (const family of [4, 6] as const) {
+    const ip = family === 4 ? "ip" : "ip6";
+    const addrType = family === 4 ? "ipv4_addr" : "ipv6_addr";
+    const mine = forwards.filter((f) => f.family === family);
+    // Plain pairs go into one map and one set: a lookup per packet, however many forwards there are.
+    const mapped = mine.filter((f) => f.count === 1 && f.source === undefined);
+    const ruled = mine.filter((f) => !mapped.includes(f));
+    if (mapped.length > 0) {
+      const map = `${p}-dnat${family}`, set = `${p}-to${family}`;
+      const key = (f: Forward) => `${f.publicIp} . ${f.protocol} . ${f.publicPort}`;
+      const to = (f: Forward) => `${f.privateIp} . ${f.privatePort}`;
+      const priv = (f: Forward) => `${f.privateIp} . ${f.protocol} . ${f.privatePort}`;
+      out.push(
+        `add map ${t} ${map} { type ${addrType} . inet_proto . inet_service : ${addrType} . inet_service; ` +
+          `elements = { ${mapped.map((f) => `${key(f)} : ${to(f)}`).join(", ")} }; }`,
+      );
+      out.push(
+        `add set ${t} ${set} { type ${addrType} . inet_proto . inet_service; ` +
+          `elements = { ${unique(mapped.map(priv)).join(", ")} }; }`,
+      );
+      dnat.push(`dnat ${ip} to ${ip} daddr . meta l4proto . th dport map @${map} ${comment}`);
+      for (const from of unique(mapped.map((f) => f.hairpinFrom))) {
+        snat.push(
+          `${ip} saddr ${from} ct status dnat ${ip} daddr . meta l4proto . th dport @${set} masquerade ${comment}`,
+        );
+      }
+    }
+    for (const f of ruled) {
+      const ports = (first: number) => (f.count === 1 ? `${first}` : `${first}-${first + f.count - 1}`);
+      const source = f.source === undefined ? "" : `${ip} saddr ${f.source} `;
+      const target = f.count > 1
+        ? f.privateIp
+        : family === 4
+        ? `${f.privateIp}:${f.privatePort}`
+        : `[${f.privateIp}]:${f.privatePort}`;
+      dnat.push(
+        `${source}${ip} daddr ${f.publicIp} ${f.protocol} dport ${
+          ports(f.publicPort)
+        } dnat ${ip} to ${target} ${comment}`,
+      );
+      snat.push(
+        `${ip} saddr ${f.hairpinFrom} ct status dnat ${ip} daddr ${f.privateIp} ${f.protocol} dport ${
+          ports(f.privatePort)
+        } masquerade ${comment}`,
+      );
+    }
+  }
+  // The bridges behind the forwards, kept in our table so the accepts in libvirt's chains can be re-asserted
+  // from what is live alone (libvirt re-creates its chains without telling us which guests need what).
+  for (const family of [4, 6] as const) {
+    if (bridges[family].length === 0) continue;
+    const names = bridges[family].map((b) => `"${b}"`).join(", ");
+    out.push(`add set ${t} ${p}-br${family} { type ifname; elements = { ${names} }; }`);
+  }
+  out.push(`add chain ${t} ${p}-dnat`, `add chain ${t} ${p}-snat`);
+  for (const r of dnat) out.push(`add rule ${t} ${p}-dnat ${r}`);
+  for (const r of snat) out.push(`add rule ${t} ${p}-snat ${r}`);
+  // Jumps go first in our base chains, like the iptables backend's inserts.
+  out.push(
+    `insert rule ${t} prerouting jump ${p}-dnat ${comment}`,
+    `insert rule ${t} output jump ${p}-dnat ${comment}`,
+    `insert rule ${t} postrouting jump ${p}-snat ${comment}`,
+  );
+  return out;
+}
+
+/** The base chains of our table; `add` is idempotent, so they are declared in every batch that adds. */
+export function nftBase(): string[] {
+  const t = `inet ${NFT_TABLE}`;
+  return [
+    `add table ${t}`,
+    `add chain ${t} prerouting { type nat hook prerouting priority dstnat; policy accept; }`,
+    `add chain ${t} output { type nat hook output priority -100; policy accept; }`,
+    `add chain ${t} postrouting { type nat hook postrouting priority srcnat; policy accept; }`,
+  ];
+}
+
+/** Commands that remove everything of one domain from our table (and the table, when nothing else is left and
+ * `keepTable` is not set). */
+export function nftRemoveDomain(domain: string, live: NftLive, { keepTable = false } = {}): string[] {
+  if (!live.table) return [];
+  const p = nftPrefix(domain);
+  const t = `inet ${NFT_TABLE}`;
+  const h = domainHash(domain);
+  const others = [...nftOwners(live)].filter((o) => o !== h);
+  if (others.length === 0 && !keepTable) return [`delete table ${t}`];
+  const out: string[] = [];
+  for (const r of live.rules) {
+    const mine = r.jump?.startsWith(`${p}-`) ||
+      (r.comment !== undefined && ownerOf(r.comment) === h && !r.chain.startsWith(`${p}-`));
+    if (mine) out.push(`delete rule ${t} ${r.chain} handle ${r.handle}`);
+  }
+  const chains = live.chains.filter((c) => c.startsWith(`${p}-`));
+  for (const c of chains) out.push(`flush chain ${t} ${c}`);
+  for (const c of chains) out.push(`delete chain ${t} ${c}`);
+  for (const m of live.maps) if (m.name.startsWith(`${p}-`)) out.push(`delete map ${t} ${m.name}`);
+  for (const s of live.sets) if (s.name.startsWith(`${p}-`)) out.push(`delete set ${t} ${s.name}`);
+  return out;
+}
+
+/** The comment of our accept inside libvirt's chain. */
+export function acceptComment(domain: string): string {
+  return `${ruleComment(domain)}:accept`;
+}
+
+/** The bridges a domain's forwards go out of: the configured interface, else the device of the guest's network. */
+export function bridgesOf(forwards: Forward[], connected: ConnectedRoute[]): Record<Family, string[]> {
+  const out: Record<Family, Set<string>> = { 4: new Set(), 6: new Set() };
+  // A domain's forwards mostly share one guest address: look each address up once (1000 forwards: 2 ms -> 0).
+  const networks = new Map<string, string | undefined>();
+  for (const f of forwards) {
+    let device = f.interface;
+    if (device === undefined) {
+      if (!networks.has(f.privateIp)) {
+        networks.set(f.privateIp, connectedNetworkOf(connected, parseAddress(f.privateIp)!)?.device);
+      }
+      device = networks.get(f.privateIp);
+    }
+    if (device) out[f.family].add(device);
+  }
+  return { 4: [...out[4]].sort(), 6: [...out[6]].sort() };
+}
+
+/**
+ * Commands that make our accepts in libvirt's `guest_input` chains exactly `wanted` (per family, per domain:
+ * bridges), each ahead of every rule of libvirt's. Nothing of libvirt's is ever changed: our rules carry our
+ * comment and are removed by handle only.
+ */
+export function libvirtAccepts(
+  live: NftLive,
+  wanted: Map<string, Record<Family, string[]>>,
+): string[] {
+  const out: string[] = [];
+  for (const family of [4, 6] as const) {
+    const chain = live.libvirt[family];
+    if (!chain) continue;
+    const want: string[] = [];
+    for (const [domain, bridges] of wanted) {
+      for (const bridge of bridges[family]) want.push(`${acceptComment(domain)} oifname ${bridge}`);
+    }
+    out.push(...acceptsIn(chain, `${family === 4 ? "ip" : "ip6"} ${LIBVIRT_TABLE} ${LIBVIRT_CHAIN}`, want));
+  }
+  return out;
+}
+
+/**
+ * Commands that keep our accepts in the chains handed to us (`accept_in`) right for one domain: its DNATed
+ * connections both ways (out to its bridges, the replies in from them), ahead of every rule of the chain's owner,
+ * in each chain the settings hand us; gone from a chain no longer handed, and at its stop (`bridges` undefined).
+ * Other domains' accepts stay as they are. Tagged as ours, removed by handle.
+ */
+export function handedAccepts(
+  live: NftLive,
+  domain: string,
+  bridges: Record<Family, string[]> | undefined,
+  acceptIn: readonly string[],
+): string[] {
+  const out: string[] = [];
+  for (const [gate, chain] of Object.entries(live.handed)) {
+    const families = handedFamilies(gate);
+    const wanted = new Map<string, Record<Family, string[]>>();
+    addAccepts(chain, families, wanted);
+    if (bridges && acceptIn.includes(gate)) wanted.set(carriedDomain(domain), bridges);
+    else wanted.delete(carriedDomain(domain));
+    out.push(...acceptsIn(chain, gate, handedWant(wanted, families)));
+  }
+  return out;
+}
+
+/** Our accepts in each chain of `acceptIn` for every domain of `wanted` (domain: bridges), put back in front. */
+export function reassertHanded(
+  live: NftLive,
+  wanted: Map<string, Record<Family, string[]>>,
+  acceptIn: readonly string[],
+): string[] {
+  return Object.entries(live.handed).flatMap(([gate, chain]) =>
+    acceptIn.includes(gate) ? acceptsIn(chain, gate, handedWant(wanted, handedFamilies(gate))) : []
+  );
+}
+
+function handedFamilies(gate: string): Family[] {
+  const family = gate.split(" ")[0];
+  return family === "ip" ? [4] : family === "ip6" ? [6] : [4, 6];
+}
+
+function handedWant(wanted: Map<string, Record<Family, string[]>>, families: Family[]): string[] {
+  const want: string[] = [];
+  for (const [domain, bridges] of wanted) {
+    for (const bridge of new Set(families.flatMap((f) => bridges[f]))) {
+      for (const key of ["oifname", "iifname"]) want.push(`${acceptComment(domain)} ${key} ${bridge}`);
+    }
+  }
+  return want;
+}
+
+/**
+ * Commands that make our accepts in one chain (`where`: family, table, chain) exactly `want` (each
+ * `<comment> <oifname|iifname> <bridge>`) and all ahead of the chain's other rules; nothing when they are.
+ */
+function acceptsIn(chain: NftRule[], where: string, want: string[]): string[] {
+  const ours = chain.filter((r) => r.comment?.startsWith(COMMENT_TAG) && r.comment.endsWith(":accept"));
+  const firstForeign = chain.findIndex((r) => !ours.includes(r));
+  const inFront = firstForeign < 0 || ours.every((r) => chain.indexOf(r) < firstForeign);
+  const have = ours.map((r) => `${r.comment} ${interfaceMatch(r)}`).sort();
+  if (inFront && have.join("\n") === [...want].sort().join("\n")) return [];
+  const out = ours.map((r) => `delete rule ${where} handle ${r.handle}`);
+  for (const w of [...want].reverse()) {
+    const [comment, key, bridge] = w.split(" ");
+    out.push(`insert rule ${where} ${key} "${bridge}" ct status dnat counter accept comment "${comment}"`);
+  }
+  return out;
+}

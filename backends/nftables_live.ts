@@ -1,0 +1,236 @@
+/** The nftables backend's live state: what of ours is in nft's JSON listing, and the forwards read back from it. */
+
+import type { LiveForward } from "./forward.ts";
+import type { BaseChain } from "./gates.ts";
+import {
+  COMMENT_TAG,
+  commentDomain,
+  domainHash,
+  hashOnly,
+  LIBVIRT_CHAIN,
+  LIBVIRT_TABLE,
+  NFT_TABLE,
+} from "./names.ts";
+
+import type { Family } from "../system/address.ts";
+import { NftItem, nftItems } from "./nft_json.ts";
+
+/** A rule as nft lists it: its chain, handle, comment and jump target. */
+export interface NftRule {
+  family: string;
+  table: string;
+  chain: string;
+  handle: number;
+  comment?: string;
+  jump?: string;
+  /** The expression list, kept for reading forwards back. */
+  expr: unknown[];
+}
+
+/** What of ours is live in nftables. */
+export interface NftLive {
+  /** Whether our table exists. */
+  table: boolean;
+  chains: string[];
+  maps: { name: string; elem: unknown[] }[];
+  sets: { name: string; elem: unknown[] }[];
+  rules: NftRule[];
+  /** libvirt's guest_input chain per family, when libvirt uses nftables: its rules in order. */
+  libvirt: Partial<Record<Family, NftRule[]>>;
+  /** Every base chain at the forward hook, in any table: the gates a forwarded connection must pass. */
+  hooks: BaseChain[];
+  /** The chains the administrator handed us (`accept_in`) that exist, by `<family> <table> <chain>`: their rules. */
+  handed: Record<string, NftRule[]>;
+}
+
+/** An empty live state. */
+export function emptyNftLive(): NftLive {
+  return { table: false, chains: [], maps: [], sets: [], rules: [], libvirt: {}, hooks: [], handed: {} };
+}
+
+/** Reads `nft -j list ...` output into our live state (our table and/or libvirt's chain). */
+export function parseNftJson(text: string, into: NftLive = emptyNftLive()): NftLive {
+  return addNftItems(nftItems(text), into);
+}
+
+/** Adds what of `items` is ours, libvirt's guest_input, or a chain of `handed` (see NftLive) to `into`. */
+export function addNftItems(items: NftItem[], into: NftLive, handed: readonly string[] = []): NftLive {
+  for (const { kind, v } of items) {
+    const name = `${v.family} ${v.table} ${kind === "chain" ? v.name : v.chain}`;
+    if ((kind === "chain" || kind === "rule") && handed.includes(name)) {
+      const rules = into.handed[name] ??= [];
+      if (kind === "rule") rules.push(toRule(v));
+      continue;
+    }
+    if (kind === "table" && v.name === NFT_TABLE && v.family === "inet") into.table = true;
+    if (v.table === NFT_TABLE && v.family === "inet") {
+      if (kind === "chain") into.chains.push(String(v.name));
+      if (kind === "map") into.maps.push({ name: String(v.name), elem: (v.elem as unknown[]) ?? [] });
+      if (kind === "set") into.sets.push({ name: String(v.name), elem: (v.elem as unknown[]) ?? [] });
+      if (kind === "rule") into.rules.push(toRule(v));
+    } else if (v.table === LIBVIRT_TABLE && v.chain === LIBVIRT_CHAIN && kind === "rule") {
+      const family: Family = v.family === "ip6" ? 6 : 4;
+      (into.libvirt[family] ??= []).push(toRule(v));
+    } else if (v.table === LIBVIRT_TABLE && v.name === LIBVIRT_CHAIN && kind === "chain") {
+      into.libvirt[v.family === "ip6" ? 6 : 4] ??= [];
+    }
+  }
+  return into;
+}
+
+function toRule(v: Record<string, unknown>): NftRule {
+  const expr = (v.expr as unknown[]) ?? [];
+  const jump = expr.map((e) => (e as { jump?: { target?: string } }).jump?.target).find((x) =>
+    x !== undefined
+  );
+  return {
+    family: String(v.family),
+    table: String(v.table),
+    chain: String(v.chain),
+    handle: Number(v.handle),
+    ...(typeof v.comment === "string" ? { comment: v.comment } : {}),
+    ...(jump === undefined ? {} : { jump }),
+    expr,
+  };
+}
+
+/** The domain hashes that own something in our table. */
+export function nftOwners(live: NftLive): Set<string> {
+  const owners = new Set<string>();
+  for (const name of [...live.chains, ...live.sets.map((s) => s.name), ...live.maps.map((m) => m.name)]) {
+    const m = /^d([0-9a-f]{12})-/.exec(name);
+    if (m) owners.add(m[1]!);
+  }
+  return owners;
+}
+
+/** The domain hash one of our comments names, if it is ours. */
+export function ownerOf(comment: string): string | undefined {
+  const domain = commentDomain(comment);
+  return domain === undefined ? undefined : domainHash(domain);
+}
+
+/** The domains (by name) that have accepts in libvirt's chains, with their bridges. */
+export function liveAccepts(live: NftLive): Map<string, Record<Family, string[]>> {
+  const out = new Map<string, Record<Family, string[]>>();
+  for (const family of [4, 6] as const) addAccepts(live.libvirt[family] ?? [], [family], out);
+  return out;
+}
+
+export function addAccepts(
+  rules: NftRule[],
+  families: Family[],
+  out: Map<string, Record<Family, string[]>>,
+): void {
+  for (const r of rules) {
+    if (!r.comment?.startsWith(COMMENT_TAG) || !r.comment.endsWith(":accept")) continue;
+    const domain = commentDomain(r.comment.slice(0, -":accept".length));
+    const bridge = interfaceMatch(r).split(" ")[1];
+    if (domain === undefined || bridge === undefined) continue;
+    const entry = out.get(domain) ?? { 4: [], 6: [] };
+    for (const f of families) if (!entry[f].includes(bridge)) entry[f].push(bridge);
+    out.set(domain, entry);
+  }
+}
+
+/** Per domain in our table: the bridges recorded in its `d<hash>-br4/6` sets, named through its comments. */
+export function nftBridges(live: NftLive): Map<string, Record<Family, string[]>> {
+  const names = new Map<string, string>();
+  for (const r of live.rules) {
+    const owner = /^d([0-9a-f]{12})-/.exec(r.jump ?? "")?.[1];
+    const domain = r.comment === undefined ? undefined : commentDomain(r.comment);
+    if (owner && domain !== undefined) names.set(owner, domain);
+  }
+  const out = new Map<string, Record<Family, string[]>>();
+  for (const s of live.sets) {
+    const m = /^d([0-9a-f]{12})-br([46])$/.exec(s.name);
+    const domain = m ? names.get(m[1]!) : undefined;
+    if (!m || domain === undefined) continue;
+    const entry = out.get(domain) ?? { 4: [], 6: [] };
+    entry[m[2] === "4" ? 4 : 6] = s.elem.filter((e): e is string => typeof e === "string");
+    out.set(domain, entry);
+  }
+  return out;
+}
+
+/** Reads forwards back from our table (maps and per-forward rules), for status. */
+export function nftLiveForwards(live: NftLive): LiveForward[] {
+  const names = new Map<string, string>();
+  for (const r of live.rules) {
+    const owner = /^d([0-9a-f]{12})-/.exec(r.jump ?? "")?.[1];
+    const domain = r.comment === undefined ? undefined : commentDomain(r.comment);
+    if (owner && domain !== undefined) names.set(owner, domain);
+  }
+  const out: LiveForward[] = [];
+  for (const m of live.maps) {
+    const match = /^d([0-9a-f]{12})-dnat([46])$/.exec(m.name);
+    if (!match) continue;
+    const domain = names.get(match[1]!) ?? hashOnly(match[1]!);
+    for (const e of m.elem) {
+      const [key, value] = e as [{ concat: unknown[] }, { concat: unknown[] }];
+      const [publicIp, protocol, publicPort] = key?.concat ?? [];
+      const [privateIp, privatePort] = value?.concat ?? [];
+      out.push({
+        domain,
+        family: match[2] === "6" ? 6 : 4,
+        protocol: String(protocol),
+        publicIp: String(publicIp),
+        publicPorts: String(publicPort),
+        privateIp: String(privateIp),
+        privatePorts: String(privatePort),
+      });
+    }
+  }
+  for (const r of live.rules) {
+    const owner = /^d([0-9a-f]{12})-dnat$/.exec(r.chain)?.[1];
+    if (!owner) continue;
+    let source: string | undefined, publicIp: string | undefined, protocol: string | undefined;
+    let ports: string | undefined, dnat: { addr?: string; port?: number; family?: string } | undefined;
+    for (const e of r.expr as Record<string, Record<string, unknown>>[]) {
+      const m = e.match as
+        | { left?: { payload?: { protocol?: string; field?: string } }; right?: unknown }
+        | undefined;
+      const field = m?.left?.payload?.field;
+      if (field === "saddr") source = showAddr(m!.right);
+      if (field === "daddr") publicIp = showAddr(m!.right);
+      if (field === "dport") {
+        protocol = m!.left!.payload!.protocol;
+        const right = m!.right as number | { range?: [number, number] };
+        ports = typeof right === "number"
+          ? `${right}`
+          : right.range
+          ? `${right.range[0]}-${right.range[1]}`
+          : undefined;
+      }
+      if (e.dnat) dnat = e.dnat as typeof dnat;
+    }
+    if (!dnat?.addr || !publicIp || !protocol || !ports) continue;
+    out.push({
+      domain: names.get(owner) ?? hashOnly(owner),
+      family: dnat.family === "ip6" ? 6 : 4,
+      protocol,
+      publicIp,
+      publicPorts: ports,
+      privateIp: dnat.addr,
+      privatePorts: dnat.port === undefined ? ports : String(dnat.port),
+      ...(source === undefined ? {} : { source }),
+    });
+  }
+  return out;
+}
+
+function showAddr(right: unknown): string {
+  if (typeof right === "string") return right;
+  const prefix = (right as { prefix?: { addr: string; len: number } }).prefix;
+  return prefix ? `${prefix.addr}/${prefix.len}` : String(right);
+}
+
+/** The interface match of one of our accepts: `oifname <bridge>` or `iifname <bridge>`. */
+export function interfaceMatch(r: NftRule): string {
+  for (const e of r.expr) {
+    const m = (e as { match?: { left?: { meta?: { key?: string } }; right?: unknown } }).match;
+    const key = m?.left?.meta?.key;
+    if ((key === "oifname" || key === "iifname") && typeof m!.right === "string") return `${key} ${m!.right}`;
+  }
+  return "";
+}

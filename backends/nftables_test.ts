@@ -1,0 +1,196 @@
+/** Unit tests of the nftables backend: the exact commands, and how our accepts sit in libvirt's chains. */
+
+import assert from "node:assert/strict";
+import { loadParser, parseConfig } from "../config/validate.ts";
+import { carriedDomain, domainHash } from "./names.ts";
+import { planForwards } from "../rules.ts";
+import { dedent, FACTS } from "../test/util.ts";
+import {
+  bridgesOf,
+  libvirtAccepts,
+  nftBase,
+  nftDomainObjects,
+  nftRemoveDomain,
+  nftRemoveIptables,
+} from "./nftables.ts";
+import { emptyNftLive, liveAccepts, nftBridges, type NftLive, parseNftJson } from "./nftables_live.ts";
+
+await loadParser();
+
+const EXAMPLE = await Deno.readTextFile(new URL("../hooks.jsonc", import.meta.url));
+
+function forwards(text: string, domain: string) {
+  return planForwards(parseConfig(text, "hooks.jsonc").domains.get(domain)!, FACTS).forwards;
+}
+
+Deno.test("nftDomainObjects() renders the example config: maps for pairs, rules for ranges and sources", () => {
+  const f = forwards(EXAMPLE.replace(/"source_ip".*\n/, ""), "web1");
+  const p = `d${domainHash("web1")}`;
+  const c = 'comment "libvirt-hook-qemu:1:web1"';
+  assert.equal(
+    [...nftBase(), ...nftDomainObjects("web1", f, bridgesOf(f, FACTS.connected))].join("\n") + "\n",
+    dedent(`
+      add table inet libvirt_hook_qemu
+      add chain inet libvirt_hook_qemu prerouting { type nat hook prerouting priority dstnat; policy accept; }
+      add chain inet libvirt_hook_qemu output { type nat hook output priority -100; policy accept; }
+      add chain inet libvirt_hook_qemu postrouting { type nat hook postrouting priority srcnat; policy accept; }
+      add map inet libvirt_hook_qemu ${p}-dnat4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; elements = { 203.0.113.7 . tcp . 2222 : 192.168.122.10 . 22, 203.0.113.7 . tcp . 443 : 192.168.122.10 . 443, 203.0.113.7 . udp . 51820 : 192.168.122.10 . 51820 }; }
+      add set inet libvirt_hook_qemu ${p}-to4 { type ipv4_addr . inet_proto . inet_service; elements = { 192.168.122.10 . tcp . 22, 192.168.122.10 . tcp . 443, 192.168.122.10 . udp . 51820 }; }
+      add set inet libvirt_hook_qemu ${p}-br4 { type ifname; elements = { "virbr0" }; }
+      add chain inet libvirt_hook_qemu ${p}-dnat
+      add chain inet libvirt_hook_qemu ${p}-snat
+      add rule inet libvirt_hook_qemu ${p}-dnat dnat ip to ip daddr . meta l4proto . th dport map @${p}-dnat4 ${c}
+      add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.7 udp dport 30000-30099 dnat ip to 192.168.122.10 ${c}
+      add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr . meta l4proto . th dport @${p}-to4 masquerade ${c}
+      add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr 192.168.122.10 udp dport 30000-30099 masquerade ${c}
+      insert rule inet libvirt_hook_qemu prerouting jump ${p}-dnat ${c}
+      insert rule inet libvirt_hook_qemu output jump ${p}-dnat ${c}
+      insert rule inet libvirt_hook_qemu postrouting jump ${p}-snat ${c}
+    `),
+  );
+});
+
+Deno.test("nftDomainObjects() restricts sources rule by rule, IPv6 with brackets", () => {
+  const f = forwards(
+    `{"v6": {"private_ip": "fd00:122::10", "public_ip": "2001:db8:1::7", "source_ip": "2001:db8:99::/48",
+    "port_map": {"tcp": [[2222, 22]]}}}`,
+    "v6",
+  );
+  const lines = nftDomainObjects("v6", f);
+  assert.ok(lines.includes(
+    `add rule inet libvirt_hook_qemu d${
+      domainHash("v6")
+    }-dnat ip6 saddr 2001:db8:99::/48 ip6 daddr 2001:db8:1::7 ` +
+      `tcp dport 2222 dnat ip6 to [fd00:122::10]:22 comment "libvirt-hook-qemu:1:v6"`,
+  ));
+});
+
+/** A live state as `nft -j list` gives it: our table with one domain, and libvirt's guest_input. */
+function live(libvirtRules: { handle: number; comment?: string; oif?: string }[]): NftLive {
+  const p = `d${domainHash("web1")}`;
+  const rule = (chain: string, handle: number, extra: object) => ({
+    rule: { family: "inet", table: "libvirt_hook_qemu", chain, handle, ...extra },
+  });
+  return parseNftJson(JSON.stringify({
+    nftables: [
+      { table: { family: "inet", name: "libvirt_hook_qemu", handle: 1 } },
+      { chain: { family: "inet", table: "libvirt_hook_qemu", name: "prerouting", handle: 1 } },
+      { chain: { family: "inet", table: "libvirt_hook_qemu", name: `${p}-dnat`, handle: 5 } },
+      { map: { family: "inet", table: "libvirt_hook_qemu", name: `${p}-dnat4`, handle: 6 } },
+      { set: { family: "inet", table: "libvirt_hook_qemu", name: `${p}-br4`, handle: 7, elem: ["virbr0"] } },
+      rule("prerouting", 9, {
+        comment: "libvirt-hook-qemu:1:web1",
+        expr: [{ jump: { target: `${p}-dnat` } }],
+      }),
+      { chain: { family: "ip", table: "libvirt_network", name: "guest_input", handle: 3 } },
+      ...libvirtRules.map((r) => ({
+        rule: {
+          family: "ip",
+          table: "libvirt_network",
+          chain: "guest_input",
+          handle: r.handle,
+          ...(r.comment ? { comment: r.comment } : {}),
+          expr: [{
+            match: { left: { meta: { key: r.comment ? "oifname" : "oif" } }, right: r.oif ?? "virbr0" },
+          }],
+        },
+      })),
+    ],
+  }));
+}
+
+Deno.test("nftRemoveDomain() deletes the domain's jumps by handle, then its chains, maps and sets", () => {
+  const p = `d${domainHash("web1")}`;
+  const t = "inet libvirt_hook_qemu";
+  assert.deepEqual(nftRemoveDomain("web1", live([]), { keepTable: true }), [
+    `delete rule ${t} prerouting handle 9`,
+    `flush chain ${t} ${p}-dnat`,
+    `delete chain ${t} ${p}-dnat`,
+    `delete map ${t} ${p}-dnat4`,
+    `delete set ${t} ${p}-br4`,
+  ]);
+  // The last domain takes the table with it, so stop leaves nothing behind.
+  assert.deepEqual(nftRemoveDomain("web1", live([])), [`delete table ${t}`]);
+  assert.deepEqual(nftRemoveDomain("web1", emptyNftLive()), []);
+});
+
+Deno.test("nftRemoveIptables() deletes a domain's jumps by handle, then empties and deletes its chains", () => {
+  const jump = (table: string, chain: string, handle?: number) => ({
+    table,
+    chain,
+    spec: "",
+    owner: "h",
+    ...(handle === undefined ? {} : { handle }),
+  });
+  const live = {
+    4: {
+      chains: [{ table: "nat", chain: "LVH-h-DNAT", owner: "h" }],
+      rules: [jump("nat", "PREROUTING", 7), jump("nat", "OUTPUT", 9)],
+    },
+    6: {
+      chains: [{ table: "filter", chain: "LVH-h-FWD", owner: "h" }],
+      rules: [jump("filter", "FORWARD", 3)],
+    },
+  };
+  assert.deepEqual(nftRemoveIptables(live), [
+    "delete rule ip nat PREROUTING handle 7",
+    "delete rule ip nat OUTPUT handle 9",
+    "flush chain ip nat LVH-h-DNAT",
+    "delete chain ip nat LVH-h-DNAT",
+    "delete rule ip6 filter FORWARD handle 3",
+    "flush chain ip6 filter LVH-h-FWD",
+    "delete chain ip6 filter LVH-h-FWD",
+  ]);
+  assert.deepEqual(nftRemoveIptables({ 4: { chains: [], rules: [] }, 6: { chains: [], rules: [] } }), []);
+  // A jump read without its handle (iptables-save) cannot be deleted exactly this way.
+  assert.equal(nftRemoveIptables({ ...live, 4: { chains: [], rules: [jump("nat", "OUTPUT")] } }), undefined);
+});
+
+Deno.test("libvirtAccepts() keeps our accepts in front of libvirt's reject, and touches nothing of libvirt's", async (t) => {
+  const wanted = new Map([["web1", { 4: ["virbr0"], 6: [] }]]);
+  const accept =
+    'insert rule ip libvirt_network guest_input oifname "virbr0" ct status dnat counter accept ' +
+    'comment "libvirt-hook-qemu:1:web1:accept"';
+  await t.step("missing: inserted at the top", () => {
+    assert.deepEqual(libvirtAccepts(live([{ handle: 10 }, { handle: 11 }]), wanted), [accept]);
+  });
+  await t.step("already first: nothing to do", () => {
+    const l = live([{ handle: 12, comment: "libvirt-hook-qemu:1:web1:accept" }, { handle: 10 }, {
+      handle: 11,
+    }]);
+    assert.deepEqual(libvirtAccepts(l, wanted), []);
+  });
+  await t.step("pushed below libvirt's rules by a restart: moved back to the top, by handle", () => {
+    const l = live([{ handle: 20 }, { handle: 12, comment: "libvirt-hook-qemu:1:web1:accept" }, {
+      handle: 21,
+    }]);
+    assert.deepEqual(libvirtAccepts(l, wanted), [
+      "delete rule ip libvirt_network guest_input handle 12",
+      accept,
+    ]);
+  });
+  await t.step("no longer wanted: deleted by handle", () => {
+    const l = live([{ handle: 12, comment: "libvirt-hook-qemu:1:web1:accept" }, { handle: 10 }]);
+    assert.deepEqual(libvirtAccepts(l, new Map()), ["delete rule ip libvirt_network guest_input handle 12"]);
+  });
+  await t.step("no libvirt table: nothing", () => {
+    assert.deepEqual(libvirtAccepts(emptyNftLive(), wanted), []);
+  });
+  await t.step("a name too long for a comment: carried by its hash, and its accept goes when it goes", () => {
+    const name = "名前".repeat(60);
+    const comment = `libvirt-hook-qemu:1:#${domainHash(name)}:accept`;
+    const l = live([{ handle: 12, comment }, { handle: 10 }]);
+    const read = liveAccepts(l);
+    assert.deepEqual([...read.keys()], [carriedDomain(name)]);
+    // What start writes for it is what is read back: nothing to do while it runs...
+    assert.deepEqual(libvirtAccepts(l, new Map([[carriedDomain(name), { 4: ["virbr0"], 6: [] }]])), []);
+    // ...and its accept is deleted by handle when it stops.
+    read.delete(carriedDomain(name));
+    assert.deepEqual(libvirtAccepts(l, read), ["delete rule ip libvirt_network guest_input handle 12"]);
+  });
+  await t.step("read back: which domain, which bridge", () => {
+    const l = live([{ handle: 12, comment: "libvirt-hook-qemu:1:web1:accept" }]);
+    assert.deepEqual([...liveAccepts(l)], [["web1", { 4: ["virbr0"], 6: [] }]]);
+    assert.deepEqual([...nftBridges(l)], [["web1", { 4: ["virbr0"], 6: [] }]]);
+  });
+});

@@ -1,0 +1,25 @@
+/** `apply`: installs a domain's forwards by hand, as a start would. */
+
+import { runDir } from "./live.ts";
+import { configCandidates } from "../config/source.ts";
+import type { HookDeps } from "../hook/deps.ts";
+import { install } from "../hook/domain.ts";
+
+export async function apply(domain: string, deps: HookDeps): Promise<number> {
+  const xmlPath = `${runDir()}/${domain}.xml`;
+  let xml: string;
+  try {
+    xml = await Deno.readTextFile(xmlPath);
+  } catch {
+    deps.problem(
+      `Cannot apply forwards for "${domain}": it is not running (${xmlPath} does not exist), so nothing would remove them; they are applied when it starts`,
+    );
+    return 1;
+  }
+  const result = await install(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "apply");
+  if (result === "absent") {
+    const file = configCandidates(deps.env).join(" or ");
+    deps.problem(`"${domain}" is not in ${file}; to remove its forwards, use: remove ${domain}`);
+  } else if (result === "installed") console.log(`Applied the forwards of "${domain}"`);
+  return result === "installed" ? 0 : 1;
+}

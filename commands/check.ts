@@ -1,0 +1,113 @@
+/** `check`: validates the config and warns about what will not work on this host. */
+
+import { foreignGates } from "../backends/foreign.ts";
+import { gateName } from "../backends/gates.ts";
+import { describeBackend, readFirewall } from "./live.ts";
+import { type Entry, jsonPath } from "../config/model.ts";
+import { configCandidates } from "../config/source.ts";
+import type { HookDeps } from "../hook/deps.ts";
+import { applyDeps, loadFor } from "../hook/domain.ts";
+import { gateLines } from "../hook/warnings.ts";
+import { planForwards } from "../rules.ts";
+import { parseAddress } from "../system/address.ts";
+import {
+  connectedNetworkOf,
+  type HostFacts,
+  interfaceExists,
+  listenerAt,
+  readListeners,
+} from "../system/host.ts";
+
+export async function check(deps: HookDeps): Promise<number> {
+  const { config, facts } = await loadFor(deps);
+  if (!config.exists) {
+    deps.problem(
+      `No config file found (looked for ${configCandidates(deps.env).join(", ")}): no domain is configured`,
+    );
+    return 1;
+  }
+  const warnings = hostWarnings(config.domains, facts);
+  const firewall = await readFirewall(deps, config);
+  const hooks = "error" in firewall ? undefined : firewall.nft?.hooks;
+  const gates = await foreignGates(applyDeps(deps, config), hooks).catch(() => []);
+  for (const gate of hooks === undefined ? [] : config.settings.acceptIn) {
+    if (!hooks!.some((h) => gateName(h) === gate)) {
+      warnings.push(
+        `["/settings"].accept_in: ${gate} is no base chain at the forward hook on this host (not there yet, or at ` +
+          "another hook): an accept of ours there lets nothing through",
+      );
+    }
+  }
+  for (const [domain, entries] of config.domains) {
+    const { forwards } = planForwards(entries, facts);
+    for (const line of gateLines(forwards, gates, facts.connected)) {
+      warnings.push(`${jsonPath("", domain)}: ${line}`);
+    }
+  }
+  for (const w of warnings) deps.problem(`${config.file}: warning: ${w}`);
+  const errors = config.diagnostics.filter((d) => d.severity === "error").length;
+  if (errors > 0) {
+    deps.problem(`${config.file}: ${errors} error(s); the domains they name will not start`);
+    return 1;
+  }
+  const backend = "error" in firewall
+    ? `unknown (setting "${config.settings.backend}"; cannot read the firewall: ${firewall.error})`
+    : describeBackend(config.settings.backend, firewall);
+  console.log(`${config.file}: OK, ${config.domains.size} domain(s); firewall backend: ${backend}`);
+  return 0;
+}
+
+/** Warnings about what validates but will not work on this host. */
+function hostWarnings(domains: Map<string, Entry[]>, facts: HostFacts): string[] {
+  const { connected } = facts;
+  const defaults: Partial<Record<4 | 6, string>> = {};
+  for (const family of [4, 6] as const) {
+    const found = facts.defaultPublicIp[family];
+    if (found && "address" in found) defaults[family] = found.address;
+  }
+  const out: string[] = [];
+  let local: Set<string> | undefined;
+  try {
+    local = new Set(Deno.networkInterfaces().map((i) => parseAddress(i.address)?.text ?? i.address));
+  } catch {
+    // Without the interface list, this check is skipped.
+  }
+  const listeners = readListeners();
+  for (const entries of domains.values()) {
+    for (const e of entries) {
+      if (e.interface !== undefined && !interfaceExists(e.interface)) {
+        out.push(
+          `${e.path}: interface ${e.interface} does not exist on this host (is its libvirt network started?); ` +
+            "the forwards accept only what leaves through it",
+        );
+      }
+      for (const t of e.targets) {
+        if (t.publicIp && local && !local.has(t.publicIp)) {
+          out.push(
+            `${e.path}: public_ip ${t.publicIp} is not an address of this host; nothing will arrive there`,
+          );
+        }
+        if (e.interface) {
+          const nets = connected.filter((r) => r.device === e.interface && r.family === t.family);
+          const addr = parseAddress(t.privateIp)!;
+          if (nets.length > 0 && !connectedNetworkOf(nets, addr)) {
+            out.push(
+              `${e.path}: private_ip ${t.privateIp} is outside the networks of interface ${e.interface}`,
+            );
+          }
+        }
+        const publicIp = parseAddress(t.publicIp ?? defaults[t.family] ?? "");
+        for (const p of e.ports) {
+          const l = publicIp &&
+            listenerAt(listeners, p.protocol, publicIp, p.publicPort, p.publicPort + p.count - 1);
+          if (l) {
+            out.push(
+              `${e.path}: public ${p.protocol} port ${l.port} is one the host itself listens on; the forward takes it away from the host`,
+            );
+          }
+        }
+      }
+    }
+  }
+  return out;
+}

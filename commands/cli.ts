@@ -1,0 +1,157 @@
+/** The operator commands: arguments and help; each command is a file of its own here. */
+
+import { parseArgs } from "node:util";
+import { apply } from "./apply.ts";
+import { check } from "./check.ts";
+import { migrateLegacy } from "./migrate_legacy.ts";
+import { plan } from "./plan.ts";
+import { reload } from "./reload.ts";
+import { removeAll, removeByHand } from "./remove.ts";
+import { status } from "./status.ts";
+import { watch } from "./watch.ts";
+import { type HookDeps, systemHookDeps } from "../hook/deps.ts";
+import { message } from "../system/report.ts";
+
+/** The program's version. */
+export const VERSION = "0.2.0";
+
+const HELP: Record<string, string> = {
+  "": `libvirt-hook-qemu ${VERSION}: port forwarding for libvirt guests
+
+Usage (libvirt):  qemu <domain> <operation> <sub-operation> <extra>    (domain XML on stdin)
+Usage (people):   qemu <command> [options]
+
+Commands:
+  check            Validate the config; print every problem as file:line:column
+  plan <domain>    Print the batch that start would apply, touching nothing
+  status [domain]  Show the forwards that are live now, read from the firewall
+  apply <domain>   Apply a running guest's forwards from the current config (like start)
+  remove <domain>  Remove a guest's live forwards (like stopped); --all removes every domain's
+  reload           Re-apply every domain that has live rules from the current config
+  migrate-legacy   Remove the old Python hook's chains and apply ours for running guests
+  doctor [domain]  Walk each forward's path and say what is wrong, with the command that fixes it
+  watch            Keep the forwards in place when other tools rewrite the firewall (a service)
+  help [command]   Show help for a command
+
+Options:
+  -c, --config FILE  Use this config instead of CONFIG_FILENAME / CONFIG_PATH / /etc/libvirt/hooks
+  -h, --help         Show help;  -V, --version  Show the version
+
+Environment: CONFIG_FILENAME (the config file), CONFIG_PATH (its directory, default /etc/libvirt/hooks;
+hooks.jsonc, else hooks.json), IPTABLES_BINARY (default iptables).
+
+Exit codes: 0 success; 1 the config has errors, or a change failed (nothing of it was applied); 2 usage error.`,
+  check: `Usage: qemu check [--config FILE]
+Validates the whole config. Prints each problem as file:line:column: message (json.path = value), and warns
+about what validates but will not work: a public_ip that is not an address of this host, a private_ip outside
+the network of its interface, a public port the host itself listens on. Exit 0 only when there is no error.`,
+  plan: `Usage: qemu plan <domain> [--config FILE]
+Prints exactly the iptables-restore batch that start installs for the domain (start first removes what is live
+for it). Touches nothing; needs no root.`,
+  status: `Usage: qemu status [domain] [--json] [--config FILE]
+Reads our live rules from the firewall and prints each forward as proto public:port -> private:port [from src].
+Forwards that the current config does not explain are flagged.`,
+  apply: `Usage: qemu apply <domain> [--config FILE]
+Applies the domain's forwards from the current config, as libvirt's start does, for a guest that is running
+(libvirt keeps /run/libvirt/qemu/<domain>.xml for running guests). Refuses a guest that is not running.`,
+  remove: `Usage: qemu remove <domain> | --all
+Removes what is live for the domain (or, with --all, for every domain that has rules of ours).`,
+  reload: `Usage: qemu reload [--config FILE]
+Re-applies every domain that has live rules from the current config, atomically per domain; a domain that left
+the config loses its rules; a domain whose entry is invalid keeps its live rules.`,
+  "migrate-legacy": `Usage: qemu migrate-legacy [--dry-run] [--config FILE]
+Removes the old Python hook's chains (DNAT-<dom>, SNAT-<dom>, FWD-<dom>) and the jumps into them, for the
+domains in the config and the running guests, shows what it removed, then applies ours for running guests.`,
+  doctor: `Usage: qemu doctor [domain] [--json] [--config FILE]
+Walks the path of each forward (of the domain, or of every running configured guest and every live one) and
+says for each link OK or what is wrong, with the command that fixes it: the guest running and its tap on the
+bridge; its address on the bridge's network and answering there; IPv4/IPv6 forwarding; public_ip on this host;
+the live rules equal to the plan; every gate at the forward hook (iptables' FORWARD, libvirt's chains, other
+tables) and whether it lets the forward through; our rules' counters; the host's own listener on the public
+port; the guest listening on its port; bridge netfilter and hairpin; the other firewall software present.
+Exit 0 when all is well, 1 otherwise.`,
+  watch: `Usage: qemu watch [--poll SECONDS]
+Runs until stopped (SIGTERM). Follows \`nft monitor rules\`, and every SECONDS (default 30) looks anyway; after each
+change of the firewall it puts our accepts back in front of libvirt's nftables chains (libvirt re-creates them on
+reload, SIGHUP and restarts) and re-applies a running guest's forwards that another tool wiped (a firewalld
+reload, a netfilter-persistent restore). Logs what it mended on stderr and to syslog.`,
+};
+
+/** Runs an operator command and returns its exit code. */
+export async function runCli(args: string[], deps: HookDeps = cliDeps()): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      allowPositionals: true,
+      options: {
+        help: { type: "boolean", short: "h" },
+        version: { type: "boolean", short: "V" },
+        config: { type: "string", short: "c" },
+        json: { type: "boolean" },
+        all: { type: "boolean" },
+        "dry-run": { type: "boolean" },
+        poll: { type: "string" },
+      },
+    });
+  } catch (err) {
+    return usage(deps, message(err));
+  }
+  const { values, positionals } = parsed;
+  const [command = "", ...rest] = positionals;
+  if (values.version) {
+    console.log(`libvirt-hook-qemu ${VERSION}`);
+    return 0;
+  }
+  if (values.help || command === "help" || command === "") {
+    const topic = command === "help" ? rest[0] ?? "" : command;
+    if (!(topic in HELP)) return usage(deps, `Unknown command "${topic}"`);
+    console.log(HELP[topic]);
+    return command === "" && !values.help ? 2 : 0;
+  }
+  if (values.config) {
+    const file = values.config;
+    const base = deps.env;
+    deps = { ...deps, env: (name) => (name === "CONFIG_FILENAME" ? file : base(name)) };
+  }
+  const one = async (f: (domain: string) => Promise<number>) => {
+    if (rest.length !== 1) return usage(deps, `${command} needs exactly one domain name`);
+    return await f(rest[0]!);
+  };
+  switch (command) {
+    case "check":
+      return await check(deps);
+    case "plan":
+      return await one((d) => plan(d, deps));
+    case "status":
+      if (rest.length > 1) return usage(deps, "status takes at most one domain name");
+      return await status(deps, { only: rest[0], json: values.json ?? false });
+    case "apply":
+      return await one((d) => apply(d, deps));
+    case "remove":
+      if (values.all && rest.length === 0) return await removeAll(deps);
+      return await one(async (d) => (await removeByHand(d, deps)) ? 0 : 1);
+    case "reload":
+      return await reload(deps);
+    case "migrate-legacy":
+      return await migrateLegacy(deps, { dryRun: values["dry-run"] ?? false });
+    case "doctor":
+      if (rest.length > 1) return usage(deps, "doctor takes at most one domain name");
+      return await (await import("./doctor.ts")).doctor(deps, { only: rest[0], json: values.json ?? false });
+    case "watch":
+      return await watch(deps, Number(values.poll ?? "30") || 30);
+    default:
+      return usage(deps, `Unknown command "${command}"`);
+  }
+}
+
+function cliDeps(): HookDeps {
+  const deps = systemHookDeps();
+  // Operator commands print problems on stderr too, but never read stdin.
+  return { ...deps, readStdin: () => Promise.resolve("") };
+}
+
+function usage(deps: Pick<HookDeps, "problem">, why: string): number {
+  deps.problem(`${why}. Run with --help for usage.`);
+  return 2;
+}

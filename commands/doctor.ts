@@ -1,0 +1,111 @@
+/** `doctor`: walks each forward's path, link by link, and says what is OK, what is wrong, and what fixes it. */
+
+import { foreignGates } from "../backends/foreign.ts";
+import { asLiveForward, describeForward } from "../backends/forward.ts";
+import { readState } from "../backends/state.ts";
+import { acceptMisplaced, forwardsByDomain, knownNames, runDir, runningDomains } from "./live.ts";
+import { domainConfig } from "../config.ts";
+import type { HookDeps } from "../hook/deps.ts";
+import { applyDeps, loadFor } from "../hook/domain.ts";
+import { planForwards } from "../rules.ts";
+import { type DoctorReport, fail, type Finding, type ForwardReport } from "./doctor_findings.ts";
+import { forwardFindings, readCounters } from "./doctor_forward.ts";
+import { allChains, hostFindings } from "./doctor_host.ts";
+
+/** Runs doctor for one domain (or every configured or live one) and prints the report; 0 when all is well. */
+/** What `doctor` examines: every forward, or those of `only` one domain; reported as text, or as JSON. */
+export interface DoctorOptions {
+  only?: string | undefined;
+  json?: boolean;
+}
+
+export async function doctor(deps: HookDeps, { only, json = false }: DoctorOptions = {}): Promise<number> {
+  const report = await examine(deps, only);
+  const failed = [...report.host, ...report.forwards.flatMap((f) => f.findings)].some((f) =>
+    f.level === "fail"
+  );
+  if (json) {
+    console.log(JSON.stringify({ ok: !failed, ...report }, null, 2));
+  } else {
+    console.log(renderReport(report));
+  }
+  return failed ? 1 : 0;
+}
+
+/** The report as people read it: one line per link, `ok`, `note` or `FAIL`, and the fix under a failure. */
+export function renderReport(report: DoctorReport): string {
+  const lines: string[] = [];
+  const add = (f: Finding) => {
+    lines.push(`  ${f.level === "fail" ? "FAIL" : f.level.padEnd(4)}  ${f.what}`);
+    if (f.fix) lines.push(`        fix: ${f.fix}`);
+  };
+  lines.push("host");
+  report.host.forEach(add);
+  for (const f of report.forwards) {
+    lines.push(`${f.domain}: ${f.forward}`);
+    f.findings.forEach(add);
+  }
+  if (report.forwards.length === 0) {
+    lines.push("No forward to examine: no configured domain runs, and none is live.");
+  }
+  const failures =
+    [...report.host, ...report.forwards.flatMap((f) => f.findings)].filter((f) => f.level === "fail").length;
+  lines.push(failures === 0 ? "All is well." : `${failures} problem(s) found.`);
+  return lines.join("\n");
+}
+
+async function examine(deps: HookDeps, only: string | undefined): Promise<DoctorReport> {
+  const { config, facts } = await loadFor({ ...deps, problem: () => {} });
+  const state = await readState(applyDeps(deps, config));
+  const gates = await foreignGates(applyDeps(deps, config), state.nft?.hooks).catch(() => []);
+  const running = await runningDomains();
+  const live = forwardsByDomain(state, await knownNames(config));
+  const host = hostFindings(state, facts, config.settings, gates, await allChains(deps));
+
+  const domains = only !== undefined
+    ? [only]
+    : [...new Set([...running.filter((d) => domainConfig(config, d).kind === "ok"), ...live.keys()])].sort();
+  const forwards: ForwardReport[] = [];
+  for (const domain of domains) {
+    const found = domainConfig(config, domain);
+    if (found.kind !== "ok") {
+      forwards.push({
+        domain,
+        forward: "(no forward)",
+        findings: [
+          found.kind === "absent"
+            ? fail(`"${domain}" is not in ${config.file}`, "add an entry for it (qemu check validates it)")
+            : fail(`its entry in ${config.file} has errors`, `qemu check --config ${config.file}`),
+        ],
+      });
+      continue;
+    }
+    const plan = planForwards(found.entries, facts);
+    for (const problem of plan.problems) {
+      forwards.push({ domain, forward: "(cannot be planned)", findings: [fail(problem)] });
+    }
+    const xml = running.includes(domain)
+      ? await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => undefined)
+      : undefined;
+    const liveText = new Set((live.get(domain) ?? []).map(describeForward));
+    const counters = await readCounters(deps, domain);
+    for (const f of plan.forwards) {
+      const text = describeForward(asLiveForward(domain, f));
+      forwards.push({
+        domain,
+        forward: text,
+        findings: await forwardFindings(domain, f, {
+          acceptIn: config.settings.acceptIn,
+          xml,
+          facts,
+          state,
+          gates,
+          live: liveText.has(text),
+          misplaced: acceptMisplaced(state, domain, [f]),
+          counters,
+        }),
+      });
+    }
+  }
+  return { host, forwards };
+}

@@ -1,0 +1,254 @@
+/** `doctor`'s findings about one forward, link by link: the public address, our rules, the gates on its way,
+ * the guest's bridge, its neighbour entry, whether it listens, and the packets our rules counted. */
+
+import type { Forward } from "../backends/forward.ts";
+import { blockedNote, blockers, type ForeignGate, gateName, openingLine } from "../backends/gates.ts";
+import { carriedDomain, chainNames, LIBVIRT_TABLE, ruleComment } from "../backends/names.ts";
+import { liveAccepts } from "../backends/nftables_live.ts";
+import type { FirewallState } from "../backends/state.ts";
+import type { HookDeps } from "../hook/deps.ts";
+import { guestInterfaces } from "../hook/domain_xml.ts";
+import { packetOf } from "../hook/warnings.ts";
+import { parseAddress } from "../system/address.ts";
+import { connectedNetworkOf, type HostFacts, listenerAt, readListeners } from "../system/host.ts";
+import { fail, type Finding, note, ok } from "./doctor_findings.ts";
+import { readSysctl } from "./doctor_host.ts";
+
+interface ForwardContext {
+  acceptIn: readonly string[];
+  xml: string | undefined;
+  facts: HostFacts;
+  state: FirewallState;
+  gates: ForeignGate[];
+  live: boolean;
+  misplaced: boolean;
+  counters: Map<string, number>;
+}
+
+export async function forwardFindings(domain: string, f: Forward, c: ForwardContext): Promise<Finding[]> {
+  const out: Finding[] = [];
+  const net = connectedNetworkOf(c.facts.connected, parseAddress(f.privateIp)!);
+  const bridge = f.interface ?? net?.device;
+  // The guest, its tap, and where its address lies.
+  if (c.xml === undefined) {
+    out.push(fail(`"${domain}" is not running`, `virsh start ${domain}`));
+  } else {
+    const taps = guestInterfaces(c.xml);
+    const onBridge = taps.filter((t) => bridgeOf(t.device) === bridge);
+    out.push(
+      onBridge.length > 0
+        ? ok(`guest running; tap ${onBridge.map((t) => t.device).join(", ")} on bridge ${bridge}`)
+        : fail(
+          `guest running, but none of its taps (${
+            taps.map((t) => t.device).join(", ") || "none"
+          }) is a port ` +
+            `of bridge ${bridge ?? "(unknown)"}`,
+          "virsh destroy and start the guest after its network is up (libvirt re-attaches taps only then)",
+        ),
+    );
+  }
+  if (!net) {
+    out.push(fail(
+      `${f.privateIp} is in no network of this host: no bridge leads to it`,
+      "set private_ip to the guest's address on its libvirt network",
+    ));
+  } else if (f.interface !== undefined && net.device !== f.interface) {
+    out.push(fail(`${f.privateIp} lies on ${net.device}, not on interface ${f.interface} as configured`));
+  } else {
+    out.push(ok(`${f.privateIp} is in the network of ${net.device}`));
+  }
+  out.push(await neighbour(f.privateIp, bridge));
+  // The public side.
+  const local = localAddresses();
+  if (local && !local.has(f.publicIp)) {
+    out.push(fail(
+      `public_ip ${f.publicIp} is not an address of this host: nothing will arrive there`,
+      `ip address add ${f.publicIp}/${f.family === 4 ? 32 : 128} dev <public interface>, or fix public_ip`,
+    ));
+  } else out.push(ok(`public address ${f.publicIp} is on this host`));
+  const listener = listenerAt(
+    readListeners(),
+    f.protocol,
+    parseAddress(f.publicIp)!,
+    f.publicPort,
+    f.publicPort + f.count - 1,
+  );
+  if (listener) {
+    out.push(note(
+      `the host itself listens on ${f.protocol} ${listener.address}:${listener.port}: the forward takes that port ` +
+        "from the host on this address",
+    ));
+  }
+  // Our rules.
+  if (!c.live) {
+    out.push(fail("the forward is not live", `qemu apply ${domain}   (or restart the guest)`));
+  } else if (c.misplaced) {
+    out.push(fail(
+      "the forward is live, but our accept is missing from iptables' FORWARD or sits below other rules",
+      `qemu reload`,
+    ));
+  } else out.push(ok("the live rules are the plan"));
+  // The gates.
+  const packet = packetOf(f, c.facts.connected);
+  const libvirt = c.state.nft?.libvirt[f.family];
+  if (libvirt) {
+    const accepts = c.state.nft ? liveAccepts(c.state.nft).get(carriedDomain(domain)) : undefined;
+    out.push(
+      bridge !== undefined && accepts?.[f.family].includes(bridge)
+        ? ok(`libvirt's ${f.family === 4 ? "ip" : "ip6"} ${LIBVIRT_TABLE} guest_input holds our accept`)
+        : fail(
+          `libvirt's ${LIBVIRT_TABLE} guest_input has no accept of ours: its reject drops this forward`,
+          "qemu reload",
+        ),
+    );
+  }
+  for (const [gate, rules] of Object.entries(c.state.nft?.handed ?? {})) {
+    if (!c.acceptIn.includes(gate)) continue;
+    const mine = rules.some((r) => r.comment === `${ruleComment(domain)}:accept`);
+    out.push(
+      mine
+        ? ok(`${gate}, handed to us, holds our accept`)
+        : fail(`${gate} is handed to us but holds no accept of ours`, "qemu reload"),
+    );
+  }
+  for (const b of blockers(c.gates, packet)) {
+    out.push(fail(
+      `${blockedNote(b)} (priority ${b.gate.prio}): ${b.passage.why}`,
+      `${openingLine(b.gate)}   or, to let us keep an accept there: "/settings": {"accept_in": ["${
+        gateName(b.gate)
+      }"]}`,
+    ));
+  }
+  // What the counters say, where our rules count (iptables).
+  const dnat = c.counters.get(`dnat ${f.protocol} ${f.publicPort}`);
+  const accepted = c.counters.get(`fwd ${f.protocol} ${f.publicPort}`);
+  if (dnat !== undefined) {
+    if (dnat === 0) out.push(note("no connection has arrived yet (the DNAT counter is 0)"));
+    else if (accepted === 0) {
+      out.push(
+        fail(`${dnat} packet(s) arrived and were translated, but none was accepted on the way to the guest`),
+      );
+    } else {out.push(
+        ok(`${dnat} packet(s) arrived and were translated${accepted ? `, ${accepted} accepted` : ""}`),
+      );}
+  }
+  // The guest's end.
+  if (f.protocol === "tcp" && c.xml !== undefined) out.push(await guestListens(f.privateIp, f.privatePort));
+  if (c.facts.bridgeNetfilter[f.family] && c.xml !== undefined) {
+    for (const t of guestInterfaces(c.xml).filter((t) => bridgeOf(t.device) === bridge)) {
+      const mode = readSysctl(`/sys/class/net/${t.device}/brport/hairpin_mode`);
+      if (mode !== "1") {
+        out.push(fail(
+          `bridge netfilter is on and tap ${t.device} is not in hairpin mode: the guest cannot reach its own forward`,
+          `echo 1 > /sys/class/net/${t.device}/brport/hairpin_mode   (start does it)`,
+        ));
+      }
+    }
+  }
+  const publicDevice = deviceOf(f.publicIp);
+  const rp = publicDevice && readSysctl(`/proc/sys/net/ipv4/conf/${publicDevice}/rp_filter`);
+  if (f.family === 4 && rp) {
+    out.push(
+      note(`reverse-path filter on ${publicDevice}: ${rp === "1" ? "strict" : rp === "2" ? "loose" : "off"}`),
+    );
+  }
+  return out;
+}
+
+function bridgeOf(device: string): string | undefined {
+  try {
+    const master = Deno.readLinkSync(`/sys/class/net/${device}/master`);
+    return master.slice(master.lastIndexOf("/") + 1);
+  } catch {
+    return undefined;
+  }
+}
+
+function localAddresses(): Set<string> | undefined {
+  try {
+    return new Set(Deno.networkInterfaces().map((i) => parseAddress(i.address)?.text ?? i.address));
+  } catch {
+    return undefined;
+  }
+}
+
+function deviceOf(address: string): string | undefined {
+  try {
+    const text = parseAddress(address)?.text;
+    return Deno.networkInterfaces().find((i) => (parseAddress(i.address)?.text ?? i.address) === text)?.name;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The guest address's neighbour entry on its bridge: an address nothing answers for cannot be reached. */
+async function neighbour(address: string, bridge: string | undefined): Promise<Finding> {
+  const out = await new Deno.Command("ip", {
+    args: ["-j", "neigh", "show", "to", address, ...(bridge ? ["dev", bridge] : [])],
+    stdout: "piped",
+    stderr: "null",
+    signal: AbortSignal.timeout(5000),
+  }).output().catch(() => undefined);
+  if (!out?.success) return note("the neighbour table could not be read");
+  let entries: { state?: string[] }[] = [];
+  try {
+    entries = JSON.parse(new TextDecoder().decode(out.stdout) || "[]");
+  } catch {
+    return note("the neighbour table could not be read");
+  }
+  const state = entries[0]?.state?.join(",");
+  if (state === undefined) return note(`no neighbour entry for ${address} yet (no traffic to it lately)`);
+  if (/FAILED|INCOMPLETE/.test(state)) {
+    return fail(
+      `${address} does not answer on ${bridge ?? "its bridge"} (neighbour ${state})`,
+      "check the guest's address (inside it: ip address), or its DHCP reservation",
+    );
+  }
+  return ok(`${address} answers on ${bridge ?? "its bridge"} (neighbour ${state})`);
+}
+
+/** Whether something in the guest accepts connections on the forward's port, tried from the host. */
+async function guestListens(address: string, port: number): Promise<Finding> {
+  const where = `${address.includes(":") ? `[${address}]` : address}:${port}`;
+  try {
+    const conn = await Deno.connect({ hostname: address, port, signal: AbortSignal.timeout(2000) });
+    conn.close();
+    return ok(`the guest accepts connections on ${where}`);
+  } catch (err) {
+    if (err instanceof Deno.errors.ConnectionRefused) {
+      return fail(
+        `nothing in the guest listens on ${where} (connection refused)`,
+        "start the service in the guest, or forward to the port it listens on",
+      );
+    }
+    return note(`no answer from ${where} within 2 s (a firewall inside the guest, or it is still booting)`);
+  }
+}
+
+/**
+ * Our rules' packet counters (iptables-save -c), by `dnat|fwd <protocol> <public port>`: telling "nothing
+ * arrives" from "arrives, but is dropped on the way". The nftables backend keeps no counters of its own.
+ */
+export async function readCounters(deps: HookDeps, domain: string): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  const { dnat, fwd } = chainNames(domain);
+  for (const save of ["iptables-save", "ip6tables-save"]) {
+    const r = await deps.runner.run([save, "-c"]).catch(() => undefined);
+    if (!r || r.code !== 0) continue;
+    for (const line of r.stdout.split("\n")) {
+      const m = /^\[(\d+):\d+\] -A (\S+) (.*)$/.exec(line);
+      if (!m) continue;
+      const [, packets, chain, spec] = m;
+      const protocol = / -p (\w+)/.exec(` ${spec}`)?.[1];
+      const port = chain === dnat
+        ? /--dport (\d+)/.exec(spec!)?.[1]
+        : chain === fwd
+        ? /--ctorigdstport (\d+)/.exec(spec!)?.[1]
+        : undefined;
+      if (!protocol || !port) continue;
+      const key = `${chain === dnat ? "dnat" : "fwd"} ${protocol} ${port}`;
+      out.set(key, (out.get(key) ?? 0) + Number(packets));
+    }
+  }
+  return out;
+}

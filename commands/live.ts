@@ -1,0 +1,147 @@
+/** What is live, by domain: forwards read back from the firewall, running guests, and where accepts stand. */
+
+import { chooseBackend } from "../backends/choose.ts";
+import type { Forward, LiveForward } from "../backends/forward.ts";
+import type { Packet } from "../backends/gates.ts";
+import { liveForwards, liveOf } from "../backends/iptables_live.ts";
+import { carriedDomain, domainHash, isHashOnly } from "../backends/names.ts";
+import { bridgesOf } from "../backends/nftables.ts";
+import { type NftLive, nftLiveForwards } from "../backends/nftables_live.ts";
+import { type FirewallState, readState } from "../backends/state.ts";
+import type { Config, Settings } from "../config/model.ts";
+import type { HookDeps } from "../hook/deps.ts";
+import { applyDeps, loadFor } from "../hook/domain.ts";
+import { parseAddress } from "../system/address.ts";
+import { env } from "../system/env.ts";
+import { type ConnectedRoute, type Listener, listenerAt } from "../system/host.ts";
+import { message } from "../system/report.ts";
+
+/** Where libvirt keeps the XML of running guests; LIBVIRT_QEMU_RUN_DIR overrides it for tests. */
+export function runDir(): string {
+  return env("LIBVIRT_QEMU_RUN_DIR") ?? "/run/libvirt/qemu";
+}
+
+/**
+ * The forwards that are live, by domain, read back from either backend. A domain whose name was too long for our
+ * comments is known by its hash only; it gets its name back where one of `names` has that hash.
+ */
+export function forwardsByDomain(state: FirewallState, names: Iterable<string>): Map<string, LiveForward[]> {
+  const out = new Map<string, LiveForward[]>();
+  const add = (domain: string, forwards: LiveForward[] = []) => {
+    const list = out.get(domain);
+    if (list) list.push(...forwards);
+    else out.set(domain, [...forwards]);
+  };
+  for (const f of state.nft ? nftLiveForwards(state.nft) : []) add(f.domain, [f]);
+  for (const family of [4, 6] as const) {
+    const l = state.ipt[family];
+    if (!l) continue;
+    // A domain with rules but no DNAT rule left (a half-removed state) still shows up, with no forward.
+    for (const r of l.rules) if (r.domain !== undefined) add(r.domain);
+    for (const f of liveForwards(l, family)) add(f.domain, [f]);
+  }
+  const byHash = new Map<string, string>();
+  for (const name of names) if (isHashOnly(carriedDomain(name))) byHash.set(domainHash(name), name);
+  if (byHash.size === 0) return out;
+  return new Map([...out].map(([domain, forwards]) => [byHash.get(domainHash(domain)) ?? domain, forwards]));
+}
+
+/** The names a domain known only by its hash may have: those of the config, and of the running guests. */
+export async function knownNames(config: Config): Promise<string[]> {
+  return [...config.names, ...await runningDomains()];
+}
+
+/** The first packet of a live forward's connections, as a gate at the forward hook sees it. */
+export function livePacket(f: LiveForward, connected: ConnectedRoute[]): Packet {
+  const oif = bridgesOf([{ family: f.family, privateIp: f.privateIp } as Forward], connected)[f.family][0];
+  return {
+    family: f.family,
+    protocol: f.protocol,
+    daddr: f.privateIp,
+    dport: Number(f.privatePorts.split("-")[0]),
+    ...(oif === undefined ? {} : { oif }),
+  };
+}
+
+/** The host's own listener a live forward's public port takes over, as `address:port`, if any. */
+export function hostListener(f: LiveForward, listeners: Listener[]): string | undefined {
+  const address = parseAddress(f.publicIp);
+  const [first = 0, last = first] = f.publicPorts.split("-").map(Number);
+  const l = address && listenerAt(listeners, f.protocol, address, first, last);
+  return l ? `${l.family === 6 ? `[${l.address}]` : l.address}:${l.port}` : undefined;
+}
+
+/**
+ * Whether a domain's forwards are live but its accept is not where it must be: iptables' FORWARD appeared since
+ * (Docker or ufw started) without our accept in it, or another tool put its rules ahead of our jumps (libvirt and
+ * firewalld insert theirs at the top when they reload).
+ */
+export function acceptMisplaced(state: FirewallState, domain: string, forwards: Forward[]): boolean {
+  return ([4, 6] as const).some((family) => {
+    const live = state.ipt[family];
+    if (!live || !forwards.some((f) => f.family === family)) return false;
+    const mine = liveOf(live, domain);
+    if (mine.rules.some((r) => r.buried)) return true;
+    return live.forward !== undefined &&
+      !mine.rules.some((r) => r.table === "filter" && r.chain === "FORWARD");
+  });
+}
+
+/** The guests libvirt runs now: those with a status file in its run directory. */
+export async function runningDomains(): Promise<string[]> {
+  try {
+    const out: string[] = [];
+    for await (const e of Deno.readDir(runDir())) if (e.name.endsWith(".xml")) out.push(e.name.slice(0, -4));
+    return out.sort();
+  } catch {
+    return [];
+  }
+}
+
+/** Which backend start would use here, and why, from what is live. */
+export function describeBackend(setting: Settings["backend"], state: FirewallState): string {
+  const libvirt = state.nft && Object.keys(state.nft.libvirt).length > 0
+    ? "libvirt uses nftables"
+    : state.ipt[4]?.libvirt
+    ? "libvirt uses iptables"
+    : "no libvirt network firewall seen";
+  try {
+    return `${chooseBackend(setting, state)} (setting "${setting}"; ${libvirt})`;
+  } catch (err) {
+    return `none: ${err instanceof Error ? err.message : String(err)}`;
+  }
+}
+
+/** libvirt's chains as if none of our accepts were in them, so plan shows the accepts start would add. */
+export function emptyChains(live: NftLive): NftLive["libvirt"] {
+  const out: NftLive["libvirt"] = {};
+  for (const family of [4, 6] as const) if (live.libvirt[family]) out[family] = [];
+  return out;
+}
+
+/** The live firewall, or why it cannot be read (reading it needs root). */
+export async function readFirewall(
+  deps: HookDeps,
+  config: Config,
+): Promise<FirewallState | { error: string }> {
+  try {
+    return await readState(applyDeps(deps, config));
+  } catch (err) {
+    return { error: message(err) };
+  }
+}
+
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Reads the live firewall and returns its forwards by domain. */
+export async function liveByDomain(deps: HookDeps): Promise<Map<string, LiveForward[]>> {
+  const { config } = await loadFor({ ...deps, problem: () => {} });
+  return forwardsByDomain(await readState(applyDeps(deps)), await knownNames(config));
+}

@@ -1,0 +1,95 @@
+/** `status`: the live forwards by domain, and what stops them. */
+
+import { foreignGates } from "../backends/foreign.ts";
+import { asLiveForward, describeForward } from "../backends/forward.ts";
+import { blockedNote, blockers, gateName, openingLine } from "../backends/gates.ts";
+import { domainLabel } from "../backends/names.ts";
+import { readState } from "../backends/state.ts";
+import {
+  describeBackend,
+  exists,
+  forwardsByDomain,
+  hostListener,
+  knownNames,
+  livePacket,
+  runDir,
+} from "./live.ts";
+import { domainConfig } from "../config.ts";
+import type { HookDeps } from "../hook/deps.ts";
+import { applyDeps, loadFor } from "../hook/domain.ts";
+import { planForwards } from "../rules.ts";
+import { readListeners } from "../system/host.ts";
+
+/** What `status` shows: every domain, or `only` one (by name or `#<hash>`); as text, or as JSON. */
+export interface StatusOptions {
+  only?: string | undefined;
+  json?: boolean;
+}
+
+export async function status(deps: HookDeps, { only, json = false }: StatusOptions = {}): Promise<number> {
+  const { config, facts } = await loadFor({ ...deps, problem: () => {} });
+  // One read of the firewall serves both the forwards and the backend line.
+  const state = await readState(applyDeps(deps, config));
+  const live = forwardsByDomain(state, await knownNames(config));
+  const listeners = readListeners();
+  const gates = await foreignGates(applyDeps(deps, config), state.nft?.hooks);
+  const backend = describeBackend(config.settings.backend, state);
+  const report = [];
+  for (const [domain, forwards] of [...live].sort(([a], [b]) => a.localeCompare(b))) {
+    if (only !== undefined && domain !== only && domainLabel(domain) !== only) continue;
+    const found = domainConfig(config, domain);
+    const planned = new Set(
+      found.kind === "ok"
+        ? planForwards(found.entries, facts).forwards.map((f) => describeForward(asLiveForward(domain, f)))
+        : [],
+    );
+    const running = await exists(`${runDir()}/${domain}.xml`);
+    report.push({
+      domain: domainLabel(domain),
+      running,
+      inConfig: found.kind !== "absent",
+      forwards: forwards.map((f) => {
+        const taken = hostListener(f, listeners);
+        const blocked = blockers(gates, livePacket(f, facts.connected)).map(blockedNote);
+        return {
+          forward: describeForward(f),
+          explained: planned.has(describeForward(f)),
+          ...(taken ? { takenFromHost: taken } : {}),
+          ...(blocked.length ? { blocked } : {}),
+        };
+      }),
+    });
+  }
+  if (json) {
+    console.log(JSON.stringify({ backend, domains: report }, null, 2));
+    return 0;
+  }
+  console.log(`Firewall backend: ${backend}`);
+  // Only the gates that stop some of what is shown, each with what would let our forwards through.
+  const stopping = new Set(report.flatMap((d) => d.forwards.flatMap((f) => f.blocked ?? [])));
+  for (const g of gates) {
+    if (![...stopping].some((note) => note.endsWith(` by ${gateName(g.gate)}`))) continue;
+    console.log(
+      `Gate not ours to open: ${gateName(g.gate)} (priority ${g.gate.prio}, policy ${g.gate.policy}); ` +
+        `let our forwards through with "${openingLine(g.gate)}" or "/settings": {"accept_in": ["${
+          gateName(g.gate)
+        }"]}`,
+    );
+  }
+  if (report.length === 0) {
+    console.log(only === undefined ? "No forwards are live." : `No forwards are live for "${only}".`);
+  }
+  for (const d of report) {
+    const notes = [d.running ? "running" : "not running", ...(d.inConfig ? [] : ["not in the config"])];
+    console.log(`${d.domain} (${notes.join(", ")})`);
+    for (const f of d.forwards) {
+      const notes = [
+        ...(f.explained ? [] : ["not explained by the config"]),
+        ...(f.takenFromHost ? [`takes from the host a port it listens on (${f.takenFromHost})`] : []),
+        ...(f.blocked ?? []),
+      ];
+      console.log(`  ${f.forward}${notes.length ? `   <- ${notes.join("; ")}` : ""}`);
+    }
+  }
+  return 0;
+}

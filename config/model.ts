@@ -1,0 +1,102 @@
+/** The config model's vocabulary: entries, settings, the loaded config and its positioned problems. */
+
+import type { Family, Protocol } from "../system/address.ts";
+
+/** The top-level key for settings that are not about one domain; libvirt forbids "/" in domain names. */
+export const SETTINGS_KEY = "/settings";
+
+/** The top-level key editors read for the JSON Schema; a domain entry is never a string, so it cannot clash. */
+export const SCHEMA_KEY = "$schema";
+
+/** Firewall backends a user may name in the settings. */
+export const BACKENDS = ["auto", "iptables", "nftables"] as const;
+
+/** One problem found in the config. `domains` lists the domains it stops; absent, it stops them all. */
+export interface Diagnostic {
+  severity: "error" | "warning";
+  file: string;
+  line: number;
+  column: number;
+  message: string;
+  path: string;
+  value?: string;
+  domains?: string[];
+}
+
+/** Renders a diagnostic as `file:line:column: message (json.path = value)`. */
+export function formatDiagnostic(d: Diagnostic): string {
+  const where = d.path === "" ? "" : d.value === undefined ? ` (${d.path})` : ` (${d.path} = ${d.value})`;
+  const level = d.severity === "warning" ? "warning: " : "";
+  return `${d.file}:${d.line}:${d.column}: ${level}${d.message}${where}`;
+}
+
+/** A run of ports: `count` public ports from `publicPort` go to as many private ports from `privatePort`. */
+export interface PortSpec {
+  protocol: Protocol;
+  publicPort: number;
+  privatePort: number;
+  count: number;
+}
+
+/** The addresses of one entry in one family; `publicIp` undefined means the host's default address. */
+export interface Target {
+  family: Family;
+  privateIp: string;
+  publicIp?: string;
+  source?: string;
+}
+
+/** One validated entry of a domain (a domain maps to one entry or a list of them). */
+export interface Entry {
+  path: string;
+  interface?: string;
+  targets: Target[];
+  ports: PortSpec[];
+}
+
+/** Settings that are not about one domain. */
+export interface Settings {
+  backend: typeof BACKENDS[number];
+  /**
+   * nftables base chains the administrator hands us (`<family> <table> <chain>`): our accept goes first in each,
+   * as in libvirt's chain. Their own gates are never changed unasked.
+   */
+  acceptIn: string[];
+}
+
+/** The result of loading a config: what is valid, and every problem found. */
+export interface Config {
+  file: string;
+  /** False when no config file exists: then no domain is configured. */
+  exists: boolean;
+  /** True when the file could not be read or parsed as a whole: nothing in it can be trusted. */
+  broken: boolean;
+  /** Valid entries by domain; a domain with any error in its entries is absent here. */
+  domains: Map<string, Entry[]>;
+  /** Every top-level domain key that could be read, valid or not. */
+  names: Set<string>;
+  settings: Settings;
+  diagnostics: Diagnostic[];
+  /**
+   * How many problems the whole file has, where `diagnostics` holds only some (a config loaded for one domain:
+   * those that concern it, and the file's first ones).
+   */
+  diagnosticCount?: number;
+}
+
+/** Appends a key to a JSON path: `a.b`, or `a["odd key"]` where the key is not a plain name. */
+export function jsonPath(base: string, key: string): string {
+  if (/^[A-Za-z_][A-Za-z0-9_-]*$/.test(key)) return base === "" ? key : `${base}.${key}`;
+  return `${base}[${JSON.stringify(key)}]`;
+}
+
+/** What the config says about one domain: not there, unusable (with the reasons), or its entries. */
+export type DomainConfig =
+  | { kind: "absent" }
+  | { kind: "invalid"; errors: Diagnostic[] }
+  | { kind: "ok"; entries: Entry[] };
+
+/** Host facts validation may use: the default public address per family, to find clashing claims. */
+export interface ValidateOptions {
+  defaultPublicIp?: Partial<Record<Family, string>>;
+}

@@ -1,0 +1,186 @@
+/** An entry's ports (port_map, port_range) and the public ports every entry claims, which must not clash. */
+
+import { jsonPath } from "./model.ts";
+import type { Node } from "jsonc-parser";
+import { type Protocol, PROTOCOLS } from "../system/address.ts";
+
+import { kind, type Report } from "./nodes.ts";
+
+export interface Claim {
+  domain: string;
+  node: Node;
+  path: string;
+  address: string;
+  protocol: Protocol;
+  first: number;
+  last: number;
+}
+
+type ClaimFn = (
+  n: Node,
+  path: string,
+  protocol: Protocol,
+  publicPort: number,
+  privatePort: number,
+  count?: number,
+) => void;
+
+function protocolOf(name: string, node: Node | undefined, path: string, fail: Report, warn: Report) {
+  if ((PROTOCOLS as readonly string[]).includes(name)) return name as Protocol;
+  if (name === "icmp") {
+    warn(node, path, "icmp cannot be forwarded by port (the old hook could never apply it); skipped", {
+      severity: "warning",
+    });
+  } else {
+    fail(node, path, `Protocol "${name}" cannot be forwarded by port; use tcp or udp`);
+  }
+  return undefined;
+}
+
+export function readPortMap(
+  node: Node | undefined,
+  path: string,
+  fail: Report,
+  warn: Report,
+  claim: ClaimFn,
+) {
+  if (!node) return;
+  if (node.type !== "object") return fail(node, path, `Expected an object of protocols, found ${kind(node)}`);
+  for (const prop of node.children ?? []) {
+    const [k, v] = prop.children ?? [];
+    if (!k || !v) continue;
+    const name = String(k.value);
+    const here = jsonPath(path, name);
+    const protocol = protocolOf(name, k, here, fail, warn);
+    if (!protocol) continue;
+    if (v.type !== "array") {
+      fail(v, here, `Expected a list of ports or [public, private] pairs, found ${kind(v)}`);
+      continue;
+    }
+    (v.children ?? []).forEach((item, i) => {
+      const at = `${here}[${i}]`;
+      if (item.type === "array") {
+        const pair = item.children ?? [];
+        if (pair.length !== 2) {
+          return fail(item, at, `Expected a pair [public, private], found ${pair.length} items`);
+        }
+        const pub = port(pair[0], `${at}[0]`, fail);
+        const priv = port(pair[1], `${at}[1]`, fail);
+        if (pub !== undefined && priv !== undefined) claim(item, at, protocol, pub, priv);
+      } else {
+        const p = port(item, at, fail);
+        if (p !== undefined) claim(item, at, protocol, p, p);
+      }
+    });
+  }
+}
+
+export function readPortRanges(
+  node: Node | undefined,
+  path: string,
+  fail: Report,
+  warn: Report,
+  claim: ClaimFn,
+) {
+  if (!node) return;
+  if (node.type !== "array") return fail(node, path, `Expected a list of ranges, found ${kind(node)}`);
+  (node.children ?? []).forEach((item, i) => {
+    const at = `${path}[${i}]`;
+    if (item.type !== "object") return fail(item, at, `Expected a range object, found ${kind(item)}`);
+    const fields = new Map<string, Node>();
+    for (const prop of item.children ?? []) {
+      const [k, v] = prop.children ?? [];
+      if (!k || !v) continue;
+      const key = String(k.value);
+      if (key in RANGE_FIELDS) fields.set(key, v);
+      else {fail(
+          k,
+          jsonPath(at, key),
+          `Unknown field "${key}"; known fields: ${Object.keys(RANGE_FIELDS).join(", ")}`,
+        );}
+    }
+    for (const key of Object.keys(RANGE_FIELDS)) {
+      if (!fields.has(key)) fail(item, at, `Missing required field "${key}"`);
+    }
+    const first = port(fields.get("init_port"), jsonPath(at, "init_port"), fail);
+    const numNode = fields.get("ports_num");
+    let count: number | undefined;
+    if (numNode) {
+      if (numNode.type === "number" && Number.isInteger(numNode.value) && numNode.value >= 1) {
+        count = numNode.value;
+      } else fail(numNode, jsonPath(at, "ports_num"), "Expected a whole number of ports, at least 1");
+    }
+    const protoNode = fields.get("protocol");
+    let protocol: Protocol | undefined;
+    if (protoNode) {
+      if (protoNode.type !== "string") {
+        fail(protoNode, jsonPath(at, "protocol"), `Expected a string, found ${kind(protoNode)}`);
+      } else protocol = protocolOf(protoNode.value, protoNode, jsonPath(at, "protocol"), fail, warn);
+    }
+    if (first === undefined || count === undefined || !protocol) return;
+    if (first + count - 1 > 65535) {
+      return fail(
+        numNode,
+        jsonPath(at, "ports_num"),
+        `Range ${first}-${first + count - 1} runs past port 65535`,
+      );
+    }
+    claim(item, at, protocol, first, first, count);
+  });
+}
+
+function port(node: Node | undefined, path: string, fail: Report): number | undefined {
+  if (!node) return undefined;
+  if (node.type === "number" && Number.isInteger(node.value) && node.value >= 1 && node.value <= 65535) {
+    return node.value;
+  }
+  fail(
+    node,
+    path,
+    node.type === "number" ? "Port out of range 1-65535" : `Expected a port number, found ${kind(node)}`,
+  );
+  return undefined;
+}
+
+export function reportClashes(claims: Claim[], report: Report) {
+  const groups = new Map<string, Claim[]>();
+  for (const c of claims) {
+    const key = `${c.protocol} ${c.address}`;
+    const group = groups.get(key);
+    if (group) group.push(c);
+    else groups.set(key, [c]);
+  }
+  for (const list of groups.values()) {
+    list.sort((a, b) => a.first - b.first || a.node.offset - b.node.offset);
+    const clashing = new Set<Claim>();
+    const partner = new Map<Claim, Claim>();
+    let reach: Claim | undefined;
+    for (const c of list) {
+      if (reach && c.first <= reach.last) {
+        clashing.add(c).add(reach);
+        partner.set(c, reach);
+        if (!partner.has(reach)) partner.set(reach, c);
+      }
+      if (!reach || c.last > reach.last) reach = c;
+    }
+    for (const c of clashing) {
+      const other = partner.get(c)!;
+      const ports = (x: Claim) => (x.first === x.last ? `${x.first}` : `${x.first}-${x.last}`);
+      report(
+        c.node,
+        c.path,
+        `Public ${c.protocol} port ${ports(c)} on ${c.address} is also claimed by ${other.path} (${
+          ports(other)
+        })`,
+        { domains: [c.domain] },
+      );
+    }
+  }
+}
+
+/** The fields of a port_range item. */
+export const RANGE_FIELDS = {
+  init_port: { type: "integer", description: "The first port of the range." },
+  ports_num: { type: "integer", description: "How many ports the range holds." },
+  protocol: { type: "string", description: "tcp or udp." },
+} as const;

@@ -1,0 +1,81 @@
+/** The JSON Schema of hooks.jsonc, built from the tables the validator reads, so the two cannot drift. */
+
+import { ENTRY_FIELDS } from "./entry.ts";
+import { RANGE_FIELDS } from "./ports.ts";
+import { BACKENDS, SCHEMA_KEY, SETTINGS_KEY } from "./model.ts";
+
+const port = { type: "integer", minimum: 1, maximum: 65535 };
+
+const portList = {
+  type: "array",
+  items: { oneOf: [port, { type: "array", items: port, minItems: 2, maxItems: 2 }] },
+};
+
+/** Sub-schemas for the fields whose shape is more than their type. */
+const SHAPES: Partial<Record<keyof typeof ENTRY_FIELDS, object>> = {
+  port_map: {
+    type: "object",
+    properties: { tcp: portList, udp: portList, icmp: { ...portList, deprecated: true } },
+    additionalProperties: false,
+  },
+  port_range: {
+    type: "array",
+    items: {
+      type: "object",
+      required: Object.keys(RANGE_FIELDS),
+      additionalProperties: false,
+      properties: {
+        init_port: { ...port, description: RANGE_FIELDS.init_port.description },
+        ports_num: { type: "integer", minimum: 1, description: RANGE_FIELDS.ports_num.description },
+        protocol: { enum: ["tcp", "udp", "icmp"], description: RANGE_FIELDS.protocol.description },
+      },
+    },
+  },
+};
+
+/** Builds the schema object. */
+export function configSchema(): Record<string, unknown> {
+  const properties: Record<string, object> = {};
+  for (const [name, field] of Object.entries(ENTRY_FIELDS)) {
+    properties[name] = {
+      ...(SHAPES[name as keyof typeof ENTRY_FIELDS] ?? { type: field.type }),
+      description: field.description,
+    };
+  }
+  const entry = { type: "object", required: ["private_ip"], additionalProperties: false, properties };
+  return {
+    $schema: "http://json-schema.org/draft-07/schema#",
+    title: "libvirt-hook-qemu config (hooks.jsonc)",
+    description: "Port forwards for libvirt guests, keyed by domain name.",
+    type: "object",
+    properties: {
+      [SCHEMA_KEY]: { type: "string" },
+      [SETTINGS_KEY]: {
+        type: "object",
+        additionalProperties: false,
+        properties: {
+          backend: { enum: [...BACKENDS], description: "The firewall backend; auto chooses." },
+          accept_in: {
+            type: "array",
+            items: {
+              type: "string",
+              pattern: "^(ip|ip6|inet) [A-Za-z_][A-Za-z0-9_.-]* [A-Za-z_][A-Za-z0-9_.-]*$",
+            },
+            description:
+              'nftables chains at the forward hook handed to us ("<family> <table> <chain>"): our accept goes first in each.',
+          },
+        },
+      },
+    },
+    additionalProperties: {
+      oneOf: [{ $ref: "#/definitions/entry" }, {
+        type: "array",
+        minItems: 1,
+        items: { $ref: "#/definitions/entry" },
+      }],
+    },
+    definitions: { entry },
+  };
+}
+
+if (import.meta.main) console.log(JSON.stringify(configSchema(), null, 2));

@@ -1,0 +1,291 @@
+/** Validates the config's text: the file's structure, the settings, and each domain's entries (see entry.ts). */
+
+import type { Node, ParseError } from "jsonc-parser";
+import { readDomain } from "./entry.ts";
+import { kind, type Report, show } from "./nodes.ts";
+import { type Claim, reportClashes } from "./ports.ts";
+import { cutTooDeep, MAX_DEPTH } from "./jsonc_scan.ts";
+import {
+  BACKENDS,
+  type Config,
+  type Diagnostic,
+  jsonPath,
+  SCHEMA_KEY,
+  type Settings,
+  SETTINGS_KEY,
+  type ValidateOptions,
+} from "./model.ts";
+
+/** The families a chain handed to us (`accept_in`) may be of: those whose forward hook sees routed traffic. */
+const ACCEPT_IN_FAMILIES = ["ip", "ip6", "inet"];
+
+type Jsonc = typeof import("./jsonc.ts");
+
+let jsonc: Jsonc | undefined;
+
+/**
+ * Loads the JSONC parser (npm:jsonc-parser). It is loaded on demand: as a CommonJS package it brings up Deno's Node
+ * compatibility layer, about 17 ms, which a hook call whose config is already validated (see the cache) never pays.
+ */
+export async function loadParser(): Promise<void> {
+  jsonc ??= await import("./jsonc.ts");
+}
+
+export function emptyConfig(file: string, exists: boolean): Config {
+  return {
+    file,
+    exists,
+    broken: false,
+    domains: new Map(),
+    names: new Set(),
+    settings: { backend: "auto", acceptIn: [] },
+    diagnostics: [],
+  };
+}
+
+export function fileProblem(file: string, message: string): Diagnostic {
+  return { severity: "error", file, line: 1, column: 1, message, path: "" };
+}
+
+/**
+ * Parses and validates config text; `file` is used in messages only; `invalidUtf8`: where the file's bytes were
+ * not UTF-8 (see readConfigSource). Needs `await loadParser()` first.
+ */
+export function parseConfig(
+  text: string,
+  file: string,
+  options: ValidateOptions = {},
+  invalidUtf8: number[] = [],
+): Config {
+  if (!jsonc) throw new Error("Cannot parse the config: the parser is not loaded (await loadParser() first)");
+  const config = emptyConfig(file, true);
+  const errors: ParseError[] = [];
+  // Nesting deep enough to exhaust the parser's recursion is cut out first, and stops only the entry that holds it.
+  const cut = cutTooDeep(text);
+  const root = jsonc.parseTree(cut.text, errors, { allowTrailingComma: true, disallowComments: false });
+  const lines = lineStarts(text);
+  const at = (offset: number) => position(lines, offset);
+  const report = (node: Node | undefined, path: string, message: string, extra: Partial<Diagnostic> = {}) => {
+    const { line, column } = at(node?.offset ?? 0);
+    const isKey = node?.parent?.type === "property" && node.parent.children?.[0] === node;
+    const value = node && !isKey && node.type !== "object" && node.type !== "array" ? show(node) : undefined;
+    config.diagnostics.push({
+      severity: "error",
+      file,
+      line,
+      column,
+      message,
+      path,
+      ...(value === undefined ? {} : { value }),
+      ...extra,
+    });
+  };
+
+  if (root?.type === "object") {
+    for (const prop of root.children ?? []) {
+      const key = prop.children?.[0]?.value;
+      if (typeof key === "string" && key !== SETTINGS_KEY && key !== SCHEMA_KEY) config.names.add(key);
+    }
+  }
+  const tooDeep = new Set<string>();
+  for (const d of cut.tooDeep) {
+    const { line, column } = at(d.offset);
+    // At the root, or in the settings: every domain depends on it.
+    const scoped = d.key !== undefined && d.key !== SETTINGS_KEY;
+    if (d.key !== undefined) tooDeep.add(d.key);
+    config.diagnostics.push({
+      severity: "error",
+      file,
+      line,
+      column,
+      message: `Nesting deeper than ${MAX_DEPTH} levels`,
+      path: d.key === undefined ? "" : jsonPath("", d.key),
+      ...(scoped ? { domains: [d.key!] } : {}),
+    });
+    if (!scoped) config.broken = true;
+  }
+  reportInvalidUtf8(invalidUtf8, root, config, at);
+  if (errors.length > 0) {
+    config.broken = true;
+    // A broken file stops the domains it names; when none can be named, it stops them all.
+    const domains = config.names.size > 0 ? { domains: [...config.names] } : {};
+    const seen = new Set<string>();
+    for (const e of errors) {
+      const key = `${e.offset} ${e.error}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      const { line, column } = at(e.offset);
+      config.diagnostics.push({
+        severity: "error",
+        file,
+        line,
+        column,
+        message: `Cannot parse the config: ${parseErrorText(e.error)}`,
+        path: "",
+        ...domains,
+      });
+    }
+    return config;
+  }
+  if (!root) {
+    // An empty (or comment-only) file configures nothing.
+    return config;
+  }
+  if (root.type !== "object") {
+    config.broken = true;
+    if (!cut.tooDeep.some((d) => d.key === undefined)) {
+      report(root, "", `Expected an object mapping domain names to entries, found ${kind(root)}`);
+    }
+    return config;
+  }
+
+  const claims: Claim[] = [];
+  for (const prop of root.children ?? []) {
+    const [keyNode, valueNode] = prop.children ?? [];
+    if (!keyNode || !valueNode) continue;
+    const key = String(keyNode.value);
+    if (tooDeep.has(key)) continue;
+    if (key === SCHEMA_KEY && valueNode.type === "string") continue;
+    if (key === SETTINGS_KEY) {
+      readSettings(valueNode, config, report);
+      continue;
+    }
+    const entries = readDomain(key, valueNode, report, claims, options);
+    if (entries) config.domains.set(key, entries);
+  }
+  reportClashes(claims, report);
+  for (const d of config.diagnostics) {
+    if (d.severity === "error") { for (const name of d.domains ?? []) config.domains.delete(name); }
+  }
+  return config;
+}
+
+/**
+ * Reports each place where the file's bytes were not UTF-8: inside a top-level entry, an error of that entry (a
+ * name or an address with a U+FFFD in it is never what was meant; in the settings, of the whole file); between
+ * entries (a comment), a warning.
+ */
+function reportInvalidUtf8(
+  offsets: number[],
+  root: Node | undefined,
+  config: Config,
+  at: (offset: number) => { line: number; column: number },
+) {
+  for (const offset of offsets) {
+    const prop = root?.type === "object"
+      ? root.children?.find((p) => p.offset <= offset && offset < p.offset + p.length)
+      : undefined;
+    const key = prop?.children?.[0]?.value;
+    const { line, column } = at(offset);
+    config.diagnostics.push({
+      severity: prop ? "error" : "warning",
+      file: config.file,
+      line,
+      column,
+      message: prop
+        ? "Not UTF-8: bytes here are no text"
+        : "Not UTF-8: bytes here are no text (between entries: ignored)",
+      path: typeof key === "string" ? jsonPath("", key) : "",
+      ...(typeof key === "string" && key !== SETTINGS_KEY ? { domains: [key] } : {}),
+    });
+  }
+}
+
+function readSettings(node: Node, config: Config, report: Report) {
+  const path = jsonPath("", SETTINGS_KEY);
+  if (node.type !== "object") return report(node, path, `Expected an object, found ${kind(node)}`);
+  for (const prop of node.children ?? []) {
+    const [k, v] = prop.children ?? [];
+    if (!k || !v) continue;
+    const key = String(k.value);
+    const here = jsonPath(path, key);
+    if (key === "backend") {
+      if (typeof v.value === "string" && (BACKENDS as readonly string[]).includes(v.value)) {
+        config.settings.backend = v.value as Settings["backend"];
+      } else report(v, here, `Expected one of ${BACKENDS.map((b) => `"${b}"`).join(", ")}`);
+    } else if (key === "accept_in") {
+      readAcceptIn(v, here, config, report);
+    } else {
+      report(k, here, `Unknown setting "${key}"; known: backend, accept_in`);
+    }
+  }
+}
+
+/** Reads `accept_in`: a list of `"<family> <table> <chain>"`, each an nftables chain that may be handed to us. */
+function readAcceptIn(node: Node, path: string, config: Config, report: Report) {
+  if (node.type !== "array") {
+    return report(node, path, `Expected a list of "<family> <table> <chain>", found ${kind(node)}`);
+  }
+  const chains: string[] = [];
+  (node.children ?? []).forEach((item, i) => {
+    const at = `${path}[${i}]`;
+    const words = typeof item.value === "string" ? item.value.trim().split(/\s+/) : [];
+    const [family = "", table = "", chain = ""] = words;
+    const name = /^[A-Za-z_][A-Za-z0-9_.\-]{0,255}$/;
+    if (item.type !== "string" || words.length !== 3 || !name.test(table) || !name.test(chain)) {
+      return report(
+        item,
+        at,
+        'Expected "<family> <table> <chain>", as nft names a chain (e.g. "inet filter forward")',
+      );
+    }
+    if (!ACCEPT_IN_FAMILIES.includes(family)) {
+      return report(
+        item,
+        at,
+        `Family "${family}" has no forward hook for routed traffic; use ip, ip6 or inet`,
+      );
+    }
+    if (
+      table === "libvirt_network" || table === "libvirt_hook_qemu" ||
+      (table === "filter" && chain === "FORWARD")
+    ) {
+      return report(
+        item,
+        at,
+        "This chain is opened for our forwards already (libvirt's, ours, or iptables' FORWARD)",
+      );
+    }
+    chains.push(words.join(" "));
+  });
+  config.settings.acceptIn = [...new Set(chains)];
+}
+
+function parseErrorText(code: number): string {
+  const name = jsonc!.printParseErrorCode(code);
+  const words: Record<string, string> = {
+    InvalidSymbol: "unexpected character",
+    InvalidNumberFormat: "malformed number",
+    PropertyNameExpected: "expected a quoted property name",
+    ValueExpected: "expected a value",
+    ColonExpected: "expected ':'",
+    CommaExpected: "expected ','",
+    CloseBraceExpected: "expected '}'",
+    CloseBracketExpected: "expected ']'",
+    EndOfFileExpected: "unexpected text after the end",
+    InvalidCommentToken: "malformed comment",
+    UnexpectedEndOfComment: "unterminated comment",
+    UnexpectedEndOfString: "unterminated string",
+    UnexpectedEndOfNumber: "unterminated number",
+    InvalidUnicode: "malformed unicode escape",
+    InvalidEscapeCharacter: "malformed escape",
+    InvalidCharacter: "invalid character in string",
+  };
+  return words[name] ?? name;
+}
+
+function lineStarts(text: string): number[] {
+  const starts = [0];
+  for (let i = 0; i < text.length; i++) if (text.charCodeAt(i) === 10) starts.push(i + 1);
+  return starts;
+}
+
+function position(starts: number[], offset: number): { line: number; column: number } {
+  let lo = 0, hi = starts.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if ((starts[mid] ?? 0) <= offset) lo = mid;
+    else hi = mid - 1;
+  }
+  return { line: lo + 1, column: offset - (starts[lo] ?? 0) + 1 };
+}

@@ -1,0 +1,246 @@
+/** One domain's forwards: install, re-sync or remove them, and say what happened. */
+
+import type { Forward } from "../backends/forward.ts";
+import { iptablesTools, type Tools } from "../backends/iptables.ts";
+import { domainHash } from "../backends/names.ts";
+import { type ApplyDeps, beginRead, type FirewallState } from "../backends/state.ts";
+import { domainConfig, loadConfig, loadConfigFor } from "../config.ts";
+import { type Config, type Diagnostic, formatDiagnostic } from "../config/model.ts";
+import { configCandidates, configMentions, type ConfigSource, readConfigSource } from "../config/source.ts";
+import type { HookDeps } from "./deps.ts";
+import { guestInterfaces } from "./domain_xml.ts";
+import { gateWarnings, takenFromHost } from "./warnings.ts";
+import { type Change, planForwards, syncDomain } from "../rules.ts";
+import type { Family } from "../system/address.ts";
+import type { HostFacts } from "../system/host.ts";
+import { failed, message } from "../system/report.ts";
+
+/** What applying needs, from the hook's dependencies, the config's settings and the host's networks. */
+export function applyDeps(deps: HookDeps, config?: Config, facts?: HostFacts): ApplyDeps {
+  const t = tools(deps);
+  return {
+    runner: deps.runner,
+    tools: t,
+    ...(deps.nft !== undefined && deps.nfTables?.(t) ? { iptablesNft: true } : {}),
+    ...(deps.nft === undefined ? {} : { nft: deps.nft }),
+    ...(config ? { backend: config.settings.backend, acceptIn: config.settings.acceptIn } : {}),
+    ...(facts ? { connected: facts.connected } : {}),
+    ...(deps.stateDir === undefined ? {} : { hintDir: deps.stateDir }),
+    ...(deps.networkRunDir === undefined ? {} : { networkRunDir: deps.networkRunDir }),
+    ...(deps.networkConf === undefined ? {} : { networkConf: deps.networkConf }),
+  };
+}
+
+/** The note that an administrator removed a running guest's forwards on purpose (`remove`): watch leaves it be. */
+export function removedMarker(stateDir: string, domain: string): string {
+  return `${stateDir}/removed-${domainHash(domain)}`;
+}
+
+/** Removes a file of ours, if it is there; synchronously, as a hook call is about to end. */
+function removeIfThere(path: string): void {
+  try {
+    Deno.removeSync(path);
+  } catch {
+    // Not there: nothing to do.
+  }
+}
+
+/** The iptables programs, following IPTABLES_BINARY. */
+export function tools(deps: Pick<HookDeps, "env">): Record<Family, Tools> {
+  return iptablesTools(deps.env("IPTABLES_BINARY") || undefined);
+}
+
+/**
+ * How many of the config's problems one call for a domain prints: libvirt shows every line in `virsh start`, and a
+ * file with 200 000 clashing entries must not bury the one that matters.
+ */
+export const MAX_PRINTED_PROBLEMS = 20;
+
+/**
+ * Prints the config's problems: for a call about one domain, those that concern it (its own and the file's) first,
+ * and at most MAX_PRINTED_PROBLEMS in all, then how many more there are; without a domain, every one.
+ */
+function printProblems(config: Config, deps: Pick<HookDeps, "problem">, domain?: string): void {
+  const concerns = (d: Diagnostic) => d.domains === undefined || d.domains.includes(domain!);
+  const ordered = domain === undefined
+    ? config.diagnostics
+    : [...config.diagnostics.filter(concerns), ...config.diagnostics.filter((d) => !concerns(d))];
+  const shown = domain === undefined ? ordered : ordered.slice(0, MAX_PRINTED_PROBLEMS);
+  for (const d of shown) deps.problem(formatDiagnostic(d));
+  const count = config.diagnosticCount ?? ordered.length;
+  if (shown.length < count) {
+    deps.problem(
+      `${config.file}: ${count - shown.length} more problem(s) not shown; "qemu check" lists them all`,
+    );
+  }
+}
+
+/**
+ * Reads the host facts, then the config (using the default addresses to find clashing claims), and prints its
+ * problems: for a call about one `domain`, those that concern it; `source`: the config file read already.
+ */
+export async function loadFor(
+  deps: Pick<HookDeps, "facts" | "env" | "problem" | "stateDir">,
+  { source, domain }: { source?: ConfigSource; domain?: string } = {},
+): Promise<{ config: Config; facts: HostFacts }> {
+  const facts = await deps.facts();
+  const defaults: Partial<Record<Family, string>> = {};
+  for (const family of [4, 6] as const) {
+    const found = facts.defaultPublicIp[family];
+    if (found && "address" in found) defaults[family] = found.address;
+  }
+  const candidates = configCandidates(deps.env);
+  const options = { defaultPublicIp: defaults };
+  // A call for one domain reads only what concerns it from the cache; the commands read the whole config.
+  const config = domain === undefined
+    ? await loadConfig(candidates, options, deps.stateDir, source)
+    : await loadConfigFor(domain, candidates, {
+      options,
+      cacheDir: deps.stateDir,
+      ...(source ? { source } : {}),
+    });
+  printProblems(config, deps, domain);
+  return { config, facts };
+}
+
+/** What install did: the forwards are live, the config does not name the domain, or it could not. */
+export type InstallResult = "installed" | "absent" | "failed";
+
+/**
+ * Installs a domain's forwards from the config (libvirt's start, the apply command). Where the config names the
+ * domain, the firewall is read (a process, ~3 ms) while the config is validated and the forwards are planned:
+ * under the lock from the start, as every read that a write follows.
+ */
+export async function install(domain: string, deps: HookDeps, action = "start"): Promise<InstallResult> {
+  const source = readConfigSource(configCandidates(deps.env));
+  if (!configMentions(source, domain)) return await installWith(domain, deps, action, source);
+  return await deps.lock(async () => {
+    const reading = (await beginRead(applyDeps(deps), { domain, jumps: false })).state;
+    try {
+      return await installWith(domain, deps, action, source, reading);
+    } finally {
+      // Never left running when we return, whatever path above awaited it or not.
+      await reading.catch(() => {});
+    }
+  });
+}
+
+/** install(), from the config file as read, with the firewall's read already under way (and the lock held), or not. */
+async function installWith(
+  domain: string,
+  deps: HookDeps,
+  action: string,
+  source: ConfigSource,
+  reading?: Promise<FirewallState>,
+): Promise<InstallResult> {
+  const { config, facts } = await loadFor(deps, { source, domain });
+  const found = domainConfig(config, domain);
+  if (found.kind === "absent") return "absent";
+  const fail = (why: unknown) => {
+    failed(deps, { action, domain, headline: `Cannot apply forwards for "${domain}"`, why });
+    return "failed" as const;
+  };
+  if (found.kind === "invalid") {
+    return fail(`${found.errors.length} problem(s) in ${config.file}, listed above; nothing was changed`);
+  }
+  const plan = planForwards(found.entries, facts);
+  if (plan.problems.length > 0) {
+    for (const p of plan.problems) deps.problem(`${config.file}: ${p}`);
+    return fail("nothing was changed");
+  }
+  try {
+    const sync = () => syncDomain(domain, plan.forwards, applyDeps(deps, config, facts), reading);
+    const changes = reading ? await sync() : await deps.lock(sync);
+    await hairpinPorts(domain, plan.forwards, facts, deps);
+    deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}`);
+    const hooks = reading ? (await reading).nft?.hooks : undefined;
+    const warnings = [
+      ...takenFromHost(plan.forwards, deps.listeners()),
+      ...await gateWarnings(plan.forwards, applyDeps(deps, config, facts), hooks),
+    ];
+    for (const w of warnings) deps.log(`${action} ${domain}: warning: ${w}`);
+    if (deps.stateDir !== undefined) removeIfThere(removedMarker(deps.stateDir, domain));
+    return "installed";
+  } catch (err) {
+    return fail(err);
+  }
+}
+
+/**
+ * Makes a domain's live rules equal to what the config says now (libvirt's reconnect, the reload command);
+ * keeps them as they are when the config cannot be trusted. False when something could not be done.
+ */
+export async function resync(domain: string, deps: HookDeps, action: string): Promise<boolean> {
+  const { config, facts } = await loadFor(deps, { domain });
+  const found = domainConfig(config, domain);
+  const keep = (why: string) => {
+    failed(deps, {
+      action,
+      domain,
+      headline: `Keeping the live forwards of "${domain}" unchanged`,
+      why,
+      outcome: "kept live rules",
+    });
+    return false;
+  };
+  if (config.broken || found.kind === "invalid") {
+    return keep(`problems in ${config.file} (above, or all of them with "qemu check")`);
+  }
+  let forwards: Forward[] = [];
+  if (found.kind === "ok") {
+    const plan = planForwards(found.entries, facts);
+    if (plan.problems.length > 0) {
+      for (const p of plan.problems) deps.problem(`${config.file}: ${p}`);
+      return keep("its forwards cannot be planned");
+    }
+    forwards = plan.forwards;
+  }
+  try {
+    const changes = await deps.lock(() => syncDomain(domain, forwards, applyDeps(deps, config, facts)));
+    if (forwards.length > 0) await hairpinPorts(domain, forwards, facts, deps);
+    if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, forwards)}`);
+    return true;
+  } catch (err) {
+    failed(deps, { action, domain, headline: `Cannot re-apply forwards for "${domain}"`, why: err });
+    return false;
+  }
+}
+
+/** Removes whatever is live for a domain, whatever the config says (libvirt's stopped, the remove command). */
+export async function remove(domain: string, deps: HookDeps, action: string): Promise<boolean> {
+  try {
+    const changes = await deps.lock(() => syncDomain(domain, [], applyDeps(deps)));
+    if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, [])}`);
+    return true;
+  } catch (err) {
+    failed(deps, { action, domain, headline: `Cannot remove forwards for "${domain}"`, why: err });
+    return false;
+  }
+}
+
+/**
+ * With bridge netfilter on, a DNAT to a guest on the same bridge is forwarded by the bridge itself, back out of
+ * the port the packet came in on, which a bridge refuses unless that port is in hairpin mode. So a guest can
+ * reach its own forward only with hairpin mode on its tap: a per-port setting, never a host-wide one.
+ */
+async function hairpinPorts(domain: string, forwards: Forward[], facts: HostFacts, deps: HookDeps) {
+  if (!forwards.some((f) => facts.bridgeNetfilter[f.family])) return;
+  const bridges = new Set(forwards.map((f) => f.interface));
+  const any = bridges.has(undefined);
+  const taps = guestInterfaces(await deps.readStdin()).filter((i) => any || bridges.has(i.bridge));
+  for (const tap of taps) {
+    try {
+      await deps.setHairpin(tap.device);
+    } catch (err) {
+      deps.problem(`Cannot turn on hairpin mode on "${tap.device}" of "${domain}": ${message(err)}`);
+    }
+  }
+}
+
+function describe(changes: Change[], forwards: Forward[]): string {
+  if (changes.some((c) => c.removed === undefined)) {
+    return `${forwards.length} forward(s) live, old rules removed`;
+  }
+  const removed = changes.reduce((n, c) => n + (c.removed ?? 0), 0);
+  return `${forwards.length} forward(s) live, ${removed} old rule(s) removed`;
+}

@@ -1,3 +1,0 @@
-/** The JSONC parser (npm:jsonc-parser) in a module of its own: config.ts loads it only when a config must be parsed. */
-
-export { parseTree, printParseErrorCode } from "jsonc-parser";

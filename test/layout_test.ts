@@ -1,0 +1,36 @@
+import assert from "node:assert/strict";
+import { byLayer, circles, importGraph, layerOf, sourceFiles, upward } from "./layout.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const edges = importGraph(ROOT);
+
+Deno.test("every source file is in a layer, and every import points down the layers or within one", () => {
+  assert.ok(sourceFiles(ROOT).length > 30, "the sources were found");
+  assert.ok(edges.length > 100, "their imports were found");
+  assert.deepEqual(edges.filter((e) => layerOf(e.to) < 0).map((e) => `${e.from} -> ${e.to}`), []);
+  assert.deepEqual(upward(edges).map((e) => `${e.from} -> ${e.to}`), []);
+});
+
+Deno.test("no file imports itself back through others", () => {
+  assert.deepEqual(circles(edges), []);
+});
+
+Deno.test("the layer rules catch an import that runs back up, and a circle", () => {
+  const back = [...edges, { from: "system/runner.ts", to: "hook/hook.ts", dynamic: true }];
+  assert.deepEqual(upward(back).map((e) => e.from), ["system/runner.ts"]);
+  const loop = [{ from: "a.ts", to: "b.ts", dynamic: false }, { from: "b.ts", to: "a.ts", dynamic: false }];
+  assert.deepEqual(circles(loop), [["a.ts", "b.ts"]]);
+  assert.match(byLayer(edges).at(-1)!, /^system\/\s+-> (system\/ \(\d+\)|nothing)$/);
+});
+
+Deno.test("the hook's path loads no operator command: main.ts reaches commands/ only by import()", () => {
+  const reach = new Set<string>(["main.ts"]);
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const e of edges) {
+      if (!e.dynamic && reach.has(e.from) && !reach.has(e.to)) grew = reach.add(e.to) !== undefined;
+    }
+  }
+  assert.deepEqual([...reach].filter((f) => f.startsWith("commands/")), []);
+  assert.ok(reach.has("rules.ts") && reach.has("config.ts"), "the hook loads both models");
+});
