@@ -1,16 +1,17 @@
-/** The config model: hooks.jsonc (or the old hooks.json) in, entries and problems with file, line and column out.
+/** The config model: hooks.jsonc (or the old hooks.json) and hooks.d/ in, entries and positioned problems out.
  * Its parts are in config/; this is what the hook and the commands load a config with. */
 
 import { cacheKey, digest, readCache, readView, writeCache, writeView } from "./config/cache.ts";
-import type { Config, DomainConfig } from "./config/model.ts";
-import { type ConfigSource, readConfigSource } from "./config/source.ts";
-import { emptyConfig, fileProblem, loadParser, parseConfig } from "./config/validate.ts";
+import type { Config, Diagnostic, DomainConfig } from "./config/model.ts";
+import { configFiles, type ConfigSource, readConfigSource } from "./config/source.ts";
+import { type ConfigText, emptyConfig, fileProblem, loadParser, parseConfigs } from "./config/validate.ts";
 import { type ValidateOptions } from "./config/model.ts";
 
 /**
- * Validates the config read from `candidates` (or the `source` read from them already). With `cacheDir`, a
- * validated config is kept there (on /run, a tmpfs) with the code's identity, the file name, the options and the
- * text it came from, and reused as long as none of them changes.
+ * Validates the config read from `candidates` (or the `source` read from them already): the main file and its
+ * drop-ins. With `cacheDir`, a validated config is kept there (on /run, a tmpfs) with the code's identity, the
+ * files' names, the options and the texts it came from, and reused as long as none of them changes (a drop-in
+ * added, changed or removed included).
  */
 export async function loadConfig(
   candidates: string[],
@@ -18,17 +19,13 @@ export async function loadConfig(
   cacheDir?: string,
   source: ConfigSource = readConfigSource(candidates),
 ): Promise<Config> {
-  const { file } = source;
-  if ("missing" in source) return emptyConfig(file, false);
-  if ("error" in source) {
-    return { ...emptyConfig(file, true), broken: true, diagnostics: [fileProblem(file, source.error)] };
-  }
-  const invalid = source.invalidUtf8 ?? [];
-  const key = cacheDir === undefined ? undefined : cacheKey(file, options, source.text, invalid);
+  const read = readable(source);
+  if (!Array.isArray(read)) return read;
+  const key = cacheDir === undefined ? undefined : keyOf(source, options, read, (t) => t);
   const cached = key === undefined ? undefined : readCache(cacheDir!, key);
   if (cached) return cached;
   await loadParser();
-  const config = parseConfig(source.text, file, options, invalid);
+  const config = named(parseConfigs(read, options), source);
   if (key !== undefined) await writeCache(cacheDir!, key, config);
   return config;
 }
@@ -47,17 +44,55 @@ export async function loadConfigFor(
     source?: ConfigSource;
   } = {},
 ): Promise<Config> {
-  if (!("text" in source) || cacheDir === undefined) {
+  const read = readable(source);
+  if (!Array.isArray(read) || cacheDir === undefined) {
     return await loadConfig(candidates, options, cacheDir, source);
   }
-  const invalid = source.invalidUtf8 ?? [];
-  // The text by its length and a 64-bit digest: the view is read by every start, so it cannot hold 19 MB of key.
-  const key = cacheKey(source.file, options, `${source.text.length}:${digest(source.text)}`, invalid);
+  // The texts by their length and a 64-bit digest: the view is read by every start, so it cannot hold 19 MB of key.
+  const key = keyOf(source, options, read, (t) => `${t.length}:${digest(t)}`);
   const cached = readView(cacheDir, key, domain);
   if (cached) return cached;
   await loadParser();
-  const config = parseConfig(source.text, source.file, options, invalid);
+  const config = named(parseConfigs(read, options), source);
   writeView(cacheDir, key, config);
+  return config;
+}
+
+/** The files of a config, all read; or, where none exists or one cannot be read, the config that says so. */
+function readable(source: ConfigSource): ConfigText[] | Config {
+  const files = configFiles(source);
+  if (files.length === 0) return emptyConfig(source.file, false);
+  const texts: ConfigText[] = [];
+  const unreadable: Diagnostic[] = [];
+  for (const f of files) {
+    if ("error" in f) unreadable.push(fileProblem(f.file, f.error));
+    else texts.push(f);
+  }
+  return unreadable.length > 0
+    ? { ...emptyConfig(source.file, true), broken: true, diagnostics: unreadable }
+    : texts;
+}
+
+/** The cache key of a config's files (see cacheKey); a single file's is what it always was. */
+function keyOf(
+  source: ConfigSource,
+  options: ValidateOptions,
+  texts: ConfigText[],
+  text: (t: string) => string,
+) {
+  const [only] = texts;
+  if (texts.length === 1 && only && !source.dropIns) {
+    return cacheKey(only.file, options, text(only.text), only.invalidUtf8 ?? []);
+  }
+  const all = JSON.stringify(texts.map((t) => [t.file, text(t.text), t.invalidUtf8 ?? []]));
+  return cacheKey(source.file, options, all, []);
+}
+
+/** A config made of several files is named by its main file, or by its drop-in folder where that is all there is. */
+function named(config: Config, source: ConfigSource): Config {
+  const first = source.dropIns?.[0];
+  if ("missing" in source && first) config.file = first.file.slice(0, first.file.lastIndexOf("/") + 1);
+  else config.file = source.file;
   return config;
 }
 

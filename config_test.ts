@@ -437,3 +437,114 @@ Deno.test("loadConfigFor() gives one domain what the whole config says of it, fr
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("drop-in files: hooks.d/*.jsonc and *.json beside the config are part of it, read in name order", async (t) => {
+  const dir = await Deno.makeTempDir();
+  const main = `${dir}/hooks.jsonc`;
+  const drop = (name: string, text: string) => Deno.writeTextFile(`${dir}/hooks.d/${name}`, text);
+  try {
+    await Deno.mkdir(`${dir}/hooks.d`);
+    await Deno.writeTextFile(
+      main,
+      `{"web1": {"private_ip": "10.0.0.1", "public_ip": "203.0.113.1", "port_map": {"tcp": [22]}}}`,
+    );
+    await drop(
+      "20-db.json",
+      `{"db": {"private_ip": "10.0.0.3", "public_ip": "203.0.113.1", "port_map": {"tcp": [5432]}}}`,
+    );
+    await drop(
+      "10-web2.jsonc",
+      `// web2\n{"web2": {"private_ip": "10.0.0.2", "public_ip": "203.0.113.1", "port_map": {"tcp": [80]}}}`,
+    );
+    // Not drop-ins: another extension, a hidden file, a folder.
+    await drop("30-old.jsonc.bak", `{"bak": {}}`);
+    await drop(".40-hidden.jsonc", `{"hidden": {}}`);
+    await Deno.mkdir(`${dir}/hooks.d/50-dir.jsonc`);
+
+    await t.step("all apply, in name order", async () => {
+      const source = readConfigSource([main]);
+      assert.deepEqual(source.dropIns?.map((f) => f.file), [
+        `${dir}/hooks.d/10-web2.jsonc`,
+        `${dir}/hooks.d/20-db.json`,
+      ]);
+      assert.equal(configMentions(source, "db"), true);
+      const config = await loadConfig([main]);
+      assert.deepEqual(config.diagnostics, []);
+      assert.deepEqual([...config.domains.keys()], ["web1", "web2", "db"]);
+      assert.equal(config.file, main);
+    });
+
+    await t.step(
+      "a domain in two files, a port claimed in two files, settings twice: each problem in its own file",
+      async () => {
+        await drop(
+          "30-web1.jsonc",
+          `{\n  "web1": {"private_ip": "10.0.0.9", "public_ip": "203.0.113.1", "port_map": {"tcp": [5432]}},\n  "/settings": {"backend": "iptables"}\n}`,
+        );
+        await drop("40-settings.json", `{"/settings": {"backend": "nftables"}}`);
+        const config = await loadConfig([main]);
+        assert.deepEqual(config.diagnostics.map(formatDiagnostic), [
+          `${main}:1:2: Domain "web1" is also configured in ${dir}/hooks.d/30-web1.jsonc:2:3; a domain may be named in one file only (web1)`,
+          `${dir}/hooks.d/20-db.json:1:84: Public tcp port 5432 on 203.0.113.1 is also claimed by web1.port_map.tcp[0] in ${dir}/hooks.d/30-web1.jsonc (5432) (db.port_map.tcp[0] = 5432)`,
+          `${dir}/hooks.d/30-web1.jsonc:2:87: Public tcp port 5432 on 203.0.113.1 is also claimed by db.port_map.tcp[0] in ${dir}/hooks.d/20-db.json (5432) (web1.port_map.tcp[0] = 5432)`,
+          `${dir}/hooks.d/30-web1.jsonc:2:3: Domain "web1" is also configured in ${main}:1:2; a domain may be named in one file only (web1)`,
+          `${dir}/hooks.d/30-web1.jsonc:3:3: Settings are also given in ${dir}/hooks.d/40-settings.json:1:2; "/settings" may appear in one file only (["/settings"])`,
+          `${dir}/hooks.d/40-settings.json:1:2: Settings are also given in ${dir}/hooks.d/30-web1.jsonc:3:3; "/settings" may appear in one file only (["/settings"])`,
+        ]);
+        // The clash and the duplicate stop the domains they name; settings given twice stop every domain.
+        assert.equal(domainConfig(config, "web2").kind, "invalid");
+        await Deno.remove(`${dir}/hooks.d/40-settings.json`);
+        const fixed = await loadConfig([main]);
+        assert.deepEqual([...fixed.domains.keys()], ["web2"]);
+        assert.equal(fixed.settings.backend, "iptables");
+        await Deno.remove(`${dir}/hooks.d/30-web1.jsonc`);
+      },
+    );
+
+    await t.step("the cache follows a drop-in added, changed or removed", async () => {
+      const cache = `${dir}/cache`;
+      const names = async () => [...(await loadConfig([main], {}, cache)).domains.keys()];
+      const has = async (d: string) => (await loadConfigFor(d, [main], { cacheDir: cache })).domains.has(d);
+      assert.deepEqual(await names(), ["web1", "web2", "db"]);
+      assert.equal(await has("db"), true);
+      assert.equal(await has("db"), true); // now from the view
+      await drop("15-mail.jsonc", `{"mail": {"private_ip": "10.0.0.4", "port_map": {"tcp": [25]}}}`);
+      assert.deepEqual(await names(), ["web1", "web2", "mail", "db"]);
+      assert.equal(await has("mail"), true);
+      await drop("15-mail.jsonc", `{"mail": {"private_ip": "10.0.0.4", "port_map": {"tcp": [587]}}}`);
+      const mail = await loadConfigFor("mail", [main], { cacheDir: cache });
+      assert.equal(mail.domains.get("mail")?.[0]?.ports[0]?.publicPort, 587);
+      await Deno.remove(`${dir}/hooks.d/15-mail.jsonc`);
+      assert.deepEqual(await names(), ["web1", "web2", "db"]);
+      assert.equal(await has("mail"), false);
+    });
+
+    await t.step(
+      "drop-ins alone are a config; a drop-in that cannot be read stops every domain",
+      async () => {
+        await Deno.remove(main);
+        const config = await loadConfig([main]);
+        assert.equal(config.exists, true);
+        assert.deepEqual([...config.domains.keys()], ["web2", "db"]);
+        // A drop-in that is no file to read (here a link to a folder): nothing of the config can be trusted.
+        await Deno.symlink(dir, `${dir}/hooks.d/25-link.jsonc`);
+        const broken = await loadConfig([main]);
+        assert.equal(broken.broken, true);
+        assert.deepEqual([...broken.domains.keys()], []);
+        assert.match(
+          formatDiagnostic(broken.diagnostics[0]!),
+          /hooks\.d\/25-link\.jsonc:1:1: Cannot read the config: /,
+        );
+        await Deno.remove(`${dir}/hooks.d/25-link.jsonc`);
+        await Deno.writeTextFile(
+          `${dir}/hooks.d/20-db.json`,
+          `{"db": {"private_ip": "10.0.0.3", "port_map": {"tcp": [5432]}},}`,
+        );
+        await Deno.remove(`${dir}/hooks.d`, { recursive: true });
+        assert.equal((await loadConfig([main])).exists, false);
+      },
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,7 +1,7 @@
 /** `apply`: installs a domain's forwards by hand, as a start would. */
 
 import { runDir } from "./live.ts";
-import { configCandidates } from "../config/source.ts";
+import { configCandidates, dropInDirOf } from "../config/source.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { install } from "../hook/domain.ts";
 
@@ -18,7 +18,8 @@ export async function apply(domain: string, deps: HookDeps): Promise<number> {
   }
   const result = await install(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "apply");
   if (result === "absent") {
-    const file = configCandidates(deps.env).join(" or ");
+    const candidates = configCandidates(deps.env);
+    const file = `${candidates.join(" or ")} nor in ${dropInDirOf(candidates)}/`;
     deps.problem(`"${domain}" is not in ${file}; to remove its forwards, use: remove ${domain}`);
   } else if (result === "installed") console.log(`Applied the forwards of "${domain}"`);
   return result === "installed" ? 0 : 1;

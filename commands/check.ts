@@ -4,7 +4,7 @@ import { foreignGates } from "../backends/foreign.ts";
 import { gateName } from "../backends/gates.ts";
 import { describeBackend, readFirewall } from "./live.ts";
 import { type Entry, jsonPath } from "../config/model.ts";
-import { configCandidates } from "../config/source.ts";
+import { configCandidates, DROP_IN_DIR, dropInDirOf, readConfigSource } from "../config/source.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { applyDeps, loadFor } from "../hook/domain.ts";
 import { gateLines } from "../hook/warnings.ts";
@@ -22,7 +22,9 @@ export async function check(deps: HookDeps): Promise<number> {
   const { config, facts } = await loadFor(deps);
   if (!config.exists) {
     deps.problem(
-      `No config file found (looked for ${configCandidates(deps.env).join(", ")}): no domain is configured`,
+      `No config file found (looked for ${
+        [...configCandidates(deps.env), `${dropInDirOf(configCandidates(deps.env))}/*.json{c,}`].join(", ")
+      }): no domain is configured`,
     );
     return 1;
   }
@@ -53,7 +55,9 @@ export async function check(deps: HookDeps): Promise<number> {
   const backend = "error" in firewall
     ? `unknown (setting "${config.settings.backend}"; cannot read the firewall: ${firewall.error})`
     : describeBackend(config.settings.backend, firewall);
-  console.log(`${config.file}: OK, ${config.domains.size} domain(s); firewall backend: ${backend}`);
+  const dropIns = readConfigSource(configCandidates(deps.env)).dropIns?.length ?? 0;
+  const more = dropIns === 0 ? "" : ` (and ${dropIns} drop-in file(s) in ${DROP_IN_DIR}/)`;
+  console.log(`${config.file}${more}: OK, ${config.domains.size} domain(s); firewall backend: ${backend}`);
   return 0;
 }
 

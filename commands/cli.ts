@@ -38,7 +38,8 @@ Options:
   -h, --help         Show help;  -V, --version  Show the version
 
 Environment: CONFIG_FILENAME (the config file), CONFIG_PATH (its directory, default /etc/libvirt/hooks;
-hooks.jsonc, else hooks.json), IPTABLES_BINARY (default iptables).
+hooks.jsonc, else hooks.json), IPTABLES_BINARY (default iptables). Every hooks.d/*.jsonc and hooks.d/*.json
+beside the config file is part of it too, read in name order.
 
 Exit codes: 0 success; 1 the config has errors, or a change failed (nothing of it was applied); 2 usage error.`,
   check: `Usage: qemu check [--config FILE]

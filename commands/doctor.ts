@@ -74,7 +74,10 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
         forward: "(no forward)",
         findings: [
           found.kind === "absent"
-            ? fail(`"${domain}" is not in ${config.file}`, "add an entry for it (qemu check validates it)")
+            ? fail(
+              `"${domain}" is not in ${config.file} nor in its hooks.d/`,
+              "add an entry for it (qemu check validates it)",
+            )
             : fail(`its entry in ${config.file} has errors`, `qemu check --config ${config.file}`),
         ],
       });

@@ -19,7 +19,7 @@ export async function plan(domain: string, deps: HookDeps): Promise<number> {
     return 1;
   }
   if (found.kind === "absent") {
-    deps.problem(`"${domain}" is not in ${config.file}: start installs nothing for it`);
+    deps.problem(`"${domain}" is not in ${config.file} nor in its hooks.d/: start installs nothing for it`);
     return 0;
   }
   const { forwards, problems } = planForwards(found.entries, facts);

@@ -14,6 +14,9 @@ export interface Claim {
   protocol: Protocol;
   first: number;
   last: number;
+  /** The file the claim is in, and how to report there (set where a config has several files). */
+  file?: string;
+  report?: Report;
 }
 
 type ClaimFn = (
@@ -169,9 +172,9 @@ export function reportClashes(claims: Claim[], report: Report) {
       report(
         c.node,
         c.path,
-        `Public ${c.protocol} port ${ports(c)} on ${c.address} is also claimed by ${other.path} (${
-          ports(other)
-        })`,
+        `Public ${c.protocol} port ${ports(c)} on ${c.address} is also claimed by ${other.path}${
+          other.file !== c.file ? ` in ${other.file}` : ""
+        } (${ports(other)})`,
         { domains: [c.domain] },
       );
     }

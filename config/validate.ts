@@ -57,12 +57,102 @@ export function parseConfig(
   options: ValidateOptions = {},
   invalidUtf8: number[] = [],
 ): Config {
+  return parseConfigs([{ file, text, invalidUtf8 }], options);
+}
+
+/** One file's text, as parseConfigs() takes it. */
+export interface ConfigText {
+  file: string;
+  text: string;
+  invalidUtf8?: number[] | undefined;
+}
+
+/** Where a top-level key stands in one of the files, and how to report a problem there. */
+interface KeyPlace {
+  file: string;
+  node: Node;
+  report: Report;
+  at: (offset: number) => { line: number; column: number };
+}
+
+/** What the files of one config share while each is parsed: the public ports claimed, where each key stands. */
+interface Shared {
+  claims: Claim[];
+  domains: Map<string, KeyPlace[]>;
+  settings: KeyPlace[];
+}
+
+/**
+ * Parses and validates a config made of several files (the main one, then its drop-ins in name order) as one:
+ * each problem names its own file; a domain may be named in one file only, `"/settings"` may appear once, and a
+ * public port claimed in two files clashes as it would in one. Needs `await loadParser()` first.
+ */
+export function parseConfigs(texts: ConfigText[], options: ValidateOptions = {}): Config {
   if (!jsonc) throw new Error("Cannot parse the config: the parser is not loaded (await loadParser() first)");
+  const shared: Shared = { claims: [], domains: new Map(), settings: [] };
+  const configs = texts.map((t) => parseOne(t.text, t.file, options, t.invalidUtf8 ?? [], shared));
+  reportClashes(shared.claims, (node, path, message, extra) => {
+    // A clash is reported where the claim is, in its own file (see readDomain).
+    shared.claims.find((c) => c.node === node)?.report?.(node, path, message, extra);
+  });
+  const elsewhere = (here: KeyPlace, places: KeyPlace[]) =>
+    places.filter((p) => p.file !== here.file).map((p) => {
+      const { line, column } = p.at(p.node.offset);
+      return `${p.file}:${line}:${column}`;
+    }).join(", ");
+  for (const [domain, places] of shared.domains) {
+    if (new Set(places.map((p) => p.file)).size < 2) continue;
+    for (const p of places) {
+      p.report(
+        p.node,
+        jsonPath("", domain),
+        `Domain "${domain}" is also configured in ${elsewhere(p, places)}; ` +
+          "a domain may be named in one file only",
+        { domains: [domain] },
+      );
+    }
+  }
+  if (shared.settings.length > 1) {
+    for (const p of shared.settings) {
+      p.report(
+        p.node,
+        jsonPath("", SETTINGS_KEY),
+        `Settings are also given in ${
+          elsewhere(p, shared.settings)
+        }; "${SETTINGS_KEY}" may appear in one file only`,
+      );
+    }
+  }
+  const config = configs[0] ?? emptyConfig(texts[0]?.file ?? "hooks.jsonc", true);
+  for (const other of configs.slice(1)) {
+    for (const [domain, entries] of other.domains) {
+      if (!config.domains.has(domain)) config.domains.set(domain, entries);
+    }
+    for (const name of other.names) config.names.add(name);
+    config.diagnostics.push(...other.diagnostics);
+    config.broken ||= other.broken;
+  }
+  const withSettings = configs.find((_, i) => shared.settings.some((p) => p.file === texts[i]!.file));
+  if (withSettings) config.settings = withSettings.settings;
+  for (const d of config.diagnostics) {
+    if (d.severity === "error") { for (const name of d.domains ?? []) config.domains.delete(name); }
+  }
+  return config;
+}
+
+/** Parses one file of the config into a config of its own (see parseConfigs), recording what the files share. */
+function parseOne(
+  text: string,
+  file: string,
+  options: ValidateOptions,
+  invalidUtf8: number[],
+  shared: Shared,
+): Config {
   const config = emptyConfig(file, true);
   const errors: ParseError[] = [];
   // Nesting deep enough to exhaust the parser's recursion is cut out first, and stops only the entry that holds it.
   const cut = cutTooDeep(text);
-  const root = jsonc.parseTree(cut.text, errors, { allowTrailingComma: true, disallowComments: false });
+  const root = jsonc!.parseTree(cut.text, errors, { allowTrailingComma: true, disallowComments: false });
   const lines = lineStarts(text);
   const at = (offset: number) => position(lines, offset);
   const report = (node: Node | undefined, path: string, message: string, extra: Partial<Diagnostic> = {}) => {
@@ -144,6 +234,11 @@ export function parseConfig(
     const [keyNode, valueNode] = prop.children ?? [];
     if (!keyNode || !valueNode) continue;
     const key = String(keyNode.value);
+    if (key !== SCHEMA_KEY) {
+      const place = { file, node: keyNode, report, at };
+      if (key === SETTINGS_KEY) shared.settings.push(place);
+      else shared.domains.set(key, [...shared.domains.get(key) ?? [], place]);
+    }
     if (tooDeep.has(key)) continue;
     if (key === SCHEMA_KEY && valueNode.type === "string") continue;
     if (key === SETTINGS_KEY) {
@@ -153,10 +248,8 @@ export function parseConfig(
     const entries = readDomain(key, valueNode, report, claims, options);
     if (entries) config.domains.set(key, entries);
   }
-  reportClashes(claims, report);
-  for (const d of config.diagnostics) {
-    if (d.severity === "error") { for (const name of d.domains ?? []) config.domains.delete(name); }
-  }
+  // Clashes are found over every file's claims together (see parseConfigs); each is reported in its own file.
+  shared.claims.push(...claims.map((c) => ({ ...c, file, report })));
   return config;
 }
 
