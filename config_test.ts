@@ -548,3 +548,24 @@ Deno.test("drop-in files: hooks.d/*.jsonc and *.json beside the config are part 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("parseConfig() reads to_port: a range shifted to other ports of the guest, checked like any port", () => {
+  const range = (fields: string) =>
+    `{"vm": {"private_ip": "10.0.0.1", "port_range": [{"init_port": 30000, "ports_num": 100, "protocol": "tcp"${fields}}]}}`;
+  const config = parseConfig(range(`, "to_port": 40000`), "hooks.jsonc");
+  assert.deepEqual(config.diagnostics, []);
+  assert.deepEqual(config.domains.get("vm")?.[0]?.ports, [
+    { protocol: "tcp", publicPort: 30000, privatePort: 40000, count: 100 },
+  ]);
+  // Without it, the same ports, as always.
+  assert.equal(parseConfig(range(""), "hooks.jsonc").domains.get("vm")?.[0]?.ports[0]?.privatePort, 30000);
+  assert.deepEqual(problems(range(`, "to_port": 65500`)), [
+    "hooks.jsonc:1:119: The guest's range 65500-65599 runs past port 65535 (vm.port_range[0].to_port = 65500)",
+  ]);
+  assert.deepEqual(problems(range(`, "to_port": 0`)), [
+    "hooks.jsonc:1:119: Port out of range 1-65535 (vm.port_range[0].to_port = 0)",
+  ]);
+  assert.deepEqual(problems(range(`, "to_port": "40000"`)), [
+    'hooks.jsonc:1:119: Expected a port number, found a string (vm.port_range[0].to_port = "40000")',
+  ]);
+});

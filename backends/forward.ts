@@ -10,7 +10,10 @@ export interface Forward {
   publicPort: number;
   privateIp: string;
   privatePort: number;
-  /** How many consecutive ports (a port_range); public and private ports are then equal. */
+  /**
+   * How many consecutive ports (a port_range): publicPort + i goes to privatePort + i (the same ports, or a range
+   * shifted with `to_port`).
+   */
   count: number;
   /** Only this address or network may use the forward. */
   source?: string;

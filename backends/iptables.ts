@@ -50,12 +50,14 @@ export function ruleLines(domain: string, forwards: Forward[]): RuleLines {
     const last = f.count - 1;
     const publicPorts = last === 0 ? `${f.publicPort}` : `${f.publicPort}:${f.publicPort + last}`;
     const privatePorts = last === 0 ? `${f.privatePort}` : `${f.privatePort}:${f.privatePort + last}`;
-    // A range keeps its ports, so DNAT names no port and the kernel keeps the original one.
-    const to = f.count > 1
+    // A range that keeps its ports names none (the kernel keeps the original one); one shifted to other ports
+    // names them with the base they are counted from: port - publicPort + privatePort.
+    const host = f.family === 4 ? f.privateIp : `[${f.privateIp}]`;
+    const to = f.count === 1
+      ? `${host}:${f.privatePort}`
+      : f.privatePort === f.publicPort
       ? f.privateIp
-      : f.family === 4
-      ? `${f.privateIp}:${f.privatePort}`
-      : `[${f.privateIp}]:${f.privatePort}`;
+      : `${host}:${f.privatePort}-${f.privatePort + last}/${f.publicPort}`;
     dnat.push(p.dnat, publicPorts, p.dnatTo, to, "\n");
     snat.push(p.snat, privatePorts, p.translated, publicPorts, p.snatTail, "\n");
     fwd.push(p.fwd, publicPorts, p.fwdReply, privatePorts, p.fwdTail, "\n");

@@ -176,7 +176,8 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
     const dport = arg("--dport");
     if (to === undefined || dport === undefined) continue;
     const bare = (a: string) => a.replace(/\/(32|128)$/, "");
-    const m = /^\[(.*)\]:(\d+)$/.exec(to) ?? /^([^:]+):(\d+)$/.exec(to);
+    // `ip:port`, `[ip]:port`, or a shifted range `ip:first-last/base`.
+    const m = /^\[(.*)\]:(\d+(?:-\d+)?)(?:\/\d+)?$/.exec(to) ?? /^([^:]+):(\d+(?:-\d+)?)(?:\/\d+)?$/.exec(to);
     const publicPorts = dport.replace(":", "-");
     const source = arg("-s") === undefined ? undefined : bare(arg("-s")!);
     out.push({

@@ -151,3 +151,50 @@ Deno.test("renderSync() renders IPv6 forwards for ip6tables-restore", () => {
     `),
   );
 });
+
+Deno.test("renderSync() maps a range to other ports of the guest with DNAT's base port, in both families", () => {
+  const { forwards } = forwardsOf(
+    `{"shift": {"private_ip": "192.168.122.10", "private_ipv6": "fd00:122::10", "public_ip": "203.0.113.7",
+      "public_ipv6": "2001:db8:1::7",
+      "port_range": [{"init_port": 30000, "ports_num": 100, "protocol": "tcp", "to_port": 40000},
+                     {"init_port": 50000, "ports_num": 2, "protocol": "udp"}]}}`,
+    "shift",
+  );
+  const h = domainHash("shift");
+  const c = "-m comment --comment libvirt-hook-qemu:1:shift";
+  const ct = (pub: string, ports: string) =>
+    `-m conntrack --ctstate DNAT --ctorigdst ${pub} --ctorigdstport ${ports}`;
+  const text = (family: 4 | 6) =>
+    renderSync("shift", forwards.filter((f) => f.family === family), { chains: [], rules: [] });
+  assert.equal(
+    text(4),
+    dedent(`
+      *nat
+      :LVH-${h}-DNAT - [0:0]
+      :LVH-${h}-SNAT - [0:0]
+      -I PREROUTING ${c} -j LVH-${h}-DNAT
+      -I OUTPUT ${c} -j LVH-${h}-DNAT
+      -I POSTROUTING ${c} -j LVH-${h}-SNAT
+      -A LVH-${h}-DNAT -d 203.0.113.7/32 -p tcp -m tcp --dport 30000:30099 ${c} -j DNAT --to-destination 192.168.122.10:40000-40099/30000
+      -A LVH-${h}-DNAT -d 203.0.113.7/32 -p udp -m udp --dport 50000:50001 ${c} -j DNAT --to-destination 192.168.122.10
+      -A LVH-${h}-SNAT -s 192.168.122.0/24 -d 192.168.122.10/32 -p tcp -m tcp --dport 40000:40099 ${
+      ct("203.0.113.7/32", "30000:30099")
+    } ${c} -j MASQUERADE
+      -A LVH-${h}-SNAT -s 192.168.122.0/24 -d 192.168.122.10/32 -p udp -m udp --dport 50000:50001 ${
+      ct("203.0.113.7/32", "50000:50001")
+    } ${c} -j MASQUERADE
+      COMMIT
+      *filter
+      :LVH-${h}-FWD - [0:0]
+      -I FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-${h}-FWD -p tcp ${
+      ct("203.0.113.7/32", "30000:30099")
+    } --ctreplsrc 192.168.122.10/32 --ctreplsrcport 40000:40099 ${c} -j ACCEPT
+      -A LVH-${h}-FWD -p udp ${
+      ct("203.0.113.7/32", "50000:50001")
+    } --ctreplsrc 192.168.122.10/32 --ctreplsrcport 50000:50001 ${c} -j ACCEPT
+      COMMIT
+    `),
+  );
+  assert.match(text(6)!, / -j DNAT --to-destination \[fd00:122::10\]:40000-40099\/30000\n/);
+});

@@ -89,8 +89,15 @@ export function nftDomainObjects(
     for (const f of ruled) {
       const ports = (first: number) => (f.count === 1 ? `${first}` : `${first}-${first + f.count - 1}`);
       const source = f.source === undefined ? "" : `${ip} saddr ${f.source} `;
+      // A range shifted to other ports: nft has no offset, so each port maps to its own (one lookup per packet).
+      const shifted = () =>
+        `${f.protocol} dport map { ${
+          Array.from({ length: f.count }, (_, i) =>
+            `${f.publicPort + i} : ${f.privateIp} . ${f.privatePort + i}`)
+            .join(", ")
+        } }`;
       const target = f.count > 1
-        ? f.privateIp
+        ? (f.privatePort === f.publicPort ? f.privateIp : shifted())
         : family === 4
         ? `${f.privateIp}:${f.privatePort}`
         : `[${f.privateIp}]:${f.privatePort}`;

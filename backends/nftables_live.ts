@@ -185,7 +185,7 @@ export function nftLiveForwards(live: NftLive): LiveForward[] {
     const owner = /^d([0-9a-f]{12})-dnat$/.exec(r.chain)?.[1];
     if (!owner) continue;
     let source: string | undefined, publicIp: string | undefined, protocol: string | undefined;
-    let ports: string | undefined, dnat: { addr?: string; port?: number; family?: string } | undefined;
+    let ports: string | undefined, dnat: { addr?: unknown; port?: number; family?: string } | undefined;
     for (const e of r.expr as Record<string, Record<string, unknown>>[]) {
       const m = e.match as
         | { left?: { payload?: { protocol?: string; field?: string } }; right?: unknown }
@@ -205,14 +205,16 @@ export function nftLiveForwards(live: NftLive): LiveForward[] {
       if (e.dnat) dnat = e.dnat as typeof dnat;
     }
     if (!dnat?.addr || !publicIp || !protocol || !ports) continue;
+    // A range shifted to other ports maps each public port to `address . port` (see nftDomainObjects).
+    const shifted = shiftedTarget(dnat.addr);
     out.push({
       domain: names.get(owner) ?? hashOnly(owner),
       family: dnat.family === "ip6" ? 6 : 4,
       protocol,
       publicIp,
       publicPorts: ports,
-      privateIp: dnat.addr,
-      privatePorts: dnat.port === undefined ? ports : String(dnat.port),
+      privateIp: shifted?.address ?? String(dnat.addr),
+      privatePorts: shifted?.ports ?? (dnat.port === undefined ? ports : String(dnat.port)),
       ...(source === undefined ? {} : { source }),
     });
   }
@@ -233,4 +235,15 @@ export function interfaceMatch(r: NftRule): string {
     if ((key === "oifname" || key === "iifname") && typeof m!.right === "string") return `${key} ${m!.right}`;
   }
   return "";
+}
+
+/** The guest address and ports of a dnat whose address is a map `{ port : address . port, ... }`, if it is one. */
+function shiftedTarget(addr: unknown): { address: string; ports: string } | undefined {
+  const data = (addr as { map?: { data?: { set?: [unknown, { concat?: [string, number] }][] } } }).map?.data
+    ?.set;
+  const targets = data?.map(([, value]) => value?.concat).filter((c) => c !== undefined) ?? [];
+  if (targets.length === 0) return undefined;
+  const ports = targets.map((t) => t[1]);
+  const [first, last] = [Math.min(...ports), Math.max(...ports)];
+  return { address: String(targets[0]![0]), ports: first === last ? `${first}` : `${first}-${last}` };
 }

@@ -13,7 +13,15 @@ import {
   nftRemoveDomain,
   nftRemoveIptables,
 } from "./nftables.ts";
-import { emptyNftLive, liveAccepts, nftBridges, type NftLive, parseNftJson } from "./nftables_live.ts";
+import {
+  emptyNftLive,
+  liveAccepts,
+  nftBridges,
+  type NftLive,
+  nftLiveForwards,
+  parseNftJson,
+} from "./nftables_live.ts";
+import { describeForward } from "./forward.ts";
 
 await loadParser();
 
@@ -193,4 +201,58 @@ Deno.test("libvirtAccepts() keeps our accepts in front of libvirt's reject, and 
     assert.deepEqual([...liveAccepts(l)], [["web1", { 4: ["virbr0"], 6: [] }]]);
     assert.deepEqual([...nftBridges(l)], [["web1", { 4: ["virbr0"], 6: [] }]]);
   });
+});
+
+Deno.test("nftDomainObjects() maps a range to other ports of the guest port by port (nft has no offset)", () => {
+  const f = forwards(
+    `{"shift": {"private_ip": "192.168.122.10", "public_ip": "203.0.113.7",
+      "port_range": [{"init_port": 30000, "ports_num": 3, "protocol": "tcp", "to_port": 40000}]}}`,
+    "shift",
+  );
+  const p = `d${domainHash("shift")}`;
+  const c = 'comment "libvirt-hook-qemu:1:shift"';
+  const rules = nftDomainObjects("shift", f).filter((l) => l.startsWith("add rule"));
+  assert.deepEqual(rules, [
+    `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.7 tcp dport 30000-30002 dnat ip to tcp dport map ` +
+    `{ 30000 : 192.168.122.10 . 40000, 30001 : 192.168.122.10 . 40001, 30002 : 192.168.122.10 . 40002 } ${c}`,
+    `add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr 192.168.122.10 ` +
+    `tcp dport 40000-40002 masquerade ${c}`,
+  ]);
+});
+
+const nftHere = Deno.uid() === 0 &&
+  (await new Deno.Command("unshare", {
+    args: ["-n", "nft", "list", "ruleset"],
+    stdout: "null",
+    stderr: "null",
+  })
+    .output().then((o) => o.success, () => false));
+if (!nftHere) console.log("skipping the nft read-back of a shifted range: needs root, unshare and nft");
+
+Deno.test({
+  name: "nftLiveForwards() reads a shifted range back from what the real nft lists, as it was planned",
+  ignore: !nftHere,
+  async fn() {
+    const f = forwards(
+      `{"shift": {"private_ip": "192.168.122.10", "private_ipv6": "fd00:122::10", "public_ip": "203.0.113.7",
+        "public_ipv6": "2001:db8:1::7",
+        "port_range": [{"init_port": 30000, "ports_num": 3, "protocol": "tcp", "to_port": 40000}]}}`,
+      "shift",
+    );
+    // In a network namespace of its own: nothing of this machine's firewall is touched.
+    const batch = [...nftBase(), ...nftDomainObjects("shift", f)].join("\n");
+    const script = `nft -f - <<'EOF'\n${batch}\nEOF\nnft -j list table inet libvirt_hook_qemu`;
+    const out = await new Deno.Command("unshare", {
+      args: ["-n", "sh", "-c", script],
+      stdout: "piped",
+      stderr: "piped",
+    })
+      .output();
+    assert.ok(out.success, new TextDecoder().decode(out.stderr));
+    const live = parseNftJson(new TextDecoder().decode(out.stdout));
+    assert.deepEqual(nftLiveForwards(live).map(describeForward), [
+      "tcp 203.0.113.7:30000-30002 -> 192.168.122.10:40000-40002",
+      "tcp [2001:db8:1::7]:30000-30002 -> [fd00:122::10]:40000-40002",
+    ]);
+  },
 });

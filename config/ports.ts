@@ -102,7 +102,7 @@ export function readPortRanges(
           `Unknown field "${key}"; known fields: ${Object.keys(RANGE_FIELDS).join(", ")}`,
         );}
     }
-    for (const key of Object.keys(RANGE_FIELDS)) {
+    for (const key of REQUIRED_RANGE_FIELDS) {
       if (!fields.has(key)) fail(item, at, `Missing required field "${key}"`);
     }
     const first = port(fields.get("init_port"), jsonPath(at, "init_port"), fail);
@@ -120,7 +120,9 @@ export function readPortRanges(
         fail(protoNode, jsonPath(at, "protocol"), `Expected a string, found ${kind(protoNode)}`);
       } else protocol = protocolOf(protoNode.value, protoNode, jsonPath(at, "protocol"), fail, warn);
     }
-    if (first === undefined || count === undefined || !protocol) return;
+    const toNode = fields.get("to_port");
+    const to = toNode ? port(toNode, jsonPath(at, "to_port"), fail) : first;
+    if (first === undefined || count === undefined || !protocol || to === undefined) return;
     if (first + count - 1 > 65535) {
       return fail(
         numNode,
@@ -128,7 +130,14 @@ export function readPortRanges(
         `Range ${first}-${first + count - 1} runs past port 65535`,
       );
     }
-    claim(item, at, protocol, first, first, count);
+    if (to + count - 1 > 65535) {
+      return fail(
+        toNode,
+        jsonPath(at, "to_port"),
+        `The guest's range ${to}-${to + count - 1} runs past port 65535`,
+      );
+    }
+    claim(item, at, protocol, first, to, count);
   });
 }
 
@@ -186,4 +195,13 @@ export const RANGE_FIELDS = {
   init_port: { type: "integer", description: "The first port of the range." },
   ports_num: { type: "integer", description: "How many ports the range holds." },
   protocol: { type: "string", description: "tcp or udp." },
+  to_port: {
+    type: "integer",
+    description:
+      "The guest's first port: init_port goes to to_port, the next port to to_port + 1, and so on " +
+      "(default: init_port, the same ports).",
+  },
 } as const;
+
+/** The fields every port_range item must have (to_port is optional). */
+export const REQUIRED_RANGE_FIELDS = ["init_port", "ports_num", "protocol"] as const;

@@ -1,7 +1,7 @@
 /** The JSON Schema of hooks.jsonc, built from the tables the validator reads, so the two cannot drift. */
 
 import { ENTRY_FIELDS } from "./entry.ts";
-import { RANGE_FIELDS } from "./ports.ts";
+import { RANGE_FIELDS, REQUIRED_RANGE_FIELDS } from "./ports.ts";
 import { BACKENDS, SCHEMA_KEY, SETTINGS_KEY } from "./model.ts";
 
 const port = { type: "integer", minimum: 1, maximum: 65535 };
@@ -22,12 +22,13 @@ const SHAPES: Partial<Record<keyof typeof ENTRY_FIELDS, object>> = {
     type: "array",
     items: {
       type: "object",
-      required: Object.keys(RANGE_FIELDS),
+      required: [...REQUIRED_RANGE_FIELDS],
       additionalProperties: false,
       properties: {
         init_port: { ...port, description: RANGE_FIELDS.init_port.description },
         ports_num: { type: "integer", minimum: 1, description: RANGE_FIELDS.ports_num.description },
         protocol: { enum: ["tcp", "udp", "icmp"], description: RANGE_FIELDS.protocol.description },
+        to_port: { ...port, description: RANGE_FIELDS.to_port.description },
       },
     },
   },
