@@ -17,7 +17,7 @@ Deno.test("parseConfig() reports each mistake as file:line:column: message (json
   const cases: [string, string, string[]][] = [
     ["a typo in a field name", `{"web1": {"private_ip": "10.0.0.1",\n  "prot_map": {"tcp": [22]}}}`, [
       'hooks.jsonc:2:3: Unknown field "prot_map"; known fields: interface, private_ip, public_ip, source_ip, ' +
-      "private_ipv6, public_ipv6, source_ipv6, port_map, port_range (web1.prot_map)",
+      "private_ipv6, public_ipv6, source_ipv6, port_map, port_range, all_ports (web1.prot_map)",
       "hooks.jsonc:1:10: warning: Entry forwards no port: give port_map or port_range (web1)",
     ]],
     ["a malformed address", `{"web1": {"private_ip": "192.168.122.300", "port_map": {"tcp": [22]}}}`, [
@@ -568,4 +568,52 @@ Deno.test("parseConfig() reads to_port: a range shifted to other ports of the gu
   assert.deepEqual(problems(range(`, "to_port": "40000"`)), [
     'hooks.jsonc:1:119: Expected a port number, found a string (vm.port_range[0].to_port = "40000")',
   ]);
+});
+
+Deno.test("parseConfig() reads all_ports: every port of an explicit public address but those other forwards take", () => {
+  const config = parseConfig(
+    `{
+      "mail": {"private_ip": "10.0.0.2", "public_ip": "203.0.113.9", "port_map": {"tcp": [25, [587, 25], 26]}},
+      "dns": {"private_ip": "10.0.0.3", "public_ip": "203.0.113.9", "port_map": {"udp": [53]},
+              "port_range": [{"init_port": 1000, "ports_num": 10, "protocol": "udp"}]},
+      "vm": {"private_ip": "10.0.0.1", "public_ip": "203.0.113.9", "private_ipv6": "fd00::1",
+             "public_ipv6": "2001:db8::9", "all_ports": true},
+      "other": {"private_ip": "10.0.0.4", "public_ip": "203.0.113.10", "port_map": {"tcp": [80]}}
+    }`,
+    "hooks.jsonc",
+  );
+  assert.deepEqual(config.diagnostics, []);
+  assert.deepEqual(config.domains.get("vm")?.[0]?.ports, [
+    {
+      protocol: "tcp",
+      publicPort: 1,
+      privatePort: 1,
+      count: 65535,
+      all: { except: { 4: [[25, 26], [587, 587]], 6: [] } },
+    },
+    {
+      protocol: "udp",
+      publicPort: 1,
+      privatePort: 1,
+      count: 65535,
+      all: { except: { 4: [[53, 53], [1000, 1009]], 6: [] } },
+    },
+  ]);
+  // It clashes with no specific forward, but with another all_ports on the same address; it needs the address.
+  assert.deepEqual(
+    problems(`{
+      "a": {"private_ip": "10.0.0.1", "public_ip": "203.0.113.9", "all_ports": true},
+      "b": {"private_ip": "10.0.0.2", "public_ip": "203.0.113.9", "all_ports": true},
+      "c": {"private_ip": "10.0.0.3", "all_ports": true},
+      "d": {"private_ip": "10.0.0.4", "public_ip": "203.0.113.8", "all_ports": "yes"}
+    }`),
+    [
+      `hooks.jsonc:4:52: all_ports takes every port of its public address, so it needs one given: set public_ip (c.all_ports = true)`,
+      `hooks.jsonc:5:80: Expected true or false, found a string (d.all_ports = "yes")`,
+      `hooks.jsonc:2:80: Every tcp port of 203.0.113.9 is also claimed by b.all_ports (all_ports) (a.all_ports = true)`,
+      `hooks.jsonc:2:80: Every udp port of 203.0.113.9 is also claimed by b.all_ports (all_ports) (a.all_ports = true)`,
+      `hooks.jsonc:3:80: Every tcp port of 203.0.113.9 is also claimed by a.all_ports (all_ports) (b.all_ports = true)`,
+      `hooks.jsonc:3:80: Every udp port of 203.0.113.9 is also claimed by a.all_ports (all_ports) (b.all_ports = true)`,
+    ],
+  );
 });

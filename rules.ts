@@ -47,6 +47,8 @@ export function planForwards(
   facts: HostFacts,
 ): { forwards: Forward[]; problems: string[] } {
   const forwards: Forward[] = [];
+  // all_ports forwards come last in the domain's chain, after its own ports on the same address.
+  const everyPort: Forward[] = [];
   const problems: string[] = [];
   for (const entry of entries) {
     for (const t of entry.targets) {
@@ -76,7 +78,7 @@ export function planForwards(
       if (t.source !== undefined) optional.source = t.source;
       if (entry.interface !== undefined) optional.interface = entry.interface;
       for (const p of entry.ports) {
-        forwards.push({
+        (p.all ? everyPort : forwards).push({
           family: t.family,
           protocol: p.protocol,
           publicIp,
@@ -85,12 +87,13 @@ export function planForwards(
           privatePort: p.privatePort,
           count: p.count,
           hairpinFrom,
+          ...(p.all ? { except: p.all.except[t.family] ?? [] } : {}),
           ...optional,
         });
       }
     }
   }
-  return { forwards, problems };
+  return { forwards: [...forwards, ...everyPort], problems };
 }
 
 /** What one sync changed in one backend. */

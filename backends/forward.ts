@@ -15,6 +15,11 @@ export interface Forward {
    * shifted with `to_port`).
    */
   count: number;
+  /**
+   * `all_ports` (1-65535 to the same ports): the ports of publicIp that other forwards take, left to them (the
+   * domain's chain returns them before this forward's rule, which comes last in it).
+   */
+  except?: [number, number][];
   /** Only this address or network may use the forward. */
   source?: string;
   /** The guest's bridge: where our accept in libvirt's nftables chain matches, and hairpin mode is set. */

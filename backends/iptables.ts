@@ -58,6 +58,16 @@ export function ruleLines(domain: string, forwards: Forward[]): RuleLines {
       : f.privatePort === f.publicPort
       ? f.privateIp
       : `${host}:${f.privatePort}-${f.privatePort + last}/${f.publicPort}`;
+    // all_ports: the ports other forwards take on the address go back to PREROUTING, to their own chains.
+    for (const [first, lastTaken] of f.except ?? []) {
+      dnat.push(
+        p.dnat,
+        first === lastTaken ? `${first}` : `${first}:${lastTaken}`,
+        " ",
+        comment,
+        " -j RETURN\n",
+      );
+    }
     dnat.push(p.dnat, publicPorts, p.dnatTo, to, "\n");
     snat.push(p.snat, privatePorts, p.translated, publicPorts, p.snatTail, "\n");
     fwd.push(p.fwd, publicPorts, p.fwdReply, privatePorts, p.fwdTail, "\n");

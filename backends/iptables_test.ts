@@ -198,3 +198,28 @@ Deno.test("renderSync() maps a range to other ports of the guest with DNAT's bas
   );
   assert.match(text(6)!, / -j DNAT --to-destination \[fd00:122::10\]:40000-40099\/30000\n/);
 });
+
+Deno.test("renderSync() sends every port of an all_ports address to the guest, after returning those others take", () => {
+  const { forwards } = forwardsOf(
+    `{"vm": {"private_ip": "192.168.122.10", "public_ip": "203.0.113.9", "all_ports": true,
+             "port_map": {"tcp": [[2222, 22]]}},
+      "mail": {"private_ip": "192.168.122.11", "public_ip": "203.0.113.9", "port_map": {"tcp": [25, 587]}}}`,
+    "vm",
+  );
+  const h = domainHash("vm");
+  const c = "-m comment --comment libvirt-hook-qemu:1:vm";
+  const lines = renderSync("vm", forwards, { chains: [], rules: [] })!.split("\n");
+  // Its own port first; then the ports other forwards take on the address go back to PREROUTING; then the rest.
+  assert.deepEqual(lines.filter((l) => l.startsWith(`-A LVH-${h}-DNAT`)), [
+    `-A LVH-${h}-DNAT -d 203.0.113.9/32 -p tcp -m tcp --dport 2222 ${c} -j DNAT --to-destination 192.168.122.10:22`,
+    `-A LVH-${h}-DNAT -d 203.0.113.9/32 -p tcp -m tcp --dport 25 ${c} -j RETURN`,
+    `-A LVH-${h}-DNAT -d 203.0.113.9/32 -p tcp -m tcp --dport 587 ${c} -j RETURN`,
+    `-A LVH-${h}-DNAT -d 203.0.113.9/32 -p tcp -m tcp --dport 2222 ${c} -j RETURN`,
+    `-A LVH-${h}-DNAT -d 203.0.113.9/32 -p tcp -m tcp --dport 1:65535 ${c} -j DNAT --to-destination 192.168.122.10`,
+    `-A LVH-${h}-DNAT -d 203.0.113.9/32 -p udp -m udp --dport 1:65535 ${c} -j DNAT --to-destination 192.168.122.10`,
+  ]);
+  assert.ok(lines.includes(
+    `-A LVH-${h}-FWD -p udp -m conntrack --ctstate DNAT --ctorigdst 203.0.113.9/32 --ctorigdstport 1:65535 ` +
+      `--ctreplsrc 192.168.122.10/32 --ctreplsrcport 1:65535 ${c} -j ACCEPT`,
+  ));
+});

@@ -101,6 +101,11 @@ export function nftDomainObjects(
         : family === 4
         ? `${f.privateIp}:${f.privatePort}`
         : `[${f.privateIp}]:${f.privatePort}`;
+      // all_ports: the ports other forwards take on the address go back to the base chain, to their own chains.
+      if (f.except?.length) {
+        const taken = f.except.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(", ");
+        dnat.push(`${source}${ip} daddr ${f.publicIp} ${f.protocol} dport { ${taken} } return ${comment}`);
+      }
       dnat.push(
         `${source}${ip} daddr ${f.publicIp} ${f.protocol} dport ${
           ports(f.publicPort)

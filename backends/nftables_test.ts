@@ -256,3 +256,23 @@ Deno.test({
     ]);
   },
 });
+
+Deno.test("nftDomainObjects() sends every port of an all_ports address to the guest, after returning those others take", () => {
+  const f = forwards(
+    `{"vm": {"private_ip": "192.168.122.10", "public_ip": "203.0.113.9", "all_ports": true},
+      "mail": {"private_ip": "192.168.122.11", "public_ip": "203.0.113.9", "port_map": {"tcp": [25, 587]},
+               "port_range": [{"init_port": 1000, "ports_num": 10, "protocol": "udp"}]}}`,
+    "vm",
+  );
+  const p = `d${domainHash("vm")}`;
+  const c = 'comment "libvirt-hook-qemu:1:vm"';
+  assert.deepEqual(
+    nftDomainObjects("vm", f).filter((l) => l.startsWith(`add rule inet libvirt_hook_qemu ${p}-dnat`)),
+    [
+      `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 tcp dport { 25, 587 } return ${c}`,
+      `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 tcp dport 1-65535 dnat ip to 192.168.122.10 ${c}`,
+      `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 udp dport { 1000-1009 } return ${c}`,
+      `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 udp dport 1-65535 dnat ip to 192.168.122.10 ${c}`,
+    ],
+  );
+});

@@ -101,6 +101,12 @@ function hostWarnings(domains: Map<string, Entry[]>, facts: HostFacts): string[]
           }
         }
         const publicIp = parseAddress(t.publicIp ?? defaults[t.family] ?? "");
+        if (e.ports.some((p) => p.all) && t.publicIp !== undefined && t.publicIp === defaults[t.family]) {
+          out.push(
+            `${e.path}: all_ports on ${t.publicIp}, the host's main address: every port of the host's own ` +
+              "services there (sshd among them) goes to the guest; give the guest an address of its own",
+          );
+        }
         for (const p of e.ports) {
           const l = publicIp &&
             listenerAt(listeners, p.protocol, publicIp, p.publicPort, p.publicPort + p.count - 1);

@@ -133,7 +133,10 @@ export async function forwardFindings(domain: string, f: Forward, c: ForwardCont
       );}
   }
   // The guest's end.
-  if (f.protocol === "tcp" && c.xml !== undefined) out.push(await guestListens(f.privateIp, f.privatePort));
+  // An all_ports forward names no port the guest must listen on.
+  if (f.protocol === "tcp" && c.xml !== undefined && !f.except) {
+    out.push(await guestListens(f.privateIp, f.privatePort));
+  }
   if (c.facts.bridgeNetfilter[f.family] && c.xml !== undefined) {
     for (const t of guestInterfaces(c.xml).filter((t) => bridgeOf(t.device) === bridge)) {
       const mode = readSysctl(`/sys/class/net/${t.device}/brport/hairpin_mode`);

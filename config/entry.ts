@@ -9,6 +9,7 @@ import {
   networkOf,
   parseAddress,
   type Protocol,
+  PROTOCOLS,
 } from "../system/address.ts";
 import { kind, type Report } from "./nodes.ts";
 import { type Claim, readPortMap, readPortRanges } from "./ports.ts";
@@ -44,7 +45,15 @@ export const ENTRY_FIELDS = {
   },
   port_range: {
     type: "array",
-    description: "Public ports init_port .. init_port+ports_num-1, forwarded to the same private ports.",
+    description:
+      "Public ports init_port .. init_port+ports_num-1, forwarded to the same private ports (or, " +
+      "with to_port, to the private ports from to_port on).",
+  },
+  all_ports: {
+    type: "boolean",
+    description:
+      "Every tcp and udp port of public_ip (and public_ipv6) that no other forward claims goes to " +
+      "the same port of the guest. Needs an explicit public_ip.",
   },
 } as const;
 
@@ -219,7 +228,39 @@ function readEntry(
   };
   readPortMap(fields.get("port_map"), jsonPath(path, "port_map"), fail, report, claim);
   readPortRanges(fields.get("port_range"), jsonPath(path, "port_range"), fail, report, claim);
-  if (!fields.has("port_map") && !fields.has("port_range")) {
+  const allNode = fields.get("all_ports");
+  if (allNode && allNode.type !== "boolean") {
+    fail(allNode, jsonPath(path, "all_ports"), `Expected true or false, found ${kind(allNode)}`);
+  } else if (allNode?.value === true) {
+    const implicit = targets.filter((t) => t.publicIp === undefined);
+    if (implicit.length > 0) {
+      const want = implicit.map((t) => (t.family === 6 && targets.length > 1 ? "public_ipv6" : "public_ip"));
+      fail(
+        allNode,
+        jsonPath(path, "all_ports"),
+        `all_ports takes every port of its public address, so it needs one given: set ${want.join(" and ")}`,
+      );
+    } else {
+      // Each protocol's every port, but those other forwards claim on the address (known once all are read).
+      for (const protocol of PROTOCOLS) {
+        const spec: PortSpec = { protocol, publicPort: 1, privatePort: 1, count: 65535, all: { except: {} } };
+        ports.push(spec);
+        for (const t of targets) {
+          claims.push({
+            domain,
+            node: allNode,
+            path: jsonPath(path, "all_ports"),
+            address: t.publicIp!,
+            protocol,
+            first: 1,
+            last: 65535,
+            all: { spec, family: t.family },
+          });
+        }
+      }
+    }
+  }
+  if (!fields.has("port_map") && !fields.has("port_range") && !allNode) {
     report(node, path, "Entry forwards no port: give port_map or port_range", { severity: "warning" });
   }
   if (failed) return undefined;

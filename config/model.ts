@@ -36,6 +36,11 @@ export interface PortSpec {
   publicPort: number;
   privatePort: number;
   count: number;
+  /**
+   * `all_ports`: every port (1-65535, each to the same port) but those that other forwards claim on the same
+   * public address, per family: the config's other claims, known once every entry of every file is read.
+   */
+  all?: { except: Partial<Record<Family, [number, number][]>> };
 }
 
 /** The addresses of one entry in one family; `publicIp` undefined means the host's default address. */

@@ -1,8 +1,8 @@
 /** An entry's ports (port_map, port_range) and the public ports every entry claims, which must not clash. */
 
-import { jsonPath } from "./model.ts";
+import { jsonPath, type PortSpec } from "./model.ts";
 import type { Node } from "jsonc-parser";
-import { type Protocol, PROTOCOLS } from "../system/address.ts";
+import { type Family, type Protocol, PROTOCOLS } from "../system/address.ts";
 
 import { kind, type Report } from "./nodes.ts";
 
@@ -17,6 +17,8 @@ export interface Claim {
   /** The file the claim is in, and how to report there (set where a config has several files). */
   file?: string;
   report?: Report;
+  /** An `all_ports` claim: it takes what no other claim on its address takes, so it clashes only with another. */
+  all?: { spec: PortSpec; family: Family };
 }
 
 type ClaimFn = (
@@ -155,8 +157,11 @@ function port(node: Node | undefined, path: string, fail: Report): number | unde
 }
 
 export function reportClashes(claims: Claim[], report: Report) {
+  fillAllPorts(claims);
+  reportAllPortsClashes(claims, report);
   const groups = new Map<string, Claim[]>();
   for (const c of claims) {
+    if (c.all) continue;
     const key = `${c.protocol} ${c.address}`;
     const group = groups.get(key);
     if (group) group.push(c);
@@ -205,3 +210,38 @@ export const RANGE_FIELDS = {
 
 /** The fields every port_range item must have (to_port is optional). */
 export const REQUIRED_RANGE_FIELDS = ["init_port", "ports_num", "protocol"] as const;
+
+/** Gives each `all_ports` claim the ports that other claims take on its address and protocol, merged in order. */
+function fillAllPorts(claims: Claim[]) {
+  for (const c of claims) {
+    if (!c.all) continue;
+    const taken = claims
+      .filter((o) => !o.all && o.address === c.address && o.protocol === c.protocol)
+      .map((o) => [o.first, o.last] as [number, number])
+      .sort((a, b) => a[0] - b[0]);
+    const merged: [number, number][] = [];
+    for (const [first, last] of taken) {
+      const prev = merged.at(-1);
+      if (prev && first <= prev[1] + 1) prev[1] = Math.max(prev[1], last);
+      else merged.push([first, last]);
+    }
+    c.all.spec.all!.except[c.all.family] = merged;
+  }
+}
+
+/** Two `all_ports` on one public address and protocol: both are reported (which would take the ports?). */
+function reportAllPortsClashes(claims: Claim[], report: Report) {
+  const all = claims.filter((c) => c.all);
+  for (const c of all) {
+    const other = all.find((o) => o !== c && o.address === c.address && o.protocol === c.protocol);
+    if (!other) continue;
+    (c.report ?? report)(
+      c.node,
+      c.path,
+      `Every ${c.protocol} port of ${c.address} is also claimed by ${other.path}${
+        other.file !== c.file ? ` in ${other.file}` : ""
+      } (all_ports)`,
+      { domains: [c.domain] },
+    );
+  }
+}

@@ -64,7 +64,7 @@ Deno.test("check prints every problem on stderr as file:line:column and exits 1"
   const lines = r.stderr.trimEnd().split("\n");
   assert.deepEqual(lines.slice(0, 2), [
     `${file}:2:82: Unknown field "sorce_ip"; known fields: interface, private_ip, public_ip, source_ip, private_ipv6, ` +
-    "public_ipv6, source_ipv6, port_map, port_range (web1.sorce_ip)",
+    "public_ipv6, source_ipv6, port_map, port_range, all_ports (web1.sorce_ip)",
     `${file}:3:27: Not an IP address (web2.private_ip = "192.168.122.300")`,
   ]);
   assert.equal(lines.at(-1), `${file}: 2 error(s); the domains they name will not start`);
@@ -449,6 +449,32 @@ Deno.test({
         "the forwards accept only what leaves through it",
       ]);
       assert.match(r.stdout, /: OK, 3 domain\(s\); firewall backend: iptables/);
+    } finally {
+      await lab.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "check warns when all_ports takes the host's main address, and names a port of the host it takes",
+  ignore: !can.ok,
+  ...opts,
+  async fn() {
+    const lab = await createLab();
+    try {
+      await lab.serve(lab.ns.host, "tcp", 2200, "host-ssh");
+      const config = await tempConfig(`{
+  "d": { "private_ip": "${A.g2v4}", "public_ip": "${A.hostPub4}", "all_ports": true },
+  "e": { "private_ip": "${A.g1v4}", "public_ip": "${A.hostPub4}", "port_map": { "tcp": [[2222, 22]] } },
+}`);
+      const r = await cliIn(lab.ns.host, ["check", "--config", config]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(r.stderr.trimEnd().split("\n"), [
+        `${config}: warning: d: all_ports on ${A.hostPub4}, the host's main address: every port of the host's own ` +
+        "services there (sshd among them) goes to the guest; give the guest an address of its own",
+        `${config}: warning: d: public tcp port 2200 is one the host itself listens on; the forward takes it away from the host`,
+      ]);
+      assert.match(r.stdout, /: OK, 2 domain\(s\)/);
     } finally {
       await lab.close();
     }

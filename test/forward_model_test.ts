@@ -86,3 +86,68 @@ for (const v of VARIANTS) {
     },
   });
 }
+
+for (const v of VARIANTS) {
+  Deno.test({
+    name:
+      `all_ports, libvirt on ${v.libvirt}, backend ${v.backend}: any port of the address reaches the guest, ` +
+      "a specific forward on it still goes to its own guest, whichever starts last; no residue",
+    ignore: !v.ok,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn() {
+      const lab = await createLab({ libvirt: v.libvirt });
+      const file = await Deno.makeTempFile({ suffix: ".jsonc" });
+      // A second public address of the host, given to g2 whole; g1 keeps one port of it.
+      const [pub4, pub6] = ["203.0.113.2", "2001:db8:1::2"];
+      try {
+        await lab.exec(lab.ns.host, ["ip", "address", "add", `${pub4}/24`, "dev", "pub0"]);
+        await lab.exec(lab.ns.host, ["ip", "address", "add", `${pub6}/64`, "dev", "pub0", "nodad"]);
+        await Deno.writeTextFile(
+          file,
+          `{"/settings": {"backend": "${v.backend}"},
+            "g1": {"private_ip": "${A.g1v4}", "public_ip": "${pub4}", "port_map": {"tcp": [[2222, 22]]}},
+            "g2": {"private_ip": "${A.g2v4}", "public_ip": "${pub4}", "private_ipv6": "${A.g2v6}",
+                   "public_ipv6": "${pub6}", "all_ports": true}}`,
+        );
+        await lab.serve(lab.ns.g1, "tcp", 22, "g1");
+        await lab.serve(lab.ns.g2, "tcp", 8080, "g2-8080");
+        await lab.serve(lab.ns.g2, "tcp", 22, "g2-22");
+        await lab.serve(lab.ns.g2, "udp", 5353, "g2-dns");
+        const pristine = `${await lab.ruleset(4)}\n${await lab.ruleset(6)}\n${await lab.nftRuleset()}`;
+        for (const order of [["g1", "g2"], ["g2", "g1"]]) {
+          for (const d of order) {
+            const r = await run(lab, file, [d, "start", "begin", "-"], d);
+            assert.equal(r.code, 0, r.stderr);
+          }
+          assert.equal(
+            await lab.connect(lab.ns.client, "tcp", pub4, 8080),
+            `g2-8080 ${A.client4}`,
+            `${order}`,
+          );
+          assert.equal(await lab.connect(lab.ns.client, "tcp", pub6, 22), `g2-22 ${A.client6}`, `${order}`);
+          assert.equal(
+            await lab.connect(lab.ns.client, "udp", pub4, 5353),
+            `g2-dns ${A.client4}`,
+            `${order}`,
+          );
+          // The port g1 takes on the address stays g1's, whichever domain's chain the host looks at first.
+          assert.equal(await lab.connect(lab.ns.client, "tcp", pub4, 2222), `g1 ${A.client4}`, `${order}`);
+          // Through the public address from the other guest (hairpin), too.
+          assert.equal(await lab.connect(lab.ns.g1, "tcp", pub4, 8080), `g2-8080 ${A.bridge4}`, `${order}`);
+          const status = await run(lab, file, ["status", "g2"]);
+          assert.match(status.stdout, new RegExp(`tcp ${pub4}:1-65535 -> ${A.g2v4}:1-65535\\n`));
+          assert.match(status.stdout, new RegExp(`udp \\[${pub6}\\]:1-65535 -> \\[${A.g2v6}\\]:1-65535\\n`));
+          for (const d of order) assert.equal((await run(lab, file, [d, "stopped", "end", "-"], d)).code, 0);
+          assert.equal(
+            `${await lab.ruleset(4)}\n${await lab.ruleset(6)}\n${await lab.nftRuleset()}`,
+            pristine,
+          );
+        }
+      } finally {
+        await lab.close();
+        await Deno.remove(file);
+      }
+    },
+  });
+}
