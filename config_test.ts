@@ -17,7 +17,7 @@ Deno.test("parseConfig() reports each mistake as file:line:column: message (json
   const cases: [string, string, string[]][] = [
     ["a typo in a field name", `{"web1": {"private_ip": "10.0.0.1",\n  "prot_map": {"tcp": [22]}}}`, [
       'hooks.jsonc:2:3: Unknown field "prot_map"; known fields: interface, private_ip, public_ip, source_ip, ' +
-      "private_ipv6, public_ipv6, source_ipv6, port_map, port_range, all_ports (web1.prot_map)",
+      "private_ipv6, public_ipv6, source_ipv6, port_map, port_range, all_ports, snat (web1.prot_map)",
       "hooks.jsonc:1:10: warning: Entry forwards no port: give port_map or port_range (web1)",
     ]],
     ["a malformed address", `{"web1": {"private_ip": "192.168.122.300", "port_map": {"tcp": [22]}}}`, [
@@ -614,6 +614,32 @@ Deno.test("parseConfig() reads all_ports: every port of an explicit public addre
       `hooks.jsonc:2:80: Every udp port of 203.0.113.9 is also claimed by b.all_ports (all_ports) (a.all_ports = true)`,
       `hooks.jsonc:3:80: Every tcp port of 203.0.113.9 is also claimed by a.all_ports (all_ports) (b.all_ports = true)`,
       `hooks.jsonc:3:80: Every udp port of 203.0.113.9 is also claimed by a.all_ports (all_ports) (b.all_ports = true)`,
+    ],
+  );
+});
+
+Deno.test("parseConfig() reads snat: an explicit public address, the outgoing source of one guest address only", () => {
+  const config = parseConfig(
+    `{"mail": {"private_ip": "10.0.0.2", "public_ip": "203.0.113.9", "snat": true, "port_map": {"tcp": [25]}},
+      "bare": {"private_ip": "10.0.0.3", "public_ip": "203.0.113.10", "snat": true}}`,
+    "hooks.jsonc",
+  );
+  // An entry with snat and no port is no mistake: it only leaves from its address.
+  assert.deepEqual(config.diagnostics, []);
+  assert.equal(config.domains.get("mail")?.[0]?.snat, true);
+  assert.deepEqual(config.domains.get("bare")?.[0]?.ports, []);
+  assert.deepEqual(
+    problems(`{
+      "a": {"private_ip": "10.0.0.1", "public_ip": "203.0.113.9", "snat": true},
+      "b": {"private_ip": "10.0.0.2", "public_ip": "203.0.113.9", "snat": true},
+      "c": {"private_ip": "10.0.0.3", "snat": true},
+      "d": {"private_ip": "10.0.0.4", "public_ip": "203.0.113.8", "snat": 1, "port_map": {"tcp": [22]}}
+    }`),
+    [
+      "hooks.jsonc:4:47: snat makes the guest's connections leave from its public address, so it needs one given: set public_ip (c.snat = true)",
+      "hooks.jsonc:5:75: Expected true or false, found a number (d.snat = 1)",
+      "hooks.jsonc:2:75: 203.0.113.9 is also the outgoing address of 10.0.0.2 (b.snat); one public address can be the source of one guest address only (a.snat = true)",
+      "hooks.jsonc:3:75: 203.0.113.9 is also the outgoing address of 10.0.0.1 (a.snat); one public address can be the source of one guest address only (b.snat = true)",
     ],
   );
 });

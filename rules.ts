@@ -4,7 +4,7 @@
 import { chooseBackend } from "./backends/choose.ts";
 import { createdBy, readCreated, recordCreated, uncreated, writeCreated } from "./backends/created.ts";
 import { readOtherGates } from "./backends/foreign.ts";
-import type { Forward } from "./backends/forward.ts";
+import type { Forward, Snat } from "./backends/forward.ts";
 import {
   renderAdditions,
   renderRollback,
@@ -45,8 +45,9 @@ import { message } from "./system/report.ts";
 export function planForwards(
   entries: Entry[],
   facts: HostFacts,
-): { forwards: Forward[]; problems: string[] } {
+): { forwards: Forward[]; snats: Snat[]; problems: string[] } {
   const forwards: Forward[] = [];
+  const snats: Snat[] = [];
   // all_ports forwards come last in the domain's chain, after its own ports on the same address.
   const everyPort: Forward[] = [];
   const problems: string[] = [];
@@ -77,6 +78,9 @@ export function planForwards(
       const optional: Pick<Forward, "source" | "interface"> = {};
       if (t.source !== undefined) optional.source = t.source;
       if (entry.interface !== undefined) optional.interface = entry.interface;
+      if (entry.snat) {
+        snats.push({ family: t.family, privateIp: t.privateIp, publicIp, network: hairpinFrom });
+      }
       for (const p of entry.ports) {
         (p.all ? everyPort : forwards).push({
           family: t.family,
@@ -93,7 +97,7 @@ export function planForwards(
       }
     }
   }
-  return { forwards: [...forwards, ...everyPort], problems };
+  return { forwards: [...forwards, ...everyPort], snats, problems };
 }
 
 /** What one sync changed in one backend. */
@@ -113,11 +117,12 @@ export async function syncDomain(
   domain: string,
   forwards: Forward[],
   deps: ApplyDeps,
-  read?: Promise<FirewallState>,
+  { read, snats = [] }: SyncOptions = {},
 ): Promise<Change[]> {
+  const removing = forwards.length === 0 && snats.length === 0;
   // A start lists no jumps: with chains of the domain live, it reads everything below anyway. What is added does
   // not depend on what is live: built and rendered while the firewall is read (ms at 1000).
-  const reading = read ?? (await beginRead(deps, { domain, jumps: forwards.length === 0 })).state;
+  const reading = read ?? (await beginRead(deps, { domain, jumps: removing })).state;
   const built = {} as Built;
   for (const family of FAMILIES) {
     const rules = ruleLines(domain, forwards.filter((f) => f.family === family));
@@ -131,18 +136,27 @@ export async function syncDomain(
   // A domain whose chains are there already and gets forwards again (reconnect, reload): rolling back exactly
   // needs what is in them (and a removal needs the jumps into them, where a start's read did not list them).
   const hasChains = (s: FirewallState) => FAMILIES.some((f) => (s.ipt[f]?.chains.length ?? 0) > 0);
-  if (state.scope && (forwards.length > 0 || state.scope === "chains, no jumps") && hasChains(state)) {
+  if (state.scope && (!removing || state.scope === "chains, no jumps") && hasChains(state)) {
     state = await readAll(deps, domain);
   }
+  const wanted = { forwards, snats, built, bridges };
   try {
-    if (state.scope && forwards.length === 0) return await removeAtOnce(domain, state, deps);
-    return await syncState(domain, forwards, built, bridges, deps, state);
+    if (state.scope && removing) return await removeAtOnce(domain, state, deps);
+    return await syncState(domain, wanted, deps, state);
   } catch (err) {
     // A removal from a partial read failed as a whole (nothing changed) where something differs from what the
     // read showed; a removal from everything that is live finishes the job.
-    if (!state.scope || forwards.length > 0 || !(err instanceof ApplyError)) throw err;
-    return await syncState(domain, forwards, built, bridges, deps, await readAll(deps, domain));
+    if (!state.scope || !removing || !(err instanceof ApplyError)) throw err;
+    return await syncState(domain, wanted, deps, await readAll(deps, domain));
   }
+}
+
+/** What syncDomain may be given beside the forwards. */
+export interface SyncOptions {
+  /** The domain's readState, when the caller started it already (under the same lock). */
+  read?: Promise<FirewallState> | undefined;
+  /** The domain's outbound NATs (see planForwards). */
+  snats?: Snat[];
 }
 
 /**
@@ -204,13 +218,26 @@ type Bridges = () => Record<Family, string[]> | undefined;
 
 async function syncState(
   domain: string,
-  forwards: Forward[],
-  built: Built,
-  bridges: Bridges,
+  { forwards, snats, built, bridges }: { forwards: Forward[]; snats: Snat[]; built: Built; bridges: Bridges },
   deps: ApplyDeps,
   state: FirewallState,
 ): Promise<Change[]> {
-  const backend = forwards.length === 0 ? "iptables" : chooseBackend(deps.backend, state);
+  const backend = forwards.length === 0 && snats.length === 0
+    ? "iptables"
+    : chooseBackend(deps.backend, state);
+  // Outbound NAT goes where libvirt's masquerade is, ahead of it: into our nftables table where libvirt uses
+  // nftables (or our rules do), else into our iptables SNAT chain, whose jump comes first in POSTROUTING.
+  const libvirtNft = state.nft !== undefined &&
+    (state.nft.libvirt[4] !== undefined || state.nft.libvirt[6] !== undefined);
+  const snatNft = snats.length > 0 && state.nft !== undefined && (backend === "nftables" || libvirtNft);
+  if (snats.length > 0 && !snatNft && backend === "iptables") {
+    for (const family of FAMILIES) {
+      const rules = ruleLines(domain, forwards.filter((f) => f.family === family), {
+        snats: snats.filter((s) => s.family === family),
+      });
+      built[family] = { rules, additions: renderAdditions(rules) };
+    }
+  }
   const batches: { family: Family; text: string; change: Change; rules: RuleLines }[] = [];
   const before: Partial<Record<Family, Live>> = {};
   for (const family of FAMILIES) {
@@ -219,8 +246,11 @@ async function syncState(
     // forwarded connection passes (Docker, ufw, an administrator's iptables rules), whatever libvirt uses.
     const iptables = backend === "iptables" ? "all" : all?.forward ? "filter" : "none";
     const wanted = iptables === "none" ? [] : forwards.filter((f) => f.family === family);
+    const snatHere = iptables === "all" && !snatNft && snats.some((s) => s.family === family);
     if (!all) {
-      if (wanted.length > 0) throw new ApplyError(`${deps.tools[family].save[0]} is not installed`);
+      if (wanted.length > 0 || snatHere) {
+        throw new ApplyError(`${deps.tools[family].save[0]} is not installed`);
+      }
       continue;
     }
     const mine = liveOf(all, domain);
@@ -245,7 +275,7 @@ async function syncState(
     });
   }
   const nftCommands = state.nft
-    ? nftSync(domain, backend === "nftables" ? forwards : [], bridges, state.nft, deps)
+    ? nftSync(domain, backend === "nftables" ? forwards : [], bridges, state.nft, deps, snatNft ? snats : [])
     : [];
 
   const attempted: Family[] = [];
@@ -286,12 +316,13 @@ function nftSync(
   bridges: Bridges,
   live: NftLive,
   deps: ApplyDeps,
+  snats: Snat[] = [],
 ): string[] {
-  const table = ours.length > 0
+  const table = ours.length > 0 || snats.length > 0
     ? [
       ...nftBase(),
       ...nftRemoveDomain(domain, live, { keepTable: true }),
-      ...nftDomainObjects(domain, ours, bridges() ?? bridgesOf(ours, deps.connected ?? [])),
+      ...nftDomainObjects(domain, ours, bridges() ?? bridgesOf(ours, deps.connected ?? []), { snats }),
     ]
     : nftRemoveDomain(domain, live);
   // Our accepts in libvirt's chains and in those handed to us: the other domains' as they are, this one's as

@@ -28,6 +28,15 @@ export interface Forward {
   hairpinFrom: string;
 }
 
+/** Outbound 1:1 NAT (`snat`): the guest's new connections to anywhere but `network` leave from `publicIp`. */
+export interface Snat {
+  family: Family;
+  privateIp: string;
+  publicIp: string;
+  /** The guest's own network (its connected network, or the address alone): what is never translated. */
+  network: string;
+}
+
 /** A forward as read back from a live DNAT rule, for status. */
 export interface LiveForward {
   domain: string;
@@ -38,10 +47,13 @@ export interface LiveForward {
   privateIp: string;
   privatePorts: string;
   source?: string;
+  /** An outbound 1:1 NAT (read back from a SNAT rule), not a forward of ports. */
+  outbound?: true;
 }
 
 /** Renders a forward as `proto public:port -> private:port [from source]`, the same for live and planned ones. */
 export function describeForward(f: LiveForward): string {
+  if (f.outbound) return `snat ${f.privateIp} -> ${f.publicIp} (outgoing connections)`;
   const host = (ip: string) => (f.family === 6 ? `[${ip}]` : ip);
   const from = f.source === undefined ? "" : ` from ${f.source}`;
   return `${f.protocol} ${host(f.publicIp)}:${f.publicPorts} -> ${
@@ -62,4 +74,26 @@ export function asLiveForward(domain: string, f: Forward): LiveForward {
     privatePorts: ports(f.privatePort),
     ...(f.source === undefined ? {} : { source: f.source }),
   };
+}
+
+/** The live form of a planned outbound NAT (see asLiveForward). */
+export function asLiveSnat(domain: string, s: Snat): LiveForward {
+  return {
+    domain,
+    family: s.family,
+    protocol: "all",
+    publicIp: s.publicIp,
+    publicPorts: "",
+    privateIp: s.privateIp,
+    privatePorts: "",
+    outbound: true,
+  };
+}
+
+/** A domain's plan as status, doctor and the watcher compare it with what is live: one line per forward and NAT. */
+export function describePlan(domain: string, plan: { forwards: Forward[]; snats: Snat[] }): string[] {
+  return [
+    ...plan.forwards.map((f) => describeForward(asLiveForward(domain, f))),
+    ...plan.snats.map((s) => describeForward(asLiveSnat(domain, s))),
+  ];
 }

@@ -1,6 +1,6 @@
 /** The iptables backend's text: a domain's rules as iptables-restore batches (sync, additions, rollback). */
 
-import type { Forward } from "./forward.ts";
+import type { Forward, Snat } from "./forward.ts";
 import { chainLine, chainOwner, type Live, Table, TABLES } from "./iptables_live.ts";
 import { chainNames, ruleComment } from "./names.ts";
 import type { Family } from "../system/address.ts";
@@ -29,8 +29,14 @@ export interface RuleLines {
 }
 
 /** Renders a domain's rules of one family (see RuleLines). */
-export function ruleLines(domain: string, forwards: Forward[]): RuleLines {
-  if (forwards.length === 0) return { chains: [], jumps: [], text: { nat: "", filter: "" }, count: 0 };
+export function ruleLines(
+  domain: string,
+  forwards: Forward[],
+  { snats = [] }: { snats?: Snat[] } = {},
+): RuleLines {
+  if (forwards.length === 0 && snats.length === 0) {
+    return { chains: [], jumps: [], text: { nat: "", filter: "" }, count: 0 };
+  }
   const c = chainNames(domain);
   const comment = `-m comment --comment ${ruleComment(domain)}`;
   const jump = (table: Table, chain: string, target: string): Rule => ({
@@ -72,6 +78,16 @@ export function ruleLines(domain: string, forwards: Forward[]): RuleLines {
     snat.push(p.snat, privatePorts, p.translated, publicPorts, p.snatTail, "\n");
     fwd.push(p.fwd, publicPorts, p.fwdReply, privatePorts, p.fwdTail, "\n");
   }
+  // Outbound 1:1 NAT, after the hairpin rules: the guest's new connections to anywhere but its own network (and
+  // multicast and broadcast, which libvirt leaves alone too) leave from its public address. In POSTROUTING our
+  // jump comes first, so this wins over libvirt's masquerade (LIBVIRT_PRT) on hosts where libvirt uses iptables.
+  for (const s of snats) {
+    const from = `-A ${c.snat} -s ${s.privateIp}/${s.family === 4 ? 32 : 128}`;
+    for (const keep of s.family === 4 ? ["224.0.0.0/24", "255.255.255.255/32"] : ["ff00::/8"]) {
+      snat.push(from, ` -d ${keep} `, comment, " -j RETURN", "\n");
+    }
+    snat.push(from, ` ! -d ${s.network} `, comment, ` -j SNAT --to-source ${s.publicIp}`, "\n");
+  }
   // Every line ends with a newline; the text has none at its end.
   snat[snat.length - 1] = "";
   fwd[fwd.length - 1] = "";
@@ -89,7 +105,7 @@ export function ruleLines(domain: string, forwards: Forward[]): RuleLines {
       jump("filter", "FORWARD", c.fwd),
     ],
     text: { nat: dnat.join("") + snat.join(""), filter: fwd.join("") },
-    count: 3 * forwards.length,
+    count: 3 * forwards.length + snats.reduce((n, s) => n + (s.family === 4 ? 3 : 2), 0),
   };
 }
 

@@ -166,8 +166,26 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
   const names = new Map<string, string>();
   for (const r of live.rules) if (r.domain !== undefined) names.set(r.owner, r.domain);
   for (const r of live.rules) {
-    if (r.table !== "nat" || !r.chain.endsWith("-DNAT") || !chainOwner(r.chain)) continue;
+    if (r.table !== "nat" || !chainOwner(r.chain)) continue;
     const t = tokenize(r.spec);
+    if (r.chain.endsWith("-SNAT")) {
+      // An outbound 1:1 NAT: `-s <guest> ! -d <its network> -j SNAT --to-source <public>`.
+      const i = t.indexOf("--to-source"), s = t.indexOf("-s");
+      if (i >= 0 && s >= 0 && t.includes("SNAT")) {
+        out.push({
+          domain: names.get(r.owner) ?? hashOnly(r.owner),
+          family,
+          protocol: "all",
+          publicIp: t[i + 1]!,
+          publicPorts: "",
+          privateIp: t[s + 1]!.replace(/\/(32|128)$/, ""),
+          privatePorts: "",
+          outbound: true,
+        });
+      }
+      continue;
+    }
+    if (!r.chain.endsWith("-DNAT")) continue;
     const arg = (flag: string) => {
       const i = t.indexOf(flag);
       return i >= 0 ? t[i + 1] : undefined;

@@ -1,7 +1,8 @@
 /** The iptables backend's text: the exact iptables-restore batches each config produces. */
 
-import { buildRules, iptablesTools, renderSync } from "./iptables.ts";
-import { liveOf, parseSave } from "./iptables_live.ts";
+import { buildRules, iptablesTools, renderSync, ruleLines } from "./iptables.ts";
+import { describeForward } from "./forward.ts";
+import { liveForwards, liveOf, parseSave } from "./iptables_live.ts";
 import { domainHash } from "./names.ts";
 import assert from "node:assert/strict";
 import { dedent, EXAMPLE, forwardsOf, SAVED } from "../test/util.ts";
@@ -222,4 +223,42 @@ Deno.test("renderSync() sends every port of an all_ports address to the guest, a
     `-A LVH-${h}-FWD -p udp -m conntrack --ctstate DNAT --ctorigdst 203.0.113.9/32 --ctorigdstport 1:65535 ` +
       `--ctreplsrc 192.168.122.10/32 --ctreplsrcport 1:65535 ${c} -j ACCEPT`,
   ));
+});
+
+Deno.test("ruleLines() puts a guest's outbound NAT in its SNAT chain, after the hairpin rules; nothing else changes", () => {
+  const config =
+    `{"mail": {"private_ip": "192.168.122.10", "public_ip": "203.0.113.9", "private_ipv6": "fd00:122::10",
+    "public_ipv6": "2001:db8:1::9", "snat": true, "port_map": {"tcp": [25]}}}`;
+  const { forwards, snats } = forwardsOf(config, "mail");
+  assert.deepEqual(snats, [
+    { family: 4, privateIp: "192.168.122.10", publicIp: "203.0.113.9", network: "192.168.122.0/24" },
+    { family: 6, privateIp: "fd00:122::10", publicIp: "2001:db8:1::9", network: "fd00:122::/64" },
+  ]);
+  const h = domainHash("mail");
+  const c = "-m comment --comment libvirt-hook-qemu:1:mail";
+  const text = (family: 4 | 6) =>
+    ruleLines("mail", forwards.filter((f) => f.family === family), {
+      snats: snats.filter((s) => s.family === family),
+    });
+  const v4 = text(4);
+  assert.deepEqual(v4.text.nat.split("\n").slice(-4), [
+    `-A LVH-${h}-SNAT -s 192.168.122.0/24 -d 192.168.122.10/32 -p tcp -m tcp --dport 25 -m conntrack --ctstate DNAT --ctorigdst 203.0.113.9/32 --ctorigdstport 25 ${c} -j MASQUERADE`,
+    `-A LVH-${h}-SNAT -s 192.168.122.10/32 -d 224.0.0.0/24 ${c} -j RETURN`,
+    `-A LVH-${h}-SNAT -s 192.168.122.10/32 -d 255.255.255.255/32 ${c} -j RETURN`,
+    `-A LVH-${h}-SNAT -s 192.168.122.10/32 ! -d 192.168.122.0/24 ${c} -j SNAT --to-source 203.0.113.9`,
+  ]);
+  assert.equal(v4.count, 3 + 3);
+  assert.deepEqual(text(6).text.nat.split("\n").slice(-2), [
+    `-A LVH-${h}-SNAT -s fd00:122::10/128 -d ff00::/8 ${c} -j RETURN`,
+    `-A LVH-${h}-SNAT -s fd00:122::10/128 ! -d fd00:122::/64 ${c} -j SNAT --to-source 2001:db8:1::9`,
+  ]);
+  // Without forwards, the NAT alone still gets its chain and its jump from POSTROUTING.
+  const alone = ruleLines("mail", [], { snats: snats.filter((s) => s.family === 4) });
+  assert.deepEqual(alone.text.nat.split("\n").length, 3);
+  assert.ok(alone.jumps.some((j) => j.chain === "POSTROUTING"));
+  // Read back for status.
+  const live = parseSave(`*nat\n:LVH-${h}-SNAT - [0:0]\n${v4.text.nat}\nCOMMIT\n`);
+  assert.deepEqual(liveForwards(live, 4).filter((f) => f.outbound).map(describeForward), [
+    "snat 192.168.122.10 -> 203.0.113.9 (outgoing connections)",
+  ]);
 });

@@ -1,6 +1,6 @@
 /** The native nftables backend: our own `inet` table, and our accept inside libvirt's nftables chains. */
 
-import type { Forward } from "./forward.ts";
+import type { Forward, Snat } from "./forward.ts";
 import type { Live } from "./iptables_live.ts";
 import {
   carriedDomain,
@@ -52,8 +52,9 @@ export function nftDomainObjects(
   domain: string,
   forwards: Forward[],
   bridges: Record<Family, string[]> = { 4: [], 6: [] },
+  { snats = [] }: { snats?: Snat[] } = {},
 ): string[] {
-  if (forwards.length === 0) return [];
+  if (forwards.length === 0) return nftSnatObjects(domain, snats);
   const p = nftPrefix(domain);
   const t = `inet ${NFT_TABLE}`;
   const comment = `comment "${ruleComment(domain)}"`;
@@ -134,6 +135,7 @@ export function nftDomainObjects(
     `insert rule ${t} output jump ${p}-dnat ${comment}`,
     `insert rule ${t} postrouting jump ${p}-snat ${comment}`,
   );
+  out.push(...nftSnatObjects(domain, snats));
   return out;
 }
 
@@ -281,5 +283,34 @@ function acceptsIn(chain: NftRule[], where: string, want: string[]): string[] {
     const [comment, key, bridge] = w.split(" ");
     out.push(`insert rule ${where} ${key} "${bridge}" ct status dnat counter accept comment "${comment}"`);
   }
+  return out;
+}
+
+/** The base chain of our outbound NATs: ahead of libvirt's masquerade (its guest_nat hooks at srcnat). */
+export const SNAT_CHAIN = "outbound";
+
+/**
+ * Outbound 1:1 NAT for one domain (see Snat), in a chain `d<hash>-out` jumped from our base chain `outbound`, which
+ * hooks postrouting at srcnat - 5: the kernel takes the first NAT decision of a connection, so it runs, and wins,
+ * before libvirt's guest_nat (srcnat) and before iptables' nat POSTROUTING (srcnat too).
+ */
+export function nftSnatObjects(domain: string, snats: Snat[]): string[] {
+  if (snats.length === 0) return [];
+  const p = nftPrefix(domain);
+  const t = `inet ${NFT_TABLE}`;
+  const comment = `comment "${ruleComment(domain)}"`;
+  const out = [
+    `add chain ${t} ${SNAT_CHAIN} { type nat hook postrouting priority srcnat - 5; policy accept; }`,
+    `add chain ${t} ${p}-out`,
+  ];
+  for (const s of snats) {
+    const ip = s.family === 4 ? "ip" : "ip6";
+    const keep = s.family === 4 ? ["224.0.0.0/24", "255.255.255.255"] : ["ff00::/8"];
+    out.push(
+      `add rule ${t} ${p}-out ${ip} saddr ${s.privateIp} ${ip} daddr != ${s.network} ` +
+        keep.map((k) => `${ip} daddr != ${k} `).join("") + `snat ${ip} to ${s.publicIp} ${comment}`,
+    );
+  }
+  out.push(`insert rule ${t} ${SNAT_CHAIN} jump ${p}-out ${comment}`);
   return out;
 }

@@ -182,6 +182,32 @@ export function nftLiveForwards(live: NftLive): LiveForward[] {
     }
   }
   for (const r of live.rules) {
+    // An outbound 1:1 NAT: `<ip> saddr <guest> ... snat <ip> to <public>` in the domain's `-out` chain.
+    const outOwner = /^d([0-9a-f]{12})-out$/.exec(r.chain)?.[1];
+    if (outOwner) {
+      let privateIp: string | undefined;
+      let snat: { addr?: unknown; family?: string } | undefined;
+      for (const e of r.expr as Record<string, Record<string, unknown>>[]) {
+        const m = e.match as
+          | { op?: string; left?: { payload?: { field?: string } }; right?: unknown }
+          | undefined;
+        if (m?.op === "==" && m.left?.payload?.field === "saddr") privateIp = showAddr(m.right);
+        if (e.snat) snat = e.snat as typeof snat;
+      }
+      if (privateIp && typeof snat?.addr === "string") {
+        out.push({
+          domain: names.get(outOwner) ?? hashOnly(outOwner),
+          family: snat.family === "ip6" ? 6 : 4,
+          protocol: "all",
+          publicIp: snat.addr,
+          publicPorts: "",
+          privateIp,
+          privatePorts: "",
+          outbound: true,
+        });
+      }
+      continue;
+    }
     const owner = /^d([0-9a-f]{12})-dnat$/.exec(r.chain)?.[1];
     if (!owner) continue;
     let source: string | undefined, publicIp: string | undefined, protocol: string | undefined;

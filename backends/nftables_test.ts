@@ -12,6 +12,7 @@ import {
   nftDomainObjects,
   nftRemoveDomain,
   nftRemoveIptables,
+  nftSnatObjects,
 } from "./nftables.ts";
 import {
   emptyNftLive,
@@ -275,4 +276,29 @@ Deno.test("nftDomainObjects() sends every port of an all_ports address to the gu
       `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 udp dport 1-65535 dnat ip to 192.168.122.10 ${c}`,
     ],
   );
+});
+
+Deno.test("nftSnatObjects() puts a guest's outbound NAT in a chain our base chain `outbound` jumps to, ahead of libvirt's", () => {
+  const { snats } = planForwards(
+    parseConfig(
+      `{"mail": {"private_ip": "192.168.122.10", "public_ip": "203.0.113.9", "private_ipv6": "fd00:122::10",
+        "public_ipv6": "2001:db8:1::9", "snat": true}}`,
+      "hooks.jsonc",
+    ).domains.get("mail")!,
+    FACTS,
+  );
+  const p = `d${domainHash("mail")}`;
+  const c = 'comment "libvirt-hook-qemu:1:mail"';
+  const t = "inet libvirt_hook_qemu";
+  // Without forwards, nftDomainObjects() gives the NAT alone.
+  assert.deepEqual(nftDomainObjects("mail", [], undefined, { snats }), [
+    `add chain ${t} outbound { type nat hook postrouting priority srcnat - 5; policy accept; }`,
+    `add chain ${t} ${p}-out`,
+    `add rule ${t} ${p}-out ip saddr 192.168.122.10 ip daddr != 192.168.122.0/24 ip daddr != 224.0.0.0/24 ` +
+    `ip daddr != 255.255.255.255 snat ip to 203.0.113.9 ${c}`,
+    `add rule ${t} ${p}-out ip6 saddr fd00:122::10 ip6 daddr != fd00:122::/64 ip6 daddr != ff00::/8 ` +
+    `snat ip6 to 2001:db8:1::9 ${c}`,
+    `insert rule ${t} outbound jump ${p}-out ${c}`,
+  ]);
+  assert.deepEqual(nftSnatObjects("mail", []), []);
 });

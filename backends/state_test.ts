@@ -279,7 +279,7 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
       };
       const read = readState(deps, { domain: "vm1", jumps: false });
       assert.equal((await read).scope, "chains, no jumps");
-      await syncDomain("vm1", [], deps, read);
+      await syncDomain("vm1", [], deps, { read });
       assert.deepEqual(deps.runner.calls.map((c) => c.argv[0]), ["nft", ...WHOLE_READ, "iptables-restore"]);
     },
   );

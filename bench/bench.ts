@@ -30,6 +30,9 @@ import {
   type RunResult,
 } from "./proc.ts";
 import { ms, summarize, type Summary, table } from "./stats.ts";
+import { NFT_TABLE } from "../backends/names.ts";
+import { nftRemoveDomain } from "../backends/nftables.ts";
+import { nftOwners, parseNftJson } from "../backends/nftables_live.ts";
 
 /** Slack over floor + runtime startup that the hook may use per call. */
 const SLACK_MS = 20;
@@ -53,7 +56,8 @@ Targets: start and stop each <= floor + runtime startup + ${SLACK_MS} ms; proces
 
 type Op = "start" | "stopped";
 const OPS: Op[] = ["start", "stopped"];
-type Firewall = "quiet" | "busy";
+/** quiet, busy: the iptables backend; nftables: our native backend, on a host with no iptables rules. */
+type Firewall = "quiet" | "busy" | "nftables";
 
 interface Options {
   quick: boolean;
@@ -315,6 +319,7 @@ async function runScenario(
   startup: Map<FormId, Summary>,
   launcher: Summary,
 ): Promise<Row[]> {
+  if (ctx.firewall === "nftables") return await runNftScenario(ctx, sc, startup, launcher);
   const config = join(ctx.workdir, `${sc.id}.jsonc`);
   await Deno.writeTextFile(config, configText(sc.domains));
   const names = sc.domains.map((d) => d.name);
@@ -454,6 +459,115 @@ async function runScenario(
   return rows;
 }
 
+/** Our nftables table as nft lists it (JSON), or an empty listing where there is none. */
+async function ourTable(ctx: Context): Promise<string> {
+  const r = await run(ctx.ns.hookArgv(["nft", "-j", "list", "table", "inet", NFT_TABLE]), {
+    timeoutMs: 30_000,
+  });
+  return r.code === 0 ? r.stdout : `{"nftables": []}`;
+}
+
+/**
+ * The native nftables backend (`"backend": "nftables"`) on a host without iptables rules: start writes our table
+ * with one `nft -f`, stopped removes the domain's objects with another. Floors: `nft -f` of the very commands
+ * (start: those `main.ts plan` prints; stopped: those the hook derives from the live table, nftRemoveDomain).
+ */
+async function runNftScenario(
+  ctx: Context,
+  sc: Scenario,
+  startup: Map<FormId, Summary>,
+  launcher: Summary,
+): Promise<Row[]> {
+  const config = join(ctx.workdir, `${sc.id}-nft.jsonc`);
+  await Deno.writeTextFile(config, configText(sc.domains, "nftables"));
+  const names = sc.domains.map((d) => d.name);
+  const last = names[names.length - 1]!;
+  const perDomain = sc.domains[0]!.ports.length;
+  const where = `${ctx.firewall} ${sc.label}`;
+  progress(ctx, `${where}: plans`);
+  const plans = new Map<string, string>();
+  for (const d of names) plans.set(d, await planFor(ctx, `${sc.id}-nft`, config, d));
+  const expectMine = async (want: number, when: string) => {
+    const live = parseNftJson(await ourTable(ctx));
+    const owners = nftOwners(live).size;
+    if (owners !== want) {
+      throw new Error(`${when}: expected ${want} domain(s) in our nft table, found ${owners}`);
+    }
+  };
+  const times = new Map<string, number[]>();
+  const key = (f: FormId, op: Op) => `${f}/${op}`;
+  const ext = new Map<FormId, Awaited<ReturnType<typeof extras>>>();
+  for (const form of ctx.forms) {
+    const first = await hookCall(ctx, form, config, names[0]!, "start");
+    if (!ctx.cold.has(form.id)) ctx.cold.set(form.id, first.ms);
+    await hookCall(ctx, form, config, names[0]!, "stopped");
+    for (const op of OPS) times.set(key(form.id, op), []);
+  }
+  const hookRun = async (r: number) => {
+    for (const form of ctx.forms) {
+      progress(ctx, `${where}: ${form.id} run ${r + 1}/${sc.runs}`);
+      for (const d of names) {
+        times.get(key(form.id, "start"))!.push((await hookCall(ctx, form, config, d, "start")).ms);
+      }
+      if (r === 0) {
+        await expectMine(names.length, `${where} ${form.id}: after start`);
+        ext.set(form.id, await extras(ctx, form, config, last));
+      }
+      for (const d of names) {
+        times.get(key(form.id, "stopped"))!.push((await hookCall(ctx, form, config, d, "stopped")).ms);
+      }
+      if (r === 0) await expectMine(0, `${where} ${form.id}: after stopped`);
+    }
+  };
+  const nft = { start: [] as number[], stopped: [] as number[] };
+  const floorRun = async (r: number) => {
+    for (const d of names) nft.start.push(await nftLoad(ctx, plans.get(d)!));
+    if (r === 0) await expectMine(names.length, `${where}: after the floor`);
+    for (const d of names) {
+      // What the hook removes, derived as it derives it: from the table as it is now.
+      const commands = nftRemoveDomain(d, parseNftJson(await ourTable(ctx)));
+      nft.stopped.push(await nftLoad(ctx, commands.join("\n") + "\n"));
+    }
+    if (r === 0) await expectMine(0, `${where}: after the floor's stops`);
+  };
+  for (let r = 0; r < Math.max(sc.runs, sc.floorRuns); r++) {
+    if (r < sc.runs) await hookRun(r);
+    if (r < sc.floorRuns) await floorRun(r);
+  }
+  const rows: Row[] = [];
+  for (const form of ctx.forms) {
+    for (const op of OPS) {
+      const samples = times.get(key(form.id, op))!;
+      const time = summarize(samples);
+      const nftFloor = summarize(nft[op]);
+      const st = startup.get(form.id)!;
+      const e = ext.get(form.id)?.[op];
+      const extraMs = time.median - (nftFloor.median + st.median - launcher.median);
+      rows.push({
+        scenario: sc.label,
+        firewall: ctx.firewall,
+        form: form.id,
+        op,
+        forwards: perDomain,
+        domains: names.length,
+        samples,
+        time,
+        floor: summarize([]),
+        nftFloor,
+        floorBy: "nft",
+        startup: st,
+        launcherMs: launcher.median,
+        extraMs,
+        ratio: time.median / nftFloor.median,
+        timeMet: extraMs <= SLACK_MS,
+        processes: e?.processes,
+        rssMb: e?.rssMb,
+      });
+    }
+  }
+  return rows;
+}
+
 /** CPU time so far: of the whole machine (busy and total) and of this process with its reaped children. */
 async function cpuSnapshot(): Promise<{ busy: number; total: number; ours: number } | undefined> {
   try {
@@ -551,7 +665,9 @@ function report(
       "-X the chains). nft: nft -f of the same rules (translated with iptables-restore-translate; stopped: delete " +
       "the jumps by handle, flush and delete the chains, one transaction). *: the floor of the program the hook " +
       "changed the firewall with (on iptables-nft it removes with one nft transaction), which ratio and extra " +
-      "use. startup: an empty program run the same way. ratio: median / floor*. extra: median − (floor* + " +
+      "use. nftables rows: our native backend on a host without iptables rules; its floor is nft -f of the very " +
+      "commands the hook applies (start: `main.ts plan`; stopped: what it derives from the live table), so the " +
+      "iptables floor is -. startup: an empty program run the same way. ratio: median / floor*. extra: median − (floor* + " +
       "startup − launcher), " +
       `where launcher (ip netns exec + env -i, in every figure) is ${
         [...new Set(rows.map((r) => `${r.firewall} ${ms(r.launcherMs)}`))].join(", ")
@@ -713,7 +829,11 @@ async function main(args: string[]): Promise<number> {
         floorRuns: 1,
       });
     }
-    const firewalls: Firewall[] = opts.busyRules > 0 ? ["quiet", "busy"] : ["quiet"];
+    const firewalls: Firewall[] = [
+      ...(opts.busyRules > 0 ? ["quiet", "busy"] as const : ["quiet"] as const),
+      ...(nftOk ? ["nftables"] as const : []),
+    ];
+    if (!nftOk) note(ctx, "nftables backend rows: skipped (nft is not installed)");
     const rows: Row[] = [];
     const startups: Record<string, unknown> = {};
     const sections: string[] = [];
@@ -736,8 +856,11 @@ async function main(args: string[]): Promise<number> {
       namespaces.add(ns);
       ctx.ns = ns;
       ctx.firewall = fw;
-      await ns.exec(["iptables-restore", "--noflush"], { stdin: BASE_TABLES });
-      await ns.exec(["ip6tables-restore", "--noflush"], { stdin: BASE_TABLES });
+      // The nftables variant is a host with no iptables rules at all: our table is all there is.
+      if (fw !== "nftables") {
+        await ns.exec(["iptables-restore", "--noflush"], { stdin: BASE_TABLES });
+        await ns.exec(["ip6tables-restore", "--noflush"], { stdin: BASE_TABLES });
+      }
       if (fw === "busy") {
         progress(ctx, `busy: loading ${opts.busyRules} foreign rules`);
         await ns.exec(["iptables-restore", "--noflush"], {

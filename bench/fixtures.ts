@@ -42,11 +42,11 @@ export function manyDomains(count: number, perDomain: number): DomainSpec[] {
 }
 
 /**
- * The hook's config (JSONC) for these domains. The backend is pinned to iptables: the floor is iptables-restore,
- * and the host's own /etc/libvirt/network.conf (outside the namespace) must not switch the hook to nftables.
+ * The hook's config (JSONC) for these domains. The backend is pinned (iptables by default): the floor is that
+ * backend's program, and the host's own /etc/libvirt/network.conf (outside the namespace) must not switch it.
  */
-export function configText(domains: DomainSpec[]): string {
-  const body: Record<string, unknown> = { "/settings": { backend: "iptables" } };
+export function configText(domains: DomainSpec[], backend: "iptables" | "nftables" = "iptables"): string {
+  const body: Record<string, unknown> = { "/settings": { backend } };
   for (const d of domains) {
     body[d.name] = { private_ip: d.privateIp, public_ip: PUBLIC_IP, port_map: { tcp: d.ports } };
   }

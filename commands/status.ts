@@ -1,7 +1,7 @@
 /** `status`: the live forwards by domain, and what stops them. */
 
 import { foreignGates } from "../backends/foreign.ts";
-import { asLiveForward, describeForward } from "../backends/forward.ts";
+import { describeForward, describePlan } from "../backends/forward.ts";
 import { blockedNote, blockers, gateName, openingLine } from "../backends/gates.ts";
 import { domainLabel } from "../backends/names.ts";
 import { readState } from "../backends/state.ts";
@@ -39,9 +39,7 @@ export async function status(deps: HookDeps, { only, json = false }: StatusOptio
     if (only !== undefined && domain !== only && domainLabel(domain) !== only) continue;
     const found = domainConfig(config, domain);
     const planned = new Set(
-      found.kind === "ok"
-        ? planForwards(found.entries, facts).forwards.map((f) => describeForward(asLiveForward(domain, f)))
-        : [],
+      found.kind === "ok" ? describePlan(domain, planForwards(found.entries, facts)) : [],
     );
     const running = await exists(`${runDir()}/${domain}.xml`);
     report.push({
@@ -49,8 +47,9 @@ export async function status(deps: HookDeps, { only, json = false }: StatusOptio
       running,
       inConfig: found.kind !== "absent",
       forwards: forwards.map((f) => {
-        const taken = hostListener(f, listeners);
-        const blocked = blockers(gates, livePacket(f, facts.connected)).map(blockedNote);
+        // An outbound NAT takes no port and passes no gate of ours: nothing to note.
+        const taken = f.outbound ? undefined : hostListener(f, listeners);
+        const blocked = f.outbound ? [] : blockers(gates, livePacket(f, facts.connected)).map(blockedNote);
         return {
           forward: describeForward(f),
           explained: planned.has(describeForward(f)),

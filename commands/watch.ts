@@ -1,6 +1,6 @@
 /** `watch`: puts our rules back after other software rewrote the firewall. */
 
-import { asLiveForward, describeForward } from "../backends/forward.ts";
+import { describeForward, describePlan } from "../backends/forward.ts";
 import { readState } from "../backends/state.ts";
 import { acceptMisplaced, exists, forwardsByDomain, runDir, runningDomains } from "./live.ts";
 import { domainConfig } from "../config.ts";
@@ -30,7 +30,7 @@ async function heal(deps: HookDeps): Promise<string[]> {
     if (deps.stateDir !== undefined && await exists(removedMarker(deps.stateDir, domain))) continue;
     const planned = planForwards(found.entries, facts);
     if (planned.problems.length > 0) continue;
-    const want = planned.forwards.map((f) => describeForward(asLiveForward(domain, f))).sort().join("\n");
+    const want = describePlan(domain, planned).sort().join("\n");
     const have = (live.get(domain) ?? []).map(describeForward).sort().join("\n");
     if (want === have && !acceptMisplaced(state, domain, planned.forwards)) continue;
     const xml = await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => "");

@@ -55,6 +55,11 @@ export const ENTRY_FIELDS = {
       "Every tcp and udp port of public_ip (and public_ipv6) that no other forward claims goes to " +
       "the same port of the guest. Needs an explicit public_ip.",
   },
+  snat: {
+    type: "boolean",
+    description: "The guest's own new outgoing connections (to anywhere but its own network) leave from " +
+      "public_ip (and public_ipv6) instead of the host's address: 1:1 NAT. Needs an explicit public_ip.",
+  },
 } as const;
 
 export function readDomain(
@@ -260,11 +265,48 @@ function readEntry(
       }
     }
   }
-  if (!fields.has("port_map") && !fields.has("port_range") && !allNode) {
+  const snatNode = fields.get("snat");
+  let snat = false;
+  if (snatNode && snatNode.type !== "boolean") {
+    fail(snatNode, jsonPath(path, "snat"), `Expected true or false, found ${kind(snatNode)}`);
+  } else if (snatNode?.value === true) {
+    const implicit = targets.filter((t) => t.publicIp === undefined);
+    if (implicit.length > 0) {
+      const want = implicit.map((t) => (t.family === 6 && targets.length > 1 ? "public_ipv6" : "public_ip"));
+      fail(
+        snatNode,
+        jsonPath(path, "snat"),
+        `snat makes the guest's connections leave from its public address, so it needs one given: set ${
+          want.join(" and ")
+        }`,
+      );
+    } else {
+      snat = true;
+      for (const t of targets) {
+        claims.push({
+          domain,
+          node: snatNode,
+          path: jsonPath(path, "snat"),
+          address: t.publicIp!,
+          protocol: "tcp",
+          first: 0,
+          last: 0,
+          snat: { privateIp: t.privateIp },
+        });
+      }
+    }
+  }
+  if (!fields.has("port_map") && !fields.has("port_range") && !allNode && !snatNode) {
     report(node, path, "Entry forwards no port: give port_map or port_range", { severity: "warning" });
   }
   if (failed) return undefined;
-  return { path, ...(iface === undefined ? {} : { interface: iface }), targets, ports };
+  return {
+    path,
+    ...(iface === undefined ? {} : { interface: iface }),
+    targets,
+    ports,
+    ...(snat ? { snat: true as const } : {}),
+  };
 }
 
 /**

@@ -57,6 +57,8 @@ export interface Entry {
   interface?: string;
   targets: Target[];
   ports: PortSpec[];
+  /** `snat`: the guest's own new outgoing connections leave from each target's public address. */
+  snat?: true;
 }
 
 /** Settings that are not about one domain. */

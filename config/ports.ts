@@ -19,6 +19,8 @@ export interface Claim {
   report?: Report;
   /** An `all_ports` claim: it takes what no other claim on its address takes, so it clashes only with another. */
   all?: { spec: PortSpec; family: Family };
+  /** A `snat` claim: the address is the outgoing source of this guest address, which may be one only. */
+  snat?: { privateIp: string };
 }
 
 type ClaimFn = (
@@ -159,9 +161,10 @@ function port(node: Node | undefined, path: string, fail: Report): number | unde
 export function reportClashes(claims: Claim[], report: Report) {
   fillAllPorts(claims);
   reportAllPortsClashes(claims, report);
+  reportSnatClashes(claims, report);
   const groups = new Map<string, Claim[]>();
   for (const c of claims) {
-    if (c.all) continue;
+    if (c.all || c.snat) continue;
     const key = `${c.protocol} ${c.address}`;
     const group = groups.get(key);
     if (group) group.push(c);
@@ -216,7 +219,7 @@ function fillAllPorts(claims: Claim[]) {
   for (const c of claims) {
     if (!c.all) continue;
     const taken = claims
-      .filter((o) => !o.all && o.address === c.address && o.protocol === c.protocol)
+      .filter((o) => !o.all && !o.snat && o.address === c.address && o.protocol === c.protocol)
       .map((o) => [o.first, o.last] as [number, number])
       .sort((a, b) => a[0] - b[0]);
     const merged: [number, number][] = [];
@@ -241,6 +244,23 @@ function reportAllPortsClashes(claims: Claim[], report: Report) {
       `Every ${c.protocol} port of ${c.address} is also claimed by ${other.path}${
         other.file !== c.file ? ` in ${other.file}` : ""
       } (all_ports)`,
+      { domains: [c.domain] },
+    );
+  }
+}
+
+/** One public address as the outgoing source (snat) of two guest addresses: both are reported. */
+function reportSnatClashes(claims: Claim[], report: Report) {
+  const snats = claims.filter((c) => c.snat);
+  for (const c of snats) {
+    const other = snats.find((o) => o.address === c.address && o.snat!.privateIp !== c.snat!.privateIp);
+    if (!other) continue;
+    (c.report ?? report)(
+      c.node,
+      c.path,
+      `${c.address} is also the outgoing address of ${other.snat!.privateIp} (${other.path}${
+        other.file !== c.file ? ` in ${other.file}` : ""
+      }); one public address can be the source of one guest address only`,
       { domains: [c.domain] },
     );
   }

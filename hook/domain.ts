@@ -1,6 +1,6 @@
 /** One domain's forwards: install, re-sync or remove them, and say what happened. */
 
-import type { Forward } from "../backends/forward.ts";
+import type { Forward, Snat } from "../backends/forward.ts";
 import { iptablesTools, type Tools } from "../backends/iptables.ts";
 import { domainHash } from "../backends/names.ts";
 import { type ApplyDeps, beginRead, type FirewallState } from "../backends/state.ts";
@@ -149,7 +149,8 @@ async function installWith(
     return fail("nothing was changed");
   }
   try {
-    const sync = () => syncDomain(domain, plan.forwards, applyDeps(deps, config, facts), reading);
+    const sync = () =>
+      syncDomain(domain, plan.forwards, applyDeps(deps, config, facts), { read: reading, snats: plan.snats });
     const changes = reading ? await sync() : await deps.lock(sync);
     await hairpinPorts(domain, plan.forwards, facts, deps);
     deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}`);
@@ -186,7 +187,7 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
   if (config.broken || found.kind === "invalid") {
     return keep(`problems in ${config.file} (above, or all of them with "qemu check")`);
   }
-  let forwards: Forward[] = [];
+  let forwards: Forward[] = [], snats: Snat[] = [];
   if (found.kind === "ok") {
     const plan = planForwards(found.entries, facts);
     if (plan.problems.length > 0) {
@@ -194,9 +195,12 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
       return keep("its forwards cannot be planned");
     }
     forwards = plan.forwards;
+    snats = plan.snats;
   }
   try {
-    const changes = await deps.lock(() => syncDomain(domain, forwards, applyDeps(deps, config, facts)));
+    const changes = await deps.lock(() =>
+      syncDomain(domain, forwards, applyDeps(deps, config, facts), { snats })
+    );
     if (forwards.length > 0) await hairpinPorts(domain, forwards, facts, deps);
     if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, forwards)}`);
     return true;
