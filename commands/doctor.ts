@@ -1,14 +1,14 @@
 /** `doctor`: walks each forward's path, link by link, and says what is OK, what is wrong, and what fixes it. */
 
 import { foreignGates } from "../backends/foreign.ts";
-import { asLiveForward, describeForward } from "../backends/forward.ts";
+import { asLiveForward, asLiveSnat, describeForward } from "../backends/forward.ts";
 import { readState } from "../backends/state.ts";
 import { acceptMisplaced, forwardsByDomain, knownNames, runDir, runningDomains } from "./live.ts";
 import { domainConfig } from "../config.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { applyDeps, loadFor } from "../hook/domain.ts";
 import { planForwards } from "../rules.ts";
-import { type DoctorReport, fail, type Finding, type ForwardReport } from "./doctor_findings.ts";
+import { type DoctorReport, fail, type Finding, type ForwardReport, ok } from "./doctor_findings.ts";
 import { forwardFindings, readCounters } from "./doctor_forward.ts";
 import { allChains, hostFindings } from "./doctor_host.ts";
 
@@ -107,6 +107,19 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
           misplaced: acceptMisplaced(state, domain, [f]),
           counters,
         }),
+      });
+    }
+    // Outbound NAT (snat): live as planned, or not.
+    for (const s of plan.snats) {
+      const text = describeForward(asLiveSnat(domain, s));
+      forwards.push({
+        domain,
+        forward: text,
+        findings: [
+          liveText.has(text)
+            ? ok(`the guest's new outgoing connections leave from ${s.publicIp}`)
+            : fail("the outbound NAT is not live", `qemu apply ${domain}   (or restart the guest)`),
+        ],
       });
     }
   }

@@ -221,6 +221,11 @@ for (const v of VARIANTS) {
         assert.match(status.stdout, new RegExp(`  snat ${A.g1v4} -> ${pub4} \\(outgoing connections\\)\\n`));
         assert.match(status.stdout, new RegExp(`  snat ${A.g1v6} -> ${pub6} \\(outgoing connections\\)\\n`));
         assert.doesNotMatch(status.stdout, /not explained by the config/);
+        const doctor = await run(lab, file, ["doctor", "g1"]);
+        assert.match(
+          doctor.stdout,
+          new RegExp(`ok +the guest's new outgoing connections leave from ${pub4}\n`),
+        );
         for (const d of ["g1", "g2"]) {
           assert.equal((await run(lab, file, [d, "stopped", "end", "-"], d)).code, 0);
         }
@@ -229,6 +234,8 @@ for (const v of VARIANTS) {
           pristine,
         );
         assert.equal(await outgoing(lab.ns.g1, A.client4), `client ${A.hostPub4}`);
+        const after = await run(lab, file, ["doctor", "g1"]);
+        assert.match(after.stdout, /FAIL +the outbound NAT is not live\n/);
       } finally {
         await lab.close();
         await Deno.remove(file);
