@@ -334,21 +334,20 @@ async function runScenario(
   for (const d of names) plans.set(d, await planFor(ctx, sc.id, config, d));
 
   const times = new Map<string, number[]>();
-  const key = (f: FormId, op: Op) => `${f}/${op}`;
   const ext = new Map<FormId, Awaited<ReturnType<typeof extras>>>();
   for (const form of ctx.forms) {
     // Warm-up: the first call after install fills the module/emit cache; it is reported, not counted.
     const first = await hookCall(ctx, form, config, names[0]!, "start");
     if (!ctx.cold.has(form.id)) ctx.cold.set(form.id, first.ms);
     await hookCall(ctx, form, config, names[0]!, "stopped");
-    for (const op of OPS) times.set(key(form.id, op), []);
+    for (const op of OPS) times.set(timeKey(form.id, op), []);
   }
   let hookLines: string[] = [];
   const hookRun = async (r: number) => {
     for (const form of ctx.forms) {
       progress(ctx, `${where}: ${form.id} run ${r + 1}/${sc.runs}`);
       for (const d of names) {
-        times.get(key(form.id, "start"))!.push((await hookCall(ctx, form, config, d, "start")).ms);
+        times.get(timeKey(form.id, "start"))!.push((await hookCall(ctx, form, config, d, "start")).ms);
       }
       if (r === 0) {
         const text = await save(ctx);
@@ -367,7 +366,7 @@ async function runScenario(
         ext.set(form.id, await extras(ctx, form, config, last));
       }
       for (const d of names) {
-        times.get(key(form.id, "stopped"))!.push((await hookCall(ctx, form, config, d, "stopped")).ms);
+        times.get(timeKey(form.id, "stopped"))!.push((await hookCall(ctx, form, config, d, "stopped")).ms);
       }
       if (r === 0) await expectOurs(ctx, none, `${where} ${form.id}: after stopped`);
     }
@@ -420,43 +419,13 @@ async function runScenario(
     }
   }
 
-  const rows: Row[] = [];
-  for (const form of ctx.forms) {
-    for (const op of OPS) {
-      const samples = times.get(key(form.id, op))!;
-      const time = summarize(samples);
-      const fl = summarize(floor[op]);
-      const nftFloor = ctx.nft.ok ? summarize(nft[op]) : undefined;
-      const st = startup.get(form.id)!;
-      const e = ext.get(form.id)?.[op];
-      // The hook removes with one nft transaction where iptables is iptables-nft (strace shows which, when there).
-      const byNft = op === "stopped" && nftFloor !== undefined &&
-        (e?.processes ? !e.processes.names.includes("iptables-restore") : ctx.iptablesNft);
-      const target = byNft ? nftFloor : fl;
-      const extraMs = time.median - (target.median + st.median - launcher.median);
-      rows.push({
-        scenario: sc.label,
-        firewall: ctx.firewall,
-        form: form.id,
-        op,
-        forwards: perDomain,
-        domains: names.length,
-        samples,
-        time,
-        floor: fl,
-        nftFloor,
-        floorBy: byNft ? "nft" : "iptables-restore",
-        startup: st,
-        launcherMs: launcher.median,
-        extraMs,
-        ratio: time.median / target.median,
-        timeMet: extraMs <= SLACK_MS,
-        processes: e?.processes,
-        rssMb: e?.rssMb,
-      });
-    }
-  }
-  return rows;
+  return rowsOf(ctx, sc, { times, ext, startup, launcher }, (op, e) => {
+    const nftFloor = ctx.nft.ok ? summarize(nft[op]) : undefined;
+    // The hook removes with one nft transaction where iptables is iptables-nft (strace shows which, when there).
+    const byNft = op === "stopped" && nftFloor !== undefined &&
+      (e?.processes ? !e.processes.names.includes("iptables-restore") : ctx.iptablesNft);
+    return { floor: summarize(floor[op]), nftFloor, byNft };
+  });
 }
 
 /** Our nftables table as nft lists it (JSON), or an empty listing where there is none. */
@@ -482,7 +451,6 @@ async function runNftScenario(
   await Deno.writeTextFile(config, configText(sc.domains, "nftables"));
   const names = sc.domains.map((d) => d.name);
   const last = names[names.length - 1]!;
-  const perDomain = sc.domains[0]!.ports.length;
   const where = `${ctx.firewall} ${sc.label}`;
   progress(ctx, `${where}: plans`);
   const plans = new Map<string, string>();
@@ -495,26 +463,25 @@ async function runNftScenario(
     }
   };
   const times = new Map<string, number[]>();
-  const key = (f: FormId, op: Op) => `${f}/${op}`;
   const ext = new Map<FormId, Awaited<ReturnType<typeof extras>>>();
   for (const form of ctx.forms) {
     const first = await hookCall(ctx, form, config, names[0]!, "start");
     if (!ctx.cold.has(form.id)) ctx.cold.set(form.id, first.ms);
     await hookCall(ctx, form, config, names[0]!, "stopped");
-    for (const op of OPS) times.set(key(form.id, op), []);
+    for (const op of OPS) times.set(timeKey(form.id, op), []);
   }
   const hookRun = async (r: number) => {
     for (const form of ctx.forms) {
       progress(ctx, `${where}: ${form.id} run ${r + 1}/${sc.runs}`);
       for (const d of names) {
-        times.get(key(form.id, "start"))!.push((await hookCall(ctx, form, config, d, "start")).ms);
+        times.get(timeKey(form.id, "start"))!.push((await hookCall(ctx, form, config, d, "start")).ms);
       }
       if (r === 0) {
         await expectMine(names.length, `${where} ${form.id}: after start`);
         ext.set(form.id, await extras(ctx, form, config, last));
       }
       for (const d of names) {
-        times.get(key(form.id, "stopped"))!.push((await hookCall(ctx, form, config, d, "stopped")).ms);
+        times.get(timeKey(form.id, "stopped"))!.push((await hookCall(ctx, form, config, d, "stopped")).ms);
       }
       if (r === 0) await expectMine(0, `${where} ${form.id}: after stopped`);
     }
@@ -534,31 +501,59 @@ async function runNftScenario(
     if (r < sc.runs) await hookRun(r);
     if (r < sc.floorRuns) await floorRun(r);
   }
+  // The iptables-restore floor does not apply: `-` in its column.
+  return rowsOf(
+    ctx,
+    sc,
+    { times, ext, startup, launcher },
+    (op) => ({ floor: summarize([]), nftFloor: summarize(nft[op]), byNft: true }),
+  );
+}
+
+/**
+ * A scenario's rows, per form and operation: the hook's times against the floor of the program it changed the
+ * firewall with (`floorOf` says which, from the processes it ran), plus the runtime's startup.
+ */
+function rowsOf(
+  ctx: Context,
+  sc: Scenario,
+  m: {
+    times: Map<string, number[]>;
+    ext: Map<FormId, Awaited<ReturnType<typeof extras>>>;
+    startup: Map<FormId, Summary>;
+    launcher: Summary;
+  },
+  floorOf: (
+    op: Op,
+    e: { processes: Spawned | undefined } | undefined,
+  ) => { floor: Summary; nftFloor: Summary | undefined; byNft: boolean },
+): Row[] {
   const rows: Row[] = [];
   for (const form of ctx.forms) {
     for (const op of OPS) {
-      const samples = times.get(key(form.id, op))!;
+      const samples = m.times.get(timeKey(form.id, op))!;
       const time = summarize(samples);
-      const nftFloor = summarize(nft[op]);
-      const st = startup.get(form.id)!;
-      const e = ext.get(form.id)?.[op];
-      const extraMs = time.median - (nftFloor.median + st.median - launcher.median);
+      const st = m.startup.get(form.id)!;
+      const e = m.ext.get(form.id)?.[op];
+      const { floor, nftFloor, byNft } = floorOf(op, e);
+      const target = byNft ? nftFloor! : floor;
+      const extraMs = time.median - (target.median + st.median - m.launcher.median);
       rows.push({
         scenario: sc.label,
         firewall: ctx.firewall,
         form: form.id,
         op,
-        forwards: perDomain,
-        domains: names.length,
+        forwards: sc.domains[0]!.ports.length,
+        domains: sc.domains.length,
         samples,
         time,
-        floor: summarize([]),
+        floor,
         nftFloor,
-        floorBy: "nft",
+        floorBy: byNft ? "nft" : "iptables-restore",
         startup: st,
-        launcherMs: launcher.median,
+        launcherMs: m.launcher.median,
         extraMs,
-        ratio: time.median / nftFloor.median,
+        ratio: time.median / target.median,
         timeMet: extraMs <= SLACK_MS,
         processes: e?.processes,
         rssMb: e?.rssMb,
@@ -566,6 +561,11 @@ async function runNftScenario(
     }
   }
   return rows;
+}
+
+/** The key of one form's and operation's times in a scenario. */
+function timeKey(form: FormId, op: Op): string {
+  return `${form}/${op}`;
 }
 
 /** CPU time so far: of the whole machine (busy and total) and of this process with its reaped children. */

@@ -19,7 +19,9 @@ import {
 } from "../system/host.ts";
 
 export async function check(deps: HookDeps): Promise<number> {
-  const { config, facts } = await loadFor(deps);
+  // Read once: the config and its drop-ins, validated and counted.
+  const source = readConfigSource(configCandidates(deps.env));
+  const { config, facts } = await loadFor(deps, { source });
   if (!config.exists) {
     deps.problem(
       `No config file found (looked for ${
@@ -55,7 +57,7 @@ export async function check(deps: HookDeps): Promise<number> {
   const backend = "error" in firewall
     ? `unknown (setting "${config.settings.backend}"; cannot read the firewall: ${firewall.error})`
     : describeBackend(config.settings.backend, firewall);
-  const dropIns = readConfigSource(configCandidates(deps.env)).dropIns?.length ?? 0;
+  const dropIns = source.dropIns?.length ?? 0;
   const more = dropIns === 0 ? "" : ` (and ${dropIns} drop-in file(s) in ${DROP_IN_DIR}/)`;
   console.log(`${config.file}${more}: OK, ${config.domains.size} domain(s); firewall backend: ${backend}`);
   return 0;

@@ -221,6 +221,7 @@ function readEntry(
     for (const t of targets) {
       const addr = t.publicIp ?? options.defaultPublicIp?.[t.family] ?? `default IPv${t.family} address`;
       claims.push({
+        report,
         domain,
         node: n,
         path: p,
@@ -252,6 +253,7 @@ function readEntry(
         ports.push(spec);
         for (const t of targets) {
           claims.push({
+            report,
             domain,
             node: allNode,
             path: jsonPath(path, "all_ports"),
@@ -284,6 +286,7 @@ function readEntry(
       snat = true;
       for (const t of targets) {
         claims.push({
+          report,
           domain,
           node: snatNode,
           path: jsonPath(path, "snat"),

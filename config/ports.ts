@@ -14,9 +14,10 @@ export interface Claim {
   protocol: Protocol;
   first: number;
   last: number;
-  /** The file the claim is in, and how to report there (set where a config has several files). */
+  /** How to report a problem where the claim is, in its own file. */
+  report: Report;
+  /** The file the claim is in (set where a config has several files). */
   file?: string;
-  report?: Report;
   /** An `all_ports` claim: it takes what no other claim on its address takes, so it clashes only with another. */
   all?: { spec: PortSpec; family: Family };
   /** A `snat` claim: the address is the outgoing source of this guest address, which may be one only. */
@@ -158,10 +159,9 @@ function port(node: Node | undefined, path: string, fail: Report): number | unde
   return undefined;
 }
 
-export function reportClashes(claims: Claim[], report: Report) {
+export function reportClashes(claims: Claim[]) {
   fillAllPorts(claims);
-  reportAllPortsClashes(claims, report);
-  reportSnatClashes(claims, report);
+  reportWholeAddresses(claims);
   const groups = new Map<string, Claim[]>();
   for (const c of claims) {
     if (c.all || c.snat) continue;
@@ -186,13 +186,11 @@ export function reportClashes(claims: Claim[], report: Report) {
     for (const c of clashing) {
       const other = partner.get(c)!;
       const ports = (x: Claim) => (x.first === x.last ? `${x.first}` : `${x.first}-${x.last}`);
-      report(
-        c.node,
-        c.path,
-        `Public ${c.protocol} port ${ports(c)} on ${c.address} is also claimed by ${other.path}${
-          other.file !== c.file ? ` in ${other.file}` : ""
-        } (${ports(other)})`,
-        { domains: [c.domain] },
+      reportAt(
+        c,
+        `Public ${c.protocol} port ${ports(c)} on ${c.address} is also claimed by ${where(other, c)} (${
+          ports(other)
+        })`,
       );
     }
   }
@@ -232,36 +230,34 @@ function fillAllPorts(claims: Claim[]) {
   }
 }
 
-/** Two `all_ports` on one public address and protocol: both are reported (which would take the ports?). */
-function reportAllPortsClashes(claims: Claim[], report: Report) {
-  const all = claims.filter((c) => c.all);
-  for (const c of all) {
-    const other = all.find((o) => o !== c && o.address === c.address && o.protocol === c.protocol);
+/**
+ * The claims that take a whole public address, each reported where another takes it too: two `all_ports` on one
+ * address and protocol (which would get the ports?), or one address as the outgoing source (snat) of two guests.
+ */
+function reportWholeAddresses(claims: Claim[]) {
+  const whole = claims.filter((c) => c.all || c.snat);
+  for (const c of whole) {
+    const other = whole.find((o) =>
+      o !== c && o.address === c.address &&
+      (c.all ? o.all && o.protocol === c.protocol : o.snat && o.snat.privateIp !== c.snat!.privateIp)
+    );
     if (!other) continue;
-    (c.report ?? report)(
-      c.node,
-      c.path,
-      `Every ${c.protocol} port of ${c.address} is also claimed by ${other.path}${
-        other.file !== c.file ? ` in ${other.file}` : ""
-      } (all_ports)`,
-      { domains: [c.domain] },
+    reportAt(
+      c,
+      c.all
+        ? `Every ${c.protocol} port of ${c.address} is also claimed by ${where(other, c)} (all_ports)`
+        : `${c.address} is also the outgoing address of ${other.snat!.privateIp} (${where(other, c)}); ` +
+          "one public address can be the source of one guest address only",
     );
   }
 }
 
-/** One public address as the outgoing source (snat) of two guest addresses: both are reported. */
-function reportSnatClashes(claims: Claim[], report: Report) {
-  const snats = claims.filter((c) => c.snat);
-  for (const c of snats) {
-    const other = snats.find((o) => o.address === c.address && o.snat!.privateIp !== c.snat!.privateIp);
-    if (!other) continue;
-    (c.report ?? report)(
-      c.node,
-      c.path,
-      `${c.address} is also the outgoing address of ${other.snat!.privateIp} (${other.path}${
-        other.file !== c.file ? ` in ${other.file}` : ""
-      }); one public address can be the source of one guest address only`,
-      { domains: [c.domain] },
-    );
-  }
+/** Reports a problem of a claim's domain where the claim is, in its own file (see parseConfigs). */
+function reportAt(c: Claim, message: string) {
+  c.report(c.node, c.path, message, { domains: [c.domain] });
+}
+
+/** Where another claim is, as a claim's problem names it: its path, and its file where that is another. */
+function where(other: Claim, c: Claim): string {
+  return `${other.path}${other.file !== c.file ? ` in ${other.file}` : ""}`;
 }

@@ -91,10 +91,8 @@ export function parseConfigs(texts: ConfigText[], options: ValidateOptions = {})
   if (!jsonc) throw new Error("Cannot parse the config: the parser is not loaded (await loadParser() first)");
   const shared: Shared = { claims: [], domains: new Map(), settings: [] };
   const configs = texts.map((t) => parseOne(t.text, t.file, options, t.invalidUtf8 ?? [], shared));
-  reportClashes(shared.claims, (node, path, message, extra) => {
-    // A clash is reported where the claim is, in its own file (see readDomain).
-    shared.claims.find((c) => c.node === node)?.report?.(node, path, message, extra);
-  });
+  // Each clash is reported where its claim is, in its own file: every claim carries its file's report.
+  reportClashes(shared.claims);
   const elsewhere = (here: KeyPlace, places: KeyPlace[]) =>
     places.filter((p) => p.file !== here.file).map((p) => {
       const { line, column } = p.at(p.node.offset);
@@ -249,7 +247,7 @@ function parseOne(
     if (entries) config.domains.set(key, entries);
   }
   // Clashes are found over every file's claims together (see parseConfigs); each is reported in its own file.
-  shared.claims.push(...claims.map((c) => ({ ...c, file, report })));
+  shared.claims.push(...claims.map((c) => ({ ...c, file })));
   return config;
 }
 

@@ -42,6 +42,34 @@ function byTable(ruleset: string): string {
   return ruleset.split(/^(?=table )/m).map((t) => t.trimEnd()).sort().join("\n");
 }
 
+/** Every rule of the lab's host: both iptables families, and nftables with its tables in name order. */
+async function firewall(lab: Lab): Promise<string> {
+  return `${await lab.ruleset(4)}\n${await lab.ruleset(6)}\n${byTable(await lab.nftRuleset())}`;
+}
+
+/** A lab wired as `options` say and a config file for it, handed to `fn`, both gone after it. */
+async function withLab(
+  options: Parameters<typeof createLab>[0],
+  fn: (lab: Lab, file: string) => Promise<void>,
+): Promise<void> {
+  const lab = await createLab(options);
+  const file = await Deno.makeTempFile({ suffix: ".jsonc" });
+  try {
+    await fn(lab, file);
+  } finally {
+    await lab.close();
+    await Deno.remove(file);
+  }
+}
+
+/** A second public address of the host (on pub0), in both families, for a guest of its own. */
+async function secondAddress(lab: Lab): Promise<[string, string]> {
+  const [pub4, pub6] = ["203.0.113.2", "2001:db8:1::2"];
+  await lab.exec(lab.ns.host, ["ip", "address", "add", `${pub4}/24`, "dev", "pub0"]);
+  await lab.exec(lab.ns.host, ["ip", "address", "add", `${pub6}/64`, "dev", "pub0", "nodad"]);
+  return [pub4, pub6];
+}
+
 const VARIANTS = [
   { libvirt: "iptables" as const, backend: "iptables", ok: can.ok },
   { libvirt: "nftables" as const, backend: "iptables", ok: can.ok && nft },
@@ -57,9 +85,7 @@ for (const v of VARIANTS) {
     sanitizeOps: false,
     sanitizeResources: false,
     async fn() {
-      const lab = await createLab({ libvirt: v.libvirt });
-      const file = await Deno.makeTempFile({ suffix: ".jsonc" });
-      try {
+      await withLab({ libvirt: v.libvirt }, async (lab, file) => {
         await Deno.writeTextFile(
           file,
           `{"/settings": {"backend": "${v.backend}"},
@@ -67,7 +93,7 @@ for (const v of VARIANTS) {
                    "port_range": [{"init_port": 30000, "ports_num": 3, "protocol": "tcp", "to_port": 40000}]}}`,
         );
         for (const p of [40000, 40002]) await lab.serve(lab.ns.g1, "tcp", p, `g1-${p}`);
-        const pristine = `${await lab.ruleset(4)}\n${await lab.ruleset(6)}\n${await lab.nftRuleset()}`;
+        const pristine = await firewall(lab);
         const started = await run(lab, file, ["g1", "start", "begin", "-"], "g1");
         assert.equal(started.code, 0, started.stderr);
         for (const [pub, guest] of [[30000, 40000], [30002, 40002]] as const) {
@@ -83,11 +109,8 @@ for (const v of VARIANTS) {
           new RegExp(`tcp \\[${A.hostPub6}\\]:30000-30002 -> \\[${A.g1v6}\\]:40000-40002\\n`),
         );
         assert.equal((await run(lab, file, ["g1", "stopped", "end", "-"], "g1")).code, 0);
-        assert.equal(`${await lab.ruleset(4)}\n${await lab.ruleset(6)}\n${await lab.nftRuleset()}`, pristine);
-      } finally {
-        await lab.close();
-        await Deno.remove(file);
-      }
+        assert.equal(await firewall(lab), pristine);
+      });
     },
   });
 }
@@ -101,13 +124,9 @@ for (const v of VARIANTS) {
     sanitizeOps: false,
     sanitizeResources: false,
     async fn() {
-      const lab = await createLab({ libvirt: v.libvirt });
-      const file = await Deno.makeTempFile({ suffix: ".jsonc" });
-      // A second public address of the host, given to g2 whole; g1 keeps one port of it.
-      const [pub4, pub6] = ["203.0.113.2", "2001:db8:1::2"];
-      try {
-        await lab.exec(lab.ns.host, ["ip", "address", "add", `${pub4}/24`, "dev", "pub0"]);
-        await lab.exec(lab.ns.host, ["ip", "address", "add", `${pub6}/64`, "dev", "pub0", "nodad"]);
+      await withLab({ libvirt: v.libvirt }, async (lab, file) => {
+        // A second public address of the host, given to g2 whole; g1 keeps one port of it.
+        const [pub4, pub6] = await secondAddress(lab);
         await Deno.writeTextFile(
           file,
           `{"/settings": {"backend": "${v.backend}"},
@@ -119,7 +138,7 @@ for (const v of VARIANTS) {
         await lab.serve(lab.ns.g2, "tcp", 8080, "g2-8080");
         await lab.serve(lab.ns.g2, "tcp", 22, "g2-22");
         await lab.serve(lab.ns.g2, "udp", 5353, "g2-dns");
-        const pristine = `${await lab.ruleset(4)}\n${await lab.ruleset(6)}\n${await lab.nftRuleset()}`;
+        const pristine = await firewall(lab);
         for (const order of [["g1", "g2"], ["g2", "g1"]]) {
           for (const d of order) {
             const r = await run(lab, file, [d, "start", "begin", "-"], d);
@@ -145,14 +164,11 @@ for (const v of VARIANTS) {
           assert.match(status.stdout, new RegExp(`udp \\[${pub6}\\]:1-65535 -> \\[${A.g2v6}\\]:1-65535\\n`));
           for (const d of order) assert.equal((await run(lab, file, [d, "stopped", "end", "-"], d)).code, 0);
           assert.equal(
-            `${await lab.ruleset(4)}\n${await lab.ruleset(6)}\n${await lab.nftRuleset()}`,
+            await firewall(lab),
             pristine,
           );
         }
-      } finally {
-        await lab.close();
-        await Deno.remove(file);
-      }
+      });
     },
   });
 }
@@ -166,13 +182,9 @@ for (const v of VARIANTS) {
     sanitizeOps: false,
     sanitizeResources: false,
     async fn() {
-      const lab = await createLab({ libvirt: v.libvirt, ipv6Forward: "routed" });
-      const file = await Deno.makeTempFile({ suffix: ".jsonc" });
-      // The guest's own public address, beside the host's.
-      const [pub4, pub6] = ["203.0.113.2", "2001:db8:1::2"];
-      try {
-        await lab.exec(lab.ns.host, ["ip", "address", "add", `${pub4}/24`, "dev", "pub0"]);
-        await lab.exec(lab.ns.host, ["ip", "address", "add", `${pub6}/64`, "dev", "pub0", "nodad"]);
+      await withLab({ libvirt: v.libvirt, ipv6Forward: "routed" }, async (lab, file) => {
+        // The guest's own public address, beside the host's.
+        const [pub4, pub6] = await secondAddress(lab);
         await Deno.writeTextFile(
           file,
           `{"/settings": {"backend": "${v.backend}"},
@@ -186,9 +198,7 @@ for (const v of VARIANTS) {
         const outgoing = (ns: string, ip: string) => lab.connect(ns, "tcp", ip, 9000);
         // libvirt's masquerade: the guests leave from the host's address.
         assert.equal(await outgoing(lab.ns.g1, A.client4), `client ${A.hostPub4}`);
-        const pristine = `${await lab.ruleset(4)}\n${await lab.ruleset(6)}\n${
-          byTable(await lab.nftRuleset())
-        }`;
+        const pristine = await firewall(lab);
         for (const d of ["g1", "g2"]) {
           const r = await run(lab, file, [d, "start", "begin", "-"], d);
           assert.equal(r.code, 0, r.stderr);
@@ -230,16 +240,13 @@ for (const v of VARIANTS) {
           assert.equal((await run(lab, file, [d, "stopped", "end", "-"], d)).code, 0);
         }
         assert.equal(
-          `${await lab.ruleset(4)}\n${await lab.ruleset(6)}\n${byTable(await lab.nftRuleset())}`,
+          await firewall(lab),
           pristine,
         );
         assert.equal(await outgoing(lab.ns.g1, A.client4), `client ${A.hostPub4}`);
         const after = await run(lab, file, ["doctor", "g1"]);
         assert.match(after.stdout, /FAIL +the outbound NAT is not live\n/);
-      } finally {
-        await lab.close();
-        await Deno.remove(file);
-      }
+      });
     },
   });
 }
