@@ -23,9 +23,15 @@ Deno.test("parseConfig() reports each mistake as file:line:column: message (json
     ["a malformed address", `{"web1": {"private_ip": "192.168.122.300", "port_map": {"tcp": [22]}}}`, [
       'hooks.jsonc:1:25: Not an IP address (web1.private_ip = "192.168.122.300")',
     ]],
-    ["a missing private_ip", `{"web1": {"port_map": {"tcp": [22]}}}`, [
-      'hooks.jsonc:1:10: Missing required field "private_ip" (web1)',
-    ]],
+    [
+      "a public address of the other family than the guest's (found) address",
+      `{"web1": {"source_ip": "10.0.0.0/8", "public_ip": "2001:db8::1", "port_map": {"tcp": [22]}}}`,
+      [
+        // The found address takes public_ip's family; source_ip must follow it.
+        "hooks.jsonc:1:24: Cannot forward between families: the guest's address is IPv6, source_ip is IPv4 " +
+        '(web1.source_ip = "10.0.0.0/8")',
+      ],
+    ],
     [
       "a port out of range and a port as a string",
       `{"w": {"private_ip": "10.0.0.1",\n "port_map": {"tcp": [[70000, 22], "80"]}}}`,
@@ -642,4 +648,18 @@ Deno.test("parseConfig() reads snat: an explicit public address, the outgoing so
       "hooks.jsonc:3:75: 203.0.113.9 is also the outgoing address of 10.0.0.1 (a.snat); one public address can be the source of one guest address only (b.snat = true)",
     ],
   );
+});
+
+Deno.test("parseConfig() takes an entry without private_ip: the guest's address is found when it starts", () => {
+  const config = parseConfig(
+    `{"a": {"port_map": {"tcp": [22]}},
+      "b": {"public_ip": "2001:db8::7", "port_map": {"tcp": [22]}},
+      "c": {"private_ipv6": "fd00::10", "port_map": {"tcp": [23]}}}`,
+    "hooks.jsonc",
+  );
+  assert.deepEqual(config.diagnostics, []);
+  // IPv4 where nothing says; the family of public_ip where it does; no found target beside an explicit IPv6 one.
+  assert.deepEqual(config.domains.get("a")?.[0]?.targets, [{ family: 4 }]);
+  assert.deepEqual(config.domains.get("b")?.[0]?.targets, [{ family: 6, publicIp: "2001:db8::7" }]);
+  assert.deepEqual(config.domains.get("c")?.[0]?.targets, [{ family: 6, privateIp: "fd00::10" }]);
 });

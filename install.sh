@@ -155,7 +155,7 @@ if [ -z "$built" ]; then
   cp "$(readlink -f "$(command -v deno)")" "$stage/$NAME/deno"
   # Every module, the lazily loaded ones too: deno cache does not insist on what is only imported dynamically.
   (cd "$stage/$NAME/src" && DENO_DIR="$stage/$NAME/cache" DENO_NO_UPDATE_CHECK=1 \
-    deno cache --quiet main.ts commands/cli.ts config/jsonc.ts) ||
+    deno cache --quiet main.ts commands/cli.ts config/jsonc.ts system/saxes.ts) ||
     die "Cannot fill the module cache (it needs the npm registry once, at install time)"
   # What runs is a bundle of those sources (deno bundle, offline from that cache): one module for what every hook
   # call needs, instead of a graph of a dozen resolved through deno.json and the lock file (~2 ms per call); the

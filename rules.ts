@@ -53,6 +53,12 @@ export function planForwards(
   const problems: string[] = [];
   for (const entry of entries) {
     for (const t of entry.targets) {
+      if (t.privateIp === undefined) {
+        // Found before planning (hook/guest.ts); a target still without one waits for the guest's lease.
+        problems.push(`${entry.path}: the guest's IPv${t.family} address is not known`);
+        continue;
+      }
+      const privateIp = t.privateIp;
       let publicIp = t.publicIp;
       if (publicIp === undefined) {
         const found = facts.defaultPublicIp[t.family];
@@ -71,7 +77,7 @@ export function planForwards(
         }
         publicIp = found.address;
       }
-      const priv = parseAddress(t.privateIp)!;
+      const priv = parseAddress(privateIp)!;
       const net = connectedNetworkOf(facts.connected, priv);
       const hairpinFrom = net ? formatNetwork(net) : `${priv.text}/${priv.family === 4 ? 32 : 128}`;
       // The optional fields are the same for every port of the target: made once, not twice per port.
@@ -79,7 +85,7 @@ export function planForwards(
       if (t.source !== undefined) optional.source = t.source;
       if (entry.interface !== undefined) optional.interface = entry.interface;
       if (entry.snat) {
-        snats.push({ family: t.family, privateIp: t.privateIp, publicIp, network: hairpinFrom });
+        snats.push({ family: t.family, privateIp, publicIp, network: hairpinFrom });
       }
       for (const p of entry.ports) {
         (p.all ? everyPort : forwards).push({
@@ -87,7 +93,7 @@ export function planForwards(
           protocol: p.protocol,
           publicIp,
           publicPort: p.publicPort,
-          privateIp: t.privateIp,
+          privateIp,
           privatePort: p.privatePort,
           count: p.count,
           hairpinFrom,

@@ -2,11 +2,12 @@
 
 import { foreignGates } from "../backends/foreign.ts";
 import { gateName } from "../backends/gates.ts";
-import { describeBackend, readFirewall } from "./live.ts";
-import { type Entry, jsonPath } from "../config/model.ts";
+import { describeBackend, guestXml, readFirewall } from "./live.ts";
+import { type Config, type Entry, jsonPath } from "../config/model.ts";
 import { configCandidates, DROP_IN_DIR, dropInDirOf, readConfigSource } from "../config/source.ts";
 import type { HookDeps } from "../hook/deps.ts";
-import { applyDeps, loadFor } from "../hook/domain.ts";
+import { applyDeps, forwardsOf, loadFor } from "../hook/domain.ts";
+import { waitingNote } from "../hook/guest.ts";
 import { gateLines } from "../hook/warnings.ts";
 import { planForwards } from "../rules.ts";
 import { parseAddress } from "../system/address.ts";
@@ -18,10 +19,14 @@ import {
   readListeners,
 } from "../system/host.ts";
 
-export async function check(deps: HookDeps): Promise<number> {
+export async function check(
+  deps: HookDeps,
+  { domain }: { domain?: string | undefined } = {},
+): Promise<number> {
   // Read once: the config and its drop-ins, validated and counted.
   const source = readConfigSource(configCandidates(deps.env));
   const { config, facts } = await loadFor(deps, { source });
+  if (domain !== undefined) return await checkDomain(domain, config, facts, deps);
   if (!config.exists) {
     deps.problem(
       `No config file found (looked for ${
@@ -63,6 +68,43 @@ export async function check(deps: HookDeps): Promise<number> {
   return 0;
 }
 
+/**
+ * `check --domain`: the config's problems (printed by loadFor) and the forwards in the guest's XML, positioned
+ * there, with the guest addresses found for them; what start would do, in one line.
+ */
+async function checkDomain(
+  domain: string,
+  config: Config,
+  facts: HostFacts,
+  deps: HookDeps,
+): Promise<number> {
+  const xml = await guestXml(deps, domain);
+  if (xml === undefined) {
+    deps.problem(`warning: no guest "${domain}" is defined here (virsh dumpxml found none)`);
+  }
+  const found = await forwardsOf(domain, { config, facts, xml, deps });
+  if (found.kind === "invalid") {
+    for (const line of found.lines) deps.problem(line);
+    deps.problem(`${domain}: ${found.why}; its start would fail`);
+    return 1;
+  }
+  const errors = config.diagnostics.filter((d) => d.severity === "error" && d.domains === undefined).length;
+  if (errors > 0) {
+    deps.problem(`${config.file}: ${errors} error(s) of the whole file; no domain will start`);
+    return 1;
+  }
+  if (found.kind === "absent") {
+    console.log(`${domain}: OK, no forwards (not in ${config.file}, none in its XML)`);
+    return 0;
+  }
+  const where = found.metadata
+    ? `${config.domains.has(domain) ? "the config and " : ""}its XML`
+    : config.file;
+  const waiting = found.waiting.map((w) => `; ${w.entry} ${waitingNote(w)}`).join("");
+  console.log(`${domain}: OK, ${found.forwards.length} forward(s) from ${where}${waiting}`);
+  return 0;
+}
+
 /** Warnings about what validates but will not work on this host. */
 function hostWarnings(domains: Map<string, Entry[]>, facts: HostFacts): string[] {
   const { connected } = facts;
@@ -93,7 +135,7 @@ function hostWarnings(domains: Map<string, Entry[]>, facts: HostFacts): string[]
             `${e.path}: public_ip ${t.publicIp} is not an address of this host; nothing will arrive there`,
           );
         }
-        if (e.interface) {
+        if (e.interface && t.privateIp !== undefined) {
           const nets = connected.filter((r) => r.device === e.interface && r.family === t.family);
           const addr = parseAddress(t.privateIp)!;
           if (nets.length > 0 && !connectedNetworkOf(nets, addr)) {

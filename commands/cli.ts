@@ -22,7 +22,7 @@ Usage (libvirt):  qemu <domain> <operation> <sub-operation> <extra>    (domain X
 Usage (people):   qemu <command> [options]
 
 Commands:
-  check            Validate the config; print every problem as file:line:column
+  check            Validate the config (--domain NAME: and that guest's XML); print each problem as file:line:column
   plan <domain>    Print the batch that start would apply, touching nothing
   status [domain]  Show the forwards that are live now, read from the firewall
   apply <domain>   Apply a running guest's forwards from the current config (like start)
@@ -42,19 +42,23 @@ hooks.jsonc, else hooks.json), IPTABLES_BINARY (default iptables). Every hooks.d
 beside the config file is part of it too, read in name order.
 
 Exit codes: 0 success; 1 the config has errors, or a change failed (nothing of it was applied); 2 usage error.`,
-  check: `Usage: qemu check [--config FILE]
+  check: `Usage: qemu check [--domain NAME] [--config FILE]
 Validates the whole config. Prints each problem as file:line:column: message (json.path = value), and warns
 about what validates but will not work: a public_ip that is not an address of this host, a private_ip outside
-the network of its interface, a public port the host itself listens on. Exit 0 only when there is no error.`,
+the network of its interface, a public port the host itself listens on. Exit 0 only when there is no error.
+With --domain, also the forwards in that guest's XML (running: its live XML; defined: virsh dumpxml --inactive),
+positioned in the XML (line:column, element path), and the guest addresses found for them.`,
   plan: `Usage: qemu plan <domain> [--config FILE]
-Prints exactly the iptables-restore batch that start installs for the domain (start first removes what is live
-for it). Touches nothing; needs no root.`,
+Prints exactly the batch that start installs for the domain, from the config and the forwards in the guest's XML
+(running: its live XML; defined: virsh dumpxml --inactive); forwards waiting for the guest's DHCP lease are
+listed as comments. Touches nothing.`,
   status: `Usage: qemu status [domain] [--json] [--config FILE]
 Reads our live rules from the firewall and prints each forward as proto public:port -> private:port [from src].
 Forwards that the current config does not explain are flagged.`,
   apply: `Usage: qemu apply <domain> [--config FILE]
-Applies the domain's forwards from the current config, as libvirt's start does, for a guest that is running
-(libvirt keeps /run/libvirt/qemu/<domain>.xml for running guests). Refuses a guest that is not running.`,
+Applies the domain's forwards from the current config and the guest's current XML (its metadata as "virsh
+metadata --live" left it), as libvirt's start does, for a guest that is running (libvirt keeps
+/run/libvirt/qemu/<domain>.xml for running guests). Refuses a guest that is not running.`,
   remove: `Usage: qemu remove <domain> | --all
 Removes what is live for the domain (or, with --all, for every domain that has rules of ours).`,
   reload: `Usage: qemu reload [--config FILE]
@@ -93,6 +97,7 @@ export async function runCli(args: string[], deps: HookDeps = cliDeps()): Promis
         all: { type: "boolean" },
         "dry-run": { type: "boolean" },
         poll: { type: "string" },
+        domain: { type: "string", short: "d" },
       },
     });
   } catch (err) {
@@ -121,7 +126,8 @@ export async function runCli(args: string[], deps: HookDeps = cliDeps()): Promis
   };
   switch (command) {
     case "check":
-      return await check(deps);
+      if (rest.length > 0) return usage(deps, "check takes no arguments (--domain NAME checks one guest)");
+      return await check(deps, { domain: values.domain });
     case "plan":
       return await one((d) => plan(d, deps));
     case "status":

@@ -4,10 +4,10 @@ import { foreignGates } from "../backends/foreign.ts";
 import { asLiveForward, asLiveSnat, describeForward } from "../backends/forward.ts";
 import { readState } from "../backends/state.ts";
 import { acceptMisplaced, forwardsByDomain, knownNames, runDir, runningDomains } from "./live.ts";
-import { domainConfig } from "../config.ts";
 import type { HookDeps } from "../hook/deps.ts";
-import { applyDeps, loadFor } from "../hook/domain.ts";
-import { planForwards } from "../rules.ts";
+import { applyDeps, type DomainForwards, forwardsOf, loadFor } from "../hook/domain.ts";
+import { waitingNote } from "../hook/guest.ts";
+import { message } from "../system/report.ts";
 import { type DoctorReport, fail, type Finding, type ForwardReport, ok } from "./doctor_findings.ts";
 import { forwardFindings, readCounters } from "./doctor_forward.ts";
 import { allChains, hostFindings } from "./doctor_host.ts";
@@ -62,12 +62,31 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
   const live = forwardsByDomain(state, await knownNames(config));
   const host = hostFindings(state, facts, config.settings, gates, await allChains(deps));
 
-  const domains = only !== undefined
-    ? [only]
-    : [...new Set([...running.filter((d) => domainConfig(config, d).kind === "ok"), ...live.keys()])].sort();
+  // The running guests' XML: the forwards in their metadata, and the addresses found for them.
+  const xmlOf = (domain: string) =>
+    running.includes(domain)
+      ? Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => undefined)
+      : Promise.resolve(undefined);
+  const plans = new Map<string, DomainForwards>();
+  const planOf = async (domain: string) => {
+    const known = plans.get(domain);
+    if (known) return known;
+    const found = await forwardsOf(domain, { config, facts, xml: await xmlOf(domain), deps }).catch((
+      err,
+    ) => ({
+      kind: "invalid" as const,
+      lines: [message(err)],
+      why: "its forwards cannot be read",
+    }));
+    plans.set(domain, found);
+    return found;
+  };
+  const configured = [];
+  for (const d of running) if ((await planOf(d)).kind !== "absent") configured.push(d);
+  const domains = only !== undefined ? [only] : [...new Set([...configured, ...live.keys()])].sort();
   const forwards: ForwardReport[] = [];
   for (const domain of domains) {
-    const found = domainConfig(config, domain);
+    const found = await planOf(domain);
     if (found.kind !== "ok") {
       forwards.push({
         domain,
@@ -75,21 +94,28 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
         findings: [
           found.kind === "absent"
             ? fail(
-              `"${domain}" is not in ${config.file} nor in its hooks.d/`,
-              "add an entry for it (qemu check validates it)",
+              `"${domain}" is not in ${config.file} nor in its hooks.d/, and its XML holds no forwards`,
+              "add an entry for it (qemu check validates it), or forwards to its metadata",
             )
-            : fail(`its entry in ${config.file} has errors`, `qemu check --config ${config.file}`),
+            : fail(`its forwards have errors: ${found.why}`, `qemu check --domain ${domain}`),
         ],
       });
       continue;
     }
-    const plan = planForwards(found.entries, facts);
-    for (const problem of plan.problems) {
-      forwards.push({ domain, forward: "(cannot be planned)", findings: [fail(problem)] });
+    for (const w of found.waiting) {
+      forwards.push({
+        domain,
+        forward: "(waiting)",
+        findings: [
+          fail(
+            `${w.entry}: ${waitingNote(w)}`,
+            "the watcher applies it when the guest gets its lease (qemu watch)",
+          ),
+        ],
+      });
     }
-    const xml = running.includes(domain)
-      ? await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => undefined)
-      : undefined;
+    const plan = found;
+    const xml = await xmlOf(domain);
     const liveText = new Set((live.get(domain) ?? []).map(describeForward));
     const counters = await readCounters(deps, domain);
     for (const f of plan.forwards) {

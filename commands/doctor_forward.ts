@@ -10,6 +10,7 @@ import type { HookDeps } from "../hook/deps.ts";
 import { guestInterfaces } from "../hook/domain_xml.ts";
 import { packetOf } from "../hook/warnings.ts";
 import { parseAddress } from "../system/address.ts";
+import { loadXml } from "../system/xml.ts";
 import { connectedNetworkOf, type HostFacts, listenerAt, readListeners } from "../system/host.ts";
 import { fail, type Finding, note, ok } from "./doctor_findings.ts";
 import { readSysctl } from "./doctor_host.ts";
@@ -26,6 +27,7 @@ interface ForwardContext {
 }
 
 export async function forwardFindings(domain: string, f: Forward, c: ForwardContext): Promise<Finding[]> {
+  await loadXml();
   const out: Finding[] = [];
   const net = connectedNetworkOf(c.facts.connected, parseAddress(f.privateIp)!);
   const bridge = f.interface ?? net?.device;

@@ -22,6 +22,24 @@ export function runDir(): string {
 }
 
 /**
+ * A guest's XML as the operator commands read it: a running guest's status file (its live XML, metadata as
+ * `virsh metadata --live` left it), else its defined XML (`virsh dumpxml --inactive`: commands may call libvirt,
+ * the hook never does). Undefined where neither is there (no such guest, or no libvirt here).
+ */
+export async function guestXml(deps: Pick<HookDeps, "runner">, domain: string): Promise<string | undefined> {
+  const running = await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => undefined);
+  if (running !== undefined) return running;
+  try {
+    const r = await deps.runner.run(["virsh", "-q", "dumpxml", "--inactive", "--", domain], {
+      timeoutMs: 10_000,
+    });
+    return r.code === 0 && r.stdout.trim() !== "" ? r.stdout : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * The forwards that are live, by domain, read back from either backend. A domain whose name was too long for our
  * comments is known by its hash only; it gets its name back where one of `names` has that hash.
  */

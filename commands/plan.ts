@@ -9,28 +9,39 @@ import {
   nftDomainObjects,
   nftSnatObjects,
 } from "../backends/nftables.ts";
-import { emptyChains, readFirewall } from "./live.ts";
+import { emptyChains, guestXml, readFirewall } from "./live.ts";
 import { domainConfig } from "../config.ts";
 import { formatDiagnostic } from "../config/model.ts";
 import type { HookDeps } from "../hook/deps.ts";
-import { loadFor } from "../hook/domain.ts";
-import { planForwards } from "../rules.ts";
+import { forwardsOf, loadFor } from "../hook/domain.ts";
+import { waitingNote } from "../hook/guest.ts";
 import { message } from "../system/report.ts";
 
 export async function plan(domain: string, deps: HookDeps): Promise<number> {
   const { config, facts } = await loadFor({ ...deps, problem: () => {} });
-  const found = domainConfig(config, domain);
+  const invalid = domainConfig(config, domain);
+  if (invalid.kind === "invalid") {
+    for (const d of invalid.errors) deps.problem(formatDiagnostic(d));
+    return 1;
+  }
+  const xml = await guestXml(deps, domain);
+  const found = await forwardsOf(domain, { config, facts, xml, deps });
   if (found.kind === "invalid") {
-    for (const d of found.errors) deps.problem(formatDiagnostic(d));
+    for (const line of found.lines) deps.problem(line);
+    deps.problem(`Cannot plan the forwards of "${domain}": ${found.why}`);
     return 1;
   }
   if (found.kind === "absent") {
-    deps.problem(`"${domain}" is not in ${config.file} nor in its hooks.d/: start installs nothing for it`);
+    deps.problem(
+      `"${domain}" is not in ${config.file} nor in its hooks.d/, and ${
+        xml === undefined ? "no guest of that name is defined here" : "its XML holds no forwards"
+      }: start installs nothing for it`,
+    );
     return 0;
   }
-  const { forwards, snats, problems } = planForwards(found.entries, facts);
-  for (const p of problems) deps.problem(`${config.file}: ${p}`);
-  if (problems.length > 0) return 1;
+  const { forwards, snats } = found;
+  // Forwards still without the guest's address: comments, in either batch language.
+  for (const w of found.waiting) console.log(`# ${w.entry}: ${waitingNote(w)}; applied when it comes`);
   const firewall = await readFirewall(deps, config);
   let backend: Backend = config.settings.backend === "nftables" ? "nftables" : "iptables";
   if ("error" in firewall) {

@@ -1,7 +1,7 @@
 /** `reload`: brings every running domain's forwards in line with the config. */
 
 import { domainLabel } from "../backends/names.ts";
-import { liveByDomain } from "./live.ts";
+import { liveByDomain, runDir } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { applyDeps, resync } from "../hook/domain.ts";
 import { reassertAccepts } from "../rules.ts";
@@ -11,8 +11,11 @@ export async function reload(deps: HookDeps): Promise<number> {
   const live = await liveByDomain(deps);
   let failed = 0;
   for (const domain of live.keys()) {
-    if (await resync(domain, deps, "reload")) console.log(`Reloaded "${domainLabel(domain)}"`);
-    else failed++;
+    // The running guest's XML: the forwards in its metadata, and its interfaces' addresses.
+    const xml = await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => "");
+    if (await resync(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "reload")) {
+      console.log(`Reloaded "${domainLabel(domain)}"`);
+    } else failed++;
   }
   if (live.size === 0) console.log("No forwards are live; nothing to reload.");
   try {

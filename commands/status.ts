@@ -7,17 +7,16 @@ import { domainLabel } from "../backends/names.ts";
 import { readState } from "../backends/state.ts";
 import {
   describeBackend,
-  exists,
   forwardsByDomain,
   hostListener,
   knownNames,
   livePacket,
   runDir,
+  runningDomains,
 } from "./live.ts";
-import { domainConfig } from "../config.ts";
 import type { HookDeps } from "../hook/deps.ts";
-import { applyDeps, loadFor } from "../hook/domain.ts";
-import { planForwards } from "../rules.ts";
+import { applyDeps, forwardsOf, loadFor } from "../hook/domain.ts";
+import { waitingNote } from "../hook/guest.ts";
 import { readListeners } from "../system/host.ts";
 
 /** What `status` shows: every domain, or `only` one (by name or `#<hash>`); as text, or as JSON. */
@@ -35,17 +34,25 @@ export async function status(deps: HookDeps, { only, json = false }: StatusOptio
   const gates = await foreignGates(applyDeps(deps, config), state.nft?.hooks);
   const backend = describeBackend(config.settings.backend, state);
   const report = [];
-  for (const [domain, forwards] of [...live].sort(([a], [b]) => a.localeCompare(b))) {
+  // A running guest shows up with nothing live too, where its forwards wait for its lease.
+  const running = new Set(await runningDomains());
+  const shown = [...new Set([...live.keys(), ...running])].sort((a, b) => a.localeCompare(b));
+  for (const domain of shown) {
     if (only !== undefined && domain !== only && domainLabel(domain) !== only) continue;
-    const found = domainConfig(config, domain);
-    const planned = new Set(
-      found.kind === "ok" ? describePlan(domain, planForwards(found.entries, facts)) : [],
-    );
-    const running = await exists(`${runDir()}/${domain}.xml`);
+    const forwards = live.get(domain) ?? [];
+    // What the config and the running guest's XML say now (its metadata, and the addresses found for it).
+    const xml = running.has(domain)
+      ? await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => undefined)
+      : undefined;
+    const found = await forwardsOf(domain, { config, facts, xml, deps }).catch(() => undefined);
+    const waiting = found?.kind === "ok" ? found.waiting.map(waitingNote) : [];
+    if (forwards.length === 0 && waiting.length === 0) continue;
+    const planned = new Set(found?.kind === "ok" ? describePlan(domain, found) : []);
     report.push({
       domain: domainLabel(domain),
-      running,
-      inConfig: found.kind !== "absent",
+      running: running.has(domain),
+      inConfig: found?.kind !== "absent",
+      ...(waiting.length ? { waiting } : {}),
       forwards: forwards.map((f) => {
         // An outbound NAT takes no port and passes no gate of ours: nothing to note.
         const taken = f.outbound ? undefined : hostListener(f, listeners);
@@ -79,8 +86,12 @@ export async function status(deps: HookDeps, { only, json = false }: StatusOptio
     console.log(only === undefined ? "No forwards are live." : `No forwards are live for "${only}".`);
   }
   for (const d of report) {
-    const notes = [d.running ? "running" : "not running", ...(d.inConfig ? [] : ["not in the config"])];
+    const notes = [
+      d.running ? "running" : "not running",
+      ...(d.inConfig ? [] : [d.running ? "not in the config nor in its XML" : "not in the config"]),
+    ];
     console.log(`${d.domain} (${notes.join(", ")})`);
+    for (const w of d.waiting ?? []) console.log(`  ${w}`);
     for (const f of d.forwards) {
       const notes = [
         ...(f.explained ? [] : ["not explained by the config"]),

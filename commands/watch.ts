@@ -3,10 +3,10 @@
 import { describeForward, describePlan } from "../backends/forward.ts";
 import { readState } from "../backends/state.ts";
 import { acceptMisplaced, exists, forwardsByDomain, runDir, runningDomains } from "./live.ts";
-import { domainConfig } from "../config.ts";
 import type { HookDeps } from "../hook/deps.ts";
-import { applyDeps, install, loadFor, removedMarker } from "../hook/domain.ts";
-import { planForwards, reassertAccepts } from "../rules.ts";
+import { applyDeps, forwardsOf, install, loadFor, removedMarker } from "../hook/domain.ts";
+import { reassertAccepts } from "../rules.ts";
+import { LIBVIRT_DNSMASQ_DIR } from "../system/libvirt.ts";
 import { message } from "../system/report.ts";
 
 /**
@@ -25,16 +25,16 @@ async function heal(deps: HookDeps): Promise<string[]> {
   const state = await readState(applyDeps(deps));
   const live = forwardsByDomain(state, [...config.names, ...running]);
   for (const domain of running) {
-    const found = domainConfig(config, domain);
-    if (found.kind !== "ok") continue;
     if (deps.stateDir !== undefined && await exists(removedMarker(deps.stateDir, domain))) continue;
-    const planned = planForwards(found.entries, facts);
-    if (planned.problems.length > 0) continue;
+    // The running guest's XML: its metadata as it is now, and its interfaces, whose leases may have come or moved.
+    const xml = await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => undefined);
+    const planned = await forwardsOf(domain, { config, facts, xml, deps }).catch(() => undefined);
+    if (planned?.kind !== "ok") continue;
     const want = describePlan(domain, planned).sort().join("\n");
     const have = (live.get(domain) ?? []).map(describeForward).sort().join("\n");
     if (want === have && !acceptMisplaced(state, domain, planned.forwards)) continue;
-    const xml = await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => "");
-    if (await install(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "watch") === "installed") {
+    const stdin = () => Promise.resolve(xml ?? "");
+    if (await install(domain, { ...deps, readStdin: stdin }, "watch") === "installed") {
       mended.push(domain);
     }
   }
@@ -64,9 +64,11 @@ export async function watch(deps: HookDeps, pollSeconds: number): Promise<number
   };
   const stop = new AbortController();
   for (const signal of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(signal, () => stop.abort());
-  say(`watching the firewall (nft monitor, and every ${pollSeconds} s)`);
+  say(`watching the firewall (nft monitor, and every ${pollSeconds} s) and the DHCP leases`);
   schedule("start", 0);
   const poll = setInterval(() => schedule("poll", 0), pollSeconds * 1000);
+  const leases = watchLeases(deps.dnsmasqDir ?? LIBVIRT_DNSMASQ_DIR, () => schedule("a DHCP lease change"));
+  stop.signal.addEventListener("abort", () => leases?.close(), { once: true });
   try {
     while (!stop.signal.aborted) {
       let monitor: Deno.ChildProcess;
@@ -94,10 +96,35 @@ export async function watch(deps: HookDeps, pollSeconds: number): Promise<number
       if (!stop.signal.aborted) await new Promise((r) => setTimeout(r, 1000));
     }
   } finally {
+    leases?.close();
     clearInterval(poll);
     clearTimeout(timer);
     await running;
   }
   say("stopped");
   return 0;
+}
+
+/**
+ * Watches dnsmasq's lease records: no libvirt event or hook tells when a guest gets or changes its lease, and each
+ * change replaces `<bridge>.status` by a rename (a new file), so the directory is watched, not the file.
+ * Undefined where the directory is not there (no libvirt network with DHCP ever ran): the poll still looks.
+ */
+function watchLeases(dir: string, changed: () => void): Deno.FsWatcher | undefined {
+  let watcher: Deno.FsWatcher;
+  try {
+    watcher = Deno.watchFs(dir, { recursive: false });
+  } catch {
+    return undefined;
+  }
+  (async () => {
+    try {
+      for await (const event of watcher) {
+        if (event.paths.some((p) => p.endsWith(".status"))) changed();
+      }
+    } catch {
+      // Closed: watch is stopping.
+    }
+  })();
+  return watcher;
 }

@@ -20,7 +20,12 @@ export const ENTRY_FIELDS = {
     type: "string",
     description: "The guest's bridge; the FORWARD accept matches it as outgoing.",
   },
-  private_ip: { type: "string", description: "The guest's address (IPv4 or IPv6). Required." },
+  private_ip: {
+    type: "string",
+    description:
+      "The guest's address (IPv4 or IPv6). Default: found when the guest starts, from its network's " +
+      "DHCP reservation for its MAC, else its DHCP lease.",
+  },
   public_ip: {
     type: "string",
     description:
@@ -161,16 +166,24 @@ function readEntry(
 
   const targets: Target[] = [];
   const privateIp = address("private_ip");
-  if (!fields.has("private_ip")) fail(node, path, 'Missing required field "private_ip"');
-  if (privateIp) {
-    const fam = privateIp.family;
+  // No private_ip (nor private_ipv6): the guest's address is found when it starts (its DHCP reservation or lease),
+  // in the family of public_ip (or source_ip); IPv4 where neither says.
+  const found = !fields.has("private_ip") && !fields.has("private_ipv6");
+  const foundFamily = found
+    ? (["public_ip", "source_ip"] as const).map((k) => fields.get(k))
+      .map((v) => v?.type === "string" ? parseAddress(String(v.value).split("/")[0]!) : undefined)
+      .find((a) => a !== undefined)?.family ?? 4
+    : undefined;
+  if (privateIp || foundFamily) {
+    const fam = privateIp?.family ?? foundFamily!;
+    const privateKey = privateIp ? "private_ip" : "the guest's address";
     const mixed = (key: keyof typeof ENTRY_FIELDS) => {
       const a = address(key, undefined, key === "source_ip");
       if (a && a.family !== fam) {
         fail(
           fields.get(key),
           jsonPath(path, key),
-          `Cannot forward between families: private_ip is IPv${fam}, ${key} is IPv${a.family}`,
+          `Cannot forward between families: ${privateKey} is IPv${fam}, ${key} is IPv${a.family}`,
         );
         return undefined;
       }
@@ -294,7 +307,7 @@ function readEntry(
           protocol: "tcp",
           first: 0,
           last: 0,
-          snat: { privateIp: t.privateIp },
+          snat: { privateIp: t.privateIp ?? `the address found for ${domain}` },
         });
       }
     }
@@ -328,10 +341,10 @@ export function interfaceNameProblem(name: string): string | undefined {
   return undefined;
 }
 
-export function target(family: Family, privateIp: Address, publicIp?: Address, source?: Address): Target {
+export function target(family: Family, privateIp?: Address, publicIp?: Address, source?: Address): Target {
   return {
     family,
-    privateIp: privateIp.text,
+    ...(privateIp ? { privateIp: privateIp.text } : {}),
     ...(publicIp ? { publicIp: publicIp.text } : {}),
     ...(source ? { source: source.text } : {}),
   };

@@ -46,7 +46,8 @@ export interface PortSpec {
 /** The addresses of one entry in one family; `publicIp` undefined means the host's default address. */
 export interface Target {
   family: Family;
-  privateIp: string;
+  /** The guest's address; undefined: to be found (the network's DHCP reservation, or the guest's lease). */
+  privateIp?: string;
   publicIp?: string;
   source?: string;
 }
@@ -59,6 +60,8 @@ export interface Entry {
   ports: PortSpec[];
   /** `snat`: the guest's own new outgoing connections leave from each target's public address. */
   snat?: true;
+  /** Which of the guest's interfaces (its MAC, lower case), where the guest's address is to be found. */
+  mac?: string;
 }
 
 /** Settings that are not about one domain. */

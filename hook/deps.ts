@@ -30,6 +30,8 @@ export interface HookDeps extends Outlet {
   stateDir?: string;
   /** Where libvirt keeps its running networks' status; absent: libvirt's own place. */
   networkRunDir?: string;
+  /** Where libvirt's dnsmasq records DHCP leases (`<bridge>.status`); absent: libvirt's own place. */
+  dnsmasqDir?: string;
   /** libvirt's network.conf; absent: libvirt's own. */
   networkConf?: string;
   /** Whether these iptables tools drive nf_tables (iptables-nft); absent: read with iptables-save. */
@@ -67,6 +69,7 @@ export function systemHookDeps(): HookDeps {
     stateDir: env("LIBVIRT_HOOK_QEMU_STATE_DIR") || STATE_DIR,
     // Tests only (libvirt never sets it): where the lab keeps network status files.
     ...(env("LIBVIRT_NETWORK_RUN_DIR") ? { networkRunDir: env("LIBVIRT_NETWORK_RUN_DIR")! } : {}),
+    ...(env("LIBVIRT_DNSMASQ_DIR") ? { dnsmasqDir: env("LIBVIRT_DNSMASQ_DIR")! } : {}),
     nfTables: (tools) => drivesNfTables(tools, env("PATH")),
   };
 }

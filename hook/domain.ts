@@ -9,6 +9,9 @@ import { type Config, type Diagnostic, formatDiagnostic } from "../config/model.
 import { configCandidates, configMentions, type ConfigSource, readConfigSource } from "../config/source.ts";
 import type { HookDeps } from "./deps.ts";
 import { guestInterfaces } from "./domain_xml.ts";
+import { fileLookup, guestForwards, type Waiting, waitingNote } from "./guest.ts";
+import { METADATA_NS } from "../config/metadata.ts";
+import { loadXml, parseXml, XmlSyntaxError } from "../system/xml.ts";
 import { gateWarnings, takenFromHost } from "./warnings.ts";
 import { type Change, planForwards, syncDomain } from "../rules.ts";
 import type { Family } from "../system/address.ts";
@@ -103,6 +106,111 @@ export async function loadFor(
   return { config, facts };
 }
 
+/** The name problems give the domain's XML (the hook's stdin, or the running guest's status file). */
+export function xmlLabel(domain: string): string {
+  return `domain XML of ${domain}`;
+}
+
+/** What a domain's forwards are, from the config and its XML: none, unusable (and why), or planned. */
+export type DomainForwards =
+  | { kind: "absent" }
+  | { kind: "invalid"; lines: string[]; why: string }
+  | {
+    kind: "ok";
+    forwards: Forward[];
+    snats: Snat[];
+    /** Targets still without the guest's address: the watcher applies them when its lease appears. */
+    waiting: Waiting[];
+    /** Whether the XML holds forwards of ours. */
+    metadata: boolean;
+  };
+
+/** The host's default public addresses, by family, where they were found. */
+function defaultsOf(facts: HostFacts): Partial<Record<Family, string>> {
+  const defaults: Partial<Record<Family, string>> = {};
+  for (const family of [4, 6] as const) {
+    const found = facts.defaultPublicIp[family];
+    if (found && "address" in found) defaults[family] = found.address;
+  }
+  return defaults;
+}
+
+/**
+ * A domain's forwards: its config entries (their problems printed by loadFor already) and its XML's metadata,
+ * with the guest's addresses found (see hook/guest.ts), planned against the host. `xml`: the domain's XML, where
+ * there is one. The XML is parsed only where it holds forwards of ours or an entry needs the guest's address.
+ */
+export async function forwardsOf(
+  domain: string,
+  { config, facts, xml, deps }: {
+    config: Config;
+    facts: HostFacts;
+    xml: string | undefined;
+    deps: Pick<HookDeps, "networkRunDir" | "dnsmasqDir">;
+  },
+): Promise<DomainForwards> {
+  const found = domainConfig(config, domain);
+  if (found.kind === "invalid") {
+    return {
+      kind: "invalid",
+      lines: [],
+      why: `${found.errors.length} problem(s) in ${config.file}, listed above`,
+    };
+  }
+  const entries = found.kind === "ok" ? found.entries : [];
+  const ours = xml?.includes(METADATA_NS) ?? false;
+  if (!ours && found.kind === "absent") return { kind: "absent" };
+  const file = xmlLabel(domain);
+  let root;
+  if (xml !== undefined && (ours || entries.some((e) => e.targets.some((t) => t.privateIp === undefined)))) {
+    await loadXml();
+    try {
+      root = parseXml(xml);
+    } catch (err) {
+      if (!(err instanceof XmlSyntaxError) || !ours) throw err;
+      return {
+        kind: "invalid",
+        lines: [`${file}:${err.line}:${err.column}: Not well-formed XML: ${err.reason}`],
+        why: "its XML cannot be read",
+      };
+    }
+  }
+  const guest = guestForwards(domain, {
+    entries,
+    configFile: config.file,
+    xml: root ? { root, file } : undefined,
+    lookup: fileLookup(deps.networkRunDir, deps.dnsmasqDir),
+    defaultPublicIp: defaultsOf(facts),
+  });
+  const errors = guest.diagnostics.filter((d) => d.severity === "error");
+  if (errors.length > 0) {
+    return {
+      kind: "invalid",
+      lines: guest.diagnostics.map(formatDiagnostic),
+      why: `${errors.length} problem(s) in the forwards of its XML`,
+    };
+  }
+  if (guest.problems.length > 0) {
+    return { kind: "invalid", lines: guest.problems, why: "the guest's address cannot be found" };
+  }
+  const plan = planForwards(guest.entries, facts);
+  if (plan.problems.length > 0) {
+    const where = (p: string) => p.startsWith("forwards") ? file : config.file;
+    return {
+      kind: "invalid",
+      lines: plan.problems.map((p) => `${where(p)}: ${p}`),
+      why: "nothing was changed",
+    };
+  }
+  return {
+    kind: "ok",
+    forwards: plan.forwards,
+    snats: plan.snats,
+    waiting: guest.waiting,
+    metadata: guest.metadata,
+  };
+}
+
 /** What install did: the forwards are live, the config does not name the domain, or it could not. */
 export type InstallResult = "installed" | "absent" | "failed";
 
@@ -113,7 +221,10 @@ export type InstallResult = "installed" | "absent" | "failed";
  */
 export async function install(domain: string, deps: HookDeps, action = "start"): Promise<InstallResult> {
   const source = readConfigSource(configCandidates(deps.env));
-  if (!configMentions(source, domain)) return await installWith(domain, deps, action, source);
+  const xml = await deps.readStdin();
+  if (!configMentions(source, domain) && !xml.includes(METADATA_NS)) {
+    return await installWith(domain, deps, action, source);
+  }
   return await deps.lock(async () => {
     const reading = (await beginRead(applyDeps(deps), { domain, jumps: false })).state;
     try {
@@ -134,25 +245,29 @@ async function installWith(
   reading?: Promise<FirewallState>,
 ): Promise<InstallResult> {
   const { config, facts } = await loadFor(deps, { source, domain });
-  const found = domainConfig(config, domain);
-  if (found.kind === "absent") return "absent";
   const fail = (why: unknown) => {
     failed(deps, { action, domain, headline: `Cannot apply forwards for "${domain}"`, why });
     return "failed" as const;
   };
-  if (found.kind === "invalid") {
-    return fail(`${found.errors.length} problem(s) in ${config.file}, listed above; nothing was changed`);
-  }
-  const plan = planForwards(found.entries, facts);
-  if (plan.problems.length > 0) {
-    for (const p of plan.problems) deps.problem(`${config.file}: ${p}`);
-    return fail("nothing was changed");
-  }
+  let plan: DomainForwards;
   try {
+    plan = await forwardsOf(domain, { config, facts, xml: await deps.readStdin(), deps });
+  } catch (err) {
+    return fail(err);
+  }
+  if (plan.kind === "absent") return "absent";
+  if (plan.kind === "invalid") {
+    for (const line of plan.lines) deps.problem(line);
+    return fail(`${plan.why}; nothing was changed`);
+  }
+  for (const w of plan.waiting) deps.log(`${action} ${domain}: ${w.entry}: ${waitingNote(w)}`);
+  try {
+    // The taps are read from the XML while the firewall's read runs, not after the write.
+    const taps = await hairpinTaps(plan.forwards, facts, await deps.readStdin());
     const sync = () =>
       syncDomain(domain, plan.forwards, applyDeps(deps, config, facts), { read: reading, snats: plan.snats });
     const changes = reading ? await sync() : await deps.lock(sync);
-    await hairpinPorts(domain, plan.forwards, facts, deps);
+    await setHairpins(domain, taps, deps);
     deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}`);
     const hooks = reading ? (await reading).nft?.hooks : undefined;
     const warnings = [
@@ -173,7 +288,6 @@ async function installWith(
  */
 export async function resync(domain: string, deps: HookDeps, action: string): Promise<boolean> {
   const { config, facts } = await loadFor(deps, { domain });
-  const found = domainConfig(config, domain);
   const keep = (why: string) => {
     failed(deps, {
       action,
@@ -184,24 +298,26 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
     });
     return false;
   };
-  if (config.broken || found.kind === "invalid") {
-    return keep(`problems in ${config.file} (above, or all of them with "qemu check")`);
+  if (config.broken) return keep(`problems in ${config.file} (above, or all of them with "qemu check")`);
+  let plan: DomainForwards;
+  try {
+    plan = await forwardsOf(domain, { config, facts, xml: await deps.readStdin(), deps });
+  } catch (err) {
+    return keep(message(err));
   }
-  let forwards: Forward[] = [], snats: Snat[] = [];
-  if (found.kind === "ok") {
-    const plan = planForwards(found.entries, facts);
-    if (plan.problems.length > 0) {
-      for (const p of plan.problems) deps.problem(`${config.file}: ${p}`);
-      return keep("its forwards cannot be planned");
-    }
-    forwards = plan.forwards;
-    snats = plan.snats;
+  if (plan.kind === "invalid") {
+    for (const line of plan.lines) deps.problem(line);
+    return keep(`${plan.why} (or all of the config's problems with "qemu check")`);
+  }
+  const { forwards = [], snats = [] } = plan.kind === "ok" ? plan : {};
+  if (plan.kind === "ok") {
+    for (const w of plan.waiting) deps.log(`${action} ${domain}: ${w.entry}: ${waitingNote(w)}`);
   }
   try {
     const changes = await deps.lock(() =>
       syncDomain(domain, forwards, applyDeps(deps, config, facts), { snats })
     );
-    if (forwards.length > 0) await hairpinPorts(domain, forwards, facts, deps);
+    await setHairpins(domain, await hairpinTaps(forwards, facts, await deps.readStdin()), deps);
     if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, forwards)}`);
     return true;
   } catch (err) {
@@ -225,18 +341,24 @@ export async function remove(domain: string, deps: HookDeps, action: string): Pr
 /**
  * With bridge netfilter on, a DNAT to a guest on the same bridge is forwarded by the bridge itself, back out of
  * the port the packet came in on, which a bridge refuses unless that port is in hairpin mode. So a guest can
- * reach its own forward only with hairpin mode on its tap: a per-port setting, never a host-wide one.
+ * reach its own forward only with hairpin mode on its tap: a per-port setting, never a host-wide one. These are
+ * the guest's taps on the forwards' bridges, where bridge netfilter is on (none elsewhere).
  */
-async function hairpinPorts(domain: string, forwards: Forward[], facts: HostFacts, deps: HookDeps) {
-  if (!forwards.some((f) => facts.bridgeNetfilter[f.family])) return;
+async function hairpinTaps(forwards: Forward[], facts: HostFacts, xml: string): Promise<string[]> {
+  if (!forwards.some((f) => facts.bridgeNetfilter[f.family])) return [];
   const bridges = new Set(forwards.map((f) => f.interface));
   const any = bridges.has(undefined);
-  const taps = guestInterfaces(await deps.readStdin()).filter((i) => any || bridges.has(i.bridge));
+  await loadXml();
+  return guestInterfaces(xml).filter((i) => any || bridges.has(i.bridge)).map((i) => i.device);
+}
+
+/** Turns on hairpin mode on the guest's taps (see hairpinTaps); a tap that refuses is reported, not fatal. */
+async function setHairpins(domain: string, taps: string[], deps: HookDeps): Promise<void> {
   for (const tap of taps) {
     try {
-      await deps.setHairpin(tap.device);
+      await deps.setHairpin(tap);
     } catch (err) {
-      deps.problem(`Cannot turn on hairpin mode on "${tap.device}" of "${domain}": ${message(err)}`);
+      deps.problem(`Cannot turn on hairpin mode on "${tap}" of "${domain}": ${message(err)}`);
     }
   }
 }

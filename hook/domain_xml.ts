@@ -1,33 +1,67 @@
-/** Reads the little we need from libvirt's domain XML: the guest's tap devices and their bridges. */
+/**
+ * What we read from libvirt's domain XML, with the XML parser (system/xml.ts; `await loadXml()` first): the
+ * guest's network interfaces, and which hook an XML on stdin is for.
+ */
 
-/** One network interface of the guest: its tap device and the bridge it is a port of, when known. */
+import { attr, child, childrenNamed, loadXml, parseXml, rootName, type XmlElement } from "../system/xml.ts";
+
+/** One network interface of the guest: its MAC, its libvirt network, its bridge and its tap device, where known. */
 export interface GuestInterface {
-  device: string;
+  mac?: string;
+  network?: string;
   bridge?: string;
+  device?: string;
 }
 
-/** Lists the `<interface>` elements that name a tap device (`<target dev=...>`). */
-export function guestInterfaces(xml: string): GuestInterface[] {
-  const out: GuestInterface[] = [];
-  for (const match of xml.matchAll(/<interface\b[^>]*>([\s\S]*?)<\/interface>/g)) {
-    const body = match[1] ?? "";
-    const device = /<target\b[^>]*\bdev=(['"])([^'"]+)\1/.exec(body)?.[2];
-    if (!device) continue;
-    const bridge = /<source\b[^>]*\bbridge=(['"])([^'"]+)\1/.exec(body)?.[2];
-    out.push({ device: unescapeXml(device), ...(bridge ? { bridge: unescapeXml(bridge) } : {}) });
+/** The `<domain>` of a domain XML, or of libvirt's status file (`<domstatus>` around it). */
+export function domainElement(root: XmlElement): XmlElement | undefined {
+  if (root.local === "domain") return root;
+  if (root.local === "domstatus") return child(root, "domain");
+  return undefined;
+}
+
+/**
+ * The guest's `<interface>` elements, in order. The bridge is `<source bridge=...>` (the XML libvirt passes at
+ * start) or `<actual><source bridge=...>` (the running guest's status file).
+ */
+export function interfacesOf(root: XmlElement): GuestInterface[] {
+  const devices = child(domainElement(root) ?? root, "devices");
+  return childrenNamed(devices ?? root, "interface").filter(() => devices !== undefined).map((i) => {
+    const source = child(i, "source");
+    const mac = attr(child(i, "mac") ?? i, "address")?.toLowerCase();
+    const network = source && attr(source, "network");
+    const actual = child(i, "actual");
+    const bridge = (source && attr(source, "bridge")) ??
+      (actual && attr(child(actual, "source") ?? actual, "bridge"));
+    const device = attr(child(i, "target") ?? i, "dev");
+    return {
+      ...(mac ? { mac } : {}),
+      ...(network ? { network } : {}),
+      ...(bridge ? { bridge } : {}),
+      ...(device ? { device } : {}),
+    };
+  });
+}
+
+/** The interfaces that name a tap device (`<target dev=...>`); none where the text is no XML. */
+export function guestInterfaces(xml: string): (GuestInterface & { device: string })[] {
+  try {
+    return interfacesOf(parseXml(xml)).filter((i): i is GuestInterface & { device: string } =>
+      i.device !== undefined
+    );
+  } catch {
+    return [];
   }
-  return out;
 }
 
-/** Tells a domain's XML (qemu hook) from a network's `<hookData>` (network hook). */
-export function xmlKind(xml: string): "domain" | "network" | "unknown" {
-  const root = /<\s*([A-Za-z]+)/.exec(xml.replace(/<\?[\s\S]*?\?>|<!--[\s\S]*?-->/g, ""))?.[1];
+/**
+ * Tells a domain's XML (qemu hook) from a network's `<hookData>` (network hook), reading only its root. libvirt
+ * writes either with its root element first: that case is told by the first bytes, without loading the parser
+ * (~4 ms of every start); anything else (a declaration, a comment, another root) goes to the parser.
+ */
+export async function xmlKind(xml: string): Promise<"domain" | "network" | "unknown"> {
+  const root = /^\s*<(domain|hookData)[\s>]/.exec(xml)?.[1] ?? (await loadXml(), rootName(xml));
   if (root === "domain") return "domain";
   if (root === "hookData") return "network";
   return "unknown";
-}
-
-function unescapeXml(s: string): string {
-  return s.replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&quot;/g, '"').replace(/&apos;/g, "'")
-    .replace(/&amp;/g, "&");
 }

@@ -78,7 +78,7 @@ async function hookRole(call: HookCall, deps: HookDeps): Promise<"qemu" | "netwo
   const qemu = (QEMU_OPERATIONS as readonly string[]).includes(call.operation);
   const network = (NETWORK_OPERATIONS as readonly string[]).includes(call.operation);
   if (qemu !== network) return qemu ? "qemu" : "network";
-  return xmlKind(await deps.readStdin()) === "network" ? "network" : "qemu";
+  return await xmlKind(await deps.readStdin()) === "network" ? "network" : "qemu";
 }
 
 /**

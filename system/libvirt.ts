@@ -42,3 +42,62 @@ export function libvirtBackends(dir: string): string[] {
 export function readNetworkConf(path = LIBVIRT_NETWORK_CONF): Promise<string | undefined> {
   return Deno.readTextFile(path).then(parseNetworkConf, () => undefined);
 }
+
+/** Where libvirt's dnsmasq keeps its files: `<bridge>.status` holds a network's DHCP leases. */
+export const LIBVIRT_DNSMASQ_DIR = "/var/lib/libvirt/dnsmasq";
+
+/** One DHCP lease as libvirt's lease helper records it (`<bridge>.status`, JSON). */
+export interface Lease {
+  address: string;
+  mac?: string;
+  hostname?: string;
+  clientId?: string;
+  /** Seconds since the epoch; 0: never. */
+  expiry: number;
+}
+
+/** The leases of a `<bridge>.status` file (empty before the first one: libvirt writes 0 bytes). */
+export function parseLeases(text: string): Lease[] {
+  if (text.trim() === "") return [];
+  let list: unknown;
+  try {
+    list = JSON.parse(text);
+  } catch {
+    return [];
+  }
+  if (!Array.isArray(list)) return [];
+  const out: Lease[] = [];
+  for (const item of list) {
+    if (typeof item !== "object" || item === null) continue;
+    const r = item as Record<string, unknown>;
+    if (typeof r["ip-address"] !== "string") continue;
+    out.push({
+      address: r["ip-address"],
+      ...(typeof r["mac-address"] === "string" ? { mac: r["mac-address"].toLowerCase() } : {}),
+      ...(typeof r["hostname"] === "string" ? { hostname: r["hostname"] } : {}),
+      ...(typeof r["client-id"] === "string" ? { clientId: r["client-id"] } : {}),
+      expiry: typeof r["expiry-time"] === "number" ? r["expiry-time"] : 0,
+    });
+  }
+  return out;
+}
+
+/** Reads a bridge's leases; none where the file is not there (no lease yet, or no DHCP on the network). */
+export function readLeases(bridge: string, dir = LIBVIRT_DNSMASQ_DIR): Lease[] {
+  if (!/^[^/\0]+$/.test(bridge)) return [];
+  try {
+    return parseLeases(Deno.readTextFileSync(`${dir}/${bridge}.status`));
+  } catch {
+    return [];
+  }
+}
+
+/** Reads a running network's status file (`<networkstatus>`), if it is running. */
+export function readNetworkStatus(network: string, dir = LIBVIRT_NETWORK_RUN_DIR): string | undefined {
+  if (!/^[^/\0]+$/.test(network)) return undefined;
+  try {
+    return Deno.readTextFileSync(`${dir}/${network}.xml`);
+  } catch {
+    return undefined;
+  }
+}

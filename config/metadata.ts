@@ -1,0 +1,352 @@
+/**
+ * Forwards in a domain's own XML: `<metadata>` under our namespace, shaped like libvirt's `<portForward>` of its
+ * passt backend. Read into the same entries as the JSON config's, with problems positioned in the XML (line,
+ * column, and the element path) in the JSON config's message style.
+ */
+
+import type { Diagnostic, Entry, PortSpec, Target } from "./model.ts";
+import type { Claim } from "./ports.ts";
+import {
+  type Address,
+  type Family,
+  formatNetwork,
+  networkOf,
+  parseAddress,
+  PROTOCOLS,
+} from "../system/address.ts";
+import { child, type XmlAttribute, type XmlElement } from "../system/xml.ts";
+
+/** Our XML namespace: `virsh metadata <dom> urn:libvirt-hook-qemu:1 --key lvh --set '<forwards>...</forwards>'`. */
+export const METADATA_NS = "urn:libvirt-hook-qemu:1";
+
+/** The attributes of a `portForward`, with what they hold (the README and the errors list them). */
+export const PORT_FORWARD_ATTRIBUTES = {
+  proto: "tcp or udp; required",
+  address: "the public address (default: the host's address with the default route, as public_ip)",
+  source: "only this remote address or network (CIDR) may use the forward (as source_ip)",
+  guest: "the guest's address (default: found from the network's DHCP reservation or lease)",
+  mac: "which of the guest's interfaces (default: the first on a libvirt network)",
+} as const;
+
+/** The attributes of a `range`. */
+export const RANGE_ATTRIBUTES = {
+  start: "the first public port; required",
+  end: "the last public port (default: start)",
+  to: "the guest port that start maps to; the range shifts with it (default: start)",
+  exclude: '"yes" removes these ports from the ranges of the portForward',
+} as const;
+
+/** A domain's forwards read from its XML: entries, problems, and the public ports they claim. */
+export interface MetadataForwards {
+  /** Whether the XML has any element of ours. */
+  present: boolean;
+  entries: Entry[];
+  diagnostics: Diagnostic[];
+  claims: Claim[];
+}
+
+/**
+ * Reads our forwards from a parsed domain XML (`<domain>`, or libvirt's `<domstatus>` around it); `file` names
+ * the XML in problems. `defaultPublicIp`: the host's addresses, to find clashing claims.
+ */
+export function readMetadata(
+  domain: string,
+  root: XmlElement,
+  file: string,
+  defaultPublicIp: Partial<Record<Family, string>> = {},
+): MetadataForwards {
+  const dom = root.local === "domstatus" ? child(root, "domain") : root;
+  const metadata = dom && child(dom, "metadata");
+  const ours = (metadata?.children ?? []).filter((c) => c.uri === METADATA_NS);
+  const out: MetadataForwards = { present: ours.length > 0, entries: [], diagnostics: [], claims: [] };
+  const problem = (at: { line: number; column: number }, path: string, message: string, value?: string) =>
+    out.diagnostics.push({
+      severity: "error",
+      file,
+      line: at.line,
+      column: at.column,
+      message,
+      path,
+      ...(value === undefined ? {} : { value: JSON.stringify(value) }),
+      domains: [domain],
+    });
+  const positions: Map<PortSpec, Position>[] = [];
+  ours.forEach((top, t) => {
+    const topPath = ours.length > 1 ? `forwards[${t + 1}]` : "forwards";
+    if (top.local !== "forwards") {
+      return problem(top, top.local, `Unknown element <${top.name}>; ours is <forwards>`);
+    }
+    const items = top.children;
+    if (items.length === 0) problem(top, topPath, "<forwards> holds no <portForward>");
+    let n = 0;
+    for (const el of items) {
+      const path = `${topPath}/portForward[${++n}]`;
+      if (el.local !== "portForward" || !ourOrNone(el)) {
+        problem(el, `${topPath}/${el.local}`, `Unknown element <${el.name}>; <forwards> holds <portForward>`);
+        continue;
+      }
+      const read = readPortForward(el, path, problem);
+      if (!read) continue;
+      out.entries.push(read.entry);
+      positions.push(read.positions);
+    }
+  });
+  // Each entry's claims, for the clash rules the JSON config follows (see reportClashes).
+  out.entries.forEach((e, i) => {
+    for (const t of e.targets) {
+      const address = t.publicIp ?? defaultPublicIp[t.family] ?? `default IPv${t.family} address`;
+      for (const p of e.ports) {
+        const at = positions[i]?.get(p);
+        out.claims.push({
+          domain,
+          node: { offset: (at?.line ?? 0) * 100_000 + (at?.column ?? 0) } as Claim["node"],
+          path: at?.path ?? e.path,
+          address,
+          protocol: p.protocol,
+          first: p.publicPort,
+          last: p.publicPort + p.count - 1,
+          file,
+          report: (_n, _p, message, extra) =>
+            out.diagnostics.push({
+              severity: "error",
+              file,
+              line: at?.line ?? 1,
+              column: at?.column ?? 1,
+              message,
+              path: at?.path ?? e.path,
+              domains: [domain],
+              ...extra,
+            }),
+        });
+      }
+    }
+  });
+  return out;
+}
+
+type Problem = (at: { line: number; column: number }, path: string, message: string, value?: string) => void;
+
+/** Children in our namespace, or in none (what a `virsh metadata --set` of unprefixed children may leave). */
+function ourOrNone(el: XmlElement): boolean {
+  return el.uri === METADATA_NS || el.uri === "";
+}
+
+/** One `<portForward>`: its addresses, then its ranges less the excluded ones. */
+function readPortForward(
+  el: XmlElement,
+  path: string,
+  problem: Problem,
+): { entry: Entry; positions: Map<PortSpec, Position> } | undefined {
+  let failed = false;
+  const fail: Problem = (...args) => {
+    failed = true;
+    problem(...args);
+  };
+  const named = new Map<string, XmlAttribute>();
+  for (const a of el.attributes) {
+    if (a.name === "xmlns" || a.name.startsWith("xmlns:")) continue;
+    if (a.uri !== "" || !(a.name in PORT_FORWARD_ATTRIBUTES)) {
+      fail(
+        a,
+        `${path}/@${a.name}`,
+        `Unknown attribute "${a.name}"; known: ${Object.keys(PORT_FORWARD_ATTRIBUTES).join(", ")}`,
+      );
+      continue;
+    }
+    named.set(a.name, a);
+  }
+  const proto = named.get("proto");
+  if (!proto) fail(el, path, 'Missing required attribute "proto" (tcp or udp)');
+  else if (!(PROTOCOLS as readonly string[]).includes(proto.value)) {
+    fail(
+      proto,
+      `${path}/@proto`,
+      `Protocol "${proto.value}" cannot be forwarded by port; use tcp or udp`,
+      proto.value,
+    );
+  }
+  const address = (name: "address" | "source" | "guest", network = false): Address | undefined => {
+    const a = named.get(name);
+    if (!a) return undefined;
+    const [text = "", prefix, ...more] = a.value.split("/");
+    const parsed = parseAddress(text);
+    const prefixOk = prefix === undefined ||
+      (network && more.length === 0 && /^[0-9]{1,3}$/.test(prefix) &&
+        Number(prefix) <= (parsed?.family === 6 ? 128 : 32));
+    if (!parsed || !prefixOk) {
+      fail(
+        a,
+        `${path}/@${name}`,
+        `Not ${network ? "an IP address or network (CIDR)" : "an IP address"}`,
+        a.value,
+      );
+      return undefined;
+    }
+    if (prefix === undefined || Number(prefix) === (parsed.family === 4 ? 32 : 128)) return parsed;
+    return { ...parsed, text: formatNetwork(networkOf(parsed, Number(prefix))) };
+  };
+  const pub = address("address"), source = address("source", true), guest = address("guest");
+  const given = [["address", pub], ["guest", guest], ["source", source]] as const;
+  const family: Family = given.find(([, a]) => a)?.[1]?.family ?? 4;
+  for (const [name, a] of given) {
+    if (a && a.family !== family) {
+      const first = given.find(([, x]) => x)!;
+      fail(
+        named.get(name)!,
+        `${path}/@${name}`,
+        `Cannot forward between families: ${first[0]} is IPv${family}, ${name} is IPv${a.family}`,
+        named.get(name)!.value,
+      );
+    }
+  }
+  const mac = named.get("mac");
+  if (mac && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(mac.value)) {
+    fail(mac, `${path}/@mac`, "Not a MAC address (six hex pairs, as 52:54:00:12:34:56)", mac.value);
+  }
+  const ranges = readRanges(el, path, fail);
+  if (ranges.length === 0 && !failed) fail(el, path, "<portForward> holds no <range>");
+  if (failed || !proto) return undefined;
+  const protocol = proto.value as typeof PROTOCOLS[number];
+  const ports: PortSpec[] = [];
+  const positions = new Map<PortSpec, Position>();
+  const excluded = ranges.filter((r) => r.exclude);
+  for (const r of ranges.filter((r) => !r.exclude)) {
+    for (const [first, last] of subtract([r.start, r.end], excluded.map((x) => [x.start, x.end]))) {
+      const spec = {
+        protocol,
+        publicPort: first,
+        privatePort: r.to + (first - r.start),
+        count: last - first + 1,
+      };
+      ports.push(spec);
+      positions.set(spec, r.at);
+    }
+  }
+  if (ports.length === 0) {
+    problem(el, path, "Every port of this <portForward> is excluded: it forwards nothing");
+    return undefined;
+  }
+  const target: Target = {
+    family,
+    ...(guest ? { privateIp: guest.text } : {}),
+    ...(pub ? { publicIp: pub.text } : {}),
+    ...(source ? { source: source.text } : {}),
+  };
+  return {
+    entry: { path, targets: [target], ports, ...(mac ? { mac: mac.value.toLowerCase() } : {}) },
+    positions,
+  };
+}
+
+/** Where a range stands: its element's line, column and path. */
+interface Position {
+  line: number;
+  column: number;
+  path: string;
+}
+
+interface Range {
+  start: number;
+  end: number;
+  to: number;
+  exclude: boolean;
+  at: Position;
+}
+
+/** The `<range>` children: each checked, in order. */
+function readRanges(el: XmlElement, path: string, fail: Problem): Range[] {
+  const out: Range[] = [];
+  let n = 0;
+  for (const r of el.children) {
+    if (r.local !== "range" || !ourOrNone(r)) {
+      fail(r, `${path}/${r.local}`, `Unknown element <${r.name}>; <portForward> holds <range>`);
+      continue;
+    }
+    const here = `${path}/range[${++n}]`;
+    let bad = false;
+    const named = new Map<string, XmlAttribute>();
+    for (const a of r.attributes) {
+      if (a.name === "xmlns" || a.name.startsWith("xmlns:")) continue;
+      if (a.uri !== "" || !(a.name in RANGE_ATTRIBUTES)) {
+        bad = true;
+        fail(
+          a,
+          `${here}/@${a.name}`,
+          `Unknown attribute "${a.name}"; known: ${Object.keys(RANGE_ATTRIBUTES).join(", ")}`,
+        );
+      } else named.set(a.name, a);
+    }
+    const port = (name: "start" | "end" | "to"): number | undefined => {
+      const a = named.get(name);
+      if (!a) return undefined;
+      const value = /^[0-9]{1,5}$/.test(a.value.trim()) ? Number(a.value.trim()) : NaN;
+      if (value >= 1 && value <= 65535) return value;
+      bad = true;
+      fail(
+        a,
+        `${here}/@${name}`,
+        Number.isNaN(value) ? "Expected a port number" : "Port out of range 1-65535",
+        a.value,
+      );
+      return undefined;
+    };
+    const start = port("start"), end = port("end"), to = port("to");
+    if (!named.has("start")) {
+      bad = true;
+      fail(r, here, 'Missing required attribute "start"');
+    }
+    const ex = named.get("exclude");
+    if (ex && ex.value !== "yes" && ex.value !== "no") {
+      bad = true;
+      fail(ex, `${here}/@exclude`, 'Expected "yes" or "no"', ex.value);
+    }
+    const exclude = ex?.value === "yes";
+    if (exclude && named.has("to")) {
+      bad = true;
+      fail(
+        named.get("to")!,
+        `${here}/@to`,
+        "An excluded range goes nowhere: drop to",
+        named.get("to")!.value,
+      );
+    }
+    if (bad || start === undefined) continue;
+    const last = end ?? start;
+    if (last < start) {
+      fail(
+        named.get("end")!,
+        `${here}/@end`,
+        `The range ends (${last}) before it starts (${start})`,
+        String(last),
+      );
+      continue;
+    }
+    const base = to ?? start;
+    if (base + (last - start) > 65535) {
+      fail(
+        named.get("to")!,
+        `${here}/@to`,
+        `The guest's range ${base}-${base + last - start} runs past port 65535`,
+        String(base),
+      );
+      continue;
+    }
+    out.push({ start, end: last, to: base, exclude, at: { line: r.line, column: r.column, path: here } });
+  }
+  return out;
+}
+
+/** A run of ports less the excluded runs: what is left, in order. */
+function subtract(run: [number, number], excluded: [number, number][]): [number, number][] {
+  let left: [number, number][] = [run];
+  for (const [a, b] of excluded) {
+    left = left.flatMap(([x, y]): [number, number][] => {
+      if (b < x || a > y) return [[x, y]];
+      return [
+        ...(a > x ? [[x, a - 1] as [number, number]] : []),
+        ...(b < y ? [[b + 1, y] as [number, number]] : []),
+      ];
+    });
+  }
+  return left;
+}

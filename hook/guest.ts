@@ -1,0 +1,245 @@
+/**
+ * A domain's forwards from both places they may be written (the JSON config, and its own XML's metadata), with the
+ * guest's address found where they give none: the network's DHCP reservation for the guest's MAC, else its lease.
+ * In hook mode this reads libvirt's state files only: calling libvirt from inside a hook deadlocks.
+ */
+
+import { type Diagnostic, type Entry, type Target } from "../config/model.ts";
+import { readMetadata } from "../config/metadata.ts";
+import { type Claim, reportClashes } from "../config/ports.ts";
+import { type Family, parseAddress } from "../system/address.ts";
+import { type Lease, readLeases, readNetworkStatus } from "../system/libvirt.ts";
+import { attr, child, childrenNamed, parseXml, type XmlElement } from "../system/xml.ts";
+import { type GuestInterface, interfacesOf } from "./domain_xml.ts";
+
+/** Where the guest's address is looked up: libvirt's network status files and dnsmasq's lease records. */
+export interface GuestLookup {
+  /** A running network's status XML (`/run/libvirt/network/<net>.xml`), if it runs. */
+  networkStatus(network: string): string | undefined;
+  /** The DHCP leases on a bridge (`/var/lib/libvirt/dnsmasq/<bridge>.status`). */
+  leases(bridge: string): Lease[];
+  /** Seconds since the epoch (a lease that expired is no address). */
+  now(): number;
+}
+
+/** libvirt's own files, or the directories a test names. */
+export function fileLookup(networkRunDir?: string, dnsmasqDir?: string): GuestLookup {
+  return {
+    networkStatus: (network) => readNetworkStatus(network, networkRunDir),
+    leases: (bridge) => readLeases(bridge, dnsmasqDir),
+    now: () => Math.floor(Date.now() / 1000),
+  };
+}
+
+/** A forward that waits for the guest's lease: the interface it waits on, and the entry it belongs to. */
+export interface Waiting {
+  domain: string;
+  entry: string;
+  family: Family;
+  mac: string;
+  network?: string;
+  bridge?: string;
+}
+
+/** What a domain's forwards are, once read from both places and with the guest's addresses looked up. */
+export interface GuestForwards {
+  /** Entries ready to plan: every target has its guest address. */
+  entries: Entry[];
+  /** Targets whose address is not known yet (no reservation, no lease): applied when the lease appears. */
+  waiting: Waiting[];
+  /** Problems of the XML's forwards, positioned in it; any error means nothing of the domain is applied. */
+  diagnostics: Diagnostic[];
+  /** Problems in finding the guest's address that no lease will solve (no such interface). */
+  problems: string[];
+  /** Whether the XML has forwards of ours. */
+  metadata: boolean;
+}
+
+/** How the domain's XML reaches us: the parsed root, and the name problems give it. */
+export interface DomainXml {
+  root: XmlElement;
+  file: string;
+}
+
+/**
+ * A domain's forwards: its JSON `entries` (from `configFile`), and its XML's metadata, checked together for
+ * clashing public ports; then every target without a guest address gets one found, or waits for it.
+ */
+export function guestForwards(
+  domain: string,
+  { entries, configFile, xml, lookup, defaultPublicIp = {} }: {
+    entries: Entry[];
+    configFile: string;
+    xml?: DomainXml | undefined;
+    lookup: GuestLookup;
+    defaultPublicIp?: Partial<Record<Family, string>>;
+  },
+): GuestForwards {
+  const md = xml
+    ? readMetadata(domain, xml.root, xml.file, defaultPublicIp)
+    : { present: false, entries: [], diagnostics: [], claims: [] };
+  if (md.present && md.diagnostics.length === 0) {
+    // The XML's ports against the domain's JSON entries (those were checked against the rest of the config).
+    reportClashes([...claimsOf(domain, entries, configFile, defaultPublicIp), ...md.claims]);
+  }
+  const out: GuestForwards = {
+    entries: [],
+    waiting: [],
+    diagnostics: md.diagnostics,
+    problems: [],
+    metadata: md.present,
+  };
+  if (md.diagnostics.some((d) => d.severity === "error")) return out;
+  const nics = xml ? interfacesOf(xml.root) : [];
+  for (const entry of [...entries, ...md.entries]) {
+    if (entry.targets.every((t) => t.privateIp !== undefined)) {
+      out.entries.push(entry);
+      continue;
+    }
+    const nic = (entry.mac === undefined
+      ? nics.find((n) =>
+        n.network !== undefined
+      )
+      : nics.find((n) => n.mac === entry.mac)) as GuestInterface & { mac?: string } | undefined;
+    if (nic?.mac === undefined) {
+      out.problems.push(
+        entry.mac === undefined
+          ? `${entry.path}: the guest has no interface on a libvirt network to find its address on; give it (${
+            md.entries.includes(entry) ? "guest=" : "private_ip"
+          })`
+          : `${entry.path}: the guest has no interface with MAC ${entry.mac}`,
+      );
+      continue;
+    }
+    const targets: Target[] = [];
+    let bridge = nic.bridge;
+    for (const t of entry.targets) {
+      if (t.privateIp !== undefined) {
+        targets.push(t);
+        continue;
+      }
+      const found = findAddress(domain, { ...nic, mac: nic.mac }, t.family, lookup);
+      bridge ??= found.bridge;
+      if (found.address) targets.push({ ...t, privateIp: found.address });
+      else {
+        out.waiting.push({
+          domain,
+          entry: entry.path,
+          family: t.family,
+          mac: nic.mac,
+          ...(nic.network ? { network: nic.network } : {}),
+          ...(bridge ? { bridge } : {}),
+        });
+      }
+    }
+    if (targets.length === 0) continue;
+    out.entries.push({
+      ...entry,
+      targets,
+      ...(entry.interface === undefined && bridge !== undefined ? { interface: bridge } : {}),
+    });
+  }
+  return out;
+}
+
+/** What `status` and the log say of a waiting forward. */
+export function waitingNote(w: Waiting): string {
+  return `waiting for a DHCP lease (mac ${w.mac}${w.family === 6 ? ", IPv6" : ""}${
+    w.network ? `, network ${w.network}` : ""
+  })`;
+}
+
+/** The public ports JSON entries claim, as the XML's claims are checked against them (reported on the XML's side). */
+function claimsOf(
+  domain: string,
+  entries: Entry[],
+  file: string,
+  defaults: Partial<Record<Family, string>>,
+): Claim[] {
+  return entries.flatMap((e) =>
+    e.targets.flatMap((t) =>
+      e.ports.filter((p) => !p.all).map((p): Claim => ({
+        domain,
+        node: { offset: 0 } as Claim["node"],
+        path: e.path,
+        file,
+        address: t.publicIp ?? defaults[t.family] ?? `default IPv${t.family} address`,
+        protocol: p.protocol,
+        first: p.publicPort,
+        last: p.publicPort + p.count - 1,
+        report: () => {},
+      }))
+    )
+  );
+}
+
+/** A network's DHCP reservations and its bridge, from its status file. */
+interface NetworkFacts {
+  bridge?: string;
+  hosts: { family: Family; ip: string; mac?: string; name?: string; id?: string }[];
+}
+
+function networkFacts(text: string | undefined): NetworkFacts {
+  if (text === undefined) return { hosts: [] };
+  let root: XmlElement;
+  try {
+    root = parseXml(text);
+  } catch {
+    return { hosts: [] };
+  }
+  const net = root.local === "networkstatus" ? child(root, "network") : root;
+  if (!net) return { hosts: [] };
+  const bridge = attr(child(net, "bridge") ?? net, "name");
+  const hosts: NetworkFacts["hosts"] = [];
+  for (const ip of childrenNamed(net, "ip")) {
+    const dhcp = child(ip, "dhcp");
+    for (const h of dhcp ? childrenNamed(dhcp, "host") : []) {
+      const address = parseAddress(attr(h, "ip") ?? "");
+      if (!address) continue;
+      const mac = attr(h, "mac")?.toLowerCase(), name = attr(h, "name"), id = attr(h, "id");
+      hosts.push({
+        family: address.family,
+        ip: address.text,
+        ...(mac ? { mac } : {}),
+        ...(name ? { name } : {}),
+        ...(id ? { id } : {}),
+      });
+    }
+  }
+  return { ...(bridge ? { bridge } : {}), hosts };
+}
+
+/**
+ * The guest's address on one interface: the network's reservation (IPv4: for its MAC; IPv6: for the domain's name,
+ * or a DUID made of its MAC), else its newest unexpired lease. Also the bridge, where the interface did not say.
+ */
+export function findAddress(
+  domain: string,
+  nic: GuestInterface & { mac: string },
+  family: Family,
+  lookup: GuestLookup,
+): { address?: string; via?: "reservation" | "lease"; bridge?: string } {
+  const facts = nic.network === undefined ? { hosts: [] } : networkFacts(lookup.networkStatus(nic.network));
+  const bridge = nic.bridge ?? facts.bridge;
+  const mine = (x: { mac?: string; name?: string; id?: string; clientId?: string; hostname?: string }) =>
+    x.mac === nic.mac ||
+    (family === 6 && (x.name === domain || duidHasMac(x.id ?? x.clientId, nic.mac)));
+  const reserved = facts.hosts.find((h) => h.family === family && mine(h));
+  const withBridge = bridge === undefined ? {} : { bridge };
+  if (reserved) return { address: reserved.ip, via: "reservation", ...withBridge };
+  if (bridge === undefined) return {};
+  const now = lookup.now();
+  const lease = lookup.leases(bridge)
+    .filter((l) =>
+      parseAddress(l.address)?.family === family && mine(l) && (l.expiry === 0 || l.expiry > now)
+    )
+    .sort((a, b) => (b.expiry || Infinity) - (a.expiry || Infinity))[0];
+  return lease ? { address: parseAddress(lease.address)!.text, via: "lease", ...withBridge } : withBridge;
+}
+
+/** Whether a DUID (hex bytes, `:`-separated) ends in a MAC: DUID-LL and DUID-LLT carry the link-layer address. */
+function duidHasMac(duid: string | undefined, mac: string): boolean {
+  if (!duid) return false;
+  const bytes = duid.toLowerCase().split(":").map((b) => b.padStart(2, "0"));
+  return bytes.length > 6 && bytes.slice(-6).join(":") === mac;
+}

@@ -1,0 +1,319 @@
+/**
+ * Forwards written in the guest's own XML, and the guest's address found for them, with real rules and real
+ * packets in the lab's namespaces: no config file at all; the address from the network's DHCP reservation, or from
+ * the guest's lease when it comes (the watcher applies the waiting forwards, and moves them when the lease moves);
+ * `apply` re-reads the running guest's XML. libvirt's state files are written here as libvirt 11.3 writes them
+ * (network status with `<host mac ip>`, dnsmasq's `<bridge>.status` replaced by rename, the running guest's
+ * `<domstatus>` with the bridge under `<actual>`); the end-to-end tests read the ones a real libvirtd writes.
+ */
+
+import assert from "node:assert/strict";
+import { canRunLab, createLab, type Lab, LAB_ADDR as A } from "./lab.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const can = await canRunLab();
+if (!can.ok) console.log(`Skipping the guest XML namespace tests: ${can.reason}`);
+
+const MAC1 = "52:54:00:00:00:10", MAC2 = "52:54:00:00:00:11";
+
+/** Our forwards as `virsh metadata --set` stores them: prefixed elements in our namespace. */
+function metadata(port: number, guestPort = 22): string {
+  return `<metadata>
+    <lvh:forwards xmlns:lvh="urn:libvirt-hook-qemu:1">
+      <lvh:portForward proto="tcp" address="${A.hostPub4}">
+        <lvh:range start="${port}" to="${guestPort}"/>
+      </lvh:portForward>
+    </lvh:forwards>
+  </metadata>`;
+}
+
+/** The XML libvirt passes at `start begin`: the NIC's source names the network and the bridge. */
+function startXml(name: string, mac: string, meta: string): string {
+  return `<domain type='kvm' id='1'>
+  <name>${name}</name>
+  ${meta}
+  <devices>
+    <interface type='network'>
+      <mac address='${mac}'/>
+      <source network='default' portid='8f4ab2a6-0d4c-4f53-a0a4-4d1f4f0c3b2e' bridge='virbr0'/>
+      <target dev='vnet-${name}'/>
+      <model type='virtio'/>
+    </interface>
+  </devices>
+</domain>
+`;
+}
+
+/** The running guest's status file: no bridge on the source, the bridge under <actual>. */
+function domstatus(name: string, mac: string, meta: string): string {
+  return `<domstatus state='running' reason='booted' pid='4242'>
+  <domain type='kvm' id='1'>
+    <name>${name}</name>
+    ${meta}
+    <devices>
+      <interface type='network'>
+        <mac address='${mac}'/>
+        <source network='default' portid='8f4ab2a6-0d4c-4f53-a0a4-4d1f4f0c3b2e'/>
+        <actual type='network'>
+          <source bridge='virbr0'/>
+        </actual>
+        <target dev='vnet-${name}'/>
+      </interface>
+    </devices>
+  </domain>
+</domstatus>
+`;
+}
+
+/** The network's status file, with a DHCP reservation for MAC1 only. */
+const NETWORK_STATUS = `<networkstatus>
+  <class_id bitmap='0-2'/>
+  <floor sum='0'/>
+  <network>
+    <name>default</name>
+    <uuid>0e0b7f4e-7f2b-4f0e-9a0c-2b8f8e2f1a11</uuid>
+    <forward mode='nat'>
+      <nat><port start='1024' end='65535'/></nat>
+    </forward>
+    <bridge name='virbr0' stp='on' delay='0'/>
+    <mac address='52:54:00:aa:bb:cc'/>
+    <ip address='${A.bridge4}' netmask='255.255.255.0'>
+      <dhcp>
+        <range start='192.168.122.100' end='192.168.122.254'/>
+        <host mac='${MAC1}' name='g1' ip='${A.g1v4}'/>
+      </dhcp>
+    </ip>
+  </network>
+</networkstatus>
+`;
+
+/** dnsmasq's lease records for the bridge, replaced by rename as libvirt's lease helper does. */
+async function writeLeases(dir: string, leases: { ip: string; mac: string; host: string }[]) {
+  const expiry = Math.floor(Date.now() / 1000) + 3600;
+  const text = JSON.stringify(
+    leases.map((l) => ({
+      "ip-address": l.ip,
+      "mac-address": l.mac,
+      hostname: l.host,
+      "expiry-time": expiry,
+    })),
+    null,
+    2,
+  );
+  await Deno.writeTextFile(`${dir}/virbr0.status.new`, text);
+  await Deno.rename(`${dir}/virbr0.status.new`, `${dir}/virbr0.status`);
+}
+
+interface Dirs {
+  root: string;
+  network: string;
+  dnsmasq: string;
+  qemu: string;
+  state: string;
+}
+
+function envOf(d: Dirs): Record<string, string> {
+  return {
+    LC_ALL: "C",
+    PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    // No config file at all: the guest's XML is the whole configuration.
+    CONFIG_FILENAME: `${d.root}/no-such-hooks.jsonc`,
+    LIBVIRT_NETWORK_RUN_DIR: d.network,
+    LIBVIRT_DNSMASQ_DIR: d.dnsmasq,
+    LIBVIRT_QEMU_RUN_DIR: d.qemu,
+    LIBVIRT_HOOK_QEMU_STATE_DIR: d.state,
+  };
+}
+
+async function hook(lab: Lab, d: Dirs, args: string[], stdin = "") {
+  const r = await lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, ...args], {
+    stdin,
+    clearEnv: true,
+    env: envOf(d),
+    cwd: "/",
+    timeoutMs: 30_000,
+  });
+  return r;
+}
+
+/** Retries a connection until it answers as expected (the watcher acts on its own time), or gives up. */
+async function eventually(lab: Lab, port: number, want: string, ms = 15_000): Promise<string | null> {
+  const until = Date.now() + ms;
+  let got: string | null = null;
+  while (Date.now() < until) {
+    got = await lab.connect(lab.ns.client, "tcp", A.hostPub4, port, { timeoutMs: 1000 });
+    if (got === want) return got;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  return got;
+}
+
+Deno.test({
+  name:
+    "forwards in the guest's XML, no config file: found by reservation, by a lease that comes later, live",
+  ignore: !can.ok,
+  fn: async (t) => {
+    const lab = await createLab();
+    const root = await Deno.makeTempDir({ prefix: "lvh-guest-xml-" });
+    const d: Dirs = {
+      root,
+      network: `${root}/network`,
+      dnsmasq: `${root}/dnsmasq`,
+      qemu: `${root}/qemu`,
+      state: `${root}/state`,
+    };
+    for (const dir of [d.network, d.dnsmasq, d.qemu, d.state]) await Deno.mkdir(dir);
+    await Deno.writeTextFile(`${d.network}/default.xml`, NETWORK_STATUS);
+    // Before the first lease libvirt's status file is there, and empty.
+    await Deno.writeTextFile(`${d.dnsmasq}/virbr0.status`, "");
+    let watcher: Deno.ChildProcess | undefined;
+    try {
+      await lab.serve(lab.ns.g1, "tcp", 22, "g1");
+      await lab.serve(lab.ns.g2, "tcp", 22, "g2");
+      const before = await lab.ruleset(4);
+
+      await t.step("a reservation: start applies the XML's forward to the reserved address", async () => {
+        const r = await hook(lab, d, ["g1", "start", "begin", "-"], startXml("g1", MAC1, metadata(8080)));
+        assert.equal(r.code, 0, r.stderr);
+        assert.equal(r.stdout, "");
+        await Deno.writeTextFile(`${d.qemu}/g1.xml`, domstatus("g1", MAC1, metadata(8080)));
+        assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 8080), `g1 ${A.client4}`);
+        // Another guest through the public address (hairpin), and the host itself.
+        assert.equal(await lab.connect(lab.ns.g2, "tcp", A.hostPub4, 8080), `g1 ${A.bridge4}`);
+        assert.match(await lab.connect(lab.ns.host, "tcp", A.hostPub4, 8080) ?? "", /^g1 /);
+        const status = await hook(lab, d, ["status", "g1"]);
+        assert.match(
+          status.stdout,
+          new RegExp(`g1 \\(running\\)\\n  tcp ${A.hostPub4}:8080 -> ${A.g1v4}:22\\n`),
+        );
+        const plan = await hook(lab, d, ["plan", "g1"]);
+        assert.equal(plan.code, 0, plan.stderr);
+        assert.match(plan.stdout, new RegExp(`--to-destination ${A.g1v4}:22`));
+        const check = await hook(lab, d, ["check", "--domain", "g1"]);
+        assert.deepEqual([check.code, check.stdout], [0, "g1: OK, 1 forward(s) from its XML\n"]);
+      });
+
+      await t.step("stopped: the forward is gone, the ruleset is the one before", async () => {
+        const r = await hook(lab, d, ["g1", "stopped", "end", "-"], startXml("g1", MAC1, metadata(8080)));
+        assert.equal(r.code, 0, r.stderr);
+        await Deno.remove(`${d.qemu}/g1.xml`);
+        assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 8080), null);
+        assert.equal(await lab.ruleset(4), before);
+      });
+
+      await t.step("no lease yet: the guest starts, its forward waits, status says for what", async () => {
+        const r = await hook(lab, d, ["g2", "start", "begin", "-"], startXml("g2", MAC2, metadata(8080)));
+        assert.equal(r.code, 0, r.stderr);
+        assert.equal(r.stderr, "");
+        await Deno.writeTextFile(`${d.qemu}/g2.xml`, domstatus("g2", MAC2, metadata(8080)));
+        const status = await hook(lab, d, ["status", "g2"]);
+        assert.match(
+          status.stdout,
+          new RegExp(`g2 \\(running\\)\\n  waiting for a DHCP lease \\(mac ${MAC2}, network default\\)\\n`),
+        );
+        assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 8080), null);
+        const plan = await hook(lab, d, ["plan", "g2"]);
+        assert.equal(plan.code, 0, plan.stderr);
+        const waiting =
+          `# forwards/portForward[1]: waiting for a DHCP lease (mac ${MAC2}, network default); ` +
+          "applied when it comes";
+        assert.ok(plan.stdout.split("\n").includes(waiting), plan.stdout);
+      });
+
+      await t.step(
+        "the lease comes: the watcher applies the forward; the lease moves: so does the forward",
+        async () => {
+          watcher = new Deno.Command("ip", {
+            args: [
+              "netns",
+              "exec",
+              lab.ns.host,
+              Deno.execPath(),
+              "run",
+              "-A",
+              MAIN,
+              "watch",
+              "--poll",
+              "600",
+            ],
+            clearEnv: true,
+            env: envOf(d),
+            stdout: "null",
+            stderr: "piped",
+          }).spawn();
+          await new Promise((r) => setTimeout(r, 1500));
+          await writeLeases(d.dnsmasq, [{ ip: A.g2v4, mac: MAC2, host: "g2" }]);
+          assert.equal(await eventually(lab, 8080, `g2 ${A.client4}`), `g2 ${A.client4}`);
+          // The guest gets another address (a new lease): the forward follows it.
+          // (Its old address stays on it too: with it would go its default route.)
+          await lab.exec(lab.ns.g2, ["ip", "address", "add", "192.168.122.12/24", "dev", "eth0"]);
+          await writeLeases(d.dnsmasq, [{ ip: "192.168.122.12", mac: MAC2, host: "g2" }]);
+          const until = Date.now() + 15_000;
+          let status = "";
+          while (Date.now() < until && !status.includes("192.168.122.12:22")) {
+            status = (await hook(lab, d, ["status", "g2"])).stdout;
+          }
+          assert.match(status, new RegExp(`tcp ${A.hostPub4}:8080 -> 192.168.122.12:22\\n`));
+          assert.equal(await eventually(lab, 8080, `g2 ${A.client4}`), `g2 ${A.client4}`);
+        },
+      );
+
+      await t.step(
+        "virsh metadata --live, then apply: the running guest's new forwards, without a restart",
+        async () => {
+          // What `virsh metadata --live` does: it rewrites the running guest's status file, and calls no hook.
+          await Deno.writeTextFile(`${d.qemu}/g2.xml`, domstatus("g2", MAC2, metadata(8081)));
+          const r = await hook(lab, d, ["apply", "g2"]);
+          assert.equal(r.code, 0, r.stderr);
+          assert.equal(await eventually(lab, 8081, `g2 ${A.client4}`), `g2 ${A.client4}`);
+          assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 8080), null);
+        },
+      );
+
+      await t.step(
+        "a mistake in the XML: start fails with its line, column and path, and changes nothing",
+        async () => {
+          const bad = startXml("g3", "52:54:00:00:00:12", metadata(70000));
+          const live = await lab.ruleset(4);
+          const r = await hook(lab, d, ["g3", "start", "begin", "-"], bad);
+          assert.equal(r.code, 1);
+          const line = bad.split("\n").findIndex((l) => l.includes("70000")) + 1;
+          assert.match(
+            r.stderr,
+            new RegExp(
+              `^domain XML of g3:${line}:20: Port out of range 1-65535 \\(forwards/portForward\\[1\\]/range\\[1\\]/@start = "70000"\\)$`,
+              "m",
+            ),
+          );
+          assert.equal(await lab.ruleset(4), live);
+          // check --domain says the same of the guest's XML, before any start.
+          await Deno.writeTextFile(`${d.qemu}/g3.xml`, domstatus("g3", "52:54:00:00:00:12", metadata(70000)));
+          const check = await hook(lab, d, ["check", "--domain", "g3"]);
+          await Deno.remove(`${d.qemu}/g3.xml`);
+          assert.equal(check.code, 1);
+          assert.match(
+            check.stderr,
+            /^domain XML of g3:\d+:\d+: Port out of range 1-65535 .*@start = "70000"\)$/m,
+          );
+        },
+      );
+
+      await t.step("stopped: nothing of ours is left", async () => {
+        watcher?.kill("SIGTERM");
+        await watcher?.status;
+        watcher = undefined;
+        const r = await hook(lab, d, ["g2", "stopped", "end", "-"], startXml("g2", MAC2, metadata(8081)));
+        assert.equal(r.code, 0, r.stderr);
+        assert.equal(await lab.ruleset(4), before);
+      });
+    } finally {
+      if (watcher) {
+        watcher.kill("SIGTERM");
+        await watcher.status;
+      }
+      await watcher?.stderr.cancel().catch(() => {});
+      await lab.close();
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+});
