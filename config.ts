@@ -2,7 +2,7 @@
  * Its parts are in config/; this is what the hook and the commands load a config with. */
 
 import { cacheKey, digest, readCache, readView, writeCache, writeView } from "./config/cache.ts";
-import type { Config, Diagnostic, DomainConfig } from "./config/model.ts";
+import type { ClaimSummary, Config, Diagnostic, DomainConfig } from "./config/model.ts";
 import { configFiles, type ConfigSource, readConfigSource } from "./config/source.ts";
 import { type ConfigText, emptyConfig, fileProblem, loadParser, parseConfigs } from "./config/validate.ts";
 import { type ValidateOptions } from "./config/model.ts";
@@ -104,4 +104,18 @@ export function domainConfig(config: Config, domain: string): DomainConfig {
   if (errors.length > 0) return { kind: "invalid", errors };
   const entries = config.domains.get(domain);
   return entries ? { kind: "ok", entries } : { kind: "absent" };
+}
+
+/**
+ * The public ports the whole config claims (see ClaimSummary): held by a config loaded whole, read from the view's
+ * file for one loaded for a domain (the view is replaced whole, by rename, so the file matches the view read).
+ */
+export function configClaims(config: Config): ClaimSummary[] {
+  if (config.claims) return config.claims;
+  if (config.claimsFile === undefined) return [];
+  try {
+    return JSON.parse(Deno.readTextFileSync(config.claimsFile));
+  } catch {
+    return [];
+  }
 }

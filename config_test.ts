@@ -1,7 +1,7 @@
 /** Unit tests of the config: the old format read unchanged, and every mistake reported at its line and column. */
 
 import assert from "node:assert/strict";
-import { domainConfig, loadConfig, loadConfigFor } from "./config.ts";
+import { configClaims, domainConfig, loadConfig, loadConfigFor } from "./config.ts";
 import { interfaceNameProblem } from "./config/entry.ts";
 import { formatDiagnostic } from "./config/model.ts";
 import { configCandidates, configMentions, readConfigSource } from "./config/source.ts";
@@ -430,8 +430,11 @@ Deno.test("loadConfigFor() gives one domain what the whole config says of it, fr
         // The file's first problems are there, in the file's order, to be printed before the count of the rest.
         const first = whole.diagnostics.slice(0, 20).map(formatDiagnostic);
         assert.deepEqual(view.diagnostics.map(formatDiagnostic).filter((d) => first.includes(d)), first);
+        // Every domain's public ports, for a guest's XML to be checked against: the view's file, read on demand.
+        assert.deepEqual(configClaims(view), whole.claims, `${round} ${domain}`);
       }
     }
+    assert.equal(whole.claims?.length, 3001);
     // 3001 names: several shards, and a changed text is never answered from the cache.
     assert.ok([...Deno.readDirSync(`${dir}/cache`)].some((e) => e.isDirectory));
     await Deno.writeTextFile(file, `{${WEB1.replace("2222", "2223")}}`);

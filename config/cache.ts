@@ -48,6 +48,7 @@ export function writeView(dir: string, key: string, config: Config): void {
   try {
     Deno.mkdirSync(tmp, { recursive: true, mode: 0o700 });
     lines.forEach((l, n) => Deno.writeTextFileSync(`${tmp}/${n}`, l.join("\n") + "\n"));
+    Deno.writeTextFileSync(`${tmp}/claims`, JSON.stringify(config.claims ?? []));
     Deno.writeTextFileSync(`${tmp}/head`, JSON.stringify(head));
     // Replaced as a whole; a reader that comes in between finds none, or an old head that does not match.
     Deno.removeSync(target, { recursive: true });
@@ -95,6 +96,7 @@ export function readView(dir: string, key: string, domain: string): Config | und
       names: new Set(line === undefined ? [] : [domain]),
       diagnostics,
       diagnosticCount: head.count,
+      claimsFile: `${viewDir(dir)}/claims`,
     };
   } catch {
     return undefined;

@@ -74,6 +74,18 @@ export interface Settings {
   acceptIn: string[];
 }
 
+/** A public port the config claims (all_ports: every port of the address), as a guest's XML is checked against. */
+export interface ClaimSummary {
+  domain: string;
+  file: string;
+  path: string;
+  address: string;
+  protocol: Protocol;
+  first: number;
+  last: number;
+  all?: true;
+}
+
 /** The result of loading a config: what is valid, and every problem found. */
 export interface Config {
   file: string;
@@ -92,6 +104,12 @@ export interface Config {
    * those that concern it, and the file's first ones).
    */
   diagnosticCount?: number;
+  /**
+   * Every public port the config claims, valid entries or not (see ClaimSummary); a config loaded for one domain
+   * has them in a file of its own instead, read only for a guest whose XML has forwards (see configClaims).
+   */
+  claims?: ClaimSummary[];
+  claimsFile?: string;
 }
 
 /** Appends a key to a JSON path: `a.b`, or `a["odd key"]` where the key is not a plain name. */

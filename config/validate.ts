@@ -135,6 +135,17 @@ export function parseConfigs(texts: ConfigText[], options: ValidateOptions = {})
   for (const d of config.diagnostics) {
     if (d.severity === "error") { for (const name of d.domains ?? []) config.domains.delete(name); }
   }
+  // The public ports every file claims, for the forwards in a guest's XML to be checked against (hook/guest.ts).
+  config.claims = shared.claims.filter((c) => !c.snat).map((c) => ({
+    domain: c.domain,
+    file: c.file ?? config.file,
+    path: c.path,
+    address: c.address,
+    protocol: c.protocol,
+    first: c.first,
+    last: c.last,
+    ...(c.all ? { all: true as const } : {}),
+  }));
   return config;
 }
 

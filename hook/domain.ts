@@ -4,7 +4,7 @@ import type { Forward, Snat } from "../backends/forward.ts";
 import { iptablesTools, type Tools } from "../backends/iptables.ts";
 import { domainHash } from "../backends/names.ts";
 import { type ApplyDeps, beginRead, type FirewallState } from "../backends/state.ts";
-import { domainConfig, loadConfig, loadConfigFor } from "../config.ts";
+import { configClaims, domainConfig, loadConfig, loadConfigFor } from "../config.ts";
 import { type Config, type Diagnostic, formatDiagnostic } from "../config/model.ts";
 import { configCandidates, configMentions, type ConfigSource, readConfigSource } from "../config/source.ts";
 import type { HookDeps } from "./deps.ts";
@@ -177,7 +177,7 @@ export async function forwardsOf(
   }
   const guest = guestForwards(domain, {
     entries,
-    configFile: config.file,
+    claims: ours ? configClaims(config) : [],
     xml: root ? { root, file } : undefined,
     lookup: fileLookup(deps.networkRunDir, deps.dnsmasqDir),
     defaultPublicIp: defaultsOf(facts),

@@ -4,7 +4,7 @@
  * In hook mode this reads libvirt's state files only: calling libvirt from inside a hook deadlocks.
  */
 
-import { type Diagnostic, type Entry, type Target } from "../config/model.ts";
+import type { ClaimSummary, Diagnostic, Entry, Target } from "../config/model.ts";
 import { readMetadata } from "../config/metadata.ts";
 import { type Claim, reportClashes } from "../config/ports.ts";
 import { type Family, parseAddress } from "../system/address.ts";
@@ -67,9 +67,10 @@ export interface DomainXml {
  */
 export function guestForwards(
   domain: string,
-  { entries, configFile, xml, lookup, defaultPublicIp = {} }: {
+  { entries, claims = [], xml, lookup, defaultPublicIp = {} }: {
     entries: Entry[];
-    configFile: string;
+    /** The public ports the config claims, every domain's (see configClaims). */
+    claims?: ClaimSummary[];
     xml?: DomainXml | undefined;
     lookup: GuestLookup;
     defaultPublicIp?: Partial<Record<Family, string>>;
@@ -79,8 +80,8 @@ export function guestForwards(
     ? readMetadata(domain, xml.root, xml.file, defaultPublicIp)
     : { present: false, entries: [], diagnostics: [], claims: [] };
   if (md.present && md.diagnostics.length === 0) {
-    // The XML's ports against the domain's JSON entries (those were checked against the rest of the config).
-    reportClashes([...claimsOf(domain, entries, configFile, defaultPublicIp), ...md.claims]);
+    // The XML's ports against the config's, every domain's (those are reported in the config, not here).
+    reportClashes([...claims.map(asClaim), ...md.claims]);
   }
   const out: GuestForwards = {
     entries: [],
@@ -149,28 +150,19 @@ export function waitingNote(w: Waiting): string {
   })`;
 }
 
-/** The public ports JSON entries claim, as the XML's claims are checked against them (reported on the XML's side). */
-function claimsOf(
-  domain: string,
-  entries: Entry[],
-  file: string,
-  defaults: Partial<Record<Family, string>>,
-): Claim[] {
-  return entries.flatMap((e) =>
-    e.targets.flatMap((t) =>
-      e.ports.filter((p) => !p.all).map((p): Claim => ({
-        domain,
-        node: { offset: 0 } as Claim["node"],
-        path: e.path,
-        file,
-        address: t.publicIp ?? defaults[t.family] ?? `default IPv${t.family} address`,
-        protocol: p.protocol,
-        first: p.publicPort,
-        last: p.publicPort + p.count - 1,
-        report: () => {},
-      }))
-    )
-  );
+/** A claim of the config as the XML's claims are checked against it: an all_ports claim takes every port. */
+function asClaim(c: ClaimSummary): Claim {
+  return {
+    domain: c.domain,
+    node: { offset: 0 } as Claim["node"],
+    path: c.path,
+    file: c.file,
+    address: c.address,
+    protocol: c.protocol,
+    first: c.all ? 1 : c.first,
+    last: c.all ? 65535 : c.last,
+    report: () => {},
+  };
 }
 
 /** A network's DHCP reservations and its bridge, from its status file. */

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { findAddress, guestForwards, type GuestLookup, waitingNote } from "./guest.ts";
 import { forwardsOf } from "./domain.ts";
-import { emptyConfig } from "../config/validate.ts";
+import { emptyConfig, loadParser, parseConfig } from "../config/validate.ts";
 import type { Entry } from "../config/model.ts";
 import type { Lease } from "../system/libvirt.ts";
 import { parseLeases } from "../system/libvirt.ts";
@@ -83,7 +83,6 @@ const json = (targets: Entry["targets"], port = 22): Entry => ({
 Deno.test("guestForwards(): the config's entries and the XML's together, each address found on the first libvirt NIC", () => {
   const got = guestForwards("web1", {
     entries: [json([{ family: 4 }]), json([{ family: 4, privateIp: "192.168.122.50" }], 23)],
-    configFile: "hooks.jsonc",
     xml: { root: parseXml(XML(META)), file: "domain XML of web1" },
     lookup: lookup(),
   });
@@ -103,7 +102,6 @@ Deno.test("guestForwards(): no reservation, no lease: the forward waits for the 
   const mac = "52:54:00:00:00:77";
   const got = guestForwards("web1", {
     entries: [],
-    configFile: "hooks.jsonc",
     xml: { root: parseXml(XML(META, mac)), file: "domain XML of web1" },
     lookup: lookup(),
   });
@@ -123,7 +121,6 @@ Deno.test("guestForwards(): a MAC the guest does not have, or no libvirt NIC, is
   const withMac = META.replace('proto="tcp"', 'proto="tcp" mac="52:54:00:00:00:99"');
   const a = guestForwards("web1", {
     entries: [],
-    configFile: "hooks.jsonc",
     xml: { root: parseXml(XML(withMac)), file: "domain XML of web1" },
     lookup: lookup(),
   });
@@ -132,7 +129,6 @@ Deno.test("guestForwards(): a MAC the guest does not have, or no libvirt NIC, is
   ]);
   const b = guestForwards("web1", {
     entries: [json([{ family: 4 }])],
-    configFile: "hooks.jsonc",
     lookup: lookup(),
   });
   assert.deepEqual(b.problems, [
@@ -140,17 +136,39 @@ Deno.test("guestForwards(): a MAC the guest does not have, or no libvirt NIC, is
   ]);
 });
 
-Deno.test("guestForwards(): a public port claimed in the XML and in the config clashes, reported in the XML", () => {
-  const got = guestForwards("web1", {
-    entries: [json([{ family: 4, privateIp: "192.168.122.50" }], 8080)],
-    configFile: "/etc/libvirt/hooks/hooks.jsonc",
-    xml: { root: parseXml(XML(META)), file: "domain XML of web1" },
+Deno.test("guestForwards(): a public port the XML claims and the config claims too clashes, reported in the XML", async () => {
+  await loadParser();
+  const config = parseConfig(
+    `{"web1": {"private_ip": "192.168.122.50", "port_map": {"tcp": [8080]}},
+      "web9": {"private_ip": "192.168.122.90", "public_ip": "203.0.113.9", "all_ports": true}}`,
+    "/etc/libvirt/hooks/hooks.jsonc",
+    { defaultPublicIp: { 4: "203.0.113.1" } },
+  );
+  assert.deepEqual(config.diagnostics, []);
+  const xml = (meta: string) => ({ root: parseXml(XML(meta)), file: "domain XML of web1" });
+  // The guest's own entry in the file, and every port of an address another guest takes whole.
+  const own = guestForwards("web1", {
+    entries: config.domains.get("web1")!,
+    claims: config.claims!,
+    xml: xml(META),
     lookup: lookup(),
     defaultPublicIp: { 4: "203.0.113.1" },
   });
-  assert.deepEqual(got.diagnostics.map((d) => `${d.line}:${d.column}: ${d.message}`), [
-    "1:126: Public tcp port 8080 on 203.0.113.1 is also claimed by web1 in /etc/libvirt/hooks/hooks.jsonc (8080)",
+  assert.deepEqual(own.diagnostics.map((d) => `${d.line}:${d.column}: ${d.message}`), [
+    "1:126: Public tcp port 8080 on 203.0.113.1 is also claimed by web1.port_map.tcp[0] in " +
+    "/etc/libvirt/hooks/hooks.jsonc (8080)",
   ]);
+  const other = guestForwards("web1", {
+    entries: [],
+    claims: config.claims!,
+    xml: xml(META.replace('proto="tcp"', 'proto="tcp" address="203.0.113.9"')),
+    lookup: lookup(),
+  });
+  assert.deepEqual(other.diagnostics.map((d) => d.message), [
+    "Public tcp port 8080 on 203.0.113.9 is also claimed by web9.all_ports in /etc/libvirt/hooks/hooks.jsonc " +
+    "(1-65535)",
+  ]);
+  assert.deepEqual(other.entries, []);
 });
 
 const FACTS: HostFacts = {
