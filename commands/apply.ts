@@ -20,7 +20,9 @@ export async function apply(domain: string, deps: HookDeps): Promise<number> {
   if (result === "absent") {
     const candidates = configCandidates(deps.env);
     const file = `${candidates.join(" or ")} nor in ${dropInDirOf(candidates)}/`;
-    deps.problem(`"${domain}" is not in ${file}; to remove its forwards, use: remove ${domain}`);
+    deps.problem(
+      `"${domain}" is not in ${file}, and its XML holds no forwards; to remove its forwards, use: remove ${domain}`,
+    );
   } else if (result === "installed") console.log(`Applied the forwards of "${domain}"`);
   return result === "installed" ? 0 : 1;
 }

@@ -43,7 +43,7 @@ export function configSchema(): Record<string, unknown> {
       description: field.description,
     };
   }
-  const entry = { type: "object", required: ["private_ip"], additionalProperties: false, properties };
+  const entry = { type: "object", additionalProperties: false, properties };
   return {
     $schema: "http://json-schema.org/draft-07/schema#",
     title: "libvirt-hook-qemu config (hooks.jsonc)",
