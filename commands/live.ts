@@ -12,13 +12,13 @@ import type { Config, Settings } from "../config/model.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { applyDeps, loadFor } from "../hook/domain.ts";
 import { parseAddress } from "../system/address.ts";
-import { env } from "../system/env.ts";
+import { qemuRunDir } from "../system/libvirt.ts";
 import { type ConnectedRoute, type Listener, listenerAt } from "../system/host.ts";
 import { message } from "../system/report.ts";
 
-/** Where libvirt keeps the XML of running guests; LIBVIRT_QEMU_RUN_DIR overrides it for tests. */
+/** Where libvirt keeps the XML of running guests (see qemuRunDir). */
 export function runDir(): string {
-  return env("LIBVIRT_QEMU_RUN_DIR") ?? "/run/libvirt/qemu";
+  return qemuRunDir();
 }
 
 /**

@@ -101,6 +101,7 @@ export function readMetadata(
           domain,
           node: { offset: (at?.line ?? 0) * 100_000 + (at?.column ?? 0) } as Claim["node"],
           path: at?.path ?? e.path,
+          at: { line: at?.line ?? 1, column: at?.column ?? 1 },
           address,
           protocol: p.protocol,
           first: p.publicPort,

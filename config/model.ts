@@ -74,11 +74,16 @@ export interface Settings {
   acceptIn: string[];
 }
 
-/** A public port the config claims (all_ports: every port of the address), as a guest's XML is checked against. */
+/**
+ * A public port claimed (all_ports: every port of the address), where: in the config, or in a running guest's XML
+ * (hook/claims.ts). What a guest's forwards are checked against, beyond its own config entry.
+ */
 export interface ClaimSummary {
   domain: string;
   file: string;
   path: string;
+  line: number;
+  column: number;
   address: string;
   protocol: Protocol;
   first: number;

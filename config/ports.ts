@@ -16,8 +16,9 @@ export interface Claim {
   last: number;
   /** How to report a problem where the claim is, in its own file. */
   report: Report;
-  /** The file the claim is in (set where a config has several files). */
+  /** The file the claim is in (set where a config has several files), and where in it. */
   file?: string;
+  at?: { line: number; column: number };
   /** An `all_ports` claim: it takes what no other claim on its address takes, so it clashes only with another. */
   all?: { spec: PortSpec; family: Family };
   /** A `snat` claim: the address is the outgoing source of this guest address, which may be one only. */

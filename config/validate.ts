@@ -140,6 +140,8 @@ export function parseConfigs(texts: ConfigText[], options: ValidateOptions = {})
     domain: c.domain,
     file: c.file ?? config.file,
     path: c.path,
+    line: c.at?.line ?? 1,
+    column: c.at?.column ?? 1,
     address: c.address,
     protocol: c.protocol,
     first: c.first,
@@ -258,7 +260,7 @@ function parseOne(
     if (entries) config.domains.set(key, entries);
   }
   // Clashes are found over every file's claims together (see parseConfigs); each is reported in its own file.
-  shared.claims.push(...claims.map((c) => ({ ...c, file })));
+  shared.claims.push(...claims.map((c) => ({ ...c, file, at: at(c.node.offset) })));
   return config;
 }
 

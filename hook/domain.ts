@@ -5,11 +5,13 @@ import { iptablesTools, type Tools } from "../backends/iptables.ts";
 import { domainHash } from "../backends/names.ts";
 import { type ApplyDeps, beginRead, type FirewallState } from "../backends/state.ts";
 import { configClaims, domainConfig, loadConfig, loadConfigFor } from "../config.ts";
-import { type Config, type Diagnostic, formatDiagnostic } from "../config/model.ts";
+import { type ClaimSummary, type Config, type Diagnostic, formatDiagnostic } from "../config/model.ts";
 import { configCandidates, configMentions, type ConfigSource, readConfigSource } from "../config/source.ts";
 import type { HookDeps } from "./deps.ts";
 import { guestInterfaces } from "./domain_xml.ts";
 import { fileLookup, guestForwards, type Waiting, waitingNote } from "./guest.ts";
+import { recordClaims, recordedClaims } from "./claims.ts";
+import { guestRuns } from "../system/libvirt.ts";
 import { METADATA_NS } from "../config/metadata.ts";
 import { loadXml, parseXml, XmlSyntaxError } from "../system/xml.ts";
 import { gateWarnings, takenFromHost } from "./warnings.ts";
@@ -123,6 +125,8 @@ export type DomainForwards =
     waiting: Waiting[];
     /** Whether the XML holds forwards of ours. */
     metadata: boolean;
+    /** The public ports the XML claims (recorded while the guest runs: see hook/claims.ts). */
+    claims: ClaimSummary[];
   };
 
 /** The host's default public addresses, by family, where they were found. */
@@ -146,7 +150,7 @@ export async function forwardsOf(
     config: Config;
     facts: HostFacts;
     xml: string | undefined;
-    deps: Pick<HookDeps, "networkRunDir" | "dnsmasqDir">;
+    deps: Pick<HookDeps, "networkRunDir" | "dnsmasqDir" | "stateDir">;
   },
 ): Promise<DomainForwards> {
   const found = domainConfig(config, domain);
@@ -178,6 +182,7 @@ export async function forwardsOf(
   const guest = guestForwards(domain, {
     entries,
     claims: ours ? configClaims(config) : [],
+    recorded: deps.stateDir === undefined ? [] : recordedClaims(deps.stateDir, domain, guestRuns),
     xml: root ? { root, file } : undefined,
     lookup: fileLookup(deps.networkRunDir, deps.dnsmasqDir),
     defaultPublicIp: defaultsOf(facts),
@@ -208,6 +213,7 @@ export async function forwardsOf(
     snats: plan.snats,
     waiting: guest.waiting,
     metadata: guest.metadata,
+    claims: guest.claims,
   };
 }
 
@@ -268,6 +274,7 @@ async function installWith(
       syncDomain(domain, plan.forwards, applyDeps(deps, config, facts), { read: reading, snats: plan.snats });
     const changes = reading ? await sync() : await deps.lock(sync);
     await setHairpins(domain, taps, deps);
+    if (deps.stateDir !== undefined) recordClaims(deps.stateDir, domain, plan.claims);
     deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}`);
     const hooks = reading ? (await reading).nft?.hooks : undefined;
     const warnings = [
@@ -318,6 +325,9 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
       syncDomain(domain, forwards, applyDeps(deps, config, facts), { snats })
     );
     await setHairpins(domain, await hairpinTaps(forwards, facts, await deps.readStdin()), deps);
+    if (deps.stateDir !== undefined) {
+      recordClaims(deps.stateDir, domain, plan.kind === "ok" ? plan.claims : []);
+    }
     if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, forwards)}`);
     return true;
   } catch (err) {
@@ -328,6 +338,7 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
 
 /** Removes whatever is live for a domain, whatever the config says (libvirt's stopped, the remove command). */
 export async function remove(domain: string, deps: HookDeps, action: string): Promise<boolean> {
+  if (deps.stateDir !== undefined) recordClaims(deps.stateDir, domain, []);
   try {
     const changes = await deps.lock(() => syncDomain(domain, [], applyDeps(deps)));
     if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, [])}`);

@@ -53,6 +53,8 @@ export interface GuestForwards {
   problems: string[];
   /** Whether the XML has forwards of ours. */
   metadata: boolean;
+  /** The public ports the XML claims, to be recorded while the guest runs (see hook/claims.ts). */
+  claims: ClaimSummary[];
 }
 
 /** How the domain's XML reaches us: the parsed root, and the name problems give it. */
@@ -67,10 +69,12 @@ export interface DomainXml {
  */
 export function guestForwards(
   domain: string,
-  { entries, claims = [], xml, lookup, defaultPublicIp = {} }: {
+  { entries, claims = [], recorded = [], xml, lookup, defaultPublicIp = {} }: {
     entries: Entry[];
     /** The public ports the config claims, every domain's (see configClaims). */
     claims?: ClaimSummary[];
+    /** The public ports the other running guests' XML claims (see hook/claims.ts). */
+    recorded?: ClaimSummary[];
     xml?: DomainXml | undefined;
     lookup: GuestLookup;
     defaultPublicIp?: Partial<Record<Family, string>>;
@@ -79,17 +83,36 @@ export function guestForwards(
   const md = xml
     ? readMetadata(domain, xml.root, xml.file, defaultPublicIp)
     : { present: false, entries: [], diagnostics: [], claims: [] };
-  if (md.present && md.diagnostics.length === 0) {
-    // The XML's ports against the config's, every domain's (those are reported in the config, not here).
-    reportClashes([...claims.map(asClaim), ...md.claims]);
-  }
   const out: GuestForwards = {
     entries: [],
     waiting: [],
     diagnostics: md.diagnostics,
     problems: [],
     metadata: md.present,
+    claims: md.claims.map((c) => summaryOf(c, xml!.file)),
   };
+  if (md.diagnostics.length === 0 && (md.present || recorded.length > 0)) {
+    // The XML's ports and the guest's own entries' against the config's (every domain's) and the other running
+    // guests' XML: each problem reported where this guest's claim is (in its XML, or in the config file).
+    const report = (c: ClaimSummary): Claim["report"] => (_n, path, message, extra) =>
+      out.diagnostics.push({
+        severity: "error",
+        file: c.file,
+        line: c.line,
+        column: c.column,
+        message,
+        path,
+        domains: [domain],
+        ...extra,
+      });
+    const own = claims.filter((c) => c.domain === domain);
+    const others = md.present ? claims.filter((c) => c.domain !== domain) : [];
+    reportClashes([
+      ...own.map((c) => asClaim(c, report(c))),
+      ...md.claims,
+      ...[...others, ...recorded].map((c) => asClaim(c)),
+    ]);
+  }
   if (md.diagnostics.some((d) => d.severity === "error")) return out;
   const nics = xml ? interfacesOf(xml.root) : [];
   for (const entry of [...entries, ...md.entries]) {
@@ -151,7 +174,7 @@ export function waitingNote(w: Waiting): string {
 }
 
 /** A claim of the config as the XML's claims are checked against it: an all_ports claim takes every port. */
-function asClaim(c: ClaimSummary): Claim {
+function asClaim(c: ClaimSummary, report: Claim["report"] = () => {}): Claim {
   return {
     domain: c.domain,
     node: { offset: 0 } as Claim["node"],
@@ -161,7 +184,22 @@ function asClaim(c: ClaimSummary): Claim {
     protocol: c.protocol,
     first: c.all ? 1 : c.first,
     last: c.all ? 65535 : c.last,
-    report: () => {},
+    report,
+  };
+}
+
+/** What a claim of the XML records (see hook/claims.ts): where it is, and what it takes. */
+function summaryOf(c: Claim, file: string): ClaimSummary {
+  return {
+    domain: c.domain,
+    file,
+    path: c.path,
+    line: c.at?.line ?? 1,
+    column: c.at?.column ?? 1,
+    address: c.address,
+    protocol: c.protocol,
+    first: c.first,
+    last: c.last,
   };
 }
 

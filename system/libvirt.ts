@@ -1,3 +1,5 @@
+import { env } from "./env.ts";
+
 /** What libvirt tells about this host's networks: the firewall backend its network.conf sets, and the one each
  * running network was set up with. */
 
@@ -99,5 +101,19 @@ export function readNetworkStatus(network: string, dir = LIBVIRT_NETWORK_RUN_DIR
     return Deno.readTextFileSync(`${dir}/${network}.xml`);
   } catch {
     return undefined;
+  }
+}
+
+/** Where libvirt keeps the XML of running guests (`<domstatus>`); LIBVIRT_QEMU_RUN_DIR overrides it for tests. */
+export function qemuRunDir(): string {
+  return env("LIBVIRT_QEMU_RUN_DIR") ?? "/run/libvirt/qemu";
+}
+
+/** Whether a guest runs: libvirt keeps its status file while it does. */
+export function guestRuns(domain: string): boolean {
+  try {
+    return /^[^/\0]+$/.test(domain) && Deno.statSync(`${qemuRunDir()}/${domain}.xml`).isFile;
+  } catch {
+    return false;
   }
 }

@@ -271,6 +271,23 @@ Deno.test({
       );
 
       await t.step(
+        "another guest's XML claims a port a running guest's XML claims: its start fails",
+        async () => {
+          const xml = startXml("g4", "52:54:00:00:00:14", metadata(8081));
+          const r = await hook(lab, d, ["g4", "start", "begin", "-"], xml);
+          assert.equal(r.code, 1);
+          const line = xml.split("\n").findIndex((l) => l.includes("8081")) + 1;
+          assert.equal(
+            r.stderr.split("\n")[0],
+            `domain XML of g4:${line}:9: Public tcp port 8081 on ${A.hostPub4} is also claimed by ` +
+              "forwards/portForward[1]/range[1] in domain XML of g2 (8081) (forwards/portForward[1]/range[1])",
+          );
+          // g2's forward goes on, untouched.
+          assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 8081), `g2 ${A.client4}`);
+        },
+      );
+
+      await t.step(
         "a mistake in the XML: start fails with its line, column and path, and changes nothing",
         async () => {
           const bad = startXml("g3", "52:54:00:00:00:12", metadata(70000));
