@@ -154,9 +154,12 @@ Deno.test("guestForwards(): a public port the XML claims and the config claims t
     lookup: lookup(),
     defaultPublicIp: { 4: "203.0.113.1" },
   });
-  assert.deepEqual(own.diagnostics.map((d) => `${d.line}:${d.column}: ${d.message}`), [
-    "1:126: Public tcp port 8080 on 203.0.113.1 is also claimed by web1.port_map.tcp[0] in " +
+  // Both claimants named, each where it is: the XML's, and the entry's line in the file.
+  assert.deepEqual(own.diagnostics.map((d) => `${d.file}:${d.line}:${d.column}: ${d.message}`), [
+    "domain XML of web1:1:126: Public tcp port 8080 on 203.0.113.1 is also claimed by web1.port_map.tcp[0] in " +
     "/etc/libvirt/hooks/hooks.jsonc (8080)",
+    "/etc/libvirt/hooks/hooks.jsonc:1:64: Public tcp port 8080 on 203.0.113.1 is also claimed by " +
+    "forwards/portForward[1]/range[1] in domain XML of web1 (8080)",
   ]);
   const other = guestForwards("web1", {
     entries: [],
