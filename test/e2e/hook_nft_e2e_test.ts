@@ -19,6 +19,7 @@ import {
   alive,
   assertNothingLeft,
   attachForwardNamespaces,
+  type Background,
   checkForwards as checkForwardPaths,
   checkNoForward as checkNoForwardPath,
   CLIENT_IP,
@@ -32,6 +33,7 @@ import {
   runInstallSh,
   SERVICE_IP,
   skipping,
+  startBackground,
   Started,
   stripNft,
   svcLine,
@@ -45,7 +47,6 @@ import {
   HOOKS_DIR,
   isCall,
   type LibvirtEnv,
-  MINIMAL_PATH,
   sleep,
   startGuest,
   startNatNetwork,
@@ -91,69 +92,6 @@ const CONFIG = `// hook_nft_e2e_test.ts
 `;
 
 const reason = await skipping("hook_nft_e2e_test", "11.3");
-
-/** A long-running process in the libvirt namespace, its output collected line by line with the time. */
-interface Background {
-  pid: number;
-  /** Output lines (stderr and stdout, stdout prefixed), each with the epoch seconds it arrived. */
-  lines(): { t: number; line: string }[];
-  text(): string;
-  /** SIGTERM by PID (SIGKILL after 10 s); resolves when it has exited and its output is read. */
-  stop(): Promise<Deno.CommandStatus>;
-}
-
-function startBackground(env: LibvirtEnv, argv: string[], vars: Record<string, string> = {}): Background {
-  const child = new Deno.Command("ip", {
-    args: ["netns", "exec", env.ns, ...argv],
-    clearEnv: true,
-    env: { LC_ALL: "C", PATH: MINIMAL_PATH, ...vars },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const got: { t: number; line: string }[] = [];
-  const collect = async (stream: ReadableStream<Uint8Array>, tag: string) => {
-    let rest = "";
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      const parts = (rest + chunk).split("\n");
-      rest = parts.pop() ?? "";
-      for (const line of parts) if (line !== "") got.push({ t: epoch(), line: tag + line });
-    }
-    if (rest !== "") got.push({ t: epoch(), line: tag + rest });
-  };
-  const readers = Promise.all([collect(child.stdout, "stdout: "), collect(child.stderr, "")]);
-  let status: Promise<Deno.CommandStatus> | undefined;
-  return {
-    pid: child.pid,
-    lines: () => [...got],
-    text: () => got.map((g) => g.line).join("\n"),
-    stop: () => {
-      status ??= (async () => {
-        // `ip netns exec` and the source form's sh wrapper exec: this PID is the program itself
-        try {
-          Deno.kill(child.pid, "SIGTERM");
-        } catch {
-          // already gone
-        }
-        const killer = setTimeout(() => {
-          try {
-            Deno.kill(child.pid, "SIGKILL");
-          } catch {
-            // gone
-          }
-        }, 10_000);
-        try {
-          const s = await child.status;
-          await readers;
-          return s;
-        } finally {
-          clearTimeout(killer);
-        }
-      })();
-      return status;
-    },
-  };
-}
 
 Deno.test({
   name:

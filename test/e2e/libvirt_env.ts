@@ -1005,6 +1005,15 @@ export interface NatNetworkOptions {
   prefix?: number;
   /** Whether libvirt runs dnsmasq for DNS on the network (default true, as on a real host). */
   dns?: boolean;
+  /** DHCP on the network: libvirt's dnsmasq leases from `start` to `end`, and reserves `hosts`' addresses. */
+  dhcp?: NetworkDhcp;
+}
+
+/** A network's `<dhcp>`: a range, and reservations (`<host mac ip/>`). */
+export interface NetworkDhcp {
+  start: string;
+  end: string;
+  hosts?: { mac: string; ip: string }[];
 }
 
 export interface NatNetwork {
@@ -1030,19 +1039,23 @@ function subnetOf(address: string, prefix: number): string {
   return `${[24, 16, 8, 0].map((s) => (net >>> s) & 255).join(".")}/${prefix}`;
 }
 
-export function natNetworkXml(net: NatNetwork, dns = true): string {
+export function natNetworkXml(net: NatNetwork, dns = true, dhcp?: NetworkDhcp): string {
+  const hosts = (dhcp?.hosts ?? []).map((h) => `\n      <host mac='${h.mac}' ip='${h.ip}'/>`).join("");
+  const ip = dhcp
+    ? `>\n    <dhcp>\n      <range start='${dhcp.start}' end='${dhcp.end}'/>${hosts}\n    </dhcp>\n  </ip>`
+    : "/>";
   return `<network>
   <name>${net.name}</name>
   <forward mode='nat'/>
   <bridge name='${net.bridge}' stp='off' delay='0'/>
 ${dns ? "" : "  <dns enable='no'/>\n"}  <ip address='${net.address}' netmask='${
     prefixToNetmask(net.prefix)
-  }'/>
+  }'${ip}
 </network>
 `;
 }
 
-/** `virsh net-define` + `virsh net-start` of a NAT network (no DHCP). Defaults: lvhnet, virbr9, 192.168.150.1/24. */
+/** `virsh net-define` of a NAT network (DHCP only with `opts.dhcp`). Defaults: lvhnet, virbr9, 192.168.150.1/24. */
 export async function defineNatNetwork(env: LibvirtEnv, opts: NatNetworkOptions = {}): Promise<NatNetwork> {
   const address = opts.address ?? "192.168.150.1";
   const prefix = opts.prefix ?? 24;
@@ -1054,7 +1067,7 @@ export async function defineNatNetwork(env: LibvirtEnv, opts: NatNetworkOptions 
     subnet: subnetOf(address, prefix),
   };
   const file = `${env.stateDir}/net-${net.name}.xml`;
-  await Deno.writeTextFile(file, natNetworkXml(net, opts.dns ?? true));
+  await Deno.writeTextFile(file, natNetworkXml(net, opts.dns ?? true, opts.dhcp));
   await track(env, "networks", net.name);
   await env.time(`net-define ${net.name}`, () => env.virsh(["net-define", file]));
   return net;
@@ -1080,6 +1093,8 @@ export interface GuestOptions {
   network?: string;
   mac?: string;
   memoryMiB?: number;
+  /** What the domain's `<metadata>` holds (XML), if anything. */
+  metadata?: string;
 }
 
 export interface Guest {
@@ -1092,9 +1107,9 @@ export interface Guest {
  * A guest without disk nor OS: SeaBIOS finds nothing to boot and idles (the NIC's option ROM is off, so it does
  * not PXE-boot and sends nothing on the network). Enough for libvirt to run every hook.
  */
-export function guestXml(g: Guest, memoryMiB = 64): string {
+export function guestXml(g: Guest, memoryMiB = 64, metadata?: string): string {
   return `<domain type='qemu'>
-  <name>${g.name}</name>
+  <name>${g.name}</name>${metadata === undefined ? "" : `\n  <metadata>\n    ${metadata}\n  </metadata>`}
   <memory unit='MiB'>${memoryMiB}</memory>
   <vcpu>1</vcpu>
   <os>
@@ -1125,7 +1140,7 @@ export async function defineGuest(env: LibvirtEnv, opts: GuestOptions = {}): Pro
     mac: opts.mac ?? "52:54:00:4c:56:10",
   };
   const file = `${env.stateDir}/dom-${g.name}.xml`;
-  await Deno.writeTextFile(file, guestXml(g, opts.memoryMiB ?? 64));
+  await Deno.writeTextFile(file, guestXml(g, opts.memoryMiB ?? 64, opts.metadata));
   await track(env, "domains", g.name);
   await env.time(`define ${g.name}`, () => env.virsh(["define", file]));
   return g;
@@ -1183,21 +1198,22 @@ async function addVeth(env: LibvirtEnv, hostVeth: string, ns: string): Promise<v
 
 /**
  * A namespace whose eth0 is a port of the libvirt bridge, holding the guest's configured address (the guest has
- * no OS), so a process there can serve TCP on the bridge. Default route via the bridge address.
+ * no OS), so a process there can serve TCP on the bridge. Default route via the bridge address. `mac` gives eth0
+ * the guest's MAC; `ip: null` leaves eth0 without an address and route (for a DHCP client there: `ip` is then "").
  */
 export async function attachServiceNamespace(
   env: LibvirtEnv,
   net: NatNetwork,
-  opts: { ip?: string; mac?: string; suffix?: string; hostVeth?: string } = {},
+  opts: { ip?: string | null; mac?: string; suffix?: string; hostVeth?: string } = {},
 ): Promise<ServiceNamespace> {
-  const ip = opts.ip ?? "192.168.150.10";
+  const ip = opts.ip === null ? "" : opts.ip ?? "192.168.150.10";
   const hostVeth = opts.hostVeth ?? "lvhsvc0";
   const ns = await env.addNamespace(opts.suffix ?? "svc");
   await addVeth(env, hostVeth, ns);
   if (opts.mac) await run(["ip", "-n", ns, "link", "set", "eth0", "address", opts.mac]);
-  await run(["ip", "-n", ns, "addr", "add", `${ip}/${net.prefix}`, "dev", "eth0"]);
+  if (ip) await run(["ip", "-n", ns, "addr", "add", `${ip}/${net.prefix}`, "dev", "eth0"]);
   await run(["ip", "-n", ns, "link", "set", "eth0", "up"]);
-  await run(["ip", "-n", ns, "route", "add", "default", "via", net.address]);
+  if (ip) await run(["ip", "-n", ns, "route", "add", "default", "via", net.address]);
   const reattach = async () => {
     await run(["ip", "-n", env.ns, "link", "set", hostVeth, "master", net.bridge]);
     await run(["ip", "-n", env.ns, "link", "set", hostVeth, "up"]);
