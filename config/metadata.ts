@@ -127,7 +127,7 @@ export function readMetadata(
 
 type Problem = (at: { line: number; column: number }, path: string, message: string, value?: string) => void;
 
-/** Children in our namespace, or in none (what a `virsh metadata --set` of unprefixed children may leave). */
+/** Children in our namespace, or in none (written without the prefix inside our element, by hand in `virsh edit`). */
 function ourOrNone(el: XmlElement): boolean {
   return el.uri === METADATA_NS || el.uri === "";
 }
