@@ -7,11 +7,11 @@
  * apt-get, and dhclient (isc-dhcp-client). Skipped otherwise (with the reason printed), or when LVH_E2E=0.
  */
 import { iptablesSave, skipping } from "./common.ts";
-import { guestXmlScenario, guestXmlSkipReason } from "./xml_forwards.ts";
+import { xmlForwardsScenario, xmlForwardsSkipReason } from "./xml_forwards.ts";
 import { HookRecorder, installLibvirt, startLibvirt } from "./libvirt_env.ts";
 
 const NAME = "xml_forwards_e2e_test";
-const reason = (await skipping(NAME, "9.0")) ?? (await guestXmlSkipReason(NAME));
+const reason = (await skipping(NAME, "9.0")) ?? (await xmlForwardsSkipReason(NAME));
 
 Deno.test({
   name:
@@ -20,7 +20,7 @@ Deno.test({
   sanitizeOps: true,
   sanitizeResources: true,
   fn: (t) =>
-    guestXmlScenario(t, {
+    xmlForwardsScenario(t, {
       name: NAME,
       libvirt: "9.0",
       install: () => installLibvirt(),

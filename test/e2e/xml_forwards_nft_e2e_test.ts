@@ -8,11 +8,11 @@
  * LVH_E2E=0.
  */
 import { iptablesSave, skipping, stripNft } from "./common.ts";
-import { guestXmlScenario, guestXmlSkipReason } from "./xml_forwards.ts";
+import { xmlForwardsScenario, xmlForwardsSkipReason } from "./xml_forwards.ts";
 import { createNftRecorder, installLibvirt11, nftRuleset, startLibvirt11 } from "./libvirt11_env.ts";
 
 const NAME = "xml_forwards_nft_e2e_test";
-const reason = (await skipping(NAME, "11.3")) ?? (await guestXmlSkipReason(NAME));
+const reason = (await skipping(NAME, "11.3")) ?? (await xmlForwardsSkipReason(NAME));
 
 Deno.test({
   name:
@@ -21,7 +21,7 @@ Deno.test({
   sanitizeOps: true,
   sanitizeResources: true,
   fn: (t) =>
-    guestXmlScenario(t, {
+    xmlForwardsScenario(t, {
       name: NAME,
       libvirt: "11.3",
       install: () => installLibvirt11(),
