@@ -1,6 +1,6 @@
 /** An entry's ports (port_map, port_range) and the public ports every entry claims, which must not clash. */
 
-import { jsonPath, type PortSpec } from "./model.ts";
+import { type ClaimSummary, jsonPath, type PortSpec } from "./model.ts";
 import type { Node } from "jsonc-parser";
 import { type Family, type Protocol, PROTOCOLS } from "../system/address.ts";
 
@@ -23,6 +23,22 @@ export interface Claim {
   all?: { spec: PortSpec; family: Family };
   /** A `snat` claim: the address is the outgoing source of this guest address, which may be one only. */
   snat?: { privateIp: string };
+}
+
+/** What a claim tells others (see ClaimSummary): where it is, and what it takes; `file` where it has none. */
+export function claimSummary(c: Claim, file: string): ClaimSummary {
+  return {
+    domain: c.domain,
+    file: c.file ?? file,
+    path: c.path,
+    line: c.at?.line ?? 1,
+    column: c.at?.column ?? 1,
+    address: c.address,
+    protocol: c.protocol,
+    first: c.first,
+    last: c.last,
+    ...(c.all ? { all: true as const } : {}),
+  };
 }
 
 type ClaimFn = (

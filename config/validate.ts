@@ -3,7 +3,7 @@
 import type { Node, ParseError } from "jsonc-parser";
 import { readDomain } from "./entry.ts";
 import { kind, type Report, show } from "./nodes.ts";
-import { type Claim, reportClashes } from "./ports.ts";
+import { type Claim, claimSummary, reportClashes } from "./ports.ts";
 import { cutTooDeep, MAX_DEPTH } from "./jsonc_scan.ts";
 import {
   BACKENDS,
@@ -136,18 +136,7 @@ export function parseConfigs(texts: ConfigText[], options: ValidateOptions = {})
     if (d.severity === "error") { for (const name of d.domains ?? []) config.domains.delete(name); }
   }
   // The public ports every file claims, for the forwards in a guest's XML to be checked against (hook/guest.ts).
-  config.claims = shared.claims.filter((c) => !c.snat).map((c) => ({
-    domain: c.domain,
-    file: c.file ?? config.file,
-    path: c.path,
-    line: c.at?.line ?? 1,
-    column: c.at?.column ?? 1,
-    address: c.address,
-    protocol: c.protocol,
-    first: c.first,
-    last: c.last,
-    ...(c.all ? { all: true as const } : {}),
-  }));
+  config.claims = shared.claims.filter((c) => !c.snat).map((c) => claimSummary(c, config.file));
   return config;
 }
 

@@ -6,7 +6,7 @@
 
 import type { ClaimSummary, Diagnostic, Entry, Target } from "../config/model.ts";
 import { readMetadata } from "../config/metadata.ts";
-import { type Claim, reportClashes } from "../config/ports.ts";
+import { type Claim, claimSummary, reportClashes } from "../config/ports.ts";
 import { type Family, parseAddress } from "../system/address.ts";
 import { type Lease, readLeases, readNetworkStatus } from "../system/libvirt.ts";
 import { attr, child, childrenNamed, parseXml, type XmlElement } from "../system/xml.ts";
@@ -89,7 +89,7 @@ export function guestForwards(
     diagnostics: md.diagnostics,
     problems: [],
     metadata: md.present,
-    claims: md.claims.map((c) => summaryOf(c, xml!.file)),
+    claims: md.claims.map((c) => claimSummary(c, xml!.file)),
   };
   if (md.diagnostics.length === 0 && (md.present || recorded.length > 0)) {
     // The XML's ports and the guest's own entries' against the config's (every domain's) and the other running
@@ -185,21 +185,6 @@ function asClaim(c: ClaimSummary, report: Claim["report"] = () => {}): Claim {
     first: c.all ? 1 : c.first,
     last: c.all ? 65535 : c.last,
     report,
-  };
-}
-
-/** What a claim of the XML records (see hook/claims.ts): where it is, and what it takes. */
-function summaryOf(c: Claim, file: string): ClaimSummary {
-  return {
-    domain: c.domain,
-    file,
-    path: c.path,
-    line: c.at?.line ?? 1,
-    column: c.at?.column ?? 1,
-    address: c.address,
-    protocol: c.protocol,
-    first: c.first,
-    last: c.last,
   };
 }
 
