@@ -3,7 +3,8 @@
 import { runDir } from "./live.ts";
 import { configCandidates, dropInDirOf } from "../config/source.ts";
 import type { HookDeps } from "../hook/deps.ts";
-import { install } from "../hook/domain.ts";
+import { install, type InstallSeen } from "../hook/domain.ts";
+import { waitingNote } from "../hook/guest.ts";
 
 export async function apply(domain: string, deps: HookDeps): Promise<number> {
   const xmlPath = `${runDir()}/${domain}.xml`;
@@ -16,13 +17,18 @@ export async function apply(domain: string, deps: HookDeps): Promise<number> {
     );
     return 1;
   }
-  const result = await install(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "apply");
+  const seen: InstallSeen = {};
+  const result = await install(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "apply", seen);
   if (result === "absent") {
     const candidates = configCandidates(deps.env);
     const file = `${candidates.join(" or ")} nor in ${dropInDirOf(candidates)}/`;
     deps.problem(
       `"${domain}" is not in ${file}, and its XML holds no forwards; to remove its forwards, use: remove ${domain}`,
     );
-  } else if (result === "installed") console.log(`Applied the forwards of "${domain}"`);
+  } else if (result === "installed") {
+    console.log(`Applied the forwards of "${domain}"`);
+    // Those still without the guest's address: the watcher applies them when its lease comes (or apply, again).
+    for (const w of seen.waiting ?? []) console.log(`  ${w.entry}: ${waitingNote(w)}`);
+  }
   return result === "installed" ? 0 : 1;
 }

@@ -220,21 +220,31 @@ export async function forwardsOf(
 /** What install did: the forwards are live, the config does not name the domain, or it could not. */
 export type InstallResult = "installed" | "absent" | "failed";
 
+/** What install saw beside its result: the forwards that wait for the guest's lease (applied when it comes). */
+export interface InstallSeen {
+  waiting?: Waiting[];
+}
+
 /**
  * Installs a domain's forwards from the config (libvirt's start, the apply command). Where the config names the
  * domain, the firewall is read (a process, ~3 ms) while the config is validated and the forwards are planned:
  * under the lock from the start, as every read that a write follows.
  */
-export async function install(domain: string, deps: HookDeps, action = "start"): Promise<InstallResult> {
+export async function install(
+  domain: string,
+  deps: HookDeps,
+  action = "start",
+  seen: InstallSeen = {},
+): Promise<InstallResult> {
   const source = readConfigSource(configCandidates(deps.env));
   const xml = await deps.readStdin();
   if (!configMentions(source, domain) && !xml.includes(METADATA_NS)) {
-    return await installWith(domain, deps, action, source);
+    return await installWith(domain, deps, action, source, seen);
   }
   return await deps.lock(async () => {
     const reading = (await beginRead(applyDeps(deps), { domain, jumps: false })).state;
     try {
-      return await installWith(domain, deps, action, source, reading);
+      return await installWith(domain, deps, action, source, seen, reading);
     } finally {
       // Never left running when we return, whatever path above awaited it or not.
       await reading.catch(() => {});
@@ -248,6 +258,7 @@ async function installWith(
   deps: HookDeps,
   action: string,
   source: ConfigSource,
+  seen: InstallSeen,
   reading?: Promise<FirewallState>,
 ): Promise<InstallResult> {
   const { config, facts } = await loadFor(deps, { source, domain });
@@ -267,6 +278,7 @@ async function installWith(
     return fail(`${plan.why}; nothing was changed`);
   }
   for (const w of plan.waiting) deps.log(`${action} ${domain}: ${w.entry}: ${waitingNote(w)}`);
+  seen.waiting = plan.waiting;
   try {
     // The taps are read from the XML while the firewall's read runs, not after the write.
     const taps = await hairpinTaps(plan.forwards, facts, await deps.readStdin());

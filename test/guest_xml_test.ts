@@ -218,6 +218,13 @@ Deno.test({
           `# forwards/portForward[1]: waiting for a DHCP lease (mac ${MAC2}, network default); ` +
           "applied when it comes";
         assert.ok(plan.stdout.split("\n").includes(waiting), plan.stdout);
+        // apply says the same: nothing to apply yet, and what it waits for.
+        const apply = await hook(lab, d, ["apply", "g2"]);
+        assert.equal(apply.code, 0, apply.stderr);
+        assert.equal(
+          apply.stdout,
+          `Applied the forwards of "g2"\n  forwards/portForward[1]: waiting for a DHCP lease (mac ${MAC2}, network default)\n`,
+        );
       });
 
       await t.step(
