@@ -26,7 +26,7 @@ export function domainElement(root: XmlElement): XmlElement | undefined {
  */
 export function interfacesOf(root: XmlElement): GuestInterface[] {
   const devices = child(domainElement(root) ?? root, "devices");
-  return childrenNamed(devices ?? root, "interface").filter(() => devices !== undefined).map((i) => {
+  return (devices ? childrenNamed(devices, "interface") : []).map((i) => {
     const source = child(i, "source");
     const mac = attr(child(i, "mac") ?? i, "address")?.toLowerCase();
     const network = source && attr(source, "network");

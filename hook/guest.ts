@@ -64,8 +64,8 @@ export interface DomainXml {
 }
 
 /**
- * A domain's forwards: its JSON `entries` (from `configFile`), and its XML's metadata, checked together for
- * clashing public ports; then every target without a guest address gets one found, or waits for it.
+ * A domain's forwards: its JSON `entries` and its XML's metadata, their public ports checked against the config's
+ * and the other running guests' XML; then every target without a guest address gets one found, or waits for it.
  */
 export function guestForwards(
   domain: string,
@@ -120,17 +120,15 @@ export function guestForwards(
       out.entries.push(entry);
       continue;
     }
-    const nic = (entry.mac === undefined
-      ? nics.find((n) =>
-        n.network !== undefined
-      )
-      : nics.find((n) => n.mac === entry.mac)) as GuestInterface & { mac?: string } | undefined;
-    if (nic?.mac === undefined) {
+    const nic = entry.mac === undefined
+      ? nics.find((n) => n.network !== undefined)
+      : nics.find((n) => n.mac === entry.mac);
+    const mac = nic?.mac;
+    if (nic === undefined || mac === undefined) {
+      const field = md.entries.includes(entry) ? "guest" : "private_ip";
       out.problems.push(
         entry.mac === undefined
-          ? `${entry.path}: the guest has no interface on a libvirt network to find its address on; give it (${
-            md.entries.includes(entry) ? "guest=" : "private_ip"
-          })`
+          ? `${entry.path}: the guest has no interface on a libvirt network to find its address on; give it as ${field}`
           : `${entry.path}: the guest has no interface with MAC ${entry.mac}`,
       );
       continue;
@@ -142,7 +140,7 @@ export function guestForwards(
         targets.push(t);
         continue;
       }
-      const found = findAddress(domain, { ...nic, mac: nic.mac }, t.family, lookup);
+      const found = findAddress(domain, { ...nic, mac }, t.family, lookup);
       bridge ??= found.bridge;
       if (found.address) targets.push({ ...t, privateIp: found.address });
       else {
@@ -150,7 +148,7 @@ export function guestForwards(
           domain,
           entry: entry.path,
           family: t.family,
-          mac: nic.mac,
+          mac,
           ...(nic.network ? { network: nic.network } : {}),
           ...(bridge ? { bridge } : {}),
         });

@@ -132,7 +132,7 @@ Deno.test("guestForwards(): a MAC the guest does not have, or no libvirt NIC, is
     lookup: lookup(),
   });
   assert.deepEqual(b.problems, [
-    "web1: the guest has no interface on a libvirt network to find its address on; give it (private_ip)",
+    "web1: the guest has no interface on a libvirt network to find its address on; give it as private_ip",
   ]);
 });
 
