@@ -313,6 +313,21 @@ async function measureStartup(ctx: Context): Promise<{ launcher: Summary; startu
   };
 }
 
+/**
+ * Warm-up: the first call of each form after install fills the module/emit cache; it is reported (ctx.cold), not
+ * counted. Returns the empty series the timed runs fill, per form and operation.
+ */
+async function warmUp(ctx: Context, config: string, domain: string): Promise<Map<string, number[]>> {
+  const times = new Map<string, number[]>();
+  for (const form of ctx.forms) {
+    const first = await hookCall(ctx, form, config, domain, "start");
+    if (!ctx.cold.has(form.id)) ctx.cold.set(form.id, first.ms);
+    await hookCall(ctx, form, config, domain, "stopped");
+    for (const op of OPS) times.set(timeKey(form.id, op), []);
+  }
+  return times;
+}
+
 async function runScenario(
   ctx: Context,
   sc: Scenario,
@@ -333,15 +348,8 @@ async function runScenario(
   const plans = new Map<string, string>();
   for (const d of names) plans.set(d, await planFor(ctx, sc.id, config, d));
 
-  const times = new Map<string, number[]>();
+  const times = await warmUp(ctx, config, names[0]!);
   const ext = new Map<FormId, Awaited<ReturnType<typeof extras>>>();
-  for (const form of ctx.forms) {
-    // Warm-up: the first call after install fills the module/emit cache; it is reported, not counted.
-    const first = await hookCall(ctx, form, config, names[0]!, "start");
-    if (!ctx.cold.has(form.id)) ctx.cold.set(form.id, first.ms);
-    await hookCall(ctx, form, config, names[0]!, "stopped");
-    for (const op of OPS) times.set(timeKey(form.id, op), []);
-  }
   let hookLines: string[] = [];
   const hookRun = async (r: number) => {
     for (const form of ctx.forms) {
@@ -462,14 +470,8 @@ async function runNftScenario(
       throw new Error(`${when}: expected ${want} domain(s) in our nft table, found ${owners}`);
     }
   };
-  const times = new Map<string, number[]>();
+  const times = await warmUp(ctx, config, names[0]!);
   const ext = new Map<FormId, Awaited<ReturnType<typeof extras>>>();
-  for (const form of ctx.forms) {
-    const first = await hookCall(ctx, form, config, names[0]!, "start");
-    if (!ctx.cold.has(form.id)) ctx.cold.set(form.id, first.ms);
-    await hookCall(ctx, form, config, names[0]!, "stopped");
-    for (const op of OPS) times.set(timeKey(form.id, op), []);
-  }
   const hookRun = async (r: number) => {
     for (const form of ctx.forms) {
       progress(ctx, `${where}: ${form.id} run ${r + 1}/${sc.runs}`);

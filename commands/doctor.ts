@@ -3,7 +3,7 @@
 import { foreignGates } from "../backends/foreign.ts";
 import { asLiveForward, asLiveSnat, describeForward } from "../backends/forward.ts";
 import { readState } from "../backends/state.ts";
-import { acceptMisplaced, forwardsByDomain, knownNames, runDir, runningDomains } from "./live.ts";
+import { acceptMisplaced, forwardsByDomain, knownNames, runningDomains, runningXml } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { applyDeps, type DomainForwards, forwardsOf, loadFor } from "../hook/domain.ts";
 import { waitingNote } from "../hook/guest.ts";
@@ -64,9 +64,7 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
 
   // The running guests' XML: the forwards in their metadata, and the addresses found for them.
   const xmlOf = (domain: string) =>
-    running.includes(domain)
-      ? Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => undefined)
-      : Promise.resolve(undefined);
+    running.includes(domain) ? runningXml(domain) : Promise.resolve(undefined);
   const plans = new Map<string, DomainForwards>();
   const planOf = async (domain: string) => {
     const known = plans.get(domain);

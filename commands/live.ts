@@ -21,13 +21,18 @@ export function runDir(): string {
   return qemuRunDir();
 }
 
+/** A running guest's XML (libvirt's status file: its live XML); undefined where the guest does not run. */
+export function runningXml(domain: string): Promise<string | undefined> {
+  return Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => undefined);
+}
+
 /**
  * A guest's XML as the operator commands read it: a running guest's status file (its live XML, metadata as
  * `virsh metadata --live` left it), else its defined XML (`virsh dumpxml --inactive`: commands may call libvirt,
  * the hook never does). Undefined where neither is there (no such guest, or no libvirt here).
  */
 export async function guestXml(deps: Pick<HookDeps, "runner">, domain: string): Promise<string | undefined> {
-  const running = await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => undefined);
+  const running = await runningXml(domain);
   if (running !== undefined) return running;
   try {
     const r = await deps.runner.run(["virsh", "-q", "dumpxml", "--inactive", "--", domain], {

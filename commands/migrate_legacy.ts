@@ -1,7 +1,7 @@
 /** `migrate-legacy`: removes the old Python hook's chains. */
 
 import { chainLine, tokenize } from "../backends/iptables_live.ts";
-import { runDir } from "./live.ts";
+import { runDir, runningXml } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { install, loadFor, tools } from "../hook/domain.ts";
 import { message } from "../system/report.ts";
@@ -76,7 +76,7 @@ export async function migrateLegacy(
   }
   let failed = 0;
   for (const domain of running) {
-    const xml = await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => "");
+    const xml = await runningXml(domain) ?? "";
     const result = await install(
       domain,
       { ...deps, readStdin: () => Promise.resolve(xml) },

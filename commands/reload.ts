@@ -1,7 +1,7 @@
 /** `reload`: brings every running domain's forwards in line with the config. */
 
 import { domainLabel } from "../backends/names.ts";
-import { liveByDomain, runDir } from "./live.ts";
+import { liveByDomain, runningXml } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { applyDeps, resync } from "../hook/domain.ts";
 import { reassertAccepts } from "../rules.ts";
@@ -12,7 +12,7 @@ export async function reload(deps: HookDeps): Promise<number> {
   let failed = 0;
   for (const domain of live.keys()) {
     // The running guest's XML: the forwards in its metadata, and its interfaces' addresses.
-    const xml = await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => "");
+    const xml = await runningXml(domain) ?? "";
     if (await resync(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "reload")) {
       console.log(`Reloaded "${domainLabel(domain)}"`);
     } else failed++;

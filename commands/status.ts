@@ -11,8 +11,8 @@ import {
   hostListener,
   knownNames,
   livePacket,
-  runDir,
   runningDomains,
+  runningXml,
 } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { applyDeps, forwardsOf, loadFor } from "../hook/domain.ts";
@@ -41,9 +41,7 @@ export async function status(deps: HookDeps, { only, json = false }: StatusOptio
     if (only !== undefined && domain !== only && domainLabel(domain) !== only) continue;
     const forwards = live.get(domain) ?? [];
     // What the config and the running guest's XML say now (its metadata, and the addresses found for it).
-    const xml = running.has(domain)
-      ? await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => undefined)
-      : undefined;
+    const xml = running.has(domain) ? await runningXml(domain) : undefined;
     const found = await forwardsOf(domain, { config, facts, xml, deps }).catch(() => undefined);
     const waiting = found?.kind === "ok" ? found.waiting.map(waitingNote) : [];
     if (forwards.length === 0 && waiting.length === 0) continue;

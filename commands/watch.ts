@@ -2,7 +2,7 @@
 
 import { describeForward, describePlan } from "../backends/forward.ts";
 import { readState } from "../backends/state.ts";
-import { acceptMisplaced, exists, forwardsByDomain, runDir, runningDomains } from "./live.ts";
+import { acceptMisplaced, exists, forwardsByDomain, runningDomains, runningXml } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { applyDeps, forwardsOf, install, loadFor, removedMarker } from "../hook/domain.ts";
 import { reassertAccepts } from "../rules.ts";
@@ -27,7 +27,7 @@ async function heal(deps: HookDeps): Promise<string[]> {
   for (const domain of running) {
     if (deps.stateDir !== undefined && await exists(removedMarker(deps.stateDir, domain))) continue;
     // The running guest's XML: its metadata as it is now, and its interfaces, whose leases may have come or moved.
-    const xml = await Deno.readTextFile(`${runDir()}/${domain}.xml`).catch(() => undefined);
+    const xml = await runningXml(domain);
     const planned = await forwardsOf(domain, { config, facts, xml, deps }).catch(() => undefined);
     if (planned?.kind !== "ok") continue;
     const want = describePlan(domain, planned).sort().join("\n");

@@ -247,72 +247,62 @@ function readEntry(
   };
   readPortMap(fields.get("port_map"), jsonPath(path, "port_map"), fail, report, claim);
   readPortRanges(fields.get("port_range"), jsonPath(path, "port_range"), fail, report, claim);
-  const allNode = fields.get("all_ports");
-  if (allNode && allNode.type !== "boolean") {
-    fail(allNode, jsonPath(path, "all_ports"), `Expected true or false, found ${kind(allNode)}`);
-  } else if (allNode?.value === true) {
-    const implicit = targets.filter((t) => t.publicIp === undefined);
-    if (implicit.length > 0) {
-      const want = implicit.map((t) => (t.family === 6 && targets.length > 1 ? "public_ipv6" : "public_ip"));
-      fail(
-        allNode,
-        jsonPath(path, "all_ports"),
-        `all_ports takes every port of its public address, so it needs one given: set ${want.join(" and ")}`,
-      );
-    } else {
-      // Each protocol's every port, but those other forwards claim on the address (known once all are read).
-      for (const protocol of PROTOCOLS) {
-        const spec: PortSpec = { protocol, publicPort: 1, privatePort: 1, count: 65535, all: { except: {} } };
-        ports.push(spec);
-        for (const t of targets) {
-          claims.push({
-            report,
-            domain,
-            node: allNode,
-            path: jsonPath(path, "all_ports"),
-            address: t.publicIp!,
-            protocol,
-            first: 1,
-            last: 65535,
-            all: { spec, family: t.family },
-          });
-        }
-      }
+  /**
+   * A flag that takes a whole public address (all_ports, snat): its node where it is true and every target names
+   * its public address; a positioned error where it is no boolean, or where an address is left to the default.
+   */
+  const wholeAddress = (key: "all_ports" | "snat", what: string): Node | undefined => {
+    const n = fields.get(key);
+    if (!n) return undefined;
+    if (n.type !== "boolean") {
+      fail(n, jsonPath(path, key), `Expected true or false, found ${kind(n)}`);
+      return undefined;
     }
-  }
-  const snatNode = fields.get("snat");
-  let snat = false;
-  if (snatNode && snatNode.type !== "boolean") {
-    fail(snatNode, jsonPath(path, "snat"), `Expected true or false, found ${kind(snatNode)}`);
-  } else if (snatNode?.value === true) {
+    if (n.value !== true) return undefined;
     const implicit = targets.filter((t) => t.publicIp === undefined);
-    if (implicit.length > 0) {
-      const want = implicit.map((t) => (t.family === 6 && targets.length > 1 ? "public_ipv6" : "public_ip"));
-      fail(
-        snatNode,
-        jsonPath(path, "snat"),
-        `snat makes the guest's connections leave from its public address, so it needs one given: set ${
-          want.join(" and ")
-        }`,
-      );
-    } else {
-      snat = true;
+    if (implicit.length === 0) return n;
+    const want = implicit.map((t) => (t.family === 6 && targets.length > 1 ? "public_ipv6" : "public_ip"));
+    fail(n, jsonPath(path, key), `${key} ${what}, so it needs one given: set ${want.join(" and ")}`);
+    return undefined;
+  };
+  const allNode = wholeAddress("all_ports", "takes every port of its public address");
+  if (allNode) {
+    // Each protocol's every port, but those other forwards claim on the address (known once all are read).
+    for (const protocol of PROTOCOLS) {
+      const spec: PortSpec = { protocol, publicPort: 1, privatePort: 1, count: 65535, all: { except: {} } };
+      ports.push(spec);
       for (const t of targets) {
         claims.push({
           report,
           domain,
-          node: snatNode,
-          path: jsonPath(path, "snat"),
+          node: allNode,
+          path: jsonPath(path, "all_ports"),
           address: t.publicIp!,
-          protocol: "tcp",
-          first: 0,
-          last: 0,
-          snat: { privateIp: t.privateIp ?? `the address found for ${domain}` },
+          protocol,
+          first: 1,
+          last: 65535,
+          all: { spec, family: t.family },
         });
       }
     }
   }
-  if (!fields.has("port_map") && !fields.has("port_range") && !allNode && !snatNode) {
+  const snatNode = wholeAddress("snat", "makes the guest's connections leave from its public address");
+  if (snatNode) {
+    for (const t of targets) {
+      claims.push({
+        report,
+        domain,
+        node: snatNode,
+        path: jsonPath(path, "snat"),
+        address: t.publicIp!,
+        protocol: "tcp",
+        first: 0,
+        last: 0,
+        snat: { privateIp: t.privateIp ?? `the address found for ${domain}` },
+      });
+    }
+  }
+  if (!["port_map", "port_range", "all_ports", "snat"].some((k) => fields.has(k))) {
     report(node, path, "Entry forwards no port: give port_map or port_range", { severity: "warning" });
   }
   if (failed) return undefined;
@@ -321,7 +311,7 @@ function readEntry(
     ...(iface === undefined ? {} : { interface: iface }),
     targets,
     ports,
-    ...(snat ? { snat: true as const } : {}),
+    ...(snatNode ? { snat: true as const } : {}),
   };
 }
 

@@ -195,15 +195,16 @@ export async function forwardsOf(
       why: `${errors.length} problem(s) in the forwards of its XML`,
     };
   }
+  // These name the entry by its path: in the XML (forwards/...) or in the config file.
+  const where = (p: string) => `${p.startsWith("forwards") ? file : config.file}: ${p}`;
   if (guest.problems.length > 0) {
-    return { kind: "invalid", lines: guest.problems, why: "the guest's address cannot be found" };
+    return { kind: "invalid", lines: guest.problems.map(where), why: "the guest's address cannot be found" };
   }
   const plan = planForwards(guest.entries, facts);
   if (plan.problems.length > 0) {
-    const where = (p: string) => p.startsWith("forwards") ? file : config.file;
     return {
       kind: "invalid",
-      lines: plan.problems.map((p) => `${where(p)}: ${p}`),
+      lines: plan.problems.map(where),
       why: "nothing was changed",
     };
   }

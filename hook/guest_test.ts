@@ -190,6 +190,18 @@ Deno.test("forwardsOf(): XML that is not well-formed, where it holds forwards of
     lines: ["domain XML of web1:2:93: Not well-formed XML: unexpected close tag."],
     why: "its XML cannot be read",
   });
+  // A problem no lease solves names the file the entry is in.
+  await loadParser();
+  const noNic = parseConfig(`{"web1": {"port_map": {"tcp": [22]}}}`, "hooks.jsonc");
+  const bridgeOnly = `<domain><devices><interface type='bridge'><mac address='52:54:00:00:00:01'/>` +
+    `<source bridge='br0'/></interface></devices></domain>`;
+  assert.deepEqual(await forwardsOf("web1", { config: noNic, facts: FACTS, xml: bridgeOnly, deps }), {
+    kind: "invalid",
+    lines: [
+      "hooks.jsonc: web1: the guest has no interface on a libvirt network to find its address on; give it as private_ip",
+    ],
+    why: "the guest's address cannot be found",
+  });
   // Nothing of ours in it and nothing in the config: nothing to do, the XML is not even read.
   assert.deepEqual(await forwardsOf("web1", { config, facts: FACTS, xml: "<domain><x>", deps }), {
     kind: "absent",

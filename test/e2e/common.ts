@@ -380,6 +380,20 @@ export interface Report {
 }
 
 /**
+ * How a report names the hook calls when the recorders run as `qemu.d/<recQemu>` and `network.d/<recNet>`, after
+ * our hooks: each call by the hook it was made to.
+ */
+export function recordedCalls(recQemu: string, recNet: string): Pick<Report, "callsTitle" | "describe"> {
+  return {
+    callsTitle:
+      "hook-triggering steps and the hook calls libvirt made (ms after the command began; recorded " +
+      "after our qemu/network hook returned)",
+    describe: (c) =>
+      `${c.hook === recQemu ? "qemu" : c.hook === recNet ? "network" : c.hook} ${c.argv.join(" ")}`,
+  };
+}
+
+/**
  * Prints the report (notes, results, hook-triggering commands with the hook calls the recorder saw, harness
  * timings, rulesets), then stops libvirtd, removes the recorder and `tmp`.
  */

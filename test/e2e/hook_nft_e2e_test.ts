@@ -29,6 +29,7 @@ import {
   installRecorderScript,
   iptablesSave,
   PUBLIC_IP,
+  recordedCalls,
   reportAndTearDown,
   runInstallSh,
   SERVICE_IP,
@@ -422,12 +423,8 @@ Deno.test({
           install,
           notes,
           results,
-          callsTitle:
-            "hook-triggering steps and the hook calls libvirt made (ms after the command began; recorded " +
-            "after our qemu/network hook returned)",
+          ...recordedCalls(REC_QEMU, REC_NET),
           actions,
-          describe: (c) =>
-            `${c.hook === REC_QEMU ? "qemu" : c.hook === REC_NET ? "network" : c.hook} ${c.argv.join(" ")}`,
           rulesets,
         },
         env,

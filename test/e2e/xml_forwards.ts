@@ -28,10 +28,12 @@ import {
   checkForwards,
   CLIENT_IP,
   diff,
+  epoch,
   type Forward,
   installRecorderScript,
   PEER_IP,
   PUBLIC_IP,
+  recordedCalls,
   reportAndTearDown,
   runInstallSh,
   SERVICE_IP,
@@ -352,7 +354,7 @@ export async function xmlForwardsScenario(t: Deno.TestContext, v: XmlForwardsVar
     await t.step(
       "1b. virsh start: the reserved address is forwarded to from client, host and hairpin",
       async () => {
-        const since = epochNow();
+        const since = epoch();
         await act(
           `virsh start ${RESERVED_GUEST}`,
           () => startGuest(e, RESERVED_GUEST),
@@ -393,7 +395,7 @@ export async function xmlForwardsScenario(t: Deno.TestContext, v: XmlForwardsVar
     );
 
     await t.step("1c. virsh destroy: no path works, the ruleset is the one before start", async () => {
-      const since = epochNow();
+      const since = epoch();
       await act(
         `virsh destroy ${RESERVED_GUEST}`,
         () => destroyGuest(e, RESERVED_GUEST),
@@ -447,7 +449,7 @@ export async function xmlForwardsScenario(t: Deno.TestContext, v: XmlForwardsVar
       const leases = await readTextOr(statusFile, "(missing)");
       notes.push(`${statusFile} before any lease: ${JSON.stringify(leases)}`);
       assert.ok(!leases.includes(LEASE_MAC), `a lease for ${LEASE_MAC} already:\n${leases}`);
-      const since = epochNow();
+      const since = epoch();
       const r = await act(
         `virsh start ${LEASE_GUEST}`,
         () => startGuest(e, LEASE_GUEST),
@@ -482,7 +484,7 @@ export async function xmlForwardsScenario(t: Deno.TestContext, v: XmlForwardsVar
         );
         lease = l;
         leased = l.ip;
-        const tLease = epochNow();
+        const tLease = epoch();
         if (l.pid) started.pids.push(l.pid);
         seen.push(`dhclient -4 -1 -v -sf /bin/true (exit after the lease: ${l.ms} ms):\n${indent(l.output)}`);
         const last = Number(l.ip.split(".")[3]);
@@ -507,7 +509,7 @@ export async function xmlForwardsScenario(t: Deno.TestContext, v: XmlForwardsVar
           200,
         );
         results.push(
-          `lease: client -> ${PUBLIC_IP}:8080 works ${Math.round((epochNow() - tLease) * 1000)} ms after ` +
+          `lease: client -> ${PUBLIC_IP}:8080 works ${Math.round((epoch() - tLease) * 1000)} ms after ` +
             `dhclient had its lease (try ${tries}): "${ok.text}"`,
         );
         assert.match(ok.text, svcLine("leased", CLIENT_IP, l.ip));
@@ -560,7 +562,7 @@ export async function xmlForwardsScenario(t: Deno.TestContext, v: XmlForwardsVar
           (l) => `bound to ${l.ip} after ${l.ms} ms`,
         );
         lease = l;
-        const tLease = epochNow();
+        const tLease = epoch();
         if (l.pid) started.pids.push(l.pid);
         assert.equal(l.ip, moveTo, `dnsmasq did not give the requested address:\n${l.output}`);
         // dnsmasq runs libvirt's leases helper after its ACK: the status file follows a moment later
@@ -583,7 +585,7 @@ export async function xmlForwardsScenario(t: Deno.TestContext, v: XmlForwardsVar
         );
         results.push(
           `moved lease: client -> ${PUBLIC_IP}:8080 reaches ${moveTo} ${
-            Math.round((epochNow() - tLease) * 1000)
+            Math.round((epoch() - tLease) * 1000)
           } ms after the second lease: "${ok.text}"`,
         );
         const log = w.lines().slice(linesBefore).map((x) => x.line);
@@ -669,7 +671,7 @@ export async function xmlForwardsScenario(t: Deno.TestContext, v: XmlForwardsVar
     );
 
     await t.step("3b. virsh destroy: nothing of ours left; dhclient stops", async () => {
-      const since = epochNow();
+      const since = epoch();
       await act(`virsh destroy ${LEASE_GUEST}`, () => destroyGuest(e, LEASE_GUEST), (r) => `exit ${r.code}`);
       await rec.waitForCall((c) => isCall(c, REC_QEMU, LEASE_GUEST, "release", "end") && c.t >= since);
       const after = await v.ruleset(e);
@@ -707,12 +709,8 @@ export async function xmlForwardsScenario(t: Deno.TestContext, v: XmlForwardsVar
         install,
         notes: [...notes, "\n--- libvirt's files and XML as it wrote them ---", ...seen],
         results,
-        callsTitle:
-          "hook-triggering steps and the hook calls libvirt made (ms after the command began; recorded after " +
-          "our qemu/network hook returned)",
+        ...recordedCalls(REC_QEMU, REC_NET),
         actions,
-        describe: (c) =>
-          `${c.hook === REC_QEMU ? "qemu" : c.hook === REC_NET ? "network" : c.hook} ${c.argv.join(" ")}`,
         rulesets,
       },
       env,
@@ -723,5 +721,3 @@ export async function xmlForwardsScenario(t: Deno.TestContext, v: XmlForwardsVar
   await t.step("everything torn down", () => assertNothingLeft(started));
   console.log(`${v.name}: ${Math.round(performance.now() - t00)} ms`);
 }
-
-const epochNow = (): number => (performance.timeOrigin + performance.now()) / 1000;
