@@ -84,7 +84,7 @@ Deno.test("parseConfig() reports each mistake as file:line:column: message (json
       "hooks.jsonc:1:33: Cannot parse the config: expected a value",
     ]],
     ["an unknown setting", `{"/settings": {"backend": "iptables", "colour": "blue"}}`, [
-      'hooks.jsonc:1:39: Unknown setting "colour"; known: backend, accept_in (["/settings"].colour)',
+      'hooks.jsonc:1:39: Unknown setting "colour"; known: backend, accept_in, host_addresses, xml_forwards (["/settings"].colour)',
     ]],
   ];
   for (const [name, text, expected] of cases) {

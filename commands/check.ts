@@ -109,12 +109,6 @@ function hostWarnings(domains: Map<string, Entry[]>, facts: HostFacts): string[]
     if (found && "address" in found) defaults[family] = found.address;
   }
   const out: string[] = [];
-  let local: Set<string> | undefined;
-  try {
-    local = new Set(Deno.networkInterfaces().map((i) => parseAddress(i.address)?.text ?? i.address));
-  } catch {
-    // Without the interface list, this check is skipped.
-  }
   const listeners = readListeners();
   for (const entries of domains.values()) {
     for (const e of entries) {
@@ -125,11 +119,6 @@ function hostWarnings(domains: Map<string, Entry[]>, facts: HostFacts): string[]
         );
       }
       for (const t of e.targets) {
-        if (t.publicIp && local && !local.has(t.publicIp)) {
-          out.push(
-            `${e.path}: public_ip ${t.publicIp} is not an address of this host; nothing will arrive there`,
-          );
-        }
         if (e.interface && t.privateIp !== undefined) {
           const nets = connected.filter((r) => r.device === e.interface && r.family === t.family);
           const addr = parseAddress(t.privateIp)!;

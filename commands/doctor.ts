@@ -125,6 +125,7 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
           acceptIn: config.settings.acceptIn,
           xml,
           facts,
+          hostAddresses: config.settings.hostAddresses,
           state,
           gates,
           live: liveText.has(text),

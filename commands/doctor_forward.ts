@@ -9,6 +9,7 @@ import type { FirewallState } from "../backends/state.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { guestInterfaces } from "../hook/domain_xml.ts";
 import { packetOf } from "../hook/warnings.ts";
+import { inNetworks } from "../config/policy.ts";
 import { parseAddress } from "../system/address.ts";
 import { loadXml } from "../system/xml.ts";
 import { connectedNetworkOf, type HostFacts, listenerAt, readListeners } from "../system/host.ts";
@@ -19,6 +20,8 @@ interface ForwardContext {
   acceptIn: readonly string[];
   xml: string | undefined;
   facts: HostFacts;
+  /** `"/settings".host_addresses`: addresses that are this host's though no interface holds them. */
+  hostAddresses: string[];
   state: FirewallState;
   gates: ForeignGate[];
   live: boolean;
@@ -61,12 +64,19 @@ export async function forwardFindings(domain: string, f: Forward, c: ForwardCont
   }
   out.push(await neighbour(f.privateIp, bridge));
   // The public side.
-  const local = localAddresses();
-  if (local && !local.has(f.publicIp)) {
-    out.push(fail(
-      `public_ip ${f.publicIp} is not an address of this host: nothing will arrive there`,
-      `ip address add ${f.publicIp}/${f.family === 4 ? 32 : 128} dev <public interface>, or fix public_ip`,
-    ));
+  const publicIp = parseAddress(f.publicIp)!;
+  if (c.facts.addresses?.includes(publicIp.text) === false) {
+    out.push(
+      inNetworks(publicIp, c.hostAddresses) ? note(
+        `public address ${f.publicIp} is no interface's here; host_addresses declares it this host's ` +
+          "(routed to it, or floating): the host's and the guests' own connections to it reach the guest too",
+      ) : fail(
+        `public address ${f.publicIp} is not an address of this host: the forward captures the host's and the ` +
+          "guests' own connections to it, and nothing from outside arrives unless it is routed here",
+        `ip address add ${f.publicIp}/${f.family === 4 ? 32 : 128} dev <public interface>, or list it in ` +
+          `"/settings".host_addresses if it is routed here, then qemu reload`,
+      ),
+    );
   } else out.push(ok(`public address ${f.publicIp} is on this host`));
   const listener = listenerAt(
     readListeners(),
@@ -164,14 +174,6 @@ function bridgeOf(device: string): string | undefined {
   try {
     const master = Deno.readLinkSync(`/sys/class/net/${device}/master`);
     return master.slice(master.lastIndexOf("/") + 1);
-  } catch {
-    return undefined;
-  }
-}
-
-function localAddresses(): Set<string> | undefined {
-  try {
-    return new Set(Deno.networkInterfaces().map((i) => parseAddress(i.address)?.text ?? i.address));
   } catch {
     return undefined;
   }

@@ -165,6 +165,8 @@ function readEntry(
   };
 
   const targets: Target[] = [];
+  // Which field gave each target's public address (public_ip, but public_ipv6 for a second, IPv6 target).
+  const publicKey = new Map<Target, "public_ipv6">();
   const privateIp = address("private_ip");
   // No private_ip (nor private_ipv6): the guest's address is found when it starts (its DHCP reservation or lease),
   // in the family of public_ip (or source_ip); IPv4 where neither says.
@@ -213,6 +215,7 @@ function readEntry(
         "private_ip is IPv6 already; use one of them",
       );
     } else targets.push(target(6, private6, public6, source6));
+    if (public6) publicKey.set(targets.at(-1)!, "public_ipv6");
   } else {
     for (const key of ["public_ipv6", "source_ipv6"] as const) {
       if (fields.has(key) && !fields.has("private_ipv6")) {
@@ -242,8 +245,15 @@ function readEntry(
         protocol,
         first: publicPort,
         last: publicPort + count - 1,
+        ...publicOf(t),
       });
     }
+  };
+  /** Where a target's explicit public address is given, for the check that it is the host's (see parseConfigs). */
+  const publicOf = (t: Target): Pick<Claim, "public"> => {
+    const key = publicKey.get(t) ?? "public_ip";
+    const n = fields.get(key);
+    return t.publicIp === undefined || !n ? {} : { public: { node: n, path: jsonPath(path, key) } };
   };
   readPortMap(fields.get("port_map"), jsonPath(path, "port_map"), fail, report, claim);
   readPortRanges(fields.get("port_range"), jsonPath(path, "port_range"), fail, report, claim);
@@ -282,6 +292,7 @@ function readEntry(
           first: 1,
           last: 65535,
           all: { spec, family: t.family },
+          ...publicOf(t),
         });
       }
     }
@@ -299,6 +310,7 @@ function readEntry(
         first: 0,
         last: 0,
         snat: { privateIp: t.privateIp ?? `the address found for ${domain}` },
+        ...publicOf(t),
       });
     }
   }

@@ -26,6 +26,8 @@ export const PORT_FORWARD_ATTRIBUTES = {
   source: "only this remote address or network (CIDR) may use the forward (as source_ip)",
   guest: "the guest's address (default: found from the network's DHCP reservation or lease)",
   mac: "which of the guest's interfaces (default: the first on a libvirt network)",
+  snat: '"yes": the guest\'s own new outgoing connections leave from address (as snat; the policy must allow it)',
+  allPorts: '"yes": every tcp and udp port of address goes to the guest (as all_ports; the policy must allow it)',
 } as const;
 
 /** The attributes of a `range`. */
@@ -41,8 +43,17 @@ export interface MetadataForwards {
   /** Whether the XML has any element of ours. */
   present: boolean;
   entries: Entry[];
+  /** Where each entry stands (in the order of `entries`), for the problems the policy finds later. */
+  places: EntryPlace[];
   diagnostics: Diagnostic[];
   claims: Claim[];
+}
+
+/** Where an entry of the XML stands: its `<portForward>`, its attributes, and the `<range>` of each port run. */
+export interface EntryPlace {
+  element: Position;
+  attributes: Map<string, XmlAttribute>;
+  ranges: Map<PortSpec, Position>;
 }
 
 /**
@@ -58,7 +69,7 @@ export function readMetadata(
   const dom = root.local === "domstatus" ? child(root, "domain") : root;
   const metadata = dom && child(dom, "metadata");
   const ours = (metadata?.children ?? []).filter((c) => c.uri === METADATA_NS);
-  const out: MetadataForwards = { present: ours.length > 0, entries: [], diagnostics: [], claims: [] };
+  const out: MetadataForwards = { present: ours.length > 0, entries: [], places: [], diagnostics: [], claims: [] };
   const problem = (at: { line: number; column: number }, path: string, message: string, value?: string) =>
     out.diagnostics.push({
       severity: "error",
@@ -70,7 +81,6 @@ export function readMetadata(
       ...(value === undefined ? {} : { value: JSON.stringify(value) }),
       domains: [domain],
     });
-  const positions: Map<PortSpec, Position>[] = [];
   ours.forEach((top, t) => {
     const topPath = ours.length > 1 ? `forwards[${t + 1}]` : "forwards";
     if (top.local !== "forwards") {
@@ -88,36 +98,75 @@ export function readMetadata(
       const read = readPortForward(el, path, problem);
       if (!read) continue;
       out.entries.push(read.entry);
-      positions.push(read.positions);
+      out.places.push(read.place);
     }
   });
   // Each entry's claims, for the clash rules the JSON config follows (see reportClashes).
   out.entries.forEach((e, i) => {
+    const place = out.places[i]!;
     for (const t of e.targets) {
       const address = t.publicIp ?? defaultPublicIp[t.family] ?? `default IPv${t.family} address`;
-      for (const p of e.ports) {
-        const at = positions[i]?.get(p);
+      const report = (at: Position): Claim["report"] => (_n, _p, message, extra) =>
+        out.diagnostics.push({
+          severity: "error",
+          file,
+          line: at.line,
+          column: at.column,
+          message,
+          path: at.path,
+          domains: [domain],
+          ...extra,
+        });
+      const whole = (name: "snat" | "allPorts") => {
+        const a = place.attributes.get(name)!;
+        return { line: a.line, column: a.column, path: `${e.path}/@${name}` };
+      };
+      if (e.snat) {
+        const at = whole("snat");
         out.claims.push({
           domain,
-          node: { offset: (at?.line ?? 0) * 100_000 + (at?.column ?? 0) } as Claim["node"],
-          path: at?.path ?? e.path,
-          at: { line: at?.line ?? 1, column: at?.column ?? 1 },
+          node: { offset: at.line * 100_000 + at.column } as Claim["node"],
+          path: at.path,
+          at,
+          address,
+          protocol: "tcp",
+          first: 0,
+          last: 0,
+          file,
+          snat: { privateIp: t.privateIp ?? `the address found for ${domain}` },
+          report: report(at),
+        });
+      }
+      for (const p of e.ports) {
+        if (p.all) {
+          const at = whole("allPorts");
+          out.claims.push({
+            domain,
+            node: { offset: at.line * 100_000 + at.column } as Claim["node"],
+            path: at.path,
+            at,
+            address,
+            protocol: p.protocol,
+            first: 1,
+            last: 65535,
+            file,
+            all: { spec: p, family: t.family },
+            report: report(at),
+          });
+          continue;
+        }
+        const at = place.ranges.get(p) ?? { line: 1, column: 1, path: e.path };
+        out.claims.push({
+          domain,
+          node: { offset: at.line * 100_000 + at.column } as Claim["node"],
+          path: at.path,
+          at,
           address,
           protocol: p.protocol,
           first: p.publicPort,
           last: p.publicPort + p.count - 1,
           file,
-          report: (_n, _p, message, extra) =>
-            out.diagnostics.push({
-              severity: "error",
-              file,
-              line: at?.line ?? 1,
-              column: at?.column ?? 1,
-              message,
-              path: at?.path ?? e.path,
-              domains: [domain],
-              ...extra,
-            }),
+          report: report(at),
         });
       }
     }
@@ -137,7 +186,7 @@ function readPortForward(
   el: XmlElement,
   path: string,
   problem: Problem,
-): { entry: Entry; positions: Map<PortSpec, Position> } | undefined {
+): { entry: Entry; place: EntryPlace } | undefined {
   let failed = false;
   const fail: Problem = (...args) => {
     failed = true;
@@ -156,9 +205,19 @@ function readPortForward(
     }
     named.set(a.name, a);
   }
+  const yes = (name: "snat" | "allPorts"): boolean => {
+    const a = named.get(name);
+    if (!a || a.value === "no") return false;
+    if (a.value === "yes") return true;
+    fail(a, `${path}/@${name}`, 'Expected "yes" or "no"', a.value);
+    return false;
+  };
+  const snat = yes("snat"), allPorts = yes("allPorts");
+  const hasRanges = el.children.length > 0;
   const proto = named.get("proto");
-  if (!proto) fail(el, path, 'Missing required attribute "proto" (tcp or udp)');
-  else if (!(PROTOCOLS as readonly string[]).includes(proto.value)) {
+  if (!proto) {
+    if (hasRanges || !(snat || allPorts)) fail(el, path, 'Missing required attribute "proto" (tcp or udp)');
+  } else if (!(PROTOCOLS as readonly string[]).includes(proto.value)) {
     fail(
       proto,
       `${path}/@proto`,
@@ -204,12 +263,26 @@ function readPortForward(
   if (mac && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(mac.value)) {
     fail(mac, `${path}/@mac`, "Not a MAC address (six hex pairs, as 52:54:00:12:34:56)", mac.value);
   }
+  for (const name of ["snat", "allPorts"] as const) {
+    if ((name === "snat" ? snat : allPorts) && !pub) {
+      const what = name === "snat"
+        ? "makes the guest's connections leave from its public address"
+        : "takes every port of its public address";
+      fail(named.get(name)!, `${path}/@${name}`, `${name} ${what}, so it needs one given: set address`, "yes");
+    }
+  }
   const ranges = readRanges(el, path, fail);
-  if (ranges.length === 0 && !failed) fail(el, path, "<portForward> holds no <range>");
-  if (failed || !proto) return undefined;
-  const protocol = proto.value as typeof PROTOCOLS[number];
+  if (ranges.length === 0 && !failed && !snat && !allPorts) fail(el, path, "<portForward> holds no <range>");
+  if (failed || (!proto && hasRanges)) return undefined;
   const ports: PortSpec[] = [];
   const positions = new Map<PortSpec, Position>();
+  if (allPorts) {
+    // Each protocol's every port, but those other forwards claim on the address (see reportClashes).
+    for (const protocol of PROTOCOLS) {
+      ports.push({ protocol, publicPort: 1, privatePort: 1, count: 65535, all: { except: {} } });
+    }
+  }
+  const protocol = (proto?.value ?? "tcp") as typeof PROTOCOLS[number];
   const excluded = ranges.filter((r) => r.exclude);
   for (const r of ranges.filter((r) => !r.exclude)) {
     for (const [first, last] of subtract([r.start, r.end], excluded.map((x) => [x.start, x.end]))) {
@@ -223,7 +296,7 @@ function readPortForward(
       positions.set(spec, r.at);
     }
   }
-  if (ports.length === 0) {
+  if (ports.length === 0 && !snat) {
     problem(el, path, "Every port of this <portForward> is excluded: it forwards nothing");
     return undefined;
   }
@@ -234,13 +307,19 @@ function readPortForward(
     ...(source ? { source: source.text } : {}),
   };
   return {
-    entry: { path, targets: [target], ports, ...(mac ? { mac: mac.value.toLowerCase() } : {}) },
-    positions,
+    entry: {
+      path,
+      targets: [target],
+      ports,
+      ...(mac ? { mac: mac.value.toLowerCase() } : {}),
+      ...(snat ? { snat: true as const } : {}),
+    },
+    place: { element: { line: el.line, column: el.column, path }, attributes: named, ranges: positions },
   };
 }
 
-/** Where a range stands: its element's line, column and path. */
-interface Position {
+/** Where an element or attribute stands: its line, column and path. */
+export interface Position {
   line: number;
   column: number;
   path: string;

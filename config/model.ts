@@ -1,6 +1,7 @@
 /** The config model's vocabulary: entries, settings, the loaded config and its positioned problems. */
 
 import type { Family, Protocol } from "../system/address.ts";
+import type { XmlRule } from "./policy.ts";
 
 /** The top-level key for settings that are not about one domain; libvirt forbids "/" in domain names. */
 export const SETTINGS_KEY = "/settings";
@@ -72,6 +73,13 @@ export interface Settings {
    * as in libvirt's chain. Their own gates are never changed unasked.
    */
   acceptIn: string[];
+  /**
+   * Addresses and networks that are this host's though no interface holds them: additional addresses routed to
+   * it, a floating address, one that comes later. A public address must be the host's (see config/policy.ts).
+   */
+  hostAddresses: string[];
+  /** What a guest's XML may declare, per domain name pattern (see config/policy.ts); empty: the defaults. */
+  xmlForwards: XmlRule[];
 }
 
 /**
@@ -132,4 +140,6 @@ export type DomainConfig =
 /** Host facts validation may use: the default public address per family, to find clashing claims. */
 export interface ValidateOptions {
   defaultPublicIp?: Partial<Record<Family, string>>;
+  /** The addresses this host's interfaces hold: an explicit public address must be one (or declared). */
+  hostAddresses?: string[];
 }

@@ -1,8 +1,9 @@
 /** An entry's ports (port_map, port_range) and the public ports every entry claims, which must not clash. */
 
-import { type ClaimSummary, jsonPath, type PortSpec } from "./model.ts";
+import { type ClaimSummary, jsonPath, type PortSpec, SETTINGS_KEY } from "./model.ts";
+import { isHostAddress, isLoopback } from "./policy.ts";
 import type { Node } from "jsonc-parser";
-import { type Family, type Protocol, PROTOCOLS } from "../system/address.ts";
+import { type Family, parseAddress, type Protocol, PROTOCOLS } from "../system/address.ts";
 
 import { kind, type Report } from "./nodes.ts";
 
@@ -23,6 +24,8 @@ export interface Claim {
   all?: { spec: PortSpec; family: Family };
   /** A `snat` claim: the address is the outgoing source of this guest address, which may be one only. */
   snat?: { privateIp: string };
+  /** Where the address is given (public_ip), when it is: it must be this host's (see publicAddressProblems). */
+  public?: { node: Node; path: string };
 }
 
 /** What a claim tells others (see ClaimSummary): where it is, and what it takes; `file` where it has none. */
@@ -265,6 +268,32 @@ function reportWholeAddresses(claims: Claim[]) {
         ? `Every ${c.protocol} port of ${c.address} is also claimed by ${where(other, c)} (all_ports)`
         : `${c.address} is also the outgoing address of ${other.snat!.privateIp} (${where(other, c)}); ` +
           "one public address can be the source of one guest address only",
+    );
+  }
+}
+
+/**
+ * Reports each explicit public address that is not this host's, once, where it is given: a forward there would
+ * capture the host's and the guests' own connections to that address. `addresses`: the host's (undefined where
+ * unknown: then nothing is said); `declared`: `"/settings".host_addresses`.
+ */
+export function reportForeignAddresses(claims: Claim[], addresses: string[] | undefined, declared: string[]) {
+  if (addresses === undefined) return;
+  const seen = new Set<Node>();
+  for (const c of claims) {
+    if (!c.public || seen.has(c.public.node)) continue;
+    seen.add(c.public.node);
+    const addr = parseAddress(c.address);
+    if (!addr || isHostAddress(addr, addresses, declared)) continue;
+    c.report(
+      c.public.node,
+      c.public.path,
+      isLoopback(addr)
+        ? `${c.address} is a loopback address: a forward there would take the host's own services on it`
+        : `${c.address} is not an address of this host: its forward would capture the host's and the guests' ` +
+          `own connections to ${c.address}; if it is routed to this host (or comes up later), ` +
+          `list it in "${SETTINGS_KEY}".host_addresses`,
+      { domains: [c.domain] },
     );
   }
 }

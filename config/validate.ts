@@ -2,8 +2,9 @@
 
 import type { Node, ParseError } from "jsonc-parser";
 import { readDomain } from "./entry.ts";
+import { readHostAddresses, readXmlForwards } from "./policy.ts";
 import { kind, type Report, show } from "./nodes.ts";
-import { type Claim, claimSummary, reportClashes } from "./ports.ts";
+import { type Claim, claimSummary, reportClashes, reportForeignAddresses } from "./ports.ts";
 import { cutTooDeep, MAX_DEPTH } from "./jsonc_scan.ts";
 import {
   BACKENDS,
@@ -15,6 +16,9 @@ import {
   SETTINGS_KEY,
   type ValidateOptions,
 } from "./model.ts";
+
+/** The settings `"/settings"` may hold. */
+const SETTING_NAMES = ["backend", "accept_in", "host_addresses", "xml_forwards"];
 
 /** The families a chain handed to us (`accept_in`) may be of: those whose forward hook sees routed traffic. */
 const ACCEPT_IN_FAMILIES = ["ip", "ip6", "inet"];
@@ -38,7 +42,7 @@ export function emptyConfig(file: string, exists: boolean): Config {
     broken: false,
     domains: new Map(),
     names: new Set(),
-    settings: { backend: "auto", acceptIn: [] },
+    settings: { backend: "auto", acceptIn: [], hostAddresses: [], xmlForwards: [] },
     diagnostics: [],
   };
 }
@@ -93,6 +97,8 @@ export function parseConfigs(texts: ConfigText[], options: ValidateOptions = {})
   const configs = texts.map((t) => parseOne(t.text, t.file, options, t.invalidUtf8 ?? [], shared));
   // Each clash is reported where its claim is, in its own file: every claim carries its file's report.
   reportClashes(shared.claims);
+  const settingsFile = configs.find((_, i) => shared.settings.some((p) => p.file === texts[i]!.file));
+  reportForeignAddresses(shared.claims, options.hostAddresses, settingsFile?.settings.hostAddresses ?? []);
   const elsewhere = (here: KeyPlace, places: KeyPlace[]) =>
     places.filter((p) => p.file !== here.file).map((p) => {
       const { line, column } = p.at(p.node.offset);
@@ -130,8 +136,7 @@ export function parseConfigs(texts: ConfigText[], options: ValidateOptions = {})
     config.diagnostics.push(...other.diagnostics);
     config.broken ||= other.broken;
   }
-  const withSettings = configs.find((_, i) => shared.settings.some((p) => p.file === texts[i]!.file));
-  if (withSettings) config.settings = withSettings.settings;
+  if (settingsFile) config.settings = settingsFile.settings;
   for (const d of config.diagnostics) {
     if (d.severity === "error") { for (const name of d.domains ?? []) config.domains.delete(name); }
   }
@@ -298,8 +303,12 @@ function readSettings(node: Node, config: Config, report: Report) {
       } else report(v, here, `Expected one of ${BACKENDS.map((b) => `"${b}"`).join(", ")}`);
     } else if (key === "accept_in") {
       readAcceptIn(v, here, config, report);
+    } else if (key === "host_addresses") {
+      config.settings.hostAddresses = readHostAddresses(v, here, report);
+    } else if (key === "xml_forwards") {
+      config.settings.xmlForwards = readXmlForwards(v, here, report);
     } else {
-      report(k, here, `Unknown setting "${key}"; known: backend, accept_in`);
+      report(k, here, `Unknown setting "${key}"; known: ${SETTING_NAMES.join(", ")}`);
     }
   }
 }

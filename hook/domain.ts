@@ -13,6 +13,7 @@ import { fileLookup, guestForwards, type Waiting, waitingNote } from "./guest.ts
 import { recordClaims, recordedClaims } from "./claims.ts";
 import { guestRuns } from "../system/libvirt.ts";
 import { METADATA_NS } from "../config/metadata.ts";
+import { xmlRuleFor } from "../config/policy.ts";
 import { loadXml, parseXml, XmlSyntaxError } from "../system/xml.ts";
 import { gateWarnings, takenFromHost } from "./warnings.ts";
 import { type Change, planForwards, syncDomain } from "../rules.ts";
@@ -95,7 +96,8 @@ export async function loadFor(
     if (found && "address" in found) defaults[family] = found.address;
   }
   const candidates = configCandidates(deps.env);
-  const options = { defaultPublicIp: defaults };
+  // The host's addresses: an explicit public address must be one of them (or declared in the settings).
+  const options = { defaultPublicIp: defaults, ...(facts.addresses ? { hostAddresses: facts.addresses } : {}) };
   // A call for one domain reads only what concerns it from the cache; the commands read the whole config.
   const config = domain === undefined
     ? await loadConfig(candidates, options, deps.stateDir, source)
@@ -127,6 +129,8 @@ export type DomainForwards =
     metadata: boolean;
     /** The public ports the XML claims (recorded while the guest runs: see hook/claims.ts). */
     claims: ClaimSummary[];
+    /** What is worth a line in the log beside the forwards (see GuestForwards). */
+    notes: string[];
   };
 
 /** The host's default public addresses, by family, where they were found. */
@@ -150,7 +154,7 @@ export async function forwardsOf(
     config: Config;
     facts: HostFacts;
     xml: string | undefined;
-    deps: Pick<HookDeps, "networkRunDir" | "dnsmasqDir" | "stateDir">;
+    deps: Pick<HookDeps, "networkRunDir" | "dnsmasqDir" | "stateDir" | "listeners">;
   },
 ): Promise<DomainForwards> {
   const found = domainConfig(config, domain);
@@ -186,6 +190,13 @@ export async function forwardsOf(
     xml: root ? { root, file } : undefined,
     lookup: fileLookup(deps.networkRunDir, deps.dnsmasqDir),
     defaultPublicIp: defaultsOf(facts),
+    policy: {
+      rule: xmlRuleFor(config.settings.xmlForwards, domain),
+      addresses: facts.addresses,
+      declared: config.settings.hostAddresses,
+      listeners: () => deps.listeners(),
+      defaultPublicIp: defaultsOf(facts),
+    },
   });
   const errors = guest.diagnostics.filter((d) => d.severity === "error");
   if (errors.length > 0) {
@@ -215,6 +226,7 @@ export async function forwardsOf(
     waiting: guest.waiting,
     metadata: guest.metadata,
     claims: guest.claims,
+    notes: guest.notes,
   };
 }
 
@@ -279,6 +291,7 @@ async function installWith(
     return fail(`${plan.why}; nothing was changed`);
   }
   for (const w of plan.waiting) deps.log(`${action} ${domain}: ${w.entry}: ${waitingNote(w)}`);
+  for (const n of plan.notes) deps.log(`${action} ${domain}: ${n}`);
   seen.waiting = plan.waiting;
   try {
     // The taps are read from the XML while the firewall's read runs, not after the write.

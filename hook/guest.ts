@@ -5,12 +5,17 @@
  */
 
 import type { ClaimSummary, Diagnostic, Entry, Target } from "../config/model.ts";
-import { readMetadata } from "../config/metadata.ts";
+import { type MetadataForwards, readMetadata } from "../config/metadata.ts";
+import { DEFAULT_XML_RULE } from "../config/policy.ts";
 import { type Claim, claimSummary, reportClashes } from "../config/ports.ts";
 import { type Family, parseAddress } from "../system/address.ts";
 import { type Lease, readLeases, readNetworkStatus } from "../system/libvirt.ts";
 import { attr, child, childrenNamed, parseXml, type XmlElement } from "../system/xml.ts";
 import { type GuestInterface, interfacesOf } from "./domain_xml.ts";
+import { type PolicyView, policyProblems } from "./xml_policy.ts";
+
+/** The defaults where no policy is given (tests of other things): nothing known of the host's addresses or ports. */
+const UNKNOWN_HOST = { rule: DEFAULT_XML_RULE, addresses: undefined, declared: [], listeners: () => [] };
 
 /** Where the guest's address is looked up: libvirt's network status files and dnsmasq's lease records. */
 export interface GuestLookup {
@@ -55,6 +60,8 @@ export interface GuestForwards {
   metadata: boolean;
   /** The public ports the XML claims, to be recorded while the guest runs (see hook/claims.ts). */
   claims: ClaimSummary[];
+  /** What the start logs beside its result (forwards in the XML that the policy turns off). */
+  notes: string[];
 }
 
 /** How the domain's XML reaches us: the parsed root, and the name problems give it. */
@@ -69,7 +76,7 @@ export interface DomainXml {
  */
 export function guestForwards(
   domain: string,
-  { entries, claims = [], recorded = [], xml, lookup, defaultPublicIp = {} }: {
+  { entries, claims = [], recorded = [], xml, lookup, defaultPublicIp = {}, policy }: {
     entries: Entry[];
     /** The public ports the config claims, every domain's (see configClaims). */
     claims?: ClaimSummary[];
@@ -78,11 +85,18 @@ export function guestForwards(
     xml?: DomainXml | undefined;
     lookup: GuestLookup;
     defaultPublicIp?: Partial<Record<Family, string>>;
+    /** What the XML may ask for (see hook/xml_policy.ts); absent: the defaults, with the host unknown. */
+    policy?: PolicyView;
   },
 ): GuestForwards {
-  const md = xml
-    ? readMetadata(domain, xml.root, xml.file, defaultPublicIp)
-    : { present: false, entries: [], diagnostics: [], claims: [] };
+  const view = policy ?? { ...UNKNOWN_HOST, defaultPublicIp };
+  const none: MetadataForwards = { present: false, entries: [], places: [], diagnostics: [], claims: [] };
+  let md = xml ? readMetadata(domain, xml.root, xml.file, defaultPublicIp) : none;
+  const notes: string[] = [];
+  if (md.present && !view.rule.enabled) {
+    notes.push(`its XML's forwards are off (${view.rule.path ?? "xml_forwards"}: "enabled": false); ignored`);
+    md = none;
+  }
   const out: GuestForwards = {
     entries: [],
     waiting: [],
@@ -90,6 +104,7 @@ export function guestForwards(
     problems: [],
     metadata: md.present,
     claims: md.claims.map((c) => claimSummary(c, xml!.file)),
+    notes,
   };
   if (md.diagnostics.length === 0 && (md.present || recorded.length > 0)) {
     // The XML's ports and the guest's own entries' against the config's (every domain's) and the other running
@@ -115,14 +130,24 @@ export function guestForwards(
   }
   if (md.diagnostics.some((d) => d.severity === "error")) return out;
   const nics = xml ? interfacesOf(xml.root) : [];
+  const nicOf = (entry: Entry) =>
+    entry.mac === undefined ? nics.find((n) => n.network !== undefined) : nics.find((n) => n.mac === entry.mac);
+  if (md.present) {
+    // The XML's author is whoever may edit this guest: what it asks for is checked before anything is planned.
+    const own = (entry: Entry, t: Target) => {
+      const nic = nicOf(entry);
+      const found = nic?.mac === undefined ? {} : findAddress(domain, { ...nic, mac: nic.mac }, t.family, lookup);
+      return found.address === undefined ? [] : [found.address];
+    };
+    out.diagnostics.push(...policyProblems(domain, md, { view, file: xml!.file, own }));
+    if (out.diagnostics.some((d) => d.severity === "error")) return out;
+  }
   for (const entry of [...entries, ...md.entries]) {
     if (entry.targets.every((t) => t.privateIp !== undefined)) {
       out.entries.push(entry);
       continue;
     }
-    const nic = entry.mac === undefined
-      ? nics.find((n) => n.network !== undefined)
-      : nics.find((n) => n.mac === entry.mac);
+    const nic = nicOf(entry);
     const mac = nic?.mac;
     if (nic === undefined || mac === undefined) {
       const field = md.entries.includes(entry) ? "guest" : "private_ip";

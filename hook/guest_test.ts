@@ -182,7 +182,7 @@ const FACTS: HostFacts = {
 
 Deno.test("forwardsOf(): XML that is not well-formed, where it holds forwards of ours, is a positioned problem", async () => {
   const config = emptyConfig("hooks.jsonc", false);
-  const deps = { networkRunDir: "/nonexistent", dnsmasqDir: "/nonexistent" };
+  const deps = { networkRunDir: "/nonexistent", dnsmasqDir: "/nonexistent", listeners: () => [] };
   const broken = `<domain>\n<metadata><lvh:forwards xmlns:lvh="urn:libvirt-hook-qemu:1"><lvh:portForward>` +
     `</lvh:forwards></metadata></domain>`;
   assert.deepEqual(await forwardsOf("web1", { config, facts: FACTS, xml: broken, deps }), {

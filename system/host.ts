@@ -1,6 +1,6 @@
 /** Facts about this host that plans need, read from /proc and /sys without starting any process. */
 
-import { type Address, type Family, formatAddress, type Network } from "./address.ts";
+import { type Address, type Family, formatAddress, type Network, parseAddress } from "./address.ts";
 
 /** A directly connected route: the network a guest address lies in, and its interface. */
 export interface ConnectedRoute extends Network {
@@ -14,6 +14,8 @@ export interface HostFacts {
   connected: ConnectedRoute[];
   /** Whether bridged frames pass through ip(6)tables (br_netfilter with bridge-nf-call-ip(6)tables = 1). */
   bridgeNetfilter: Record<Family, boolean>;
+  /** Every address an interface of this host holds (loopback included), canonical; undefined where unknown. */
+  addresses?: string[];
 }
 
 /** Reads the host facts; every file is optional, missing ones simply yield fewer facts. */
@@ -28,7 +30,7 @@ export function readHostFacts(): Promise<HostFacts> {
   ].map(readOptional);
   const r4 = parseRoutes4(route4);
   const r6 = parseRoutes6(route6);
-  let interfaces: Deno.NetworkInterfaceInfo[] = [];
+  let interfaces: Deno.NetworkInterfaceInfo[] | undefined;
   try {
     interfaces = Deno.networkInterfaces();
   } catch {
@@ -36,12 +38,18 @@ export function readHostFacts(): Promise<HostFacts> {
   }
   return Promise.resolve({
     defaultPublicIp: {
-      4: defaultIPv4(r4.defaultDevices, interfaces),
+      4: defaultIPv4(r4.defaultDevices, interfaces ?? []),
       6: defaultIPv6(r6.defaultDevices, parseInet6(inet6)),
     },
     connected: [...r4.connected, ...r6.connected],
     bridgeNetfilter: { 4: nf4.trim() === "1", 6: nf6.trim() === "1" },
+    ...(interfaces ? { addresses: hostAddresses(interfaces) } : {}),
   });
+}
+
+/** The addresses the interfaces hold, canonical (an IPv6 address's zone left out), each once. */
+export function hostAddresses(interfaces: Pick<Deno.NetworkInterfaceInfo, "address">[]): string[] {
+  return [...new Set(interfaces.map((i) => parseAddress(i.address.replace(/%.*$/, ""))?.text ?? i.address))];
 }
 
 function readOptional(path: string): string {
