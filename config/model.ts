@@ -142,4 +142,6 @@ export interface ValidateOptions {
   defaultPublicIp?: Partial<Record<Family, string>>;
   /** The addresses this host's interfaces hold: an explicit public address must be one (or declared). */
   hostAddresses?: string[];
+  /** How a public address that is not the host's is reported: an error (default), or a warning (`check`). */
+  foreignAddresses?: "warning";
 }

@@ -277,7 +277,15 @@ function reportWholeAddresses(claims: Claim[]) {
  * capture the host's and the guests' own connections to that address. `addresses`: the host's (undefined where
  * unknown: then nothing is said); `declared`: `"/settings".host_addresses`.
  */
-export function reportForeignAddresses(claims: Claim[], addresses: string[] | undefined, declared: string[]) {
+export function reportForeignAddresses(
+  claims: Claim[],
+  { addresses, declared, severity = "error" }: {
+    addresses: string[] | undefined;
+    declared: string[];
+    /** "warning" for `check`: whether the file is valid stays a property of the file, not of this host. */
+    severity?: "error" | "warning";
+  },
+) {
   if (addresses === undefined) return;
   const seen = new Set<Node>();
   for (const c of claims) {
@@ -288,12 +296,13 @@ export function reportForeignAddresses(claims: Claim[], addresses: string[] | un
     c.report(
       c.public.node,
       c.public.path,
-      isLoopback(addr)
+      (isLoopback(addr)
         ? `${c.address} is a loopback address: a forward there would take the host's own services on it`
         : `${c.address} is not an address of this host: its forward would capture the host's and the guests' ` +
           `own connections to ${c.address}; if it is routed to this host (or comes up later), ` +
-          `list it in "${SETTINGS_KEY}".host_addresses`,
-      { domains: [c.domain] },
+          `list it in "${SETTINGS_KEY}".host_addresses`) +
+        (severity === "warning" ? `; a start of "${c.domain}" refuses it here` : ""),
+      { domains: [c.domain], severity },
     );
   }
 }

@@ -98,7 +98,11 @@ export function parseConfigs(texts: ConfigText[], options: ValidateOptions = {})
   // Each clash is reported where its claim is, in its own file: every claim carries its file's report.
   reportClashes(shared.claims);
   const settingsFile = configs.find((_, i) => shared.settings.some((p) => p.file === texts[i]!.file));
-  reportForeignAddresses(shared.claims, options.hostAddresses, settingsFile?.settings.hostAddresses ?? []);
+  reportForeignAddresses(shared.claims, {
+    addresses: options.hostAddresses,
+    declared: settingsFile?.settings.hostAddresses ?? [],
+    ...(options.foreignAddresses ? { severity: options.foreignAddresses } : {}),
+  });
   const elsewhere = (here: KeyPlace, places: KeyPlace[]) =>
     places.filter((p) => p.file !== here.file).map((p) => {
       const { line, column } = p.at(p.node.offset);

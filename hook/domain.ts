@@ -87,17 +87,22 @@ function printProblems(config: Config, deps: Pick<HookDeps, "problem">, domain?:
  */
 export async function loadFor(
   deps: Pick<HookDeps, "facts" | "env" | "problem" | "stateDir">,
-  { source, domain }: { source?: ConfigSource; domain?: string } = {},
+  { source, domain, foreignAddresses }: {
+    source?: ConfigSource;
+    domain?: string;
+    /** "warning": a public address that is not the host's is a warning (`check`), not a domain's error. */
+    foreignAddresses?: "warning";
+  } = {},
 ): Promise<{ config: Config; facts: HostFacts }> {
   const facts = await deps.facts();
-  const defaults: Partial<Record<Family, string>> = {};
-  for (const family of [4, 6] as const) {
-    const found = facts.defaultPublicIp[family];
-    if (found && "address" in found) defaults[family] = found.address;
-  }
+  const defaults = defaultsOf(facts);
   const candidates = configCandidates(deps.env);
   // The host's addresses: an explicit public address must be one of them (or declared in the settings).
-  const options = { defaultPublicIp: defaults, ...(facts.addresses ? { hostAddresses: facts.addresses } : {}) };
+  const options = {
+    defaultPublicIp: defaults,
+    ...(facts.addresses ? { hostAddresses: [...facts.addresses].sort() } : {}),
+    ...(foreignAddresses ? { foreignAddresses } : {}),
+  };
   // A call for one domain reads only what concerns it from the cache; the commands read the whole config.
   const config = domain === undefined
     ? await loadConfig(candidates, options, deps.stateDir, source)

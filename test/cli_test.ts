@@ -442,9 +442,11 @@ Deno.test({
       const r = await cliIn(lab.ns.host, ["check", "--config", config]);
       assert.equal(r.code, 0, r.stderr);
       assert.deepEqual(r.stderr.trimEnd().split("\n"), [
+        `${config}:3:55: warning: 198.51.100.77 is not an address of this host: its forward would capture the ` +
+        "host's and the guests' own connections to 198.51.100.77; if it is routed to this host (or comes up " +
+        `later), list it in "/settings".host_addresses; a start of "b" refuses it here (b.public_ip = "198.51.100.77")`,
         `${config}: warning: a: private_ip 10.9.9.9 is outside the networks of interface virbr0`,
         `${config}: warning: a: public tcp port 2222 is one the host itself listens on; the forward takes it away from the host`,
-        `${config}: warning: b: public_ip 198.51.100.77 is not an address of this host; nothing will arrive there`,
         `${config}: warning: c: interface virbr9 does not exist on this host (is its libvirt network started?); ` +
         "the forwards accept only what leaves through it",
       ]);
