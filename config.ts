@@ -81,10 +81,12 @@ function keyOf(
   text: (t: string) => string,
 ) {
   const [only] = texts;
-  if (texts.length === 1 && only && !source.dropIns) {
+  if (texts.length === 1 && only && !source.dropIns && only.untrusted === undefined) {
     return cacheKey(only.file, options, text(only.text), only.invalidUtf8 ?? []);
   }
-  const all = JSON.stringify(texts.map((t) => [t.file, text(t.text), t.invalidUtf8 ?? []]));
+  const all = JSON.stringify(
+    texts.map((t) => [t.file, text(t.text), t.invalidUtf8 ?? [], t.untrusted ?? ""]),
+  );
   return cacheKey(source.file, options, all, []);
 }
 

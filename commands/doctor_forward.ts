@@ -67,15 +67,17 @@ export async function forwardFindings(domain: string, f: Forward, c: ForwardCont
   const publicIp = parseAddress(f.publicIp)!;
   if (c.facts.addresses?.includes(publicIp.text) === false) {
     out.push(
-      inNetworks(publicIp, c.hostAddresses) ? note(
-        `public address ${f.publicIp} is no interface's here; host_addresses declares it this host's ` +
-          "(routed to it, or floating): the host's and the guests' own connections to it reach the guest too",
-      ) : fail(
-        `public address ${f.publicIp} is not an address of this host: the forward captures the host's and the ` +
-          "guests' own connections to it, and nothing from outside arrives unless it is routed here",
-        `ip address add ${f.publicIp}/${f.family === 4 ? 32 : 128} dev <public interface>, or list it in ` +
-          `"/settings".host_addresses if it is routed here, then qemu reload`,
-      ),
+      inNetworks(publicIp, c.hostAddresses)
+        ? note(
+          `public address ${f.publicIp} is no interface's here; host_addresses declares it this host's ` +
+            "(routed to it, or floating): the host's and the guests' own connections to it reach the guest too",
+        )
+        : fail(
+          `public address ${f.publicIp} is not an address of this host: the forward captures the host's and the ` +
+            "guests' own connections to it, and nothing from outside arrives unless it is routed here",
+          `ip address add ${f.publicIp}/${f.family === 4 ? 32 : 128} dev <public interface>, or list it in ` +
+            `"/settings".host_addresses if it is routed here, then qemu reload`,
+        ),
     );
   } else out.push(ok(`public address ${f.publicIp} is on this host`));
   const listener = listenerAt(

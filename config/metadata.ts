@@ -26,8 +26,10 @@ export const PORT_FORWARD_ATTRIBUTES = {
   source: "only this remote address or network (CIDR) may use the forward (as source_ip)",
   guest: "the guest's address (default: found from the network's DHCP reservation or lease)",
   mac: "which of the guest's interfaces (default: the first on a libvirt network)",
-  snat: '"yes": the guest\'s own new outgoing connections leave from address (as snat; the policy must allow it)',
-  allPorts: '"yes": every tcp and udp port of address goes to the guest (as all_ports; the policy must allow it)',
+  snat:
+    '"yes": the guest\'s own new outgoing connections leave from address (as snat; the policy must allow it)',
+  allPorts:
+    '"yes": every tcp and udp port of address goes to the guest (as all_ports; the policy must allow it)',
 } as const;
 
 /** The attributes of a `range`. */
@@ -69,7 +71,13 @@ export function readMetadata(
   const dom = root.local === "domstatus" ? child(root, "domain") : root;
   const metadata = dom && child(dom, "metadata");
   const ours = (metadata?.children ?? []).filter((c) => c.uri === METADATA_NS);
-  const out: MetadataForwards = { present: ours.length > 0, entries: [], places: [], diagnostics: [], claims: [] };
+  const out: MetadataForwards = {
+    present: ours.length > 0,
+    entries: [],
+    places: [],
+    diagnostics: [],
+    claims: [],
+  };
   const problem = (at: { line: number; column: number }, path: string, message: string, value?: string) =>
     out.diagnostics.push({
       severity: "error",
@@ -268,7 +276,12 @@ function readPortForward(
       const what = name === "snat"
         ? "makes the guest's connections leave from its public address"
         : "takes every port of its public address";
-      fail(named.get(name)!, `${path}/@${name}`, `${name} ${what}, so it needs one given: set address`, "yes");
+      fail(
+        named.get(name)!,
+        `${path}/@${name}`,
+        `${name} ${what}, so it needs one given: set address`,
+        "yes",
+      );
     }
   }
   const ranges = readRanges(el, path, fail);

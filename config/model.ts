@@ -56,6 +56,8 @@ export interface Target {
 /** One validated entry of a domain (a domain maps to one entry or a list of them). */
 export interface Entry {
   path: string;
+  /** The file the entry is in (the config's, or a drop-in's as named in hooks.d/): its problems name it. */
+  file?: string;
   interface?: string;
   targets: Target[];
   ports: PortSpec[];

@@ -5,8 +5,15 @@
  */
 
 import type { Node } from "jsonc-parser";
-import { type Address, type Family, formatNetwork, type Network, networkOf, parseAddress } from "../system/address.ts";
-import { PROTOCOLS, type Protocol } from "../system/address.ts";
+import {
+  type Address,
+  type Family,
+  formatNetwork,
+  type Network,
+  networkOf,
+  parseAddress,
+} from "../system/address.ts";
+import { type Protocol, PROTOCOLS } from "../system/address.ts";
 import { jsonPath, SETTINGS_KEY } from "./model.ts";
 import { kind, type Report } from "./nodes.ts";
 
@@ -51,7 +58,8 @@ export const DEFAULT_XML_RULE: XmlRule = {
 export const XML_RULE_FIELDS = {
   domains: "domain name patterns this rule is for (* and ?); required",
   enabled: "false: forwards in the XML of these domains are not read (default true)",
-  addresses: "the public addresses or networks their XML may use (default: any non-loopback address of this host)",
+  addresses:
+    "the public addresses or networks their XML may use (default: any non-loopback address of this host)",
   targets: "addresses or networks their forwards may target beyond the guest's own (default: none)",
   protocols: 'the protocols they may forward (default ["tcp", "udp"])',
   ports: "the public ports they may claim: numbers and [first, last] ranges (default: any)",
@@ -124,8 +132,12 @@ function readNetworks(node: Node, path: string, report: Report, what: string): s
   const out: string[] = [];
   (node.children ?? []).forEach((item, i) => {
     const net = typeof item.value === "string" ? parseNetwork(item.value) : undefined;
-    if (item.type !== "string" || !net) return report(item, `${path}[${i}]`, "Not an IP address or network (CIDR)");
-    out.push(net.prefix === (net.family === 4 ? 32 : 128) ? formatNetwork(net).split("/")[0]! : formatNetwork(net));
+    if (item.type !== "string" || !net) {
+      return report(item, `${path}[${i}]`, "Not an IP address or network (CIDR)");
+    }
+    out.push(
+      net.prefix === (net.family === 4 ? 32 : 128) ? formatNetwork(net).split("/")[0]! : formatNetwork(net),
+    );
   });
   return out;
 }
@@ -207,7 +219,11 @@ function readRule(node: Node, path: string, report: Report): XmlRule | undefined
         rule.ports = readPortRanges(v, here, fail);
         break;
       default:
-        fail(k, here, `Unknown field "${key}" of an xml_forwards rule; known: ${Object.keys(XML_RULE_FIELDS).join(", ")}`);
+        fail(
+          k,
+          here,
+          `Unknown field "${key}" of an xml_forwards rule; known: ${Object.keys(XML_RULE_FIELDS).join(", ")}`,
+        );
     }
   }
   if (!named) fail(node, path, 'A rule needs "domains": the domain name patterns it is for');
@@ -216,7 +232,9 @@ function readRule(node: Node, path: string, report: Report): XmlRule | undefined
 
 function readPortRanges(node: Node, path: string, fail: Report): [number, number][] {
   const port = (n: Node | undefined) =>
-    n?.type === "number" && Number.isInteger(n.value) && n.value >= 1 && n.value <= 65535 ? n.value as number : 0;
+    n?.type === "number" && Number.isInteger(n.value) && n.value >= 1 && n.value <= 65535
+      ? n.value as number
+      : 0;
   if (node.type !== "array") {
     fail(node, path, `Expected a list of ports and [first, last] ranges, found ${kind(node)}`);
     return [];

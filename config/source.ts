@@ -13,9 +13,12 @@ export function configCandidates(env: (name: string) => string | undefined): str
 /** The folder of drop-in files beside the config: every `*.jsonc` and `*.json` in it, read in name order. */
 export const DROP_IN_DIR = "hooks.d";
 
-/** One file of the config as read: its text (and where its bytes were not UTF-8), or why it cannot be read. */
+/**
+ * One file of the config as read: its text (and where its bytes were not UTF-8), or why it cannot be read.
+ * `untrusted`: why a user other than root could have written it (see trustProblem): its domains do not start.
+ */
 export type ConfigFile =
-  | { file: string; text: string; invalidUtf8?: number[] }
+  | { file: string; text: string; invalidUtf8?: number[]; untrusted?: string }
   | { file: string; error: string };
 
 /**
@@ -47,7 +50,9 @@ function readMain(candidates: string[]): ConfigSource {
 /** One config file, or undefined where it does not exist. */
 function readConfigFile(file: string): ConfigFile | undefined {
   try {
-    return decodeConfig(file, Deno.readFileSync(file));
+    const read = decodeConfig(file, Deno.readFileSync(file));
+    const untrusted = trustProblem(file);
+    return untrusted === undefined ? read : { ...read, untrusted };
   } catch (err) {
     if (err instanceof Deno.errors.NotFound) return undefined;
     return { file, error: `Cannot read the config: ${err instanceof Error ? err.message : String(err)}` };
@@ -100,4 +105,75 @@ export function decodeConfig(file: string, bytes: Uint8Array): ConfigFile {
  */
 export function configMentions(source: ConfigSource, domain: string): boolean {
   return domain !== "" && configFiles(source).some((f) => "text" in f && f.text.includes(domain));
+}
+
+/**
+ * Why a config file is not one that root alone could have written, if it is not (as sshd's StrictModes checks):
+ * the file, and every directory above it, must be owned by root (or by whoever runs this, for tests and `check`
+ * as a user) and writable by no group and no other user, followed through symlinks (the link's own folder and
+ * the file it leads to). A directory writable by all but sticky and root's (/tmp) is allowed above: no one else
+ * can rename or remove what root owns in it.
+ */
+export function trustProblem(file: string): string | undefined {
+  const me = Deno.uid() ?? 0;
+  let real: string, folder: string;
+  try {
+    real = Deno.realPathSync(file);
+    folder = Deno.realPathSync(file.includes("/") ? file.slice(0, file.lastIndexOf("/")) || "/" : ".");
+  } catch {
+    return undefined; // Gone since it was read: nothing of it is used.
+  }
+  const through = real === `${folder}/${file.slice(file.lastIndexOf("/") + 1)}`.replace(/^\/\//, "/")
+    ? ""
+    : `it is a link to ${real}; `;
+  const paths = [...new Set([real, ...ancestors(real), ...ancestors(`${folder}/x`)])];
+  for (const path of paths) {
+    let info: Deno.FileInfo;
+    try {
+      info = Deno.statSync(path);
+    } catch {
+      continue;
+    }
+    const mode = (info.mode ?? 0) & 0o7777;
+    const owner = info.uid ?? 0;
+    const sticky = info.isDirectory && (mode & 0o1000) !== 0 && owner === 0 && path !== real;
+    const what = path === real ? "it" : `the folder ${path}`;
+    if (owner !== 0 && owner !== me) {
+      return `${through}${what} is owned by ${userName(owner)}, mode ${octal(mode)}: a config file ` +
+        "and every folder above it must be root's, as only root may declare forwards in the config";
+    }
+    if ((mode & 0o022) !== 0 && !sticky) {
+      return `${through}${what} is writable by ${(mode & 0o002) !== 0 ? "every user" : "its group"} ` +
+        `(owner ${userName(owner)}, mode ${octal(mode)}): a config file and every folder above it must be ` +
+        "writable by root alone";
+    }
+  }
+  return undefined;
+}
+
+/** The folders above a path, nearest first, up to /. */
+function ancestors(path: string): string[] {
+  const out: string[] = [];
+  for (let at = path.lastIndexOf("/"); at > 0; at = path.lastIndexOf("/", at - 1)) {
+    out.push(path.slice(0, at));
+  }
+  out.push("/");
+  return out;
+}
+
+function octal(mode: number): string {
+  return `0${mode.toString(8).padStart(3, "0")}`;
+}
+
+/** A user's name from /etc/passwd, with the number; the number alone where it has none. */
+function userName(uid: number): string {
+  try {
+    for (const line of Deno.readTextFileSync("/etc/passwd").split("\n")) {
+      const [name, , id] = line.split(":");
+      if (id === String(uid) && name) return `${name} (uid ${uid})`;
+    }
+  } catch {
+    // No passwd to read: the number says it.
+  }
+  return `uid ${uid}`;
 }

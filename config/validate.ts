@@ -69,6 +69,8 @@ export interface ConfigText {
   file: string;
   text: string;
   invalidUtf8?: number[] | undefined;
+  /** Why someone other than root could have written the file (see trustProblem): nothing in it is used. */
+  untrusted?: string | undefined;
 }
 
 /** Where a top-level key stands in one of the files, and how to report a problem there. */
@@ -95,6 +97,9 @@ export function parseConfigs(texts: ConfigText[], options: ValidateOptions = {})
   if (!jsonc) throw new Error("Cannot parse the config: the parser is not loaded (await loadParser() first)");
   const shared: Shared = { claims: [], domains: new Map(), settings: [] };
   const configs = texts.map((t) => parseOne(t.text, t.file, options, t.invalidUtf8 ?? [], shared));
+  texts.forEach((t, i) => {
+    if (t.untrusted !== undefined) distrust(configs[i]!, t.untrusted, shared);
+  });
   // Each clash is reported where its claim is, in its own file: every claim carries its file's report.
   reportClashes(shared.claims);
   const settingsFile = configs.find((_, i) => shared.settings.some((p) => p.file === texts[i]!.file));
@@ -147,6 +152,31 @@ export function parseConfigs(texts: ConfigText[], options: ValidateOptions = {})
   // The public ports every file claims, for the forwards in a guest's XML to be checked against (hook/guest.ts).
   config.claims = shared.claims.filter((c) => !c.snat).map((c) => claimSummary(c, config.file));
   return config;
+}
+
+/**
+ * Takes nothing from a file that someone other than root could have written: its domains do not start (one line
+ * says why), its settings and claims are not used, and its names clash with no other file's.
+ */
+function distrust(config: Config, why: string, shared: Shared) {
+  const names = [...config.names];
+  config.domains.clear();
+  config.settings = emptyConfig(config.file, true).settings;
+  config.diagnostics = [{
+    ...fileProblem(
+      config.file,
+      `Not trusted, nothing in it is used: ${why}${
+        names.length === 0 ? "" : `; the domains it names do not start (${names.join(", ")})`
+      }`,
+    ),
+    domains: names,
+  }];
+  config.broken = false;
+  shared.claims = shared.claims.filter((c) => c.file !== config.file);
+  shared.settings = shared.settings.filter((p) => p.file !== config.file);
+  for (const [name, places] of shared.domains) {
+    shared.domains.set(name, places.filter((p) => p.file !== config.file));
+  }
 }
 
 /** Parses one file of the config into a config of its own (see parseConfigs), recording what the files share. */
@@ -255,7 +285,7 @@ function parseOne(
       continue;
     }
     const entries = readDomain(key, valueNode, report, claims, options);
-    if (entries) config.domains.set(key, entries);
+    if (entries) config.domains.set(key, entries.map((e) => ({ ...e, file })));
   }
   // Clashes are found over every file's claims together (see parseConfigs); each is reported in its own file.
   shared.claims.push(...claims.map((c) => ({ ...c, file, at: at(c.node.offset) })));

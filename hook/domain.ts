@@ -211,8 +211,11 @@ export async function forwardsOf(
       why: `${errors.length} problem(s) in the forwards of its XML`,
     };
   }
-  // These name the entry by its path: in the XML (forwards/...) or in the config file.
-  const where = (p: string) => `${p.startsWith("forwards") ? file : config.file}: ${p}`;
+  // These name the entry by its path: in the XML (forwards/...) or in the config file it is in (a drop-in's too).
+  const where = (p: string) =>
+    `${
+      p.startsWith("forwards") ? file : entries.find((e) => p.startsWith(`${e.path}:`))?.file ?? config.file
+    }: ${p}`;
   if (guest.problems.length > 0) {
     return { kind: "invalid", lines: guest.problems.map(where), why: "the guest's address cannot be found" };
   }

@@ -12,7 +12,7 @@ import { type Family, parseAddress } from "../system/address.ts";
 import { type Lease, readLeases, readNetworkStatus } from "../system/libvirt.ts";
 import { attr, child, childrenNamed, parseXml, type XmlElement } from "../system/xml.ts";
 import { type GuestInterface, interfacesOf } from "./domain_xml.ts";
-import { type PolicyView, policyProblems } from "./xml_policy.ts";
+import { policyProblems, type PolicyView } from "./xml_policy.ts";
 
 /** The defaults where no policy is given (tests of other things): nothing known of the host's addresses or ports. */
 const UNKNOWN_HOST = { rule: DEFAULT_XML_RULE, addresses: undefined, declared: [], listeners: () => [] };
@@ -131,12 +131,16 @@ export function guestForwards(
   if (md.diagnostics.some((d) => d.severity === "error")) return out;
   const nics = xml ? interfacesOf(xml.root) : [];
   const nicOf = (entry: Entry) =>
-    entry.mac === undefined ? nics.find((n) => n.network !== undefined) : nics.find((n) => n.mac === entry.mac);
+    entry.mac === undefined
+      ? nics.find((n) => n.network !== undefined)
+      : nics.find((n) => n.mac === entry.mac);
   if (md.present) {
     // The XML's author is whoever may edit this guest: what it asks for is checked before anything is planned.
     const own = (entry: Entry, t: Target) => {
       const nic = nicOf(entry);
-      const found = nic?.mac === undefined ? {} : findAddress(domain, { ...nic, mac: nic.mac }, t.family, lookup);
+      const found = nic?.mac === undefined
+        ? {}
+        : findAddress(domain, { ...nic, mac: nic.mac }, t.family, lookup);
       return found.address === undefined ? [] : [found.address];
     };
     out.diagnostics.push(...policyProblems(domain, md, { view, file: xml!.file, own }));

@@ -7,7 +7,14 @@
 
 import type { Diagnostic, Entry, PortSpec, Target } from "../config/model.ts";
 import type { EntryPlace, MetadataForwards, Position } from "../config/metadata.ts";
-import { allowedBy, inNetworks, isHostAddress, isLoopback, portsAllowed, type XmlRule } from "../config/policy.ts";
+import {
+  allowedBy,
+  inNetworks,
+  isHostAddress,
+  isLoopback,
+  portsAllowed,
+  type XmlRule,
+} from "../config/policy.ts";
 import { type Family, parseAddress } from "../system/address.ts";
 import { type Listener, listenerAt } from "../system/host.ts";
 
@@ -52,10 +59,12 @@ export function policyProblems(
       const a = place.attributes.get(name);
       return a && { line: a.line, column: a.column, path: `${entry.path}/@${name}` };
     };
-    for (const [flag, name, setting] of [
-      [entry.snat === true, "snat", "snat"],
-      [entry.ports.some((p) => p.all), "allPorts", "all_ports"],
-    ] as const) {
+    for (
+      const [flag, name, setting] of [
+        [entry.snat === true, "snat", "snat"],
+        [entry.ports.some((p) => p.all), "allPorts", "all_ports"],
+      ] as const
+    ) {
       if (flag && !(setting === "snat" ? rule.snat : rule.allPorts)) {
         problem(
           attribute(name)!,
@@ -111,7 +120,9 @@ function addressProblem(text: string, { view, explicit }: { view: PolicyView; ex
   }
   if (isHostAddress(addr, view.addresses, view.declared)) return undefined;
   return `${text} is not an address of this host: its forward would capture the host's and the guests' own ` +
-    `connections to it (${allowedBy(rule, `"addresses": ["${text}"]`)}, or list it in "/settings".host_addresses ` +
+    `connections to it (${
+      allowedBy(rule, `"addresses": ["${text}"]`)
+    }, or list it in "/settings".host_addresses ` +
     "if it is routed to this host)";
 }
 
