@@ -1,7 +1,6 @@
 /** The config model's vocabulary: entries, settings, the loaded config and its positioned problems. */
 
 import type { Family, Protocol } from "../system/address.ts";
-import type { XmlRule } from "./policy.ts";
 
 /** The top-level key for settings that are not about one domain; libvirt forbids "/" in domain names. */
 export const SETTINGS_KEY = "/settings";
@@ -65,6 +64,32 @@ export interface Entry {
   snat?: true;
   /** Which of the guest's interfaces (its MAC, lower case), where the guest's address is to be found. */
   mac?: string;
+}
+
+/**
+ * One rule of `xml_forwards`: what the XML of the domains it matches may declare. The first rule whose pattern
+ * matches a domain's name is that domain's; a domain no rule matches gets the defaults (DEFAULT_XML_RULE).
+ */
+export interface XmlRule {
+  /** Where the rule is (`"/settings".xml_forwards[0]`), for the messages that name it; absent for the defaults. */
+  path?: string;
+  /** Domain name patterns: `*` any run of characters, `?` one character. */
+  domains: string[];
+  /** Whether forwards in the XML are read at all. */
+  enabled: boolean;
+  /** The public addresses (or networks) it may use; absent: any non-loopback address of this host. */
+  addresses?: string[];
+  /** Addresses (or networks) it may target beyond the guest's own (a guest with a static address, say). */
+  targets: string[];
+  protocols: Protocol[];
+  /** The public port ranges it may claim; absent: any. */
+  ports?: [number, number][];
+  /** Whether it may take a port the host itself listens on at that address. */
+  hostPorts: boolean;
+  /** Whether `snat="yes"` is allowed (the guest's outgoing connections leave from a whole public address). */
+  snat: boolean;
+  /** Whether `allPorts="yes"` is allowed (every port of a public address). */
+  allPorts: boolean;
 }
 
 /** Settings that are not about one domain. */

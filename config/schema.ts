@@ -3,6 +3,8 @@
 import { ENTRY_FIELDS } from "./entry.ts";
 import { RANGE_FIELDS, REQUIRED_RANGE_FIELDS } from "./ports.ts";
 import { BACKENDS, SCHEMA_KEY, SETTINGS_KEY } from "./model.ts";
+import { XML_RULE_FIELDS } from "./policy.ts";
+import { PROTOCOLS } from "../system/address.ts";
 
 const port = { type: "integer", minimum: 1, maximum: 65535 };
 
@@ -32,6 +34,32 @@ const SHAPES: Partial<Record<keyof typeof ENTRY_FIELDS, object>> = {
       },
     },
   },
+};
+
+const networks = { type: "array", items: { type: "string" } };
+
+/** One rule of `"/settings".xml_forwards`, its fields described as the validator lists them. */
+const xmlRule = {
+  type: "object",
+  required: ["domains"],
+  additionalProperties: false,
+  properties: Object.fromEntries(
+    Object.entries(
+      {
+        domains: { oneOf: [{ type: "string" }, { type: "array", items: { type: "string" }, minItems: 1 }] },
+        enabled: { type: "boolean" },
+        addresses: networks,
+        targets: networks,
+        protocols: { type: "array", items: { enum: [...PROTOCOLS] } },
+        ports: portList,
+        host_ports: { type: "boolean" },
+        snat: { type: "boolean" },
+        all_ports: { type: "boolean" },
+      } satisfies Record<keyof typeof XML_RULE_FIELDS, object>,
+    ).map((
+      [name, shape],
+    ) => [name, { ...shape, description: XML_RULE_FIELDS[name as keyof typeof XML_RULE_FIELDS] }]),
+  ),
 };
 
 /** Builds the schema object. */
@@ -64,6 +92,19 @@ export function configSchema(): Record<string, unknown> {
             },
             description:
               'nftables chains at the forward hook handed to us ("<family> <table> <chain>"): our accept goes first in each.',
+          },
+          host_addresses: {
+            type: "array",
+            items: { type: "string" },
+            description:
+              "Addresses or networks that are this host's though no interface holds them (routed to it, floating, " +
+              "or coming later): a public address must be the host's.",
+          },
+          xml_forwards: {
+            description:
+              "What a guest's XML may declare: false (nothing), true (the defaults), or rules per domain " +
+              "name pattern, the first that matches deciding.",
+            oneOf: [{ type: "boolean" }, { type: "array", items: xmlRule }],
           },
         },
       },

@@ -17,8 +17,8 @@ import {
   type ValidateOptions,
 } from "./model.ts";
 
-/** The settings `"/settings"` may hold. */
-const SETTING_NAMES = ["backend", "accept_in", "host_addresses", "xml_forwards"];
+/** The settings `"/settings"` may hold (the schema describes each). */
+export const SETTING_NAMES = ["backend", "accept_in", "host_addresses", "xml_forwards"];
 
 /** The families a chain handed to us (`accept_in`) may be of: those whose forward hook sees routed traffic. */
 const ACCEPT_IN_FAMILIES = ["ip", "ip6", "inet"];
