@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { findAddress, guestForwards, type GuestLookup, waitingNote } from "./guest.ts";
 import { forwardsOf } from "./domain.ts";
-import { emptyConfig, loadParser, parseConfig } from "../config/validate.ts";
+import { emptyConfig, loadParser, parseConfig, parseConfigs } from "../config/validate.ts";
 import type { Entry } from "../config/model.ts";
 import type { Lease } from "../system/libvirt.ts";
 import { parseLeases } from "../system/libvirt.ts";
@@ -199,6 +199,19 @@ Deno.test("forwardsOf(): XML that is not well-formed, where it holds forwards of
     kind: "invalid",
     lines: [
       "hooks.jsonc: web1: the guest has no interface on a libvirt network to find its address on; give it as private_ip",
+    ],
+    why: "the guest's address cannot be found",
+  });
+  // In a drop-in (a link into hooks.d/ included), it names the drop-in as hooks.d/ names it, not the main file.
+  const dropIn = parseConfigs([
+    { file: "hooks.jsonc", text: `{"db": {"private_ip": "192.168.122.20", "port_map": {"tcp": [5432]}}}` },
+    { file: "hooks.d/web.jsonc", text: `{"web1": {"port_map": {"tcp": [22]}}}` },
+  ]);
+  assert.deepEqual(await forwardsOf("web1", { config: dropIn, facts: FACTS, xml: bridgeOnly, deps }), {
+    kind: "invalid",
+    lines: [
+      "hooks.d/web.jsonc: web1: the guest has no interface on a libvirt network to find its address on; give it " +
+      "as private_ip",
     ],
     why: "the guest's address cannot be found",
   });
