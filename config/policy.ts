@@ -7,17 +7,17 @@
 import type { Node } from "jsonc-parser";
 import {
   type Address,
-  type Family,
   formatNetwork,
   type Network,
   networkOf,
   parseAddress,
+  type Protocol,
+  PROTOCOLS,
 } from "../system/address.ts";
-import { type Protocol, PROTOCOLS } from "../system/address.ts";
 import { jsonPath, SETTINGS_KEY, type XmlRule } from "./model.ts";
+import { kind, type Report } from "./nodes.ts";
 
 export type { XmlRule };
-import { kind, type Report } from "./nodes.ts";
 
 /** What a guest's XML may declare where no rule says otherwise: its own addresses, ports the host leaves free. */
 export const DEFAULT_XML_RULE: XmlRule = {
@@ -230,9 +230,4 @@ function readPortRanges(node: Node, path: string, fail: Report): [number, number
 /** Whether every port of a run is within the ranges a rule allows (absent: all). */
 export function portsAllowed(rule: XmlRule, first: number, last: number): boolean {
   return rule.ports === undefined || rule.ports.some(([a, b]) => a <= first && last <= b);
-}
-
-/** The family of an address text, or undefined. */
-export function familyOf(text: string): Family | undefined {
-  return parseAddress(text)?.family;
 }
