@@ -296,6 +296,14 @@ async function installWith(
   if (plan.kind === "absent") return "absent";
   if (plan.kind === "invalid") {
     for (const line of plan.lines) deps.problem(line);
+    // Syslog says why too: libvirt shows stderr only to whoever ran `virsh start`, and autostart has no one.
+    const found = domainConfig(config, domain);
+    const why = plan.lines.length > 0
+      ? plan.lines
+      : found.kind === "invalid"
+      ? found.errors.map(formatDiagnostic)
+      : [];
+    for (const line of why.slice(0, MAX_PRINTED_PROBLEMS)) deps.log(`${action} ${domain}: ${line}`);
     return fail(`${plan.why}; nothing was changed`);
   }
   for (const w of plan.waiting) deps.log(`${action} ${domain}: ${w.entry}: ${waitingNote(w)}`);
