@@ -8,7 +8,7 @@ import { plan } from "./plan.ts";
 import { reload } from "./reload.ts";
 import { removeAll, removeByHand } from "./remove.ts";
 import { status } from "./status.ts";
-import { watch } from "./watch.ts";
+import { MAX_POLL_SECONDS, MIN_POLL_SECONDS, watch } from "./watch.ts";
 import { type HookDeps, systemHookDeps } from "../hook/deps.ts";
 import { message } from "../system/report.ts";
 
@@ -76,10 +76,13 @@ tables) and whether it lets the forward through; our rules' counters; the host's
 port; the guest listening on its port; bridge netfilter and hairpin; the other firewall software present.
 Exit 0 when all is well, 1 otherwise.`,
   watch: `Usage: qemu watch [--poll SECONDS]
-Runs until stopped (SIGTERM). Follows \`nft monitor rules\`, and every SECONDS (default 30) looks anyway; after each
-change of the firewall it puts our accepts back in front of libvirt's nftables chains (libvirt re-creates them on
-reload, SIGHUP and restarts) and re-applies a running guest's forwards that another tool wiped (a firewalld
-reload, a netfilter-persistent restore). Logs what it mended on stderr and to syslog.`,
+Runs until stopped (SIGTERM; SIGHUP re-reads the config). Follows \`nft monitor rules\` and the DHCP leases, and
+every SECONDS (default 30, at least 2) looks anyway; after each change it puts our accepts back in front of
+libvirt's nftables chains (libvirt re-creates them on reload, SIGHUP and restarts), re-applies a running guest's
+forwards that another tool wiped (a firewalld reload, a netfilter-persistent restore) or whose lease came or
+moved, and removes what a stopped guest left live. It never adds forwards for a guest whose \`stopped\` hook ran,
+never moves a forward to a new default address (it says what to run), and never removes a live forward because a
+lease file cannot be read (it says which). Logs what it did on stderr and to syslog.`,
 };
 
 /** Runs an operator command and returns its exit code. */
@@ -145,8 +148,17 @@ export async function runCli(args: string[], deps: HookDeps = cliDeps()): Promis
     case "doctor":
       if (rest.length > 1) return usage(deps, "doctor takes at most one domain name");
       return await (await import("./doctor.ts")).doctor(deps, { only: rest[0], json: values.json ?? false });
-    case "watch":
-      return await watch(deps, Number(values.poll ?? "30") || 30);
+    case "watch": {
+      const poll = values.poll === undefined ? 30 : Number(values.poll);
+      // A poll every few milliseconds would run the firewall's programs without end.
+      if (values.poll?.trim() === "" || !(poll >= MIN_POLL_SECONDS && poll <= MAX_POLL_SECONDS)) {
+        return usage(
+          deps,
+          `--poll takes a number of seconds from ${MIN_POLL_SECONDS} to ${MAX_POLL_SECONDS}, not "${values.poll}"`,
+        );
+      }
+      return await watch(deps, poll);
+    }
     default:
       return usage(deps, `Unknown command "${command}"`);
   }

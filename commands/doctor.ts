@@ -5,10 +5,18 @@ import { asLiveForward, asLiveSnat, describeForward } from "../backends/forward.
 import { readState } from "../backends/state.ts";
 import { acceptMisplaced, forwardsByDomain, knownNames, runningDomains, runningXml } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
-import { applyDeps, type DomainForwards, forwardsOf, loadFor } from "../hook/domain.ts";
+import {
+  applyDeps,
+  defaultMoves,
+  type DomainForwards,
+  forwardsOf,
+  loadFor,
+  pinFacts,
+  pinnedDefaults,
+} from "../hook/domain.ts";
 import { waitingNote } from "../hook/guest.ts";
 import { message } from "../system/report.ts";
-import { type DoctorReport, fail, type Finding, type ForwardReport, ok } from "./doctor_findings.ts";
+import { type DoctorReport, fail, type Finding, type ForwardReport, note, ok } from "./doctor_findings.ts";
 import { forwardFindings, readCounters } from "./doctor_forward.ts";
 import { allChains, hostFindings } from "./doctor_host.ts";
 
@@ -69,13 +77,16 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
   const planOf = async (domain: string) => {
     const known = plans.get(domain);
     if (known) return known;
-    const found = await forwardsOf(domain, { config, facts, xml: await xmlOf(domain), deps }).catch((
-      err,
-    ) => ({
-      kind: "invalid" as const,
-      lines: [message(err)],
-      why: "its forwards cannot be read",
-    }));
+    // Planned with the default addresses its forwards took when they were applied: they stay on them.
+    const pinnedFacts = pinFacts(facts, pinnedDefaults(deps.stateDir, domain));
+    const found = await forwardsOf(domain, { config, facts: pinnedFacts, xml: await xmlOf(domain), deps })
+      .catch((
+        err,
+      ) => ({
+        kind: "invalid" as const,
+        lines: [message(err)],
+        why: "its forwards cannot be read",
+      }));
     plans.set(domain, found);
     return found;
   };
@@ -99,6 +110,19 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
         ],
       });
       continue;
+    }
+    const moved = running.includes(domain)
+      ? defaultMoves(domain, { facts, pinned: pinnedDefaults(deps.stateDir, domain) })
+      : [];
+    for (const line of moved) forwards.push({ domain, forward: "(default address)", findings: [note(line)] });
+    for (const line of found.leaseProblems) {
+      forwards.push({
+        domain,
+        forward: "(DHCP leases)",
+        findings: [
+          fail(line, "libvirt's dnsmasq rewrites it on the next lease change; its live forwards are kept"),
+        ],
+      });
     }
     for (const w of found.waiting) {
       forwards.push({

@@ -15,7 +15,7 @@ import {
   runningXml,
 } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
-import { applyDeps, forwardsOf, loadFor } from "../hook/domain.ts";
+import { applyDeps, defaultMoves, forwardsOf, loadFor, pinFacts, pinnedDefaults } from "../hook/domain.ts";
 import { waitingNote } from "../hook/guest.ts";
 import { readListeners } from "../system/host.ts";
 
@@ -42,22 +42,30 @@ export async function status(deps: HookDeps, { only, json = false }: StatusOptio
     const forwards = live.get(domain) ?? [];
     // What the config and the running guest's XML say now (its metadata, and the addresses found for it).
     const xml = running.has(domain) ? await runningXml(domain) : undefined;
-    const found = await forwardsOf(domain, { config, facts, xml, deps }).catch(() => undefined);
+    // Planned with the default addresses its forwards took when they were applied: they stay on them.
+    const pinned = running.has(domain) ? pinnedDefaults(deps.stateDir, domain) : {};
+    const found = await forwardsOf(domain, { config, facts: pinFacts(facts, pinned), xml, deps })
+      .catch(() => undefined);
     const waiting = found?.kind === "ok" ? found.waiting.map(waitingNote) : [];
     if (forwards.length === 0 && waiting.length === 0) continue;
     const planned = new Set(found?.kind === "ok" ? describePlan(domain, found) : []);
+    const moved = defaultMoves(domainLabel(domain), { facts, pinned });
+    // A lease file that cannot be read tells nothing of the forwards it would give: those live are not judged.
+    const leaseProblems = found?.kind === "ok" ? found.leaseProblems : [];
     report.push({
       domain: domainLabel(domain),
       running: running.has(domain),
       inConfig: found?.kind !== "absent",
       ...(waiting.length ? { waiting } : {}),
+      ...(moved.length ? { defaultMoved: moved } : {}),
+      ...(leaseProblems.length ? { leaseProblems } : {}),
       forwards: forwards.map((f) => {
         // An outbound NAT takes no port and passes no gate of ours: nothing to note.
         const taken = f.outbound ? undefined : hostListener(f, listeners);
         const blocked = f.outbound ? [] : blockers(gates, livePacket(f, facts.connected)).map(blockedNote);
         return {
           forward: describeForward(f),
-          explained: planned.has(describeForward(f)),
+          explained: planned.has(describeForward(f)) || leaseProblems.length > 0,
           ...(taken ? { takenFromHost: taken } : {}),
           ...(blocked.length ? { blocked } : {}),
         };
@@ -89,7 +97,9 @@ export async function status(deps: HookDeps, { only, json = false }: StatusOptio
       ...(d.inConfig ? [] : [d.running ? "not in the config nor in its XML" : "not in the config"]),
     ];
     console.log(`${d.domain} (${notes.join(", ")})`);
-    for (const w of d.waiting ?? []) console.log(`  ${w}`);
+    for (const line of [...d.defaultMoved ?? [], ...d.leaseProblems ?? [], ...d.waiting ?? []]) {
+      console.log(`  ${line}`);
+    }
     for (const f of d.forwards) {
       const notes = [
         ...(f.explained ? [] : ["not explained by the config"]),

@@ -42,6 +42,114 @@ export function removedMarker(stateDir: string, domain: string): string {
   return `${stateDir}/removed-${domainHash(domain)}`;
 }
 
+/**
+ * The note that libvirt's `stopped` hook ran for a guest, written before its rules are removed and cleared by its
+ * next start (or `apply`). libvirt removes the guest's status file only a second or more after that hook
+ * (qemuProcessStop restores labels, host devices, taps and cgroups first): in that gap the guest looks running,
+ * and the watcher must neither put its forwards back nor keep them.
+ */
+export function stoppedMarker(stateDir: string, domain: string): string {
+  return `${stateDir}/stopped-${domainHash(domain)}`;
+}
+
+/** Notes that a guest's `stopped` hook ran (see stoppedMarker); best effort, synchronously. */
+export function markStopped(stateDir: string, domain: string): void {
+  try {
+    Deno.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    Deno.writeTextFileSync(stoppedMarker(stateDir, domain), `${domain}\n`);
+  } catch {
+    // No /run to write to: the watcher then goes by the status file alone.
+  }
+}
+
+/** Whether a guest's `stopped` hook ran since its last start (see stoppedMarker). */
+export function stoppedSince(stateDir: string | undefined, domain: string): boolean {
+  if (stateDir === undefined) return false;
+  try {
+    Deno.statSync(stoppedMarker(stateDir, domain));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Where the default addresses a guest's forwards were applied with are kept, while it runs. */
+function defaultsFile(stateDir: string, domain: string): string {
+  return `${stateDir}/defaults-${domainHash(domain)}.json`;
+}
+
+/**
+ * Records the host's default addresses that a guest's forwards took (those without a public address of their own),
+ * so they stay on them when the default route moves (a VPN, a backup link) until an administrator applies a
+ * change; none recorded where no forward took one. Best effort, synchronously.
+ */
+function recordDefaults(
+  stateDir: string,
+  domain: string,
+  { facts, forwards, snats }: { facts: HostFacts; forwards: Forward[]; snats: Snat[] },
+): void {
+  const used: Partial<Record<Family, string>> = {};
+  for (const [family, address] of Object.entries(defaultsOf(facts))) {
+    if ([...forwards, ...snats].some((f) => f.publicIp === address)) used[Number(family) as Family] = address;
+  }
+  const path = defaultsFile(stateDir, domain);
+  try {
+    if (Object.keys(used).length === 0) return removeIfThere(path);
+    Deno.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    Deno.writeTextFileSync(`${path}.${Deno.pid}`, JSON.stringify(used));
+    Deno.renameSync(`${path}.${Deno.pid}`, path);
+  } catch {
+    // Nothing recorded: the watcher then plans with the host's default addresses as they are.
+  }
+}
+
+/** The default addresses a running guest's forwards took when they were applied (see recordDefaults). */
+export function pinnedDefaults(
+  stateDir: string | undefined,
+  domain: string,
+): Partial<Record<Family, string>> {
+  if (stateDir === undefined) return {};
+  try {
+    const record = JSON.parse(Deno.readTextFileSync(defaultsFile(stateDir, domain)));
+    const out: Partial<Record<Family, string>> = {};
+    for (const family of [4, 6] as const) {
+      if (typeof record[family] === "string") out[family] = record[family];
+    }
+    return out;
+  } catch {
+    return {};
+  }
+}
+
+/** The host's facts with the default addresses a guest's forwards took: planned with these, they stay put. */
+export function pinFacts(facts: HostFacts, pinned: Partial<Record<Family, string>>): HostFacts {
+  const defaultPublicIp = { ...facts.defaultPublicIp };
+  for (const family of [4, 6] as const) {
+    const address = pinned[family];
+    if (address !== undefined) defaultPublicIp[family] = { address };
+  }
+  return { ...facts, defaultPublicIp };
+}
+
+/** What the watcher, status and doctor say where the host's default address moved from the one a guest's forwards took. */
+export function defaultMoves(
+  domain: string,
+  { facts, pinned }: { facts: HostFacts; pinned: Partial<Record<Family, string>> },
+): string[] {
+  const now = defaultsOf(facts);
+  const out: string[] = [];
+  for (const family of [4, 6] as const) {
+    const was = pinned[family];
+    if (was === undefined || now[family] === was) continue;
+    const current = now[family] === undefined ? "gone" : `now ${now[family]}`;
+    out.push(
+      `${domain}: the host's default IPv${family} address is ${current}; its forwards stay on ${was} until ` +
+        `"qemu apply ${domain}" or "qemu reload" moves them`,
+    );
+  }
+  return out;
+}
+
 /** Removes a file of ours, if it is there; synchronously, as a hook call is about to end. */
 function removeIfThere(path: string): void {
   try {
@@ -130,6 +238,8 @@ export type DomainForwards =
     snats: Snat[];
     /** Targets still without the guest's address: the watcher applies them when its lease appears. */
     waiting: Waiting[];
+    /** Lease files that could not be read (see GuestForwards): what is live for the guest must stay. */
+    leaseProblems: string[];
     /** Whether the XML holds forwards of ours. */
     metadata: boolean;
     /** The public ports the XML claims (recorded while the guest runs: see hook/claims.ts). */
@@ -232,14 +342,18 @@ export async function forwardsOf(
     forwards: plan.forwards,
     snats: plan.snats,
     waiting: guest.waiting,
+    leaseProblems: guest.leaseProblems,
     metadata: guest.metadata,
     claims: guest.claims,
     notes: guest.notes,
   };
 }
 
-/** What install did: the forwards are live, the config does not name the domain, or it could not. */
-export type InstallResult = "installed" | "absent" | "failed";
+/**
+ * What install did: the forwards are live, the config does not name the domain, it could not, or (the watcher's
+ * install only) nothing, as the guest's `stopped` hook ran meanwhile.
+ */
+export type InstallResult = "installed" | "absent" | "failed" | "stopped";
 
 /** What install saw beside its result: the forwards that wait for the guest's lease (applied when it comes). */
 export interface InstallSeen {
@@ -257,12 +371,17 @@ export async function install(
   action = "start",
   seen: InstallSeen = {},
 ): Promise<InstallResult> {
+  // A start (or apply) ends what a `stopped` hook noted; the watcher's install never does (see stoppedMarker).
+  const watcher = action === "watch";
+  if (!watcher && deps.stateDir !== undefined) removeIfThere(stoppedMarker(deps.stateDir, domain));
   const source = readConfigSource(configCandidates(deps.env));
   const xml = await deps.readStdin();
   if (!configMentions(source, domain) && !xml.includes(METADATA_NS)) {
     return await installWith(domain, deps, action, source, seen);
   }
   return await deps.lock(async () => {
+    // Under the lock: a `stopped` hook notes it before it takes the lock to remove the rules.
+    if (watcher && stoppedSince(deps.stateDir, domain)) return "stopped";
     const reading = (await beginRead(applyDeps(deps), { domain, jumps: false })).state;
     try {
       return await installWith(domain, deps, action, source, seen, reading);
@@ -308,6 +427,10 @@ async function installWith(
   }
   for (const w of plan.waiting) deps.log(`${action} ${domain}: ${w.entry}: ${waitingNote(w)}`);
   for (const n of plan.notes) deps.log(`${action} ${domain}: ${n}`);
+  for (const p of plan.leaseProblems) {
+    deps.problem(p);
+    deps.log(`${action} ${domain}: ${p}`);
+  }
   seen.waiting = plan.waiting;
   try {
     // The taps are read from the XML while the firewall's read runs, not after the write.
@@ -316,7 +439,10 @@ async function installWith(
       syncDomain(domain, plan.forwards, applyDeps(deps, config, facts), { read: reading, snats: plan.snats });
     const changes = reading ? await sync() : await deps.lock(sync);
     await setHairpins(domain, taps, deps);
-    if (deps.stateDir !== undefined) recordClaims(deps.stateDir, domain, plan.claims);
+    if (deps.stateDir !== undefined) {
+      recordClaims(deps.stateDir, domain, plan.claims);
+      recordDefaults(deps.stateDir, domain, { facts, forwards: plan.forwards, snats: plan.snats });
+    }
     deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}`);
     const hooks = reading ? (await reading).nft?.hooks : undefined;
     const warnings = [
@@ -336,7 +462,12 @@ async function installWith(
  * keeps them as they are when the config cannot be trusted. False when something could not be done.
  */
 export async function resync(domain: string, deps: HookDeps, action: string): Promise<boolean> {
-  const { config, facts } = await loadFor(deps, { domain });
+  const loaded = await loadFor(deps, { domain });
+  const { config } = loaded;
+  // libvirt's reconnect is no administrator's change: the forwards keep the default addresses they took.
+  const facts = action === "reconnect"
+    ? pinFacts(loaded.facts, pinnedDefaults(deps.stateDir, domain))
+    : loaded.facts;
   const keep = (why: string) => {
     failed(deps, {
       action,
@@ -358,6 +489,10 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
     for (const line of plan.lines) deps.problem(line);
     return keep(`${plan.why} (or all of the config's problems with "qemu check")`);
   }
+  if (plan.kind === "ok" && plan.leaseProblems.length > 0) {
+    for (const line of plan.leaseProblems) deps.problem(line);
+    return keep("a lease file cannot be read (above): the forwards it would give cannot be told");
+  }
   const { forwards = [], snats = [] } = plan.kind === "ok" ? plan : {};
   if (plan.kind === "ok") {
     for (const w of plan.waiting) deps.log(`${action} ${domain}: ${w.entry}: ${waitingNote(w)}`);
@@ -369,6 +504,7 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
     await setHairpins(domain, await hairpinTaps(forwards, facts, await deps.readStdin()), deps);
     if (deps.stateDir !== undefined) {
       recordClaims(deps.stateDir, domain, plan.kind === "ok" ? plan.claims : []);
+      recordDefaults(deps.stateDir, domain, { facts, forwards, snats });
     }
     if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, forwards)}`);
     return true;
@@ -380,7 +516,10 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
 
 /** Removes whatever is live for a domain, whatever the config says (libvirt's stopped, the remove command). */
 export async function remove(domain: string, deps: HookDeps, action: string): Promise<boolean> {
-  if (deps.stateDir !== undefined) recordClaims(deps.stateDir, domain, []);
+  if (deps.stateDir !== undefined) {
+    recordClaims(deps.stateDir, domain, []);
+    removeIfThere(defaultsFile(deps.stateDir, domain));
+  }
   try {
     const changes = await deps.lock(() => syncDomain(domain, [], applyDeps(deps)));
     if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, [])}`);

@@ -9,7 +9,7 @@ import { type MetadataForwards, readMetadata } from "../config/metadata.ts";
 import { DEFAULT_XML_RULE } from "../config/policy.ts";
 import { type Claim, claimSummary, reportClashes } from "../config/ports.ts";
 import { type Family, parseAddress } from "../system/address.ts";
-import { type Lease, readLeases, readNetworkStatus } from "../system/libvirt.ts";
+import { type Lease, LeaseFileError, readLeases, readNetworkStatus } from "../system/libvirt.ts";
 import { attr, child, childrenNamed, parseXml, type XmlElement } from "../system/xml.ts";
 import { type GuestInterface, interfacesOf } from "./domain_xml.ts";
 import { policyProblems, type PolicyView } from "./xml_policy.ts";
@@ -21,7 +21,10 @@ const UNKNOWN_HOST = { rule: DEFAULT_XML_RULE, addresses: undefined, declared: [
 export interface GuestLookup {
   /** A running network's status XML (`/run/libvirt/network/<net>.xml`), if it runs. */
   networkStatus(network: string): string | undefined;
-  /** The DHCP leases on a bridge (`/var/lib/libvirt/dnsmasq/<bridge>.status`). */
+  /**
+   * The DHCP leases on a bridge (`/var/lib/libvirt/dnsmasq/<bridge>.status`); throws a LeaseFileError where the
+   * file is there but cannot be read.
+   */
   leases(bridge: string): Lease[];
   /** Seconds since the epoch (a lease that expired is no address). */
   now(): number;
@@ -56,6 +59,11 @@ export interface GuestForwards {
   diagnostics: Diagnostic[];
   /** Problems in finding the guest's address that no lease will solve (no such interface). */
   problems: string[];
+  /**
+   * Lease files that could not be read (each problem names its file): the targets looked up there wait, but
+   * their absence proves nothing, so what is live for them must stay.
+   */
+  leaseProblems: string[];
   /** Whether the XML has forwards of ours. */
   metadata: boolean;
   /** The public ports the XML claims, to be recorded while the guest runs (see hook/claims.ts). */
@@ -102,6 +110,7 @@ export function guestForwards(
     waiting: [],
     diagnostics: md.diagnostics,
     problems: [],
+    leaseProblems: [],
     metadata: md.present,
     claims: md.claims.map((c) => claimSummary(c, xml!.file)),
     notes,
@@ -171,6 +180,9 @@ export function guestForwards(
       }
       const found = findAddress(domain, { ...nic, mac }, t.family, lookup);
       bridge ??= found.bridge;
+      if (found.unreadable && !out.leaseProblems.includes(found.unreadable)) {
+        out.leaseProblems.push(found.unreadable);
+      }
       if (found.address) targets.push({ ...t, privateIp: found.address });
       else {
         out.waiting.push({
@@ -253,14 +265,15 @@ function networkFacts(text: string | undefined): NetworkFacts {
 
 /**
  * The guest's address on one interface: the network's reservation (IPv4: for its MAC; IPv6: for the domain's name,
- * or a DUID made of its MAC), else its newest unexpired lease. Also the bridge, where the interface did not say.
+ * or a DUID made of its MAC), else its newest unexpired lease. Also the bridge, where the interface did not say,
+ * and the problem of a lease file that cannot be read (`unreadable`).
  */
 export function findAddress(
   domain: string,
   nic: GuestInterface & { mac: string },
   family: Family,
   lookup: GuestLookup,
-): { address?: string; via?: "reservation" | "lease"; bridge?: string } {
+): { address?: string; via?: "reservation" | "lease"; bridge?: string; unreadable?: string } {
   const facts = nic.network === undefined ? { hosts: [] } : networkFacts(lookup.networkStatus(nic.network));
   const bridge = nic.bridge ?? facts.bridge;
   const mine = (x: { mac?: string; name?: string; id?: string; clientId?: string; hostname?: string }) =>
@@ -271,7 +284,14 @@ export function findAddress(
   if (reserved) return { address: reserved.ip, via: "reservation", ...withBridge };
   if (bridge === undefined) return {};
   const now = lookup.now();
-  const lease = lookup.leases(bridge)
+  let leases: Lease[];
+  try {
+    leases = lookup.leases(bridge);
+  } catch (err) {
+    if (!(err instanceof LeaseFileError)) throw err;
+    return { ...withBridge, unreadable: err.message };
+  }
+  const lease = leases
     .filter((l) =>
       parseAddress(l.address)?.family === family && mine(l) && (l.expiry === 0 || l.expiry > now)
     )

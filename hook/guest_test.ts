@@ -4,7 +4,7 @@ import { forwardsOf } from "./domain.ts";
 import { emptyConfig, loadParser, parseConfig, parseConfigs } from "../config/validate.ts";
 import type { Entry } from "../config/model.ts";
 import type { Lease } from "../system/libvirt.ts";
-import { parseLeases } from "../system/libvirt.ts";
+import { LeaseFileError, parseLeases } from "../system/libvirt.ts";
 import type { HostFacts } from "../system/host.ts";
 import { loadXml, parseXml } from "../system/xml.ts";
 
@@ -65,6 +65,21 @@ Deno.test("findAddress(): else the newest lease that has not expired; nothing (b
   assert.deepEqual(findAddress("web9", nic(mac), 4, lookup([])), { bridge: "virbr0" });
   // A network that is not running: no bridge to look for a lease on either.
   assert.deepEqual(findAddress("web9", { mac, network: "gone" }, 4, lookup()), {});
+});
+
+Deno.test("findAddress(): a lease file that cannot be read gives no address, and its problem", () => {
+  const broken: GuestLookup = {
+    ...lookup(),
+    leases: () => {
+      throw new LeaseFileError("Cannot read the DHCP leases in /x/virbr0.status: not JSON");
+    },
+  };
+  assert.deepEqual(findAddress("web9", nic("52:54:00:00:00:99"), 4, broken), {
+    bridge: "virbr0",
+    unreadable: "Cannot read the DHCP leases in /x/virbr0.status: not JSON",
+  });
+  // A reservation needs no lease file.
+  assert.equal(findAddress("web1", nic(), 4, broken).address, "192.168.122.10");
 });
 
 const XML = (metadata = "", mac = MAC) =>

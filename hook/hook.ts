@@ -1,7 +1,7 @@
 /** libvirt's calls: which ones the hook acts on, and what it does for each. */
 
 import type { HookDeps } from "./deps.ts";
-import { applyDeps, install, remove, resync } from "./domain.ts";
+import { applyDeps, install, markStopped, remove, resync } from "./domain.ts";
 import { xmlKind } from "./domain_xml.ts";
 import { reassertAccepts } from "../rules.ts";
 import { message } from "../system/report.ts";
@@ -62,6 +62,9 @@ export async function runHook(call: HookCall, deps: HookDeps): Promise<number> {
       await resync(call.domain, deps, "reconnect");
       return 0;
     case "stopped":
+      // Noted first: libvirt keeps the guest's status file a while longer, and the watcher must not put back
+      // what is removed here (see stoppedMarker).
+      if (deps.stateDir !== undefined) markStopped(deps.stateDir, call.domain);
       await remove(call.domain, deps, "stopped");
       return 0;
     default:

@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { domainHash } from "../backends/names.ts";
 import { dedent, FACTS, recordingRunner } from "../test/util.ts";
 import type { HookDeps } from "./deps.ts";
+import { defaultMoves, pinnedDefaults, stoppedSince } from "./domain.ts";
 import { asHookCall, runHook } from "./hook.ts";
 import type { HostFacts, Listener } from "../system/host.ts";
 import type { CommandResult } from "../system/runner.ts";
@@ -259,6 +260,65 @@ Deno.test("runHook() stopped removes what is live without reading the config, an
     assert.equal(await runHook(call("web1", "stopped"), f.deps), 0);
     assert.match(f.stderr[0]!, /^Cannot remove forwards for "web1": iptables-save exited with 1/);
   });
+});
+
+Deno.test("runHook() stopped notes the stop before it removes anything; start clears the note", async () => {
+  const f = await fake(GOOD);
+  const stateDir = await Deno.makeTempDir({ dir: SCRATCH });
+  let notedFirst: boolean | undefined;
+  const runner = f.deps.runner;
+  const deps: HookDeps = {
+    ...f.deps,
+    stateDir,
+    runner: {
+      ...runner,
+      run: (argv, options) => {
+        notedFirst ??= stoppedSince(stateDir, "web1");
+        return runner.run(argv, options);
+      },
+    },
+  };
+  assert.equal(await runHook(call("web1", "start"), deps), 0);
+  assert.equal(stoppedSince(stateDir, "web1"), false);
+  notedFirst = undefined;
+  assert.equal(await runHook(call("web1", "stopped"), deps), 0);
+  assert.equal(notedFirst, true);
+  assert.equal(stoppedSince(stateDir, "web1"), true);
+  assert.equal(stoppedSince(stateDir, "db"), false);
+  assert.equal(await runHook(call("web1", "start"), deps), 0);
+  assert.equal(stoppedSince(stateDir, "web1"), false);
+});
+
+Deno.test("runHook() reconnect keeps the default address the forwards took at start, where the default moved", async () => {
+  const f = await fake(GOOD);
+  const stateDir = await Deno.makeTempDir({ dir: SCRATCH });
+  const moved: HostFacts = {
+    ...FACTS,
+    defaultPublicIp: { ...FACTS.defaultPublicIp, 4: { address: "198.51.100.7" } },
+  };
+  assert.equal(await runHook(call("web1", "start"), { ...f.deps, stateDir }), 0);
+  assert.deepEqual(pinnedDefaults(stateDir, "web1"), { 4: "203.0.113.1" });
+  assert.deepEqual(defaultMoves("web1", { facts: moved, pinned: pinnedDefaults(stateDir, "web1") }), [
+    "web1: the host's default IPv4 address is now 198.51.100.7; its forwards stay on 203.0.113.1 until " +
+    '"qemu apply web1" or "qemu reload" moves them',
+  ]);
+  const before = f.calls.length;
+  assert.equal(
+    await runHook(call("web1", "reconnect"), { ...f.deps, stateDir, facts: () => Promise.resolve(moved) }),
+    0,
+  );
+  const batch = f.stdins.slice(before).find((text) => text?.includes("DNAT")) ?? "";
+  assert.match(batch, /-d 203\.0\.113\.1\/32 /);
+  assert.doesNotMatch(batch, /198\.51\.100\.7/);
+  // A start (an administrator's or libvirt's) takes the host's default address as it is now.
+  assert.equal(
+    await runHook(call("web1", "start"), { ...f.deps, stateDir, facts: () => Promise.resolve(moved) }),
+    0,
+  );
+  assert.deepEqual(pinnedDefaults(stateDir, "web1"), { 4: "198.51.100.7" });
+  // The stop forgets it.
+  assert.equal(await runHook(call("web1", "stopped"), { ...f.deps, stateDir }), 0);
+  assert.deepEqual(pinnedDefaults(stateDir, "web1"), {});
 });
 
 Deno.test("runHook() ignores every other operation without running anything", async (t) => {

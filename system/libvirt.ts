@@ -58,16 +58,30 @@ export interface Lease {
   expiry: number;
 }
 
-/** The leases of a `<bridge>.status` file (empty before the first one: libvirt writes 0 bytes). */
+/**
+ * The most of a lease file read: libvirt's are small (~150 bytes a lease; a /16 network full of leases is ~10 MB),
+ * and a file beyond this is not one libvirt wrote; reading it whole cost 500 MB and seconds.
+ */
+export const MAX_LEASE_BYTES = 16 * 1024 * 1024;
+
+/** A lease file that is there but cannot be read or understood (its path in the message): it proves no lease. */
+export class LeaseFileError extends Error {
+  override name = "LeaseFileError";
+}
+
+/**
+ * The leases of a `<bridge>.status` file (empty before the first one: libvirt writes 0 bytes). Throws a
+ * SyntaxError where the text is not libvirt's JSON list of leases.
+ */
 export function parseLeases(text: string): Lease[] {
   if (text.trim() === "") return [];
   let list: unknown;
   try {
     list = JSON.parse(text);
   } catch {
-    return [];
+    throw new SyntaxError("not JSON");
   }
-  if (!Array.isArray(list)) return [];
+  if (!Array.isArray(list)) throw new SyntaxError("not a JSON list of leases");
   const out: Lease[] = [];
   for (const item of list) {
     if (typeof item !== "object" || item === null) continue;
@@ -84,13 +98,57 @@ export function parseLeases(text: string): Lease[] {
   return out;
 }
 
-/** Reads a bridge's leases; none where the file is not there (no lease yet, or no DHCP on the network). */
-export function readLeases(bridge: string, dir = LIBVIRT_DNSMASQ_DIR): Lease[] {
+/**
+ * Reads a bridge's leases; none where the file is not there (no lease yet, or no DHCP on the network). Throws a
+ * LeaseFileError, naming the file, where it is there but unreadable, not JSON, or larger than MAX_LEASE_BYTES:
+ * it is read within that bound, whatever its size.
+ */
+export function readLeases(bridge: string, dir = LIBVIRT_DNSMASQ_DIR, max = MAX_LEASE_BYTES): Lease[] {
   if (!/^[^/\0]+$/.test(bridge)) return [];
+  const path = `${dir}/${bridge}.status`;
+  const cannot = (why: string) => new LeaseFileError(`Cannot read the DHCP leases in ${path}: ${why}`);
+  let file: Deno.FsFile;
   try {
-    return parseLeases(Deno.readTextFileSync(`${dir}/${bridge}.status`));
-  } catch {
-    return [];
+    file = Deno.openSync(path, { read: true });
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return [];
+    throw cannot(err instanceof Error ? err.message : String(err));
+  }
+  try {
+    const tooLarge = () => cannot(`larger than ${Math.round(max / 1024 / 1024)} MB`);
+    const stated = file.statSync().size;
+    if (stated > max) throw tooLarge();
+    // Sized by stat, grown while it is read (a file may grow meanwhile), never beyond one byte more than allowed.
+    let buf = new Uint8Array(Math.min(max + 1, stated + 4096));
+    let size = 0;
+    for (;;) {
+      if (size === buf.length) {
+        if (size > max) throw tooLarge();
+        const bigger = new Uint8Array(Math.min(max + 1, buf.length * 2));
+        bigger.set(buf);
+        buf = bigger;
+      }
+      const n = file.readSync(buf.subarray(size));
+      if (n === null) break;
+      size += n;
+    }
+    if (size > max) throw tooLarge();
+    let text: string;
+    try {
+      text = new TextDecoder("utf-8", { fatal: true }).decode(buf.subarray(0, size));
+    } catch {
+      throw cannot("not JSON");
+    }
+    try {
+      return parseLeases(text);
+    } catch (err) {
+      throw cannot(err instanceof Error ? err.message : String(err));
+    }
+  } catch (err) {
+    if (err instanceof LeaseFileError) throw err;
+    throw cannot(err instanceof Error ? err.message : String(err));
+  } finally {
+    file.close();
   }
 }
 

@@ -11,17 +11,18 @@ import assert from "node:assert/strict";
 import { canRunLab, createLab, LAB_ADDR as A } from "./lab.ts";
 import {
   domstatus,
-  envOf,
   eventually,
   hook,
   MAC1,
   MAC2,
-  MAIN,
   makeDirs,
   metadata,
+  startWatcher,
   startXml,
   writeLeases,
-} from "./guest_xml_fixtures.ts";
+} from "./guests.ts";
+import type { Watcher } from "./guests.ts";
+
 const can = await canRunLab();
 if (!can.ok) console.log(`Skipping the guest XML namespace tests: ${can.reason}`);
 
@@ -32,7 +33,7 @@ Deno.test({
   fn: async (t) => {
     const lab = await createLab();
     const d = await makeDirs("lvh-guest-xml-");
-    let watcher: Deno.ChildProcess | undefined;
+    let watcher: Watcher | undefined;
     try {
       await lab.serve(lab.ns.g1, "tcp", 22, "g1");
       await lab.serve(lab.ns.g2, "tcp", 22, "g2");
@@ -96,25 +97,7 @@ Deno.test({
       await t.step(
         "the lease comes: the watcher applies the forward; the lease moves: so does the forward",
         async () => {
-          watcher = new Deno.Command("ip", {
-            args: [
-              "netns",
-              "exec",
-              lab.ns.host,
-              Deno.execPath(),
-              "run",
-              "-A",
-              MAIN,
-              "watch",
-              "--poll",
-              "600",
-            ],
-            clearEnv: true,
-            env: envOf(d),
-            stdout: "null",
-            stderr: "piped",
-          }).spawn();
-          await new Promise((r) => setTimeout(r, 1500));
+          watcher = await startWatcher(lab, d, 600);
           await writeLeases(d.dnsmasq, [{ ip: A.g2v4, mac: MAC2, host: "g2" }]);
           assert.equal(await eventually(lab, 8080, `g2 ${A.client4}`), `g2 ${A.client4}`);
           // The guest gets another address (a new lease): the forward follows it.
@@ -189,19 +172,14 @@ Deno.test({
       );
 
       await t.step("stopped: nothing of ours is left", async () => {
-        watcher?.kill("SIGTERM");
-        await watcher?.status;
+        await watcher?.stop();
         watcher = undefined;
         const r = await hook(lab, d, ["g2", "stopped", "end", "-"], startXml("g2", MAC2, metadata(8081)));
         assert.equal(r.code, 0, r.stderr);
         assert.equal(await lab.ruleset(4), before);
       });
     } finally {
-      if (watcher) {
-        watcher.kill("SIGTERM");
-        await watcher.status;
-      }
-      await watcher?.stderr.cancel().catch(() => {});
+      await watcher?.stop();
       await lab.close();
       await Deno.remove(d.root, { recursive: true });
     }

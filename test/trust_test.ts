@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { canRunLab, createLab, LAB_ADDR as A } from "./lab.ts";
-import { domstatus, hook, MAC1, makeDirs, startXml } from "./guest_xml_fixtures.ts";
+import { domstatus, hook, MAC1, makeDirs, startXml } from "./guests.ts";
 
 const can = await canRunLab();
 if (!can.ok) console.log(`Skipping the trust boundary namespace tests: ${can.reason}`);

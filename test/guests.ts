@@ -1,20 +1,29 @@
 /**
- * What the guest XML namespace tests share: libvirt's state files as libvirt 11.3 writes them (a network status
- * with `<host mac ip>`, dnsmasq's lease records replaced by rename, a running guest's `<domstatus>`), the XML a
- * `start begin` passes, and the hook run as libvirt runs it, in the lab's host namespace.
+ * libvirt's state files for guests in the lab, written as libvirt 11.3 writes them (network status with
+ * `<host mac ip>`, dnsmasq's `<bridge>.status` replaced by rename, the running guest's `<domstatus>` with the
+ * bridge under `<actual>`), the hook and the watcher run inside the lab's host namespace against them: shared by
+ * the namespace tests of guests' XML and of the watcher.
  */
 
 import { type Lab, LAB_ADDR as A } from "./lab.ts";
 
+/** The program under test. */
 export const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
+/** The guests' MACs: MAC1 has a DHCP reservation in NETWORK_STATUS, MAC2 none. */
 export const MAC1 = "52:54:00:00:00:10", MAC2 = "52:54:00:00:00:11";
 
-/** Our forwards as `virsh metadata --set` stores them: prefixed elements in our namespace. */
-export function metadata(port: number, guestPort = 22): string {
+/**
+ * Our forwards as `virsh metadata --set` stores them: prefixed elements in our namespace. `address`: the public
+ * address, or none (the host's default address).
+ */
+export function metadata(
+  port: number,
+  { guestPort = 22, address = A.hostPub4 as string | null } = {},
+): string {
   return `<metadata>
     <lvh:forwards xmlns:lvh="urn:libvirt-hook-qemu:1">
-      <lvh:portForward proto="tcp" address="${A.hostPub4}">
+      <lvh:portForward proto="tcp"${address === null ? "" : ` address="${address}"`}>
         <lvh:range start="${port}" to="${guestPort}"/>
       </lvh:portForward>
     </lvh:forwards>
@@ -98,6 +107,7 @@ export async function writeLeases(dir: string, leases: { ip: string; mac: string
   await Deno.rename(`${dir}/virbr0.status.new`, `${dir}/virbr0.status`);
 }
 
+/** The directories standing in for libvirt's and ours, under one temporary root. */
 export interface Dirs {
   root: string;
   network: string;
@@ -106,6 +116,26 @@ export interface Dirs {
   state: string;
 }
 
+/**
+ * Makes the directories, with the network's status file and an empty lease file (as libvirt has it before the
+ * first lease).
+ */
+export async function makeDirs(prefix: string): Promise<Dirs> {
+  const root = await Deno.makeTempDir({ prefix });
+  const d: Dirs = {
+    root,
+    network: `${root}/network`,
+    dnsmasq: `${root}/dnsmasq`,
+    qemu: `${root}/qemu`,
+    state: `${root}/state`,
+  };
+  for (const dir of [d.network, d.dnsmasq, d.qemu, d.state]) await Deno.mkdir(dir);
+  await Deno.writeTextFile(`${d.network}/default.xml`, NETWORK_STATUS);
+  await Deno.writeTextFile(`${d.dnsmasq}/virbr0.status`, "");
+  return d;
+}
+
+/** The environment libvirt gives a hook, with our and libvirt's places pointed at `d`. */
 export function envOf(d: Dirs): Record<string, string> {
   return {
     LC_ALL: "C",
@@ -119,15 +149,15 @@ export function envOf(d: Dirs): Record<string, string> {
   };
 }
 
+/** Runs the program (a hook call, or a command) in the lab's host namespace, as libvirt runs the hook. */
 export async function hook(lab: Lab, d: Dirs, args: string[], stdin = "") {
-  const r = await lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, ...args], {
+  return await lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, ...args], {
     stdin,
     clearEnv: true,
     env: envOf(d),
     cwd: "/",
     timeoutMs: 30_000,
   });
-  return r;
 }
 
 /** Retries a connection until it answers as expected (the watcher acts on its own time), or gives up. */
@@ -142,19 +172,69 @@ export async function eventually(lab: Lab, port: number, want: string, ms = 15_0
   return got;
 }
 
-/** Fresh state folders for libvirt's files and ours, the network's status written, no lease yet. */
-export async function makeDirs(prefix: string): Promise<Dirs> {
-  const root = await Deno.makeTempDir({ prefix });
-  const d: Dirs = {
-    root,
-    network: `${root}/network`,
-    dnsmasq: `${root}/dnsmasq`,
-    qemu: `${root}/qemu`,
-    state: `${root}/state`,
+/** A watcher running in the lab's host namespace, its stderr collected. */
+export interface Watcher {
+  child: Deno.ChildProcess;
+  /** Its stderr so far. */
+  stderr(): string;
+  /** Waits until its stderr matches, or gives up after `ms`; true when it matched. */
+  said(pattern: RegExp, ms?: number): Promise<boolean>;
+  /** Stops it (SIGTERM) and waits for it; idempotent. */
+  stop(): Promise<void>;
+}
+
+/** Starts `watch --poll <poll>` in the lab's host namespace and waits until it watches. */
+export async function startWatcher(lab: Lab, d: Dirs, poll: number, extra: string[] = []): Promise<Watcher> {
+  const child = new Deno.Command("ip", {
+    args: [
+      "netns",
+      "exec",
+      lab.ns.host,
+      Deno.execPath(),
+      "run",
+      "-A",
+      MAIN,
+      "watch",
+      "--poll",
+      String(poll),
+      ...extra,
+    ],
+    clearEnv: true,
+    env: envOf(d),
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let text = "";
+  const reading = (async () => {
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) text += chunk;
+  })().catch(() => {});
+  let stopped = false;
+  const w: Watcher = {
+    child,
+    stderr: () => text,
+    async said(pattern, ms = 15_000) {
+      const until = Date.now() + ms;
+      while (Date.now() < until) {
+        if (pattern.test(text)) return true;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return pattern.test(text);
+    },
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      try {
+        child.kill("SIGTERM");
+      } catch {
+        // Gone already.
+      }
+      await child.status;
+      await reading;
+    },
   };
-  for (const dir of [d.network, d.dnsmasq, d.qemu, d.state]) await Deno.mkdir(dir);
-  await Deno.writeTextFile(`${d.network}/default.xml`, NETWORK_STATUS);
-  // Before the first lease libvirt's status file is there, and empty.
-  await Deno.writeTextFile(`${d.dnsmasq}/virbr0.status`, "");
-  return d;
+  if (!await w.said(/watching the firewall/)) {
+    await w.stop();
+    throw new Error(`the watcher did not start: ${text}`);
+  }
+  return w;
 }
