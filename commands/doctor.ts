@@ -5,7 +5,7 @@ import { asLiveForward, asLiveSnat, describeForward } from "../backends/forward.
 import { readState } from "../backends/state.ts";
 import { acceptMisplaced, forwardsByDomain, knownNames, runningDomains, runningXml } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
-import { applyDeps, type DomainForwards, forwardsOf, loadFor } from "../hook/domain.ts";
+import { applyDeps, type DomainForwards, forwardsOf, loadFor, NO_CONNTRACK } from "../hook/domain.ts";
 import { waitingNote } from "../hook/guest.ts";
 import { message } from "../system/report.ts";
 import { type DoctorReport, fail, type Finding, type ForwardReport, ok } from "./doctor_findings.ts";
@@ -61,6 +61,14 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
   const running = await runningDomains();
   const live = forwardsByDomain(state, await knownNames(config));
   const host = hostFindings(state, facts, config.settings, gates, await allChains(deps));
+  if (deps.conntrack !== undefined) {
+    const found = deps.conntrack();
+    host.push(
+      found === undefined
+        ? fail(NO_CONNTRACK, "apt-get install conntrack")
+        : ok(`conntrack (${found}): the connections of a forward that goes or changes target are deleted`),
+    );
+  }
 
   // The running guests' XML: the forwards in their metadata, and the addresses found for them.
   const xmlOf = (domain: string) =>

@@ -1,5 +1,6 @@
 /** One domain's forwards: install, re-sync or remove them, and say what happened. */
 
+import type { Forgotten } from "../backends/conntrack.ts";
 import type { Forward, Snat } from "../backends/forward.ts";
 import { iptablesTools, type Tools } from "../backends/iptables.ts";
 import { domainHash } from "../backends/names.ts";
@@ -31,6 +32,7 @@ export function applyDeps(deps: HookDeps, config?: Config, facts?: HostFacts): A
     ...(config ? { backend: config.settings.backend, acceptIn: config.settings.acceptIn } : {}),
     ...(facts ? { connected: facts.connected } : {}),
     ...(deps.stateDir === undefined ? {} : { hintDir: deps.stateDir }),
+    ...(deps.conntrack === undefined ? {} : { conntrack: deps.conntrack() ?? false }),
     ...(deps.networkRunDir === undefined ? {} : { networkRunDir: deps.networkRunDir }),
     ...(deps.networkConf === undefined ? {} : { networkConf: deps.networkConf }),
   };
@@ -283,8 +285,13 @@ async function installWith(
   try {
     // The taps are read from the XML while the firewall's read runs, not after the write.
     const taps = await hairpinTaps(plan.forwards, facts, await deps.readStdin());
+    const flows = flowReport(domain, deps, action);
     const sync = () =>
-      syncDomain(domain, plan.forwards, applyDeps(deps, config, facts), { read: reading, snats: plan.snats });
+      syncDomain(domain, plan.forwards, applyDeps(deps, config, facts), {
+        read: reading,
+        snats: plan.snats,
+        flows,
+      });
     const changes = reading ? await sync() : await deps.lock(sync);
     await setHairpins(domain, taps, deps);
     if (deps.stateDir !== undefined) recordClaims(deps.stateDir, domain, plan.claims);
@@ -293,6 +300,9 @@ async function installWith(
     const warnings = [
       ...takenFromHost(plan.forwards, deps.listeners()),
       ...await gateWarnings(plan.forwards, applyDeps(deps, config, facts), hooks),
+      ...(plan.forwards.length > 0 && deps.conntrack !== undefined && deps.conntrack() === undefined
+        ? [NO_CONNTRACK]
+        : []),
     ];
     for (const w of warnings) deps.log(`${action} ${domain}: warning: ${w}`);
     if (deps.stateDir !== undefined) removeIfThere(removedMarker(deps.stateDir, domain));
@@ -335,7 +345,10 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
   }
   try {
     const changes = await deps.lock(() =>
-      syncDomain(domain, forwards, applyDeps(deps, config, facts), { snats })
+      syncDomain(domain, forwards, applyDeps(deps, config, facts), {
+        snats,
+        flows: flowReport(domain, deps, action),
+      })
     );
     await setHairpins(domain, await hairpinTaps(forwards, facts, await deps.readStdin()), deps);
     if (deps.stateDir !== undefined) {
@@ -353,7 +366,9 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
 export async function remove(domain: string, deps: HookDeps, action: string): Promise<boolean> {
   if (deps.stateDir !== undefined) recordClaims(deps.stateDir, domain, []);
   try {
-    const changes = await deps.lock(() => syncDomain(domain, [], applyDeps(deps)));
+    const changes = await deps.lock(() =>
+      syncDomain(domain, [], applyDeps(deps), { flows: flowReport(domain, deps, action) })
+    );
     if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, [])}`);
     return true;
   } catch (err) {
@@ -385,6 +400,32 @@ async function setHairpins(domain: string, taps: string[], deps: HookDeps): Prom
       deps.problem(`Cannot turn on hairpin mode on "${tap}" of "${domain}": ${message(err)}`);
     }
   }
+}
+
+/** What start says in syslog where conntrack is missing (and check and doctor say too). */
+export const NO_CONNTRACK =
+  "conntrack is not installed (Debian package conntrack): connections through a forward that goes or changes target keep their old target until they end";
+
+/**
+ * Says what became of the flows of a domain's forwards that went or changed target: in syslog, and a failure on
+ * stderr too; best-effort, never a failure of the action.
+ */
+function flowReport(domain: string, deps: HookDeps, action: string): (done: Forgotten) => void {
+  return (done) => {
+    if ("deleted" in done) {
+      if (done.deleted > 0) {
+        deps.log(
+          `${action} ${domain}: ${done.deleted} connection(s) of forwards that went or changed target deleted`,
+        );
+      }
+    } else if ("missing" in done) deps.log(`${action} ${domain}: warning: ${NO_CONNTRACK}`);
+    else {
+      const line =
+        `Cannot delete the connections of forwards of "${domain}" that went or changed target: ${done.error}`;
+      deps.problem(line);
+      deps.log(`${action} ${domain}: warning: ${line}`);
+    }
+  };
 }
 
 function describe(changes: Change[], forwards: Forward[]): string {
