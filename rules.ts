@@ -148,7 +148,11 @@ export async function syncDomain(
   }
   const wanted = { forwards, snats, built, bridges };
   // Read before the rules change: after, the old targets are gone from what is live.
-  const before = deps.conntrack === undefined ? [] : await forwardsBefore(domain, state, deps);
+  // Where the kernel tracks no connection at all, there is nothing to delete, and nothing is listed or run. A
+  // connection that a forward going away DNATs while the rules change (a few ms) keeps its old target then.
+  const before = deps.conntrack === undefined || deps.tracked?.() === 0
+    ? []
+    : await forwardsBefore(domain, state, deps);
   const commit = async () => {
     try {
       if (state.scope && removing) return await removeAtOnce(domain, state, deps);

@@ -124,6 +124,19 @@ function lineHead(t: Target): string {
   return `-D -f ipv${t.family} -p ${t.protocol} --orig-dst ${t.publicIp} --reply-src ${t.privateIp}`;
 }
 
+/**
+ * How many connections the kernel tracks in this network namespace (a read of /proc, ~0.02 ms); 0 where
+ * connection tracking is not loaded, so no NAT can have happened either.
+ */
+export function trackedConnections(): number {
+  try {
+    return Number(Deno.readTextFileSync("/proc/sys/net/netfilter/nf_conntrack_count").trim()) || 0;
+  } catch (err) {
+    // Not loaded: no connection tracked. Unreadable otherwise: assume there are some.
+    return err instanceof Deno.errors.NotFound ? 0 : Number.POSITIVE_INFINITY;
+  }
+}
+
 /** What forgetting did: how many flows were deleted, or why it could not. */
 export type Forgotten =
   | { deleted: number }

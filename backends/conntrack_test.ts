@@ -150,11 +150,17 @@ function saved(): string {
 
 Deno.test("syncDomain() deletes the old target's flows once the new rules are committed", async (t) => {
   const sync = async (
-    { save, after, conntrack }: { save: string; after: Forward[]; conntrack: string | false },
+    { save, after, conntrack, tracked }: {
+      save: string;
+      after: Forward[];
+      conntrack: string | false;
+      tracked?: number;
+    },
   ) => {
     const runner = recordingRunner((argv) => argv[0] === "iptables-save" ? { stdout: save } : {});
     const told: unknown[] = [];
-    await syncDomain("web1", after, { runner, tools: iptablesTools(), conntrack }, {
+    const counted = tracked === undefined ? {} : { tracked: () => tracked };
+    await syncDomain("web1", after, { runner, tools: iptablesTools(), conntrack, ...counted }, {
       flows: (done) => told.push(done),
     });
     return { commands: runner.calls.map((c) => c.argv[0]), calls: runner.calls, told };
@@ -191,6 +197,15 @@ Deno.test("syncDomain() deletes the old target's flows once the new rules are co
       assert.ok(!commands.includes("conntrack"), commands.join(" "));
       assert.deepEqual(told, []);
     }
+  });
+  await t.step("the kernel tracks no connection at all: nothing to delete, no process", async () => {
+    const { commands, told } = await sync({ save: saved(), after: [], conntrack: "conntrack", tracked: 0 });
+    assert.deepEqual(commands, ["iptables-save", "ip6tables-save", "iptables-restore"]);
+    assert.deepEqual(told, []);
+  });
+  await t.step("some connections tracked: conntrack runs", async () => {
+    const { commands } = await sync({ save: saved(), after: [], conntrack: "conntrack", tracked: 3 });
+    assert.equal(commands.at(-1), "conntrack");
   });
   await t.step("without conntrack: said, no process, the sync done", async () => {
     const { commands, told } = await sync({ save: saved(), after: [], conntrack: false });

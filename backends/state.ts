@@ -53,6 +53,8 @@ export interface ApplyDeps {
    * committed; false: not installed (said where there was something to delete); undefined: leave flows alone.
    */
   conntrack?: string | false;
+  /** How many connections the kernel tracks in this network namespace (absent: not known, maybe some). */
+  tracked?: () => number;
 }
 
 /**

@@ -1,6 +1,7 @@
 /** Everything the hook touches outside itself (HookDeps), and the real world behind it. */
 
 import { drivesNfTables } from "../backends/choose.ts";
+import { trackedConnections } from "../backends/conntrack.ts";
 import type { Tools } from "../backends/iptables.ts";
 import type { Family } from "../system/address.ts";
 import { env, onPath, readStdin, STATE_DIR } from "../system/env.ts";
@@ -31,6 +32,8 @@ export interface HookDeps extends Outlet {
    * that went or changed target. Absent: connections are left alone (tests of other things).
    */
   conntrack?(): string | undefined;
+  /** How many connections the kernel tracks here (none: nothing to delete); absent: not known. */
+  tracked?(): number;
   /** Our directory on /run, if any: the validated config's cache and the busy-ruleset hint live there. */
   stateDir?: string;
   /** Where libvirt keeps its running networks' status; absent: libvirt's own place. */
@@ -74,6 +77,7 @@ export function systemHookDeps(): HookDeps {
     log,
     nft: "nft",
     conntrack: () => conntrack === null ? (conntrack = onPath("conntrack", env("PATH"))) : conntrack,
+    tracked: trackedConnections,
     stateDir: env("LIBVIRT_HOOK_QEMU_STATE_DIR") || STATE_DIR,
     // Tests only (libvirt never sets it): where the lab keeps network status files.
     ...(env("LIBVIRT_NETWORK_RUN_DIR") ? { networkRunDir: env("LIBVIRT_NETWORK_RUN_DIR")! } : {}),

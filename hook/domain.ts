@@ -33,6 +33,7 @@ export function applyDeps(deps: HookDeps, config?: Config, facts?: HostFacts): A
     ...(facts ? { connected: facts.connected } : {}),
     ...(deps.stateDir === undefined ? {} : { hintDir: deps.stateDir }),
     ...(deps.conntrack === undefined ? {} : { conntrack: deps.conntrack() ?? false }),
+    ...(deps.tracked === undefined ? {} : { tracked: deps.tracked }),
     ...(deps.networkRunDir === undefined ? {} : { networkRunDir: deps.networkRunDir }),
     ...(deps.networkConf === undefined ? {} : { networkConf: deps.networkConf }),
   };
