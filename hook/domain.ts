@@ -291,12 +291,12 @@ async function installWith(
       syncDomain(domain, plan.forwards, applyDeps(deps, config, facts), {
         read: reading,
         snats: plan.snats,
-        flows,
+        flows: flows.tell,
       });
     const changes = reading ? await sync() : await deps.lock(sync);
     await setHairpins(domain, taps, deps);
     if (deps.stateDir !== undefined) recordClaims(deps.stateDir, domain, plan.claims);
-    deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}`);
+    deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}${flows.said()}`);
     const hooks = reading ? (await reading).nft?.hooks : undefined;
     const warnings = [
       ...takenFromHost(plan.forwards, deps.listeners()),
@@ -345,17 +345,18 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
     for (const w of plan.waiting) deps.log(`${action} ${domain}: ${w.entry}: ${waitingNote(w)}`);
   }
   try {
+    const flows = flowReport(domain, deps, action);
     const changes = await deps.lock(() =>
       syncDomain(domain, forwards, applyDeps(deps, config, facts), {
         snats,
-        flows: flowReport(domain, deps, action),
+        flows: flows.tell,
       })
     );
     await setHairpins(domain, await hairpinTaps(forwards, facts, await deps.readStdin()), deps);
     if (deps.stateDir !== undefined) {
       recordClaims(deps.stateDir, domain, plan.kind === "ok" ? plan.claims : []);
     }
-    if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, forwards)}`);
+    if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, forwards)}${flows.said()}`);
     return true;
   } catch (err) {
     failed(deps, { action, domain, headline: `Cannot re-apply forwards for "${domain}"`, why: err });
@@ -367,10 +368,9 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
 export async function remove(domain: string, deps: HookDeps, action: string): Promise<boolean> {
   if (deps.stateDir !== undefined) recordClaims(deps.stateDir, domain, []);
   try {
-    const changes = await deps.lock(() =>
-      syncDomain(domain, [], applyDeps(deps), { flows: flowReport(domain, deps, action) })
-    );
-    if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, [])}`);
+    const flows = flowReport(domain, deps, action);
+    const changes = await deps.lock(() => syncDomain(domain, [], applyDeps(deps), { flows: flows.tell }));
+    if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, [])}${flows.said()}`);
     return true;
   } catch (err) {
     failed(deps, { action, domain, headline: `Cannot remove forwards for "${domain}"`, why: err });
@@ -408,24 +408,24 @@ export const NO_CONNTRACK =
   "conntrack is not installed (Debian package conntrack): connections through a forward that goes or changes target keep their old target until they end";
 
 /**
- * Says what became of the flows of a domain's forwards that went or changed target: in syslog, and a failure on
- * stderr too; best-effort, never a failure of the action.
+ * What became of the flows of a domain's forwards that went or changed target: `tell` is handed to syncDomain;
+ * what it deleted joins the action's own syslog line (`said`: no logger process of its own), a warning or a
+ * failure goes out at once (stderr too). Best-effort: never a failure of the action.
  */
-function flowReport(domain: string, deps: HookDeps, action: string): (done: Forgotten) => void {
-  return (done) => {
-    if ("deleted" in done) {
-      if (done.deleted > 0) {
-        deps.log(
-          `${action} ${domain}: ${done.deleted} connection(s) of forwards that went or changed target deleted`,
-        );
+function flowReport(domain: string, deps: HookDeps, action: string) {
+  let deleted = 0;
+  return {
+    tell(done: Forgotten): void {
+      if ("deleted" in done) deleted += done.deleted;
+      else if ("missing" in done) deps.log(`${action} ${domain}: warning: ${NO_CONNTRACK}`);
+      else {
+        const line =
+          `Cannot delete the connections of forwards of "${domain}" that went or changed target: ${done.error}`;
+        deps.problem(line);
+        deps.log(`${action} ${domain}: warning: ${line}`);
       }
-    } else if ("missing" in done) deps.log(`${action} ${domain}: warning: ${NO_CONNTRACK}`);
-    else {
-      const line =
-        `Cannot delete the connections of forwards of "${domain}" that went or changed target: ${done.error}`;
-      deps.problem(line);
-      deps.log(`${action} ${domain}: warning: ${line}`);
-    }
+    },
+    said: () => deleted > 0 ? `, ${deleted} connection(s) through forwards that went or changed deleted` : "",
   };
 }
 

@@ -445,21 +445,24 @@ Deno.test("runHook() deletes the connections of forwards that go, says so, and n
     assert.deepEqual(f.calls, [SAVE_4, SAVE_6, RESTORE_4]);
     assert.deepEqual(f.logged.filter((l) => l.includes("conntrack")), []);
   });
-  await t.step("stopped: one conntrack process after the removal; what it deleted, in syslog", async () => {
-    const f = await fake(GOOD, (argv) => {
-      if (argv[0] === "iptables-save") return { stdout: LIVE_WEB1() };
-      if (argv[0] === "/usr/sbin/conntrack") return { stdout: "tcp 6 431999 ESTABLISHED src=...\n" };
-      return {};
-    });
-    f.deps.conntrack = () => "/usr/sbin/conntrack";
-    assert.equal(await runHook(call("web1", "stopped"), f.deps), 0);
-    assert.deepEqual(f.calls, [SAVE_4, SAVE_6, RESTORE_4, ["/usr/sbin/conntrack", "-R", "-"]]);
-    assert.equal(f.stdins[3], "-D -f ipv4 -p tcp --orig-dst 203.0.113.1 --reply-src 192.168.122.10\n");
-    assert.ok(
-      f.logged.includes("stopped web1: 1 connection(s) of forwards that went or changed target deleted"),
-      f.logged.join("\n"),
-    );
-  });
+  await t.step(
+    "stopped: one conntrack process after the removal; what it deleted, in its syslog line",
+    async () => {
+      const f = await fake(GOOD, (argv) => {
+        if (argv[0] === "iptables-save") return { stdout: LIVE_WEB1() };
+        if (argv[0] === "/usr/sbin/conntrack") return { stdout: "tcp 6 431999 ESTABLISHED src=...\n" };
+        return {};
+      });
+      f.deps.conntrack = () => "/usr/sbin/conntrack";
+      assert.equal(await runHook(call("web1", "stopped"), f.deps), 0);
+      assert.deepEqual(f.calls, [SAVE_4, SAVE_6, RESTORE_4, ["/usr/sbin/conntrack", "-R", "-"]]);
+      assert.equal(f.stdins[3], "-D -f ipv4 -p tcp --orig-dst 203.0.113.1 --reply-src 192.168.122.10\n");
+      // One line for the stop, no logger process of its own.
+      assert.deepEqual(f.logged, [
+        "stopped web1: 0 forward(s) live, 2 old rule(s) removed, 1 connection(s) through forwards that went or changed deleted",
+      ]);
+    },
+  );
   await t.step(
     "stopped: conntrack fails; said on stderr and in syslog, the stop still succeeds",
     async () => {
