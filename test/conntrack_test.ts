@@ -194,3 +194,74 @@ for (const v of VARIANTS) {
     },
   });
 }
+
+/** The ids of the host's conntrack entries of UDP to `ip` port `port` (the same id: the very same entry). */
+async function entryIds(lab: Lab, ip: string, port: number): Promise<string[]> {
+  const family = ip.includes(":") ? "ipv6" : "ipv4";
+  const r = await lab.exec(lab.ns.host, [
+    "conntrack",
+    "-L",
+    "-f",
+    family,
+    "-p",
+    "udp",
+    "-d",
+    ip,
+    "--orig-port-dst",
+    String(port),
+    "-o",
+    "id",
+  ]);
+  return [...r.stdout.matchAll(/\bid=(\d+)/g)].map((m) => m[1]!).sort();
+}
+
+for (const v of VARIANTS) {
+  Deno.test({
+    name:
+      `syncDomain(), libvirt on ${v.libvirt}, backend ${v.backend}: a port of the guest moved to another ` +
+      "private port loses its flows, the guest's port that stays keeps its very entries (IPv4 and IPv6)",
+    ignore: !v.ok,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn() {
+      await withLab({ libvirt: v.libvirt }, async (lab, run, file) => {
+        const config = (to: number) =>
+          Deno.writeTextFile(
+            file,
+            `{"/settings": {"backend": "${v.backend}"},
+              "web": {"private_ip": "${A.g1v4}", "private_ipv6": "${A.g1v6}",
+                      "port_map": {"udp": [5000, [5001, ${to}]]}}}`,
+          );
+        await config(5001);
+        for (const port of [5000, 5001, 6001]) await lab.serve(lab.ns.g1, "udp", port, `g1-${port}`);
+        await start(run, file, "web");
+        const streams = [];
+        for (const pub of [A.hostPub4, A.hostPub6]) {
+          const stays = await lab.stream(lab.ns.client, pub, 5000);
+          const moves = await lab.stream(lab.ns.client, pub, 5001);
+          assert.ok(await movedTo(stays, "g1-5000", 0, 3000));
+          assert.ok(await movedTo(moves, "g1-5001", 0, 3000));
+          streams.push({ pub, stays, moves, ids: await entryIds(lab, pub, 5000) });
+        }
+        await config(6001);
+        const reloaded = await run(["reload"]);
+        assert.equal(reloaded.code, 0, reloaded.stderr);
+        const t = Date.now();
+        for (const { pub, stays, moves, ids } of streams) {
+          assert.ok(
+            await movedTo(moves, "g1-6001", t, 1000),
+            `5001 did not move:\n${await entries(lab, pub)}`,
+          );
+          assert.equal(ids.length, 1, `one entry for port 5000 (${pub})`);
+          assert.deepEqual(
+            await entryIds(lab, pub, 5000),
+            ids,
+            `the entry of port 5000 was replaced (${pub})`,
+          );
+          assert.ok(stays.replies().some((r) => r.at > t && r.line.startsWith("g1-5000 ")));
+        }
+        for (const s of streams) for (const c of [s.stays, s.moves]) await c.close();
+      });
+    },
+  });
+}
