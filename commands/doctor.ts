@@ -8,7 +8,7 @@ import type { HookDeps } from "../hook/deps.ts";
 import { applyDeps, type DomainForwards, forwardsOf, loadFor, NO_CONNTRACK } from "../hook/domain.ts";
 import { waitingNote } from "../hook/guest.ts";
 import { message } from "../system/report.ts";
-import { type DoctorReport, fail, type Finding, type ForwardReport, ok } from "./doctor_findings.ts";
+import { type DoctorReport, fail, type Finding, type ForwardReport, note, ok } from "./doctor_findings.ts";
 import { forwardFindings, readCounters } from "./doctor_forward.ts";
 import { allChains, hostFindings } from "./doctor_host.ts";
 
@@ -65,7 +65,8 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
     const found = deps.conntrack();
     host.push(
       found === undefined
-        ? fail(NO_CONNTRACK, "apt-get install conntrack")
+        // Forwards work without it: worth knowing, not a problem of the forwards.
+        ? note(`${NO_CONNTRACK} (apt-get install conntrack)`)
         : ok(`conntrack (${found}): the connections of a forward that goes or changes target are deleted`),
     );
   }
