@@ -85,6 +85,9 @@ function groupKey(t: Pick<Target, "family" | "protocol" | "publicIp" | "privateI
  * their replies come from the public address itself. A group of forwards from one public to one private address
  * gets one line without ports, unless a forward of `after` has the same two addresses (its flows must stay): then
  * one line per port, with its private port (at most MAX_PORT_LINES in all, beyond which the group's line is used).
+ * For a forward that moved (its public port taken by a forward of `after`) and keeps the port number, the old
+ * guest's own connections from that port masqueraded to the public address and port go too (at most
+ * MAX_PORT_LINES of those lines): they would take the client's packets back to it.
  */
 export function forgetLines(before: LiveForward[], after: Forward[], domain = ""): string[] {
   const wanted = after.map((f) => targetOf(asLiveForward(domain, f)));
@@ -103,6 +106,28 @@ export function forgetLines(before: LiveForward[], after: Forward[], domain = ""
   }
   const lines: string[] = [];
   let portLines = 0;
+  const reverse: string[] = [];
+  // Public ports that a forward of `after` still takes: those of a forward that moved to another target.
+  const stillPublic = (t: Target, p: number) =>
+    wanted.some((w) =>
+      w.family === t.family && w.protocol === t.protocol && w.publicIp === t.publicIp && w.first <= p &&
+      p <= w.last
+    );
+  for (const targets of gone.values()) {
+    for (const t of targets) {
+      for (let p = t.first; p <= t.last && reverse.length < MAX_PORT_LINES; p++) {
+        // Where the public port is the private one, a packet the old guest sends after its entry is gone (a
+        // late reply, a keepalive) starts a connection of its own that libvirt masquerades to the public
+        // address with its port kept: the client's next packets are that connection's replies, and go to the
+        // old guest again. Deleted after the rest, so that a reply in flight meanwhile is caught too.
+        if (t.privateFirst + p - t.first !== p || !stillPublic(t, p)) continue;
+        reverse.push(
+          `-D -f ipv${t.family} -p ${t.protocol} --orig-src ${t.privateIp} --orig-port-src ${p} ` +
+            `--reply-dst ${t.publicIp} --reply-port-dst ${p}`,
+        );
+      }
+    }
+  }
   for (const [g, targets] of gone) {
     const head = lineHead(targets[0]!);
     const ports = targets.reduce((n, t) => n + t.last - t.first + 1, 0);
@@ -117,7 +142,7 @@ export function forgetLines(before: LiveForward[], after: Forward[], domain = ""
       }
     }
   }
-  return lines;
+  return [...lines, ...reverse];
 }
 
 function lineHead(t: Target): string {

@@ -42,10 +42,21 @@ Deno.test("forgetLines() names exactly the flows of forwards that went or change
       lines: [],
     },
     {
-      name: "a new private address: the flows DNATed to the old one go",
+      name:
+        "a new private address: the flows DNATed to the old one go, and the old guest's own from the port",
       before: [live()],
       after: [planned({ privateIp: "192.168.122.11" })],
-      lines: ["-D -f ipv4 -p udp --orig-dst 203.0.113.1 --reply-src 192.168.122.10"],
+      lines: [
+        "-D -f ipv4 -p udp --orig-dst 203.0.113.1 --reply-src 192.168.122.10",
+        "-D -f ipv4 -p udp --orig-src 192.168.122.10 --orig-port-src 51820 --reply-dst 203.0.113.1 --reply-port-dst 51820",
+      ],
+    },
+    {
+      name:
+        "moved to another port of a new guest: the old guest's masqueraded flows cannot take the public port",
+      before: [live({ protocol: "tcp", publicPorts: "2222", privatePorts: "22" })],
+      after: [planned({ protocol: "tcp", publicPort: 2222, privatePort: 22, privateIp: "192.168.122.11" })],
+      lines: ["-D -f ipv4 -p tcp --orig-dst 203.0.113.1 --reply-src 192.168.122.10"],
     },
     {
       name: "a removal (stop, remove): each family and protocol of the guest once, whatever the ports",
@@ -81,6 +92,7 @@ Deno.test("forgetLines() names exactly the flows of forwards that went or change
       after: [planned({ protocol: "tcp", publicPort: 80, privatePort: 8080 })],
       lines: [
         "-D -f ipv4 -p tcp --orig-dst 203.0.113.1 --reply-src 192.168.122.10 --orig-port-dst 80 --reply-port-src 80",
+        "-D -f ipv4 -p tcp --orig-src 192.168.122.10 --orig-port-src 80 --reply-dst 203.0.113.1 --reply-port-dst 80",
       ],
     },
     {
@@ -181,7 +193,8 @@ Deno.test("syncDomain() deletes the old target's flows once the new rules are co
       ]);
       assert.equal(
         calls.at(-1)!.stdin,
-        "-D -f ipv4 -p udp --orig-dst 203.0.113.1 --reply-src 192.168.122.10\n",
+        "-D -f ipv4 -p udp --orig-dst 203.0.113.1 --reply-src 192.168.122.10\n" +
+          "-D -f ipv4 -p udp --orig-src 192.168.122.10 --orig-port-src 51820 --reply-dst 203.0.113.1 --reply-port-dst 51820\n",
       );
       assert.deepEqual(told, [{ deleted: 0 }]);
     },

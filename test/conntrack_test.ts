@@ -71,10 +71,12 @@ async function start(run: RunProgram, file: string, domain: string): Promise<voi
   assert.equal(r.code, 0, r.stderr);
 }
 
-/** The host's conntrack entries whose original destination is `ip` (what the tests look at when one fails). */
+/** The host's conntrack entries and rules of the family of `ip` (what the tests show when one fails). */
 async function entries(lab: Lab, ip: string): Promise<string> {
   const family = ip.includes(":") ? "ipv6" : "ipv4";
-  return (await lab.exec(lab.ns.host, ["conntrack", "-L", "-f", family, "-d", ip])).stdout;
+  const tracked = (await lab.exec(lab.ns.host, ["conntrack", "-L", "-f", family])).stdout;
+  const rules = family === "ipv6" ? await lab.ruleset(6) : await lab.ruleset(4);
+  return `${tracked}\n${rules}\n${await lab.nftRuleset()}`;
 }
 
 /** Waits (`timeoutMs` from `since`) for a reply from `label` that came after `since`; says when it came. */
