@@ -150,9 +150,13 @@ export async function syncDomain(
   // Read before the rules change: after, the old targets are gone from what is live.
   // Where the kernel tracks no connection at all, there is nothing to delete, and nothing is listed or run. A
   // connection that a forward going away DNATs while the rules change (a few ms) keeps its old target then.
+  // Best-effort: what cannot be read back is not deleted, and never fails the sync.
   const before = deps.conntrack === undefined || deps.tracked?.() === 0
     ? []
-    : await forwardsBefore(domain, state, deps);
+    : await forwardsBefore(domain, state, deps).catch((err) => {
+      flows?.({ error: `Cannot read the live forwards' targets: ${message(err)}` });
+      return [];
+    });
   const commit = async () => {
     try {
       if (state.scope && removing) return await removeAtOnce(domain, state, deps);

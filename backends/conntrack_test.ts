@@ -220,6 +220,34 @@ Deno.test("syncDomain() deletes the old target's flows once the new rules are co
     const { commands } = await sync({ save: saved(), after: [], conntrack: "conntrack", tracked: 3 });
     assert.equal(commands.at(-1), "conntrack");
   });
+  await t.step(
+    "a removal from a partial read whose targets cannot be read: said, the removal done",
+    async () => {
+      const h = domainHash("web1");
+      const chains = [{ table: "nat", chain: `LVH-${h}-DNAT`, owner: h }];
+      const runner = recordingRunner();
+      runner.run = (argv) => {
+        runner.calls.push({ argv });
+        if (argv[0] === "iptables") return Promise.reject(new Error("boom"));
+        return Promise.resolve({ code: 0, stdout: "", stderr: "" });
+      };
+      const told: unknown[] = [];
+      const read = Promise.resolve({
+        ipt: { 4: { chains, rules: [] }, 6: { chains: [], rules: [] } },
+        nft: undefined,
+        scope: "chains" as const,
+      });
+      const changes = await syncDomain("web1", [], {
+        runner,
+        tools: iptablesTools(),
+        nft: "nft",
+        conntrack: "conntrack",
+      }, { read, flows: (done) => told.push(done) });
+      assert.deepEqual(told, [{ error: "Cannot read the live forwards' targets: boom" }]);
+      assert.deepEqual(runner.calls.map((c) => c.argv[0]), ["iptables", "nft"]);
+      assert.equal(changes.length, 1);
+    },
+  );
   await t.step("without conntrack: said, no process, the sync done", async () => {
     const { commands, told } = await sync({ save: saved(), after: [], conntrack: false });
     assert.ok(commands.includes("iptables-restore"));
