@@ -263,3 +263,7 @@ else
   say "Updated in place; libvirtd already knows the hook, no restart needed."
 fi
 say "Check your config any time with: ${target#"$DESTDIR"} check"
+# Recommended, not needed: without it, connections through a forward that goes or changes target keep the old one.
+if ! PATH=/usr/sbin:/usr/bin:/sbin:/bin command -v conntrack >/dev/null 2>&1; then
+  say "Recommended: apt-get install conntrack (the hook then ends the connections of a forward that goes or changes target; see README)"
+fi

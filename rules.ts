@@ -4,7 +4,8 @@
 import { chooseBackend } from "./backends/choose.ts";
 import { createdBy, readCreated, recordCreated, uncreated, writeCreated } from "./backends/created.ts";
 import { readOtherGates } from "./backends/foreign.ts";
-import type { Forward, Snat } from "./backends/forward.ts";
+import { domainForwards, forget, forgetLines, type Forgotten } from "./backends/conntrack.ts";
+import type { Forward, LiveForward, Snat } from "./backends/forward.ts";
 import {
   renderAdditions,
   renderRollback,
@@ -12,8 +13,8 @@ import {
   type RuleLines,
   ruleLines,
 } from "./backends/iptables.ts";
-import { type Live, liveOf, parseSave } from "./backends/iptables_live.ts";
-import { carriedDomain } from "./backends/names.ts";
+import { listingsToSave, type Live, liveForwards, liveOf, parseSave } from "./backends/iptables_live.ts";
+import { carriedDomain, chainNames } from "./backends/names.ts";
 import {
   bridgesOf,
   handedAccepts,
@@ -123,7 +124,7 @@ export async function syncDomain(
   domain: string,
   forwards: Forward[],
   deps: ApplyDeps,
-  { read, snats = [] }: SyncOptions = {},
+  { read, snats = [], flows }: SyncOptions = {},
 ): Promise<Change[]> {
   const removing = forwards.length === 0 && snats.length === 0;
   // A start lists no jumps: with chains of the domain live, it reads everything below anyway. What is added does
@@ -146,14 +147,73 @@ export async function syncDomain(
     state = await readAll(deps, domain);
   }
   const wanted = { forwards, snats, built, bridges };
+  // Read before the rules change: after, the old targets are gone from what is live.
+  // Where the kernel tracks no connection at all, there is nothing to delete, and nothing is listed or run. A
+  // connection that a forward going away DNATs while the rules change (a few ms) keeps its old target then.
+  // Best-effort: what cannot be read back is not deleted, and never fails the sync.
+  const before = deps.conntrack === undefined || deps.tracked?.() === 0
+    ? []
+    : await forwardsBefore(domain, state, deps).catch((err) => {
+      flows?.({ error: `Cannot read the live forwards' targets: ${message(err)}` });
+      return [];
+    });
+  const commit = async () => {
+    try {
+      if (state.scope && removing) return await removeAtOnce(domain, state, deps);
+      return await syncState(domain, wanted, deps, state);
+    } catch (err) {
+      // A removal from a partial read failed as a whole (nothing changed) where something differs from what the
+      // read showed; a removal from everything that is live finishes the job.
+      if (!state.scope || !removing || !(err instanceof ApplyError)) throw err;
+      return await syncState(domain, wanted, deps, await readAll(deps, domain));
+    }
+  };
+  const changes = await commit();
+  // Only now: deleted before the new rules are in, a packet of the flow would re-create it through the old rule.
+  if (before.length > 0) await forgetFlows(before, { forwards, deps, domain, flows });
+  return changes;
+}
+
+/**
+ * The domain's live forwards, before its sync (see backends/conntrack.ts). Where the read listed only the names of
+ * its iptables chains (a removal), its DNAT chains are listed too, concurrently, one process per family that has
+ * one: their rules hold the private targets, which nft shows only as iptables' own target.
+ */
+async function forwardsBefore(domain: string, state: FirewallState, deps: ApplyDeps): Promise<LiveForward[]> {
+  if (!state.scope) return domainForwards(state, domain);
+  const dnat = chainNames(domain).dnat;
+  const listed = await Promise.all(FAMILIES.map(async (family): Promise<LiveForward[]> => {
+    const live = state.ipt[family];
+    // Without conntrack nothing is deleted: a stop pays for no listing.
+    if (deps.conntrack === false || !live?.chains.some((c) => c.table === "nat" && c.chain === dnat)) {
+      return [];
+    }
+    const result = await deps.runner.run([...deps.tools[family].list, "-t", "nat", "-S", dnat]);
+    // Not there any more, or not listable: nothing known to forget in this family.
+    if (result.code !== 0) return [];
+    return liveForwards(parseSave(listingsToSave([{ table: "nat", text: result.stdout }])), family);
+  }));
+  const nftOnly: FirewallState = { ...state, ipt: { 4: undefined, 6: undefined } };
+  return [...listed.flat(), ...domainForwards(nftOnly, domain)];
+}
+
+/** Deletes the flows of the forwards in `before` that `forwards` no longer has (or sends elsewhere); best-effort. */
+async function forgetFlows(
+  before: LiveForward[],
+  { forwards, deps, domain, flows }: {
+    forwards: Forward[];
+    deps: ApplyDeps;
+    domain: string;
+    flows: SyncOptions["flows"];
+  },
+): Promise<void> {
+  const lines = forgetLines(before, forwards, domain);
+  if (lines.length === 0) return;
+  if (deps.conntrack === false) return flows?.({ missing: true });
   try {
-    if (state.scope && removing) return await removeAtOnce(domain, state, deps);
-    return await syncState(domain, wanted, deps, state);
+    flows?.(await forget(deps.runner, { conntrack: deps.conntrack!, lines }));
   } catch (err) {
-    // A removal from a partial read failed as a whole (nothing changed) where something differs from what the
-    // read showed; a removal from everything that is live finishes the job.
-    if (!state.scope || !removing || !(err instanceof ApplyError)) throw err;
-    return await syncState(domain, wanted, deps, await readAll(deps, domain));
+    flows?.({ error: message(err) });
   }
 }
 
@@ -163,6 +223,11 @@ export interface SyncOptions {
   read?: Promise<FirewallState> | undefined;
   /** The domain's outbound NATs (see planForwards). */
   snats?: Snat[];
+  /**
+   * Told what became of the flows of the forwards that went or changed target (deleted with conntrack once the
+   * rules are committed, see backends/conntrack.ts); not called where there were none.
+   */
+  flows?: ((done: Forgotten) => void) | undefined;
 }
 
 /**

@@ -48,6 +48,13 @@ export interface ApplyDeps {
    * needs (see readAtOnce). Undefined or false: read with iptables-save.
    */
   iptablesNft?: boolean;
+  /**
+   * The conntrack program, which deletes the flows of forwards that went or changed target once the rules are
+   * committed; false: not installed (said where there was something to delete); undefined: leave flows alone.
+   */
+  conntrack?: string | false;
+  /** How many connections the kernel tracks in this network namespace (absent: not known, maybe some). */
+  tracked?: () => number;
 }
 
 /**

@@ -14,6 +14,8 @@ import {
   nftStartBatch,
   nftStopBatches,
   ourLines,
+  PRIVATE_IP,
+  PUBLIC_IP,
   singleDomain,
   stopBatches,
   stripComments,
@@ -51,6 +53,8 @@ const USAGE = `Usage: deno run -A bench/bench.ts [options]   (as root)
   --source-only      time only deno run from source
   --json FILE        also write the results as JSON
   --attribute        also show where the time goes: module imports, config loading, firewall reads
+  --flows 0,100,10000  connections of the domain's forwards to delete at stop, besides 1000 of the host's own
+                     (default 0,100,10000; 0,100 with --quick; "none" skips; needs conntrack)
 Targets: start and stop each <= floor + runtime startup + ${SLACK_MS} ms; processes per call constant;
   peak RSS < ${RSS_LIMIT_MB} MB.`;
 
@@ -68,6 +72,8 @@ interface Options {
   forms: FormId[];
   json: string | undefined;
   attribute: boolean;
+  /** Connections of ours to delete at stop, per row of the flows section (empty: no section). */
+  flows: number[];
 }
 
 interface Scenario {
@@ -136,6 +142,7 @@ function parseOptions(args: string[]): Options {
       "source-only": { type: "boolean", default: false },
       json: { type: "string" },
       attribute: { type: "boolean", default: false },
+      flows: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
     allowPositionals: false,
@@ -171,6 +178,11 @@ function parseOptions(args: string[]): Options {
       : ["installed", "source"],
     json: values.json,
     attribute: values.attribute,
+    flows: values.flows === "none"
+      ? []
+      : values.flows === undefined
+      ? quick ? [0, 100] : [0, 100, 10_000]
+      : values.flows.split(",").map((s) => int("flows", s.trim(), 0, 0)),
   };
 }
 
@@ -434,6 +446,124 @@ async function runScenario(
       (e?.processes ? !e.processes.names.includes("iptables-restore") : ctx.iptablesNft);
     return { floor: summarize(floor[op]), nftFloor, byNft };
   });
+}
+
+/** How many connections of the host's own (to its sshd on the public address) the flows section tracks. */
+const HOST_FLOWS = 1000;
+
+/** Forwards of the flows section's domain. */
+const FLOW_FORWARDS = 10;
+
+/**
+ * `conntrack -I` lines (for `conntrack -R`) of `count` established TCP connections to the public address: DNATed
+ * by the bench domain's forwards (`ours`, spread over its ports 10000.., replies from the guest's port 22), or the
+ * host's own to its port 22 (replies from the public address itself). From 198.51.100.0/24, one port each.
+ */
+function flowLines(count: number, ours: boolean, firstPort = 1024): string[] {
+  return Array.from({ length: count }, (_, i) => {
+    const client = `198.51.100.${1 + (i % 250)}`;
+    const sport = firstPort + Math.floor(i / 250);
+    const dport = ours ? 10_000 + (i % FLOW_FORWARDS) : 22;
+    const replySrc = ours ? PRIVATE_IP : PUBLIC_IP;
+    return `-I -p tcp -s ${client} -d ${PUBLIC_IP} --sport ${sport} --dport ${dport} -r ${replySrc} ` +
+      `-q ${client} --reply-port-src 22 --reply-port-dst ${sport} --state ESTABLISHED -t 600`;
+  });
+}
+
+/**
+ * What deleting connections costs a stop: the bench domain with FLOW_FORWARDS forwards is started, the kernel is
+ * given `ours` connections through them and HOST_FLOWS of the host's own (or none at all), then it is stopped,
+ * timed; afterwards none of ours may be left, and every one of the host's. Rows per form: nothing tracked (no
+ * listing, no conntrack: the stop as before), the host's own only (conntrack runs, deletes nothing), and each
+ * count of ours.
+ */
+async function runFlows(ctx: Context, flows: number[]): Promise<string> {
+  const spec = singleDomain(FLOW_FORWARDS);
+  const config = join(ctx.workdir, "flows.jsonc");
+  await Deno.writeTextFile(config, configText(spec));
+  const domain = spec[0]!.name;
+  const cases = [
+    { label: "nothing tracked", ours: 0, host: 0 },
+    ...flows.map((n) => ({
+      label: n === 0 ? "host's own only" : `${n} of ours`,
+      ours: n,
+      host: HOST_FLOWS,
+    })),
+  ];
+  const count = async (filter: string[]) =>
+    (await run(ctx.ns.argv(["conntrack", "-L", ...filter]), { timeoutMs: 60_000 })).stdout.split("\n")
+      .filter((l) => l.trim() !== "").length;
+  const load = async (c: { ours: number; host: number }) => {
+    await ctx.ns.exec(["conntrack", "-F"]).catch(() => "");
+    const lines = [...flowLines(c.ours, true), ...flowLines(c.host, false, 40_000)];
+    if (lines.length > 0) {
+      await ctx.ns.exec(["conntrack", "-R", "-"], { stdin: lines.join("\n") + "\n", timeoutMs: 300_000 });
+    }
+  };
+  const out: string[][] = [];
+  for (const form of ctx.forms) {
+    await warmUp(ctx, config, domain);
+    let none: Summary | undefined;
+    for (const c of cases) {
+      progress(ctx, `flows: ${form.id} ${c.label}`);
+      const samples: number[] = [];
+      for (let r = 0; r < ctx.opts.runs; r++) {
+        await hookCall(ctx, form, config, domain, "start");
+        await load(c);
+        samples.push((await hookCall(ctx, form, config, domain, "stopped")).ms);
+        if (r === 0) {
+          const left = await count(["-r", PRIVATE_IP]);
+          const host = await count(["-r", PUBLIC_IP]);
+          if (left !== 0 || host !== c.host) {
+            throw new Error(
+              `flows, ${c.label}: after stop ${left} of ours left (want 0), ${host} of the host's`,
+            );
+          }
+        }
+      }
+      let procs: Spawned | undefined;
+      if (ctx.strace) {
+        const log = join(ctx.workdir, `strace-flows-${form.id}.log`);
+        await hookCall(ctx, form, config, domain, "start");
+        await load(c);
+        await hookCall(ctx, form, config, domain, "stopped", [
+          "strace",
+          "-f",
+          "-qq",
+          "-e",
+          "trace=execve",
+          "-e",
+          "signal=none",
+          "-o",
+          log,
+        ]);
+        procs = countSpawned(await Deno.readTextFile(log));
+      }
+      const time = summarize(samples);
+      none ??= time;
+      out.push([
+        form.id,
+        c.label,
+        String(c.ours),
+        String(c.host),
+        ms(time.median),
+        `${ms(time.min)}–${ms(time.max)}`,
+        c === cases[0] ? "" : `${time.median - none.median >= 0 ? "+" : ""}${ms(time.median - none.median)}`,
+        procs ? `${procs.count} (${procs.names.join(", ")})` : "-",
+      ]);
+    }
+    await ctx.ns.exec(["conntrack", "-F"]).catch(() => "");
+  }
+  return [
+    `Deleting connections at stop (quiet firewall, one domain of ${FLOW_FORWARDS} forwards, ${ctx.opts.runs} runs; ms; ` +
+    "+: against nothing tracked)",
+    "",
+    table(
+      ["form", "tracked", "ours", "host's", "median", "min–max", "extra", "processes"],
+      out,
+      [false, false, true, true, true, true, true, false],
+    ),
+  ].join("\n");
 }
 
 /** Our nftables table as nft lists it (JSON), or an empty listing where there is none. */
@@ -874,6 +1004,10 @@ async function main(args: string[]): Promise<number> {
       const { launcher, startup } = await measureStartup(ctx);
       startups[fw] = { launcher, startup: Object.fromEntries(startup) };
       for (const sc of scenarios) rows.push(...await runScenario(ctx, sc, startup, launcher));
+      if (fw === "quiet" && opts.flows.length > 0) {
+        if (await available(["conntrack", "--version"])) sections.push(await runFlows(ctx, opts.flows));
+        else note(ctx, "flows section: skipped (conntrack is not installed: apt-get install conntrack)");
+      }
       if (opts.attribute) {
         progress(ctx, `${fw}: attribution`);
         const title = fw === "busy" ? `busy firewall, ${opts.busyRules} foreign rules` : "quiet firewall";

@@ -6,7 +6,7 @@ import { describeBackend, guestXml, readFirewall } from "./live.ts";
 import { type Config, type Entry, jsonPath } from "../config/model.ts";
 import { configCandidates, DROP_IN_DIR, dropInDirOf, readConfigSource } from "../config/source.ts";
 import type { HookDeps } from "../hook/deps.ts";
-import { applyDeps, forwardsOf, loadFor } from "../hook/domain.ts";
+import { applyDeps, forwardsOf, loadFor, NO_CONNTRACK } from "../hook/domain.ts";
 import { waitingNote } from "../hook/guest.ts";
 import { gateLines } from "../hook/warnings.ts";
 import { planForwards } from "../rules.ts";
@@ -55,6 +55,9 @@ export async function check(
     }
   }
   for (const w of warnings) deps.problem(`${config.file}: warning: ${w}`);
+  if (config.domains.size > 0 && deps.conntrack !== undefined && deps.conntrack() === undefined) {
+    deps.problem(`warning: ${NO_CONNTRACK}`);
+  }
   const errors = config.diagnostics.filter((d) => d.severity === "error").length;
   if (errors > 0) {
     deps.problem(`${config.file}: ${errors} error(s); the domains they name will not start`);

@@ -11,6 +11,7 @@ import {
   type DomainForwards,
   forwardsOf,
   loadFor,
+  NO_CONNTRACK,
   pinFacts,
   pinnedDefaults,
 } from "../hook/domain.ts";
@@ -69,6 +70,15 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
   const running = await runningDomains();
   const live = forwardsByDomain(state, await knownNames(config));
   const host = hostFindings(state, facts, config.settings, gates, await allChains(deps));
+  if (deps.conntrack !== undefined) {
+    const found = deps.conntrack();
+    host.push(
+      found === undefined
+        // Forwards work without it: worth knowing, not a problem of the forwards.
+        ? note(`${NO_CONNTRACK} (apt-get install conntrack)`)
+        : ok(`conntrack (${found}): the connections of a forward that goes or changes target are deleted`),
+    );
+  }
 
   // The running guests' XML: the forwards in their metadata, and the addresses found for them.
   const xmlOf = (domain: string) =>

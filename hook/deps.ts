@@ -1,9 +1,10 @@
 /** Everything the hook touches outside itself (HookDeps), and the real world behind it. */
 
 import { drivesNfTables } from "../backends/choose.ts";
+import { trackedConnections } from "../backends/conntrack.ts";
 import type { Tools } from "../backends/iptables.ts";
 import type { Family } from "../system/address.ts";
-import { env, readStdin, STATE_DIR } from "../system/env.ts";
+import { env, onPath, readStdin, STATE_DIR } from "../system/env.ts";
 import { type HostFacts, type Listener, readHostFacts, readListeners } from "../system/host.ts";
 import { withLock } from "../system/lock.ts";
 import { log, type Outlet, problem } from "../system/report.ts";
@@ -26,6 +27,13 @@ export interface HookDeps extends Outlet {
   log(line: string): void;
   /** The nft program, or undefined to leave nftables alone (hosts without it, tests of the iptables path). */
   nft: string | undefined;
+  /**
+   * The conntrack program, found on PATH (undefined where it is not installed): it deletes the flows of forwards
+   * that went or changed target. Absent: connections are left alone (tests of other things).
+   */
+  conntrack?(): string | undefined;
+  /** How many connections the kernel tracks here (none: nothing to delete); absent: not known. */
+  tracked?(): number;
   /** Our directory on /run, if any: the validated config's cache and the busy-ruleset hint live there. */
   stateDir?: string;
   /** Where libvirt keeps its running networks' status; absent: libvirt's own place. */
@@ -55,6 +63,8 @@ async function setHairpin(device: string): Promise<void> {
 
 /** The hook's dependencies on this machine. */
 export function systemHookDeps(): HookDeps {
+  // Looked up once per call, and only where a forward is there to need it.
+  let conntrack: string | undefined | null = null;
   return {
     env,
     readStdin,
@@ -66,6 +76,8 @@ export function systemHookDeps(): HookDeps {
     listeners: readListeners,
     log,
     nft: "nft",
+    conntrack: () => conntrack === null ? (conntrack = onPath("conntrack", env("PATH"))) : conntrack,
+    tracked: trackedConnections,
     stateDir: env("LIBVIRT_HOOK_QEMU_STATE_DIR") || STATE_DIR,
     // Tests only (libvirt never sets it): where the lab keeps network status files.
     ...(env("LIBVIRT_NETWORK_RUN_DIR") ? { networkRunDir: env("LIBVIRT_NETWORK_RUN_DIR")! } : {}),

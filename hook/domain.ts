@@ -1,5 +1,6 @@
 /** One domain's forwards: install, re-sync or remove them, and say what happened. */
 
+import type { Forgotten } from "../backends/conntrack.ts";
 import type { Forward, Snat } from "../backends/forward.ts";
 import { iptablesTools, type Tools } from "../backends/iptables.ts";
 import { domainHash } from "../backends/names.ts";
@@ -32,6 +33,8 @@ export function applyDeps(deps: HookDeps, config?: Config, facts?: HostFacts): A
     ...(config ? { backend: config.settings.backend, acceptIn: config.settings.acceptIn } : {}),
     ...(facts ? { connected: facts.connected } : {}),
     ...(deps.stateDir === undefined ? {} : { hintDir: deps.stateDir }),
+    ...(deps.conntrack === undefined ? {} : { conntrack: deps.conntrack() ?? false }),
+    ...(deps.tracked === undefined ? {} : { tracked: deps.tracked }),
     ...(deps.networkRunDir === undefined ? {} : { networkRunDir: deps.networkRunDir }),
     ...(deps.networkConf === undefined ? {} : { networkConf: deps.networkConf }),
   };
@@ -435,19 +438,27 @@ async function installWith(
   try {
     // The taps are read from the XML while the firewall's read runs, not after the write.
     const taps = await hairpinTaps(plan.forwards, facts, await deps.readStdin());
+    const flows = flowReport(domain, deps, action);
     const sync = () =>
-      syncDomain(domain, plan.forwards, applyDeps(deps, config, facts), { read: reading, snats: plan.snats });
+      syncDomain(domain, plan.forwards, applyDeps(deps, config, facts), {
+        read: reading,
+        snats: plan.snats,
+        flows: flows.tell,
+      });
     const changes = reading ? await sync() : await deps.lock(sync);
     await setHairpins(domain, taps, deps);
     if (deps.stateDir !== undefined) {
       recordClaims(deps.stateDir, domain, plan.claims);
       recordDefaults(deps.stateDir, domain, { facts, forwards: plan.forwards, snats: plan.snats });
     }
-    deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}`);
+    deps.log(`${action} ${domain}: ${describe(changes, plan.forwards)}${flows.said()}`);
     const hooks = reading ? (await reading).nft?.hooks : undefined;
     const warnings = [
       ...takenFromHost(plan.forwards, deps.listeners()),
       ...await gateWarnings(plan.forwards, applyDeps(deps, config, facts), hooks),
+      ...(plan.forwards.length > 0 && deps.conntrack !== undefined && deps.conntrack() === undefined
+        ? [NO_CONNTRACK]
+        : []),
     ];
     for (const w of warnings) deps.log(`${action} ${domain}: warning: ${w}`);
     if (deps.stateDir !== undefined) removeIfThere(removedMarker(deps.stateDir, domain));
@@ -498,15 +509,19 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
     for (const w of plan.waiting) deps.log(`${action} ${domain}: ${w.entry}: ${waitingNote(w)}`);
   }
   try {
+    const flows = flowReport(domain, deps, action);
     const changes = await deps.lock(() =>
-      syncDomain(domain, forwards, applyDeps(deps, config, facts), { snats })
+      syncDomain(domain, forwards, applyDeps(deps, config, facts), {
+        snats,
+        flows: flows.tell,
+      })
     );
     await setHairpins(domain, await hairpinTaps(forwards, facts, await deps.readStdin()), deps);
     if (deps.stateDir !== undefined) {
       recordClaims(deps.stateDir, domain, plan.kind === "ok" ? plan.claims : []);
       recordDefaults(deps.stateDir, domain, { facts, forwards, snats });
     }
-    if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, forwards)}`);
+    if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, forwards)}${flows.said()}`);
     return true;
   } catch (err) {
     failed(deps, { action, domain, headline: `Cannot re-apply forwards for "${domain}"`, why: err });
@@ -521,8 +536,9 @@ export async function remove(domain: string, deps: HookDeps, action: string): Pr
     removeIfThere(defaultsFile(deps.stateDir, domain));
   }
   try {
-    const changes = await deps.lock(() => syncDomain(domain, [], applyDeps(deps)));
-    if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, [])}`);
+    const flows = flowReport(domain, deps, action);
+    const changes = await deps.lock(() => syncDomain(domain, [], applyDeps(deps), { flows: flows.tell }));
+    if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, [])}${flows.said()}`);
     return true;
   } catch (err) {
     failed(deps, { action, domain, headline: `Cannot remove forwards for "${domain}"`, why: err });
@@ -553,6 +569,32 @@ async function setHairpins(domain: string, taps: string[], deps: HookDeps): Prom
       deps.problem(`Cannot turn on hairpin mode on "${tap}" of "${domain}": ${message(err)}`);
     }
   }
+}
+
+/** What start says in syslog where conntrack is missing (and check and doctor say too). */
+export const NO_CONNTRACK =
+  "conntrack is not installed (Debian package conntrack): connections through a forward that goes or changes target keep their old target until they end";
+
+/**
+ * What became of the flows of a domain's forwards that went or changed target: `tell` is handed to syncDomain;
+ * what it deleted joins the action's own syslog line (`said`: no logger process of its own), a warning or a
+ * failure goes out at once (stderr too). Best-effort: never a failure of the action.
+ */
+function flowReport(domain: string, deps: HookDeps, action: string) {
+  let deleted = 0;
+  return {
+    tell(done: Forgotten): void {
+      if ("deleted" in done) deleted += done.deleted;
+      else if ("missing" in done) deps.log(`${action} ${domain}: warning: ${NO_CONNTRACK}`);
+      else {
+        const line =
+          `Cannot delete the connections of forwards of "${domain}" that went or changed target: ${done.error}`;
+        deps.problem(line);
+        deps.log(`${action} ${domain}: warning: ${line}`);
+      }
+    },
+    said: () => deleted > 0 ? `, ${deleted} connection(s) through forwards that went or changed deleted` : "",
+  };
 }
 
 function describe(changes: Change[], forwards: Forward[]): string {

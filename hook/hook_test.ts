@@ -474,3 +474,72 @@ Deno.test("runHook() start logs a gate that will drop the forwards, and still st
     'start web1: warning: 1 of 1 forward(s) blocked by inet filter forward (priority 0): inet filter forward has policy drop; let it through with "nft insert rule inet filter forward ct status dnat accept", or hand us the chain: "/settings": {"accept_in": ["inet filter forward"]}',
   ]);
 });
+
+/** What iptables-save shows of web1 with GOOD's forward live (tcp 2222 -> 192.168.122.10:22). */
+const LIVE_WEB1 = (h = domainHash("web1")) =>
+  dedent(`
+    *nat
+    :PREROUTING ACCEPT [0:0]
+    :LVH-${h}-DNAT - [0:0]
+    -A PREROUTING -m comment --comment "libvirt-hook-qemu:1:web1" -j LVH-${h}-DNAT
+    -A LVH-${h}-DNAT -d 203.0.113.1/32 -p tcp -m tcp --dport 2222 -m comment --comment "libvirt-hook-qemu:1:web1" -j DNAT --to-destination 192.168.122.10:22
+    COMMIT
+  `);
+
+Deno.test("runHook() deletes the connections of forwards that go, says so, and never fails for it", async (t) => {
+  await t.step("start without conntrack: a warning in syslog, the guest starts", async () => {
+    const f = await fake(GOOD);
+    f.deps.conntrack = () => undefined;
+    assert.equal(await runHook(call("web1", "start"), f.deps), 0);
+    assert.ok(f.calls.some((c) => c[0] === "iptables-restore"));
+    assert.ok(
+      f.logged.includes(
+        "start web1: warning: conntrack is not installed (Debian package conntrack): connections through a " +
+          "forward that goes or changes target keep their old target until they end",
+      ),
+      f.logged.join("\n"),
+    );
+  });
+  await t.step("start with conntrack, nothing live before: no conntrack process, no warning", async () => {
+    const f = await fake(GOOD);
+    f.deps.conntrack = () => "/usr/sbin/conntrack";
+    assert.equal(await runHook(call("web1", "start"), f.deps), 0);
+    assert.deepEqual(f.calls, [SAVE_4, SAVE_6, RESTORE_4]);
+    assert.deepEqual(f.logged.filter((l) => l.includes("conntrack")), []);
+  });
+  await t.step(
+    "stopped: one conntrack process after the removal; what it deleted, in its syslog line",
+    async () => {
+      const f = await fake(GOOD, (argv) => {
+        if (argv[0] === "iptables-save") return { stdout: LIVE_WEB1() };
+        if (argv[0] === "/usr/sbin/conntrack") return { stdout: "tcp 6 431999 ESTABLISHED src=...\n" };
+        return {};
+      });
+      f.deps.conntrack = () => "/usr/sbin/conntrack";
+      assert.equal(await runHook(call("web1", "stopped"), f.deps), 0);
+      assert.deepEqual(f.calls, [SAVE_4, SAVE_6, RESTORE_4, ["/usr/sbin/conntrack", "-R", "-"]]);
+      assert.equal(f.stdins[3], "-D -f ipv4 -p tcp --orig-dst 203.0.113.1 --reply-src 192.168.122.10\n");
+      // One line for the stop, no logger process of its own.
+      assert.deepEqual(f.logged, [
+        "stopped web1: 0 forward(s) live, 2 old rule(s) removed, 1 connection(s) through forwards that went or changed deleted",
+      ]);
+    },
+  );
+  await t.step(
+    "stopped: conntrack fails; said on stderr and in syslog, the stop still succeeds",
+    async () => {
+      const f = await fake(GOOD, (argv) => {
+        if (argv[0] === "iptables-save") return { stdout: LIVE_WEB1() };
+        if (argv[0] === "conntrack") return { code: 1, stderr: "conntrack v1.4.7: Operation failed" };
+        return {};
+      });
+      f.deps.conntrack = () => "conntrack";
+      assert.equal(await runHook(call("web1", "stopped"), f.deps), 0);
+      assert.deepEqual(f.stderr, [
+        'Cannot delete the connections of forwards of "web1" that went or changed target: conntrack failed: conntrack v1.4.7: Operation failed',
+      ]);
+      assert.ok(f.logged.some((l) => l.startsWith("stopped web1: warning: Cannot delete the connections")));
+      assert.ok(f.logged.some((l) => l.startsWith("stopped web1: 0 forward(s) live")), f.logged.join("\n"));
+    },
+  );
+});

@@ -35,3 +35,20 @@ export function readStdin(): Promise<string> {
   }
   return Promise.resolve(stdinText);
 }
+
+/**
+ * Where a program is on `path` (a PATH value), found with a few stat calls instead of a process (~0.02 ms each);
+ * undefined where no directory of it has the program.
+ */
+export function onPath(program: string, path: string | undefined): string | undefined {
+  for (const dir of (path ?? "").split(":")) {
+    if (dir === "") continue;
+    try {
+      const info = Deno.statSync(`${dir}/${program}`);
+      if (info.isFile && ((info.mode ?? 0o111) & 0o111) !== 0) return `${dir}/${program}`;
+    } catch {
+      // Not there (or not readable): the next directory.
+    }
+  }
+  return undefined;
+}

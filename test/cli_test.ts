@@ -535,3 +535,33 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "check and doctor say when conntrack is missing, and nothing of it where it is there",
+  ignore: !can.ok,
+  ...opts,
+  async fn() {
+    const lab = await createLab();
+    try {
+      const file = await tempConfig(
+        `{"web1": {"private_ip": "192.168.122.10", "port_map": {"udp": [51820]}}}`,
+      );
+      const missing = "conntrack is not installed (Debian package conntrack)";
+      const found = await Deno.stat("/usr/sbin/conntrack").then(() => true, () => false);
+      // PATH without /usr/sbin, where Debian puts conntrack: as on a host without the package.
+      for (
+        const [path, has] of [["/usr/bin:/bin", false], ["/usr/sbin:/usr/bin:/sbin:/bin", found]] as const
+      ) {
+        const check = await cliIn(lab.ns.host, ["check"], { PATH: path, CONFIG_FILENAME: file });
+        assert.equal(check.stderr.includes(`warning: ${missing}`), !has, `PATH=${path}\n${check.stderr}`);
+        const doctor = await cliIn(lab.ns.host, ["doctor"], { PATH: path, CONFIG_FILENAME: file });
+        assert.equal(doctor.stdout.includes(missing), !has, `PATH=${path}\n${doctor.stdout}`);
+        if (has) {
+          assert.match(doctor.stdout, /conntrack \(\/usr\/sbin\/conntrack\): the connections of a forward/);
+        }
+      }
+    } finally {
+      await lab.close();
+    }
+  },
+});

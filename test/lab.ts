@@ -154,6 +154,18 @@ export interface Lab {
   exec(ns: string, argv: string[], opts?: ExecOptions): Promise<ExecResult>;
   /** Starts an IPv4+IPv6 server in `ns` answering each connection/datagram with `<label> <peer address>`. */
   serve(ns: string, proto: "tcp" | "udp", port: number, label: string): Promise<void>;
+  /**
+   * Starts an IPv4+IPv6 TCP echo server in `ns`: every chunk a connection sends comes back as `<label> <chunk>`,
+   * for as long as the connection stays open (see session).
+   */
+  serveEcho(ns: string, port: number, label: string): Promise<void>;
+  /** Opens one TCP connection from `ns` that stays open: an established session (see Session). */
+  session(ns: string, ip: string, port: number): Promise<Session>;
+  /**
+   * Keeps sending a datagram every `intervalMs` (default 50) from one UDP socket of `ns`, as a VPN or game
+   * client does, and records every reply with the time it came (see UdpStream).
+   */
+  stream(ns: string, ip: string, port: number, opts?: { intervalMs?: number }): Promise<UdpStream>;
   /** Connects (tcp) or sends one datagram (udp) from `ns`; returns the first reply line or null. */
   connect(
     ns: string,
@@ -170,6 +182,22 @@ export interface Lab {
   close(): Promise<void>;
   /** Same as close(), for `await using lab = await createLab()`. */
   [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** An established TCP session of {@link Lab.session}. */
+export interface Session {
+  /** Sends `text` and returns the echo server's answer, or null when none came within `timeoutMs` (default 1000). */
+  say(text: string, timeoutMs?: number): Promise<string | null>;
+  /** Closes the connection and ends its process. */
+  close(): Promise<void>;
+}
+
+/** A UDP stream of {@link Lab.stream}: one socket that keeps sending. */
+export interface UdpStream {
+  /** Every reply so far, with when it came (ms since the epoch, this machine's clock). */
+  replies(): { at: number; line: string }[];
+  /** Stops sending and ends its process. */
+  close(): Promise<void>;
 }
 
 const encoder = new TextEncoder();
@@ -488,6 +516,22 @@ async function listenTcp(host, port, label) {
   (async () => { for await (const conn of listener) answer(conn, label); })();
   return listener;
 }
+async function echo(conn, label) {
+  // A session: every chunk that arrives goes back as "<label> <chunk>", for as long as the peer keeps it open.
+  const buf = new Uint8Array(4096);
+  const dec = new TextDecoder();
+  try {
+    for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
+      await conn.write(enc.encode(label + " " + dec.decode(buf.subarray(0, n))));
+    }
+  } catch { /* peer went away, or its connection was cut */ }
+  try { conn.close(); } catch { /* closed */ }
+}
+async function listenEcho(host, port, label) {
+  const listener = Deno.listen({ hostname: host, port, transport: "tcp" });
+  (async () => { for await (const conn of listener) echo(conn, label); })();
+  return listener;
+}
 function listenUdp(host, port, label) {
   return new Promise((resolve, reject) => {
     const s = dgram.createSocket({ type: "udp6" });
@@ -505,7 +549,7 @@ async function handle(line) {
   try {
     const req = JSON.parse(line);
     id = req.id;
-    const listen = req.proto === "udp" ? listenUdp : listenTcp;
+    const listen = req.proto === "udp" ? listenUdp : req.proto === "echo" ? listenEcho : listenTcp;
     keep.push(await listen("::", req.port, req.label));
     console.log(JSON.stringify({ id, ok: true }));
   } catch (e) {
@@ -575,7 +619,7 @@ class Agent {
   }
 
   /** Asks the agent to listen on proto/port (IPv4 and IPv6); resolves once listening. */
-  async serve(proto: "tcp" | "udp", port: number, label: string, timeoutMs: number): Promise<void> {
+  async serve(proto: "tcp" | "udp" | "echo", port: number, label: string, timeoutMs: number): Promise<void> {
     if (this.#exited) throw new Error(`server agent has exited: ${await this.#stderr}`);
     const id = this.#nextId++;
     const answer = new Promise<{ ok: boolean; error?: string }>((resolve) => this.#pending.set(id, resolve));
@@ -611,6 +655,137 @@ class Agent {
   }
 }
 
+/**
+ * Client agent, run with `deno eval` inside a namespace, for flows that must outlive one command: `udp <ip>
+ * <port> <interval>` sends from one socket every interval and prints each reply; `tcp <ip> <port>` holds one
+ * connection, writes each stdin line to it and prints what comes back. Every event is one JSON line on stdout
+ * (`{"ready":true}` first, then `{"at","line"}`, `{"error"}` or `{"eof":true}`). Exits when stdin closes.
+ */
+const CLIENT_SOURCE = `
+import dgram from "node:dgram";
+const [mode, host, portText, intervalText] = Deno.args;
+const port = Number(portText);
+const out = (o) => console.log(JSON.stringify(o));
+const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream());
+if (mode === "udp") {
+  const s = dgram.createSocket({ type: host.includes(":") ? "udp6" : "udp4" });
+  s.on("message", (m) => out({ at: Date.now(), line: String(m).trim() }));
+  s.on("error", () => {});
+  await new Promise((resolve) => s.bind(0, resolve));
+  setInterval(() => s.send("ping\\n", port, host, () => {}), Number(intervalText));
+  out({ ready: true });
+  for await (const _ of lines) { /* nothing to say; ends with stdin */ }
+  Deno.exit(0);
+}
+const conn = await Deno.connect({ hostname: host, port });
+out({ ready: true });
+(async () => {
+  const buf = new Uint8Array(4096);
+  const dec = new TextDecoder();
+  try {
+    for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
+      out({ at: Date.now(), line: dec.decode(buf.subarray(0, n)).trim() });
+    }
+    out({ eof: true });
+  } catch (e) {
+    out({ error: String(e && e.message || e) });
+  }
+})();
+const enc = new TextEncoder();
+let rest = "";
+for await (const chunk of lines) {
+  rest += chunk;
+  let i;
+  while ((i = rest.indexOf("\\n")) >= 0) {
+    const line = rest.slice(0, i + 1);
+    rest = rest.slice(i + 1);
+    try { await conn.write(enc.encode(line)); } catch (e) { out({ error: String(e && e.message || e) }); }
+  }
+}
+Deno.exit(0);
+`;
+
+/** One client agent process (see CLIENT_SOURCE): its events as they come, and a way to write to it. */
+class Client {
+  readonly #child: Deno.ChildProcess;
+  readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
+  readonly #readLoop: Promise<void>;
+  readonly events: { at?: number; line?: string; error?: string; eof?: boolean; ready?: boolean }[] = [];
+  #wake: (() => void) | undefined;
+
+  constructor(ns: string, args: string[]) {
+    this.#child = new Deno.Command(bin("ip"), {
+      args: [
+        "netns",
+        "exec",
+        ns,
+        Deno.execPath(),
+        "eval",
+        "--no-config",
+        "--no-lock",
+        CLIENT_SOURCE,
+        ...args,
+      ],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    this.#writer = this.#child.stdin.getWriter();
+    this.#readLoop = this.#read();
+  }
+
+  async #read(): Promise<void> {
+    let buf = "";
+    for await (const chunk of this.#child.stdout.pipeThrough(new TextDecoderStream())) {
+      buf += chunk;
+      let i: number;
+      while ((i = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        try {
+          this.events.push(JSON.parse(line));
+        } catch {
+          // not an event line
+        }
+        this.#wake?.();
+      }
+    }
+    this.events.push({ eof: true });
+    this.#wake?.();
+  }
+
+  /** Waits until an event from index `from` on satisfies `test`, or `timeoutMs` passes; returns it or undefined. */
+  async next(from: number, test: (e: Client["events"][number]) => boolean, timeoutMs: number) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.events.slice(from).find(test);
+      if (found || Date.now() >= deadline) return found;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, deadline - Date.now());
+        this.#wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+  }
+
+  async write(text: string): Promise<void> {
+    await this.#writer.write(encoder.encode(text));
+  }
+
+  async stop(): Promise<void> {
+    await this.#writer.close().catch(() => {});
+    try {
+      this.#child.kill("SIGKILL");
+    } catch {
+      // already exited
+    }
+    await this.#child.status;
+    await this.#readLoop;
+  }
+}
+
 /** Reads `stream` until the first newline (returns the line) or EOF (returns what was read). */
 async function firstLine(stream: ReadableStream<Uint8Array>): Promise<string> {
   const reader = stream.getReader();
@@ -642,14 +817,16 @@ export async function createLab(opts: LabOptions = {}): Promise<Lab> {
   };
   const all = [ns.host, ns.g1, ns.g2, ns.client];
   const agents = new Map<string, Agent>();
+  const clients = new Set<Client>();
   let closed = false;
   let checksumRule = false;
 
   const close = async (): Promise<void> => {
     if (closed) return;
     closed = true;
-    await Promise.all([...agents.values()].map((a) => a.stop()));
+    await Promise.all([...agents.values(), ...clients].map((a) => a.stop()));
     agents.clear();
+    clients.clear();
     for (const name of all) {
       await run([bin("ip"), "netns", "del", name], { timeoutMs: 5000 });
     }
@@ -773,6 +950,19 @@ export async function createLab(opts: LabOptions = {}): Promise<Lab> {
     throw e;
   }
 
+  const serveWith = async (netns: string, proto: "tcp" | "udp" | "echo", port: number, label: string) => {
+    if (closed) throw new Error("lab is closed");
+    if (!/^[A-Za-z0-9_.:@-]+$/.test(label)) {
+      throw new Error(`serve: unsupported label ${JSON.stringify(label)}`);
+    }
+    let agent = agents.get(netns);
+    if (agent === undefined) {
+      agent = new Agent(netns);
+      agents.set(netns, agent);
+    }
+    await agent.serve(proto, port, label, 10_000);
+  };
+
   const lab: Lab = {
     ns,
     brNetfilter,
@@ -783,17 +973,54 @@ export async function createLab(opts: LabOptions = {}): Promise<Lab> {
       if (argv.length === 0) throw new Error("exec: empty argv");
       return await run(inNs(netns, argv), execOpts);
     },
-    async serve(netns, proto, port, label) {
+    serve: (netns, proto, port, label) => serveWith(netns, proto, port, label),
+    serveEcho: (netns, port, label) => serveWith(netns, "echo", port, label),
+    async session(netns, ip, port) {
       if (closed) throw new Error("lab is closed");
-      if (!/^[A-Za-z0-9_.:@-]+$/.test(label)) {
-        throw new Error(`serve: unsupported label ${JSON.stringify(label)}`);
+      const client = new Client(netns, ["tcp", ip, String(port)]);
+      clients.add(client);
+      const ready = await client.next(
+        0,
+        (e) => e.ready === true || e.error !== undefined || e.eof === true,
+        5000,
+      );
+      if (!ready?.ready) {
+        await client.stop();
+        throw new Error(`session to ${ip} port ${port} failed: ${ready?.error ?? "no connection"}`);
       }
-      let agent = agents.get(netns);
-      if (agent === undefined) {
-        agent = new Agent(netns);
-        agents.set(netns, agent);
+      return {
+        async say(text, timeoutMs = 1000) {
+          const from = client.events.length;
+          await client.write(`${text}\n`).catch(() => {});
+          const e = await client.next(
+            from,
+            (e) => e.line !== undefined || e.error !== undefined || !!e.eof,
+            timeoutMs,
+          );
+          return e?.line ?? null;
+        },
+        async close() {
+          clients.delete(client);
+          await client.stop();
+        },
+      };
+    },
+    async stream(netns, ip, port, streamOpts = {}) {
+      if (closed) throw new Error("lab is closed");
+      const client = new Client(netns, ["udp", ip, String(port), String(streamOpts.intervalMs ?? 50)]);
+      clients.add(client);
+      if (!(await client.next(0, (e) => e.ready === true, 5000))) {
+        await client.stop();
+        throw new Error(`stream to ${ip} port ${port} did not start`);
       }
-      await agent.serve(proto, port, label, 10_000);
+      return {
+        replies: () =>
+          client.events.filter((e) => e.line !== undefined).map((e) => ({ at: e.at ?? 0, line: e.line! })),
+        async close() {
+          clients.delete(client);
+          await client.stop();
+        },
+      };
     },
     async connect(netns, proto, ip, port, connectOpts = {}) {
       const timeoutMs = connectOpts.timeoutMs ?? 2000;
