@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { canRunLab, createLab, LAB_ADDR as A } from "./lab.ts";
-import { domstatus, hook, MAC1, makeDirs, startXml } from "./guests.ts";
+import { domstatus, envOf, hook, MAC1, MAIN, makeDirs, startXml } from "./guests.ts";
 
 const can = await canRunLab();
 if (!can.ok) console.log(`Skipping the trust boundary namespace tests: ${can.reason}`);
@@ -142,6 +142,58 @@ Deno.test({
           assert.equal(await lab.ruleset(4), before);
         },
       );
+    } finally {
+      await lab.close();
+      await Deno.remove(d.root, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "a public_ip that is not the host's: a start refuses it where it is written, check warns, host_addresses allows",
+  ignore: !can.ok,
+  fn: async () => {
+    const lab = await createLab();
+    const d = await makeDirs("lvh-trust-json-");
+    const config = `${d.root}/hooks.jsonc`;
+    const entry =
+      `"web8": { "private_ip": "${A.g1v4}", "public_ip": "8.8.8.8", "port_map": { "udp": [53] } }`;
+    const run = (args: string[], stdin = "") =>
+      lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, ...args], {
+        stdin,
+        clearEnv: true,
+        env: { ...envOf(d), CONFIG_FILENAME: config },
+        cwd: "/",
+        timeoutMs: 30_000,
+      });
+    try {
+      const before = await lab.ruleset(4);
+      await Deno.writeTextFile(config, `{\n  ${entry}\n}\n`, { mode: 0o644 });
+      const why =
+        "8.8.8.8 is not an address of this host: its forward would capture the host's and the guests' own " +
+        'connections to 8.8.8.8; if it is routed to this host (or comes up later), list it in "/settings".host_addresses';
+      const start = await run(["web8", "start", "begin", "-"], startXml("web8", MAC1, ""));
+      assert.equal(start.code, 1);
+      assert.equal(start.stderr.split("\n")[0], `${config}:2:58: ${why} (web8.public_ip = "8.8.8.8")`);
+      assert.equal(await lab.ruleset(4), before);
+      const check = await run(["check"]);
+      assert.equal(check.code, 0, check.stderr);
+      assert.ok(
+        check.stderr.includes(`${config}:2:58: warning: ${why}; a start of "web8" refuses it here`),
+        check.stderr,
+      );
+      // Declared as this host's (an address routed to it): applied, as any of the host's own.
+      await Deno.writeTextFile(
+        config,
+        `{\n  ${entry},\n  "/settings": { "host_addresses": ["8.8.8.8"] }\n}\n`,
+      );
+      const declared = await run(["web8", "start", "begin", "-"], startXml("web8", MAC1, ""));
+      assert.equal(declared.code, 0, declared.stderr);
+      assert.notEqual(await lab.ruleset(4), before);
+      const stop = await run(["web8", "stopped", "end", "-"], startXml("web8", MAC1, ""));
+      assert.equal(stop.code, 0, stop.stderr);
+      assert.equal(await lab.ruleset(4), before);
     } finally {
       await lab.close();
       await Deno.remove(d.root, { recursive: true });
