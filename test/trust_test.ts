@@ -33,121 +33,126 @@ function at(xml: string, needle: string): string {
 const ALLOW = `allow it with`;
 const RULE = `a "/settings".xml_forwards rule for this domain`;
 
-Deno.test({
-  name:
-    "a guest's XML may ask only for what is its own: each hostile row refused where it is, nothing changes",
-  ignore: !can.ok,
-  fn: async (t) => {
-    const lab = await createLab();
-    const d = await makeDirs("lvh-trust-");
-    try {
-      await lab.serve(lab.ns.host, "tcp", 22, "host-ssh");
-      await lab.serve(lab.ns.host, "tcp", 2525, "host-smtp");
-      await lab.serve(lab.ns.g1, "tcp", 22, "g1");
-      await lab.serve(lab.ns.g2, "tcp", 22, "g2");
-      const before = await lab.ruleset(4);
-      const refused = async (meta: string, needle: string, message: string) => {
-        const xml = startXml("g1", MAC1, meta);
-        const r = await hook(lab, d, ["g1", "start", "begin", "-"], xml);
-        assert.equal(r.code, 1, r.stderr);
-        assert.equal(r.stdout, "");
-        const [first, last] = [r.stderr.split("\n")[0], r.stderr.trimEnd().split("\n").at(-1)];
-        assert.equal(first, `domain XML of g1:${at(xml, needle)}: ${message}`);
-        assert.match(
-          last!,
-          /^Cannot apply forwards for "g1": \d problem\(s\) in the forwards of its XML; nothing was changed$/,
-        );
-        assert.equal(await lab.ruleset(4), before);
-        // check --domain says the same of a defined guest's XML, before any start.
-        await Deno.writeTextFile(`${d.qemu}/g1.xml`, domstatus("g1", MAC1, meta));
-        const check = await hook(lab, d, ["check", "--domain", "g1"]);
-        await Deno.remove(`${d.qemu}/g1.xml`);
-        assert.equal(check.code, 1);
-        assert.ok(check.stderr.includes(message), check.stderr);
-      };
+for (const libvirt of ["iptables", "nftables"] as const) {
+  Deno.test({
+    name:
+      `a guest's XML may ask only for what is its own (libvirt on ${libvirt}): each hostile row refused where ` +
+      "it is, nothing changes",
+    ignore: !can.ok,
+    fn: (t) => hostileRows(t, libvirt),
+  });
+}
 
-      await t.step(
-        "the host's SSH port, on the host's main address: refused, sshd still answers",
-        async () => {
-          // The lab's listeners are dual-stack sockets on [::], which take IPv4's 0.0.0.0 too.
-          await refused(
-            forward(`proto="tcp"`, `start="22"`),
-            `<lvh:range`,
-            `Public tcp ${A.hostPub4}:22 takes a port the host itself listens on ([::]:22): a guest's XML may ` +
-              `not take it from the host (${ALLOW} "host_ports": true in ${RULE}) ` +
-              `(forwards/portForward[1]/range[1] = "22")`,
-          );
-          assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 22), `host-ssh ${A.client4}`);
-        },
+async function hostileRows(t: Deno.TestContext, libvirt: "iptables" | "nftables") {
+  const lab = await createLab({ libvirt });
+  const d = await makeDirs("lvh-trust-");
+  try {
+    await lab.serve(lab.ns.host, "tcp", 22, "host-ssh");
+    await lab.serve(lab.ns.host, "tcp", 2525, "host-smtp");
+    await lab.serve(lab.ns.g1, "tcp", 22, "g1");
+    await lab.serve(lab.ns.g2, "tcp", 22, "g2");
+    const before = await lab.ruleset(4);
+    const refused = async (meta: string, needle: string, message: string) => {
+      const xml = startXml("g1", MAC1, meta);
+      const r = await hook(lab, d, ["g1", "start", "begin", "-"], xml);
+      assert.equal(r.code, 1, r.stderr);
+      assert.equal(r.stdout, "");
+      const [first, last] = [r.stderr.split("\n")[0], r.stderr.trimEnd().split("\n").at(-1)];
+      assert.equal(first, `domain XML of g1:${at(xml, needle)}: ${message}`);
+      assert.match(
+        last!,
+        /^Cannot apply forwards for "g1": \d problem\(s\) in the forwards of its XML; nothing was changed$/,
       );
+      assert.equal(await lab.ruleset(4), before);
+      // check --domain says the same of a defined guest's XML, before any start.
+      await Deno.writeTextFile(`${d.qemu}/g1.xml`, domstatus("g1", MAC1, meta));
+      const check = await hook(lab, d, ["check", "--domain", "g1"]);
+      await Deno.remove(`${d.qemu}/g1.xml`);
+      assert.equal(check.code, 1);
+      assert.ok(check.stderr.includes(message), check.stderr);
+    };
 
-      await t.step("a loopback address: refused, the host's own listener there still answers", async () => {
+    await t.step(
+      "the host's SSH port, on the host's main address: refused, sshd still answers",
+      async () => {
+        // The lab's listeners are dual-stack sockets on [::], which take IPv4's 0.0.0.0 too.
         await refused(
-          forward(`proto="tcp" address="127.0.0.1"`, `start="2525"`),
-          `address=`,
-          "127.0.0.1 is a loopback address: a forward there would take the host's own services on it; never " +
-            `allowed from a guest's XML (forwards/portForward[1]/@address = "127.0.0.1")`,
+          forward(`proto="tcp"`, `start="22"`),
+          `<lvh:range`,
+          `Public tcp ${A.hostPub4}:22 takes a port the host itself listens on ([::]:22): a guest's XML may ` +
+            `not take it from the host (${ALLOW} "host_ports": true in ${RULE}) ` +
+            `(forwards/portForward[1]/range[1] = "22")`,
         );
-        assert.equal(await lab.connect(lab.ns.host, "tcp", "127.0.0.1", 2525), "host-smtp 127.0.0.1");
-      });
+        assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 22), `host-ssh ${A.client4}`);
+      },
+    );
 
-      await t.step("an address that is not the host's (8.8.8.8, udp 53): refused", async () => {
-        await refused(
-          forward(`proto="udp" address="8.8.8.8"`, `start="53"`),
-          `address=`,
-          "8.8.8.8 is not an address of this host: its forward would capture the host's and the guests' own " +
-            `connections to it (${ALLOW} "addresses": ["8.8.8.8"] in ${RULE}, or list it in ` +
-            `"/settings".host_addresses if it is routed to this host) (forwards/portForward[1]/@address = "8.8.8.8")`,
-        );
-      });
+    await t.step("a loopback address: refused, the host's own listener there still answers", async () => {
+      await refused(
+        forward(`proto="tcp" address="127.0.0.1"`, `start="2525"`),
+        `address=`,
+        "127.0.0.1 is a loopback address: a forward there would take the host's own services on it; never " +
+          `allowed from a guest's XML (forwards/portForward[1]/@address = "127.0.0.1")`,
+      );
+      assert.equal(await lab.connect(lab.ns.host, "tcp", "127.0.0.1", 2525), "host-smtp 127.0.0.1");
+    });
 
-      await t.step("a machine behind the host, on no libvirt network: refused", async () => {
+    await t.step("an address that is not the host's (8.8.8.8, udp 53): refused", async () => {
+      await refused(
+        forward(`proto="udp" address="8.8.8.8"`, `start="53"`),
+        `address=`,
+        "8.8.8.8 is not an address of this host: its forward would capture the host's and the guests' own " +
+          `connections to it (${ALLOW} "addresses": ["8.8.8.8"] in ${RULE}, or list it in ` +
+          `"/settings".host_addresses if it is routed to this host) (forwards/portForward[1]/@address = "8.8.8.8")`,
+      );
+    });
+
+    await t.step("a machine behind the host, on no libvirt network: refused", async () => {
+      await refused(
+        forward(`proto="tcp" address="${A.hostPub4}" guest="10.9.9.9"`, `start="8081" to="22"`),
+        `guest=`,
+        `10.9.9.9 is not this guest's address (its network's reservations and leases give ${A.g1v4}): a ` +
+          "guest's XML may forward only to the guest itself (drop guest to have its address found, or " +
+          `${ALLOW} "targets": ["10.9.9.9"] in ${RULE}) (forwards/portForward[1]/@guest = "10.9.9.9")`,
+      );
+    });
+
+    await t.step(
+      "another guest's address: refused, that guest is not published and still answers",
+      async () => {
         await refused(
-          forward(`proto="tcp" address="${A.hostPub4}" guest="10.9.9.9"`, `start="8081" to="22"`),
+          forward(`proto="tcp" address="${A.hostPub4}" guest="${A.g2v4}"`, `start="8082" to="22"`),
           `guest=`,
-          `10.9.9.9 is not this guest's address (its network's reservations and leases give ${A.g1v4}): a ` +
+          `${A.g2v4} is not this guest's address (its network's reservations and leases give ${A.g1v4}): a ` +
             "guest's XML may forward only to the guest itself (drop guest to have its address found, or " +
-            `${ALLOW} "targets": ["10.9.9.9"] in ${RULE}) (forwards/portForward[1]/@guest = "10.9.9.9")`,
+            `${ALLOW} "targets": ["${A.g2v4}"] in ${RULE}) (forwards/portForward[1]/@guest = "${A.g2v4}")`,
         );
-      });
+        assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 8082), null);
+        assert.equal(await lab.connect(lab.ns.host, "tcp", A.g2v4, 22), `g2 ${A.bridge4}`);
+      },
+    );
 
-      await t.step(
-        "another guest's address: refused, that guest is not published and still answers",
-        async () => {
-          await refused(
-            forward(`proto="tcp" address="${A.hostPub4}" guest="${A.g2v4}"`, `start="8082" to="22"`),
-            `guest=`,
-            `${A.g2v4} is not this guest's address (its network's reservations and leases give ${A.g1v4}): a ` +
-              "guest's XML may forward only to the guest itself (drop guest to have its address found, or " +
-              `${ALLOW} "targets": ["${A.g2v4}"] in ${RULE}) (forwards/portForward[1]/@guest = "${A.g2v4}")`,
-          );
-          assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 8082), null);
-          assert.equal(await lab.connect(lab.ns.host, "tcp", A.g2v4, 22), `g2 ${A.bridge4}`);
-        },
-      );
-
-      await t.step(
-        "the guest's own forward, on the host's address, to its own address: applied",
-        async () => {
-          const meta = forward(
-            `proto="tcp" address="${A.hostPub4}" guest="${A.g1v4}"`,
-            `start="8080" to="22"`,
-          );
-          const r = await hook(lab, d, ["g1", "start", "begin", "-"], startXml("g1", MAC1, meta));
-          assert.equal(r.code, 0, r.stderr);
-          assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 8080), `g1 ${A.client4}`);
-          assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 22), `host-ssh ${A.client4}`);
-          const stop = await hook(lab, d, ["g1", "stopped", "end", "-"], startXml("g1", MAC1, meta));
-          assert.equal(stop.code, 0, stop.stderr);
-          assert.equal(await lab.ruleset(4), before);
-        },
-      );
-    } finally {
-      await lab.close();
-      await Deno.remove(d.root, { recursive: true });
-    }
-  },
-});
+    await t.step(
+      "the guest's own forward, on the host's address, to its own address: applied",
+      async () => {
+        const meta = forward(
+          `proto="tcp" address="${A.hostPub4}" guest="${A.g1v4}"`,
+          `start="8080" to="22"`,
+        );
+        const r = await hook(lab, d, ["g1", "start", "begin", "-"], startXml("g1", MAC1, meta));
+        assert.equal(r.code, 0, r.stderr);
+        assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 8080), `g1 ${A.client4}`);
+        assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 22), `host-ssh ${A.client4}`);
+        const stop = await hook(lab, d, ["g1", "stopped", "end", "-"], startXml("g1", MAC1, meta));
+        assert.equal(stop.code, 0, stop.stderr);
+        assert.equal(await lab.ruleset(4), before);
+      },
+    );
+  } finally {
+    await lab.close();
+    await Deno.remove(d.root, { recursive: true });
+  }
+}
 
 Deno.test({
   name:
