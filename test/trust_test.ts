@@ -43,6 +43,7 @@ for (const libvirt of ["iptables", "nftables"] as const) {
   });
 }
 
+/** The hostile run's rows, each refused where it stands in the XML, on one libvirt variant. */
 async function hostileRows(t: Deno.TestContext, libvirt: "iptables" | "nftables") {
   const lab = await createLab({ libvirt });
   const d = await makeDirs("lvh-trust-");
