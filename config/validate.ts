@@ -284,7 +284,7 @@ function parseOne(
       readSettings(valueNode, config, report);
       continue;
     }
-    const entries = readDomain(key, valueNode, report, claims, options);
+    const entries = readDomain(key, valueNode, { report, claims, options });
     if (entries) config.domains.set(key, entries.map((e) => ({ ...e, file })));
   }
   // Clashes are found over every file's claims together (see parseConfigs); each is reported in its own file.
