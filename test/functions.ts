@@ -46,35 +46,44 @@ export function functionsOf(file: string, text: string): FunctionFacts[] {
  * then the parenthesised list); commas are counted at the list's own depth, outside strings, brackets and types.
  */
 export function parameterCount(rest: string): number {
-  const open = rest.indexOf("(");
+  let start = rest.search(/\S/);
+  if (rest[start] === "<") start = scan(rest, start, () => {});
+  const open = rest.indexOf("(", start);
   if (open < 0) return 0;
-  let depth = 0, count = 0, something = false;
-  for (let i = open; i < rest.length; i++) {
-    const c = rest[i]!;
-    if (c === '"' || c === "'" || c === "`") {
-      const close = rest.indexOf(c, i + 1);
-      i = close < 0 ? rest.length : close;
-      something = true;
-      continue;
-    }
-    if (c === "=" && rest[i + 1] === ">") {
-      i++;
-      continue;
-    }
-    if ("([{<".includes(c)) {
-      depth++;
-      if (depth === 1) continue;
-    } else if (")]}>".includes(c)) {
-      depth--;
-      if (depth === 0) return count + (something ? 1 : 0);
-    } else if (c === "," && depth === 1) {
+  let count = 0, something = false;
+  scan(rest, open, (c, depth) => {
+    if (c === "," && depth === 1) {
       count++;
       something = false;
-      continue;
-    }
-    if (depth >= 1 && !/\s/.test(c)) something = true;
-  }
+    } else if (depth >= 1 && !/\s/.test(c)) something = true;
+  });
   return count + (something ? 1 : 0);
+}
+
+/**
+ * Walks `text` from the bracket at `from` to the one that closes it, calling `each` with every other character
+ * and the depth it stands at (1: the outer brackets' own level); a string counts as one character, `=>` as none.
+ * Returns the index after the closing bracket.
+ */
+function scan(text: string, from: number, each: (c: string, depth: number) => void): number {
+  let depth = 0;
+  for (let i = from; i < text.length; i++) {
+    const c = text[i]!;
+    if (c === '"' || c === "'" || c === "`") {
+      const close = text.indexOf(c, i + 1);
+      each(c, depth);
+      i = close < 0 ? text.length : close;
+    } else if (c === "=" && text[i + 1] === ">") i++;
+    else if ("([{<".includes(c)) {
+      if (depth > 0) each(c, depth);
+      depth++;
+    } else if (")]}>".includes(c)) {
+      depth--;
+      if (depth === 0) return i + 1;
+      each(c, depth);
+    } else each(c, depth);
+  }
+  return text.length;
 }
 
 /** Every top-level function of the program's sources under `root` (tests left out), in the given folders. */
