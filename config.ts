@@ -21,7 +21,7 @@ export async function loadConfig(
 ): Promise<Config> {
   const read = readable(source);
   if (!Array.isArray(read)) return read;
-  const key = cacheDir === undefined ? undefined : keyOf(source, options, read, (t) => t);
+  const key = cacheDir === undefined ? undefined : keyOf(source, read, { options, text: (t) => t });
   const cached = key === undefined ? undefined : readCache(cacheDir!, key);
   if (cached) return cached;
   await loadParser();
@@ -49,7 +49,7 @@ export async function loadConfigFor(
     return await loadConfig(candidates, options, cacheDir, source);
   }
   // The texts by their length and a 64-bit digest: the view is read by every start, so it cannot hold 19 MB of key.
-  const key = keyOf(source, options, read, (t) => `${t.length}:${digest(t)}`);
+  const key = keyOf(source, read, { options, text: (t) => `${t.length}:${digest(t)}` });
   const cached = readView(cacheDir, key, domain);
   if (cached) return cached;
   await loadParser();
@@ -76,18 +76,17 @@ function readable(source: ConfigSource): ConfigText[] | Config {
 /** The cache key of a config's files (see cacheKey); a single file's is what it always was. */
 function keyOf(
   source: ConfigSource,
-  options: ValidateOptions,
   texts: ConfigText[],
-  text: (t: string) => string,
+  { options, text }: { options: ValidateOptions; text: (t: string) => string },
 ) {
   const [only] = texts;
   if (texts.length === 1 && only && !source.dropIns && only.untrusted === undefined) {
-    return cacheKey(only.file, options, text(only.text), only.invalidUtf8 ?? []);
+    return cacheKey({ file: only.file, text: text(only.text), invalidUtf8: only.invalidUtf8 ?? [] }, options);
   }
   const all = JSON.stringify(
     texts.map((t) => [t.file, text(t.text), t.invalidUtf8 ?? [], t.untrusted ?? ""]),
   );
-  return cacheKey(source.file, options, all, []);
+  return cacheKey({ file: source.file, text: all, invalidUtf8: [] }, options);
 }
 
 /** A config made of several files is named by its main file, or by its drop-in folder where that is all there is. */

@@ -141,7 +141,12 @@ function hostWarnings(domains: Map<string, Entry[]>, facts: HostFacts): string[]
         }
         for (const p of e.ports) {
           const l = publicIp &&
-            listenerAt(listeners, p.protocol, publicIp, p.publicPort, p.publicPort + p.count - 1);
+            listenerAt(listeners, {
+              protocol: p.protocol,
+              address: publicIp,
+              first: p.publicPort,
+              last: p.publicPort + p.count - 1,
+            });
           if (l) {
             out.push(
               `${e.path}: public ${p.protocol} port ${l.port} is one the host itself listens on; the forward takes it away from the host`,

@@ -80,13 +80,12 @@ export async function forwardFindings(domain: string, f: Forward, c: ForwardCont
         ),
     );
   } else out.push(ok(`public address ${f.publicIp} is on this host`));
-  const listener = listenerAt(
-    readListeners(),
-    f.protocol,
-    parseAddress(f.publicIp)!,
-    f.publicPort,
-    f.publicPort + f.count - 1,
-  );
+  const listener = listenerAt(readListeners(), {
+    protocol: f.protocol,
+    address: parseAddress(f.publicIp)!,
+    first: f.publicPort,
+    last: f.publicPort + f.count - 1,
+  });
   if (listener) {
     out.push(note(
       `the host itself listens on ${f.protocol} ${listener.address}:${listener.port}: the forward takes that port ` +

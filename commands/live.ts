@@ -90,7 +90,7 @@ export function livePacket(f: LiveForward, connected: ConnectedRoute[]): Packet 
 export function hostListener(f: LiveForward, listeners: Listener[]): string | undefined {
   const address = parseAddress(f.publicIp);
   const [first = 0, last = first] = f.publicPorts.split("-").map(Number);
-  const l = address && listenerAt(listeners, f.protocol, address, first, last);
+  const l = address && listenerAt(listeners, { protocol: f.protocol, address, first, last });
   return l ? `${l.family === 6 ? `[${l.address}]` : l.address}:${l.port}` : undefined;
 }
 

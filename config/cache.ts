@@ -132,7 +132,15 @@ function cacheFile(dir: string): string {
   return `${dir}/config-cache-${h.toString(16)}.json`;
 }
 
-export function cacheKey(file: string, options: ValidateOptions, text: string, invalid: number[]): string {
+/** What a cache key is made of: the config's file (or the name of its files), its text, and where it was not UTF-8. */
+export interface CacheInput {
+  file: string;
+  text: string;
+  invalidUtf8: number[];
+}
+
+/** The key a validated config is saved under: the code, the file, the validator's options, the text. */
+export function cacheKey({ file, text, invalidUtf8: invalid }: CacheInput, options: ValidateOptions): string {
   // The code is part of the key: an upgraded hook never trusts what an older one validated.
   let code = import.meta.url;
   for (const path of [new URL(import.meta.url), Deno.execPath()]) {

@@ -8,11 +8,10 @@ import {
   formatNetwork,
   networkOf,
   parseAddress,
-  type Protocol,
   PROTOCOLS,
 } from "../system/address.ts";
 import { kind, type Report } from "./nodes.ts";
-import { type Claim, readPortMap, readPortRanges } from "./ports.ts";
+import { type Claim, type ClaimFn, readPortMap, readPortRanges } from "./ports.ts";
 
 /** The fields of an entry, with what they hold: the validator and the JSON Schema both read this table. */
 export const ENTRY_FIELDS = {
@@ -67,24 +66,28 @@ export const ENTRY_FIELDS = {
   },
 } as const;
 
-export function readDomain(
-  domain: string,
-  node: Node,
-  report: Report,
-  claims: Claim[],
-  options: ValidateOptions,
-): Entry[] | undefined {
+/** What readDomain() needs beside the domain's node: how to report, where claims go, and the validator's options. */
+export interface DomainReading {
+  report: Report;
+  /** Every entry's public ports, for the clash check over the whole config (see reportClashes). */
+  claims: Claim[];
+  options: ValidateOptions;
+}
+
+/** Reads one domain's value: an entry object or a non-empty list of them; undefined where any entry failed. */
+export function readDomain(domain: string, node: Node, reading: DomainReading): Entry[] | undefined {
   const base = jsonPath("", domain);
-  const scoped: Report = (n, p, m, extra = {}) => report(n, p, m, { domains: [domain], ...extra });
+  const report: Report = (n, p, m, extra = {}) => reading.report(n, p, m, { domains: [domain], ...extra });
+  const at = (path: string): EntryAt => ({ ...reading, domain, path, report });
   if (node.type === "object") {
-    const entry = readEntry(domain, node, base, scoped, claims, options);
+    const entry = readEntry(node, at(base));
     return entry ? [entry] : undefined;
   }
   if (node.type === "array" && (node.children?.length ?? 0) > 0) {
     const entries = (node.children ?? []).map((item, i) => {
       const path = `${base}[${i}]`;
-      if (item.type === "object") return readEntry(domain, item, path, scoped, claims, options);
-      scoped(item, path, `Expected an entry object, found ${kind(item)}`);
+      if (item.type === "object") return readEntry(item, at(path));
+      report(item, path, `Expected an entry object, found ${kind(item)}`);
       return undefined;
     });
     return entries.every((e) => e !== undefined) ? entries as Entry[] : undefined;
@@ -93,23 +96,59 @@ export function readDomain(
     ? "Expected an entry object or a non-empty list of them, found an empty list"
     : `Expected an entry object or a list of them, found ${kind(node)}; ` +
       "is this a config of another tool? libvirt-hook-qemu maps each domain name to its forwards";
-  scoped(node, base, hint);
+  report(node, base, hint);
   return undefined;
 }
 
-function readEntry(
-  domain: string,
-  node: Node,
-  path: string,
-  report: Report,
-  claims: Claim[],
-  options: ValidateOptions,
-): Entry | undefined {
+/** Where an entry stands and what reading it needs (its domain's report, scoped to the domain). */
+interface EntryAt extends DomainReading {
+  domain: string;
+  path: string;
+}
+
+/** What the steps of reading one entry share: EntryAt, the entry's fields by name, and `fail`. */
+interface EntryContext extends EntryAt {
+  fields: Map<string, Node>;
+  /** Reports a problem that stops the entry (`report` alone is for warnings). */
+  fail: Report;
+}
+
+/** An entry's targets, and which field gave each one's public address where it is not public_ip. */
+interface EntryTargets {
+  list: Target[];
+  publicKey: Map<Target, "public_ipv6">;
+}
+
+/**
+ * Reads one entry, in the order its problems are reported: its fields, its interface, its targets (the
+ * addresses), its ports (port_map, port_range), all_ports and snat; undefined where anything failed.
+ */
+function readEntry(node: Node, at: EntryAt): Entry | undefined {
   let failed = false;
   const fail: Report = (n, p, m, extra) => {
     failed = true;
-    report(n, p, m, extra);
+    at.report(n, p, m, extra);
   };
+  const cx: EntryContext = { ...at, fields: readFields(node, at.path, fail), fail };
+  const iface = readInterface(cx);
+  const targets = readTargets(cx);
+  const ports = readPorts(cx, targets);
+  const snatNode = claimSnat(cx, targets);
+  if (!["port_map", "port_range", "all_ports", "snat"].some((k) => cx.fields.has(k))) {
+    at.report(node, at.path, "Entry forwards no port: give port_map or port_range", { severity: "warning" });
+  }
+  if (failed) return undefined;
+  return {
+    path: at.path,
+    ...(iface === undefined ? {} : { interface: iface }),
+    targets: targets.list,
+    ports,
+    ...(snatNode ? { snat: true as const } : {}),
+  };
+}
+
+/** The entry's fields by name: an unknown field or one given twice fails. */
+function readFields(node: Node, path: string, fail: Report): Map<string, Node> {
   const fields = new Map<string, Node>();
   for (const prop of node.children ?? []) {
     const [k, v] = prop.children ?? [];
@@ -123,208 +162,237 @@ function readEntry(
     if (fields.has(key)) fail(k, jsonPath(path, key), `Field "${key}" is given twice`);
     fields.set(key, v);
   }
-  const str = (key: keyof typeof ENTRY_FIELDS): string | undefined => {
-    const v = fields.get(key);
-    if (!v) return undefined;
-    if (v.type === "string") return v.value as string;
-    fail(v, jsonPath(path, key), `Expected a string, found ${kind(v)}`);
-    return undefined;
-  };
+  return fields;
+}
 
-  const iface = str("interface");
+/** A string field's text; a field of another type fails. */
+function stringField(cx: EntryContext, key: keyof typeof ENTRY_FIELDS): string | undefined {
+  const v = cx.fields.get(key);
+  if (!v) return undefined;
+  if (v.type === "string") return v.value as string;
+  cx.fail(v, jsonPath(cx.path, key), `Expected a string, found ${kind(v)}`);
+  return undefined;
+}
+
+/** `interface`: a name the kernel and our rule languages take. */
+function readInterface(cx: EntryContext): string | undefined {
+  const iface = stringField(cx, "interface");
   const badName = iface === undefined ? undefined : interfaceNameProblem(iface);
   if (badName) {
-    fail(fields.get("interface"), jsonPath(path, "interface"), `Not a valid interface name: ${badName}`);
+    cx.fail(
+      cx.fields.get("interface"),
+      jsonPath(cx.path, "interface"),
+      `Not a valid interface name: ${badName}`,
+    );
   }
+  return iface;
+}
 
-  const address = (
-    key: keyof typeof ENTRY_FIELDS,
-    want?: Family,
-    allowNetwork = false,
-  ): Address | undefined => {
-    const text = str(key);
-    if (text === undefined) return undefined;
-    const n = fields.get(key);
-    const [addrText = "", prefixText, ...more] = text.split("/");
-    const addr = parseAddress(addrText);
-    const prefixOk = prefixText === undefined ||
-      (allowNetwork && more.length === 0 && /^[0-9]{1,3}$/.test(prefixText) &&
-        Number(prefixText) <= (addr?.family === 6 ? 128 : 32));
-    if (!addr || !prefixOk) {
-      const what = allowNetwork ? "an IP address or network (CIDR)" : "an IP address";
-      fail(n, jsonPath(path, key), `Not ${what}`);
-      return undefined;
-    }
-    if (want && addr.family !== want) {
-      fail(n, jsonPath(path, key), `Expected an IPv${want} address, found IPv${addr.family}`);
-      return undefined;
-    }
-    if (prefixText === undefined || Number(prefixText) === (addr.family === 4 ? 32 : 128)) return addr;
-    // A network is kept in the form iptables prints it: host bits cleared.
-    return { ...addr, text: formatNetwork(networkOf(addr, Number(prefixText))) };
-  };
-
-  const targets: Target[] = [];
-  // Which field gave each target's public address (public_ip, but public_ipv6 for a second, IPv6 target).
-  const publicKey = new Map<Target, "public_ipv6">();
-  const privateIp = address("private_ip");
-  // No private_ip (nor private_ipv6): the guest's address is found when it starts (its DHCP reservation or lease),
-  // in the family of public_ip (or source_ip); IPv4 where neither says.
-  const found = !fields.has("private_ip") && !fields.has("private_ipv6");
-  const foundFamily = found
-    ? (["public_ip", "source_ip"] as const).map((k) => fields.get(k))
-      .map((v) => v?.type === "string" ? parseAddress(String(v.value).split("/")[0]!) : undefined)
-      .find((a) => a !== undefined)?.family ?? 4
-    : undefined;
-  if (privateIp || foundFamily) {
-    const fam = privateIp?.family ?? foundFamily!;
-    const privateKey = privateIp ? "private_ip" : "the guest's address";
-    const mixed = (key: keyof typeof ENTRY_FIELDS) => {
-      const a = address(key, undefined, key === "source_ip");
-      if (a && a.family !== fam) {
-        fail(
-          fields.get(key),
-          jsonPath(path, key),
-          `Cannot forward between families: ${privateKey} is IPv${fam}, ${key} is IPv${a.family}`,
-        );
-        return undefined;
-      }
-      return a;
-    };
-    const source = mixed("source_ip");
-    if (source?.text === "8.8.8.8") {
-      report(
-        fields.get("source_ip"),
-        jsonPath(path, "source_ip"),
-        "This is the old example's placeholder: only 8.8.8.8 may use these forwards",
-        {
-          severity: "warning",
-        },
-      );
-    }
-    targets.push(target(fam, privateIp, mixed("public_ip"), source));
+/**
+ * An address field: `family`, the family it must be of; `network`, whether a network (CIDR) may be given, kept
+ * in the form iptables prints it.
+ */
+function addressField(
+  cx: EntryContext,
+  key: keyof typeof ENTRY_FIELDS,
+  { family, network = false }: { family?: Family; network?: boolean } = {},
+): Address | undefined {
+  const text = stringField(cx, key);
+  if (text === undefined) return undefined;
+  const n = cx.fields.get(key);
+  const [addrText = "", prefixText, ...more] = text.split("/");
+  const addr = parseAddress(addrText);
+  const prefixOk = prefixText === undefined ||
+    (network && more.length === 0 && /^[0-9]{1,3}$/.test(prefixText) &&
+      Number(prefixText) <= (addr?.family === 6 ? 128 : 32));
+  if (!addr || !prefixOk) {
+    const what = network ? "an IP address or network (CIDR)" : "an IP address";
+    cx.fail(n, jsonPath(cx.path, key), `Not ${what}`);
+    return undefined;
   }
-  const private6 = address("private_ipv6", 6);
-  const public6 = address("public_ipv6", 6);
-  const source6 = address("source_ipv6", 6, true);
+  if (family && addr.family !== family) {
+    cx.fail(n, jsonPath(cx.path, key), `Expected an IPv${family} address, found IPv${addr.family}`);
+    return undefined;
+  }
+  if (prefixText === undefined || Number(prefixText) === (addr.family === 4 ? 32 : 128)) return addr;
+  // A network is kept in the form iptables prints it: host bits cleared.
+  return { ...addr, text: formatNetwork(networkOf(addr, Number(prefixText))) };
+}
+
+/** The targets: private_ip's (or the found address's) with public_ip and source_ip, then private_ipv6's. */
+function readTargets(cx: EntryContext): EntryTargets {
+  const targets: EntryTargets = { list: [], publicKey: new Map() };
+  const privateIp = addressField(cx, "private_ip");
+  const family = privateIp?.family ?? foundFamily(cx.fields);
+  if (family) targets.list.push(firstTarget(cx, family, privateIp));
+  const private6 = addressField(cx, "private_ipv6", { family: 6 });
+  const public6 = addressField(cx, "public_ipv6", { family: 6 });
+  const source6 = addressField(cx, "source_ipv6", { family: 6, network: true });
   if (private6) {
     if (privateIp?.family === 6) {
-      fail(
-        fields.get("private_ipv6"),
-        jsonPath(path, "private_ipv6"),
+      cx.fail(
+        cx.fields.get("private_ipv6"),
+        jsonPath(cx.path, "private_ipv6"),
         "private_ip is IPv6 already; use one of them",
       );
-    } else targets.push(target(6, private6, public6, source6));
-    if (public6) publicKey.set(targets.at(-1)!, "public_ipv6");
+    } else targets.list.push(target(6, { privateIp: private6, publicIp: public6, source: source6 }));
+    if (public6) targets.publicKey.set(targets.list.at(-1)!, "public_ipv6");
   } else {
     for (const key of ["public_ipv6", "source_ipv6"] as const) {
-      if (fields.has(key) && !fields.has("private_ipv6")) {
-        fail(fields.get(key), jsonPath(path, key), `${key} needs private_ipv6`);
+      if (cx.fields.has(key) && !cx.fields.has("private_ipv6")) {
+        cx.fail(cx.fields.get(key), jsonPath(cx.path, key), `${key} needs private_ipv6`);
       }
     }
   }
+  return targets;
+}
 
+/**
+ * With no private_ip (nor private_ipv6), the guest's address is found when it starts (its DHCP reservation or
+ * lease), in the family of public_ip (or source_ip); IPv4 where neither says. Undefined where one is given.
+ */
+function foundFamily(fields: Map<string, Node>): Family | undefined {
+  if (fields.has("private_ip") || fields.has("private_ipv6")) return undefined;
+  return (["public_ip", "source_ip"] as const).map((k) => fields.get(k))
+    .map((v) => v?.type === "string" ? parseAddress(String(v.value).split("/")[0]!) : undefined)
+    .find((a) => a !== undefined)?.family ?? 4;
+}
+
+/** The first target: the guest's address with public_ip and source_ip, which must be of its family. */
+function firstTarget(cx: EntryContext, family: Family, privateIp: Address | undefined): Target {
+  const privateKey = privateIp ? "private_ip" : "the guest's address";
+  const sameFamily = (key: "public_ip" | "source_ip") => {
+    const a = addressField(cx, key, { network: key === "source_ip" });
+    if (a && a.family !== family) {
+      cx.fail(
+        cx.fields.get(key),
+        jsonPath(cx.path, key),
+        `Cannot forward between families: ${privateKey} is IPv${family}, ${key} is IPv${a.family}`,
+      );
+      return undefined;
+    }
+    return a;
+  };
+  const source = sameFamily("source_ip");
+  if (source?.text === "8.8.8.8") {
+    cx.report(
+      cx.fields.get("source_ip"),
+      jsonPath(cx.path, "source_ip"),
+      "This is the old example's placeholder: only 8.8.8.8 may use these forwards",
+      { severity: "warning" },
+    );
+  }
+  return target(family, { privateIp, publicIp: sameFamily("public_ip"), source });
+}
+
+/** Where a target's explicit public address is given, for the check that it is the host's (see parseConfigs). */
+function publicOf(cx: EntryContext, targets: EntryTargets, t: Target): Pick<Claim, "public"> {
+  const key = targets.publicKey.get(t) ?? "public_ip";
+  const n = cx.fields.get(key);
+  return t.publicIp === undefined || !n ? {} : { public: { node: n, path: jsonPath(cx.path, key) } };
+}
+
+/** The entry's ports: port_map's, port_range's, then all_ports'; each claimed on every target's public address. */
+function readPorts(cx: EntryContext, targets: EntryTargets): PortSpec[] {
   const ports: PortSpec[] = [];
-  const claim = (
-    n: Node,
-    p: string,
-    protocol: Protocol,
-    publicPort: number,
-    privatePort: number,
-    count = 1,
-  ) => {
-    ports.push({ protocol, publicPort, privatePort, count });
-    for (const t of targets) {
-      const addr = t.publicIp ?? options.defaultPublicIp?.[t.family] ?? `default IPv${t.family} address`;
-      claims.push({
-        report,
-        domain,
+  const claim: ClaimFn = (n, p, spec) => {
+    ports.push(spec);
+    for (const t of targets.list) {
+      const address = t.publicIp ?? cx.options.defaultPublicIp?.[t.family] ??
+        `default IPv${t.family} address`;
+      cx.claims.push({
+        report: cx.report,
+        domain: cx.domain,
         node: n,
         path: p,
-        address: addr,
-        protocol,
-        first: publicPort,
-        last: publicPort + count - 1,
-        ...publicOf(t),
+        address,
+        protocol: spec.protocol,
+        first: spec.publicPort,
+        last: spec.publicPort + spec.count - 1,
+        ...publicOf(cx, targets, t),
       });
     }
   };
-  /** Where a target's explicit public address is given, for the check that it is the host's (see parseConfigs). */
-  const publicOf = (t: Target): Pick<Claim, "public"> => {
-    const key = publicKey.get(t) ?? "public_ip";
-    const n = fields.get(key);
-    return t.publicIp === undefined || !n ? {} : { public: { node: n, path: jsonPath(path, key) } };
-  };
-  readPortMap(fields.get("port_map"), jsonPath(path, "port_map"), fail, report, claim);
-  readPortRanges(fields.get("port_range"), jsonPath(path, "port_range"), fail, report, claim);
-  /**
-   * A flag that takes a whole public address (all_ports, snat): its node where it is true and every target names
-   * its public address; a positioned error where it is no boolean, or where an address is left to the default.
-   */
-  const wholeAddress = (key: "all_ports" | "snat", what: string): Node | undefined => {
-    const n = fields.get(key);
-    if (!n) return undefined;
-    if (n.type !== "boolean") {
-      fail(n, jsonPath(path, key), `Expected true or false, found ${kind(n)}`);
-      return undefined;
-    }
-    if (n.value !== true) return undefined;
-    const implicit = targets.filter((t) => t.publicIp === undefined);
-    if (implicit.length === 0) return n;
-    const want = implicit.map((t) => (t.family === 6 && targets.length > 1 ? "public_ipv6" : "public_ip"));
-    fail(n, jsonPath(path, key), `${key} ${what}, so it needs one given: set ${want.join(" and ")}`);
-    return undefined;
-  };
-  const allNode = wholeAddress("all_ports", "takes every port of its public address");
+  const readers = { fail: cx.fail, warn: cx.report, claim };
+  readPortMap(cx.fields.get("port_map"), jsonPath(cx.path, "port_map"), readers);
+  readPortRanges(cx.fields.get("port_range"), jsonPath(cx.path, "port_range"), readers);
+  const allNode = wholeAddress(cx, targets, "all_ports");
   if (allNode) {
     // Each protocol's every port, but those other forwards claim on the address (known once all are read).
     for (const protocol of PROTOCOLS) {
       const spec: PortSpec = { protocol, publicPort: 1, privatePort: 1, count: 65535, all: { except: {} } };
       ports.push(spec);
-      for (const t of targets) {
-        claims.push({
-          report,
-          domain,
+      for (const t of targets.list) {
+        cx.claims.push({
+          report: cx.report,
+          domain: cx.domain,
           node: allNode,
-          path: jsonPath(path, "all_ports"),
+          path: jsonPath(cx.path, "all_ports"),
           address: t.publicIp!,
           protocol,
           first: 1,
           last: 65535,
           all: { spec, family: t.family },
-          ...publicOf(t),
+          ...publicOf(cx, targets, t),
         });
       }
     }
   }
-  const snatNode = wholeAddress("snat", "makes the guest's connections leave from its public address");
-  if (snatNode) {
-    for (const t of targets) {
-      claims.push({
-        report,
-        domain,
-        node: snatNode,
-        path: jsonPath(path, "snat"),
-        address: t.publicIp!,
-        protocol: "tcp",
-        first: 0,
-        last: 0,
-        snat: { privateIp: t.privateIp ?? `the address found for ${domain}` },
-        ...publicOf(t),
-      });
-    }
+  return ports;
+}
+
+/** `snat`: its node where it is true, each target's public address claimed as its guest address's source. */
+function claimSnat(cx: EntryContext, targets: EntryTargets): Node | undefined {
+  const snatNode = wholeAddress(cx, targets, "snat");
+  if (!snatNode) return undefined;
+  for (const t of targets.list) {
+    cx.claims.push({
+      report: cx.report,
+      domain: cx.domain,
+      node: snatNode,
+      path: jsonPath(cx.path, "snat"),
+      address: t.publicIp!,
+      protocol: "tcp",
+      first: 0,
+      last: 0,
+      snat: { privateIp: t.privateIp ?? `the address found for ${cx.domain}` },
+      ...publicOf(cx, targets, t),
+    });
   }
-  if (!["port_map", "port_range", "all_ports", "snat"].some((k) => fields.has(k))) {
-    report(node, path, "Entry forwards no port: give port_map or port_range", { severity: "warning" });
+  return snatNode;
+}
+
+/** What a flag that takes a whole public address does, as its error says. */
+const WHOLE_ADDRESS = {
+  all_ports: "takes every port of its public address",
+  snat: "makes the guest's connections leave from its public address",
+} as const;
+
+/**
+ * A flag that takes a whole public address (all_ports, snat): its node where it is true and every target names
+ * its public address; a positioned error where it is no boolean, or where an address is left to the default.
+ */
+function wholeAddress(
+  cx: EntryContext,
+  targets: EntryTargets,
+  key: keyof typeof WHOLE_ADDRESS,
+): Node | undefined {
+  const n = cx.fields.get(key);
+  if (!n) return undefined;
+  if (n.type !== "boolean") {
+    cx.fail(n, jsonPath(cx.path, key), `Expected true or false, found ${kind(n)}`);
+    return undefined;
   }
-  if (failed) return undefined;
-  return {
-    path,
-    ...(iface === undefined ? {} : { interface: iface }),
-    targets,
-    ports,
-    ...(snatNode ? { snat: true as const } : {}),
-  };
+  if (n.value !== true) return undefined;
+  const implicit = targets.list.filter((t) => t.publicIp === undefined);
+  if (implicit.length === 0) return n;
+  const want = implicit.map((t) => (t.family === 6 && targets.list.length > 1 ? "public_ipv6" : "public_ip"));
+  cx.fail(
+    n,
+    jsonPath(cx.path, key),
+    `${key} ${WHOLE_ADDRESS[key]}, so it needs one given: set ${want.join(" and ")}`,
+  );
+  return undefined;
 }
 
 /**
@@ -343,7 +411,15 @@ export function interfaceNameProblem(name: string): string | undefined {
   return undefined;
 }
 
-export function target(family: Family, privateIp?: Address, publicIp?: Address, source?: Address): Target {
+/** The addresses of a target, each where it is given. */
+export interface TargetAddresses {
+  privateIp?: Address | undefined;
+  publicIp?: Address | undefined;
+  source?: Address | undefined;
+}
+
+/** A target of `family` from its addresses, each kept as its text where it is given. */
+export function target(family: Family, { privateIp, publicIp, source }: TargetAddresses = {}): Target {
   return {
     family,
     ...(privateIp ? { privateIp: privateIp.text } : {}),

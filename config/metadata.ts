@@ -78,7 +78,7 @@ export function readMetadata(
     diagnostics: [],
     claims: [],
   };
-  const problem = (at: { line: number; column: number }, path: string, message: string, value?: string) =>
+  const problem: Problem = (at, path, message, value) =>
     out.diagnostics.push({
       severity: "error",
       file,
@@ -91,105 +91,138 @@ export function readMetadata(
     });
   ours.forEach((top, t) => {
     const topPath = ours.length > 1 ? `forwards[${t + 1}]` : "forwards";
-    if (top.local !== "forwards") {
-      return problem(top, top.local, `Unknown element <${top.name}>; ours is <forwards>`);
-    }
-    const items = top.children;
-    if (items.length === 0) problem(top, topPath, "<forwards> holds no <portForward>");
-    let n = 0;
-    for (const el of items) {
-      const path = `${topPath}/portForward[${++n}]`;
-      if (el.local !== "portForward" || !ourOrNone(el)) {
-        problem(el, `${topPath}/${el.local}`, `Unknown element <${el.name}>; <forwards> holds <portForward>`);
-        continue;
-      }
-      const read = readPortForward(el, path, problem);
-      if (!read) continue;
+    for (const read of readForwards(top, topPath, problem)) {
       out.entries.push(read.entry);
       out.places.push(read.place);
     }
   });
   // Each entry's claims, for the clash rules the JSON config follows (see reportClashes).
-  out.entries.forEach((e, i) => {
-    const place = out.places[i]!;
-    for (const t of e.targets) {
-      const address = t.publicIp ?? defaultPublicIp[t.family] ?? `default IPv${t.family} address`;
-      const report = (at: Position): Claim["report"] => (_n, _p, message, extra) =>
-        out.diagnostics.push({
-          severity: "error",
-          file,
-          line: at.line,
-          column: at.column,
-          message,
-          path: at.path,
-          domains: [domain],
-          ...extra,
-        });
-      const whole = (name: "snat" | "allPorts") => {
-        const a = place.attributes.get(name)!;
-        return { line: a.line, column: a.column, path: `${e.path}/@${name}` };
-      };
-      if (e.snat) {
-        const at = whole("snat");
-        out.claims.push({
-          domain,
-          node: { offset: at.line * 100_000 + at.column } as Claim["node"],
-          path: at.path,
-          at,
-          address,
-          protocol: "tcp",
-          first: 0,
-          last: 0,
-          file,
-          snat: { privateIp: t.privateIp ?? `the address found for ${domain}` },
-          report: report(at),
-        });
-      }
-      for (const p of e.ports) {
-        if (p.all) {
-          const at = whole("allPorts");
-          out.claims.push({
-            domain,
-            node: { offset: at.line * 100_000 + at.column } as Claim["node"],
-            path: at.path,
-            at,
-            address,
-            protocol: p.protocol,
-            first: 1,
-            last: 65535,
-            file,
-            all: { spec: p, family: t.family },
-            report: report(at),
-          });
-          continue;
-        }
-        const at = place.ranges.get(p) ?? { line: 1, column: 1, path: e.path };
-        out.claims.push({
-          domain,
-          node: { offset: at.line * 100_000 + at.column } as Claim["node"],
-          path: at.path,
-          at,
-          address,
-          protocol: p.protocol,
-          first: p.publicPort,
-          last: p.publicPort + p.count - 1,
-          file,
-          report: report(at),
-        });
-      }
-    }
+  out.entries.forEach((entry, i) => {
+    out.claims.push(...entryClaims(entry, out.places[i]!, { domain, file, defaultPublicIp, out }));
   });
   return out;
 }
 
 type Problem = (at: { line: number; column: number }, path: string, message: string, value?: string) => void;
 
+/** One element of ours under `<metadata>`: a `<forwards>`, each of its `<portForward>` read. */
+function readForwards(
+  top: XmlElement,
+  topPath: string,
+  problem: Problem,
+): { entry: Entry; place: EntryPlace }[] {
+  if (top.local !== "forwards") {
+    problem(top, top.local, `Unknown element <${top.name}>; ours is <forwards>`);
+    return [];
+  }
+  const items = top.children;
+  if (items.length === 0) problem(top, topPath, "<forwards> holds no <portForward>");
+  const read: { entry: Entry; place: EntryPlace }[] = [];
+  let n = 0;
+  for (const el of items) {
+    const path = `${topPath}/portForward[${++n}]`;
+    if (el.local !== "portForward" || !ourOrNone(el)) {
+      problem(el, `${topPath}/${el.local}`, `Unknown element <${el.name}>; <forwards> holds <portForward>`);
+      continue;
+    }
+    const one = readPortForward(el, path, problem);
+    if (one) read.push(one);
+  }
+  return read;
+}
+
+/** What entryClaims() needs beside the entry: whose it is, the XML's name, the host's addresses, and `out`. */
+interface ClaimContext {
+  domain: string;
+  file: string;
+  defaultPublicIp: Partial<Record<Family, string>>;
+  /** Where a clash is reported (the claims' `report`). */
+  out: MetadataForwards;
+}
+
+/** The public ports an entry of the XML claims, each positioned at its `<range>` or its whole-address flag. */
+function entryClaims(
+  e: Entry,
+  place: EntryPlace,
+  { domain, file, defaultPublicIp, out }: ClaimContext,
+): Claim[] {
+  const claims: Claim[] = [];
+  const report = (at: Position): Claim["report"] => (_n, _p, message, extra) =>
+    out.diagnostics.push({
+      severity: "error",
+      file,
+      line: at.line,
+      column: at.column,
+      message,
+      path: at.path,
+      domains: [domain],
+      ...extra,
+    });
+  const whole = (name: "snat" | "allPorts") => {
+    const a = place.attributes.get(name)!;
+    return { line: a.line, column: a.column, path: `${e.path}/@${name}` };
+  };
+  // What every claim of a position holds: the domain, where it is, and how a clash there is reported.
+  const base = (at: Position) => ({
+    domain,
+    node: { offset: at.line * 100_000 + at.column } as Claim["node"],
+    path: at.path,
+    at,
+    file,
+    report: report(at),
+  });
+  for (const t of e.targets) {
+    const address = t.publicIp ?? defaultPublicIp[t.family] ?? `default IPv${t.family} address`;
+    if (e.snat) {
+      claims.push({
+        ...base(whole("snat")),
+        address,
+        protocol: "tcp",
+        first: 0,
+        last: 0,
+        snat: { privateIp: t.privateIp ?? `the address found for ${domain}` },
+      });
+    }
+    for (const p of e.ports) {
+      if (p.all) {
+        claims.push({
+          ...base(whole("allPorts")),
+          address,
+          protocol: p.protocol,
+          first: 1,
+          last: 65535,
+          all: { spec: p, family: t.family },
+        });
+        continue;
+      }
+      const at = place.ranges.get(p) ?? { line: 1, column: 1, path: e.path };
+      claims.push({
+        ...base(at),
+        address,
+        protocol: p.protocol,
+        first: p.publicPort,
+        last: p.publicPort + p.count - 1,
+      });
+    }
+  }
+  return claims;
+}
+
 /** Children in our namespace, or in none (written without the prefix inside our element, by hand in `virsh edit`). */
 function ourOrNone(el: XmlElement): boolean {
   return el.uri === METADATA_NS || el.uri === "";
 }
 
-/** One `<portForward>`: its addresses, then its ranges less the excluded ones. */
+/** What the steps of reading one `<portForward>` share: the element, its path, its attributes by name, `fail`. */
+interface ForwardContext {
+  el: XmlElement;
+  path: string;
+  named: Map<string, XmlAttribute>;
+  /** Reports a problem that stops the portForward. */
+  fail: Problem;
+}
+
+/** One `<portForward>`: its attributes, its addresses, then its ranges less the excluded ones. */
 function readPortForward(
   el: XmlElement,
   path: string,
@@ -200,6 +233,47 @@ function readPortForward(
     failed = true;
     problem(...args);
   };
+  const cx: ForwardContext = { el, path, named: readAttributes(el, path, fail), fail };
+  const snat = yes(cx, "snat"), allPorts = yes(cx, "allPorts");
+  const proto = readProtocol(cx, { snat, allPorts });
+  const { target, pub } = readTarget(cx);
+  const mac = readMac(cx);
+  for (const name of ["snat", "allPorts"] as const) {
+    if ((name === "snat" ? snat : allPorts) && !pub) {
+      const what = name === "snat"
+        ? "makes the guest's connections leave from its public address"
+        : "takes every port of its public address";
+      fail(
+        attribute(cx, name),
+        `${path}/@${name}`,
+        `${name} ${what}, so it needs one given: set address`,
+        "yes",
+      );
+    }
+  }
+  const ranges = readRanges(el, path, fail);
+  if (ranges.length === 0 && !failed && !snat && !allPorts) fail(el, path, "<portForward> holds no <range>");
+  if (failed || (!proto && el.children.length > 0)) return undefined;
+  const protocol = (proto?.value ?? "tcp") as typeof PROTOCOLS[number];
+  const { ports, positions } = portsOf(ranges, { protocol, allPorts });
+  if (ports.length === 0 && !snat) {
+    problem(el, path, "Every port of this <portForward> is excluded: it forwards nothing");
+    return undefined;
+  }
+  return {
+    entry: {
+      path,
+      targets: [target],
+      ports,
+      ...(mac ? { mac: mac.value.toLowerCase() } : {}),
+      ...(snat ? { snat: true as const } : {}),
+    },
+    place: { element: { line: el.line, column: el.column, path }, attributes: cx.named, ranges: positions },
+  };
+}
+
+/** The attributes of a `<portForward>` by name; one not ours fails (namespace declarations are skipped). */
+function readAttributes(el: XmlElement, path: string, fail: Problem): Map<string, XmlAttribute> {
   const named = new Map<string, XmlAttribute>();
   for (const a of el.attributes) {
     if (a.name === "xmlns" || a.name.startsWith("xmlns:")) continue;
@@ -213,80 +287,111 @@ function readPortForward(
     }
     named.set(a.name, a);
   }
-  const yes = (name: "snat" | "allPorts"): boolean => {
-    const a = named.get(name);
-    if (!a || a.value === "no") return false;
-    if (a.value === "yes") return true;
-    fail(a, `${path}/@${name}`, 'Expected "yes" or "no"', a.value);
-    return false;
-  };
-  const snat = yes("snat"), allPorts = yes("allPorts");
-  const hasRanges = el.children.length > 0;
-  const proto = named.get("proto");
+  return named;
+}
+
+/** An attribute that was given (the caller knows it was). */
+function attribute(cx: ForwardContext, name: string): XmlAttribute {
+  return cx.named.get(name)!;
+}
+
+/** A yes/no flag: true where it is "yes"; anything but "yes" or "no" fails. */
+function yes(cx: ForwardContext, name: "snat" | "allPorts"): boolean {
+  const a = cx.named.get(name);
+  if (!a || a.value === "no") return false;
+  if (a.value === "yes") return true;
+  cx.fail(a, `${cx.path}/@${name}`, 'Expected "yes" or "no"', a.value);
+  return false;
+}
+
+/** `proto`: tcp or udp; required where there are ranges, or where neither whole-address flag is set. */
+function readProtocol(
+  cx: ForwardContext,
+  flags: { snat: boolean; allPorts: boolean },
+): XmlAttribute | undefined {
+  const proto = cx.named.get("proto");
   if (!proto) {
-    if (hasRanges || !(snat || allPorts)) fail(el, path, 'Missing required attribute "proto" (tcp or udp)');
+    if (cx.el.children.length > 0 || !(flags.snat || flags.allPorts)) {
+      cx.fail(cx.el, cx.path, 'Missing required attribute "proto" (tcp or udp)');
+    }
   } else if (!(PROTOCOLS as readonly string[]).includes(proto.value)) {
-    fail(
+    cx.fail(
       proto,
-      `${path}/@proto`,
+      `${cx.path}/@proto`,
       `Protocol "${proto.value}" cannot be forwarded by port; use tcp or udp`,
       proto.value,
     );
   }
-  const address = (name: "address" | "source" | "guest", network = false): Address | undefined => {
-    const a = named.get(name);
-    if (!a) return undefined;
-    const [text = "", prefix, ...more] = a.value.split("/");
-    const parsed = parseAddress(text);
-    const prefixOk = prefix === undefined ||
-      (network && more.length === 0 && /^[0-9]{1,3}$/.test(prefix) &&
-        Number(prefix) <= (parsed?.family === 6 ? 128 : 32));
-    if (!parsed || !prefixOk) {
-      fail(
-        a,
-        `${path}/@${name}`,
-        `Not ${network ? "an IP address or network (CIDR)" : "an IP address"}`,
-        a.value,
-      );
-      return undefined;
-    }
-    if (prefix === undefined || Number(prefix) === (parsed.family === 4 ? 32 : 128)) return parsed;
-    return { ...parsed, text: formatNetwork(networkOf(parsed, Number(prefix))) };
-  };
-  const pub = address("address"), source = address("source", true), guest = address("guest");
+  return proto;
+}
+
+/** An address attribute; `network`: whether a network (CIDR) may be given, kept with its host bits cleared. */
+function xmlAddress(
+  cx: ForwardContext,
+  name: "address" | "source" | "guest",
+  network = false,
+): Address | undefined {
+  const a = cx.named.get(name);
+  if (!a) return undefined;
+  const [text = "", prefix, ...more] = a.value.split("/");
+  const parsed = parseAddress(text);
+  const prefixOk = prefix === undefined ||
+    (network && more.length === 0 && /^[0-9]{1,3}$/.test(prefix) &&
+      Number(prefix) <= (parsed?.family === 6 ? 128 : 32));
+  if (!parsed || !prefixOk) {
+    cx.fail(
+      a,
+      `${cx.path}/@${name}`,
+      `Not ${network ? "an IP address or network (CIDR)" : "an IP address"}`,
+      a.value,
+    );
+    return undefined;
+  }
+  if (prefix === undefined || Number(prefix) === (parsed.family === 4 ? 32 : 128)) return parsed;
+  return { ...parsed, text: formatNetwork(networkOf(parsed, Number(prefix))) };
+}
+
+/** The target: address, source and guest, all of the first one's family (IPv4 where none is given). */
+function readTarget(cx: ForwardContext): { target: Target; pub: Address | undefined } {
+  const pub = xmlAddress(cx, "address"),
+    source = xmlAddress(cx, "source", true),
+    guest = xmlAddress(cx, "guest");
   const given = [["address", pub], ["guest", guest], ["source", source]] as const;
   const family: Family = given.find(([, a]) => a)?.[1]?.family ?? 4;
   for (const [name, a] of given) {
     if (a && a.family !== family) {
       const first = given.find(([, x]) => x)!;
-      fail(
-        named.get(name)!,
-        `${path}/@${name}`,
+      cx.fail(
+        attribute(cx, name),
+        `${cx.path}/@${name}`,
         `Cannot forward between families: ${first[0]} is IPv${family}, ${name} is IPv${a.family}`,
-        named.get(name)!.value,
+        attribute(cx, name).value,
       );
     }
   }
-  const mac = named.get("mac");
+  const target: Target = {
+    family,
+    ...(guest ? { privateIp: guest.text } : {}),
+    ...(pub ? { publicIp: pub.text } : {}),
+    ...(source ? { source: source.text } : {}),
+  };
+  return { target, pub };
+}
+
+/** `mac`: six hex pairs. */
+function readMac(cx: ForwardContext): XmlAttribute | undefined {
+  const mac = cx.named.get("mac");
   if (mac && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(mac.value)) {
-    fail(mac, `${path}/@mac`, "Not a MAC address (six hex pairs, as 52:54:00:12:34:56)", mac.value);
+    cx.fail(mac, `${cx.path}/@mac`, "Not a MAC address (six hex pairs, as 52:54:00:12:34:56)", mac.value);
   }
-  for (const name of ["snat", "allPorts"] as const) {
-    if ((name === "snat" ? snat : allPorts) && !pub) {
-      const what = name === "snat"
-        ? "makes the guest's connections leave from its public address"
-        : "takes every port of its public address";
-      fail(
-        named.get(name)!,
-        `${path}/@${name}`,
-        `${name} ${what}, so it needs one given: set address`,
-        "yes",
-      );
-    }
-  }
-  const ranges = readRanges(el, path, fail);
-  if (ranges.length === 0 && !failed && !snat && !allPorts) fail(el, path, "<portForward> holds no <range>");
-  if (failed || (!proto && hasRanges)) return undefined;
+  return mac;
+}
+
+/** The ports of a portForward: allPorts' every port per protocol, then each range less the excluded ones. */
+function portsOf(
+  ranges: Range[],
+  { protocol, allPorts }: { protocol: typeof PROTOCOLS[number]; allPorts: boolean },
+): { ports: PortSpec[]; positions: Map<PortSpec, Position> } {
   const ports: PortSpec[] = [];
   const positions = new Map<PortSpec, Position>();
   if (allPorts) {
@@ -295,7 +400,6 @@ function readPortForward(
       ports.push({ protocol, publicPort: 1, privatePort: 1, count: 65535, all: { except: {} } });
     }
   }
-  const protocol = (proto?.value ?? "tcp") as typeof PROTOCOLS[number];
   const excluded = ranges.filter((r) => r.exclude);
   for (const r of ranges.filter((r) => !r.exclude)) {
     for (const [first, last] of subtract([r.start, r.end], excluded.map((x) => [x.start, x.end]))) {
@@ -309,26 +413,7 @@ function readPortForward(
       positions.set(spec, r.at);
     }
   }
-  if (ports.length === 0 && !snat) {
-    problem(el, path, "Every port of this <portForward> is excluded: it forwards nothing");
-    return undefined;
-  }
-  const target: Target = {
-    family,
-    ...(guest ? { privateIp: guest.text } : {}),
-    ...(pub ? { publicIp: pub.text } : {}),
-    ...(source ? { source: source.text } : {}),
-  };
-  return {
-    entry: {
-      path,
-      targets: [target],
-      ports,
-      ...(mac ? { mac: mac.value.toLowerCase() } : {}),
-      ...(snat ? { snat: true as const } : {}),
-    },
-    place: { element: { line: el.line, column: el.column, path }, attributes: named, ranges: positions },
-  };
+  return { ports, positions };
 }
 
 /** Where an element or attribute stands: its line, column and path. */

@@ -97,12 +97,13 @@ export function isHostAddress(addr: Address, addresses: string[] | undefined, de
 
 /** Reads `host_addresses`: a list of addresses and networks, canonical. */
 export function readHostAddresses(node: Node, path: string, report: Report): string[] {
-  return readNetworks(node, path, report, "addresses or networks (CIDR)");
+  return readNetworks(node, path, report);
 }
 
-function readNetworks(node: Node, path: string, report: Report, what: string): string[] {
+/** A list of addresses and networks (CIDR), each canonical: an address where the prefix takes it whole. */
+function readNetworks(node: Node, path: string, report: Report): string[] {
   if (node.type !== "array") {
-    report(node, path, `Expected a list of ${what}, found ${kind(node)}`);
+    report(node, path, `Expected a list of addresses or networks (CIDR), found ${kind(node)}`);
     return [];
   }
   const out: string[] = [];
@@ -179,10 +180,10 @@ function readRule(node: Node, path: string, report: Report): XmlRule | undefined
         rule.allPorts = flag(v, here);
         break;
       case "addresses":
-        rule.addresses = readNetworks(v, here, fail, "addresses or networks (CIDR)");
+        rule.addresses = readNetworks(v, here, fail);
         break;
       case "targets":
-        rule.targets = readNetworks(v, here, fail, "addresses or networks (CIDR)");
+        rule.targets = readNetworks(v, here, fail);
         break;
       case "protocols": {
         const list = v.type === "array" ? v.children ?? [] : [];

@@ -44,16 +44,23 @@ export function claimSummary(c: Claim, file: string): ClaimSummary {
   };
 }
 
-type ClaimFn = (
-  n: Node,
-  path: string,
-  protocol: Protocol,
-  publicPort: number,
-  privatePort: number,
-  count?: number,
-) => void;
+/** Takes the public ports of one run (a port_map item, a port_range) for the entry: its node, its path, its ports. */
+export type ClaimFn = (n: Node, path: string, spec: PortSpec) => void;
 
-function protocolOf(name: string, node: Node | undefined, path: string, fail: Report, warn: Report) {
+/** How the port readers report: `fail` stops the entry, `warn` does not; `claim` takes each run read. */
+export interface PortReaders {
+  fail: Report;
+  warn: Report;
+  claim: ClaimFn;
+}
+
+/** Where a value stands: its node and its JSON path. */
+interface Place {
+  node: Node | undefined;
+  path: string;
+}
+
+function protocolOf(name: string, { node, path }: Place, { fail, warn }: Omit<PortReaders, "claim">) {
   if ((PROTOCOLS as readonly string[]).includes(name)) return name as Protocol;
   if (name === "icmp") {
     warn(node, path, "icmp cannot be forwarded by port (the old hook could never apply it); skipped", {
@@ -65,13 +72,9 @@ function protocolOf(name: string, node: Node | undefined, path: string, fail: Re
   return undefined;
 }
 
-export function readPortMap(
-  node: Node | undefined,
-  path: string,
-  fail: Report,
-  warn: Report,
-  claim: ClaimFn,
-) {
+/** Reads `port_map`: ports by protocol, each a number or a [public, private] pair. */
+export function readPortMap(node: Node | undefined, path: string, readers: PortReaders) {
+  const { fail, claim } = readers;
   if (!node) return;
   if (node.type !== "object") return fail(node, path, `Expected an object of protocols, found ${kind(node)}`);
   for (const prop of node.children ?? []) {
@@ -79,7 +82,7 @@ export function readPortMap(
     if (!k || !v) continue;
     const name = String(k.value);
     const here = jsonPath(path, name);
-    const protocol = protocolOf(name, k, here, fail, warn);
+    const protocol = protocolOf(name, { node: k, path: here }, readers);
     if (!protocol) continue;
     if (v.type !== "array") {
       fail(v, here, `Expected a list of ports or [public, private] pairs, found ${kind(v)}`);
@@ -94,22 +97,20 @@ export function readPortMap(
         }
         const pub = port(pair[0], `${at}[0]`, fail);
         const priv = port(pair[1], `${at}[1]`, fail);
-        if (pub !== undefined && priv !== undefined) claim(item, at, protocol, pub, priv);
+        if (pub !== undefined && priv !== undefined) {
+          claim(item, at, { protocol, publicPort: pub, privatePort: priv, count: 1 });
+        }
       } else {
         const p = port(item, at, fail);
-        if (p !== undefined) claim(item, at, protocol, p, p);
+        if (p !== undefined) claim(item, at, { protocol, publicPort: p, privatePort: p, count: 1 });
       }
     });
   }
 }
 
-export function readPortRanges(
-  node: Node | undefined,
-  path: string,
-  fail: Report,
-  warn: Report,
-  claim: ClaimFn,
-) {
+/** Reads `port_range`: a list of {init_port, ports_num, protocol, to_port?}. */
+export function readPortRanges(node: Node | undefined, path: string, readers: PortReaders) {
+  const { fail, claim } = readers;
   if (!node) return;
   if (node.type !== "array") return fail(node, path, `Expected a list of ranges, found ${kind(node)}`);
   (node.children ?? []).forEach((item, i) => {
@@ -143,7 +144,11 @@ export function readPortRanges(
     if (protoNode) {
       if (protoNode.type !== "string") {
         fail(protoNode, jsonPath(at, "protocol"), `Expected a string, found ${kind(protoNode)}`);
-      } else protocol = protocolOf(protoNode.value, protoNode, jsonPath(at, "protocol"), fail, warn);
+      } else {protocol = protocolOf(
+          protoNode.value,
+          { node: protoNode, path: jsonPath(at, "protocol") },
+          readers,
+        );}
     }
     const toNode = fields.get("to_port");
     const to = toNode ? port(toNode, jsonPath(at, "to_port"), fail) : first;
@@ -162,7 +167,7 @@ export function readPortRanges(
         `The guest's range ${to}-${to + count - 1} runs past port 65535`,
       );
     }
-    claim(item, at, protocol, first, to, count);
+    claim(item, at, { protocol, publicPort: first, privatePort: to, count });
   });
 }
 

@@ -5,7 +5,7 @@ import { readDomain } from "./entry.ts";
 import { readHostAddresses, readXmlForwards } from "./policy.ts";
 import { kind, type Report, show } from "./nodes.ts";
 import { type Claim, claimSummary, reportClashes, reportForeignAddresses } from "./ports.ts";
-import { cutTooDeep, MAX_DEPTH } from "./jsonc_scan.ts";
+import { cutTooDeep, MAX_DEPTH, type TooDeep } from "./jsonc_scan.ts";
 import {
   BACKENDS,
   type Config,
@@ -96,7 +96,7 @@ interface Shared {
 export function parseConfigs(texts: ConfigText[], options: ValidateOptions = {}): Config {
   if (!jsonc) throw new Error("Cannot parse the config: the parser is not loaded (await loadParser() first)");
   const shared: Shared = { claims: [], domains: new Map(), settings: [] };
-  const configs = texts.map((t) => parseOne(t.text, t.file, options, t.invalidUtf8 ?? [], shared));
+  const configs = texts.map((t) => parseOne(t, options, shared));
   texts.forEach((t, i) => {
     if (t.untrusted !== undefined) distrust(configs[i]!, t.untrusted, shared);
   });
@@ -179,81 +179,26 @@ function distrust(config: Config, why: string, shared: Shared) {
   }
 }
 
+/** One file as parseOne() reads it: its config so far, where an offset stands, and how to report at a node. */
+interface FileContext {
+  config: Config;
+  at: (offset: number) => { line: number; column: number };
+  report: Report;
+}
+
 /** Parses one file of the config into a config of its own (see parseConfigs), recording what the files share. */
-function parseOne(
-  text: string,
-  file: string,
-  options: ValidateOptions,
-  invalidUtf8: number[],
-  shared: Shared,
-): Config {
-  const config = emptyConfig(file, true);
+function parseOne(source: ConfigText, options: ValidateOptions, shared: Shared): Config {
+  const config = emptyConfig(source.file, true);
   const errors: ParseError[] = [];
   // Nesting deep enough to exhaust the parser's recursion is cut out first, and stops only the entry that holds it.
-  const cut = cutTooDeep(text);
+  const cut = cutTooDeep(source.text);
   const root = jsonc!.parseTree(cut.text, errors, { allowTrailingComma: true, disallowComments: false });
-  const lines = lineStarts(text);
-  const at = (offset: number) => position(lines, offset);
-  const report = (node: Node | undefined, path: string, message: string, extra: Partial<Diagnostic> = {}) => {
-    const { line, column } = at(node?.offset ?? 0);
-    const isKey = node?.parent?.type === "property" && node.parent.children?.[0] === node;
-    const value = node && !isKey && node.type !== "object" && node.type !== "array" ? show(node) : undefined;
-    config.diagnostics.push({
-      severity: "error",
-      file,
-      line,
-      column,
-      message,
-      path,
-      ...(value === undefined ? {} : { value }),
-      ...extra,
-    });
-  };
-
-  if (root?.type === "object") {
-    for (const prop of root.children ?? []) {
-      const key = prop.children?.[0]?.value;
-      if (typeof key === "string" && key !== SETTINGS_KEY && key !== SCHEMA_KEY) config.names.add(key);
-    }
-  }
-  const tooDeep = new Set<string>();
-  for (const d of cut.tooDeep) {
-    const { line, column } = at(d.offset);
-    // At the root, or in the settings: every domain depends on it.
-    const scoped = d.key !== undefined && d.key !== SETTINGS_KEY;
-    if (d.key !== undefined) tooDeep.add(d.key);
-    config.diagnostics.push({
-      severity: "error",
-      file,
-      line,
-      column,
-      message: `Nesting deeper than ${MAX_DEPTH} levels`,
-      path: d.key === undefined ? "" : jsonPath("", d.key),
-      ...(scoped ? { domains: [d.key!] } : {}),
-    });
-    if (!scoped) config.broken = true;
-  }
-  reportInvalidUtf8(invalidUtf8, root, config, at);
+  const file = fileContext(config, source.text);
+  if (root?.type === "object") collectNames(root, config);
+  const tooDeep = reportTooDeep(file, cut.tooDeep);
+  reportInvalidUtf8(file, source.invalidUtf8 ?? [], root);
   if (errors.length > 0) {
-    config.broken = true;
-    // A broken file stops the domains it names; when none can be named, it stops them all.
-    const domains = config.names.size > 0 ? { domains: [...config.names] } : {};
-    const seen = new Set<string>();
-    for (const e of errors) {
-      const key = `${e.offset} ${e.error}`;
-      if (seen.has(key)) continue;
-      seen.add(key);
-      const { line, column } = at(e.offset);
-      config.diagnostics.push({
-        severity: "error",
-        file,
-        line,
-        column,
-        message: `Cannot parse the config: ${parseErrorText(e.error)}`,
-        path: "",
-        ...domains,
-      });
-    }
+    reportParseErrors(file, errors);
     return config;
   }
   if (!root) {
@@ -263,11 +208,98 @@ function parseOne(
   if (root.type !== "object") {
     config.broken = true;
     if (!cut.tooDeep.some((d) => d.key === undefined)) {
-      report(root, "", `Expected an object mapping domain names to entries, found ${kind(root)}`);
+      file.report(root, "", `Expected an object mapping domain names to entries, found ${kind(root)}`);
     }
     return config;
   }
+  readKeys(file, root, { tooDeep, options, shared });
+  return config;
+}
 
+/** A file's context: positions from its text's line starts, and a report that adds a problem to its config. */
+function fileContext(config: Config, text: string): FileContext {
+  const lines = lineStarts(text);
+  const at = (offset: number) => position(lines, offset);
+  const report = (node: Node | undefined, path: string, message: string, extra: Partial<Diagnostic> = {}) => {
+    const { line, column } = at(node?.offset ?? 0);
+    const isKey = node?.parent?.type === "property" && node.parent.children?.[0] === node;
+    const value = node && !isKey && node.type !== "object" && node.type !== "array" ? show(node) : undefined;
+    config.diagnostics.push({
+      severity: "error",
+      file: config.file,
+      line,
+      column,
+      message,
+      path,
+      ...(value === undefined ? {} : { value }),
+      ...extra,
+    });
+  };
+  return { config, at, report };
+}
+
+/** The domain names a file's top level holds (the settings and the schema's key are none). */
+function collectNames(root: Node, config: Config) {
+  for (const prop of root.children ?? []) {
+    const key = prop.children?.[0]?.value;
+    if (typeof key === "string" && key !== SETTINGS_KEY && key !== SCHEMA_KEY) config.names.add(key);
+  }
+}
+
+/** Reports each place nested too deep: it stops its domain, or the whole file at the root or in the settings. */
+function reportTooDeep({ config, at }: FileContext, places: TooDeep[]): Set<string> {
+  const tooDeep = new Set<string>();
+  for (const d of places) {
+    const { line, column } = at(d.offset);
+    // At the root, or in the settings: every domain depends on it.
+    const scoped = d.key !== undefined && d.key !== SETTINGS_KEY;
+    if (d.key !== undefined) tooDeep.add(d.key);
+    config.diagnostics.push({
+      severity: "error",
+      file: config.file,
+      line,
+      column,
+      message: `Nesting deeper than ${MAX_DEPTH} levels`,
+      path: d.key === undefined ? "" : jsonPath("", d.key),
+      ...(scoped ? { domains: [d.key!] } : {}),
+    });
+    if (!scoped) config.broken = true;
+  }
+  return tooDeep;
+}
+
+/** Reports the parser's errors, each once: a broken file stops the domains it names, or all where it names none. */
+function reportParseErrors({ config, at }: FileContext, errors: ParseError[]) {
+  config.broken = true;
+  const domains = config.names.size > 0 ? { domains: [...config.names] } : {};
+  const seen = new Set<string>();
+  for (const e of errors) {
+    const key = `${e.offset} ${e.error}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    const { line, column } = at(e.offset);
+    config.diagnostics.push({
+      severity: "error",
+      file: config.file,
+      line,
+      column,
+      message: `Cannot parse the config: ${parseErrorText(e.error)}`,
+      path: "",
+      ...domains,
+    });
+  }
+}
+
+/** What readKeys() needs beside the file: the keys nested too deep (skipped), the options, what files share. */
+interface KeyReading {
+  tooDeep: Set<string>;
+  options: ValidateOptions;
+  shared: Shared;
+}
+
+/** Reads a file's top-level keys: the settings, and each domain's entries; records where each key stands. */
+function readKeys({ config, at, report }: FileContext, root: Node, { tooDeep, options, shared }: KeyReading) {
+  const file = config.file;
   const claims: Claim[] = [];
   for (const prop of root.children ?? []) {
     const [keyNode, valueNode] = prop.children ?? [];
@@ -284,12 +316,11 @@ function parseOne(
       readSettings(valueNode, config, report);
       continue;
     }
-    const entries = readDomain(key, valueNode, report, claims, options);
+    const entries = readDomain(key, valueNode, { report, claims, options });
     if (entries) config.domains.set(key, entries.map((e) => ({ ...e, file })));
   }
   // Clashes are found over every file's claims together (see parseConfigs); each is reported in its own file.
   shared.claims.push(...claims.map((c) => ({ ...c, file, at: at(c.node.offset) })));
-  return config;
 }
 
 /**
@@ -297,12 +328,7 @@ function parseOne(
  * name or an address with a U+FFFD in it is never what was meant; in the settings, of the whole file); between
  * entries (a comment), a warning.
  */
-function reportInvalidUtf8(
-  offsets: number[],
-  root: Node | undefined,
-  config: Config,
-  at: (offset: number) => { line: number; column: number },
-) {
+function reportInvalidUtf8({ config, at }: FileContext, offsets: number[], root: Node | undefined) {
   for (const offset of offsets) {
     const prop = root?.type === "object"
       ? root.children?.find((p) => p.offset <= offset && offset < p.offset + p.length)
@@ -336,7 +362,8 @@ function readSettings(node: Node, config: Config, report: Report) {
         config.settings.backend = v.value as Settings["backend"];
       } else report(v, here, `Expected one of ${BACKENDS.map((b) => `"${b}"`).join(", ")}`);
     } else if (key === "accept_in") {
-      readAcceptIn(v, here, config, report);
+      const chains = readAcceptIn(v, here, report);
+      if (chains) config.settings.acceptIn = chains;
     } else if (key === "host_addresses") {
       config.settings.hostAddresses = readHostAddresses(v, here, report);
     } else if (key === "xml_forwards") {
@@ -348,9 +375,10 @@ function readSettings(node: Node, config: Config, report: Report) {
 }
 
 /** Reads `accept_in`: a list of `"<family> <table> <chain>"`, each an nftables chain that may be handed to us. */
-function readAcceptIn(node: Node, path: string, config: Config, report: Report) {
+function readAcceptIn(node: Node, path: string, report: Report): string[] | undefined {
   if (node.type !== "array") {
-    return report(node, path, `Expected a list of "<family> <table> <chain>", found ${kind(node)}`);
+    report(node, path, `Expected a list of "<family> <table> <chain>", found ${kind(node)}`);
+    return undefined;
   }
   const chains: string[] = [];
   (node.children ?? []).forEach((item, i) => {
@@ -384,7 +412,7 @@ function readAcceptIn(node: Node, path: string, config: Config, report: Report) 
     }
     chains.push(words.join(" "));
   });
-  config.settings.acceptIn = [...new Set(chains)];
+  return [...new Set(chains)];
 }
 
 function parseErrorText(code: number): string {

@@ -24,7 +24,12 @@ export function takenFromHost(forwards: Forward[], listeners: Listener[]): strin
   const out: string[] = [];
   for (const f of forwards) {
     const last = f.publicPort + f.count - 1;
-    const l = listenerAt(listeners, f.protocol, parseAddress(f.publicIp)!, f.publicPort, last);
+    const l = listenerAt(listeners, {
+      protocol: f.protocol,
+      address: parseAddress(f.publicIp)!,
+      first: f.publicPort,
+      last,
+    });
     if (!l) continue;
     const at = (ip: string, port: number | string) => `${ip.includes(":") ? `[${ip}]` : ip}:${port}`;
     const ports = f.count === 1 ? `${f.publicPort}` : `${f.publicPort}-${last}`;

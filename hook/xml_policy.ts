@@ -160,7 +160,7 @@ function portProblems(
     );
   }
   if (rule.hostPorts || !pub) return;
-  const l = listenerAt(listeners(), p.protocol, pub, p.publicPort, last);
+  const l = listenerAt(listeners(), { protocol: p.protocol, address: pub, first: p.publicPort, last });
   if (!l) return;
   const show = (ip: string, port: number | string) => `${ip.includes(":") ? `[${ip}]` : ip}:${port}`;
   problem(

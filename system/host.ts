@@ -218,18 +218,21 @@ export function parseSockets(text: string, protocol: "tcp" | "udp", family: Fami
   return out;
 }
 
+/** Public ports of one protocol on one address, `first` to `last`, as listenerAt() looks for them. */
+export interface PortsAt {
+  protocol: string;
+  address: Address;
+  first: number;
+  last: number;
+}
+
 /**
  * The listener a public address and port range would take away from the host: one bound to that address, or to
  * any address of its family; an IPv6 socket on any address (`::`) takes IPv4 too, as Linux makes it by default
  * (dual stack, net.ipv6.bindv6only = 0).
  */
-export function listenerAt(
-  listeners: Listener[],
-  protocol: string,
-  address: Address,
-  first: number,
-  last: number,
-): Listener | undefined {
+export function listenerAt(listeners: Listener[], wanted: PortsAt): Listener | undefined {
+  const { protocol, address, first, last } = wanted;
   const any = address.family === 4 ? "0.0.0.0" : "::";
   return listeners.find((l) =>
     l.protocol === protocol && l.port >= first && l.port <= last &&
