@@ -20,6 +20,7 @@ import { message } from "../system/report.ts";
 import { type DoctorReport, fail, type Finding, type ForwardReport, note, ok } from "./doctor_findings.ts";
 import { forwardFindings, readCounters } from "./doctor_forward.ts";
 import { allChains, hostFindings } from "./doctor_host.ts";
+import { qemuCommand, shellQuote } from "../system/shell.ts";
 
 /** Runs doctor for one domain (or every configured or live one) and prints the report; 0 when all is well. */
 /** What `doctor` examines: every forward, or those of `only` one domain; reported as text, or as JSON. */
@@ -116,7 +117,7 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
               `"${domain}" is not in ${config.file} nor in its hooks.d/, and its XML holds no forwards`,
               "add an entry for it (qemu check validates it), or forwards to its metadata",
             )
-            : fail(`its forwards have errors: ${found.why}`, `qemu check --domain ${domain}`),
+            : fail(`its forwards have errors: ${found.why}`, `qemu check --domain=${shellQuote(domain)}`),
         ],
       });
       continue;
@@ -175,9 +176,10 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
         domain,
         forward: text,
         findings: [
-          liveText.has(text)
-            ? ok(`the guest's new outgoing connections leave from ${s.publicIp}`)
-            : fail("the outbound NAT is not live", `qemu apply ${domain}   (or restart the guest)`),
+          liveText.has(text) ? ok(`the guest's new outgoing connections leave from ${s.publicIp}`) : fail(
+            "the outbound NAT is not live",
+            `${qemuCommand("apply", domain)}   (or restart the guest)`,
+          ),
         ],
       });
     }

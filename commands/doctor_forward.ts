@@ -15,6 +15,7 @@ import { loadXml } from "../system/xml.ts";
 import { connectedNetworkOf, type HostFacts, listenerAt, readListeners } from "../system/host.ts";
 import { fail, type Finding, note, ok } from "./doctor_findings.ts";
 import { readSysctl } from "./doctor_host.ts";
+import { qemuCommand } from "../system/shell.ts";
 
 interface ForwardContext {
   acceptIn: readonly string[];
@@ -95,7 +96,7 @@ export async function forwardFindings(domain: string, f: Forward, c: ForwardCont
   }
   // Our rules.
   if (!c.live) {
-    out.push(fail("the forward is not live", `qemu apply ${domain}   (or restart the guest)`));
+    out.push(fail("the forward is not live", `${qemuCommand("apply", domain)}   (or restart the guest)`));
   } else if (c.misplaced) {
     out.push(fail(
       "the forward is live, but our accept is missing from iptables' FORWARD or sits below other rules",
