@@ -10,6 +10,12 @@ const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const can = await canRunLab();
 if (!can.ok) console.log(`cli_truth_test.ts: skipped: ${can.reason}`);
 const opts = { sanitizeOps: false, sanitizeResources: false };
+/**
+ * What the stop of web1's two forwards says it removed. nftables: its rules in our table (in its chains, and the
+ * jumps into them) and its accept in libvirt's guest_input, 5 in all. iptables-nft: removed by chain name in one
+ * nft transaction, what is in the chains never read (a stop stays fast): not counted, and said so.
+ */
+const REMOVED = { iptables: "old rules removed", nftables: "5 old rule(s) removed" };
 
 /** The program in namespace `ns`, its stdout sent to `stdout` (a file such as /dev/full) or piped. */
 async function inNs(ns: string, args: string[], env: Record<string, string>, stdout?: string) {
@@ -71,6 +77,54 @@ for (const libvirt of ["iptables", "nftables"] as const) {
           'No forwards of "web1" are live: nothing to remove\n',
           "",
         ]);
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
+    },
+  });
+}
+
+for (const libvirt of ["iptables", "nftables"] as const) {
+  Deno.test({
+    name: `runHook(), libvirt on ${libvirt}: the syslog line of a stop counts the rules it removed`,
+    ignore: !can.ok,
+    ...opts,
+    async fn() {
+      await using lab = await createLab({ libvirt });
+      const dir = await Deno.makeTempDir();
+      try {
+        // A logger that keeps the line it is given (logger -t TAG -p daemon.info -- LINE), in place of syslog.
+        await Deno.mkdir(`${dir}/bin`);
+        await Deno.writeTextFile(`${dir}/bin/logger`, `#!/bin/sh\nprintf '%s\\n' "$6" >>${dir}/syslog\n`);
+        await Deno.chmod(`${dir}/bin/logger`, 0o755);
+        const config = `${dir}/hooks.jsonc`;
+        await Deno.writeTextFile(
+          config,
+          JSON.stringify({
+            web1: { private_ip: A.g1v4, port_map: { tcp: [[2221, 22]], udp: [[2222, 53]] } },
+          }),
+        );
+        const env = {
+          CONFIG_FILENAME: config,
+          LIBVIRT_QEMU_RUN_DIR: dir,
+          PATH: `${dir}/bin:${Deno.env.get("PATH")}`,
+        };
+        for (const operation of ["start", "stopped"]) {
+          const r = await inNs(lab.ns.host, ["web1", operation, "begin", "-"], env);
+          assert.equal(r.code, 0, r.stderr);
+        }
+        // logger runs unawaited: give it a moment.
+        let lines: string[] = [];
+        for (let i = 0; i < 50 && lines.length < 2; i++) {
+          lines = (await Deno.readTextFile(`${dir}/syslog`).catch(() => "")).split("\n").filter((l) => l);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        const stop = lines.find((l) => l.startsWith("stopped web1: "));
+        assert.equal(
+          stop,
+          `stopped web1: 0 forward(s) live, ${REMOVED[libvirt]}`,
+          lines.join("\n"),
+        );
       } finally {
         await Deno.remove(dir, { recursive: true });
       }
