@@ -16,6 +16,7 @@ import {
   pinnedDefaults,
 } from "../hook/domain.ts";
 import { waitingNote } from "../hook/guest.ts";
+import type { Family } from "../system/address.ts";
 import { message } from "../system/report.ts";
 import { type DoctorReport, fail, type Finding, type ForwardReport, note, ok } from "./doctor_findings.ts";
 import { forwardFindings, readCounters } from "./doctor_forward.ts";
@@ -70,7 +71,10 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
   const gates = await foreignGates(applyDeps(deps, config), state.nft?.hooks).catch(() => []);
   const running = await runningDomains();
   const live = forwardsByDomain(state, await knownNames(config));
-  const host = hostFindings(state, facts, config.settings, gates, await allChains(deps));
+  const chains = await allChains(deps);
+  // The families the forwards examined use: forwarding off in another is no failure of theirs (added as found).
+  const families = new Set<Family>();
+  const host: Finding[] = [];
   if (deps.conntrack !== undefined) {
     const found = deps.conntrack();
     host.push(
@@ -106,6 +110,7 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
   const domains = only !== undefined ? [only] : [...new Set([...configured, ...live.keys()])].sort();
   const forwards: ForwardReport[] = [];
   for (const domain of domains) {
+    for (const f of live.get(domain) ?? []) families.add(f.family);
     const found = await planOf(domain);
     if (found.kind !== "ok") {
       forwards.push({
@@ -151,6 +156,7 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
     const xml = await xmlOf(domain);
     const liveText = new Set((live.get(domain) ?? []).map(describeForward));
     const counters = await readCounters(deps, domain);
+    for (const f of [...plan.forwards, ...plan.snats]) families.add(f.family);
     for (const f of plan.forwards) {
       const text = describeForward(asLiveForward(domain, f));
       forwards.push({
@@ -184,5 +190,6 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
       });
     }
   }
-  return { host, forwards };
+  const found = hostFindings(state, facts, config.settings, gates, chains, { families: [...families] });
+  return { host: [...found, ...host], forwards };
 }

@@ -7,9 +7,11 @@ import type { FirewallState } from "../backends/state.ts";
 import { describeBackend } from "./live.ts";
 import type { Settings } from "../config/model.ts";
 import type { HookDeps } from "../hook/deps.ts";
+import type { Family } from "../system/address.ts";
 import type { HostFacts } from "../system/host.ts";
 import { fail, type Finding, note, ok } from "./doctor_findings.ts";
 
+/** A sysctl's value from its file under /proc/sys, or undefined where it cannot be read. */
 export function readSysctl(path: string): string | undefined {
   try {
     return Deno.readTextFileSync(path).trim();
@@ -18,13 +20,25 @@ export function readSysctl(path: string): string | undefined {
   }
 }
 
-/** The host's own links: forwarding, libvirt's backend, the other firewall software, and every gate. */
+/** What hostFindings() is told beside the firewall: which families the forwards use, how sysctls are read. */
+export interface HostFindingOptions {
+  /** The address families of the forwards examined (default both): forwarding off elsewhere is a note. */
+  families?: readonly Family[];
+  /** Reads a sysctl's file (default: readSysctl). */
+  sysctl?: (path: string) => string | undefined;
+}
+
+/**
+ * The host's own links: forwarding (a failure only for a family the forwards use), libvirt's backend, the other
+ * firewall software, and every gate.
+ */
 export function hostFindings(
   state: FirewallState,
   facts: HostFacts,
   settings: Settings,
   gates: ForeignGate[],
   chains: string[],
+  { families = [4, 6], sysctl = readSysctl }: HostFindingOptions = {},
 ): Finding[] {
   const out: Finding[] = [];
   for (
@@ -33,9 +47,16 @@ export function hostFindings(
       [6, "/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding"],
     ] as const
   ) {
-    const value = readSysctl(path);
+    const value = sysctl(path);
     if (value === "1") out.push(ok(`IPv${family} forwarding is on`));
-    else {
+    else if (!families.includes(family)) {
+      // Nothing examined needs it: worth knowing, not a failure (an IPv4-only config on a host without IPv6 routing).
+      out.push(
+        note(
+          `IPv${family} forwarding is off (${key} = ${value ?? "unknown"}); no forward here is IPv${family}`,
+        ),
+      );
+    } else {
       out.push(fail(
         `IPv${family} forwarding is off (${key} = ${
           value ?? "unknown"

@@ -1,0 +1,38 @@
+/** hostFindings(): forwarding is a failure only for a family the forwards use. */
+
+import assert from "node:assert/strict";
+import { hostFindings } from "./doctor_host.ts";
+import type { Settings } from "../config/model.ts";
+import type { FirewallState } from "../backends/state.ts";
+import { FACTS } from "../test/util.ts";
+
+const SETTINGS: Settings = { backend: "iptables", acceptIn: [], hostAddresses: [], xmlForwards: [] };
+const STATE: FirewallState = {
+  ipt: { 4: { chains: [], rules: [] }, 6: { chains: [], rules: [] } },
+  nft: undefined,
+};
+/** IPv4 forwarding on, IPv6 forwarding off. */
+const sysctl = (path: string) => path.includes("ipv4") ? "1" : "0";
+
+Deno.test("hostFindings() fails forwarding only for the families the forwards use", async (t) => {
+  const forwarding = (families: (4 | 6)[]) =>
+    hostFindings(STATE, FACTS, SETTINGS, [], [], { families, sysctl })
+      .filter((f) => f.what.includes("forwarding"))
+      .map((f) => `${f.level} ${f.what}${f.fix ? ` | fix: ${f.fix}` : ""}`);
+  await t.step("an IPv4-only config: IPv6 forwarding off is a note", () => {
+    assert.deepEqual(forwarding([4]), [
+      "ok IPv4 forwarding is on",
+      "note IPv6 forwarding is off (net.ipv6.conf.all.forwarding = 0); no forward here is IPv6",
+    ]);
+  });
+  await t.step("an IPv6 forward: IPv6 forwarding off fails, with its fix", () => {
+    assert.deepEqual(forwarding([4, 6]), [
+      "ok IPv4 forwarding is on",
+      "fail IPv6 forwarding is off (net.ipv6.conf.all.forwarding = 0): the host forwards nothing of that family" +
+      " | fix: sysctl -w net.ipv6.conf.all.forwarding=1 (and keep it in /etc/sysctl.d/)",
+    ]);
+  });
+  await t.step("no forward at all: nothing fails", () => {
+    assert.deepEqual(forwarding([]).map((l) => l.split(" ")[0]), ["ok", "note"]);
+  });
+});
