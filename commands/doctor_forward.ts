@@ -15,7 +15,7 @@ import { loadXml } from "../system/xml.ts";
 import { connectedNetworkOf, type HostFacts, listenerAt, readListeners } from "../system/host.ts";
 import { fail, type Finding, note, ok } from "./doctor_findings.ts";
 import { readSysctl } from "./doctor_host.ts";
-import { qemuCommand } from "../system/shell.ts";
+import { qemuCommand, shellQuote } from "../system/shell.ts";
 
 interface ForwardContext {
   acceptIn: readonly string[];
@@ -37,7 +37,7 @@ export async function forwardFindings(domain: string, f: Forward, c: ForwardCont
   const bridge = f.interface ?? net?.device;
   // The guest, its tap, and where its address lies.
   if (c.xml === undefined) {
-    out.push(fail(`"${domain}" is not running`, `virsh start ${domain}`));
+    out.push(fail(`"${domain}" is not running`, `virsh start ${shellQuote(domain)}`));
   } else {
     const taps = guestInterfaces(c.xml);
     const onBridge = taps.filter((t) => bridgeOf(t.device) === bridge);
@@ -231,7 +231,12 @@ async function guestListens(address: string, port: number): Promise<Finding> {
         "start the service in the guest, or forward to the port it listens on",
       );
     }
-    return note(`no answer from ${where} within 2 s (a firewall inside the guest, or it is still booting)`);
+    // Silence is no all-clear: a client's connections through the forward get no answer either.
+    return fail(
+      `no answer from ${where} within 2 s: something in the guest (its firewall) drops connections to it, or it is ` +
+        "still booting",
+      "open the port in the guest's firewall (inside it: nft list ruleset, or iptables -S), or wait for it to boot",
+    );
   }
 }
 

@@ -26,6 +26,8 @@ export interface HostFindingOptions {
   families?: readonly Family[];
   /** Reads a sysctl's file (default: readSysctl). */
   sysctl?: (path: string) => string | undefined;
+  /** What iptables-legacy-save printed, where it was run (see iptablesMismatch). */
+  legacySave?: string | undefined;
 }
 
 /**
@@ -38,7 +40,7 @@ export function hostFindings(
   settings: Settings,
   gates: ForeignGate[],
   chains: string[],
-  { families = [4, 6], sysctl = readSysctl }: HostFindingOptions = {},
+  { families = [4, 6], sysctl = readSysctl, legacySave }: HostFindingOptions = {},
 ): Finding[] {
   const out: Finding[] = [];
   for (
@@ -69,6 +71,8 @@ export function hostFindings(
   out.push(
     backend.startsWith("none:") ? fail(`firewall backend: ${backend}`) : ok(`firewall backend: ${backend}`),
   );
+  const mismatch = iptablesMismatch(state, chains, legacySave);
+  if (mismatch) out.push(mismatch);
   const others = otherSoftware(state, chains);
   out.push(note(`other firewall software: ${others.length ? others.join(", ") : "none seen"}`));
   for (const family of [4, 6] as const) {
@@ -95,6 +99,43 @@ export function hostFindings(
     }
   }
   return out;
+}
+
+/** Whether libvirt's iptables chains are where the iptables we run cannot see them (see iptablesMismatch). */
+export function libvirtUnseen(state: FirewallState): boolean {
+  const nftables = state.nft !== undefined && Object.keys(state.nft.libvirt).length > 0;
+  return !nftables && !state.ipt[4]?.libvirt;
+}
+
+/**
+ * libvirt's iptables rules in the other iptables than the one we run: iptables-legacy selected while they are in
+ * iptables-nft (nf_tables), or the reverse. Our accepts then go where no packet meets libvirt's reject first, and
+ * nothing passes it. `chains`: nft's (iptables-nft's tables among them); `legacySave`: iptables-legacy-save's.
+ */
+export function iptablesMismatch(
+  state: FirewallState,
+  chains: string[],
+  legacySave: string | undefined,
+): Finding | undefined {
+  if (!libvirtUnseen(state)) return undefined;
+  const set = (to: string) =>
+    `update-alternatives --set iptables /usr/sbin/iptables-${to} and --set ip6tables ` +
+    `/usr/sbin/ip6tables-${to} (or IPTABLES_BINARY=iptables-${to}), then qemu reload`;
+  if (chains.some((c) => /^ip6? (filter|nat|mangle) LIBVIRT_/.test(c))) {
+    return fail(
+      "libvirt's iptables rules are in iptables-nft (nf_tables), but the iptables this hook runs is " +
+        "iptables-legacy: our rules go where libvirt's reject is not, and it drops every forward",
+      set("nft"),
+    );
+  }
+  if (legacySave !== undefined && /^:LIBVIRT_/m.test(legacySave)) {
+    return fail(
+      "libvirt's iptables rules are in iptables-legacy, but the iptables this hook runs is iptables-nft " +
+        "(nf_tables): our rules go where libvirt's reject is not, and it drops every forward",
+      set("legacy"),
+    );
+  }
+  return undefined;
 }
 
 /** Every chain of the host as `<family> <table> <chain>`, read with nft (empty where it cannot be). */
