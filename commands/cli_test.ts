@@ -3,29 +3,9 @@
 import assert from "node:assert/strict";
 import { runCli } from "./cli.ts";
 import { domainHash } from "../backends/names.ts";
-import { fakeCommandDeps } from "../test/commands_deps.ts";
+import { fakeCommandDeps, twoLive } from "../test/commands_deps.ts";
 
 const CONFIG = `{"web1": {"private_ip": "192.168.122.10", "port_map": {"tcp": [[2222, 22]]}}}`;
-
-/** Two domains live in iptables' nat table, as iptables-save shows them. */
-function twoLive(): string {
-  const lines = ["*nat", ":PREROUTING ACCEPT [0:0]"];
-  for (const [domain, ip] of [["web1", "192.168.122.10"], ["web2", "192.168.122.11"]] as const) {
-    const chain = `LVH-${domainHash(domain)}-DNAT`;
-    const tag = `-m comment --comment "libvirt-hook-qemu:1:${domain}"`;
-    lines.splice(
-      2,
-      0,
-      `:${chain} - [0:0]`,
-      `-A PREROUTING ${tag} -j ${chain}`,
-      `-A ${chain} -d 203.0.113.1/32 -p tcp -m tcp --dport 2222 ${tag} -j DNAT --to-destination ${ip}:22`,
-    );
-  }
-  // Chains are declared before rules in iptables-save's output.
-  const chains = lines.filter((l) => l.startsWith(":"));
-  const rules = lines.filter((l) => l.startsWith("-A"));
-  return [lines[0], ...chains, ...rules, "COMMIT", ""].join("\n");
-}
 
 /** A stdout whose every write fails, as /dev/full's does. */
 const FULL = {
@@ -94,7 +74,10 @@ Deno.test("runCli() refuses arguments and options a command does not take, chang
 });
 
 Deno.test("runCli() with stdout full finishes remove --all, then says so on stderr and exits 1", async () => {
-  const f = await fakeCommandDeps(CONFIG, (argv) => argv[0] === "iptables-save" ? { stdout: twoLive() } : {});
+  const f = await fakeCommandDeps(
+    CONFIG,
+    (argv) => argv[0] === "iptables-save" ? { stdout: twoLive(domainHash) } : {},
+  );
   assert.equal(await runCli(["remove", "--all"], f.deps, { uid: 0, stdout: FULL }), 1);
   // Both domains' removals ran, one batch each, though the first line of output already failed.
   const restores = f.calls.filter((c) => c.argv[0] === "iptables-restore");

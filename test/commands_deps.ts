@@ -44,3 +44,30 @@ export async function fakeCommandDeps(
   };
   return { deps, calls: runner.calls, stderr, logged };
 }
+
+/** Runs `fn` with console.log recorded (each call one line), and gives back what it returned and the lines. */
+export async function captureStdout<T>(fn: () => Promise<T>): Promise<{ value: T; stdout: string[] }> {
+  const original = console.log;
+  const stdout: string[] = [];
+  console.log = (...parts: unknown[]) => void stdout.push(parts.map(String).join(" "));
+  try {
+    return { value: await fn(), stdout };
+  } finally {
+    console.log = original;
+  }
+}
+
+/** Two domains live in iptables' nat table (web1 to .10, web2 to .11, public port 2222), as iptables-save shows. */
+export function twoLive(hash: (domain: string) => string): string {
+  const chains: string[] = [], rules: string[] = [];
+  for (const [domain, ip] of [["web1", "192.168.122.10"], ["web2", "192.168.122.11"]] as const) {
+    const chain = `LVH-${hash(domain)}-DNAT`;
+    const tag = `-m comment --comment "libvirt-hook-qemu:1:${domain}"`;
+    chains.push(`:${chain} - [0:0]`);
+    rules.push(
+      `-A PREROUTING ${tag} -j ${chain}`,
+      `-A ${chain} -d 203.0.113.1/32 -p tcp -m tcp --dport 2222 ${tag} -j DNAT --to-destination ${ip}:22`,
+    );
+  }
+  return ["*nat", ":PREROUTING ACCEPT [0:0]", ...chains, ...rules, "COMMIT", ""].join("\n");
+}
