@@ -19,7 +19,7 @@ import { waitingNote } from "../hook/guest.ts";
 import type { Family } from "../system/address.ts";
 import { message } from "../system/report.ts";
 import { type DoctorReport, fail, type Finding, type ForwardReport, note, ok } from "./doctor_findings.ts";
-import { forwardFindings, readCounters } from "./doctor_forward.ts";
+import { forwardFindings, readCounters, readFlows } from "./doctor_forward.ts";
 import { allChains, hostFindings, libvirtUnseen, readSysctl } from "./doctor_host.ts";
 import { qemuCommand, shellQuote } from "../system/shell.ts";
 
@@ -174,6 +174,7 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
           live: liveText.has(text),
           misplaced: acceptMisplaced(state, domain, [f]),
           counters: await (counters ??= readCounters(deps, domain)),
+          flows: await readFlows(deps, f),
         }),
       }));
     }

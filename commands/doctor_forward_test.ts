@@ -1,7 +1,7 @@
 /** readCounters() and forwardFindings(): what our rules counted, and the links of one forward, fake deps. */
 
 import assert from "node:assert/strict";
-import { forwardFindings, readCounters } from "./doctor_forward.ts";
+import { forwardFindings, readCounters, readFlows } from "./doctor_forward.ts";
 import { domainHash } from "../backends/names.ts";
 import { fakeCommandDeps } from "../test/commands_deps.ts";
 import { FACTS, forwardsOf } from "../test/util.ts";
@@ -52,4 +52,39 @@ Deno.test("forwardFindings() of a guest that does not run: its fix lines quote i
     fails.includes("the forward is not live | qemu apply 'web 1'   (or restart the guest)"),
     fails.join("\n"),
   );
+});
+
+Deno.test("readFlows() counts the forward's connections and those no reply came for", async (t) => {
+  const listed = [
+    "tcp      6 118 SYN_SENT src=203.0.113.50 dst=203.0.113.1 sport=40000 dport=2222 [UNREPLIED] " +
+    "src=192.168.122.10 dst=203.0.113.50 sport=22 dport=40000 mark=0 use=1",
+    "tcp      6 431999 ESTABLISHED src=203.0.113.51 dst=203.0.113.1 sport=40001 dport=2222 " +
+    "src=192.168.122.10 dst=203.0.113.51 sport=22 dport=40001 [ASSURED] mark=0 use=1",
+  ].join("\n");
+  const forward = { family: 4 as const, protocol: "tcp" as const, publicIp: "203.0.113.1", publicPort: 2222 };
+  await t.step("listed with conntrack, for the forward's public address and port", async () => {
+    const f = await fakeCommandDeps("{}", () => ({ stdout: `${listed}\n` }));
+    f.deps.conntrack = () => "/usr/sbin/conntrack";
+    assert.deepEqual(await readFlows(f.deps, forward), { total: 2, unreplied: 1 });
+    assert.deepEqual(f.calls.map((c) => c.argv), [
+      [
+        "/usr/sbin/conntrack",
+        "-L",
+        "-f",
+        "ipv4",
+        "-p",
+        "tcp",
+        "--orig-dst",
+        "203.0.113.1",
+        "--dport",
+        "2222",
+      ],
+    ]);
+  });
+  await t.step("without conntrack: unknown, nothing run", async () => {
+    const f = await fakeCommandDeps("{}");
+    f.deps.conntrack = () => undefined;
+    assert.equal(await readFlows(f.deps, forward), undefined);
+    assert.deepEqual(f.calls, []);
+  });
 });

@@ -61,3 +61,47 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "doctor(), a guest with no route back: connections arrive and are translated, no reply comes: a FAIL",
+  ignore: !can.ok,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    await using lab = await createLab();
+    const dir = await Deno.makeTempDir();
+    try {
+      await Deno.writeTextFile(
+        `${dir}/hooks.json`,
+        JSON.stringify({ web1: { private_ip: A.g1v4, port_map: { tcp: [[2222, 22]] } } }),
+      );
+      await Deno.writeTextFile(`${dir}/web1.xml`, "<domain><name>web1</name></domain>");
+      const env = { CONFIG_FILENAME: `${dir}/hooks.json`, LIBVIRT_QEMU_RUN_DIR: dir, NO_COLOR: "1" };
+      const run = async (args: string[]) => {
+        const out = await new Deno.Command("ip", {
+          args: ["netns", "exec", lab.ns.host, Deno.execPath(), "run", "-A", MAIN, ...args],
+          env,
+          stdin: "null",
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        return { code: out.code, stdout: new TextDecoder().decode(out.stdout) };
+      };
+      assert.equal((await run(["web1", "start", "begin", "-"])).code, 0);
+      await lab.serve(lab.ns.g1, "tcp", 22, "g1");
+      // The guest answers the host on its bridge, but has no way back to anyone else.
+      const del = await lab.exec(lab.ns.g1, ["ip", "-4", "route", "del", "default"]);
+      assert.equal(del.code, 0, del.stderr);
+      assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222), null);
+      const doctor = await run(["doctor", "web1"]);
+      assert.equal(doctor.code, 1);
+      assert.match(
+        doctor.stdout,
+        /\n {2}FAIL {2}\d+ connection\(s\) arrived and were translated to the guest, but no reply came back: the guest drops them, or has no route back to the client \(its default route does not lead through this host\)\n {8}fix: inside the guest: ip route get <client address> must leave through virbr0's address, and its firewall must accept tcp port 22\n/,
+      );
+      assert.match(doctor.stdout, /\n {2}ok {4}the guest accepts connections on 192\.168\.122\.10:22\n/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
