@@ -25,7 +25,7 @@ import {
   nftRemoveIptables,
   reassertHanded,
 } from "./backends/nftables.ts";
-import { liveAccepts, type NftLive } from "./backends/nftables_live.ts";
+import { liveAccepts, nftDomainRules, type NftLive } from "./backends/nftables_live.ts";
 import {
   type ApplyDeps,
   ApplyError,
@@ -263,7 +263,9 @@ async function removeAtOnce(domain: string, state: FirewallState, deps: ApplyDep
     const removed = chains.length > 0 ? undefined : rules.length;
     changes.push({ target: family === 4 ? "iptables" : "ip6tables", removed, added: 0 });
   }
-  if (others.length > 0) changes.push({ target: "nft", removed: 0, added: others.length });
+  if (others.length > 0) {
+    changes.push({ target: "nft", removed: nftDomainRules(state.nft!, domain), added: others.length });
+  }
   return changes;
 }
 
@@ -372,7 +374,7 @@ async function syncState(
     const stdin = nftCommands.join("\n") + "\n";
     const result = await deps.runner.run([deps.nft!, "-f", "-"], { stdin });
     if (result.code !== 0) throw await undo(batchFailure("nft", result, stdin));
-    changes.push({ target: "nft", removed: 0, added: nftCommands.length });
+    changes.push({ target: "nft", removed: nftDomainRules(state.nft!, domain), added: nftCommands.length });
   }
   return changes;
 }

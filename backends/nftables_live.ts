@@ -110,6 +110,21 @@ export function ownerOf(comment: string): string | undefined {
   return domain === undefined ? undefined : domainHash(domain);
 }
 
+/**
+ * How many live nftables rules a domain has: in its chains of our table and those naming it there (the jumps into
+ * them, by name; others by comment), and its accepts in libvirt's chains and in those handed to us. What a sync
+ * of the domain removes or replaces, as iptables' count is (see Change in rules.ts).
+ */
+export function nftDomainRules(live: NftLive, domain: string): number {
+  const h = domainHash(domain);
+  const p = `d${h}-`;
+  const owned = (r: NftRule) => r.comment !== undefined && ownerOf(r.comment) === h;
+  const inTable = live.rules.filter((r) => r.chain.startsWith(p) || r.jump?.startsWith(p) || owned(r)).length;
+  const elsewhere =
+    [...Object.values(live.libvirt), ...Object.values(live.handed)].flat().filter(owned).length;
+  return inTable + elsewhere;
+}
+
 /** The domains (by name) that have accepts in libvirt's chains, with their bridges. */
 export function liveAccepts(live: NftLive): Map<string, Record<Family, string[]>> {
   const out = new Map<string, Record<Family, string[]>>();

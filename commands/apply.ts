@@ -5,6 +5,7 @@ import { configCandidates, dropInDirOf } from "../config/source.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { install, type InstallSeen } from "../hook/domain.ts";
 import { waitingNote } from "../hook/guest.ts";
+import { qemuCommand } from "../system/shell.ts";
 
 export async function apply(domain: string, deps: HookDeps): Promise<number> {
   const xmlPath = `${runDir()}/${domain}.xml`;
@@ -23,7 +24,9 @@ export async function apply(domain: string, deps: HookDeps): Promise<number> {
     const candidates = configCandidates(deps.env);
     const file = `${candidates.join(" or ")} nor in ${dropInDirOf(candidates)}/`;
     deps.problem(
-      `"${domain}" is not in ${file}, and its XML holds no forwards; to remove its forwards, use: remove ${domain}`,
+      `"${domain}" is not in ${file}, and its XML holds no forwards; to remove its forwards, use: ${
+        qemuCommand("remove", domain)
+      }`,
     );
   } else if (result === "installed") {
     console.log(`Applied the forwards of "${domain}"`);

@@ -6,7 +6,7 @@ import { check } from "./check.ts";
 import { migrateLegacy } from "./migrate_legacy.ts";
 import { plan } from "./plan.ts";
 import { reload } from "./reload.ts";
-import { removeAll, removeByHand } from "./remove.ts";
+import { removeAll, removeOne } from "./remove.ts";
 import { status } from "./status.ts";
 import { MAX_POLL_SECONDS, MIN_POLL_SECONDS, watch } from "./watch.ts";
 import { type HookDeps, systemHookDeps } from "../hook/deps.ts";
@@ -41,7 +41,8 @@ Environment: CONFIG_FILENAME (the config file), CONFIG_PATH (its directory, defa
 hooks.jsonc, else hooks.json), IPTABLES_BINARY (default iptables). Every hooks.d/*.jsonc and hooks.d/*.json
 beside the config file is part of it too, read in name order.
 
-Exit codes: 0 success; 1 the config has errors, or a change failed (nothing of it was applied); 2 usage error.`,
+Every command needs root. Exit codes: 0 success; 1 the config has errors, a change failed (nothing of it was
+applied), not root, or stdout could not be written (after the change was made); 2 usage error.`,
   check: `Usage: qemu check [--domain NAME] [--config FILE]
 Validates the whole config. Prints each problem as file:line:column: message (json.path = value), and warns
 about what validates but will not work: a public_ip that is not an address of this host, a private_ip outside
@@ -60,7 +61,8 @@ Applies the domain's forwards from the current config and the guest's current XM
 metadata --live" left it), as libvirt's start does, for a guest that is running (libvirt keeps
 /run/libvirt/qemu/<domain>.xml for running guests). Refuses a guest that is not running.`,
   remove: `Usage: qemu remove <domain> | --all
-Removes what is live for the domain (or, with --all, for every domain that has rules of ours).`,
+Removes what is live for the domain (or, with --all, for every domain that has rules of ours), and says what it
+removed, or that nothing of the domain was live.`,
   reload: `Usage: qemu reload [--config FILE]
 Re-applies every domain that has live rules from the current config, atomically per domain; a domain that left
 the config loses its rules; a domain whose entry is invalid keeps its live rules.`,
@@ -85,8 +87,52 @@ never moves a forward to a new default address (it says what to run), and never 
 lease file cannot be read (it says which). Logs what it did on stderr and to syslog.`,
 };
 
+/** Where a command's output goes, and who runs it: the real stdout and user unless a test says otherwise. */
+export interface CliOptions {
+  /** The user id the command runs as (default: Deno.uid()). */
+  uid?: number | null;
+  /** Where stdout's bytes go (default: Deno.stdout). */
+  stdout?: { writeSync(p: Uint8Array): number };
+}
+
+/** The options each command takes (--help, --version and --config every one); any other is refused. */
+const TAKES: Record<string, string[]> = {
+  check: ["domain"],
+  plan: [],
+  status: ["json"],
+  apply: [],
+  remove: ["all"],
+  reload: [],
+  "migrate-legacy": ["dry-run"],
+  doctor: ["json"],
+  watch: ["poll"],
+};
+
 /** Runs an operator command and returns its exit code. */
-export async function runCli(args: string[], deps: HookDeps = cliDeps()): Promise<number> {
+export async function runCli(
+  args: string[],
+  deps: HookDeps = cliDeps(),
+  { uid = Deno.uid(), stdout = Deno.stdout }: CliOptions = {},
+): Promise<number> {
+  // A full or closed stdout must not stop a change half-way: the output fails quietly, and is said after.
+  const output = guardStdout(stdout);
+  let code: number;
+  try {
+    code = await dispatch(args, deps, uid);
+  } catch (err) {
+    // One line, never a stack trace: what failed is in the message.
+    deps.problem(`Cannot run "qemu ${args.join(" ")}": ${message(err)}`);
+    code = 1;
+  } finally {
+    output.restore();
+  }
+  const failure = output.failure();
+  if (failure === undefined) return code;
+  deps.problem(`Cannot write the output of "qemu ${args.join(" ")}" to stdout: ${message(failure)}`);
+  return code === 0 ? 1 : code;
+}
+
+async function dispatch(args: string[], deps: HookDeps, uid: number | null): Promise<number> {
   let parsed;
   try {
     parsed = parseArgs({
@@ -118,6 +164,21 @@ export async function runCli(args: string[], deps: HookDeps = cliDeps()): Promis
     console.log(HELP[topic]);
     return command === "" && !values.help ? 2 : 0;
   }
+  const takes = TAKES[command];
+  if (takes === undefined) return usage(deps, `Unknown command "${command}"`);
+  for (const [option, value] of Object.entries(values)) {
+    if (value === undefined || option === "config" || takes.includes(option)) continue;
+    const json = option === "json" ? " (only status and doctor print JSON)" : "";
+    return usage(deps, `${command} takes no --${option}${json}`);
+  }
+  // Every command reads the firewall (iptables-save, nft) or changes it, which only root may: said in one line
+  // before anything runs, rather than a failure half-way through.
+  if (uid !== null && uid !== 0) {
+    deps.problem(
+      `needs root: "qemu ${command}" reads and changes the firewall, which only root may; run it as root`,
+    );
+    return 1;
+  }
   if (values.config) {
     const file = values.config;
     const base = deps.env;
@@ -127,10 +188,11 @@ export async function runCli(args: string[], deps: HookDeps = cliDeps()): Promis
     if (rest.length !== 1) return usage(deps, `${command} needs exactly one domain name`);
     return await f(rest[0]!);
   };
+  const none = (why: string) => rest.length > 0 ? usage(deps, `${command} takes no ${why}`) : undefined;
   switch (command) {
     case "check":
-      if (rest.length > 0) return usage(deps, "check takes no arguments (--domain NAME checks one guest)");
-      return await check(deps, { domain: values.domain });
+      return none("arguments (--domain NAME checks one guest)") ??
+        await check(deps, { domain: values.domain });
     case "plan":
       return await one((d) => plan(d, deps));
     case "status":
@@ -139,16 +201,19 @@ export async function runCli(args: string[], deps: HookDeps = cliDeps()): Promis
     case "apply":
       return await one((d) => apply(d, deps));
     case "remove":
-      if (values.all && rest.length === 0) return await removeAll(deps);
-      return await one(async (d) => (await removeByHand(d, deps)) ? 0 : 1);
+      if (values.all) {
+        return none("domain name with --all (--all removes every domain's)") ?? await removeAll(deps);
+      }
+      return await one((d) => removeOne(d, deps));
     case "reload":
-      return await reload(deps);
+      return none("arguments (it re-applies every domain with live rules)") ?? await reload(deps);
     case "migrate-legacy":
-      return await migrateLegacy(deps, { dryRun: values["dry-run"] ?? false });
+      return none("arguments") ?? await migrateLegacy(deps, { dryRun: values["dry-run"] ?? false });
     case "doctor":
       if (rest.length > 1) return usage(deps, "doctor takes at most one domain name");
       return await (await import("./doctor.ts")).doctor(deps, { only: rest[0], json: values.json ?? false });
-    case "watch": {
+    default: {
+      if (rest.length > 0) return usage(deps, "watch takes no arguments");
       const poll = values.poll === undefined ? 30 : Number(values.poll);
       // A poll every few milliseconds would run the firewall's programs without end.
       if (values.poll?.trim() === "" || !(poll >= MIN_POLL_SECONDS && poll <= MAX_POLL_SECONDS)) {
@@ -159,9 +224,29 @@ export async function runCli(args: string[], deps: HookDeps = cliDeps()): Promis
       }
       return await watch(deps, poll);
     }
-    default:
-      return usage(deps, `Unknown command "${command}"`);
   }
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * Points console.log at `stdout` for the length of a command, never throwing: the first write that fails is kept
+ * (failure()) and the rest dropped, so the firewall change it reports goes on to its end.
+ */
+function guardStdout(stdout: { writeSync(p: Uint8Array): number }) {
+  const original = console.log;
+  let error: unknown;
+  console.log = (...parts: unknown[]) => {
+    if (error !== undefined) return;
+    try {
+      const text = parts.map((p) => typeof p === "string" ? p : Deno.inspect(p)).join(" ");
+      const bytes = encoder.encode(`${text}\n`);
+      for (let done = 0; done < bytes.length;) done += stdout.writeSync(bytes.subarray(done));
+    } catch (err) {
+      error = err;
+    }
+  };
+  return { failure: () => error, restore: () => void (console.log = original) };
 }
 
 function cliDeps(): HookDeps {

@@ -16,10 +16,12 @@ import {
   pinnedDefaults,
 } from "../hook/domain.ts";
 import { waitingNote } from "../hook/guest.ts";
+import type { Family } from "../system/address.ts";
 import { message } from "../system/report.ts";
 import { type DoctorReport, fail, type Finding, type ForwardReport, note, ok } from "./doctor_findings.ts";
-import { forwardFindings, readCounters } from "./doctor_forward.ts";
-import { allChains, hostFindings } from "./doctor_host.ts";
+import { forwardFindings, readCounters, readFlows } from "./doctor_forward.ts";
+import { allChains, hostFindings, libvirtUnseen, readSysctl } from "./doctor_host.ts";
+import { qemuCommand, shellQuote } from "../system/shell.ts";
 
 /** Runs doctor for one domain (or every configured or live one) and prints the report; 0 when all is well. */
 /** What `doctor` examines: every forward, or those of `only` one domain; reported as text, or as JSON. */
@@ -69,7 +71,10 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
   const gates = await foreignGates(applyDeps(deps, config), state.nft?.hooks).catch(() => []);
   const running = await runningDomains();
   const live = forwardsByDomain(state, await knownNames(config));
-  const host = hostFindings(state, facts, config.settings, gates, await allChains(deps));
+  const chains = await allChains(deps);
+  // The families the forwards examined use: forwarding off in another is no failure of theirs (added as found).
+  const families = new Set<Family>();
+  const host: Finding[] = [];
   if (deps.conntrack !== undefined) {
     const found = deps.conntrack();
     host.push(
@@ -103,8 +108,11 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
   const configured = [];
   for (const d of running) if ((await planOf(d)).kind !== "absent") configured.push(d);
   const domains = only !== undefined ? [only] : [...new Set([...configured, ...live.keys()])].sort();
-  const forwards: ForwardReport[] = [];
+  // A forward's findings wait for its probes (up to 2 s where the guest drops them): examined in parallel, at most
+  // PROBES_AT_ONCE at a time over all domains, and reported in order.
+  const forwards: Slot<ForwardReport>[] = [];
   for (const domain of domains) {
+    for (const f of live.get(domain) ?? []) families.add(f.family);
     const found = await planOf(domain);
     if (found.kind !== "ok") {
       forwards.push({
@@ -116,7 +124,7 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
               `"${domain}" is not in ${config.file} nor in its hooks.d/, and its XML holds no forwards`,
               "add an entry for it (qemu check validates it), or forwards to its metadata",
             )
-            : fail(`its forwards have errors: ${found.why}`, `qemu check --domain ${domain}`),
+            : fail(`its forwards have errors: ${found.why}`, `qemu check --domain=${shellQuote(domain)}`),
         ],
       });
       continue;
@@ -149,10 +157,11 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
     const plan = found;
     const xml = await xmlOf(domain);
     const liveText = new Set((live.get(domain) ?? []).map(describeForward));
-    const counters = await readCounters(deps, domain);
+    let counters: Promise<Map<string, number>> | undefined;
+    for (const f of [...plan.forwards, ...plan.snats]) families.add(f.family);
     for (const f of plan.forwards) {
       const text = describeForward(asLiveForward(domain, f));
-      forwards.push({
+      forwards.push(async () => ({
         domain,
         forward: text,
         findings: await forwardFindings(domain, f, {
@@ -164,9 +173,10 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
           gates,
           live: liveText.has(text),
           misplaced: acceptMisplaced(state, domain, [f]),
-          counters,
+          counters: await (counters ??= readCounters(deps, domain)),
+          flows: await readFlows(deps, f),
         }),
-      });
+      }));
     }
     // Outbound NAT (snat): live as planned, or not.
     for (const s of plan.snats) {
@@ -175,12 +185,46 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
         domain,
         forward: text,
         findings: [
-          liveText.has(text)
-            ? ok(`the guest's new outgoing connections leave from ${s.publicIp}`)
-            : fail("the outbound NAT is not live", `qemu apply ${domain}   (or restart the guest)`),
+          liveText.has(text) ? ok(`the guest's new outgoing connections leave from ${s.publicIp}`) : fail(
+            "the outbound NAT is not live",
+            `${qemuCommand("apply", domain)}   (or restart the guest)`,
+          ),
         ],
       });
     }
   }
-  return { host, forwards };
+  // libvirt's iptables chains unseen by the iptables we run: in iptables-legacy's tables, perhaps. Only where those
+  // tables are loaded: iptables-legacy-save would load the kernel's legacy modules otherwise.
+  const legacySave = libvirtUnseen(state) && (readSysctl("/proc/net/ip_tables_names") ?? "") !== ""
+    ? await deps.runner.run(["iptables-legacy-save"], { timeoutMs: 5000 }).then(
+      (r) => r.code === 0 ? r.stdout : undefined,
+      () => undefined,
+    )
+    : undefined;
+  const found = hostFindings(state, facts, config.settings, gates, chains, {
+    families: [...families],
+    legacySave,
+  });
+  return { host: [...found, ...host], forwards: await inParallel(forwards, PROBES_AT_ONCE) };
+}
+
+/** How many forwards doctor examines at once: bounds its processes and sockets whatever the number of guests. */
+export const PROBES_AT_ONCE = 64;
+
+/** A value, or a job that makes it (see inParallel). */
+type Slot<T> = T | (() => Promise<T>);
+
+/** The values of `slots` in their order, the jobs among them run with at most `limit` at once. */
+export async function inParallel<T>(slots: Slot<T>[], limit: number): Promise<T[]> {
+  const out: T[] = [];
+  let next = 0;
+  const worker = async () => {
+    while (next < slots.length) {
+      const i = next++;
+      const slot = slots[i]!;
+      out[i] = typeof slot === "function" ? await (slot as () => Promise<T>)() : slot;
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, slots.length)) }, worker));
+  return out;
 }

@@ -15,6 +15,7 @@ import { loadXml } from "../system/xml.ts";
 import { connectedNetworkOf, type HostFacts, listenerAt, readListeners } from "../system/host.ts";
 import { fail, type Finding, note, ok } from "./doctor_findings.ts";
 import { readSysctl } from "./doctor_host.ts";
+import { qemuCommand, shellQuote } from "../system/shell.ts";
 
 interface ForwardContext {
   acceptIn: readonly string[];
@@ -27,6 +28,15 @@ interface ForwardContext {
   live: boolean;
   misplaced: boolean;
   counters: Map<string, number>;
+  /** The connections through the forward that conntrack holds, and how many of them no reply came for. */
+  flows?: Flows | undefined;
+}
+
+/** Connections through one forward, as conntrack lists them (see readFlows). */
+export interface Flows {
+  total: number;
+  /** Those that got no packet back from the guest (conntrack's `[UNREPLIED]`). */
+  unreplied: number;
 }
 
 export async function forwardFindings(domain: string, f: Forward, c: ForwardContext): Promise<Finding[]> {
@@ -36,7 +46,7 @@ export async function forwardFindings(domain: string, f: Forward, c: ForwardCont
   const bridge = f.interface ?? net?.device;
   // The guest, its tap, and where its address lies.
   if (c.xml === undefined) {
-    out.push(fail(`"${domain}" is not running`, `virsh start ${domain}`));
+    out.push(fail(`"${domain}" is not running`, `virsh start ${shellQuote(domain)}`));
   } else {
     const taps = guestInterfaces(c.xml);
     const onBridge = taps.filter((t) => bridgeOf(t.device) === bridge);
@@ -94,7 +104,7 @@ export async function forwardFindings(domain: string, f: Forward, c: ForwardCont
   }
   // Our rules.
   if (!c.live) {
-    out.push(fail("the forward is not live", `qemu apply ${domain}   (or restart the guest)`));
+    out.push(fail("the forward is not live", `${qemuCommand("apply", domain)}   (or restart the guest)`));
   } else if (c.misplaced) {
     out.push(fail(
       "the forward is live, but our accept is missing from iptables' FORWARD or sits below other rules",
@@ -144,6 +154,22 @@ export async function forwardFindings(domain: string, f: Forward, c: ForwardCont
     } else {out.push(
         ok(`${dnat} packet(s) arrived and were translated${accepted ? `, ${accepted} accepted` : ""}`),
       );}
+  }
+  // Packets arrive and are translated, and nothing comes back: the guest drops them past our rules, or its
+  // answers leave by another way (no route back through this host). Counters and a probe from the host see none of it.
+  if (c.flows && c.flows.total > 0 && c.flows.unreplied === c.flows.total) {
+    out.push(fail(
+      `${c.flows.total} connection(s) arrived and were translated to the guest, but no reply came back: the guest ` +
+        "drops them, or has no route back to the client (its default route does not lead through this host)",
+      `inside the guest: ip route get <client address> must leave through ${
+        bridge ?? "its bridge"
+      }'s address, ` +
+        `and its firewall must accept ${f.protocol} port ${f.privatePort}`,
+    ));
+  } else if (c.flows && c.flows.total > 0) {
+    out.push(
+      ok(`${c.flows.total - c.flows.unreplied} of ${c.flows.total} connection(s) got replies from the guest`),
+    );
   }
   // The guest's end.
   // An all_ports forward names no port the guest must listen on.
@@ -229,8 +255,40 @@ async function guestListens(address: string, port: number): Promise<Finding> {
         "start the service in the guest, or forward to the port it listens on",
       );
     }
-    return note(`no answer from ${where} within 2 s (a firewall inside the guest, or it is still booting)`);
+    // Silence is no all-clear: a client's connections through the forward get no answer either.
+    return fail(
+      `no answer from ${where} within 2 s: something in the guest (its firewall) drops connections to it, or it is ` +
+        "still booting",
+      "open the port in the guest's firewall (inside it: nft list ruleset, or iptables -S), or wait for it to boot",
+    );
   }
+}
+
+/**
+ * The connections to a forward's public address and port that conntrack holds, and how many got no reply;
+ * undefined where conntrack is not installed or cannot list them.
+ */
+export async function readFlows(
+  deps: Pick<HookDeps, "runner" | "conntrack">,
+  f: Pick<Forward, "protocol" | "publicIp" | "publicPort" | "family">,
+): Promise<Flows | undefined> {
+  const conntrack = deps.conntrack?.();
+  if (conntrack === undefined) return undefined;
+  const r = await deps.runner.run([
+    conntrack,
+    "-L",
+    "-f",
+    f.family === 4 ? "ipv4" : "ipv6",
+    "-p",
+    f.protocol,
+    "--orig-dst",
+    f.publicIp,
+    "--dport",
+    String(f.publicPort),
+  ], { timeoutMs: 5000 }).catch(() => undefined);
+  if (!r || r.code !== 0) return undefined;
+  const lines = r.stdout.split("\n").filter((l) => l.trim() !== "");
+  return { total: lines.length, unreplied: lines.filter((l) => l.includes("[UNREPLIED]")).length };
 }
 
 /**

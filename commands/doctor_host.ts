@@ -7,9 +7,11 @@ import type { FirewallState } from "../backends/state.ts";
 import { describeBackend } from "./live.ts";
 import type { Settings } from "../config/model.ts";
 import type { HookDeps } from "../hook/deps.ts";
+import type { Family } from "../system/address.ts";
 import type { HostFacts } from "../system/host.ts";
 import { fail, type Finding, note, ok } from "./doctor_findings.ts";
 
+/** A sysctl's value from its file under /proc/sys, or undefined where it cannot be read. */
 export function readSysctl(path: string): string | undefined {
   try {
     return Deno.readTextFileSync(path).trim();
@@ -18,13 +20,27 @@ export function readSysctl(path: string): string | undefined {
   }
 }
 
-/** The host's own links: forwarding, libvirt's backend, the other firewall software, and every gate. */
+/** What hostFindings() is told beside the firewall: which families the forwards use, how sysctls are read. */
+export interface HostFindingOptions {
+  /** The address families of the forwards examined (default both): forwarding off elsewhere is a note. */
+  families?: readonly Family[];
+  /** Reads a sysctl's file (default: readSysctl). */
+  sysctl?: (path: string) => string | undefined;
+  /** What iptables-legacy-save printed, where it was run (see iptablesMismatch). */
+  legacySave?: string | undefined;
+}
+
+/**
+ * The host's own links: forwarding (a failure only for a family the forwards use), libvirt's backend, the other
+ * firewall software, and every gate.
+ */
 export function hostFindings(
   state: FirewallState,
   facts: HostFacts,
   settings: Settings,
   gates: ForeignGate[],
   chains: string[],
+  { families = [4, 6], sysctl = readSysctl, legacySave }: HostFindingOptions = {},
 ): Finding[] {
   const out: Finding[] = [];
   for (
@@ -33,9 +49,16 @@ export function hostFindings(
       [6, "/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding"],
     ] as const
   ) {
-    const value = readSysctl(path);
+    const value = sysctl(path);
     if (value === "1") out.push(ok(`IPv${family} forwarding is on`));
-    else {
+    else if (!families.includes(family)) {
+      // Nothing examined needs it: worth knowing, not a failure (an IPv4-only config on a host without IPv6 routing).
+      out.push(
+        note(
+          `IPv${family} forwarding is off (${key} = ${value ?? "unknown"}); no forward here is IPv${family}`,
+        ),
+      );
+    } else {
       out.push(fail(
         `IPv${family} forwarding is off (${key} = ${
           value ?? "unknown"
@@ -48,6 +71,8 @@ export function hostFindings(
   out.push(
     backend.startsWith("none:") ? fail(`firewall backend: ${backend}`) : ok(`firewall backend: ${backend}`),
   );
+  const mismatch = iptablesMismatch(state, chains, legacySave);
+  if (mismatch) out.push(mismatch);
   const others = otherSoftware(state, chains);
   out.push(note(`other firewall software: ${others.length ? others.join(", ") : "none seen"}`));
   for (const family of [4, 6] as const) {
@@ -74,6 +99,43 @@ export function hostFindings(
     }
   }
   return out;
+}
+
+/** Whether libvirt's iptables chains are where the iptables we run cannot see them (see iptablesMismatch). */
+export function libvirtUnseen(state: FirewallState): boolean {
+  const nftables = state.nft !== undefined && Object.keys(state.nft.libvirt).length > 0;
+  return !nftables && !state.ipt[4]?.libvirt;
+}
+
+/**
+ * libvirt's iptables rules in the other iptables than the one we run: iptables-legacy selected while they are in
+ * iptables-nft (nf_tables), or the reverse. Our accepts then go where no packet meets libvirt's reject first, and
+ * nothing passes it. `chains`: nft's (iptables-nft's tables among them); `legacySave`: iptables-legacy-save's.
+ */
+export function iptablesMismatch(
+  state: FirewallState,
+  chains: string[],
+  legacySave: string | undefined,
+): Finding | undefined {
+  if (!libvirtUnseen(state)) return undefined;
+  const set = (to: string) =>
+    `update-alternatives --set iptables /usr/sbin/iptables-${to} and --set ip6tables ` +
+    `/usr/sbin/ip6tables-${to} (or IPTABLES_BINARY=iptables-${to}), then qemu reload`;
+  if (chains.some((c) => /^ip6? (filter|nat|mangle) LIBVIRT_/.test(c))) {
+    return fail(
+      "libvirt's iptables rules are in iptables-nft (nf_tables), but the iptables this hook runs is " +
+        "iptables-legacy: our rules go where libvirt's reject is not, and it drops every forward",
+      set("nft"),
+    );
+  }
+  if (legacySave !== undefined && /^:LIBVIRT_/m.test(legacySave)) {
+    return fail(
+      "libvirt's iptables rules are in iptables-legacy, but the iptables this hook runs is iptables-nft " +
+        "(nf_tables): our rules go where libvirt's reject is not, and it drops every forward",
+      set("legacy"),
+    );
+  }
+  return undefined;
 }
 
 /** Every chain of the host as `<family> <table> <chain>`, read with nft (empty where it cannot be). */

@@ -21,6 +21,7 @@ import { type Change, planForwards, syncDomain } from "../rules.ts";
 import type { Family } from "../system/address.ts";
 import type { HostFacts } from "../system/host.ts";
 import { failed, message } from "../system/report.ts";
+import { qemuCommand } from "../system/shell.ts";
 
 /** What applying needs, from the hook's dependencies, the config's settings and the host's networks. */
 export function applyDeps(deps: HookDeps, config?: Config, facts?: HostFacts): ApplyDeps {
@@ -147,7 +148,7 @@ export function defaultMoves(
     const current = now[family] === undefined ? "gone" : `now ${now[family]}`;
     out.push(
       `${domain}: the host's default IPv${family} address is ${current}; its forwards stay on ${was} until ` +
-        `"qemu apply ${domain}" or "qemu reload" moves them`,
+        `"${qemuCommand("apply", domain)}" or "qemu reload" moves them`,
     );
   }
   return out;

@@ -1,0 +1,35 @@
+/** plan(): the batch start would apply, printed, and nothing run but reads. */
+
+import assert from "node:assert/strict";
+import { plan } from "./plan.ts";
+import { domainHash } from "../backends/names.ts";
+import { captureStdout, fakeCommandDeps } from "../test/commands_deps.ts";
+
+const CONFIG = `{"web1": {"private_ip": "192.168.122.10", "port_map": {"tcp": [[2222, 22]]}}}`;
+
+Deno.test("plan() prints the iptables batch of a configured domain and runs no restore", async () => {
+  const f = await fakeCommandDeps(CONFIG);
+  const { value, stdout } = await captureStdout(() => plan("web1", f.deps));
+  assert.equal(value, 0);
+  const h = domainHash("web1");
+  assert.equal(stdout[0], '# iptables-restore --noflush: 3 rule(s) for "web1"');
+  assert.match(
+    stdout[1]!,
+    new RegExp(
+      `-A LVH-${h}-DNAT -d 203\\.0\\.113\\.1/32 -p tcp -m tcp --dport 2222 .*--to-destination 192\\.168\\.122\\.10:22`,
+    ),
+  );
+  assert.deepEqual(f.calls.filter((c) => c.argv[0]!.endsWith("-restore")), []);
+});
+
+Deno.test("plan() of a domain not configured says start installs nothing for it", async () => {
+  const f = await fakeCommandDeps(CONFIG);
+  const { value, stdout } = await captureStdout(() => plan("db", f.deps));
+  assert.equal(value, 0);
+  assert.deepEqual(stdout, []);
+  assert.equal(f.stderr.length, 1);
+  assert.match(
+    f.stderr[0]!,
+    /^"db" is not in .* no guest of that name is defined here: start installs nothing for it$/,
+  );
+});
