@@ -1,6 +1,7 @@
 /** The rule model: a domain's entries in, its forwards out; and the one place that applies them, all or nothing,
  * with whichever backend fits the host (the backends' text and live state are in backends/). */
 
+import { type Batch, nftBatch, runBatches } from "./backends/batch.ts";
 import { chooseBackend } from "./backends/choose.ts";
 import { createdBy, readCreated, recordCreated, uncreated, writeCreated } from "./backends/created.ts";
 import { readOtherGates } from "./backends/foreign.ts";
@@ -39,7 +40,7 @@ import {
 import type { Entry } from "./config/model.ts";
 import { type Family, formatNetwork, parseAddress } from "./system/address.ts";
 import { connectedNetworkOf, type HostFacts } from "./system/host.ts";
-import { batchFailure, CommandError } from "./system/runner.ts";
+import { CommandError } from "./system/runner.ts";
 import { message } from "./system/report.ts";
 
 /** Resolves a domain's entries against the host: default public addresses and hairpin networks. */
@@ -130,23 +131,8 @@ export async function syncDomain(
   // A start lists no jumps: with chains of the domain live, it reads everything below anyway. What is added does
   // not depend on what is live: built and rendered while the firewall is read (ms at 1000).
   const reading = read ?? (await beginRead(deps, { domain, jumps: removing })).state;
-  const built = {} as Built;
-  for (const family of FAMILIES) {
-    const rules = ruleLines(domain, forwards.filter((f) => f.family === family));
-    built[family] = { rules, additions: renderAdditions(rules) };
-  }
-  // Only nftables needs them (our table, libvirt's chains): looked up when it does (0.3 ms at 1000 forwards).
-  let found: Record<Family, string[]> | undefined;
-  const bridges: Bridges = () =>
-    forwards.length === 0 ? undefined : found ??= bridgesOf(forwards, deps.connected ?? []);
-  let state = await readOtherGates(deps, await reading);
-  // A domain whose chains are there already and gets forwards again (reconnect, reload): rolling back exactly
-  // needs what is in them (and a removal needs the jumps into them, where a start's read did not list them).
-  const hasChains = (s: FirewallState) => FAMILIES.some((f) => (s.ipt[f]?.chains.length ?? 0) > 0);
-  if (state.scope && (!removing || state.scope === "chains, no jumps") && hasChains(state)) {
-    state = await readAll(deps, domain);
-  }
-  const wanted = { forwards, snats, built, bridges };
+  const wanted = wantedOf(domain, { forwards, snats }, deps);
+  const state = await readForSync(domain, reading, { removing, deps });
   // Read before the rules change: after, the old targets are gone from what is live.
   // Where the kernel tracks no connection at all, there is nothing to delete, and nothing is listed or run. A
   // connection that a forward going away DNATs while the rules change (a few ms) keeps its old target then.
@@ -172,6 +158,69 @@ export async function syncDomain(
   // Only now: deleted before the new rules are in, a packet of the flow would re-create it through the old rule.
   if (before.length > 0) await forgetFlows(before, { forwards, deps, domain, flows });
   return changes;
+}
+
+/**
+ * The batches a start of `domain` with `forwards` would run, from the firewall as it is now: read as the start
+ * reads it, composed by the same function (syncBatches). This is what `plan` prints; nothing is run but reads.
+ */
+export async function startBatches(
+  domain: string,
+  forwards: Forward[],
+  deps: ApplyDeps,
+  { snats = [] }: { snats?: Snat[] } = {},
+): Promise<Batch[]> {
+  const removing = forwards.length === 0 && snats.length === 0;
+  const reading = (await beginRead(deps, { domain, jumps: removing })).state;
+  const wanted = wantedOf(domain, { forwards, snats }, deps);
+  const state = await readForSync(domain, reading, { removing, deps });
+  if (state.scope && removing) return removeBatches(domain, state, deps)?.batches ?? [];
+  return syncBatches(domain, wanted, deps, state).batches;
+}
+
+/**
+ * What a sync of `domain` works from: the domain's read, with other software's gates, and everything where the
+ * domain has chains and gets forwards again.
+ */
+async function readForSync(
+  domain: string,
+  reading: Promise<FirewallState>,
+  { removing, deps }: { removing: boolean; deps: ApplyDeps },
+): Promise<FirewallState> {
+  const state = await readOtherGates(deps, await reading);
+  // A domain whose chains are there already and gets forwards again (reconnect, reload): rolling back exactly
+  // needs what is in them (and a removal needs the jumps into them, where a start's read did not list them).
+  const hasChains = (s: FirewallState) => FAMILIES.some((f) => (s.ipt[f]?.chains.length ?? 0) > 0);
+  if (state.scope && (!removing || state.scope === "chains, no jumps") && hasChains(state)) {
+    return await readAll(deps, domain);
+  }
+  return state;
+}
+
+/** What a domain's sync wants: its forwards and outbound NATs, with their iptables rules built. */
+function wantedOf(
+  domain: string,
+  { forwards, snats }: { forwards: Forward[]; snats: Snat[] },
+  deps: ApplyDeps,
+): Wanted {
+  const built = {} as Built;
+  for (const family of FAMILIES) {
+    const rules = ruleLines(domain, forwards.filter((f) => f.family === family));
+    built[family] = { rules, additions: renderAdditions(rules) };
+  }
+  // Only nftables needs them (our table, libvirt's chains): looked up when it does (0.3 ms at 1000 forwards).
+  let found: Record<Family, string[]> | undefined;
+  const bridges: Bridges = () =>
+    forwards.length === 0 ? undefined : found ??= bridgesOf(forwards, deps.connected ?? []);
+  return { forwards, snats, built, bridges };
+}
+
+/** What a domain's sync wants (see wantedOf). */
+interface Wanted {
+  forwards: Forward[];
+  snats: Snat[];
+  built: Built;
+  bridges: Bridges;
 }
 
 /**
@@ -238,6 +287,18 @@ export interface SyncOptions {
  * nothing changed.
  */
 async function removeAtOnce(domain: string, state: FirewallState, deps: ApplyDeps): Promise<Change[]> {
+  const removal = removeBatches(domain, state, deps);
+  if (!removal) return [];
+  await runBatches(deps.runner, removal.batches);
+  return removal.changes;
+}
+
+/** The one nft transaction of removeAtOnce, and what it changes; undefined where there is nothing to remove. */
+function removeBatches(
+  domain: string,
+  state: FirewallState,
+  deps: ApplyDeps,
+): { batches: Batch[]; changes: Change[] } | undefined {
   const mine = {} as Record<Family, Live>;
   for (const family of FAMILIES) {
     mine[family] = liveOf(state.ipt[family] ?? { chains: [], rules: [] }, domain);
@@ -249,12 +310,11 @@ async function removeAtOnce(domain: string, state: FirewallState, deps: ApplyDep
     ? undefined
     : readCreated(deps.hintDir);
   const uncreate = created ? uncreated(created, state, mine) : { commands: [], keep: [] };
-  const commands = [...iptables, ...others, ...uncreate.commands];
-  if (commands.length === 0) return [];
-  const stdin = commands.join("\n") + "\n";
-  const result = await deps.runner.run([deps.nft!, "-f", "-"], { stdin });
-  if (result.code !== 0) throw new ApplyError(batchFailure("nft", result, stdin));
-  if (created && uncreate.keep.length !== created.length) writeCreated(deps.hintDir!, uncreate.keep);
+  const batch = nftBatch(deps.nft!, [...iptables, ...others, ...uncreate.commands]);
+  if (!batch) return undefined;
+  if (created && uncreate.keep.length !== created.length) {
+    batch.committed = () => writeCreated(deps.hintDir!, uncreate.keep);
+  }
   const changes: Change[] = [];
   for (const family of FAMILIES) {
     const { chains, rules } = mine[family];
@@ -264,7 +324,7 @@ async function removeAtOnce(domain: string, state: FirewallState, deps: ApplyDep
     changes.push({ target: family === 4 ? "iptables" : "ip6tables", removed, added: 0 });
   }
   if (others.length > 0) changes.push({ target: "nft", removed: 0, added: others.length });
-  return changes;
+  return { batches: [batch], changes };
 }
 
 /** The filter part of a domain's rules (its accepts, `count` of them): what iptables' FORWARD gets of them. */
@@ -289,10 +349,26 @@ type Bridges = () => Record<Family, string[]> | undefined;
 
 async function syncState(
   domain: string,
-  { forwards, snats, built, bridges }: { forwards: Forward[]; snats: Snat[]; built: Built; bridges: Bridges },
+  wanted: Wanted,
   deps: ApplyDeps,
   state: FirewallState,
 ): Promise<Change[]> {
+  const { batches, changes } = syncBatches(domain, wanted, deps, state);
+  await runBatches(deps.runner, batches);
+  return changes;
+}
+
+/**
+ * The batches that make a domain's live rules (`state`) equal to `wanted`, in the order they run, and what they
+ * change: one iptables-restore batch per family that changes, each undone from what is live where a later one
+ * fails, then one nft transaction. A start runs them (syncState); `plan` prints them (startBatches).
+ */
+function syncBatches(
+  domain: string,
+  { forwards, snats, built, bridges }: Wanted,
+  deps: ApplyDeps,
+  state: FirewallState,
+): { batches: Batch[]; changes: Change[] } {
   const backend = forwards.length === 0 && snats.length === 0
     ? "iptables"
     : chooseBackend(deps.backend, state);
@@ -309,8 +385,9 @@ async function syncState(
       built[family] = { rules, additions: renderAdditions(rules) };
     }
   }
-  const batches: { family: Family; text: string; change: Change; rules: RuleLines }[] = [];
-  const before: Partial<Record<Family, Live>> = {};
+  const batches: Batch[] = [];
+  const changes: Change[] = [];
+  const created: string[] = [];
   for (const family of FAMILIES) {
     const all = state.ipt[family];
     // On the nftables backend, iptables' own FORWARD still gets our accept where it exists: it is a gate every
@@ -325,7 +402,6 @@ async function syncState(
       continue;
     }
     const mine = liveOf(all, domain);
-    before[family] = mine;
     const added = iptables === "all"
       ? built[family]
       : iptables === "filter"
@@ -334,47 +410,39 @@ async function syncState(
     const text = renderSync(domain, wanted, mine, { want: added.rules, additions: added.additions });
     if (text === undefined) continue;
     const target = family === 4 ? "iptables" : "ip6tables";
+    const restore = deps.tools[family].restore;
     batches.push({
-      family,
-      text,
-      rules: added.rules,
-      change: {
-        target,
-        removed: state.scope && mine.chains.length > 0 ? undefined : mine.rules.length,
-        added: added.rules.count + added.rules.jumps.length,
-      },
+      argv: restore,
+      stdin: text,
+      name: restore[0]!,
+      label: `IPv${family}`,
+      // Only what was read whole can be put back: a partial read knows a family exactly only when the domain had
+      // no chains there. A removal is not undone where it is not known exactly (see syncDomain).
+      ...(!state.scope || mine.chains.length === 0
+        ? { undo: () => undoFamily(domain, family, mine, deps) }
+        : {}),
     });
+    changes.push({
+      target,
+      removed: state.scope && mine.chains.length > 0 ? undefined : mine.rules.length,
+      added: added.rules.count + added.rules.jumps.length,
+    });
+    if (state.scope) created.push(...createdBy(added.rules, family, state.ipt[family]));
   }
   const nftCommands = state.nft
     ? nftSync(domain, backend === "nftables" ? forwards : [], bridges, state.nft, deps, snatNft ? snats : [])
     : [];
-
-  const attempted: Family[] = [];
-  const undo = async (why: string) => {
-    // Only what was read whole can be put back: a partial read knows a family exactly only when the domain had
-    // no chains there. A removal is not undone where it is not known exactly (see syncDomain).
-    const exact = attempted.filter((f) => !state.scope || (before[f]?.chains.length ?? 0) === 0);
-    const rollback = await rollBack(domain, exact, before, deps);
-    return new ApplyError(rollback ? `${why}; ${rollback}` : why);
-  };
-  for (const batch of batches) {
-    attempted.push(batch.family);
-    const result = await deps.runner.run(deps.tools[batch.family].restore, { stdin: batch.text });
-    if (result.code !== 0) {
-      throw await undo(batchFailure(deps.tools[batch.family].restore[0]!, result, batch.text));
-    }
+  // What the iptables batches created is recorded once they are all in, before the nft transaction runs.
+  const last = batches.at(-1), hintDir = deps.hintDir;
+  if (last && hintDir !== undefined && created.length > 0) {
+    last.committed = () => recordCreated(hintDir, created);
   }
-  if (state.scope && deps.hintDir !== undefined) {
-    recordCreated(deps.hintDir, batches.flatMap((b) => createdBy(b.rules, b.family, state.ipt[b.family])));
-  }
-  const changes = batches.map((b) => b.change);
-  if (nftCommands.length > 0) {
-    const stdin = nftCommands.join("\n") + "\n";
-    const result = await deps.runner.run([deps.nft!, "-f", "-"], { stdin });
-    if (result.code !== 0) throw await undo(batchFailure("nft", result, stdin));
+  const nft = nftBatch(deps.nft!, nftCommands);
+  if (nft) {
+    batches.push(nft);
     changes.push({ target: "nft", removed: 0, added: nftCommands.length });
   }
-  return changes;
+  return { batches, changes };
 }
 
 /**
@@ -408,32 +476,19 @@ function nftSync(
   return [...table, ...libvirt, ...handedAccepts(live, domain, mine, deps.acceptIn ?? [])];
 }
 
-async function rollBack(
+/** The batch that puts one family of a domain back as `before` had it, from what is live now (see renderRollback). */
+async function undoFamily(
   domain: string,
-  families: Family[],
-  before: Partial<Record<Family, Live>>,
+  family: Family,
+  before: Live,
   deps: ApplyDeps,
-): Promise<string | undefined> {
-  const problems: string[] = [];
-  for (const family of families) {
-    try {
-      const save = await deps.runner.run(deps.tools[family].save);
-      if (save.code !== 0) throw new CommandError(deps.tools[family].save, save);
-      const text = renderRollback(
-        domain,
-        before[family] ?? { chains: [], rules: [] },
-        liveOf(parseSave(save.stdout), domain),
-      );
-      if (text === undefined) continue;
-      const result = await deps.runner.run(deps.tools[family].restore, { stdin: text });
-      if (result.code !== 0) throw new Error(batchFailure(deps.tools[family].restore[0]!, result, text));
-    } catch (err) {
-      problems.push(`IPv${family}: ${message(err)}`);
-    }
-  }
-  return problems.length
-    ? `rolling back also failed, rules may be left half-applied: ${problems.join("; ")}`
-    : undefined;
+): Promise<Batch | undefined> {
+  const save = await deps.runner.run(deps.tools[family].save);
+  if (save.code !== 0) throw new CommandError(deps.tools[family].save, save);
+  const text = renderRollback(domain, before, liveOf(parseSave(save.stdout), domain));
+  if (text === undefined) return undefined;
+  const restore = deps.tools[family].restore;
+  return { argv: restore, stdin: text, name: restore[0]! };
 }
 
 /**
@@ -449,9 +504,8 @@ export async function reassertAccepts(deps: ApplyDeps): Promise<number> {
     ...libvirtAccepts(state.nft, wanted),
     ...reassertHanded(state.nft, wanted, deps.acceptIn ?? []),
   ];
-  if (commands.length === 0) return 0;
-  const stdin = commands.join("\n") + "\n";
-  const result = await deps.runner.run([deps.nft, "-f", "-"], { stdin });
-  if (result.code !== 0) throw new ApplyError(batchFailure("nft", result, stdin));
+  const batch = nftBatch(deps.nft, commands);
+  if (!batch) return 0;
+  await runBatches(deps.runner, [batch]);
   return commands.length;
 }
