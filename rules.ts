@@ -509,3 +509,5 @@ export async function reassertAccepts(deps: ApplyDeps): Promise<number> {
   await runBatches(deps.runner, [batch]);
   return commands.length;
 }
+
+export { type Batch, batchHeader } from "./backends/batch.ts";
