@@ -43,6 +43,9 @@ import { connectedNetworkOf, type HostFacts } from "./system/host.ts";
 import { CommandError } from "./system/runner.ts";
 import { message } from "./system/report.ts";
 
+/** Batches, and the one place that runs them, for the commands (see backends/batch.ts). */
+export { type Batch, batchHeader, runBatches } from "./backends/batch.ts";
+
 /** Resolves a domain's entries against the host: default public addresses and hairpin networks. */
 export function planForwards(
   entries: Entry[],
@@ -509,5 +512,3 @@ export async function reassertAccepts(deps: ApplyDeps): Promise<number> {
   await runBatches(deps.runner, [batch]);
   return commands.length;
 }
-
-export { type Batch, batchHeader } from "./backends/batch.ts";
