@@ -1,32 +1,19 @@
 /** The rule model: a domain's entries in, its forwards out; and the one place that applies them, all or nothing,
  * with whichever backend fits the host (the backends' text and live state are in backends/). */
 
+import type { Change, Desired, FirewallBackend } from "./backends/backend.ts";
 import { type Batch, nftBatch, runBatches } from "./backends/batch.ts";
 import { chooseBackend } from "./backends/choose.ts";
-import { createdBy, readCreated, recordCreated, uncreated, writeCreated } from "./backends/created.ts";
+import { readCreated, uncreated, writeCreated } from "./backends/created.ts";
 import { readOtherGates } from "./backends/foreign.ts";
 import { domainForwards, forget, forgetLines, type Forgotten } from "./backends/conntrack.ts";
 import type { Forward, LiveForward, Snat } from "./backends/forward.ts";
-import {
-  renderAdditions,
-  renderRollback,
-  renderSync,
-  type RuleLines,
-  ruleLines,
-} from "./backends/iptables.ts";
+import { renderAdditions, type RuleLines, ruleLines } from "./backends/iptables.ts";
 import { listingsToSave, type Live, liveForwards, liveOf, parseSave } from "./backends/iptables_live.ts";
-import { carriedDomain, chainNames } from "./backends/names.ts";
-import {
-  bridgesOf,
-  handedAccepts,
-  libvirtAccepts,
-  nftBase,
-  nftDomainObjects,
-  nftRemoveDomain,
-  nftRemoveIptables,
-  reassertHanded,
-} from "./backends/nftables.ts";
-import { liveAccepts, type NftLive } from "./backends/nftables_live.ts";
+import { chainNames } from "./backends/names.ts";
+import { bridgesOf, libvirtAccepts, nftRemoveIptables, reassertHanded } from "./backends/nftables.ts";
+import { iptablesBackend } from "./backends/iptables_backend.ts";
+import { nftablesBackend, nftCommands } from "./backends/nftables_backend.ts";
 import {
   type ApplyDeps,
   ApplyError,
@@ -40,11 +27,12 @@ import {
 import type { Entry } from "./config/model.ts";
 import { type Family, formatNetwork, parseAddress } from "./system/address.ts";
 import { connectedNetworkOf, type HostFacts } from "./system/host.ts";
-import { CommandError } from "./system/runner.ts";
 import { message } from "./system/report.ts";
 
 /** Batches, and the one place that runs them, for the commands (see backends/batch.ts). */
 export { type Batch, batchHeader, runBatches } from "./backends/batch.ts";
+/** What one sync changed in one backend (see backends/backend.ts). */
+export type { Change } from "./backends/backend.ts";
 
 /** Resolves a domain's entries against the host: default public addresses and hairpin networks. */
 export function planForwards(
@@ -109,14 +97,6 @@ export function planForwards(
     }
   }
   return { forwards: [...forwards, ...everyPort], snats, problems };
-}
-
-/** What one sync changed in one backend. */
-export interface Change {
-  target: "iptables" | "ip6tables" | "nft";
-  /** Rules of ours removed or replaced; undefined where a read of chain names did not count what was in our chains. */
-  removed: number | undefined;
-  added: number;
 }
 
 /**
@@ -308,7 +288,9 @@ function removeBatches(
   }
   const iptables = nftRemoveIptables(mine);
   if (!iptables) throw new ApplyError("A jump into our chains was read without its nft handle");
-  const others = state.nft ? nftSync(domain, [], () => undefined, state.nft, deps) : [];
+  const others = state.nft
+    ? nftCommands(domain, { ours: [], snats: [], bridges: () => undefined }, { live: state.nft, deps })
+    : [];
   const created = deps.hintDir === undefined || state.scope === "chains, no jumps"
     ? undefined
     : readCreated(deps.hintDir);
@@ -363,15 +345,38 @@ async function syncState(
 
 /**
  * The batches that make a domain's live rules (`state`) equal to `wanted`, in the order they run, and what they
- * change: one iptables-restore batch per family that changes, each undone from what is live where a later one
- * fails, then one nft transaction. A start runs them (syncState); `plan` prints them (startBatches).
+ * change: each backend's for the domain's desired state, iptables' first (a batch per family, each undone where a
+ * later one fails), then nftables' one transaction. A start runs them (syncState); `plan` prints them
+ * (startBatches).
  */
 function syncBatches(
   domain: string,
-  { forwards, snats, built, bridges }: Wanted,
+  wanted: Wanted,
   deps: ApplyDeps,
   state: FirewallState,
 ): { batches: Batch[]; changes: Change[] } {
+  const desired = desiredState(domain, wanted, { state, deps });
+  const out = { batches: [] as Batch[], changes: [] as Change[] };
+  for (const backend of BACKENDS) {
+    const { batches, changes } = backend.batches(desired, state, deps);
+    out.batches.push(...batches);
+    out.changes.push(...changes);
+  }
+  return out;
+}
+
+/** The backends, in the order their batches run. */
+const BACKENDS: FirewallBackend[] = [iptablesBackend, nftablesBackend];
+
+/**
+ * A domain's desired state on this host: which backend translates its forwards, and every piece with the place it
+ * goes (iptables' chains per family, our nftables table, the accepts in libvirt's chains and those handed to us).
+ */
+export function desiredState(
+  domain: string,
+  { forwards, snats, built, bridges }: Wanted,
+  { state, deps }: { state: FirewallState; deps: Pick<ApplyDeps, "backend"> },
+): Desired {
   const backend = forwards.length === 0 && snats.length === 0
     ? "iptables"
     : chooseBackend(deps.backend, state);
@@ -380,118 +385,34 @@ function syncBatches(
   const libvirtNft = state.nft !== undefined &&
     (state.nft.libvirt[4] !== undefined || state.nft.libvirt[6] !== undefined);
   const snatNft = snats.length > 0 && state.nft !== undefined && (backend === "nftables" || libvirtNft);
-  if (snats.length > 0 && !snatNft && backend === "iptables") {
-    for (const family of FAMILIES) {
-      const rules = ruleLines(domain, forwards.filter((f) => f.family === family), {
-        snats: snats.filter((s) => s.family === family),
-      });
-      built[family] = { rules, additions: renderAdditions(rules) };
-    }
-  }
-  const batches: Batch[] = [];
-  const changes: Change[] = [];
-  const created: string[] = [];
+  const iptables = {} as Desired["iptables"];
   for (const family of FAMILIES) {
-    const all = state.ipt[family];
     // On the nftables backend, iptables' own FORWARD still gets our accept where it exists: it is a gate every
     // forwarded connection passes (Docker, ufw, an administrator's iptables rules), whatever libvirt uses.
-    const iptables = backend === "iptables" ? "all" : all?.forward ? "filter" : "none";
-    const wanted = iptables === "none" ? [] : forwards.filter((f) => f.family === family);
-    const snatHere = iptables === "all" && !snatNft && snats.some((s) => s.family === family);
-    if (!all) {
-      if (wanted.length > 0 || snatHere) {
-        throw new ApplyError(`${deps.tools[family].save[0]} is not installed`);
-      }
-      continue;
-    }
-    const mine = liveOf(all, domain);
-    const added = iptables === "all"
-      ? built[family]
-      : iptables === "filter"
-      ? filterOnly(built[family].rules, wanted.length)
-      : { rules: ruleLines(domain, []), additions: undefined };
-    const text = renderSync(domain, wanted, mine, { want: added.rules, additions: added.additions });
-    if (text === undefined) continue;
-    const target = family === 4 ? "iptables" : "ip6tables";
-    const restore = deps.tools[family].restore;
-    batches.push({
-      argv: restore,
-      stdin: text,
-      name: restore[0]!,
-      label: `IPv${family}`,
-      // Only what was read whole can be put back: a partial read knows a family exactly only when the domain had
-      // no chains there. A removal is not undone where it is not known exactly (see syncDomain).
-      ...(!state.scope || mine.chains.length === 0
-        ? { undo: () => undoFamily(domain, family, mine, deps) }
-        : {}),
-    });
-    changes.push({
-      target,
-      removed: state.scope && mine.chains.length > 0 ? undefined : mine.rules.length,
-      added: added.rules.count + added.rules.jumps.length,
-    });
-    if (state.scope) created.push(...createdBy(added.rules, family, state.ipt[family]));
+    const place = backend === "iptables" ? "all" : state.ipt[family]?.forward ? "filter" : "none";
+    const mine = place === "none" ? [] : forwards.filter((f) => f.family === family);
+    const out = place === "all" && !snatNft ? snats.filter((s) => s.family === family) : [];
+    const added = place === "filter"
+      ? filterOnly(built[family].rules, mine.length)
+      : place === "none"
+      ? { rules: ruleLines(domain, []), additions: undefined }
+      : out.length > 0
+      ? withRules(ruleLines(domain, mine, { snats: out }))
+      : built[family];
+    iptables[family] = { place, forwards: mine, snat: out.length > 0, ...added };
   }
-  const nftCommands = state.nft
-    ? nftSync(domain, backend === "nftables" ? forwards : [], bridges, state.nft, deps, snatNft ? snats : [])
-    : [];
-  // What the iptables batches created is recorded once they are all in, before the nft transaction runs.
-  const last = batches.at(-1), hintDir = deps.hintDir;
-  if (last && hintDir !== undefined && created.length > 0) {
-    last.committed = () => recordCreated(hintDir, created);
-  }
-  const nft = nftBatch(deps.nft!, nftCommands);
-  if (nft) {
-    batches.push(nft);
-    changes.push({ target: "nft", removed: 0, added: nftCommands.length });
-  }
-  return { batches, changes };
-}
-
-/**
- * The nft commands for one domain: our table's objects (for `ours`, the forwards nftables carries) and our accepts
- * in libvirt's chains (for `bridges`, those of all its forwards).
- */
-function nftSync(
-  domain: string,
-  ours: Forward[],
-  bridges: Bridges,
-  live: NftLive,
-  deps: ApplyDeps,
-  snats: Snat[] = [],
-): string[] {
-  const table = ours.length > 0 || snats.length > 0
-    ? [
-      ...nftBase(),
-      ...nftRemoveDomain(domain, live, { keepTable: true }),
-      ...nftDomainObjects(domain, ours, bridges() ?? bridgesOf(ours, deps.connected ?? []), { snats }),
-    ]
-    : nftRemoveDomain(domain, live);
-  // Our accepts in libvirt's chains and in those handed to us: the other domains' as they are, this one's as
-  // wanted. Keyed as the accepts' comments carry the domain, so that a name too long for a comment compares equal.
-  const mine = bridges();
-  const withMine = (wanted: Map<string, Record<Family, string[]>>) => {
-    if (mine) wanted.set(carriedDomain(domain), mine);
-    else wanted.delete(carriedDomain(domain));
-    return wanted;
+  return {
+    domain,
+    backend,
+    iptables,
+    table: { forwards: backend === "nftables" ? forwards : [], snats: snatNft ? snats : [] },
+    accepts: bridges,
   };
-  const libvirt = live.libvirt[4] || live.libvirt[6] ? libvirtAccepts(live, withMine(liveAccepts(live))) : [];
-  return [...table, ...libvirt, ...handedAccepts(live, domain, mine, deps.acceptIn ?? [])];
 }
 
-/** The batch that puts one family of a domain back as `before` had it, from what is live now (see renderRollback). */
-async function undoFamily(
-  domain: string,
-  family: Family,
-  before: Live,
-  deps: ApplyDeps,
-): Promise<Batch | undefined> {
-  const save = await deps.runner.run(deps.tools[family].save);
-  if (save.code !== 0) throw new CommandError(deps.tools[family].save, save);
-  const text = renderRollback(domain, before, liveOf(parseSave(save.stdout), domain));
-  if (text === undefined) return undefined;
-  const restore = deps.tools[family].restore;
-  return { argv: restore, stdin: text, name: restore[0]! };
+/** Rules with the batch lines that add them. */
+function withRules(rules: RuleLines): Built[Family] {
+  return { rules, additions: renderAdditions(rules) };
 }
 
 /**
