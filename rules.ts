@@ -31,6 +31,8 @@ import { message } from "./system/report.ts";
 
 /** Batches, and the one place that runs them, for the commands (see backends/batch.ts). */
 export { type Batch, batchHeader, runBatches } from "./backends/batch.ts";
+/** Chooses the backend for our rules: the one choice, which desiredState makes (see backends/choose.ts). */
+export { chooseBackend } from "./backends/choose.ts";
 /** What one sync changed in one backend (see backends/backend.ts). */
 export type { Change } from "./backends/backend.ts";
 
@@ -367,6 +369,31 @@ function syncBatches(
 
 /** The backends, in the order their batches run. */
 const BACKENDS: FirewallBackend[] = [iptablesBackend, nftablesBackend];
+
+/**
+ * Reads what is live of ours, in every family and backend at once (a constant number of processes), for the
+ * commands that show or check it (status, doctor, watch); see backends/state.ts readState.
+ */
+export function readLive(deps: ApplyDeps): Promise<FirewallState> {
+  return readState(deps);
+}
+
+/** The forwards live in any backend, by domain, read back into the model (a domain with rules, maybe none). */
+export function liveForwardsByDomain(state: FirewallState): Map<string, LiveForward[]> {
+  const out = new Map<string, LiveForward[]>();
+  // nftables first: a domain's order of forwards as status has always shown it.
+  for (const backend of [nftablesBackend, iptablesBackend]) {
+    for (const [domain, forwards] of backend.forwards(state)) {
+      out.set(domain, [...out.get(domain) ?? [], ...forwards]);
+    }
+  }
+  return out;
+}
+
+/** Whether a domain's live forwards lack an accept where it must be, in any backend (watch puts it back). */
+export function acceptMisplaced(state: FirewallState, domain: string, forwards: Forward[]): boolean {
+  return BACKENDS.some((backend) => backend.misplaced(state, domain, forwards));
+}
 
 /**
  * A domain's desired state on this host: which backend translates its forwards, and every piece with the place it

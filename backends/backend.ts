@@ -5,7 +5,7 @@
 
 import type { Batch } from "./batch.ts";
 import type { Backend } from "./choose.ts";
-import type { Forward, Snat } from "./forward.ts";
+import type { Forward, LiveForward, Snat } from "./forward.ts";
 import type { RuleLines } from "./iptables.ts";
 import type { Table } from "./iptables_live.ts";
 import type { ApplyDeps, FirewallState } from "./state.ts";
@@ -57,4 +57,8 @@ export interface FirewallBackend {
   readonly name: string;
   /** The batches, in the order they run, and what they change; none where nothing differs. */
   batches(desired: Desired, live: FirewallState, deps: ApplyDeps): { batches: Batch[]; changes: Change[] };
+  /** What is live of ours here, read back into the model: every domain with rules here, with its forwards. */
+  forwards(live: FirewallState): Map<string, LiveForward[]>;
+  /** Whether a domain's live `forwards` lack an accept where it must be (see rules.ts acceptMisplaced). */
+  misplaced(live: FirewallState, domain: string, forwards: Forward[]): boolean;
 }

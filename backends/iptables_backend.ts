@@ -4,7 +4,8 @@ import type { Change, Desired, FirewallBackend } from "./backend.ts";
 import type { Batch } from "./batch.ts";
 import { createdBy, recordCreated } from "./created.ts";
 import { renderRollback, renderSync } from "./iptables.ts";
-import { type Live, liveOf, parseSave } from "./iptables_live.ts";
+import type { Forward, LiveForward } from "./forward.ts";
+import { type Live, liveForwards, liveOf, parseSave } from "./iptables_live.ts";
 import { type ApplyDeps, ApplyError, FAMILIES, type FirewallState } from "./state.ts";
 import type { Family } from "../system/address.ts";
 import { CommandError } from "../system/runner.ts";
@@ -57,6 +58,33 @@ export const iptablesBackend: FirewallBackend = {
       last.committed = () => recordCreated(hintDir, created);
     }
     return { batches, changes };
+  },
+  forwards(state: FirewallState): Map<string, LiveForward[]> {
+    const out = new Map<string, LiveForward[]>();
+    for (const family of FAMILIES) {
+      const live = state.ipt[family];
+      if (!live) continue;
+      // A domain with rules but no DNAT rule left (a half-removed state) still shows up, with no forward.
+      for (const r of live.rules) if (r.domain !== undefined && !out.has(r.domain)) out.set(r.domain, []);
+      for (const f of liveForwards(live, family)) {
+        const list = out.get(f.domain);
+        if (list) list.push(f);
+        else out.set(f.domain, [f]);
+      }
+    }
+    return out;
+  },
+  misplaced(state: FirewallState, domain: string, forwards: Forward[]): boolean {
+    // iptables' FORWARD appeared since (Docker or ufw started) without our accept in it, or another tool put its
+    // rules ahead of our jumps (libvirt and firewalld insert theirs at the top when they reload).
+    return FAMILIES.some((family) => {
+      const live = state.ipt[family];
+      if (!live || !forwards.some((f) => f.family === family)) return false;
+      const mine = liveOf(live, domain);
+      if (mine.rules.some((r) => r.buried)) return true;
+      return live.forward !== undefined &&
+        !mine.rules.some((r) => r.table === "filter" && r.chain === "FORWARD");
+    });
   },
 };
 

@@ -5,7 +5,7 @@
 
 import type { Change, Desired, FirewallBackend } from "./backend.ts";
 import { type Batch, nftBatch } from "./batch.ts";
-import type { Forward, Snat } from "./forward.ts";
+import type { Forward, LiveForward, Snat } from "./forward.ts";
 import { carriedDomain } from "./names.ts";
 import {
   bridgesOf,
@@ -15,7 +15,7 @@ import {
   nftDomainObjects,
   nftRemoveDomain,
 } from "./nftables.ts";
-import { liveAccepts, type NftLive } from "./nftables_live.ts";
+import { liveAccepts, type NftLive, nftLiveForwards } from "./nftables_live.ts";
 import type { ApplyDeps, FirewallState } from "./state.ts";
 import type { Family } from "../system/address.ts";
 
@@ -33,6 +33,20 @@ export const nftablesBackend: FirewallBackend = {
     return batch
       ? { batches: [batch], changes: [{ target: "nft", removed: 0, added: commands.length }] }
       : { batches: [], changes: [] };
+  },
+  forwards(state: FirewallState): Map<string, LiveForward[]> {
+    const out = new Map<string, LiveForward[]>();
+    for (const f of state.nft ? nftLiveForwards(state.nft) : []) {
+      const list = out.get(f.domain);
+      if (list) list.push(f);
+      else out.set(f.domain, [f]);
+    }
+    return out;
+  },
+  misplaced(): boolean {
+    // Our accepts in libvirt's chains are put back by the network hook (reassertAccepts) whenever libvirt
+    // re-creates them; our own table is ours alone.
+    return false;
   },
 };
 
