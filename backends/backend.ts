@@ -62,3 +62,56 @@ export interface FirewallBackend {
   /** Whether a domain's live `forwards` lack an accept where it must be (see rules.ts acceptMisplaced). */
   misplaced(live: FirewallState, domain: string, forwards: Forward[]): boolean;
 }
+
+// ---- What the commands and the hook use of the backends: through this module alone (test/layout_test.ts) ----
+
+/** The rule model's forwards, as planned and as read back, and how they are said. */
+export {
+  asLiveForward,
+  asLiveSnat,
+  describeForward,
+  describePlan,
+  type Forward,
+  type LiveForward,
+  type Snat,
+} from "./forward.ts";
+/** The one naming scheme of both backends: what makes a rule, chain or table ours. */
+export {
+  carriedDomain,
+  chainNames,
+  domainHash,
+  domainLabel,
+  isHashOnly,
+  LIBVIRT_TABLE,
+  NFT_TABLE,
+  ruleComment,
+} from "./names.ts";
+/** The live state's model and its read (one read for both backends, a constant number of processes). */
+export { type ApplyDeps, beginRead, type FirewallState } from "./state.ts";
+/** Other software's gates at the forward hook, and what they do to a forward's first packet. */
+export {
+  type BaseChain,
+  blockedNote,
+  type Blocker,
+  blockers,
+  describeBlocker,
+  type ForeignGate,
+  gateKind,
+  gateName,
+  openingLine,
+  type Packet,
+} from "./gates.ts";
+export { foreignGates } from "./foreign.ts";
+/** The programs: iptables' per family, whether they drive nf_tables, and conntrack's count of tracked flows. */
+export { iptablesTools, type Tools } from "./iptables.ts";
+export { drivesNfTables } from "./choose.ts";
+export { type Forgotten, trackedConnections } from "./conntrack.ts";
+/** The bridge behind a guest address (where our accepts go). */
+export { bridgesOf } from "./nftables.ts";
+/**
+ * Lower-level readers that `doctor` (libvirt's accepts, chains listed with nft) and `migrate-legacy` (the old
+ * hook's iptables text) still use directly; they belong behind FirewallBackend's reads.
+ */
+export { liveAccepts } from "./nftables_live.ts";
+export { nftItems } from "./nft_json.ts";
+export { chainLine, tokenize } from "./iptables_live.ts";

@@ -1,7 +1,6 @@
 /** `doctor`: walks each forward's path, link by link, and says what is OK, what is wrong, and what fixes it. */
 
-import { foreignGates } from "../backends/foreign.ts";
-import { asLiveForward, asLiveSnat, describeForward } from "../backends/forward.ts";
+import { asLiveForward, asLiveSnat, describeForward, foreignGates } from "../backends/backend.ts";
 import { acceptMisplaced, forwardsByDomain, knownNames, runningDomains, runningXml } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import {

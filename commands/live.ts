@@ -1,10 +1,15 @@
 /** What is live, by domain: forwards read back from the firewall, running guests, and where accepts stand. */
 
-import type { Forward, LiveForward } from "../backends/forward.ts";
-import type { Packet } from "../backends/gates.ts";
-import { carriedDomain, domainHash, isHashOnly } from "../backends/names.ts";
-import { bridgesOf } from "../backends/nftables.ts";
-import type { FirewallState } from "../backends/state.ts";
+import {
+  bridgesOf,
+  carriedDomain,
+  domainHash,
+  type FirewallState,
+  type Forward,
+  isHashOnly,
+  type LiveForward,
+  type Packet,
+} from "../backends/backend.ts";
 import type { Config, Settings } from "../config/model.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { applyDeps, loadFor } from "../hook/domain.ts";

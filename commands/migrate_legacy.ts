@@ -1,6 +1,6 @@
 /** `migrate-legacy`: removes the old Python hook's chains. */
 
-import { chainLine, tokenize } from "../backends/iptables_live.ts";
+import { chainLine, tokenize } from "../backends/backend.ts";
 import { runDir, runningXml } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { install, loadFor, tools } from "../hook/domain.ts";

@@ -1,9 +1,15 @@
 /** `status`: the live forwards by domain, and what stops them. */
 
-import { foreignGates } from "../backends/foreign.ts";
-import { describeForward, describePlan } from "../backends/forward.ts";
-import { blockedNote, blockers, gateName, openingLine } from "../backends/gates.ts";
-import { domainLabel } from "../backends/names.ts";
+import {
+  blockedNote,
+  blockers,
+  describeForward,
+  describePlan,
+  domainLabel,
+  foreignGates,
+  gateName,
+  openingLine,
+} from "../backends/backend.ts";
 import {
   describeBackend,
   forwardsByDomain,

@@ -1,6 +1,6 @@
 /** `watch`: puts our rules back after other software rewrote the firewall. */
 
-import { describeForward, describePlan } from "../backends/forward.ts";
+import { describeForward, describePlan } from "../backends/backend.ts";
 import { acceptMisplaced, exists, forwardsByDomain, runningDomains, runningXml } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import {

@@ -109,6 +109,17 @@ export function byLayer(edges: Edge[]): string[] {
   return lines;
 }
 
+/** The backends' one interface: the only module of backends/ that commands/ and hook/ import. */
+export const BACKEND_INTERFACE = "backends/backend.ts";
+
+/** The imports from commands/ or hook/ into backends/ that go past the interface (none, in a house with one). */
+export function pastInterface(edges: Edge[]): Edge[] {
+  return edges.filter((e) =>
+    (e.from.startsWith("commands/") || e.from.startsWith("hook/")) && e.to.startsWith("backends/") &&
+    e.to !== BACKEND_INTERFACE
+  );
+}
+
 /** The module that alone runs the programs that change the firewall (see batchRunners). */
 export const BATCH_RUNNER = "backends/batch.ts";
 

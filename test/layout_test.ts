@@ -1,11 +1,13 @@
 import assert from "node:assert/strict";
 import {
+  BACKEND_INTERFACE,
   BATCH_RUNNER,
   batchRunners,
   byLayer,
   circles,
   importGraph,
   layerOf,
+  pastInterface,
   runsBatch,
   sourceFiles,
   upward,
@@ -43,6 +45,17 @@ Deno.test("the hook's path loads no operator command: main.ts reaches commands/ 
   }
   assert.deepEqual([...reach].filter((f) => f.startsWith("commands/")), []);
   assert.ok(reach.has("rules.ts") && reach.has("config.ts"), "the hook loads both models");
+});
+
+Deno.test(`commands/ and hook/ import of backends/ nothing but the interface, ${BACKEND_INTERFACE}`, () => {
+  assert.ok(
+    edges.some((e) => e.from.startsWith("commands/") && e.to === BACKEND_INTERFACE),
+    "commands use it",
+  );
+  assert.ok(edges.some((e) => e.from.startsWith("hook/") && e.to === BACKEND_INTERFACE), "the hook uses it");
+  assert.deepEqual(pastInterface(edges).map((e) => `${e.from} -> ${e.to}`), []);
+  const past = [{ from: "commands/status.ts", to: "backends/nftables_live.ts", dynamic: false }];
+  assert.deepEqual(pastInterface(past).map((e) => e.to), ["backends/nftables_live.ts"]);
 });
 
 Deno.test("runsBatch() finds every call that runs iptables-restore or nft -f; one module alone has one", async (t) => {
