@@ -4,23 +4,21 @@
 import type { Change, Desired, FirewallBackend } from "./backends/backend.ts";
 import { type Batch, nftBatch, runBatches } from "./backends/batch.ts";
 import { chooseBackend } from "./backends/choose.ts";
-import { readCreated, uncreated, writeCreated } from "./backends/created.ts";
 import { readOtherGates } from "./backends/foreign.ts";
 import { domainForwards, forget, forgetLines, type Forgotten } from "./backends/conntrack.ts";
 import type { Forward, LiveForward, Snat } from "./backends/forward.ts";
 import { renderAdditions, type RuleLines, ruleLines } from "./backends/iptables.ts";
-import { listingsToSave, type Live, liveForwards, liveOf, parseSave } from "./backends/iptables_live.ts";
+import { listingsToSave, liveForwards, parseSave } from "./backends/iptables_live.ts";
 import { chainNames } from "./backends/names.ts";
-import { bridgesOf, libvirtAccepts, nftRemoveIptables, reassertHanded } from "./backends/nftables.ts";
+import { bridgesOf } from "./backends/nftables.ts";
 import { iptablesBackend } from "./backends/iptables_backend.ts";
-import { nftablesBackend, nftCommands } from "./backends/nftables_backend.ts";
+import { nftablesBackend, reassertCommands, removeAtOnceBatches } from "./backends/nftables_backend.ts";
 import {
   type ApplyDeps,
   ApplyError,
   beginRead,
   FAMILIES,
   type FirewallState,
-  liveBridges,
   readAll,
   readState,
 } from "./backends/state.ts";
@@ -159,7 +157,7 @@ export async function startBatches(
   const reading = (await beginRead(deps, { domain, jumps: removing })).state;
   const wanted = wantedOf(domain, { forwards, snats }, deps);
   const state = await readForSync(domain, reading, { removing, deps });
-  if (state.scope && removing) return removeBatches(domain, state, deps)?.batches ?? [];
+  if (state.scope && removing) return removeAtOnceBatches(domain, state, deps)?.batches ?? [];
   return syncBatches(domain, wanted, deps, state).batches;
 }
 
@@ -264,54 +262,12 @@ export interface SyncOptions {
   flows?: ((done: Forgotten) => void) | undefined;
 }
 
-/**
- * Removes a domain read with readAtOnce in one nft transaction: the jumps into its iptables-nft chains (by
- * handle), those chains, its objects in our nftables table and its accepts in libvirt's chains. iptables-restore
- * commits each table on its own, and the kernel makes every commit that deletes wait for a grace period
- * (10–40 ms here) before the program can exit; one transaction waits once. All or nothing: where it fails,
- * nothing changed.
- */
+/** Removes a domain read with readAtOnce in one nft transaction (see removeAtOnceBatches). */
 async function removeAtOnce(domain: string, state: FirewallState, deps: ApplyDeps): Promise<Change[]> {
-  const removal = removeBatches(domain, state, deps);
+  const removal = removeAtOnceBatches(domain, state, deps);
   if (!removal) return [];
   await runBatches(deps.runner, removal.batches);
   return removal.changes;
-}
-
-/** The one nft transaction of removeAtOnce, and what it changes; undefined where there is nothing to remove. */
-function removeBatches(
-  domain: string,
-  state: FirewallState,
-  deps: ApplyDeps,
-): { batches: Batch[]; changes: Change[] } | undefined {
-  const mine = {} as Record<Family, Live>;
-  for (const family of FAMILIES) {
-    mine[family] = liveOf(state.ipt[family] ?? { chains: [], rules: [] }, domain);
-  }
-  const iptables = nftRemoveIptables(mine);
-  if (!iptables) throw new ApplyError("A jump into our chains was read without its nft handle");
-  const others = state.nft
-    ? nftCommands(domain, { ours: [], snats: [], bridges: () => undefined }, { live: state.nft, deps })
-    : [];
-  const created = deps.hintDir === undefined || state.scope === "chains, no jumps"
-    ? undefined
-    : readCreated(deps.hintDir);
-  const uncreate = created ? uncreated(created, state, mine) : { commands: [], keep: [] };
-  const batch = nftBatch(deps.nft!, [...iptables, ...others, ...uncreate.commands]);
-  if (!batch) return undefined;
-  if (created && uncreate.keep.length !== created.length) {
-    batch.committed = () => writeCreated(deps.hintDir!, uncreate.keep);
-  }
-  const changes: Change[] = [];
-  for (const family of FAMILIES) {
-    const { chains, rules } = mine[family];
-    if (chains.length === 0 && rules.length === 0) continue;
-    // What was in the chains was not read: only the jumps are counted, and only where there are no chains.
-    const removed = chains.length > 0 ? undefined : rules.length;
-    changes.push({ target: family === 4 ? "iptables" : "ip6tables", removed, added: 0 });
-  }
-  if (others.length > 0) changes.push({ target: "nft", removed: 0, added: others.length });
-  return { batches: [batch], changes };
 }
 
 /** The filter part of a domain's rules (its accepts, `count` of them): what iptables' FORWARD gets of them. */
@@ -450,11 +406,7 @@ export async function reassertAccepts(deps: ApplyDeps): Promise<number> {
   if (deps.nft === undefined) return 0;
   const state = await readState(deps);
   if (!state.nft) return 0;
-  const wanted = liveBridges(state, deps.connected ?? []);
-  const commands = [
-    ...libvirtAccepts(state.nft, wanted),
-    ...reassertHanded(state.nft, wanted, deps.acceptIn ?? []),
-  ];
+  const commands = reassertCommands(state, deps);
   const batch = nftBatch(deps.nft, commands);
   if (!batch) return 0;
   await runBatches(deps.runner, [batch]);

@@ -4,9 +4,11 @@
  */
 
 import type { Change, Desired, FirewallBackend } from "./backend.ts";
+import { readCreated, uncreated, writeCreated } from "./created.ts";
 import { type Batch, nftBatch } from "./batch.ts";
 import type { Forward, LiveForward, Snat } from "./forward.ts";
 import { carriedDomain } from "./names.ts";
+import { type Live, liveOf } from "./iptables_live.ts";
 import {
   bridgesOf,
   handedAccepts,
@@ -14,9 +16,11 @@ import {
   nftBase,
   nftDomainObjects,
   nftRemoveDomain,
+  nftRemoveIptables,
+  reassertHanded,
 } from "./nftables.ts";
 import { liveAccepts, type NftLive, nftLiveForwards } from "./nftables_live.ts";
-import type { ApplyDeps, FirewallState } from "./state.ts";
+import { type ApplyDeps, ApplyError, FAMILIES, type FirewallState, liveBridges } from "./state.ts";
 import type { Family } from "../system/address.ts";
 
 /** One nft transaction, where nftables is there; it runs after the iptables batches. */
@@ -80,4 +84,56 @@ export function nftCommands(
   };
   const libvirt = live.libvirt[4] || live.libvirt[6] ? libvirtAccepts(live, withMine(liveAccepts(live))) : [];
   return [...table, ...libvirt, ...handedAccepts(live, domain, mine, deps.acceptIn ?? [])];
+}
+
+/**
+ * Removes a domain read with readAtOnce (iptables-nft) in one nft transaction, a batch that spans both backends:
+ * the jumps into its iptables-nft chains (by handle), those chains, its objects in our nftables table, its
+ * accepts in libvirt's chains, and the tables it alone had created. iptables-restore commits each table on its
+ * own, and the kernel makes every commit that deletes wait for a grace period (10-40 ms) before the program can
+ * exit; one transaction waits once. All or nothing: where it fails, nothing changed. Undefined: nothing to remove.
+ */
+export function removeAtOnceBatches(
+  domain: string,
+  state: FirewallState,
+  deps: ApplyDeps,
+): { batches: Batch[]; changes: Change[] } | undefined {
+  const mine = {} as Record<Family, Live>;
+  for (const family of FAMILIES) {
+    mine[family] = liveOf(state.ipt[family] ?? { chains: [], rules: [] }, domain);
+  }
+  const iptables = nftRemoveIptables(mine);
+  if (!iptables) throw new ApplyError("A jump into our chains was read without its nft handle");
+  const others = state.nft
+    ? nftCommands(domain, { ours: [], snats: [], bridges: () => undefined }, { live: state.nft, deps })
+    : [];
+  const created = deps.hintDir === undefined || state.scope === "chains, no jumps"
+    ? undefined
+    : readCreated(deps.hintDir);
+  const uncreate = created ? uncreated(created, state, mine) : { commands: [], keep: [] };
+  const batch = nftBatch(deps.nft!, [...iptables, ...others, ...uncreate.commands]);
+  if (!batch) return undefined;
+  if (created && uncreate.keep.length !== created.length) {
+    batch.committed = () => writeCreated(deps.hintDir!, uncreate.keep);
+  }
+  const changes: Change[] = [];
+  for (const family of FAMILIES) {
+    const { chains, rules } = mine[family];
+    if (chains.length === 0 && rules.length === 0) continue;
+    // What was in the chains was not read: only the jumps are counted, and only where there are no chains.
+    const removed = chains.length > 0 ? undefined : rules.length;
+    changes.push({ target: family === 4 ? "iptables" : "ip6tables", removed, added: 0 });
+  }
+  if (others.length > 0) changes.push({ target: "nft", removed: 0, added: others.length });
+  return { batches: [batch], changes };
+}
+
+/**
+ * The nft commands that put our accepts back first in libvirt's chains and in the chains handed to us, for every
+ * domain with live forwards (libvirt re-creates its chains on network and daemon restarts and on reload).
+ */
+export function reassertCommands(state: FirewallState, deps: ApplyDeps): string[] {
+  if (!state.nft) return [];
+  const wanted = liveBridges(state, deps.connected ?? []);
+  return [...libvirtAccepts(state.nft, wanted), ...reassertHanded(state.nft, wanted, deps.acceptIn ?? [])];
 }
