@@ -181,10 +181,10 @@ async function readForSync(
 }
 
 /** What a domain's sync wants: its forwards and outbound NATs, with their iptables rules built. */
-function wantedOf(
+export function wantedOf(
   domain: string,
   { forwards, snats }: { forwards: Forward[]; snats: Snat[] },
-  deps: ApplyDeps,
+  deps: Pick<ApplyDeps, "connected">,
 ): Wanted {
   const built = {} as Built;
   for (const family of FAMILIES) {
@@ -199,7 +199,7 @@ function wantedOf(
 }
 
 /** What a domain's sync wants (see wantedOf). */
-interface Wanted {
+export interface Wanted {
   forwards: Forward[];
   snats: Snat[];
   built: Built;

@@ -3,7 +3,7 @@
 import { iptablesTools, renderRollback } from "./backends/iptables.ts";
 import { domainHash } from "./backends/names.ts";
 import { loadParser } from "./config/validate.ts";
-import { batchHeader, startBatches, syncDomain } from "./rules.ts";
+import { batchHeader, desiredState, startBatches, syncDomain, wantedOf } from "./rules.ts";
 import assert from "node:assert/strict";
 import { dedent, FACTS, forwardsOf, recordingRunner, SAVED } from "./test/util.ts";
 
@@ -231,4 +231,73 @@ Deno.test("startBatches() are the very batches syncDomain() runs, for every host
   assert.equal(compared, 36);
   assert.ok(nftSeen >= 24, `nft batches compared: ${nftSeen}`);
   assert.ok(handedSeen > 0, `batches with an accept in a handed chain: ${handedSeen}`);
+});
+
+Deno.test("desiredState() places every piece of a domain where this host needs it", async (t) => {
+  const live = (libvirt: boolean, forward: boolean) => ({
+    chains: [],
+    rules: [],
+    ...(libvirt ? { libvirt: true } : {}),
+    ...(forward ? { forward: { policy: "ACCEPT" } } : {}),
+  });
+  const nft = (libvirt: boolean) => ({
+    table: false,
+    chains: [],
+    maps: [],
+    sets: [],
+    rules: [],
+    libvirt: libvirt ? { 4: [], 6: [] } : {},
+    hooks: [],
+    handed: {},
+  });
+  const dual =
+    `{"web1": {"private_ip": "192.168.122.10", "private_ipv6": "fd00:122::10", "public_ip": "203.0.113.9",
+    "public_ipv6": "2001:db8:1::9", "snat": true, "port_map": {"tcp": [[2222, 22]]}}}`;
+  const { forwards, snats } = forwardsOf(dual, "web1");
+  // [libvirt on, setting, iptables' FORWARD there, backend, iptables per family, our table: forwards, snats]
+  const cases: [string, "auto" | "iptables" | "nftables", boolean, string, string, number, number][] = [
+    ["iptables", "auto", true, "iptables", "all", 0, 0],
+    ["nftables", "auto", true, "nftables", "filter", 2, 2],
+    ["nftables", "auto", false, "nftables", "none", 2, 2],
+    // Our iptables backend where libvirt uses nftables: the outbound NAT still goes ahead of libvirt's masquerade.
+    ["nftables", "iptables", true, "iptables", "all", 0, 2],
+  ];
+  for (const [libvirt, setting, forward, backend, place, tableForwards, tableSnats] of cases) {
+    await t.step(
+      `libvirt on ${libvirt}, backend "${setting}", FORWARD ${forward ? "there" : "absent"}`,
+      () => {
+        const state = {
+          ipt: { 4: live(libvirt === "iptables", forward), 6: live(libvirt === "iptables", forward) },
+          nft: nft(libvirt === "nftables"),
+        };
+        const deps = { backend: setting, connected: FACTS.connected };
+        const desired = desiredState("web1", wantedOf("web1", { forwards, snats }, deps), { state, deps });
+        assert.equal(desired.backend, backend);
+        assert.deepEqual([desired.iptables[4].place, desired.iptables[6].place], [place, place]);
+        assert.equal(desired.iptables[4].forwards.length, place === "none" ? 0 : 1);
+        // The outbound NAT goes into iptables' SNAT chain only where it is not in our table.
+        assert.equal(desired.iptables[4].snat, tableSnats === 0);
+        assert.deepEqual([desired.table.forwards.length, desired.table.snats.length], [
+          tableForwards,
+          tableSnats,
+        ]);
+        assert.deepEqual(desired.accepts(), { 4: ["virbr0"], 6: ["virbr0"] });
+        if (place === "filter") {
+          assert.deepEqual(desired.iptables[4].rules.chains.map((c) => c.table), ["filter"]);
+        }
+      },
+    );
+  }
+  await t.step("a removal wants nothing anywhere, on the iptables backend whatever the setting", () => {
+    const state = { ipt: { 4: live(false, true), 6: live(false, true) }, nft: nft(true) };
+    const deps = { backend: "nftables" as const, connected: FACTS.connected };
+    const desired = desiredState("web1", wantedOf("web1", { forwards: [], snats: [] }, deps), {
+      state,
+      deps,
+    });
+    assert.equal(desired.backend, "iptables");
+    assert.equal(desired.iptables[4].rules.count, 0);
+    assert.deepEqual(desired.table, { forwards: [], snats: [] });
+    assert.equal(desired.accepts(), undefined);
+  });
 });
