@@ -1,46 +1,38 @@
 /** The rule model: a domain's entries in, its forwards out; and the one place that applies them, all or nothing,
  * with whichever backend fits the host (the backends' text and live state are in backends/). */
 
+import type { Change, Desired, FirewallBackend } from "./backends/backend.ts";
+import { type Batch, nftBatch, runBatches } from "./backends/batch.ts";
 import { chooseBackend } from "./backends/choose.ts";
-import { createdBy, readCreated, recordCreated, uncreated, writeCreated } from "./backends/created.ts";
 import { readOtherGates } from "./backends/foreign.ts";
 import { domainForwards, forget, forgetLines, type Forgotten } from "./backends/conntrack.ts";
 import type { Forward, LiveForward, Snat } from "./backends/forward.ts";
-import {
-  renderAdditions,
-  renderRollback,
-  renderSync,
-  type RuleLines,
-  ruleLines,
-} from "./backends/iptables.ts";
-import { listingsToSave, type Live, liveForwards, liveOf, parseSave } from "./backends/iptables_live.ts";
-import { carriedDomain, chainNames } from "./backends/names.ts";
-import {
-  bridgesOf,
-  handedAccepts,
-  libvirtAccepts,
-  nftBase,
-  nftDomainObjects,
-  nftRemoveDomain,
-  nftRemoveIptables,
-  reassertHanded,
-} from "./backends/nftables.ts";
-import { liveAccepts, nftDomainRules, type NftLive } from "./backends/nftables_live.ts";
+import { renderAdditions, type RuleLines, ruleLines } from "./backends/iptables.ts";
+import { listingsToSave, liveForwards, parseSave } from "./backends/iptables_live.ts";
+import { chainNames } from "./backends/names.ts";
+import { bridgesOf } from "./backends/nftables.ts";
+import { iptablesBackend } from "./backends/iptables_backend.ts";
+import { nftablesBackend, reassertCommands, removeAtOnceBatches } from "./backends/nftables_backend.ts";
 import {
   type ApplyDeps,
   ApplyError,
   beginRead,
   FAMILIES,
   type FirewallState,
-  liveBridges,
   readAll,
   readState,
 } from "./backends/state.ts";
 import type { Entry } from "./config/model.ts";
 import { type Family, formatNetwork, parseAddress } from "./system/address.ts";
 import { connectedNetworkOf, type HostFacts } from "./system/host.ts";
-import { batchFailure, CommandError } from "./system/runner.ts";
 import { message } from "./system/report.ts";
+
+/** Batches, and the one place that runs them, for the commands (see backends/batch.ts). */
+export { type Batch, batchHeader, runBatches } from "./backends/batch.ts";
+/** Chooses the backend for our rules: the one choice, which desiredState makes (see backends/choose.ts). */
+export { chooseBackend } from "./backends/choose.ts";
+/** What one sync changed in one backend (see backends/backend.ts). */
+export type { Change } from "./backends/backend.ts";
 
 /** Resolves a domain's entries against the host: default public addresses and hairpin networks. */
 export function planForwards(
@@ -107,14 +99,6 @@ export function planForwards(
   return { forwards: [...forwards, ...everyPort], snats, problems };
 }
 
-/** What one sync changed in one backend. */
-export interface Change {
-  target: "iptables" | "ip6tables" | "nft";
-  /** Rules of ours removed or replaced; undefined where a read of chain names did not count what was in our chains. */
-  removed: number | undefined;
-  added: number;
-}
-
 /**
  * Makes a domain's live rules equal to `forwards`, all or nothing: one iptables-restore batch per family and one
  * `nft -f` transaction; if any of them fails, what was already applied is put back as it was. `read`: the
@@ -130,23 +114,8 @@ export async function syncDomain(
   // A start lists no jumps: with chains of the domain live, it reads everything below anyway. What is added does
   // not depend on what is live: built and rendered while the firewall is read (ms at 1000).
   const reading = read ?? (await beginRead(deps, { domain, jumps: removing })).state;
-  const built = {} as Built;
-  for (const family of FAMILIES) {
-    const rules = ruleLines(domain, forwards.filter((f) => f.family === family));
-    built[family] = { rules, additions: renderAdditions(rules) };
-  }
-  // Only nftables needs them (our table, libvirt's chains): looked up when it does (0.3 ms at 1000 forwards).
-  let found: Record<Family, string[]> | undefined;
-  const bridges: Bridges = () =>
-    forwards.length === 0 ? undefined : found ??= bridgesOf(forwards, deps.connected ?? []);
-  let state = await readOtherGates(deps, await reading);
-  // A domain whose chains are there already and gets forwards again (reconnect, reload): rolling back exactly
-  // needs what is in them (and a removal needs the jumps into them, where a start's read did not list them).
-  const hasChains = (s: FirewallState) => FAMILIES.some((f) => (s.ipt[f]?.chains.length ?? 0) > 0);
-  if (state.scope && (!removing || state.scope === "chains, no jumps") && hasChains(state)) {
-    state = await readAll(deps, domain);
-  }
-  const wanted = { forwards, snats, built, bridges };
+  const wanted = wantedOf(domain, { forwards, snats }, deps);
+  const state = await readForSync(domain, reading, { removing, deps });
   // Read before the rules change: after, the old targets are gone from what is live.
   // Where the kernel tracks no connection at all, there is nothing to delete, and nothing is listed or run. A
   // connection that a forward going away DNATs while the rules change (a few ms) keeps its old target then.
@@ -172,6 +141,69 @@ export async function syncDomain(
   // Only now: deleted before the new rules are in, a packet of the flow would re-create it through the old rule.
   if (before.length > 0) await forgetFlows(before, { forwards, deps, domain, flows });
   return changes;
+}
+
+/**
+ * The batches a start of `domain` with `forwards` would run, from the firewall as it is now: read as the start
+ * reads it, composed by the same function (syncBatches). This is what `plan` prints; nothing is run but reads.
+ */
+export async function startBatches(
+  domain: string,
+  forwards: Forward[],
+  deps: ApplyDeps,
+  { snats = [] }: { snats?: Snat[] } = {},
+): Promise<Batch[]> {
+  const removing = forwards.length === 0 && snats.length === 0;
+  const reading = (await beginRead(deps, { domain, jumps: removing })).state;
+  const wanted = wantedOf(domain, { forwards, snats }, deps);
+  const state = await readForSync(domain, reading, { removing, deps });
+  if (state.scope && removing) return removeAtOnceBatches(domain, state, deps)?.batches ?? [];
+  return syncBatches(domain, wanted, deps, state).batches;
+}
+
+/**
+ * What a sync of `domain` works from: the domain's read, with other software's gates, and everything where the
+ * domain has chains and gets forwards again.
+ */
+async function readForSync(
+  domain: string,
+  reading: Promise<FirewallState>,
+  { removing, deps }: { removing: boolean; deps: ApplyDeps },
+): Promise<FirewallState> {
+  const state = await readOtherGates(deps, await reading);
+  // A domain whose chains are there already and gets forwards again (reconnect, reload): rolling back exactly
+  // needs what is in them (and a removal needs the jumps into them, where a start's read did not list them).
+  const hasChains = (s: FirewallState) => FAMILIES.some((f) => (s.ipt[f]?.chains.length ?? 0) > 0);
+  if (state.scope && (!removing || state.scope === "chains, no jumps") && hasChains(state)) {
+    return await readAll(deps, domain);
+  }
+  return state;
+}
+
+/** What a domain's sync wants: its forwards and outbound NATs, with their iptables rules built. */
+export function wantedOf(
+  domain: string,
+  { forwards, snats }: { forwards: Forward[]; snats: Snat[] },
+  deps: Pick<ApplyDeps, "connected">,
+): Wanted {
+  const built = {} as Built;
+  for (const family of FAMILIES) {
+    const rules = ruleLines(domain, forwards.filter((f) => f.family === family));
+    built[family] = { rules, additions: renderAdditions(rules) };
+  }
+  // Only nftables needs them (our table, libvirt's chains): looked up when it does (0.3 ms at 1000 forwards).
+  let found: Record<Family, string[]> | undefined;
+  const bridges: Bridges = () =>
+    forwards.length === 0 ? undefined : found ??= bridgesOf(forwards, deps.connected ?? []);
+  return { forwards, snats, built, bridges };
+}
+
+/** What a domain's sync wants (see wantedOf). */
+export interface Wanted {
+  forwards: Forward[];
+  snats: Snat[];
+  built: Built;
+  bridges: Bridges;
 }
 
 /**
@@ -230,43 +262,12 @@ export interface SyncOptions {
   flows?: ((done: Forgotten) => void) | undefined;
 }
 
-/**
- * Removes a domain read with readAtOnce in one nft transaction: the jumps into its iptables-nft chains (by
- * handle), those chains, its objects in our nftables table and its accepts in libvirt's chains. iptables-restore
- * commits each table on its own, and the kernel makes every commit that deletes wait for a grace period
- * (10–40 ms here) before the program can exit; one transaction waits once. All or nothing: where it fails,
- * nothing changed.
- */
+/** Removes a domain read with readAtOnce in one nft transaction (see removeAtOnceBatches). */
 async function removeAtOnce(domain: string, state: FirewallState, deps: ApplyDeps): Promise<Change[]> {
-  const mine = {} as Record<Family, Live>;
-  for (const family of FAMILIES) {
-    mine[family] = liveOf(state.ipt[family] ?? { chains: [], rules: [] }, domain);
-  }
-  const iptables = nftRemoveIptables(mine);
-  if (!iptables) throw new ApplyError("A jump into our chains was read without its nft handle");
-  const others = state.nft ? nftSync(domain, [], () => undefined, state.nft, deps) : [];
-  const created = deps.hintDir === undefined || state.scope === "chains, no jumps"
-    ? undefined
-    : readCreated(deps.hintDir);
-  const uncreate = created ? uncreated(created, state, mine) : { commands: [], keep: [] };
-  const commands = [...iptables, ...others, ...uncreate.commands];
-  if (commands.length === 0) return [];
-  const stdin = commands.join("\n") + "\n";
-  const result = await deps.runner.run([deps.nft!, "-f", "-"], { stdin });
-  if (result.code !== 0) throw new ApplyError(batchFailure("nft", result, stdin));
-  if (created && uncreate.keep.length !== created.length) writeCreated(deps.hintDir!, uncreate.keep);
-  const changes: Change[] = [];
-  for (const family of FAMILIES) {
-    const { chains, rules } = mine[family];
-    if (chains.length === 0 && rules.length === 0) continue;
-    // What was in the chains was not read: only the jumps are counted, and only where there are no chains.
-    const removed = chains.length > 0 ? undefined : rules.length;
-    changes.push({ target: family === 4 ? "iptables" : "ip6tables", removed, added: 0 });
-  }
-  if (others.length > 0) {
-    changes.push({ target: "nft", removed: nftDomainRules(state.nft!, domain), added: others.length });
-  }
-  return changes;
+  const removal = removeAtOnceBatches(domain, state, deps);
+  if (!removal) return [];
+  await runBatches(deps.runner, removal.batches);
+  return removal.changes;
 }
 
 /** The filter part of a domain's rules (its accepts, `count` of them): what iptables' FORWARD gets of them. */
@@ -291,10 +292,74 @@ type Bridges = () => Record<Family, string[]> | undefined;
 
 async function syncState(
   domain: string,
-  { forwards, snats, built, bridges }: { forwards: Forward[]; snats: Snat[]; built: Built; bridges: Bridges },
+  wanted: Wanted,
   deps: ApplyDeps,
   state: FirewallState,
 ): Promise<Change[]> {
+  const { batches, changes } = syncBatches(domain, wanted, deps, state);
+  await runBatches(deps.runner, batches);
+  return changes;
+}
+
+/**
+ * The batches that make a domain's live rules (`state`) equal to `wanted`, in the order they run, and what they
+ * change: each backend's for the domain's desired state, iptables' first (a batch per family, each undone where a
+ * later one fails), then nftables' one transaction. A start runs them (syncState); `plan` prints them
+ * (startBatches).
+ */
+function syncBatches(
+  domain: string,
+  wanted: Wanted,
+  deps: ApplyDeps,
+  state: FirewallState,
+): { batches: Batch[]; changes: Change[] } {
+  const desired = desiredState(domain, wanted, { state, deps });
+  const out = { batches: [] as Batch[], changes: [] as Change[] };
+  for (const backend of BACKENDS) {
+    const { batches, changes } = backend.batches(desired, state, deps);
+    out.batches.push(...batches);
+    out.changes.push(...changes);
+  }
+  return out;
+}
+
+/** The backends, in the order their batches run. */
+const BACKENDS: FirewallBackend[] = [iptablesBackend, nftablesBackend];
+
+/**
+ * Reads what is live of ours, in every family and backend at once (a constant number of processes), for the
+ * commands that show or check it (status, doctor, watch); see backends/state.ts readState.
+ */
+export function readLive(deps: ApplyDeps): Promise<FirewallState> {
+  return readState(deps);
+}
+
+/** The forwards live in any backend, by domain, read back into the model (a domain with rules, maybe none). */
+export function liveForwardsByDomain(state: FirewallState): Map<string, LiveForward[]> {
+  const out = new Map<string, LiveForward[]>();
+  // nftables first: a domain's order of forwards as status has always shown it.
+  for (const backend of [nftablesBackend, iptablesBackend]) {
+    for (const [domain, forwards] of backend.forwards(state)) {
+      out.set(domain, [...out.get(domain) ?? [], ...forwards]);
+    }
+  }
+  return out;
+}
+
+/** Whether a domain's live forwards lack an accept where it must be, in any backend (watch puts it back). */
+export function acceptMisplaced(state: FirewallState, domain: string, forwards: Forward[]): boolean {
+  return BACKENDS.some((backend) => backend.misplaced(state, domain, forwards));
+}
+
+/**
+ * A domain's desired state on this host: which backend translates its forwards, and every piece with the place it
+ * goes (iptables' chains per family, our nftables table, the accepts in libvirt's chains and those handed to us).
+ */
+export function desiredState(
+  domain: string,
+  { forwards, snats, built, bridges }: Wanted,
+  { state, deps }: { state: FirewallState; deps: Pick<ApplyDeps, "backend"> },
+): Desired {
   const backend = forwards.length === 0 && snats.length === 0
     ? "iptables"
     : chooseBackend(deps.backend, state);
@@ -303,139 +368,34 @@ async function syncState(
   const libvirtNft = state.nft !== undefined &&
     (state.nft.libvirt[4] !== undefined || state.nft.libvirt[6] !== undefined);
   const snatNft = snats.length > 0 && state.nft !== undefined && (backend === "nftables" || libvirtNft);
-  if (snats.length > 0 && !snatNft && backend === "iptables") {
-    for (const family of FAMILIES) {
-      const rules = ruleLines(domain, forwards.filter((f) => f.family === family), {
-        snats: snats.filter((s) => s.family === family),
-      });
-      built[family] = { rules, additions: renderAdditions(rules) };
-    }
-  }
-  const batches: { family: Family; text: string; change: Change; rules: RuleLines }[] = [];
-  const before: Partial<Record<Family, Live>> = {};
+  const iptables = {} as Desired["iptables"];
   for (const family of FAMILIES) {
-    const all = state.ipt[family];
     // On the nftables backend, iptables' own FORWARD still gets our accept where it exists: it is a gate every
     // forwarded connection passes (Docker, ufw, an administrator's iptables rules), whatever libvirt uses.
-    const iptables = backend === "iptables" ? "all" : all?.forward ? "filter" : "none";
-    const wanted = iptables === "none" ? [] : forwards.filter((f) => f.family === family);
-    const snatHere = iptables === "all" && !snatNft && snats.some((s) => s.family === family);
-    if (!all) {
-      if (wanted.length > 0 || snatHere) {
-        throw new ApplyError(`${deps.tools[family].save[0]} is not installed`);
-      }
-      continue;
-    }
-    const mine = liveOf(all, domain);
-    before[family] = mine;
-    const added = iptables === "all"
-      ? built[family]
-      : iptables === "filter"
-      ? filterOnly(built[family].rules, wanted.length)
-      : { rules: ruleLines(domain, []), additions: undefined };
-    const text = renderSync(domain, wanted, mine, { want: added.rules, additions: added.additions });
-    if (text === undefined) continue;
-    const target = family === 4 ? "iptables" : "ip6tables";
-    batches.push({
-      family,
-      text,
-      rules: added.rules,
-      change: {
-        target,
-        removed: state.scope && mine.chains.length > 0 ? undefined : mine.rules.length,
-        added: added.rules.count + added.rules.jumps.length,
-      },
-    });
+    const place = backend === "iptables" ? "all" : state.ipt[family]?.forward ? "filter" : "none";
+    const mine = place === "none" ? [] : forwards.filter((f) => f.family === family);
+    const out = place === "all" && !snatNft ? snats.filter((s) => s.family === family) : [];
+    const added = place === "filter"
+      ? filterOnly(built[family].rules, mine.length)
+      : place === "none"
+      ? { rules: ruleLines(domain, []), additions: undefined }
+      : out.length > 0
+      ? withRules(ruleLines(domain, mine, { snats: out }))
+      : built[family];
+    iptables[family] = { place, forwards: mine, snat: out.length > 0, ...added };
   }
-  const nftCommands = state.nft
-    ? nftSync(domain, backend === "nftables" ? forwards : [], bridges, state.nft, deps, snatNft ? snats : [])
-    : [];
-
-  const attempted: Family[] = [];
-  const undo = async (why: string) => {
-    // Only what was read whole can be put back: a partial read knows a family exactly only when the domain had
-    // no chains there. A removal is not undone where it is not known exactly (see syncDomain).
-    const exact = attempted.filter((f) => !state.scope || (before[f]?.chains.length ?? 0) === 0);
-    const rollback = await rollBack(domain, exact, before, deps);
-    return new ApplyError(rollback ? `${why}; ${rollback}` : why);
+  return {
+    domain,
+    backend,
+    iptables,
+    table: { forwards: backend === "nftables" ? forwards : [], snats: snatNft ? snats : [] },
+    accepts: bridges,
   };
-  for (const batch of batches) {
-    attempted.push(batch.family);
-    const result = await deps.runner.run(deps.tools[batch.family].restore, { stdin: batch.text });
-    if (result.code !== 0) {
-      throw await undo(batchFailure(deps.tools[batch.family].restore[0]!, result, batch.text));
-    }
-  }
-  if (state.scope && deps.hintDir !== undefined) {
-    recordCreated(deps.hintDir, batches.flatMap((b) => createdBy(b.rules, b.family, state.ipt[b.family])));
-  }
-  const changes = batches.map((b) => b.change);
-  if (nftCommands.length > 0) {
-    const stdin = nftCommands.join("\n") + "\n";
-    const result = await deps.runner.run([deps.nft!, "-f", "-"], { stdin });
-    if (result.code !== 0) throw await undo(batchFailure("nft", result, stdin));
-    changes.push({ target: "nft", removed: nftDomainRules(state.nft!, domain), added: nftCommands.length });
-  }
-  return changes;
 }
 
-/**
- * The nft commands for one domain: our table's objects (for `ours`, the forwards nftables carries) and our accepts
- * in libvirt's chains (for `bridges`, those of all its forwards).
- */
-function nftSync(
-  domain: string,
-  ours: Forward[],
-  bridges: Bridges,
-  live: NftLive,
-  deps: ApplyDeps,
-  snats: Snat[] = [],
-): string[] {
-  const table = ours.length > 0 || snats.length > 0
-    ? [
-      ...nftBase(),
-      ...nftRemoveDomain(domain, live, { keepTable: true }),
-      ...nftDomainObjects(domain, ours, bridges() ?? bridgesOf(ours, deps.connected ?? []), { snats }),
-    ]
-    : nftRemoveDomain(domain, live);
-  // Our accepts in libvirt's chains and in those handed to us: the other domains' as they are, this one's as
-  // wanted. Keyed as the accepts' comments carry the domain, so that a name too long for a comment compares equal.
-  const mine = bridges();
-  const withMine = (wanted: Map<string, Record<Family, string[]>>) => {
-    if (mine) wanted.set(carriedDomain(domain), mine);
-    else wanted.delete(carriedDomain(domain));
-    return wanted;
-  };
-  const libvirt = live.libvirt[4] || live.libvirt[6] ? libvirtAccepts(live, withMine(liveAccepts(live))) : [];
-  return [...table, ...libvirt, ...handedAccepts(live, domain, mine, deps.acceptIn ?? [])];
-}
-
-async function rollBack(
-  domain: string,
-  families: Family[],
-  before: Partial<Record<Family, Live>>,
-  deps: ApplyDeps,
-): Promise<string | undefined> {
-  const problems: string[] = [];
-  for (const family of families) {
-    try {
-      const save = await deps.runner.run(deps.tools[family].save);
-      if (save.code !== 0) throw new CommandError(deps.tools[family].save, save);
-      const text = renderRollback(
-        domain,
-        before[family] ?? { chains: [], rules: [] },
-        liveOf(parseSave(save.stdout), domain),
-      );
-      if (text === undefined) continue;
-      const result = await deps.runner.run(deps.tools[family].restore, { stdin: text });
-      if (result.code !== 0) throw new Error(batchFailure(deps.tools[family].restore[0]!, result, text));
-    } catch (err) {
-      problems.push(`IPv${family}: ${message(err)}`);
-    }
-  }
-  return problems.length
-    ? `rolling back also failed, rules may be left half-applied: ${problems.join("; ")}`
-    : undefined;
+/** Rules with the batch lines that add them. */
+function withRules(rules: RuleLines): Built[Family] {
+  return { rules, additions: renderAdditions(rules) };
 }
 
 /**
@@ -446,14 +406,9 @@ export async function reassertAccepts(deps: ApplyDeps): Promise<number> {
   if (deps.nft === undefined) return 0;
   const state = await readState(deps);
   if (!state.nft) return 0;
-  const wanted = liveBridges(state, deps.connected ?? []);
-  const commands = [
-    ...libvirtAccepts(state.nft, wanted),
-    ...reassertHanded(state.nft, wanted, deps.acceptIn ?? []),
-  ];
-  if (commands.length === 0) return 0;
-  const stdin = commands.join("\n") + "\n";
-  const result = await deps.runner.run([deps.nft, "-f", "-"], { stdin });
-  if (result.code !== 0) throw new ApplyError(batchFailure("nft", result, stdin));
+  const commands = reassertCommands(state, deps);
+  const batch = nftBatch(deps.nft, commands);
+  if (!batch) return 0;
+  await runBatches(deps.runner, [batch]);
   return commands.length;
 }

@@ -1,7 +1,6 @@
 /** `check`: validates the config and warns about what will not work on this host. */
 
-import { foreignGates } from "../backends/foreign.ts";
-import { gateName } from "../backends/gates.ts";
+import { foreignGates, gateName } from "../backends/backend.ts";
 import { describeBackend, guestXml, readFirewall } from "./live.ts";
 import { type Config, type Entry, jsonPath } from "../config/model.ts";
 import { configCandidates, DROP_IN_DIR, dropInDirOf, readConfigSource } from "../config/source.ts";

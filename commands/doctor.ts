@@ -1,8 +1,6 @@
 /** `doctor`: walks each forward's path, link by link, and says what is OK, what is wrong, and what fixes it. */
 
-import { foreignGates } from "../backends/foreign.ts";
-import { asLiveForward, asLiveSnat, describeForward } from "../backends/forward.ts";
-import { readState } from "../backends/state.ts";
+import { asLiveForward, asLiveSnat, describeForward, foreignGates } from "../backends/backend.ts";
 import { acceptMisplaced, forwardsByDomain, knownNames, runningDomains, runningXml } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import {
@@ -22,6 +20,7 @@ import { type DoctorReport, fail, type Finding, type ForwardReport, note, ok } f
 import { forwardFindings, readCounters, readFlows } from "./doctor_forward.ts";
 import { allChains, hostFindings, libvirtUnseen, readSysctl } from "./doctor_host.ts";
 import { qemuCommand, shellQuote } from "../system/shell.ts";
+import { readLive } from "../rules.ts";
 
 /** Runs doctor for one domain (or every configured or live one) and prints the report; 0 when all is well. */
 /** What `doctor` examines: every forward, or those of `only` one domain; reported as text, or as JSON. */
@@ -67,7 +66,7 @@ export function renderReport(report: DoctorReport): string {
 
 async function examine(deps: HookDeps, only: string | undefined): Promise<DoctorReport> {
   const { config, facts } = await loadFor({ ...deps, problem: () => {} });
-  const state = await readState(applyDeps(deps, config));
+  const state = await readLive(applyDeps(deps, config));
   const gates = await foreignGates(applyDeps(deps, config), state.nft?.hooks).catch(() => []);
   const running = await runningDomains();
   const live = forwardsByDomain(state, await knownNames(config));

@@ -1,11 +1,20 @@
 /** `doctor`'s findings about one forward, link by link: the public address, our rules, the gates on its way,
  * the guest's bridge, its neighbour entry, whether it listens, and the packets our rules counted. */
 
-import type { Forward } from "../backends/forward.ts";
-import { blockedNote, blockers, type ForeignGate, gateName, openingLine } from "../backends/gates.ts";
-import { carriedDomain, chainNames, LIBVIRT_TABLE, ruleComment } from "../backends/names.ts";
-import { liveAccepts } from "../backends/nftables_live.ts";
-import type { FirewallState } from "../backends/state.ts";
+import {
+  blockedNote,
+  blockers,
+  carriedDomain,
+  chainNames,
+  type FirewallState,
+  type ForeignGate,
+  type Forward,
+  gateName,
+  LIBVIRT_TABLE,
+  liveAccepts,
+  openingLine,
+  ruleComment,
+} from "../backends/backend.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { guestInterfaces } from "../hook/domain_xml.ts";
 import { packetOf } from "../hook/warnings.ts";

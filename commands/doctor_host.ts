@@ -1,9 +1,14 @@
 /** `doctor`'s findings about the host: forwarding, bridge netfilter, other firewall software and its gates. */
 
-import { type ForeignGate, gateKind, gateName } from "../backends/gates.ts";
-import { LIBVIRT_TABLE, NFT_TABLE } from "../backends/names.ts";
-import { nftItems } from "../backends/nft_json.ts";
-import type { FirewallState } from "../backends/state.ts";
+import {
+  type FirewallState,
+  type ForeignGate,
+  gateKind,
+  gateName,
+  LIBVIRT_TABLE,
+  NFT_TABLE,
+  nftItems,
+} from "../backends/backend.ts";
 import { describeBackend } from "./live.ts";
 import type { Settings } from "../config/model.ts";
 import type { HookDeps } from "../hook/deps.ts";

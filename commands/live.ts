@@ -1,16 +1,19 @@
 /** What is live, by domain: forwards read back from the firewall, running guests, and where accepts stand. */
 
-import { chooseBackend } from "../backends/choose.ts";
-import type { Forward, LiveForward } from "../backends/forward.ts";
-import type { Packet } from "../backends/gates.ts";
-import { liveForwards, liveOf } from "../backends/iptables_live.ts";
-import { carriedDomain, domainHash, isHashOnly } from "../backends/names.ts";
-import { bridgesOf } from "../backends/nftables.ts";
-import { type NftLive, nftLiveForwards } from "../backends/nftables_live.ts";
-import { type FirewallState, readState } from "../backends/state.ts";
+import {
+  bridgesOf,
+  carriedDomain,
+  domainHash,
+  type FirewallState,
+  type Forward,
+  isHashOnly,
+  type LiveForward,
+  type Packet,
+} from "../backends/backend.ts";
 import type { Config, Settings } from "../config/model.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { applyDeps, loadFor } from "../hook/domain.ts";
+import { acceptMisplaced as misplaced, chooseBackend, liveForwardsByDomain, readLive } from "../rules.ts";
 import { parseAddress } from "../system/address.ts";
 import { qemuRunDir } from "../system/libvirt.ts";
 import { type ConnectedRoute, type Listener, listenerAt } from "../system/host.ts";
@@ -49,20 +52,7 @@ export async function guestXml(deps: Pick<HookDeps, "runner">, domain: string): 
  * comments is known by its hash only; it gets its name back where one of `names` has that hash.
  */
 export function forwardsByDomain(state: FirewallState, names: Iterable<string>): Map<string, LiveForward[]> {
-  const out = new Map<string, LiveForward[]>();
-  const add = (domain: string, forwards: LiveForward[] = []) => {
-    const list = out.get(domain);
-    if (list) list.push(...forwards);
-    else out.set(domain, [...forwards]);
-  };
-  for (const f of state.nft ? nftLiveForwards(state.nft) : []) add(f.domain, [f]);
-  for (const family of [4, 6] as const) {
-    const l = state.ipt[family];
-    if (!l) continue;
-    // A domain with rules but no DNAT rule left (a half-removed state) still shows up, with no forward.
-    for (const r of l.rules) if (r.domain !== undefined) add(r.domain);
-    for (const f of liveForwards(l, family)) add(f.domain, [f]);
-  }
+  const out = liveForwardsByDomain(state);
   const byHash = new Map<string, string>();
   for (const name of names) if (isHashOnly(carriedDomain(name))) byHash.set(domainHash(name), name);
   if (byHash.size === 0) return out;
@@ -100,14 +90,7 @@ export function hostListener(f: LiveForward, listeners: Listener[]): string | un
  * firewalld insert theirs at the top when they reload).
  */
 export function acceptMisplaced(state: FirewallState, domain: string, forwards: Forward[]): boolean {
-  return ([4, 6] as const).some((family) => {
-    const live = state.ipt[family];
-    if (!live || !forwards.some((f) => f.family === family)) return false;
-    const mine = liveOf(live, domain);
-    if (mine.rules.some((r) => r.buried)) return true;
-    return live.forward !== undefined &&
-      !mine.rules.some((r) => r.table === "filter" && r.chain === "FORWARD");
-  });
+  return misplaced(state, domain, forwards);
 }
 
 /** The guests libvirt runs now: those with a status file in its run directory. */
@@ -135,20 +118,13 @@ export function describeBackend(setting: Settings["backend"], state: FirewallSta
   }
 }
 
-/** libvirt's chains as if none of our accepts were in them, so plan shows the accepts start would add. */
-export function emptyChains(live: NftLive): NftLive["libvirt"] {
-  const out: NftLive["libvirt"] = {};
-  for (const family of [4, 6] as const) if (live.libvirt[family]) out[family] = [];
-  return out;
-}
-
 /** The live firewall, or why it cannot be read (reading it needs root). */
 export async function readFirewall(
   deps: HookDeps,
   config: Config,
 ): Promise<FirewallState | { error: string }> {
   try {
-    return await readState(applyDeps(deps, config));
+    return await readLive(applyDeps(deps, config));
   } catch (err) {
     return { error: message(err) };
   }
@@ -166,5 +142,5 @@ export async function exists(path: string): Promise<boolean> {
 /** Reads the live firewall and returns its forwards by domain. */
 export async function liveByDomain(deps: HookDeps): Promise<Map<string, LiveForward[]>> {
   const { config } = await loadFor({ ...deps, problem: () => {} });
-  return forwardsByDomain(await readState(applyDeps(deps)), await knownNames(config));
+  return forwardsByDomain(await readLive(applyDeps(deps)), await knownNames(config));
 }

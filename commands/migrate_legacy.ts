@@ -1,9 +1,10 @@
 /** `migrate-legacy`: removes the old Python hook's chains. */
 
-import { chainLine, tokenize } from "../backends/iptables_live.ts";
+import { chainLine, tokenize } from "../backends/backend.ts";
 import { runDir, runningXml } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { install, loadFor, tools } from "../hook/domain.ts";
+import { runBatches } from "../rules.ts";
 import { message } from "../system/report.ts";
 import { runChecked } from "../system/runner.ts";
 
@@ -67,7 +68,8 @@ export async function migrateLegacy(
     for (const [tbl, js] of jumps) for (const j of js) console.log(`  ${tbl} rule -A ${j}`);
     if (dryRun) return 0;
     try {
-      await deps.lock(() => runChecked(deps.runner, t.restore, { stdin: batch.join("\n") + "\n" }));
+      const stdin = batch.join("\n") + "\n";
+      await deps.lock(() => runBatches(deps.runner, [{ argv: t.restore, stdin, name: t.restore[0]! }]));
     } catch (err) {
       deps.problem(`Cannot remove the old hook's rules: ${message(err)}; nothing was changed`);
       return 1;

@@ -1,6 +1,6 @@
 /** `reload`: brings every running domain's forwards in line with the config. */
 
-import { domainLabel } from "../backends/names.ts";
+import { domainLabel } from "../backends/backend.ts";
 import { liveByDomain, runningXml } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { applyDeps, resync } from "../hook/domain.ts";

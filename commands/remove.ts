@@ -1,6 +1,6 @@
 /** `remove`: removes a domain's forwards (or all of ours) by hand, whatever the config says. */
 
-import { domainHash, domainLabel } from "../backends/names.ts";
+import { domainHash, domainLabel } from "../backends/backend.ts";
 import { liveByDomain } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { remove, removedMarker } from "../hook/domain.ts";

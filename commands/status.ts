@@ -1,10 +1,15 @@
 /** `status`: the live forwards by domain, and what stops them. */
 
-import { foreignGates } from "../backends/foreign.ts";
-import { describeForward, describePlan } from "../backends/forward.ts";
-import { blockedNote, blockers, gateName, openingLine } from "../backends/gates.ts";
-import { domainLabel } from "../backends/names.ts";
-import { readState } from "../backends/state.ts";
+import {
+  blockedNote,
+  blockers,
+  describeForward,
+  describePlan,
+  domainLabel,
+  foreignGates,
+  gateName,
+  openingLine,
+} from "../backends/backend.ts";
 import {
   describeBackend,
   forwardsByDomain,
@@ -18,6 +23,7 @@ import type { HookDeps } from "../hook/deps.ts";
 import { applyDeps, defaultMoves, forwardsOf, loadFor, pinFacts, pinnedDefaults } from "../hook/domain.ts";
 import { waitingNote } from "../hook/guest.ts";
 import { readListeners } from "../system/host.ts";
+import { readLive } from "../rules.ts";
 
 /** What `status` shows: every domain, or `only` one (by name or `#<hash>`); as text, or as JSON. */
 export interface StatusOptions {
@@ -28,7 +34,7 @@ export interface StatusOptions {
 export async function status(deps: HookDeps, { only, json = false }: StatusOptions = {}): Promise<number> {
   const { config, facts } = await loadFor({ ...deps, problem: () => {} });
   // One read of the firewall serves both the forwards and the backend line.
-  const state = await readState(applyDeps(deps, config));
+  const state = await readLive(applyDeps(deps, config));
   const live = forwardsByDomain(state, await knownNames(config));
   const listeners = readListeners();
   const gates = await foreignGates(applyDeps(deps, config), state.nft?.hooks);

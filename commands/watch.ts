@@ -1,7 +1,6 @@
 /** `watch`: puts our rules back after other software rewrote the firewall. */
 
-import { describeForward, describePlan } from "../backends/forward.ts";
-import { readState } from "../backends/state.ts";
+import { describeForward, describePlan } from "../backends/backend.ts";
 import { acceptMisplaced, exists, forwardsByDomain, runningDomains, runningXml } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import {
@@ -18,6 +17,7 @@ import {
 import { reassertAccepts, syncDomain } from "../rules.ts";
 import { LIBVIRT_DNSMASQ_DIR } from "../system/libvirt.ts";
 import { message } from "../system/report.ts";
+import { readLive } from "../rules.ts";
 
 /** What one look did: the guests it mended, those whose leftovers it removed, and what it has to tell. */
 interface Healed {
@@ -42,7 +42,7 @@ async function heal(deps: HookDeps): Promise<Healed> {
     healed.mended.push("accepts in libvirt's chains");
   }
   const running = await runningDomains();
-  const state = await readState(applyDeps(deps));
+  const state = await readLive(applyDeps(deps));
   const live = forwardsByDomain(state, [...config.names, ...running]);
   for (const domain of live.keys()) {
     if (!stoppedSince(deps.stateDir, domain)) continue;

@@ -6,7 +6,7 @@
  */
 
 import type { ClaimSummary } from "../config/model.ts";
-import { domainHash } from "../backends/names.ts";
+import { domainHash } from "../backends/backend.ts";
 
 function dir(stateDir: string): string {
   return `${stateDir}/xml-claims`;

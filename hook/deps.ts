@@ -1,8 +1,6 @@
 /** Everything the hook touches outside itself (HookDeps), and the real world behind it. */
 
-import { drivesNfTables } from "../backends/choose.ts";
-import { trackedConnections } from "../backends/conntrack.ts";
-import type { Tools } from "../backends/iptables.ts";
+import { drivesNfTables, type Tools, trackedConnections } from "../backends/backend.ts";
 import type { Family } from "../system/address.ts";
 import { env, onPath, readStdin, STATE_DIR } from "../system/env.ts";
 import { type HostFacts, type Listener, readHostFacts, readListeners } from "../system/host.ts";

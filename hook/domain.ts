@@ -1,10 +1,16 @@
 /** One domain's forwards: install, re-sync or remove them, and say what happened. */
 
-import type { Forgotten } from "../backends/conntrack.ts";
-import type { Forward, Snat } from "../backends/forward.ts";
-import { iptablesTools, type Tools } from "../backends/iptables.ts";
-import { domainHash } from "../backends/names.ts";
-import { type ApplyDeps, beginRead, type FirewallState } from "../backends/state.ts";
+import {
+  type ApplyDeps,
+  beginRead,
+  domainHash,
+  type FirewallState,
+  type Forgotten,
+  type Forward,
+  iptablesTools,
+  type Snat,
+  type Tools,
+} from "../backends/backend.ts";
 import { configClaims, domainConfig, loadConfig, loadConfigFor } from "../config.ts";
 import { type ClaimSummary, type Config, type Diagnostic, formatDiagnostic } from "../config/model.ts";
 import { configCandidates, configMentions, type ConfigSource, readConfigSource } from "../config/source.ts";

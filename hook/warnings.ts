@@ -1,18 +1,18 @@
 /** What a start warns about: a public port taken from the host, gates of other software on the forward's way. */
 
-import { foreignGates } from "../backends/foreign.ts";
-import type { Forward } from "../backends/forward.ts";
 import {
+  type ApplyDeps,
   type BaseChain,
   type Blocker,
   blockers,
+  bridgesOf,
   describeBlocker,
   type ForeignGate,
+  foreignGates,
+  type Forward,
   gateName,
   type Packet,
-} from "../backends/gates.ts";
-import { bridgesOf } from "../backends/nftables.ts";
-import type { ApplyDeps } from "../backends/state.ts";
+} from "../backends/backend.ts";
 import { parseAddress } from "../system/address.ts";
 import { type ConnectedRoute, type Listener, listenerAt } from "../system/host.ts";
 

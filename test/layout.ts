@@ -109,6 +109,42 @@ export function byLayer(edges: Edge[]): string[] {
   return lines;
 }
 
+/** The backends' one interface: the only module of backends/ that commands/ and hook/ import. */
+export const BACKEND_INTERFACE = "backends/backend.ts";
+
+/** The imports from commands/ or hook/ into backends/ that go past the interface (none, in a house with one). */
+export function pastInterface(edges: Edge[]): Edge[] {
+  return edges.filter((e) =>
+    (e.from.startsWith("commands/") || e.from.startsWith("hook/")) && e.to.startsWith("backends/") &&
+    e.to !== BACKEND_INTERFACE
+  );
+}
+
+/** The module that alone runs the programs that change the firewall (see batchRunners). */
+export const BATCH_RUNNER = "backends/batch.ts";
+
+/**
+ * Whether a source text runs a batch: a call of a runner (`.run(`, `runChecked(`, `Deno.Command(`) whose
+ * arguments name an iptables-restore (`restore`), `nft -f` (`"-f"`) or a batch's own command line (`.argv`).
+ */
+export function runsBatch(text: string): boolean {
+  for (const m of text.matchAll(/(?:\.run|\brunChecked|\bDeno\.Command)\(/g)) {
+    // The call's arguments, up to the parenthesis that closes it.
+    let depth = 0, end = m.index + m[0].length - 1;
+    for (; end < text.length; end++) {
+      if (text[end] === "(") depth++;
+      else if (text[end] === ")" && --depth === 0) break;
+    }
+    if (/restore|"-f"|\.argv\b/.test(text.slice(m.index + m[0].length, end))) return true;
+  }
+  return false;
+}
+
+/** The program's files that run a batch (see runsBatch): BATCH_RUNNER alone, in a house with one way out. */
+export function batchRunners(root: string): string[] {
+  return sourceFiles(root).filter((f) => runsBatch(Deno.readTextFileSync(join(root, f))));
+}
+
 if (import.meta.main) {
   const edges = importGraph(".");
   console.log(byLayer(edges).join("\n"));
