@@ -43,7 +43,12 @@ export async function plan(domain: string, deps: HookDeps): Promise<number> {
     return 1;
   }
   for (const batch of batches) {
-    console.log(batchHeader(batch));
+    // What the batch holds, in its program's terms: the rules iptables-restore adds, or nft's commands.
+    const lines = batch.stdin.split("\n").filter((l) => l !== "");
+    const count = batch.name === "nft"
+      ? `${lines.length} command(s)`
+      : `${lines.filter((l) => /^-[AI] /.test(l)).length} rule(s)`;
+    console.log(`${batchHeader(batch)}: ${count} for ${JSON.stringify(domain)}`);
     console.log(batch.stdin.trimEnd());
   }
   return 0;
