@@ -135,7 +135,8 @@ export function runsBatch(text: string): boolean {
       if (text[end] === "(") depth++;
       else if (text[end] === ")" && --depth === 0) break;
     }
-    if (/restore|"-f"|\.argv\b/.test(text.slice(m.index + m[0].length, end))) return true;
+    // `nft -f -` (a script on stdin), not any program's -f (conntrack's family).
+    if (/restore|"-f",\s*"-"|\.argv\b/.test(text.slice(m.index + m[0].length, end))) return true;
   }
   return false;
 }
