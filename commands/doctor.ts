@@ -200,7 +200,11 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
       () => undefined,
     )
     : undefined;
-  const found = hostFindings(state, facts, config.settings, gates, chains, {
+  const found = hostFindings(state, {
+    facts,
+    settings: config.settings,
+    gates,
+    chains,
     families: [...families],
     legacySave,
   });
