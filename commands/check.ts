@@ -26,7 +26,7 @@ export async function check(
   const source = readConfigSource(configCandidates(deps.env));
   // A public address that is not this host's is said as a warning here: a start refuses it, the file is valid.
   const { config, facts } = await loadFor(deps, { source, foreignAddresses: "warning" });
-  if (domain !== undefined) return await checkDomain(domain, config, facts, deps);
+  if (domain !== undefined) return await checkDomain(deps, { domain, config, facts });
   if (!config.exists) {
     deps.problem(
       `No config file found (looked for ${
@@ -76,10 +76,8 @@ export async function check(
  * there, with the guest addresses found for them; what start would do, in one line.
  */
 async function checkDomain(
-  domain: string,
-  config: Config,
-  facts: HostFacts,
   deps: HookDeps,
+  { domain, config, facts }: { domain: string; config: Config; facts: HostFacts },
 ): Promise<number> {
   const xml = await guestXml(deps, domain);
   if (xml === undefined) {

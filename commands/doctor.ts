@@ -1,6 +1,15 @@
 /** `doctor`: walks each forward's path, link by link, and says what is OK, what is wrong, and what fixes it. */
 
-import { asLiveForward, asLiveSnat, describeForward, foreignGates } from "../backends/backend.ts";
+import {
+  asLiveForward,
+  asLiveSnat,
+  describeForward,
+  type FirewallState,
+  type ForeignGate,
+  foreignGates,
+} from "../backends/backend.ts";
+import type { Config } from "../config/model.ts";
+import type { HostFacts } from "../system/host.ts";
 import { acceptMisplaced, forwardsByDomain, knownNames, runningDomains, runningXml } from "./live.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import {
@@ -22,13 +31,13 @@ import { allChains, hostFindings, libvirtUnseen, readSysctl } from "./doctor_hos
 import { qemuCommand, shellQuote } from "../system/shell.ts";
 import { readLive } from "../rules.ts";
 
-/** Runs doctor for one domain (or every configured or live one) and prints the report; 0 when all is well. */
 /** What `doctor` examines: every forward, or those of `only` one domain; reported as text, or as JSON. */
 export interface DoctorOptions {
   only?: string | undefined;
   json?: boolean;
 }
 
+/** Runs doctor for one domain (or every configured or live one) and prints the report; 0 when all is well. */
 export async function doctor(deps: HookDeps, { only, json = false }: DoctorOptions = {}): Promise<number> {
   const report = await examine(deps, only);
   const failed = [...report.host, ...report.forwards.flatMap((f) => f.findings)].some((f) =>
@@ -65,25 +74,51 @@ export function renderReport(report: DoctorReport): string {
 }
 
 async function examine(deps: HookDeps, only: string | undefined): Promise<DoctorReport> {
+  const s = await survey(deps);
+  const chains = await allChains(deps);
+  const host = conntrackFindings(deps);
+  // A forward's findings wait for its probes (up to 2 s where the guest drops them): examined in parallel, at most
+  // PROBES_AT_ONCE at a time over all domains, and reported in order.
+  const forwards: Slot<ForwardReport>[] = [];
+  for (const domain of await domainsToExamine(s, only)) forwards.push(...await domainReports(s, domain));
+  const found = hostFindings(s.state, {
+    facts: s.facts,
+    settings: s.config.settings,
+    gates: s.gates,
+    chains,
+    families: [...s.families],
+    legacySave: await readLegacySave(deps, s.state),
+  });
+  return { host: [...found, ...host], forwards: await inParallel(forwards, PROBES_AT_ONCE) };
+}
+
+/** What doctor reads once before it examines a domain: the config, the host, what is live, what runs. */
+interface Survey {
+  deps: HookDeps;
+  config: Config;
+  facts: HostFacts;
+  state: FirewallState;
+  gates: ForeignGate[];
+  running: string[];
+  live: ReturnType<typeof forwardsByDomain>;
+  /** The families the forwards examined use: forwarding off in another is no failure of theirs (added as found). */
+  families: Set<Family>;
+  /** A running guest's XML; undefined for one that does not run. */
+  xmlOf: (domain: string) => Promise<string | undefined>;
+  /** A domain's forwards, planned once. */
+  planOf: (domain: string) => Promise<DomainForwards>;
+}
+
+/** A domain's forwards as planned, where they are fine. */
+type Planned = Extract<DomainForwards, { kind: "ok" }>;
+
+/** Reads the config, the host's facts, the live firewall and its gates, and the running guests. */
+async function survey(deps: HookDeps): Promise<Survey> {
   const { config, facts } = await loadFor({ ...deps, problem: () => {} });
   const state = await readLive(applyDeps(deps, config));
   const gates = await foreignGates(applyDeps(deps, config), state.nft?.hooks).catch(() => []);
   const running = await runningDomains();
   const live = forwardsByDomain(state, await knownNames(config));
-  const chains = await allChains(deps);
-  // The families the forwards examined use: forwarding off in another is no failure of theirs (added as found).
-  const families = new Set<Family>();
-  const host: Finding[] = [];
-  if (deps.conntrack !== undefined) {
-    const found = deps.conntrack();
-    host.push(
-      found === undefined
-        // Forwards work without it: worth knowing, not a problem of the forwards.
-        ? note(`${NO_CONNTRACK} (apt-get install conntrack)`)
-        : ok(`conntrack (${found}): the connections of a forward that goes or changes target are deleted`),
-    );
-  }
-
   // The running guests' XML: the forwards in their metadata, and the addresses found for them.
   const xmlOf = (domain: string) =>
     running.includes(domain) ? runningXml(domain) : Promise.resolve(undefined);
@@ -104,107 +139,138 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
     plans.set(domain, found);
     return found;
   };
+  return { deps, config, facts, state, gates, running, live, families: new Set(), xmlOf, planOf };
+}
+
+/** Whether conntrack is there to delete the connections of a forward that goes or changes target. */
+function conntrackFindings(deps: HookDeps): Finding[] {
+  if (deps.conntrack === undefined) return [];
+  const found = deps.conntrack();
+  return [
+    found === undefined
+      // Forwards work without it: worth knowing, not a problem of the forwards.
+      ? note(`${NO_CONNTRACK} (apt-get install conntrack)`)
+      : ok(`conntrack (${found}): the connections of a forward that goes or changes target are deleted`),
+  ];
+}
+
+/** The domains examined: `only` that one, or every running guest with forwards and every domain live, sorted. */
+async function domainsToExamine(s: Survey, only: string | undefined): Promise<string[]> {
   const configured = [];
-  for (const d of running) if ((await planOf(d)).kind !== "absent") configured.push(d);
-  const domains = only !== undefined ? [only] : [...new Set([...configured, ...live.keys()])].sort();
-  // A forward's findings wait for its probes (up to 2 s where the guest drops them): examined in parallel, at most
-  // PROBES_AT_ONCE at a time over all domains, and reported in order.
-  const forwards: Slot<ForwardReport>[] = [];
-  for (const domain of domains) {
-    for (const f of live.get(domain) ?? []) families.add(f.family);
-    const found = await planOf(domain);
-    if (found.kind !== "ok") {
-      forwards.push({
-        domain,
-        forward: "(no forward)",
-        findings: [
-          found.kind === "absent"
-            ? fail(
-              `"${domain}" is not in ${config.file} nor in its hooks.d/, and its XML holds no forwards`,
-              "add an entry for it (qemu check validates it), or forwards to its metadata",
-            )
-            : fail(`its forwards have errors: ${found.why}`, `qemu check --domain=${shellQuote(domain)}`),
-        ],
-      });
-      continue;
-    }
-    const moved = running.includes(domain)
-      ? defaultMoves(domain, { facts, pinned: pinnedDefaults(deps.stateDir, domain) })
-      : [];
-    for (const line of moved) forwards.push({ domain, forward: "(default address)", findings: [note(line)] });
-    for (const line of found.leaseProblems) {
-      forwards.push({
-        domain,
-        forward: "(DHCP leases)",
-        findings: [
-          fail(line, "libvirt's dnsmasq rewrites it on the next lease change; its live forwards are kept"),
-        ],
-      });
-    }
-    for (const w of found.waiting) {
-      forwards.push({
-        domain,
-        forward: "(waiting)",
-        findings: [
-          fail(
-            `${w.entry}: ${waitingNote(w)}`,
-            "the watcher applies it when the guest gets its lease (qemu watch)",
-          ),
-        ],
-      });
-    }
-    const plan = found;
-    const xml = await xmlOf(domain);
-    const liveText = new Set((live.get(domain) ?? []).map(describeForward));
-    let counters: Promise<Map<string, number>> | undefined;
-    for (const f of [...plan.forwards, ...plan.snats]) families.add(f.family);
-    for (const f of plan.forwards) {
-      const text = describeForward(asLiveForward(domain, f));
-      forwards.push(async () => ({
-        domain,
-        forward: text,
-        findings: await forwardFindings(domain, f, {
-          acceptIn: config.settings.acceptIn,
-          xml,
-          facts,
-          hostAddresses: config.settings.hostAddresses,
-          state,
-          gates,
-          live: liveText.has(text),
-          misplaced: acceptMisplaced(state, domain, [f]),
-          counters: await (counters ??= readCounters(deps, domain)),
-          flows: await readFlows(deps, f),
-        }),
-      }));
-    }
-    // Outbound NAT (snat): live as planned, or not.
-    for (const s of plan.snats) {
-      const text = describeForward(asLiveSnat(domain, s));
-      forwards.push({
-        domain,
-        forward: text,
-        findings: [
-          liveText.has(text) ? ok(`the guest's new outgoing connections leave from ${s.publicIp}`) : fail(
-            "the outbound NAT is not live",
-            `${qemuCommand("apply", domain)}   (or restart the guest)`,
-          ),
-        ],
-      });
-    }
+  for (const d of s.running) if ((await s.planOf(d)).kind !== "absent") configured.push(d);
+  return only !== undefined ? [only] : [...new Set([...configured, ...s.live.keys()])].sort();
+}
+
+/** One domain's reports: why it has no forward, or what waits, then each forward and each outbound NAT. */
+async function domainReports(s: Survey, domain: string): Promise<Slot<ForwardReport>[]> {
+  for (const f of s.live.get(domain) ?? []) s.families.add(f.family);
+  const found = await s.planOf(domain);
+  if (found.kind !== "ok") return [unplanned(s, domain, found)];
+  return [...pendingReports(s, domain, found), ...await forwardReports(s, domain, found)];
+}
+
+/** A domain without forwards to examine: not configured anywhere, or its forwards have errors. */
+function unplanned(s: Survey, domain: string, found: Exclude<DomainForwards, Planned>): ForwardReport {
+  return {
+    domain,
+    forward: "(no forward)",
+    findings: [
+      found.kind === "absent"
+        ? fail(
+          `"${domain}" is not in ${s.config.file} nor in its hooks.d/, and its XML holds no forwards`,
+          "add an entry for it (qemu check validates it), or forwards to its metadata",
+        )
+        : fail(`its forwards have errors: ${found.why}`, `qemu check --domain=${shellQuote(domain)}`),
+    ],
+  };
+}
+
+/** What keeps a domain's forwards from being as planned: a default address moved, bad leases, guests waited for. */
+function pendingReports(s: Survey, domain: string, found: Planned): ForwardReport[] {
+  const out: ForwardReport[] = [];
+  const moved = s.running.includes(domain)
+    ? defaultMoves(domain, { facts: s.facts, pinned: pinnedDefaults(s.deps.stateDir, domain) })
+    : [];
+  for (const line of moved) out.push({ domain, forward: "(default address)", findings: [note(line)] });
+  for (const line of found.leaseProblems) {
+    out.push({
+      domain,
+      forward: "(DHCP leases)",
+      findings: [
+        fail(line, "libvirt's dnsmasq rewrites it on the next lease change; its live forwards are kept"),
+      ],
+    });
   }
-  // libvirt's iptables chains unseen by the iptables we run: in iptables-legacy's tables, perhaps. Only where those
-  // tables are loaded: iptables-legacy-save would load the kernel's legacy modules otherwise.
-  const legacySave = libvirtUnseen(state) && (readSysctl("/proc/net/ip_tables_names") ?? "") !== ""
-    ? await deps.runner.run(["iptables-legacy-save"], { timeoutMs: 5000 }).then(
-      (r) => r.code === 0 ? r.stdout : undefined,
-      () => undefined,
-    )
-    : undefined;
-  const found = hostFindings(state, facts, config.settings, gates, chains, {
-    families: [...families],
-    legacySave,
-  });
-  return { host: [...found, ...host], forwards: await inParallel(forwards, PROBES_AT_ONCE) };
+  for (const w of found.waiting) {
+    out.push({
+      domain,
+      forward: "(waiting)",
+      findings: [
+        fail(
+          `${w.entry}: ${waitingNote(w)}`,
+          "the watcher applies it when the guest gets its lease (qemu watch)",
+        ),
+      ],
+    });
+  }
+  return out;
+}
+
+/** Each planned forward's links (a job: it probes the guest), and whether each outbound NAT is live. */
+async function forwardReports(s: Survey, domain: string, plan: Planned): Promise<Slot<ForwardReport>[]> {
+  const out: Slot<ForwardReport>[] = [];
+  const { deps, config, facts, state, gates } = s;
+  const xml = await s.xmlOf(domain);
+  const liveText = new Set((s.live.get(domain) ?? []).map(describeForward));
+  let counters: Promise<Map<string, number>> | undefined;
+  for (const f of [...plan.forwards, ...plan.snats]) s.families.add(f.family);
+  for (const f of plan.forwards) {
+    const text = describeForward(asLiveForward(domain, f));
+    out.push(async () => ({
+      domain,
+      forward: text,
+      findings: await forwardFindings(domain, f, {
+        acceptIn: config.settings.acceptIn,
+        xml,
+        facts,
+        hostAddresses: config.settings.hostAddresses,
+        state,
+        gates,
+        live: liveText.has(text),
+        misplaced: acceptMisplaced(state, domain, [f]),
+        counters: await (counters ??= readCounters(deps, domain)),
+        flows: await readFlows(deps, f),
+      }),
+    }));
+  }
+  // Outbound NAT (snat): live as planned, or not.
+  for (const snat of plan.snats) {
+    const text = describeForward(asLiveSnat(domain, snat));
+    out.push({
+      domain,
+      forward: text,
+      findings: [
+        liveText.has(text) ? ok(`the guest's new outgoing connections leave from ${snat.publicIp}`) : fail(
+          "the outbound NAT is not live",
+          `${qemuCommand("apply", domain)}   (or restart the guest)`,
+        ),
+      ],
+    });
+  }
+  return out;
+}
+
+/**
+ * What iptables-legacy-save prints, where libvirt's iptables chains are unseen by the iptables we run: in
+ * iptables-legacy's tables, perhaps. Only where those tables are loaded: iptables-legacy-save would load the
+ * kernel's legacy modules otherwise.
+ */
+async function readLegacySave(deps: HookDeps, state: FirewallState): Promise<string | undefined> {
+  if (!libvirtUnseen(state) || (readSysctl("/proc/net/ip_tables_names") ?? "") === "") return undefined;
+  return await deps.runner.run(["iptables-legacy-save"], { timeoutMs: 5000 }).then(
+    (r) => r.code === 0 ? r.stdout : undefined,
+    () => undefined,
+  );
 }
 
 /** How many forwards doctor examines at once: bounds its processes and sockets whatever the number of guests. */

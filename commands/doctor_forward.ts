@@ -48,12 +48,39 @@ export interface Flows {
   unreplied: number;
 }
 
+/**
+ * Every link of one forward's path, in the order a packet meets them: the guest and its bridge, the public side,
+ * our rules, the gates, what the counters and conntrack saw, and the guest's end.
+ */
 export async function forwardFindings(domain: string, f: Forward, c: ForwardContext): Promise<Finding[]> {
   await loadXml();
-  const out: Finding[] = [];
   const net = connectedNetworkOf(c.facts.connected, parseAddress(f.privateIp)!);
-  const bridge = f.interface ?? net?.device;
-  // The guest, its tap, and where its address lies.
+  const path: ForwardPath = { domain, f, c, net, bridge: f.interface ?? net?.device };
+  return [
+    ...await guestSide(path),
+    ...publicSide(path),
+    ourRules(path),
+    ...gatesOnTheWay(path),
+    ...counted(path),
+    ...replies(path),
+    ...await guestEnd(path),
+  ];
+}
+
+/** One forward as its links are examined: its domain, the forward, what is known, and where its guest lies. */
+interface ForwardPath {
+  domain: string;
+  f: Forward;
+  c: ForwardContext;
+  /** The network of this host the guest's address lies in. */
+  net: ReturnType<typeof connectedNetworkOf>;
+  /** The bridge the guest's tap must be a port of: the configured interface, or its network's. */
+  bridge: string | undefined;
+}
+
+/** The guest, its tap on the bridge, the network its address lies in, and its neighbour entry. */
+async function guestSide({ domain, f, c, net, bridge }: ForwardPath): Promise<Finding[]> {
+  const out: Finding[] = [];
   if (c.xml === undefined) {
     out.push(fail(`"${domain}" is not running`, `virsh start ${shellQuote(domain)}`));
   } else {
@@ -82,7 +109,12 @@ export async function forwardFindings(domain: string, f: Forward, c: ForwardCont
     out.push(ok(`${f.privateIp} is in the network of ${net.device}`));
   }
   out.push(await neighbour(f.privateIp, bridge));
-  // The public side.
+  return out;
+}
+
+/** The public address (this host's, or declared so) and whether the host itself listens on the forward's port. */
+function publicSide({ f, c }: ForwardPath): Finding[] {
+  const out: Finding[] = [];
   const publicIp = parseAddress(f.publicIp)!;
   if (c.facts.addresses?.includes(publicIp.text) === false) {
     out.push(
@@ -111,16 +143,26 @@ export async function forwardFindings(domain: string, f: Forward, c: ForwardCont
         "from the host on this address",
     ));
   }
-  // Our rules.
+  return out;
+}
+
+/** Whether our rules are live as planned, our accept in its place. */
+function ourRules({ domain, c }: ForwardPath): Finding {
   if (!c.live) {
-    out.push(fail("the forward is not live", `${qemuCommand("apply", domain)}   (or restart the guest)`));
-  } else if (c.misplaced) {
-    out.push(fail(
+    return fail("the forward is not live", `${qemuCommand("apply", domain)}   (or restart the guest)`);
+  }
+  if (c.misplaced) {
+    return fail(
       "the forward is live, but our accept is missing from iptables' FORWARD or sits below other rules",
       `qemu reload`,
-    ));
-  } else out.push(ok("the live rules are the plan"));
-  // The gates.
+    );
+  }
+  return ok("the live rules are the plan");
+}
+
+/** The gates on the way: libvirt's guest_input, the chains handed to us, and other software's that drop it. */
+function gatesOnTheWay({ domain, f, c, bridge }: ForwardPath): Finding[] {
+  const out: Finding[] = [];
   const packet = packetOf(f, c.facts.connected);
   const libvirt = c.state.nft?.libvirt[f.family];
   if (libvirt) {
@@ -151,36 +193,46 @@ export async function forwardFindings(domain: string, f: Forward, c: ForwardCont
       }"]}`,
     ));
   }
-  // What the counters say, where our rules count (iptables).
+  return out;
+}
+
+/** What the counters say, where our rules count (iptables): nothing arrived, or it arrived and was dropped. */
+function counted({ f, c }: ForwardPath): Finding[] {
   const dnat = c.counters.get(`dnat ${f.protocol} ${f.publicPort}`);
   const accepted = c.counters.get(`fwd ${f.protocol} ${f.publicPort}`);
-  if (dnat !== undefined) {
-    if (dnat === 0) out.push(note("no connection has arrived yet (the DNAT counter is 0)"));
-    else if (accepted === 0) {
-      out.push(
-        fail(`${dnat} packet(s) arrived and were translated, but none was accepted on the way to the guest`),
-      );
-    } else {out.push(
-        ok(`${dnat} packet(s) arrived and were translated${accepted ? `, ${accepted} accepted` : ""}`),
-      );}
+  if (dnat === undefined) return [];
+  if (dnat === 0) return [note("no connection has arrived yet (the DNAT counter is 0)")];
+  if (accepted === 0) {
+    return [
+      fail(`${dnat} packet(s) arrived and were translated, but none was accepted on the way to the guest`),
+    ];
   }
+  return [ok(`${dnat} packet(s) arrived and were translated${accepted ? `, ${accepted} accepted` : ""}`)];
+}
+
+/** Whether the guest answers the connections that conntrack saw reach it. */
+function replies({ f, c, bridge }: ForwardPath): Finding[] {
+  if (!c.flows || c.flows.total === 0) return [];
   // Packets arrive and are translated, and nothing comes back: the guest drops them past our rules, or its
   // answers leave by another way (no route back through this host). Counters and a probe from the host see none of it.
-  if (c.flows && c.flows.total > 0 && c.flows.unreplied === c.flows.total) {
-    out.push(fail(
+  if (c.flows.unreplied === c.flows.total) {
+    return [fail(
       `${c.flows.total} connection(s) arrived and were translated to the guest, but no reply came back: the guest ` +
         "drops them, or has no route back to the client (its default route does not lead through this host)",
       `inside the guest: ip route get <client address> must leave through ${
         bridge ?? "its bridge"
       }'s address, ` +
         `and its firewall must accept ${f.protocol} port ${f.privatePort}`,
-    ));
-  } else if (c.flows && c.flows.total > 0) {
-    out.push(
-      ok(`${c.flows.total - c.flows.unreplied} of ${c.flows.total} connection(s) got replies from the guest`),
-    );
+    )];
   }
-  // The guest's end.
+  return [
+    ok(`${c.flows.total - c.flows.unreplied} of ${c.flows.total} connection(s) got replies from the guest`),
+  ];
+}
+
+/** The guest's end: whether it listens, its taps' hairpin mode under bridge netfilter, the reverse-path filter. */
+async function guestEnd({ f, c, bridge }: ForwardPath): Promise<Finding[]> {
+  const out: Finding[] = [];
   // An all_ports forward names no port the guest must listen on.
   if (f.protocol === "tcp" && c.xml !== undefined && !f.except) {
     out.push(await guestListens(f.privateIp, f.privatePort));

@@ -25,8 +25,16 @@ export function readSysctl(path: string): string | undefined {
   }
 }
 
-/** What hostFindings() is told beside the firewall: which families the forwards use, how sysctls are read. */
+/** What hostFindings() is told beside the firewall: the host, the settings, the gates and chains, and how to read. */
 export interface HostFindingOptions {
+  /** The host's facts (bridge netfilter per family). */
+  facts: HostFacts;
+  /** The config's `"/settings"`: the backend chosen and the gates handed to us (`accept_in`). */
+  settings: Settings;
+  /** Other software's gates whose rules were read (see foreignGates). */
+  gates: ForeignGate[];
+  /** Every chain of the host as `<family> <table> <chain>` (see allChains). */
+  chains: string[];
   /** The address families of the forwards examined (default both): forwarding off elsewhere is a note. */
   families?: readonly Family[];
   /** Reads a sysctl's file (default: readSysctl). */
@@ -41,11 +49,7 @@ export interface HostFindingOptions {
  */
 export function hostFindings(
   state: FirewallState,
-  facts: HostFacts,
-  settings: Settings,
-  gates: ForeignGate[],
-  chains: string[],
-  { families = [4, 6], sysctl = readSysctl, legacySave }: HostFindingOptions = {},
+  { facts, settings, gates, chains, families = [4, 6], sysctl = readSysctl, legacySave }: HostFindingOptions,
 ): Finding[] {
   const out: Finding[] = [];
   for (

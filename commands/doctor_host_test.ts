@@ -16,7 +16,7 @@ const sysctl = (path: string) => path.includes("ipv4") ? "1" : "0";
 
 Deno.test("hostFindings() fails forwarding only for the families the forwards use", async (t) => {
   const forwarding = (families: (4 | 6)[]) =>
-    hostFindings(STATE, FACTS, SETTINGS, [], [], { families, sysctl })
+    hostFindings(STATE, { facts: FACTS, settings: SETTINGS, gates: [], chains: [], families, sysctl })
       .filter((f) => f.what.includes("forwarding"))
       .map((f) => `${f.level} ${f.what}${f.fix ? ` | fix: ${f.fix}` : ""}`);
   await t.step("an IPv4-only config: IPv6 forwarding off is a note", () => {
@@ -71,7 +71,13 @@ Deno.test("iptablesMismatch() names libvirt's iptables rules in the other iptabl
     assert.equal(iptablesMismatch(same, ["ip filter LIBVIRT_FWI"], undefined), undefined);
   });
   await t.step("and hostFindings() reports it beside the backend", () => {
-    const findings = hostFindings(legacyOurs, FACTS, SETTINGS, [], ["ip filter LIBVIRT_FWI"], { sysctl });
+    const findings = hostFindings(legacyOurs, {
+      facts: FACTS,
+      settings: SETTINGS,
+      gates: [],
+      chains: ["ip filter LIBVIRT_FWI"],
+      sysctl,
+    });
     assert.ok(
       findings.some((f) => f.level === "fail" && f.what.startsWith("libvirt's iptables rules are in")),
     );

@@ -3,9 +3,10 @@ import { functionsOf, MAX_LINES, overBounds, parameterCount, programFunctions } 
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
-Deno.test("no function in config/, system/ or config.ts runs over 100 lines or takes more than three parameters", () => {
-  const functions = programFunctions(ROOT, ["config", "system", "config.ts"]);
-  assert.ok(functions.length > 80, `the functions were found (${functions.length})`);
+Deno.test("no function in commands/, config/, system/ or config.ts runs over 100 lines or takes more than three parameters", () => {
+  const functions = programFunctions(ROOT, ["commands", "config", "system", "config.ts"]);
+  assert.ok(functions.length > 200, `the functions were found (${functions.length})`);
+  assert.ok(functions.some((f) => f.file.startsWith("commands/")), "commands/' functions were found");
   // Four parameters each, held by the tests that call them so and must pass unchanged (issue 23): the list may
   // only shrink.
   const kept = [
