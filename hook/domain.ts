@@ -223,7 +223,7 @@ export async function loadFor(
   };
   // A call for one domain reads only what concerns it from the cache; the commands read the whole config.
   const config = domain === undefined
-    ? await loadConfig(candidates, options, deps.stateDir, source)
+    ? await loadConfig(candidates, { options, cacheDir: deps.stateDir, source })
     : await loadConfigFor(domain, candidates, {
       options,
       cacheDir: deps.stateDir,

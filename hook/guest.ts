@@ -99,7 +99,7 @@ export function guestForwards(
 ): GuestForwards {
   const view = policy ?? { ...UNKNOWN_HOST, defaultPublicIp };
   const none: MetadataForwards = { present: false, entries: [], places: [], diagnostics: [], claims: [] };
-  let md = xml ? readMetadata(domain, xml.root, xml.file, defaultPublicIp) : none;
+  let md = xml ? readMetadata(domain, xml, { defaultPublicIp }) : none;
   const notes: string[] = [];
   if (md.present && !view.rule.enabled) {
     notes.push(`its XML's forwards are off (${view.rule.path ?? "xml_forwards"}: "enabled": false); ignored`);

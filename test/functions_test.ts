@@ -8,11 +8,7 @@ Deno.test("no function in config/, system/ or config.ts runs over 100 lines or t
   assert.ok(functions.length > 80, `the functions were found (${functions.length})`);
   // Four parameters each, held by the tests that call them so and must pass unchanged (issue 23): the list may
   // only shrink.
-  const kept = [
-    "config.ts loadConfig",
-    "config/metadata.ts readMetadata",
-    "config/validate.ts parseConfig",
-  ];
+  const kept: string[] = [];
   assert.deepEqual(overBounds(functions).map((line) => line.replace(/:\d+ (\S+):.*/, " $1")), kept);
 });
 
