@@ -188,7 +188,7 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
   await t.step("a start with nothing live: no iptables-save, the whole batch of new rules", async () => {
     const { calls, changes } = await syncOnNft([FORWARD_VM1], EMPTY_HOST);
     assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", "iptables-restore"]);
-    assert.equal(calls[1]!.stdin, renderSync("vm1", [FORWARD_VM1], { chains: [], rules: [] }));
+    assert.equal(calls[1]!.stdin, renderSync("vm1", { chains: [], rules: [] }, { forwards: [FORWARD_VM1] }));
     assert.deepEqual(changes, [{ target: "iptables", removed: 0, added: 7 }]);
   });
   await t.step(
@@ -229,7 +229,7 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
       const { calls, changes } = await syncOnNft([], VM1_HOST, { nftRefuses: true });
       const programs = calls.map((c) => c.argv[0]);
       assert.deepEqual(programs, ["nft", "nft", ...WHOLE_READ, "iptables-restore"]);
-      assert.equal(calls.at(-1)!.stdin, renderSync("vm1", [], liveOf(parseSave(VM1_SAVE), "vm1")));
+      assert.equal(calls.at(-1)!.stdin, renderSync("vm1", liveOf(parseSave(VM1_SAVE), "vm1")));
       assert.deepEqual(changes, [{ target: "iptables", removed: 5, added: 0 }]);
     },
   );
