@@ -180,7 +180,7 @@ async function syncOnNft(
     networkConf: "/nonexistent/network.conf",
     backend: "iptables" as const,
   };
-  const changes = await syncDomain("vm1", forwards, deps);
+  const changes = await syncDomain("vm1", deps, { forwards });
   return { changes, calls: runner.calls };
 }
 
@@ -279,7 +279,7 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
       };
       const read = readState(deps, { domain: "vm1", jumps: false });
       assert.equal((await read).scope, "chains, no jumps");
-      await syncDomain("vm1", [], deps, { read });
+      await syncDomain("vm1", deps, { forwards: [], read });
       assert.deepEqual(deps.runner.calls.map((c) => c.argv[0]), ["nft", ...WHOLE_READ, "iptables-restore"]);
     },
   );

@@ -48,7 +48,7 @@ async function heal(deps: HookDeps): Promise<Healed> {
     if (!stoppedSince(deps.stateDir, domain)) continue;
     // Under the lock, as a start clears the note before it takes the lock to apply.
     const removed = await deps.lock(async () =>
-      stoppedSince(deps.stateDir, domain) ? await syncDomain(domain, [], applyDeps(deps)) : []
+      stoppedSince(deps.stateDir, domain) ? await syncDomain(domain, applyDeps(deps), { forwards: [] }) : []
     );
     if (removed.length > 0) healed.residue.push(domain);
   }

@@ -447,7 +447,8 @@ async function installWith(
     const taps = await hairpinTaps(plan.forwards, facts, await deps.readStdin());
     const flows = flowReport(domain, deps, action);
     const sync = () =>
-      syncDomain(domain, plan.forwards, applyDeps(deps, config, facts), {
+      syncDomain(domain, applyDeps(deps, config, facts), {
+        forwards: plan.forwards,
         read: reading,
         snats: plan.snats,
         flows: flows.tell,
@@ -518,7 +519,8 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
   try {
     const flows = flowReport(domain, deps, action);
     const changes = await deps.lock(() =>
-      syncDomain(domain, forwards, applyDeps(deps, config, facts), {
+      syncDomain(domain, applyDeps(deps, config, facts), {
+        forwards,
         snats,
         flows: flows.tell,
       })
@@ -544,7 +546,9 @@ export async function remove(domain: string, deps: HookDeps, action: string): Pr
   }
   try {
     const flows = flowReport(domain, deps, action);
-    const changes = await deps.lock(() => syncDomain(domain, [], applyDeps(deps), { flows: flows.tell }));
+    const changes = await deps.lock(() =>
+      syncDomain(domain, applyDeps(deps), { forwards: [], flows: flows.tell })
+    );
     if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, [])}${flows.said()}`);
     return true;
   } catch (err) {
