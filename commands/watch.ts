@@ -76,7 +76,7 @@ async function heal(deps: HookDeps): Promise<Healed> {
     }
     const stdin = () => Promise.resolve(xml ?? "");
     const pinnedDeps = { ...deps, readStdin: stdin, facts: () => Promise.resolve(pinnedFacts) };
-    if (await install(domain, pinnedDeps, "watch") === "installed") healed.mended.push(domain);
+    if (await install(domain, pinnedDeps, { action: "watch" }) === "installed") healed.mended.push(domain);
   }
   return healed;
 }
