@@ -7,6 +7,16 @@ import { configFiles, type ConfigSource, readConfigSource } from "./config/sourc
 import { type ConfigText, emptyConfig, fileProblem, loadParser, parseConfigs } from "./config/validate.ts";
 import { type ValidateOptions } from "./config/model.ts";
 
+/** How loadConfig() and loadConfigFor() read and validate. */
+export interface LoadOptions {
+  /** What validating takes (the host's addresses, how foreign addresses count). */
+  options?: ValidateOptions;
+  /** Where a validated config is cached (on /run); absent: no cache. */
+  cacheDir?: string | undefined;
+  /** The files read already (see readConfigSource); absent: read from the candidates. */
+  source?: ConfigSource | undefined;
+}
+
 /**
  * Validates the config read from `candidates` (or the `source` read from them already): the main file and its
  * drop-ins. With `cacheDir`, a validated config is kept there (on /run, a tmpfs) with the code's identity, the
@@ -15,9 +25,7 @@ import { type ValidateOptions } from "./config/model.ts";
  */
 export async function loadConfig(
   candidates: string[],
-  options: ValidateOptions = {},
-  cacheDir?: string,
-  source: ConfigSource = readConfigSource(candidates),
+  { options = {}, cacheDir, source = readConfigSource(candidates) }: LoadOptions = {},
 ): Promise<Config> {
   const read = readable(source);
   if (!Array.isArray(read)) return read;
@@ -38,15 +46,11 @@ export async function loadConfig(
 export async function loadConfigFor(
   domain: string,
   candidates: string[],
-  { options = {}, cacheDir, source = readConfigSource(candidates) }: {
-    options?: ValidateOptions;
-    cacheDir?: string | undefined;
-    source?: ConfigSource;
-  } = {},
+  { options = {}, cacheDir, source = readConfigSource(candidates) }: LoadOptions = {},
 ): Promise<Config> {
   const read = readable(source);
   if (!Array.isArray(read) || cacheDir === undefined) {
-    return await loadConfig(candidates, options, cacheDir, source);
+    return await loadConfig(candidates, { options, cacheDir, source });
   }
   // The texts by their length and a 64-bit digest: the view is read by every start, so it cannot hold 19 MB of key.
   const key = keyOf(source, read, { options, text: (t) => `${t.length}:${digest(t)}` });

@@ -231,7 +231,7 @@ Deno.test("readConfigSource() reads the first config that exists once; loadConfi
   try {
     const missing = readConfigSource([`${dir}/hooks.jsonc`, `${dir}/hooks.json`]);
     assert.deepEqual(missing, { file: `${dir}/hooks.jsonc`, missing: true });
-    assert.equal((await loadConfig([], {}, undefined, missing)).exists, false);
+    assert.equal((await loadConfig([], { source: missing })).exists, false);
     await Deno.writeTextFile(
       `${dir}/hooks.json`,
       `{"web1": {"private_ip": "10.0.0.1", "port_map": {"tcp": [22]}}}`,
@@ -242,12 +242,12 @@ Deno.test("readConfigSource() reads the first config that exists once; loadConfi
     assert.equal(configMentions(found, "db"), false);
     // Validated from what was read, not from the candidates read again.
     await Deno.remove(`${dir}/hooks.json`);
-    assert.deepEqual([...(await loadConfig([], {}, undefined, found)).domains.keys()], ["web1"]);
+    assert.deepEqual([...(await loadConfig([], { source: found })).domains.keys()], ["web1"]);
     // A config that cannot be read (here a directory) is broken, said at its file's first line.
     await Deno.mkdir(`${dir}/hooks.jsonc`);
     const unreadable = readConfigSource([`${dir}/hooks.jsonc`]);
     assert.equal(configMentions(unreadable, "web1"), false);
-    const broken = await loadConfig([], {}, undefined, unreadable);
+    const broken = await loadConfig([], { source: unreadable });
     assert.equal(broken.broken, true);
     assert.match(
       formatDiagnostic(broken.diagnostics[0]!),
@@ -266,24 +266,24 @@ Deno.test("loadConfig() reuses a validated config from its cache until the text 
       file,
       `{"a": {"private_ip": "10.0.0.1", "port_map": {"tcp": [22]}}, "b": {"private_ip": "x"}}`,
     );
-    const first = await loadConfig([file], {}, `${dir}/cache`);
+    const first = await loadConfig([file], { cacheDir: `${dir}/cache` });
     const [entry] = [...Deno.readDirSync(`${dir}/cache`)];
     const cacheFile = `${dir}/cache/${entry!.name}`;
     assert.match(entry!.name, /^config-cache-[0-9a-f]+\.json$/);
     const cached = JSON.parse(await Deno.readTextFile(cacheFile));
     assert.equal(cached.config.file, file);
-    const second = await loadConfig([file], {}, `${dir}/cache`);
+    const second = await loadConfig([file], { cacheDir: `${dir}/cache` });
     assert.deepEqual(second, first);
     assert.deepEqual([...second.domains.keys()], ["a"]);
     await Deno.writeTextFile(file, `{"c": {"private_ip": "10.0.0.3", "port_map": {"tcp": [22]}}}`);
-    assert.deepEqual([...(await loadConfig([file], {}, `${dir}/cache`)).domains.keys()], ["c"]);
+    assert.deepEqual([...(await loadConfig([file], { cacheDir: `${dir}/cache` })).domains.keys()], ["c"]);
     // The new text was validated afresh, under a new key.
     assert.notDeepEqual(
       JSON.parse(await Deno.readTextFile(cacheFile)).key,
       cached.key,
     );
     await Deno.writeTextFile(cacheFile, "{broken");
-    assert.deepEqual([...(await loadConfig([file], {}, `${dir}/cache`)).domains.keys()], ["c"]);
+    assert.deepEqual([...(await loadConfig([file], { cacheDir: `${dir}/cache` })).domains.keys()], ["c"]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -361,7 +361,7 @@ Deno.test("readConfigSource() reports bytes that are no UTF-8 where they are, sc
     const source = readConfigSource([file]);
     assert.ok("text" in source);
     assert.deepEqual(source.invalidUtf8?.length, 2);
-    const config = await loadConfig([file], {}, undefined, source);
+    const config = await loadConfig([file], { source });
     assert.deepEqual(config.diagnostics.map(formatDiagnostic), [
       `${file}:3:7: warning: Not UTF-8: bytes here are no text (between entries: ignored)`,
       `${file}:4:28: Not UTF-8: bytes here are no text (db)`,
@@ -512,7 +512,7 @@ Deno.test("drop-in files: hooks.d/*.jsonc and *.json beside the config are part 
 
     await t.step("the cache follows a drop-in added, changed or removed", async () => {
       const cache = `${dir}/cache`;
-      const names = async () => [...(await loadConfig([main], {}, cache)).domains.keys()];
+      const names = async () => [...(await loadConfig([main], { cacheDir: cache })).domains.keys()];
       const has = async (d: string) => (await loadConfigFor(d, [main], { cacheDir: cache })).domains.has(d);
       assert.deepEqual(await names(), ["web1", "web2", "db"]);
       assert.equal(await has("db"), true);

@@ -100,15 +100,14 @@ export function planForwards(
 }
 
 /**
- * Makes a domain's live rules equal to `forwards`, all or nothing: one iptables-restore batch per family and one
- * `nft -f` transaction; if any of them fails, what was already applied is put back as it was. `read`: the
- * domain's readState, when the caller started it already (under the same lock).
+ * Makes a domain's live rules equal to `forwards` (none, and no snats: the domain removed), all or nothing: one
+ * iptables-restore batch per family and one `nft -f` transaction; if any of them fails, what was already applied
+ * is put back as it was. `read`: the domain's readState, when the caller started it already (under the same lock).
  */
 export async function syncDomain(
   domain: string,
-  forwards: Forward[],
   deps: ApplyDeps,
-  { read, snats = [], flows }: SyncOptions = {},
+  { forwards, read, snats = [], flows }: SyncOptions,
 ): Promise<Change[]> {
   const removing = forwards.length === 0 && snats.length === 0;
   // A start lists no jumps: with chains of the domain live, it reads everything below anyway. What is added does
@@ -129,12 +128,12 @@ export async function syncDomain(
   const commit = async () => {
     try {
       if (state.scope && removing) return await removeAtOnce(domain, state, deps);
-      return await syncState(domain, wanted, deps, state);
+      return await syncState(domain, deps, { wanted, state });
     } catch (err) {
       // A removal from a partial read failed as a whole (nothing changed) where something differs from what the
       // read showed; a removal from everything that is live finishes the job.
       if (!state.scope || !removing || !(err instanceof ApplyError)) throw err;
-      return await syncState(domain, wanted, deps, await readAll(deps, domain));
+      return await syncState(domain, deps, { wanted, state: await readAll(deps, domain) });
     }
   };
   const changes = await commit();
@@ -149,16 +148,15 @@ export async function syncDomain(
  */
 export async function startBatches(
   domain: string,
-  forwards: Forward[],
   deps: ApplyDeps,
-  { snats = [] }: { snats?: Snat[] } = {},
+  { forwards, snats = [] }: { forwards: Forward[]; snats?: Snat[] },
 ): Promise<Batch[]> {
   const removing = forwards.length === 0 && snats.length === 0;
   const reading = (await beginRead(deps, { domain, jumps: removing })).state;
   const wanted = wantedOf(domain, { forwards, snats }, deps);
   const state = await readForSync(domain, reading, { removing, deps });
   if (state.scope && removing) return removeAtOnceBatches(domain, state, deps)?.batches ?? [];
-  return syncBatches(domain, wanted, deps, state).batches;
+  return syncBatches(domain, deps, { wanted, state }).batches;
 }
 
 /**
@@ -249,8 +247,13 @@ async function forgetFlows(
   }
 }
 
-/** What syncDomain may be given beside the forwards. */
+/** What syncDomain is given: the forwards, and what it may be given beside them. */
 export interface SyncOptions {
+  /**
+   * The domain's forwards, what is live is made equal to; required, so that a caller that forgets them cannot
+   * remove the domain's rules: a removal says `forwards: []`.
+   */
+  forwards: Forward[];
   /** The domain's readState, when the caller started it already (under the same lock). */
   read?: Promise<FirewallState> | undefined;
   /** The domain's outbound NATs (see planForwards). */
@@ -290,13 +293,13 @@ type Built = Record<
 /** The bridges a domain's forwards go out of (see bridgesOf), when asked; undefined when it has none. */
 type Bridges = () => Record<Family, string[]> | undefined;
 
+/** Runs the batches of syncBatches, and tells what they changed. */
 async function syncState(
   domain: string,
-  wanted: Wanted,
   deps: ApplyDeps,
-  state: FirewallState,
+  { wanted, state }: { wanted: Wanted; state: FirewallState },
 ): Promise<Change[]> {
-  const { batches, changes } = syncBatches(domain, wanted, deps, state);
+  const { batches, changes } = syncBatches(domain, deps, { wanted, state });
   await runBatches(deps.runner, batches);
   return changes;
 }
@@ -309,9 +312,8 @@ async function syncState(
  */
 function syncBatches(
   domain: string,
-  wanted: Wanted,
   deps: ApplyDeps,
-  state: FirewallState,
+  { wanted, state }: { wanted: Wanted; state: FirewallState },
 ): { batches: Batch[]; changes: Change[] } {
   const desired = desiredState(domain, wanted, { state, deps });
   const out = { batches: [] as Batch[], changes: [] as Change[] };

@@ -44,7 +44,7 @@ Deno.test("syncDomain() puts every family back as it was when a batch fails", as
     return {};
   });
   await assert.rejects(
-    syncDomain("web1", forwards, { runner, tools: iptablesTools() }),
+    syncDomain("web1", { runner, tools: iptablesTools() }, { forwards }),
     /ip6tables-restore failed: ip6tables-restore: line 5 failed/,
   );
   const commands = runner.calls.map((c) => c.argv[0]);
@@ -188,11 +188,11 @@ Deno.test("startBatches() are the very batches syncDomain() runs, for every host
               });
               const started = hostRunner(libvirt, handed);
               const planned = hostRunner(libvirt, handed);
-              const start = await syncDomain("web1", forwards, deps(started), { snats }).then(
+              const start = await syncDomain("web1", deps(started), { forwards, snats }).then(
                 () => "ok",
                 (err: Error) => err.message,
               );
-              const plan = await startBatches("web1", forwards, deps(planned), { snats }).then(
+              const plan = await startBatches("web1", deps(planned), { forwards, snats }).then(
                 (batches) => batches.map((b) => `${batchHeader(b)}\n${b.stdin}`).join(""),
                 (err: Error) => err.message,
               );

@@ -172,7 +172,8 @@ Deno.test("syncDomain() deletes the old target's flows once the new rules are co
     const runner = recordingRunner((argv) => argv[0] === "iptables-save" ? { stdout: save } : {});
     const told: unknown[] = [];
     const counted = tracked === undefined ? {} : { tracked: () => tracked };
-    await syncDomain("web1", after, { runner, tools: iptablesTools(), conntrack, ...counted }, {
+    await syncDomain("web1", { runner, tools: iptablesTools(), conntrack, ...counted }, {
+      forwards: after,
       flows: (done) => told.push(done),
     });
     return { commands: runner.calls.map((c) => c.argv[0]), calls: runner.calls, told };
@@ -237,12 +238,12 @@ Deno.test("syncDomain() deletes the old target's flows once the new rules are co
         nft: undefined,
         scope: "chains" as const,
       });
-      const changes = await syncDomain("web1", [], {
+      const changes = await syncDomain("web1", {
         runner,
         tools: iptablesTools(),
         nft: "nft",
         conntrack: "conntrack",
-      }, { read, flows: (done) => told.push(done) });
+      }, { forwards: [], read, flows: (done) => told.push(done) });
       assert.deepEqual(told, [{ error: "Cannot read the live forwards' targets: boom" }]);
       assert.deepEqual(runner.calls.map((c) => c.argv[0]), ["iptables", "nft"]);
       assert.equal(changes.length, 1);

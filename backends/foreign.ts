@@ -9,6 +9,9 @@ import type { ApplyDeps, FirewallState } from "./state.ts";
 import { ApplyError } from "./state.ts";
 import { batchFailure } from "../system/runner.ts";
 
+/** Our nftables table and libvirt's, as gateKind() tells the gates apart by them. */
+const TABLES = { ownTable: NFT_TABLE, libvirtTable: LIBVIRT_TABLE };
+
 /**
  * Adds to what was read the rules of every gate at the forward hook that is neither libvirt's, iptables', ours nor
  * handed to us already: a chain the settings no longer hand us may still hold an accept of ours, which goes with
@@ -19,8 +22,7 @@ export async function readOtherGates(deps: ApplyDeps, state: FirewallState): Pro
   if (!nft || deps.nft === undefined) return state;
   const others = nft.hooks.map(gateName).filter((g) =>
     !(g in nft.handed) &&
-    gateKind(nft.hooks.find((h) => gateName(h) === g)!, [], NFT_TABLE, LIBVIRT_TABLE) ===
-      "foreign"
+    gateKind(nft.hooks.find((h) => gateName(h) === g)!, [], TABLES) === "foreign"
   );
   if (others.length === 0) return state;
   const result = await deps.runner.run([deps.nft, "-j", "-i"], {
@@ -48,9 +50,7 @@ export async function foreignGates(deps: ApplyDeps, hooks?: BaseChain[]): Promis
     if (listed.code !== 0) return [];
     hooks = forwardHooks(nftItems(listed.stdout));
   }
-  const foreign = hooks.filter((h) =>
-    gateKind(h, deps.acceptIn ?? [], NFT_TABLE, LIBVIRT_TABLE) === "foreign"
-  );
+  const foreign = hooks.filter((h) => gateKind(h, deps.acceptIn ?? [], TABLES) === "foreign");
   if (foreign.length === 0) return [];
   const tables = [...new Set(foreign.map((g) => `${g.family} ${g.table}`))];
   const result = await deps.runner.run([deps.nft, "-j", "-i"], {

@@ -42,12 +42,14 @@ export function forwardHooks(items: NftItem[]): BaseChain[] {
   );
 }
 
-/** Who opens a gate (see GateKind); `handed`: the chains named in the `accept_in` setting. */
+/**
+ * Who opens a gate (see GateKind); `handed`: the chains named in the `accept_in` setting; `ownTable`, `libvirtTable`:
+ * the nftables tables that are ours and libvirt's.
+ */
 export function gateKind(
   c: BaseChain,
   handed: readonly string[],
-  ownTable: string,
-  libvirtTable: string,
+  { ownTable, libvirtTable }: { ownTable: string; libvirtTable: string },
 ): GateKind {
   if (handed.includes(gateName(c))) return "handed";
   if ((c.family === "ip" || c.family === "ip6") && c.table === "filter" && c.chain === "FORWARD") {

@@ -42,7 +42,7 @@ Deno.test("forwardHooks() finds every base chain at the forward hook; gateKind()
     ["ip libvirt_network forward", "accept"],
   ]);
   const kind = (h: BaseChain, handed: string[] = []) =>
-    gateKind(h, handed, "libvirt_hook_qemu", "libvirt_network");
+    gateKind(h, handed, { ownTable: "libvirt_hook_qemu", libvirtTable: "libvirt_network" });
   assert.deepEqual(hooks.map((h) => kind(h)), ["foreign", "iptables", "libvirt"]);
   assert.equal(kind(hooks[0]!, ["inet filter forward"]), "handed");
   assert.equal(openingLine(hooks[0]!), "nft insert rule inet filter forward ct status dnat accept");

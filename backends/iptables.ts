@@ -156,17 +156,19 @@ export const JUMP_CHAINS: [string, string][] = [["nat", "PREROUTING"], ["nat", "
 
 /**
  * Renders one iptables-restore batch (for `--noflush`) that makes the domain's live rules (`current`, already
- * narrowed with liveOf) equal to `forwards`: declaring our chains flushes them, the live jumps are deleted by
- * their saved text, chains no longer needed are deleted, then the new rules go in. Undefined: nothing to do.
+ * narrowed with liveOf) equal to `forwards` (none: the domain's rules removed): declaring our chains flushes them,
+ * the live jumps are deleted by their saved text, chains no longer needed are deleted, then the new rules go in.
+ * `want`, `additions`: the forwards' rules rendered already (see ruleLines). Undefined: nothing to do.
  */
 export function renderSync(
   domain: string,
-  forwards: Forward[],
   current: Live,
-  prepared: { want?: RuleLines | undefined; additions?: Record<Table, string> | undefined } = {},
+  { forwards = [], want = ruleLines(domain, forwards), additions = renderAdditions(want) }: {
+    forwards?: Forward[];
+    want?: RuleLines | undefined;
+    additions?: Record<Table, string> | undefined;
+  } = {},
 ): string | undefined {
-  const want = prepared.want ?? ruleLines(domain, forwards);
-  const additions = prepared.additions ?? renderAdditions(want);
   if (want.count === 0 && current.chains.length === 0 && current.rules.length === 0) return undefined;
   const out: string[] = [];
   for (const table of TABLES) {
@@ -203,7 +205,7 @@ export function renderAdditions(want: RuleLines): Record<Table, string> {
 
 /** Renders a batch that puts a domain back exactly as `before` had it, whatever is live for it `now`. */
 export function renderRollback(domain: string, before: Live, now: Live): string | undefined {
-  const clear = renderSync(domain, [], now) ?? "";
+  const clear = renderSync(domain, now) ?? "";
   const out: string[] = [];
   for (const table of TABLES) {
     const chains = before.chains.filter((c) => c.table === table);

@@ -31,7 +31,11 @@ export const iptablesBackend: FirewallBackend = {
         continue;
       }
       const mine = liveOf(all, domain);
-      const text = renderSync(domain, part.forwards, mine, { want: part.rules, additions: part.additions });
+      const text = renderSync(domain, mine, {
+        forwards: part.forwards,
+        want: part.rules,
+        additions: part.additions,
+      });
       if (text === undefined) continue;
       const restore = deps.tools[family].restore;
       batches.push({
@@ -42,7 +46,7 @@ export const iptablesBackend: FirewallBackend = {
         // Only what was read whole can be put back: a partial read knows a family exactly only when the domain
         // had no chains there. A removal is not undone where it is not known exactly (see syncDomain).
         ...(!state.scope || mine.chains.length === 0
-          ? { undo: () => undoFamily(domain, family, mine, deps) }
+          ? { undo: () => undoFamily(domain, deps, { family, before: mine }) }
           : {}),
       });
       changes.push({
@@ -91,9 +95,8 @@ export const iptablesBackend: FirewallBackend = {
 /** The batch that puts one family of a domain back as `before` had it, from what is live now (see renderRollback). */
 async function undoFamily(
   domain: string,
-  family: Family,
-  before: Live,
   deps: ApplyDeps,
+  { family, before }: { family: Family; before: Live },
 ): Promise<Batch | undefined> {
   const save = await deps.runner.run(deps.tools[family].save);
   if (save.code !== 0) throw new CommandError(deps.tools[family].save, save);

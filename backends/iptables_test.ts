@@ -17,7 +17,7 @@ Deno.test("renderSync() renders the example config as one iptables-restore batch
   // The accept pins the whole connection, both directions: where it was addressed, and who answers.
   const reply = (port: string) => `--ctreplsrc 192.168.122.10/32 --ctreplsrcport ${port}`;
   assert.equal(
-    renderSync("web1", forwards, { chains: [], rules: [] }),
+    renderSync("web1", { chains: [], rules: [] }, { forwards }),
     dedent(`
       *nat
       :LVH-${h}-DNAT - [0:0]
@@ -75,7 +75,7 @@ Deno.test("renderSync() removes what is live for the domain before adding, whate
   const h = domainHash("web1");
   const live = liveOf(parseSave(SAVED(h)), "web1");
   assert.equal(
-    renderSync("web1", [], live),
+    renderSync("web1", live),
     dedent(`
       *nat
       :LVH-${h}-DNAT - [0:0]
@@ -90,7 +90,7 @@ Deno.test("renderSync() removes what is live for the domain before adding, whate
       COMMIT
     `),
   );
-  assert.equal(renderSync("other-domain", [], liveOf(parseSave(SAVED(h)), "other-domain")), undefined);
+  assert.equal(renderSync("other-domain", liveOf(parseSave(SAVED(h)), "other-domain")), undefined);
 });
 
 Deno.test("renderSync() on a second start replaces the live rules instead of adding to them", () => {
@@ -99,7 +99,7 @@ Deno.test("renderSync() on a second start replaces the live rules instead of add
     "web1",
   );
   const h = domainHash("web1");
-  const text = renderSync("web1", forwards, liveOf(parseSave(SAVED(h)), "web1"))!;
+  const text = renderSync("web1", liveOf(parseSave(SAVED(h)), "web1"), { forwards })!;
   const lines = text.split("\n");
   // Chains are declared (so flushed) once, old jumps deleted, chains kept, new jumps inserted once.
   assert.equal(lines.filter((l) => l === `:LVH-${h}-FWD - [0:0]`).length, 1);
@@ -133,7 +133,7 @@ Deno.test("renderSync() renders IPv6 forwards for ip6tables-restore", () => {
   const c = "-m comment --comment libvirt-hook-qemu:1:v6";
   const ct = "-m conntrack --ctstate DNAT --ctorigdst 2001:db8:1::7/128 --ctorigdstport 2222";
   assert.equal(
-    renderSync("v6", forwards, { chains: [], rules: [] }),
+    renderSync("v6", { chains: [], rules: [] }, { forwards }),
     dedent(`
       *nat
       :LVH-${h}-DNAT - [0:0]
@@ -166,7 +166,7 @@ Deno.test("renderSync() maps a range to other ports of the guest with DNAT's bas
   const ct = (pub: string, ports: string) =>
     `-m conntrack --ctstate DNAT --ctorigdst ${pub} --ctorigdstport ${ports}`;
   const text = (family: 4 | 6) =>
-    renderSync("shift", forwards.filter((f) => f.family === family), { chains: [], rules: [] });
+    renderSync("shift", { chains: [], rules: [] }, { forwards: forwards.filter((f) => f.family === family) });
   assert.equal(
     text(4),
     dedent(`
@@ -209,7 +209,7 @@ Deno.test("renderSync() sends every port of an all_ports address to the guest, a
   );
   const h = domainHash("vm");
   const c = "-m comment --comment libvirt-hook-qemu:1:vm";
-  const lines = renderSync("vm", forwards, { chains: [], rules: [] })!.split("\n");
+  const lines = renderSync("vm", { chains: [], rules: [] }, { forwards })!.split("\n");
   // Its own port first; then the ports other forwards take on the address go back to PREROUTING; then the rest.
   assert.deepEqual(lines.filter((l) => l.startsWith(`-A LVH-${h}-DNAT`)), [
     `-A LVH-${h}-DNAT -d 203.0.113.9/32 -p tcp -m tcp --dport 2222 ${c} -j DNAT --to-destination 192.168.122.10:22`,

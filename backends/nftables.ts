@@ -47,12 +47,14 @@ export function nftPrefix(domain: string): string {
   return `d${domainHash(domain)}`;
 }
 
-/** Renders the nft commands that create one domain's objects for `forwards` (both families). */
+/**
+ * Renders the nft commands that create one domain's objects for `forwards` (both families); `bridges`: the guest's
+ * bridges per family, for the accepts; `snats`: its outgoing NAT.
+ */
 export function nftDomainObjects(
   domain: string,
   forwards: Forward[],
-  bridges: Record<Family, string[]> = { 4: [], 6: [] },
-  { snats = [] }: { snats?: Snat[] } = {},
+  { bridges = { 4: [], 6: [] }, snats = [] }: { bridges?: Record<Family, string[]>; snats?: Snat[] } = {},
 ): string[] {
   if (forwards.length === 0) return nftSnatObjects(domain, snats);
   const p = nftPrefix(domain);
@@ -227,8 +229,7 @@ export function libvirtAccepts(
 export function handedAccepts(
   live: NftLive,
   domain: string,
-  bridges: Record<Family, string[]> | undefined,
-  acceptIn: readonly string[],
+  { bridges, acceptIn }: { bridges: Record<Family, string[]> | undefined; acceptIn: readonly string[] },
 ): string[] {
   const out: string[] = [];
   for (const [gate, chain] of Object.entries(live.handed)) {

@@ -78,7 +78,10 @@ export function nftCommands(
     ? [
       ...nftBase(),
       ...nftRemoveDomain(domain, live, { keepTable: true }),
-      ...nftDomainObjects(domain, ours, bridges() ?? bridgesOf(ours, deps.connected ?? []), { snats }),
+      ...nftDomainObjects(domain, ours, {
+        bridges: bridges() ?? bridgesOf(ours, deps.connected ?? []),
+        snats,
+      }),
     ]
     : nftRemoveDomain(domain, live);
   // Our accepts in libvirt's chains and in those handed to us: the other domains' as they are, this one's as
@@ -90,7 +93,11 @@ export function nftCommands(
     return wanted;
   };
   const libvirt = live.libvirt[4] || live.libvirt[6] ? libvirtAccepts(live, withMine(liveAccepts(live))) : [];
-  return [...table, ...libvirt, ...handedAccepts(live, domain, mine, deps.acceptIn ?? [])];
+  return [
+    ...table,
+    ...libvirt,
+    ...handedAccepts(live, domain, { bridges: mine, acceptIn: deps.acceptIn ?? [] }),
+  ];
 }
 
 /**

@@ -37,7 +37,8 @@ Deno.test("nftDomainObjects() renders the example config: maps for pairs, rules 
   const p = `d${domainHash("web1")}`;
   const c = 'comment "libvirt-hook-qemu:1:web1"';
   assert.equal(
-    [...nftBase(), ...nftDomainObjects("web1", f, bridgesOf(f, FACTS.connected))].join("\n") + "\n",
+    [...nftBase(), ...nftDomainObjects("web1", f, { bridges: bridgesOf(f, FACTS.connected) })].join("\n") +
+      "\n",
     dedent(`
       add table inet libvirt_hook_qemu
       add chain inet libvirt_hook_qemu prerouting { type nat hook prerouting priority dstnat; policy accept; }
@@ -291,7 +292,7 @@ Deno.test("nftSnatObjects() puts a guest's outbound NAT in a chain our base chai
   const c = 'comment "libvirt-hook-qemu:1:mail"';
   const t = "inet libvirt_hook_qemu";
   // Without forwards, nftDomainObjects() gives the NAT alone.
-  assert.deepEqual(nftDomainObjects("mail", [], undefined, { snats }), [
+  assert.deepEqual(nftDomainObjects("mail", [], { snats }), [
     `add chain ${t} outbound { type nat hook postrouting priority srcnat - 5; policy accept; }`,
     `add chain ${t} ${p}-out`,
     `add rule ${t} ${p}-out ip saddr 192.168.122.10 ip daddr != 192.168.122.0/24 ip daddr != 224.0.0.0/24 ` +

@@ -180,7 +180,7 @@ async function syncOnNft(
     networkConf: "/nonexistent/network.conf",
     backend: "iptables" as const,
   };
-  const changes = await syncDomain("vm1", forwards, deps);
+  const changes = await syncDomain("vm1", deps, { forwards });
   return { changes, calls: runner.calls };
 }
 
@@ -188,7 +188,7 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
   await t.step("a start with nothing live: no iptables-save, the whole batch of new rules", async () => {
     const { calls, changes } = await syncOnNft([FORWARD_VM1], EMPTY_HOST);
     assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", "iptables-restore"]);
-    assert.equal(calls[1]!.stdin, renderSync("vm1", [FORWARD_VM1], { chains: [], rules: [] }));
+    assert.equal(calls[1]!.stdin, renderSync("vm1", { chains: [], rules: [] }, { forwards: [FORWARD_VM1] }));
     assert.deepEqual(changes, [{ target: "iptables", removed: 0, added: 7 }]);
   });
   await t.step(
@@ -229,7 +229,7 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
       const { calls, changes } = await syncOnNft([], VM1_HOST, { nftRefuses: true });
       const programs = calls.map((c) => c.argv[0]);
       assert.deepEqual(programs, ["nft", "nft", ...WHOLE_READ, "iptables-restore"]);
-      assert.equal(calls.at(-1)!.stdin, renderSync("vm1", [], liveOf(parseSave(VM1_SAVE), "vm1")));
+      assert.equal(calls.at(-1)!.stdin, renderSync("vm1", liveOf(parseSave(VM1_SAVE), "vm1")));
       assert.deepEqual(changes, [{ target: "iptables", removed: 5, added: 0 }]);
     },
   );
@@ -279,7 +279,7 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
       };
       const read = readState(deps, { domain: "vm1", jumps: false });
       assert.equal((await read).scope, "chains, no jumps");
-      await syncDomain("vm1", [], deps, { read });
+      await syncDomain("vm1", deps, { forwards: [], read });
       assert.deepEqual(deps.runner.calls.map((c) => c.argv[0]), ["nft", ...WHOLE_READ, "iptables-restore"]);
     },
   );

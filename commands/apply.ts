@@ -19,7 +19,10 @@ export async function apply(domain: string, deps: HookDeps): Promise<number> {
     return 1;
   }
   const seen: InstallSeen = {};
-  const result = await install(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, "apply", seen);
+  const result = await install(domain, { ...deps, readStdin: () => Promise.resolve(xml) }, {
+    action: "apply",
+    seen,
+  });
   if (result === "absent") {
     const candidates = configCandidates(deps.env);
     const file = `${candidates.join(" or ")} nor in ${dropInDirOf(candidates)}/`;

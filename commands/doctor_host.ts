@@ -93,7 +93,7 @@ export function hostFindings(
     }
   }
   for (const hook of state.nft?.hooks ?? []) {
-    const kind = gateKind(hook, settings.acceptIn, NFT_TABLE, LIBVIRT_TABLE);
+    const kind = gateKind(hook, settings.acceptIn, { ownTable: NFT_TABLE, libvirtTable: LIBVIRT_TABLE });
     const where = `gate ${gateName(hook)} (priority ${hook.prio}, policy ${hook.policy})`;
     if (kind === "iptables") out.push(ok(`${where}: iptables' FORWARD, our accept goes into it`));
     else if (kind === "libvirt") out.push(ok(`${where}: libvirt's, our accept goes into its guest_input`));

@@ -82,7 +82,7 @@ export async function migrateLegacy(
     const result = await install(
       domain,
       { ...deps, readStdin: () => Promise.resolve(xml) },
-      "migrate-legacy",
+      { action: "migrate-legacy" },
     );
     if (result === "installed") console.log(`Applied the forwards of running guest "${domain}"`);
     if (result === "failed") failed++;

@@ -37,7 +37,7 @@ export async function plan(domain: string, deps: HookDeps): Promise<number> {
   // The very batches a start would run now: read and composed by the same function as the start's.
   let batches;
   try {
-    batches = await startBatches(domain, forwards, applyDeps(deps, config, facts), { snats });
+    batches = await startBatches(domain, applyDeps(deps, config, facts), { forwards, snats });
   } catch (err) {
     deps.problem(`Cannot plan the forwards of "${domain}": ${message(err)}`);
     return 1;

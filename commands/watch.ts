@@ -48,7 +48,7 @@ async function heal(deps: HookDeps): Promise<Healed> {
     if (!stoppedSince(deps.stateDir, domain)) continue;
     // Under the lock, as a start clears the note before it takes the lock to apply.
     const removed = await deps.lock(async () =>
-      stoppedSince(deps.stateDir, domain) ? await syncDomain(domain, [], applyDeps(deps)) : []
+      stoppedSince(deps.stateDir, domain) ? await syncDomain(domain, applyDeps(deps), { forwards: [] }) : []
     );
     if (removed.length > 0) healed.residue.push(domain);
   }
@@ -76,7 +76,7 @@ async function heal(deps: HookDeps): Promise<Healed> {
     }
     const stdin = () => Promise.resolve(xml ?? "");
     const pinnedDeps = { ...deps, readStdin: stdin, facts: () => Promise.resolve(pinnedFacts) };
-    if (await install(domain, pinnedDeps, "watch") === "installed") healed.mended.push(domain);
+    if (await install(domain, pinnedDeps, { action: "watch" }) === "installed") healed.mended.push(domain);
   }
   return healed;
 }

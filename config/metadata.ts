@@ -64,9 +64,8 @@ export interface EntryPlace {
  */
 export function readMetadata(
   domain: string,
-  root: XmlElement,
-  file: string,
-  defaultPublicIp: Partial<Record<Family, string>> = {},
+  { root, file }: { root: XmlElement; file: string },
+  { defaultPublicIp = {} }: { defaultPublicIp?: Partial<Record<Family, string>> } = {},
 ): MetadataForwards {
   const dom = root.local === "domstatus" ? child(root, "domain") : root;
   const metadata = dom && child(dom, "metadata");

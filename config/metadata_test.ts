@@ -10,7 +10,9 @@ await loadXml();
 function problems(metadata: string): string[] {
   const xml =
     `<domain type='kvm'>\n  <name>web1</name>\n  <metadata>\n${metadata}\n  </metadata>\n</domain>\n`;
-  const read = readMetadata("web1", parseXml(xml), "web1.xml", { 4: "203.0.113.1" });
+  const read = readMetadata("web1", { root: parseXml(xml), file: "web1.xml" }, {
+    defaultPublicIp: { 4: "203.0.113.1" },
+  });
   if (read.diagnostics.length === 0) reportClashes(read.claims);
   return read.diagnostics.map(formatDiagnostic);
 }
@@ -31,7 +33,7 @@ Deno.test("readMetadata() reads the issue's example: ranges shifted, excluded, b
     </lvh:portForward>
     <lvh:portForward proto="udp"><lvh:range start="51820"/></lvh:portForward>
   </lvh:forwards></metadata></domain>`;
-  const read = readMetadata("web1", parseXml(xml), "web1.xml");
+  const read = readMetadata("web1", { root: parseXml(xml), file: "web1.xml" });
   assert.deepEqual(read.diagnostics, []);
   assert.equal(read.present, true);
   assert.deepEqual(read.entries, [
@@ -55,14 +57,13 @@ Deno.test("readMetadata() reads the issue's example: ranges shifted, excluded, b
 });
 
 Deno.test("readMetadata() takes IPv6 from the addresses, the guest's address and MAC where given", () => {
-  const read = readMetadata(
-    "web1",
-    parseXml(
+  const read = readMetadata("web1", {
+    root: parseXml(
       `<domain><metadata><forwards xmlns="${METADATA_NS}"><portForward proto="tcp" address="2001:DB8::7" ` +
         `guest="fd00::10" mac="52:54:00:AA:BB:CC"><range start="22"/></portForward></forwards></metadata></domain>`,
     ),
-    "web1.xml",
-  );
+    file: "web1.xml",
+  });
   assert.deepEqual(read.diagnostics, []);
   assert.deepEqual(read.entries, [{
     path: "forwards/portForward[1]",
@@ -75,7 +76,7 @@ Deno.test("readMetadata() takes IPv6 from the addresses, the guest's address and
 Deno.test("readMetadata() finds nothing where the XML has nothing of ours, and reads libvirt's status file", () => {
   const other =
     `<domain><metadata><app:x xmlns:app="urn:example:app"><app:portForward/></app:x></metadata></domain>`;
-  assert.deepEqual(readMetadata("web1", parseXml(other), "web1.xml"), {
+  assert.deepEqual(readMetadata("web1", { root: parseXml(other), file: "web1.xml" }), {
     present: false,
     entries: [],
     places: [],
@@ -84,7 +85,7 @@ Deno.test("readMetadata() finds nothing where the XML has nothing of ours, and r
   });
   const status = `<domstatus state='running'><domain><metadata><lvh:forwards xmlns:lvh="${METADATA_NS}">` +
     `<lvh:portForward proto="udp"><lvh:range start="53"/></lvh:portForward></lvh:forwards></metadata></domain></domstatus>`;
-  assert.equal(readMetadata("web1", parseXml(status), "web1.xml").entries.length, 1);
+  assert.equal(readMetadata("web1", { root: parseXml(status), file: "web1.xml" }).entries.length, 1);
 });
 
 Deno.test("readMetadata() reports each mistake as file:line:column: message (element path = value)", async (t) => {

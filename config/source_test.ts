@@ -97,7 +97,7 @@ Deno.test({
       );
       await Deno.symlink(`${dir}/ok.jsonc`, `${dir}/hooks.d/ok.jsonc`);
       const source = readConfigSource([`${dir}/hooks.jsonc`]);
-      const config = await loadConfig([`${dir}/hooks.jsonc`], {}, undefined, source);
+      const config = await loadConfig([`${dir}/hooks.jsonc`], { source });
       assert.deepEqual(config.diagnostics.map(formatDiagnostic), [
         `${dir}/hooks.d/evil.jsonc:1:1: Not trusted, nothing in it is used: it is owned by ` +
         `${

@@ -58,8 +58,7 @@ export function fileProblem(file: string, message: string): Diagnostic {
 export function parseConfig(
   text: string,
   file: string,
-  options: ValidateOptions = {},
-  invalidUtf8: number[] = [],
+  { invalidUtf8 = [], ...options }: ValidateOptions & { invalidUtf8?: number[] | undefined } = {},
 ): Config {
   return parseConfigs([{ file, text, invalidUtf8 }], options);
 }

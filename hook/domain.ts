@@ -223,7 +223,7 @@ export async function loadFor(
   };
   // A call for one domain reads only what concerns it from the cache; the commands read the whole config.
   const config = domain === undefined
-    ? await loadConfig(candidates, options, deps.stateDir, source)
+    ? await loadConfig(candidates, { options, cacheDir: deps.stateDir, source })
     : await loadConfigFor(domain, candidates, {
       options,
       cacheDir: deps.stateDir,
@@ -370,6 +370,12 @@ export interface InstallSeen {
   waiting?: Waiting[];
 }
 
+/** How install runs: for which `action` it logs (`start`; `watch`: the watcher's), and where it says what it saw. */
+export interface InstallOptions {
+  action?: string;
+  seen?: InstallSeen;
+}
+
 /**
  * Installs a domain's forwards from the config (libvirt's start, the apply command). Where the config names the
  * domain, the firewall is read (a process, ~3 ms) while the config is validated and the forwards are planned:
@@ -378,8 +384,7 @@ export interface InstallSeen {
 export async function install(
   domain: string,
   deps: HookDeps,
-  action = "start",
-  seen: InstallSeen = {},
+  { action = "start", seen = {} }: InstallOptions = {},
 ): Promise<InstallResult> {
   // A start (or apply) ends what a `stopped` hook noted; the watcher's install never does (see stoppedMarker).
   const watcher = action === "watch";
@@ -387,14 +392,14 @@ export async function install(
   const source = readConfigSource(configCandidates(deps.env));
   const xml = await deps.readStdin();
   if (!configMentions(source, domain) && !xml.includes(METADATA_NS)) {
-    return await installWith(domain, deps, action, source, seen);
+    return await installWith(domain, deps, { action, source, seen });
   }
   return await deps.lock(async () => {
     // Under the lock: a `stopped` hook notes it before it takes the lock to remove the rules.
     if (watcher && stoppedSince(deps.stateDir, domain)) return "stopped";
     const reading = (await beginRead(applyDeps(deps), { domain, jumps: false })).state;
     try {
-      return await installWith(domain, deps, action, source, seen, reading);
+      return await installWith(domain, deps, { action, source, seen, reading });
     } finally {
       // Never left running when we return, whatever path above awaited it or not.
       await reading.catch(() => {});
@@ -406,10 +411,13 @@ export async function install(
 async function installWith(
   domain: string,
   deps: HookDeps,
-  action: string,
-  source: ConfigSource,
-  seen: InstallSeen,
-  reading?: Promise<FirewallState>,
+  { action, source, seen, reading }: {
+    action: string;
+    source: ConfigSource;
+    seen: InstallSeen;
+    /** The domain's readState, started under the lock; absent: the lock is taken for the write alone. */
+    reading?: Promise<FirewallState>;
+  },
 ): Promise<InstallResult> {
   const { config, facts } = await loadFor(deps, { source, domain });
   const fail = (why: unknown) => {
@@ -447,7 +455,8 @@ async function installWith(
     const taps = await hairpinTaps(plan.forwards, facts, await deps.readStdin());
     const flows = flowReport(domain, deps, action);
     const sync = () =>
-      syncDomain(domain, plan.forwards, applyDeps(deps, config, facts), {
+      syncDomain(domain, applyDeps(deps, config, facts), {
+        forwards: plan.forwards,
         read: reading,
         snats: plan.snats,
         flows: flows.tell,
@@ -518,7 +527,8 @@ export async function resync(domain: string, deps: HookDeps, action: string): Pr
   try {
     const flows = flowReport(domain, deps, action);
     const changes = await deps.lock(() =>
-      syncDomain(domain, forwards, applyDeps(deps, config, facts), {
+      syncDomain(domain, applyDeps(deps, config, facts), {
+        forwards,
         snats,
         flows: flows.tell,
       })
@@ -544,7 +554,9 @@ export async function remove(domain: string, deps: HookDeps, action: string): Pr
   }
   try {
     const flows = flowReport(domain, deps, action);
-    const changes = await deps.lock(() => syncDomain(domain, [], applyDeps(deps), { flows: flows.tell }));
+    const changes = await deps.lock(() =>
+      syncDomain(domain, applyDeps(deps), { forwards: [], flows: flows.tell })
+    );
     if (changes.length > 0) deps.log(`${action} ${domain}: ${describe(changes, [])}${flows.said()}`);
     return true;
   } catch (err) {

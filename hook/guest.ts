@@ -98,16 +98,11 @@ export function guestForwards(
   },
 ): GuestForwards {
   const view = policy ?? { ...UNKNOWN_HOST, defaultPublicIp };
-  const none: MetadataForwards = { present: false, entries: [], places: [], diagnostics: [], claims: [] };
-  let md = xml ? readMetadata(domain, xml.root, xml.file, defaultPublicIp) : none;
-  const notes: string[] = [];
-  if (md.present && !view.rule.enabled) {
-    notes.push(`its XML's forwards are off (${view.rule.path ?? "xml_forwards"}: "enabled": false); ignored`);
-    md = none;
-  }
+  const { md, notes } = xmlForwards(domain, xml, { view, defaultPublicIp });
   const out: GuestForwards = {
     entries: [],
     waiting: [],
+    // The same array as the XML's problems: its claims report their clashes into it (see checkClashes).
     diagnostics: md.diagnostics,
     problems: [],
     leaseProblems: [],
@@ -116,93 +111,165 @@ export function guestForwards(
     notes,
   };
   if (md.diagnostics.length === 0 && (md.present || recorded.length > 0)) {
-    // The XML's ports and the guest's own entries' against the config's (every domain's) and the other running
-    // guests' XML: each problem reported where this guest's claim is (in its XML, or in the config file).
-    const report = (c: ClaimSummary): Claim["report"] => (_n, path, message, extra) =>
-      out.diagnostics.push({
-        severity: "error",
-        file: c.file,
-        line: c.line,
-        column: c.column,
-        message,
-        path,
-        domains: [domain],
-        ...extra,
-      });
-    const own = claims.filter((c) => c.domain === domain);
-    const others = md.present ? claims.filter((c) => c.domain !== domain) : [];
-    reportClashes([
-      ...own.map((c) => asClaim(c, report(c))),
-      ...md.claims,
-      ...[...others, ...recorded].map((c) => asClaim(c)),
-    ]);
+    checkClashes(domain, md, { claims, recorded, diagnostics: out.diagnostics });
   }
-  if (md.diagnostics.some((d) => d.severity === "error")) return out;
+  if (hasError(out.diagnostics)) return out;
+  const nicOf = nicFinder(xml);
+  if (md.present) {
+    // The XML's author is whoever may edit this guest: what it asks for is checked before anything is planned.
+    out.diagnostics.push(...xmlPolicyProblems(domain, md, { view, file: xml!.file, nicOf, lookup }));
+    if (hasError(out.diagnostics)) return out;
+  }
+  // The config's entries first, then the XML's: each says where its address could be given instead.
+  for (const entry of entries) addressEntry(domain, entry, { nicOf, lookup, field: "private_ip", out });
+  for (const entry of md.entries) addressEntry(domain, entry, { nicOf, lookup, field: "guest", out });
+  return out;
+}
+
+/** The XML's forwards, unless the policy turns them off (then none, and a note that says so). */
+function xmlForwards(
+  domain: string,
+  xml: DomainXml | undefined,
+  { view, defaultPublicIp }: { view: PolicyView; defaultPublicIp: Partial<Record<Family, string>> },
+): { md: MetadataForwards; notes: string[] } {
+  const none: MetadataForwards = { present: false, entries: [], places: [], diagnostics: [], claims: [] };
+  const md = xml ? readMetadata(domain, xml, { defaultPublicIp }) : none;
+  if (md.present && !view.rule.enabled) {
+    return {
+      md: none,
+      notes: [`its XML's forwards are off (${view.rule.path ?? "xml_forwards"}: "enabled": false); ignored`],
+    };
+  }
+  return { md, notes: [] };
+}
+
+/**
+ * The XML's ports and the guest's own entries' against the config's (every domain's) and the other running guests'
+ * XML: each problem reported where this guest's claim is (in its XML, or in the config file), into `diagnostics`.
+ */
+function checkClashes(
+  domain: string,
+  md: MetadataForwards,
+  { claims, recorded, diagnostics }: {
+    claims: ClaimSummary[];
+    recorded: ClaimSummary[];
+    diagnostics: Diagnostic[];
+  },
+): void {
+  const report = (c: ClaimSummary): Claim["report"] => (_n, path, message, extra) =>
+    diagnostics.push({
+      severity: "error",
+      file: c.file,
+      line: c.line,
+      column: c.column,
+      message,
+      path,
+      domains: [domain],
+      ...extra,
+    });
+  const own = claims.filter((c) => c.domain === domain);
+  const others = md.present ? claims.filter((c) => c.domain !== domain) : [];
+  reportClashes([
+    ...own.map((c) => asClaim(c, report(c))),
+    ...md.claims,
+    ...[...others, ...recorded].map((c) => asClaim(c)),
+  ]);
+}
+
+/** Whether any of the problems is an error (then nothing of the domain is applied). */
+function hasError(diagnostics: Diagnostic[]): boolean {
+  return diagnostics.some((d) => d.severity === "error");
+}
+
+/** The interface an entry's address is found on: the one with its MAC, else the first on a libvirt network. */
+function nicFinder(xml: DomainXml | undefined): (entry: Entry) => GuestInterface | undefined {
   const nics = xml ? interfacesOf(xml.root) : [];
-  const nicOf = (entry: Entry) =>
+  return (entry) =>
     entry.mac === undefined
       ? nics.find((n) => n.network !== undefined)
       : nics.find((n) => n.mac === entry.mac);
-  if (md.present) {
-    // The XML's author is whoever may edit this guest: what it asks for is checked before anything is planned.
-    const own = (entry: Entry, t: Target) => {
-      const nic = nicOf(entry);
-      const found = nic?.mac === undefined
-        ? {}
-        : findAddress(domain, { ...nic, mac: nic.mac }, t.family, lookup);
-      return found.address === undefined ? [] : [found.address];
-    };
-    out.diagnostics.push(...policyProblems(domain, md, { view, file: xml!.file, own }));
-    if (out.diagnostics.some((d) => d.severity === "error")) return out;
-  }
-  for (const entry of [...entries, ...md.entries]) {
-    if (entry.targets.every((t) => t.privateIp !== undefined)) {
-      out.entries.push(entry);
-      continue;
-    }
+}
+
+/** What the XML asks for that its policy refuses, the guest's own addresses (as found now) allowed. */
+function xmlPolicyProblems(
+  domain: string,
+  md: MetadataForwards,
+  { view, file, nicOf, lookup }: {
+    view: PolicyView;
+    file: string;
+    nicOf: (entry: Entry) => GuestInterface | undefined;
+    lookup: GuestLookup;
+  },
+): Diagnostic[] {
+  const own = (entry: Entry, t: Target) => {
     const nic = nicOf(entry);
-    const mac = nic?.mac;
-    if (nic === undefined || mac === undefined) {
-      const field = md.entries.includes(entry) ? "guest" : "private_ip";
-      out.problems.push(
-        entry.mac === undefined
-          ? `${entry.path}: the guest has no interface on a libvirt network to find its address on; give it as ${field}`
-          : `${entry.path}: the guest has no interface with MAC ${entry.mac}`,
-      );
+    const found = nic?.mac === undefined
+      ? {}
+      : findAddress(domain, { ...nic, mac: nic.mac }, { family: t.family, lookup });
+    return found.address === undefined ? [] : [found.address];
+  };
+  return policyProblems(domain, md, { view, file, own });
+}
+
+/**
+ * One entry into `out`: ready to plan where every target has its guest address or gets one found (the
+ * reservation, a lease); a target whose address is not known yet waits for its lease; an entry whose interface
+ * the guest does not have is a problem (`field`: where the entry could give the address instead).
+ */
+function addressEntry(
+  domain: string,
+  entry: Entry,
+  { nicOf, lookup, field, out }: {
+    nicOf: (entry: Entry) => GuestInterface | undefined;
+    lookup: GuestLookup;
+    field: "guest" | "private_ip";
+    out: GuestForwards;
+  },
+): void {
+  if (entry.targets.every((t) => t.privateIp !== undefined)) {
+    out.entries.push(entry);
+    return;
+  }
+  const nic = nicOf(entry);
+  const mac = nic?.mac;
+  if (nic === undefined || mac === undefined) {
+    out.problems.push(
+      entry.mac === undefined
+        ? `${entry.path}: the guest has no interface on a libvirt network to find its address on; give it as ${field}`
+        : `${entry.path}: the guest has no interface with MAC ${entry.mac}`,
+    );
+    return;
+  }
+  const targets: Target[] = [];
+  let bridge = nic.bridge;
+  for (const t of entry.targets) {
+    if (t.privateIp !== undefined) {
+      targets.push(t);
       continue;
     }
-    const targets: Target[] = [];
-    let bridge = nic.bridge;
-    for (const t of entry.targets) {
-      if (t.privateIp !== undefined) {
-        targets.push(t);
-        continue;
-      }
-      const found = findAddress(domain, { ...nic, mac }, t.family, lookup);
-      bridge ??= found.bridge;
-      if (found.unreadable && !out.leaseProblems.includes(found.unreadable)) {
-        out.leaseProblems.push(found.unreadable);
-      }
-      if (found.address) targets.push({ ...t, privateIp: found.address });
-      else {
-        out.waiting.push({
-          domain,
-          entry: entry.path,
-          family: t.family,
-          mac,
-          ...(nic.network ? { network: nic.network } : {}),
-          ...(bridge ? { bridge } : {}),
-        });
-      }
+    const found = findAddress(domain, { ...nic, mac }, { family: t.family, lookup });
+    bridge ??= found.bridge;
+    if (found.unreadable && !out.leaseProblems.includes(found.unreadable)) {
+      out.leaseProblems.push(found.unreadable);
     }
-    if (targets.length === 0) continue;
-    out.entries.push({
-      ...entry,
-      targets,
-      ...(entry.interface === undefined && bridge !== undefined ? { interface: bridge } : {}),
-    });
+    if (found.address) targets.push({ ...t, privateIp: found.address });
+    else {
+      out.waiting.push({
+        domain,
+        entry: entry.path,
+        family: t.family,
+        mac,
+        ...(nic.network ? { network: nic.network } : {}),
+        ...(bridge ? { bridge } : {}),
+      });
+    }
   }
-  return out;
+  if (targets.length === 0) return;
+  out.entries.push({
+    ...entry,
+    targets,
+    ...(entry.interface === undefined && bridge !== undefined ? { interface: bridge } : {}),
+  });
 }
 
 /** What `status` and the log say of a waiting forward. */
@@ -271,8 +338,7 @@ function networkFacts(text: string | undefined): NetworkFacts {
 export function findAddress(
   domain: string,
   nic: GuestInterface & { mac: string },
-  family: Family,
-  lookup: GuestLookup,
+  { family, lookup }: { family: Family; lookup: GuestLookup },
 ): { address?: string; via?: "reservation" | "lease"; bridge?: string; unreadable?: string } {
   const facts = nic.network === undefined ? { hosts: [] } : networkFacts(lookup.networkStatus(nic.network));
   const bridge = nic.bridge ?? facts.bridge;

@@ -38,13 +38,16 @@ const nic = (mac = MAC) => ({ mac, network: "default" });
 
 Deno.test("findAddress(): the reservation first, for the MAC (IPv4), the domain's name or a DUID of the MAC (IPv6)", () => {
   const lease = { address: "192.168.122.150", mac: MAC, expiry: NOW + 60 };
-  assert.deepEqual(findAddress("web1", nic(), 4, lookup([lease])), {
+  assert.deepEqual(findAddress("web1", nic(), { family: 4, lookup: lookup([lease]) }), {
     address: "192.168.122.10",
     via: "reservation",
     bridge: "virbr0",
   });
-  assert.equal(findAddress("web1", nic(), 6, lookup()).address, "fd00:122::10");
-  assert.equal(findAddress("other", nic("52:54:00:00:00:20"), 6, lookup()).address, "fd00:122::20");
+  assert.equal(findAddress("web1", nic(), { family: 6, lookup: lookup() }).address, "fd00:122::10");
+  assert.equal(
+    findAddress("other", nic("52:54:00:00:00:20"), { family: 6, lookup: lookup() }).address,
+    "fd00:122::20",
+  );
 });
 
 Deno.test("findAddress(): else the newest lease that has not expired; nothing (but the bridge) before the first", () => {
@@ -55,16 +58,16 @@ Deno.test("findAddress(): else the newest lease that has not expired; nothing (b
     { "ip-address": "192.168.122.103", "mac-address": mac, "expiry-time": NOW + 50 },
     { "ip-address": "192.168.122.104", "mac-address": "52:54:00:00:00:98", "expiry-time": NOW + 500 },
   ]));
-  assert.deepEqual(findAddress("web9", nic(mac), 4, lookup(leases)), {
+  assert.deepEqual(findAddress("web9", nic(mac), { family: 4, lookup: lookup(leases) }), {
     address: "192.168.122.102",
     via: "lease",
     bridge: "virbr0",
   });
   // libvirt's status file is empty (0 bytes) before the first lease.
   assert.deepEqual(parseLeases(""), []);
-  assert.deepEqual(findAddress("web9", nic(mac), 4, lookup([])), { bridge: "virbr0" });
+  assert.deepEqual(findAddress("web9", nic(mac), { family: 4, lookup: lookup([]) }), { bridge: "virbr0" });
   // A network that is not running: no bridge to look for a lease on either.
-  assert.deepEqual(findAddress("web9", { mac, network: "gone" }, 4, lookup()), {});
+  assert.deepEqual(findAddress("web9", { mac, network: "gone" }, { family: 4, lookup: lookup() }), {});
 });
 
 Deno.test("findAddress(): a lease file that cannot be read gives no address, and its problem", () => {
@@ -74,12 +77,12 @@ Deno.test("findAddress(): a lease file that cannot be read gives no address, and
       throw new LeaseFileError("Cannot read the DHCP leases in /x/virbr0.status: not JSON");
     },
   };
-  assert.deepEqual(findAddress("web9", nic("52:54:00:00:00:99"), 4, broken), {
+  assert.deepEqual(findAddress("web9", nic("52:54:00:00:00:99"), { family: 4, lookup: broken }), {
     bridge: "virbr0",
     unreadable: "Cannot read the DHCP leases in /x/virbr0.status: not JSON",
   });
   // A reservation needs no lease file.
-  assert.equal(findAddress("web1", nic(), 4, broken).address, "192.168.122.10");
+  assert.equal(findAddress("web1", nic(), { family: 4, lookup: broken }).address, "192.168.122.10");
 });
 
 const XML = (metadata = "", mac = MAC) =>

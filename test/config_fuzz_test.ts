@@ -130,7 +130,7 @@ Deno.test(`config reader fuzz (seed ${SEED}): never crashes, always positions, k
       assert.ok("text" in source);
       let config: Config;
       try {
-        config = parseConfig(source.text, "hooks.jsonc", {}, source.invalidUtf8);
+        config = parseConfig(source.text, "hooks.jsonc", { invalidUtf8: source.invalidUtf8 });
       } catch (err) {
         throw new Error(`seed ${SEED}, run ${runs}, ${name}: parseConfig threw: ${err}`);
       }
