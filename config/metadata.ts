@@ -78,16 +78,7 @@ export function readMetadata(
     claims: [],
   };
   const problem: Problem = (at, path, message, value) =>
-    out.diagnostics.push({
-      severity: "error",
-      file,
-      line: at.line,
-      column: at.column,
-      message,
-      path,
-      ...(value === undefined ? {} : { value: JSON.stringify(value) }),
-      domains: [domain],
-    });
+    out.diagnostics.push(xmlProblem({ file, domain }, { ...at, path }, { message, value }));
   ours.forEach((top, t) => {
     const topPath = ours.length > 1 ? `forwards[${t + 1}]` : "forwards";
     for (const read of readForwards(top, topPath, problem)) {
@@ -100,6 +91,24 @@ export function readMetadata(
     out.claims.push(...entryClaims(entry, out.places[i]!, { domain, file, defaultPublicIp, out }));
   });
   return out;
+}
+
+/** A problem of a domain's XML, where it stands: `file:line:column: message (path = value)`. */
+export function xmlProblem(
+  { file, domain }: { file: string; domain: string },
+  at: Position,
+  { message, value }: { message: string; value?: string | undefined },
+): Diagnostic {
+  return {
+    severity: "error",
+    file,
+    line: at.line,
+    column: at.column,
+    message,
+    path: at.path,
+    ...(value === undefined ? {} : { value: JSON.stringify(value) }),
+    domains: [domain],
+  };
 }
 
 type Problem = (at: { line: number; column: number }, path: string, message: string, value?: string) => void;
@@ -147,16 +156,7 @@ function entryClaims(
 ): Claim[] {
   const claims: Claim[] = [];
   const report = (at: Position): Claim["report"] => (_n, _p, message, extra) =>
-    out.diagnostics.push({
-      severity: "error",
-      file,
-      line: at.line,
-      column: at.column,
-      message,
-      path: at.path,
-      domains: [domain],
-      ...extra,
-    });
+    out.diagnostics.push({ ...xmlProblem({ file, domain }, at, { message }), ...extra });
   const whole = (name: "snat" | "allPorts") => {
     const a = place.attributes.get(name)!;
     return { line: a.line, column: a.column, path: `${e.path}/@${name}` };

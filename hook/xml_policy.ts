@@ -6,7 +6,7 @@
  */
 
 import type { Diagnostic, Entry, PortSpec, Target } from "../config/model.ts";
-import type { EntryPlace, MetadataForwards, Position } from "../config/metadata.ts";
+import { type EntryPlace, type MetadataForwards, type Position, xmlProblem } from "../config/metadata.ts";
 import {
   allowedBy,
   inNetworks,
@@ -43,16 +43,7 @@ export function policyProblems(
   const out: Diagnostic[] = [];
   const { rule } = view;
   const problem = (at: Position, message: string, value?: string) =>
-    out.push({
-      severity: "error",
-      file,
-      line: at.line,
-      column: at.column,
-      message,
-      path: at.path,
-      ...(value === undefined ? {} : { value: JSON.stringify(value) }),
-      domains: [domain],
-    });
+    out.push(xmlProblem({ file, domain }, at, { message, value }));
   md.entries.forEach((entry, i) => {
     const place = md.places[i]!;
     const attribute = (name: string): Position | undefined => {
