@@ -30,6 +30,7 @@ import {
   run,
   runOk,
   type RunResult,
+  traceExec,
 } from "./proc.ts";
 import { ms, summarize, type Summary, table } from "./stats.ts";
 import { NFT_TABLE } from "../backends/names.ts";
@@ -280,17 +281,7 @@ async function extras(
   for (const op of ["stopped", "start"] as const) {
     if (!ctx.strace) break;
     const log = join(ctx.workdir, `strace-${form.id}-${op}.log`);
-    await hookCall(ctx, form, config, domain, op, [
-      "strace",
-      "-f",
-      "-qq",
-      "-e",
-      "trace=execve",
-      "-e",
-      "signal=none",
-      "-o",
-      log,
-    ]);
+    await hookCall(ctx, form, config, domain, op, traceExec(log));
     out[op].processes = countSpawned(await Deno.readTextFile(log));
   }
   for (const op of ["stopped", "start"] as const) {
@@ -526,17 +517,7 @@ async function runFlows(ctx: Context, flows: number[]): Promise<string> {
         const log = join(ctx.workdir, `strace-flows-${form.id}.log`);
         await hookCall(ctx, form, config, domain, "start");
         await load(c);
-        await hookCall(ctx, form, config, domain, "stopped", [
-          "strace",
-          "-f",
-          "-qq",
-          "-e",
-          "trace=execve",
-          "-e",
-          "signal=none",
-          "-o",
-          log,
-        ]);
+        await hookCall(ctx, form, config, domain, "stopped", traceExec(log));
         procs = countSpawned(await Deno.readTextFile(log));
       }
       const time = summarize(samples);

@@ -164,6 +164,11 @@ export async function deleteStaleNamespaces(prefix: string): Promise<string[]> {
   return stale;
 }
 
+/** The prefix that runs a call under strace, recording every program it starts in `log` (see countSpawned). */
+export function traceExec(log: string): string[] {
+  return ["strace", "-f", "-qq", "-e", "trace=execve", "-e", "signal=none", "-o", log];
+}
+
 /** Counts the processes a traced call spawned from an `strace -f -e trace=execve -o FILE` log. */
 export function countSpawned(log: string): { count: number; names: string[] } {
   const lastPath = new Map<number, string>();
