@@ -45,6 +45,8 @@ export function planForwards(
   const everyPort: Forward[] = [];
   const problems: string[] = [];
   for (const entry of entries) {
+    // Switched off: configured, nothing installed (a start removes what is live of it).
+    if (entry.enabled === false) continue;
     for (const t of entry.targets) {
       if (t.privateIp === undefined) {
         // Found before planning (hook/guest.ts); a target still without one waits for the guest's lease.
@@ -74,9 +76,11 @@ export function planForwards(
       const net = connectedNetworkOf(facts.connected, priv);
       const hairpinFrom = net ? formatNetwork(net) : `${priv.text}/${priv.family === 4 ? 32 : 128}`;
       // The optional fields are the same for every port of the target: made once, not twice per port.
-      const optional: Pick<Forward, "source" | "interface"> = {};
+      const optional: Pick<Forward, "source" | "interface" | "dev" | "description"> = {};
       if (t.source !== undefined) optional.source = t.source;
       if (entry.interface !== undefined) optional.interface = entry.interface;
+      if (entry.dev !== undefined) optional.dev = entry.dev;
+      if (entry.description !== undefined) optional.description = entry.description;
       if (entry.snat) {
         snats.push({ family: t.family, privateIp, publicIp, network: hairpinFrom });
       }

@@ -26,7 +26,14 @@ export interface Forward {
   interface?: string;
   /** Sources masqueraded when they reach the forward through the public address (hairpin). */
   hairpinFrom: string;
+  /** Only what arrives on this host interface. */
+  dev?: string;
+  /** The entry's description, carried in a comment of the forward's rule. */
+  description?: string;
 }
+
+/** The public address that stands for every local address of the host (loopback excluded). */
+export const ANY_PUBLIC = "*";
 
 /** Outbound 1:1 NAT (`snat`): the guest's new connections to anywhere but `network` leave from `publicIp`. */
 export interface Snat {
@@ -47,18 +54,27 @@ export interface LiveForward {
   privateIp: string;
   privatePorts: string;
   source?: string;
+  /** Only what arrives on this host interface. */
+  dev?: string;
+  /** The description its rule carries. */
+  description?: string;
   /** An outbound 1:1 NAT (read back from a SNAT rule), not a forward of ports. */
   outbound?: true;
 }
 
-/** Renders a forward as `proto public:port -> private:port [from source]`, the same for live and planned ones. */
+/**
+ * Renders a forward as `proto public:port -> private:port [from source] [on dev] ["description"]`, the same for
+ * live and planned ones; `*` (any local address) shows as `*` in IPv4 and `[*]` in IPv6.
+ */
 export function describeForward(f: LiveForward): string {
   if (f.outbound) return `snat ${f.privateIp} -> ${f.publicIp} (outgoing connections)`;
   const host = (ip: string) => (f.family === 6 ? `[${ip}]` : ip);
   const from = f.source === undefined ? "" : ` from ${f.source}`;
+  const on = f.dev === undefined ? "" : ` on ${f.dev}`;
+  const named = f.description === undefined ? "" : ` "${f.description}"`;
   return `${f.protocol} ${host(f.publicIp)}:${f.publicPorts} -> ${
     host(f.privateIp)
-  }:${f.privatePorts}${from}`;
+  }:${f.privatePorts}${from}${on}${named}`;
 }
 
 /** The live form of a planned forward, so planned and live ones compare as text. */
@@ -73,6 +89,8 @@ export function asLiveForward(domain: string, f: Forward): LiveForward {
     privateIp: f.privateIp,
     privatePorts: ports(f.privatePort),
     ...(f.source === undefined ? {} : { source: f.source }),
+    ...(f.dev === undefined ? {} : { dev: f.dev }),
+    ...(f.description === undefined ? {} : { description: f.description }),
   };
 }
 

@@ -198,15 +198,21 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
     const m = /^\[(.*)\]:(\d+(?:-\d+)?)(?:\/\d+)?$/.exec(to) ?? /^([^:]+):(\d+(?:-\d+)?)(?:\/\d+)?$/.exec(to);
     const publicPorts = dport.replace(":", "-");
     const source = arg("-s") === undefined ? undefined : bare(arg("-s")!);
+    // "*": `! -d <loopback> -m addrtype --dst-type LOCAL`; a description: a comment beside ours.
+    const any = arg("--dst-type") === "LOCAL";
+    const dev = arg("-i");
+    const description = t.filter((_, i) => t[i - 1] === "--comment").find((c) => !c.startsWith(COMMENT_TAG));
     out.push({
       domain: names.get(r.owner) ?? hashOnly(r.owner),
       family,
       protocol: arg("-p") ?? "?",
-      publicIp: bare(arg("-d") ?? "?"),
+      publicIp: any ? "*" : bare(arg("-d") ?? "?"),
       publicPorts,
       privateIp: m ? m[1]! : to,
       privatePorts: m ? m[2]! : publicPorts,
       ...(source === undefined ? {} : { source }),
+      ...(dev === undefined ? {} : { dev }),
+      ...(description === undefined ? {} : { description }),
     });
   }
   return out;

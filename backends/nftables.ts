@@ -1,6 +1,6 @@
 /** The native nftables backend: our own `inet` table, and our accept inside libvirt's nftables chains. */
 
-import type { Forward, Snat } from "./forward.ts";
+import { ANY_PUBLIC, type Forward, type Snat } from "./forward.ts";
 import type { Live } from "./iptables_live.ts";
 import {
   carriedDomain,
@@ -67,7 +67,11 @@ export function nftDomainObjects(
     const addrType = family === 4 ? "ipv4_addr" : "ipv6_addr";
     const mine = forwards.filter((f) => f.family === family);
     // Plain pairs go into one map and one set: a lookup per packet, however many forwards there are.
-    const mapped = mine.filter((f) => f.count === 1 && f.source === undefined);
+    // A forward on "*", on one interface or with a description is a rule of its own (the map is by address).
+    const mapped = mine.filter((f) =>
+      f.count === 1 && f.source === undefined && f.publicIp !== ANY_PUBLIC && f.dev === undefined &&
+      f.description === undefined
+    );
     const ruled = mine.filter((f) => !mapped.includes(f));
     if (mapped.length > 0) {
       const map = `${p}-dnat${family}`, set = `${p}-to${family}`;
@@ -91,7 +95,15 @@ export function nftDomainObjects(
     }
     for (const f of ruled) {
       const ports = (first: number) => (f.count === 1 ? `${first}` : `${first}-${first + f.count - 1}`);
-      const source = f.source === undefined ? "" : `${ip} saddr ${f.source} `;
+      // "*": every local address but loopback's, which would need route_localnet (a sysctl we never write).
+      const to = f.publicIp === ANY_PUBLIC
+        ? `fib daddr type local ${ip} daddr != ${family === 4 ? "127.0.0.0/8" : "::1"} `
+        : `${ip} daddr ${f.publicIp} `;
+      const match = `${f.source === undefined ? "" : `${ip} saddr ${f.source} `}${to}${
+        f.dev === undefined ? "" : `iifname "${f.dev}" `
+      }`;
+      // Our chain names the domain; the forward's own rule can carry its description instead of our tag.
+      const named = f.description === undefined ? comment : `comment "${f.description}"`;
       // A range shifted to other ports: nft has no offset, so each port maps to its own (one lookup per packet).
       const shifted = () =>
         `${f.protocol} dport map { ${
@@ -107,13 +119,9 @@ export function nftDomainObjects(
       // all_ports: the ports other forwards take on the address go back to the base chain, to their own chains.
       if (f.except?.length) {
         const taken = f.except.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(", ");
-        dnat.push(`${source}${ip} daddr ${f.publicIp} ${f.protocol} dport { ${taken} } return ${comment}`);
+        dnat.push(`${match}${f.protocol} dport { ${taken} } return ${comment}`);
       }
-      dnat.push(
-        `${source}${ip} daddr ${f.publicIp} ${f.protocol} dport ${
-          ports(f.publicPort)
-        } dnat ${ip} to ${target} ${comment}`,
-      );
+      dnat.push(`${match}${f.protocol} dport ${ports(f.publicPort)} dnat ${ip} to ${target} ${named}`);
       snat.push(
         `${ip} saddr ${f.hairpinFrom} ct status dnat ${ip} daddr ${f.privateIp} ${f.protocol} dport ${
           ports(f.privatePort)

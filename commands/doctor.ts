@@ -192,6 +192,8 @@ function pendingReports(s: Survey, domain: string, found: Planned): ForwardRepor
     ? defaultMoves(domain, { facts: s.facts, pinned: pinnedDefaults(s.deps.stateDir, domain) })
     : [];
   for (const line of moved) out.push({ domain, forward: "(default address)", findings: [note(line)] });
+  // Entries switched off (and XML forwards the policy turns off): configured, and nothing of them is live.
+  for (const line of found.notes) out.push({ domain, forward: "(switched off)", findings: [note(line)] });
   for (const line of found.leaseProblems) {
     out.push({
       domain,

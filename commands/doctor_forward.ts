@@ -19,7 +19,7 @@ import type { HookDeps } from "../hook/deps.ts";
 import { guestInterfaces } from "../hook/domain_xml.ts";
 import { packetOf } from "../hook/warnings.ts";
 import { inNetworks } from "../config/policy.ts";
-import { parseAddress } from "../system/address.ts";
+import { parseAddress, publicAddress } from "../system/address.ts";
 import { loadXml } from "../system/xml.ts";
 import { connectedNetworkOf, type HostFacts, listenerAt, readListeners } from "../system/host.ts";
 import { fail, type Finding, note, ok } from "./doctor_findings.ts";
@@ -115,8 +115,12 @@ async function guestSide({ domain, f, c, net, bridge }: ForwardPath): Promise<Fi
 /** The public address (this host's, or declared so) and whether the host itself listens on the forward's port. */
 function publicSide({ f, c }: ForwardPath): Finding[] {
   const out: Finding[] = [];
-  const publicIp = parseAddress(f.publicIp)!;
-  if (c.facts.addresses?.includes(publicIp.text) === false) {
+  const publicIp = publicAddress(f.publicIp, f.family)!;
+  if (publicIp.text === "*") {
+    out.push(
+      ok(`public address *: every IPv${f.family} address of this host but loopback's, whichever it has now`),
+    );
+  } else if (c.facts.addresses?.includes(publicIp.text) === false) {
     out.push(
       inNetworks(publicIp, c.hostAddresses)
         ? note(
@@ -133,7 +137,7 @@ function publicSide({ f, c }: ForwardPath): Finding[] {
   } else out.push(ok(`public address ${f.publicIp} is on this host`));
   const listener = listenerAt(readListeners(), {
     protocol: f.protocol,
-    address: parseAddress(f.publicIp)!,
+    address: publicIp,
     first: f.publicPort,
     last: f.publicPort + f.count - 1,
   });
@@ -342,8 +346,8 @@ export async function readFlows(
     f.family === 4 ? "ipv4" : "ipv6",
     "-p",
     f.protocol,
-    "--orig-dst",
-    f.publicIp,
+    // "*": any address; the port and the DNAT of the listing still narrow it to this forward's flows.
+    ...(f.publicIp === "*" ? [] : ["--orig-dst", f.publicIp]),
     "--dport",
     String(f.publicPort),
   ], { timeoutMs: 5000 }).catch(() => undefined);
