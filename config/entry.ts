@@ -208,7 +208,9 @@ export function descriptionProblem(text: string): string | undefined {
   }
   const bad = /[^\x20-\x7e]|["'\\]/.exec(text);
   if (bad) {
-    return `A description holds printable ASCII but quotes and backslashes; not ${JSON.stringify(bad[0])}`;
+    return `A description holds printable ASCII without quotes or backslashes, found ${
+      JSON.stringify(bad[0])
+    }`;
   }
   return undefined;
 }
