@@ -105,7 +105,7 @@ Deno.test('parseConfig() reports each mistake of dev, description, enabled and "
   // "*" clashes with an address of its own family on the same port (a, b), not with the other family's (c).
   assert.deepEqual(problems(text, { hostAddresses: ["203.0.113.1"] }), [
     'hooks.jsonc:2:62: Not a valid interface name: it holds ":", which no interface name may hold here (web.dev = "eth0:1")',
-    'hooks.jsonc:2:87: A description holds printable ASCII without quotes or backslashes, found "\\"" (web.description = "say \\"hi\\"")',
+    'hooks.jsonc:2:87: A description holds printable ASCII without double quotes or backslashes, found "\\"" (web.description = "say \\"hi\\"")',
     'hooks.jsonc:3:22: Expected true or false, found a string (web.enabled = "no")',
     'hooks.jsonc:4:62: snat makes the guest\'s connections leave from its public address, so it needs one address, not "*" (db.snat = true)',
     `hooks.jsonc:8:50: A description holds at most 64 characters, not 65 (d.description = "${

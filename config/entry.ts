@@ -198,17 +198,17 @@ export const MAX_DESCRIPTION = 64;
 
 /**
  * Why a text cannot be a description, if it cannot: it goes into rule comments (iptables-restore's quoted words,
- * nft's quoted strings), so no quote, backslash or control character, and at most MAX_DESCRIPTION characters of
- * ASCII (nft counts bytes).
+ * nft's quoted strings), so no double quote, backslash or control character, and at most MAX_DESCRIPTION
+ * characters of ASCII (nft counts bytes).
  */
 export function descriptionProblem(text: string): string | undefined {
   if (text.length === 0) return "A description cannot be empty";
   if (text.length > MAX_DESCRIPTION) {
     return `A description holds at most ${MAX_DESCRIPTION} characters, not ${text.length}`;
   }
-  const bad = /[^\x20-\x7e]|["'\\]/.exec(text);
+  const bad = /[^\x20-\x7e]|["\\]/.exec(text);
   if (bad) {
-    return `A description holds printable ASCII without quotes or backslashes, found ${
+    return `A description holds printable ASCII without double quotes or backslashes, found ${
       JSON.stringify(bad[0])
     }`;
   }

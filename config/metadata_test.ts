@@ -82,14 +82,14 @@ Deno.test('readMetadata() reads address="*", dev, description and enabled="no", 
   assert.deepEqual(
     problems(
       ours(
-        `<lvh:portForward proto="tcp" address="*" dev="a b" description="it's" enabled="maybe" allPorts="yes"/>`,
+        `<lvh:portForward proto="tcp" address="*" dev="a b" description="a\\b" enabled="maybe" allPorts="yes"/>`,
       ),
     ),
     [
       'web1.xml:5:42: Not a valid interface name: it holds " ", which no interface name may hold here (forwards/portForward[1]/@dev = "a b")',
-      `web1.xml:5:52: A description holds printable ASCII without quotes or backslashes, found "'" (forwards/portForward[1]/@description = "it's")`,
-      'web1.xml:5:71: Expected "yes" or "no" (forwards/portForward[1]/@enabled = "maybe")',
-      'web1.xml:5:87: allPorts needs one address, not "*" (forwards/portForward[1]/@allPorts = "yes")',
+      `web1.xml:5:52: A description holds printable ASCII without double quotes or backslashes, found "\\\\" (forwards/portForward[1]/@description = "a\\\\b")`,
+      'web1.xml:5:70: Expected "yes" or "no" (forwards/portForward[1]/@enabled = "maybe")',
+      'web1.xml:5:86: allPorts needs one address, not "*" (forwards/portForward[1]/@allPorts = "yes")',
     ],
   );
 });
