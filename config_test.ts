@@ -137,6 +137,20 @@ Deno.test('parseConfig() keeps dev, description, enabled: false and "*" on the e
   }]);
 });
 
+Deno.test('parseConfig() leaves the port of a forward on "*" out of all_ports of its family: the forward takes it', () => {
+  const config = parseConfig(
+    `{"web": {"private_ip": "10.0.0.2", "public_ip": "*", "port_map": {"tcp": [8080]}},
+      "vm": {"private_ip": "10.0.0.1", "public_ip": "203.0.113.9", "private_ipv6": "fd00::1",
+             "public_ipv6": "2001:db8::9", "all_ports": true}}`,
+    "hooks.jsonc",
+  );
+  assert.deepEqual(config.diagnostics, []);
+  assert.deepEqual(config.domains.get("vm")?.[0]?.ports.map((p) => [p.protocol, p.all?.except]), [
+    ["tcp", { 4: [[8080, 8080]], 6: [] }],
+    ["udp", { 4: [], 6: [] }],
+  ]);
+});
+
 function dedent2(text: string): string {
   return text.trim().split("\n").map((l) => l.trim()).join("\n");
 }

@@ -274,8 +274,12 @@ export const REQUIRED_RANGE_FIELDS = ["init_port", "ports_num", "protocol"] as c
 function fillAllPorts(claims: Claim[]) {
   for (const c of claims) {
     if (!c.all) continue;
+    // A forward on "*" of the family takes its port on this address too.
+    const any = anyAddressClaim(c.all.family);
     const taken = claims
-      .filter((o) => !o.all && !o.snat && o.address === c.address && o.protocol === c.protocol)
+      .filter((o) =>
+        !o.all && !o.snat && (o.address === c.address || o.address === any) && o.protocol === c.protocol
+      )
       .map((o) => [o.first, o.last] as [number, number])
       .sort((a, b) => a[0] - b[0]);
     const merged: [number, number][] = [];
