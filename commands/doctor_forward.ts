@@ -144,7 +144,7 @@ function publicSide({ f, c }: ForwardPath): Finding[] {
   if (listener) {
     out.push(note(
       `the host itself listens on ${f.protocol} ${listener.address}:${listener.port}: the forward takes that port ` +
-        "from the host on this address",
+        `from the host on ${publicIp.text === "*" ? "every address but loopback's" : "this address"}`,
     ));
   }
   return out;

@@ -2,7 +2,8 @@
  * Where a forward listens, with real packets, on both libvirt variants and both of our backends: `"*"` reaches the
  * guest on every address of the host (a second one, one added after the start without a hook call, the guests'
  * hairpin), never on loopback; `dev` takes only what arrives on that interface; `description` shows in status as
- * the live rules carry it; `"enabled": false` installs nothing and a start removes what was live; no residue.
+ * the live rules carry it, and doctor names each forward so; `"enabled": false` installs nothing, a start removes
+ * what was live, and doctor says it is switched off; no residue.
  */
 
 import assert from "node:assert/strict";
@@ -20,7 +21,7 @@ const XML = (name: string) =>
   `<source network='default' bridge='virbr0'/><target dev='vnet0'/></interface></devices></domain>`;
 
 /** Runs the hook (or a command) in the lab's host with `file` as the config, as libvirt runs it. */
-async function run(lab: Lab, file: string, args: string[], domain = "") {
+async function run(lab: Lab, file: string, args: string[], domain = "", env: Record<string, string> = {}) {
   const r = await lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, ...args], {
     stdin: XML(domain),
     clearEnv: true,
@@ -28,6 +29,7 @@ async function run(lab: Lab, file: string, args: string[], domain = "") {
       LC_ALL: "C",
       PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
       CONFIG_FILENAME: file,
+      ...env,
     },
     cwd: "/",
     timeoutMs: 30_000,
@@ -112,6 +114,16 @@ async function checkListen(lab: Lab, file: string, backend: string): Promise<voi
   assert.equal(await lab.connect(lab.ns.client, "tcp", "203.0.113.3", 9090), `g1 ${A.client4}`);
   assert.equal(await lab.connect(lab.ns.g2, "tcp", A.hostPub4, 9090), null);
   await checkStatus(lab, file);
+  // doctor, with g1 running (libvirt's status file): each forward named as status names it, "*" said as such.
+  const running = await Deno.makeTempDir();
+  const doctor = (): Promise<string> =>
+    Deno.writeTextFile(`${running}/g1.xml`, XML("g1")).then(() =>
+      run(lab, file, ["doctor", "g1"], "", { LIBVIRT_QEMU_RUN_DIR: running, NO_COLOR: "1" })
+    ).then((r) => r.stdout);
+  const examined = await doctor();
+  assert.match(examined, new RegExp(`\\ng1: tcp \\*:8080 -> ${A.g1v4}:80 "Bob's shop"\\n`));
+  assert.match(examined, /\n {2}ok {4}public address \*: every IPv4 address of this host but loopback's/);
+  assert.match(examined, new RegExp(`\\ng1: tcp \\*:9090 -> ${A.g1v4}:80 on pub0\\n`));
   // Switched off: a start installs nothing for it and removes what was live of it; the other entry stays.
   await Deno.writeTextFile(file, config(backend, false));
   const again = await run(lab, file, ["g1", "start", "begin", "-"], "g1");
@@ -120,6 +132,13 @@ async function checkListen(lab: Lab, file: string, backend: string): Promise<voi
   assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 9090), `g1 ${A.client4}`);
   const status = await run(lab, file, ["status", "g1"]);
   assert.doesNotMatch(status.stdout, /8080|Bob's shop/);
+  const off = await doctor();
+  assert.match(
+    off,
+    /\ng1: \(switched off\)\n {2}note {2}g1\[0\] "Bob's shop" is switched off \("enabled": false\): nothing is installed/,
+  );
+  assert.doesNotMatch(off, /:8080 ->/);
+  await Deno.remove(running, { recursive: true });
   assert.equal((await run(lab, file, ["g1", "stopped", "end", "-"], "g1")).code, 0);
   assert.equal(await firewall(lab), pristine);
 }
