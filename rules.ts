@@ -4,6 +4,7 @@
 import type { Change, Desired, FirewallBackend } from "./backends/backend.ts";
 import { type Batch, nftBatch, runBatches } from "./backends/batch.ts";
 import { chooseBackend } from "./backends/choose.ts";
+import { readLibvirtElsewhere } from "./backends/elsewhere.ts";
 import { readOtherGates } from "./backends/foreign.ts";
 import { domainForwards, forget, forgetLines, type Forgotten } from "./backends/conntrack.ts";
 import type { Forward, LiveForward, Snat } from "./backends/forward.ts";
@@ -31,6 +32,7 @@ import { message } from "./system/report.ts";
 export { type Batch, batchHeader, runBatches } from "./backends/batch.ts";
 /** Chooses the backend for our rules: the one choice, which desiredState makes (see backends/choose.ts). */
 export { chooseBackend } from "./backends/choose.ts";
+export { readLibvirtElsewhere } from "./backends/elsewhere.ts";
 /** What one sync changed in one backend (see backends/backend.ts). */
 export type { Change } from "./backends/backend.ts";
 
@@ -168,14 +170,15 @@ async function readForSync(
   reading: Promise<FirewallState>,
   { removing, deps }: { removing: boolean; deps: ApplyDeps },
 ): Promise<FirewallState> {
-  const state = await readOtherGates(deps, await reading);
+  let state = await readOtherGates(deps, await reading);
   // A domain whose chains are there already and gets forwards again (reconnect, reload): rolling back exactly
   // needs what is in them (and a removal needs the jumps into them, where a start's read did not list them).
   const hasChains = (s: FirewallState) => FAMILIES.some((f) => (s.ipt[f]?.chains.length ?? 0) > 0);
   if (state.scope && (!removing || state.scope === "chains, no jumps") && hasChains(state)) {
-    return await readAll(deps, domain);
+    state = await readAll(deps, domain);
   }
-  return state;
+  // Only what adds rules needs to know that libvirt's are where ours would not count (nothing is run elsewhere).
+  return removing ? state : await readLibvirtElsewhere(deps, state);
 }
 
 /** What a domain's sync wants: its forwards and outbound NATs, with their iptables rules built. */

@@ -105,6 +105,7 @@ export { foreignGates } from "./foreign.ts";
 /** The programs: iptables' per family, whether they drive nf_tables, and conntrack's count of tracked flows. */
 export { iptablesTools, type Tools } from "./iptables.ts";
 export { drivesNfTables } from "./choose.ts";
+export { type Elsewhere, elsewhereProblem } from "./elsewhere.ts";
 export { type Forgotten, trackedConnections } from "./conntrack.ts";
 /** The bridge behind a guest address (where our accepts go). */
 export { bridgesOf } from "./nftables.ts";

@@ -1,6 +1,7 @@
 /** Reads what is live of ours, in every family and backend at once: a constant number of processes. */
 
 import { createdListings, readCreated } from "./created.ts";
+import type { Elsewhere } from "./elsewhere.ts";
 import type { Forward } from "./forward.ts";
 import { forwardHooks } from "./gates.ts";
 import { JUMP_CHAINS, type Tools } from "./iptables.ts";
@@ -89,6 +90,11 @@ export interface FirewallState {
    * refuses a jump to a chain that does not exist).
    */
   scope?: ReadScope;
+  /**
+   * Where libvirt's iptables chains are when the iptables we run does not see them (see backends/elsewhere.ts);
+   * looked for only by what needs it (a start, `plan`, `doctor`).
+   */
+  libvirtElsewhere?: Elsewhere;
 }
 
 /** What a read of one domain lists (see FirewallState.scope). */

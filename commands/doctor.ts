@@ -27,9 +27,9 @@ import type { Family } from "../system/address.ts";
 import { message } from "../system/report.ts";
 import { type DoctorReport, fail, type Finding, type ForwardReport, note, ok } from "./doctor_findings.ts";
 import { forwardFindings, readCounters, readFlows } from "./doctor_forward.ts";
-import { allChains, hostFindings, libvirtUnseen, readSysctl } from "./doctor_host.ts";
+import { allChains, hostFindings } from "./doctor_host.ts";
 import { qemuCommand, shellQuote } from "../system/shell.ts";
-import { readLive } from "../rules.ts";
+import { readLibvirtElsewhere, readLive } from "../rules.ts";
 
 /** What `doctor` examines: every forward, or those of `only` one domain; reported as text, or as JSON. */
 export interface DoctorOptions {
@@ -87,7 +87,6 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
     gates: s.gates,
     chains,
     families: [...s.families],
-    legacySave: await readLegacySave(deps, s.state),
   });
   return { host: [...found, ...host], forwards: await inParallel(forwards, PROBES_AT_ONCE) };
 }
@@ -115,7 +114,7 @@ type Planned = Extract<DomainForwards, { kind: "ok" }>;
 /** Reads the config, the host's facts, the live firewall and its gates, and the running guests. */
 async function survey(deps: HookDeps): Promise<Survey> {
   const { config, facts } = await loadFor({ ...deps, problem: () => {} });
-  const state = await readLive(applyDeps(deps, config));
+  const state = await readLibvirtElsewhere(applyDeps(deps, config), await readLive(applyDeps(deps, config)));
   const gates = await foreignGates(applyDeps(deps, config), state.nft?.hooks).catch(() => []);
   const running = await runningDomains();
   const live = forwardsByDomain(state, await knownNames(config));
@@ -258,19 +257,6 @@ async function forwardReports(s: Survey, domain: string, plan: Planned): Promise
     });
   }
   return out;
-}
-
-/**
- * What iptables-legacy-save prints, where libvirt's iptables chains are unseen by the iptables we run: in
- * iptables-legacy's tables, perhaps. Only where those tables are loaded: iptables-legacy-save would load the
- * kernel's legacy modules otherwise.
- */
-async function readLegacySave(deps: HookDeps, state: FirewallState): Promise<string | undefined> {
-  if (!libvirtUnseen(state) || (readSysctl("/proc/net/ip_tables_names") ?? "") === "") return undefined;
-  return await deps.runner.run(["iptables-legacy-save"], { timeoutMs: 5000 }).then(
-    (r) => r.code === 0 ? r.stdout : undefined,
-    () => undefined,
-  );
 }
 
 /** How many forwards doctor examines at once: bounds its processes and sockets whatever the number of guests. */
