@@ -10,9 +10,10 @@ import { domainForwards, forget, forgetLines, type Forgotten } from "./backends/
 import type { Forward, LiveForward, Snat } from "./backends/forward.ts";
 import { renderAdditions, type RuleLines, ruleLines } from "./backends/iptables.ts";
 import { listingsToSave, liveForwards, parseSave } from "./backends/iptables_live.ts";
-import { chainNames } from "./backends/names.ts";
+import { carriedDomain, chainNames } from "./backends/names.ts";
 import { bridgesOf } from "./backends/nftables.ts";
 import { iptablesBackend } from "./backends/iptables_backend.ts";
+import { liveAccepts } from "./backends/nftables_live.ts";
 import { nftablesBackend, reassertCommands, removeAtOnceBatches } from "./backends/nftables_backend.ts";
 import {
   type ApplyDeps,
@@ -349,6 +350,11 @@ export function liveForwardsByDomain(state: FirewallState): Map<string, LiveForw
     }
   }
   return out;
+}
+
+/** The bridges a domain's live accepts in libvirt's nftables chains name, per family (doctor checks its own). */
+export function libvirtAccepts(state: FirewallState, domain: string): Record<Family, string[]> | undefined {
+  return state.nft ? liveAccepts(state.nft).get(carriedDomain(domain)) : undefined;
 }
 
 /** Whether a domain's live forwards lack an accept where it must be, in any backend (watch puts it back). */

@@ -5,10 +5,9 @@
  */
 
 import { nftItems } from "./nft_json.ts";
-import type { ApplyDeps, FirewallState } from "./state.ts";
+import type { ApplyDeps, Elsewhere, FirewallState } from "./state.ts";
 
-/** Which iptables holds libvirt's chains, where the one we run does not see them. */
-export type Elsewhere = "iptables-nft" | "iptables-legacy";
+export type { Elsewhere };
 
 /** Whether libvirt's firewall chains are nowhere we read them: neither in our iptables nor in nftables. */
 export function libvirtUnseen(state: FirewallState): boolean {
@@ -66,24 +65,29 @@ export async function readLibvirtElsewhere(
   { legacyLoaded = legacyTablesLoaded }: { legacyLoaded?: () => boolean } = {},
 ): Promise<FirewallState> {
   if (!libvirtUnseen(state) || state.ipt[4] === undefined) return state;
-  const look = async (argv: string[]) => {
-    const r = await deps.runner.run(argv, { timeoutMs: LOOK_MS }).catch(() => undefined);
-    return r?.code === 0 ? r.stdout : undefined;
-  };
   let where: Elsewhere | undefined;
   if (!deps.iptablesNft && deps.nft !== undefined) {
-    const listed = await look([deps.nft, "-j", "list", "chains"]);
-    where = libvirtElsewhere({ chains: listed === undefined ? [] : chainsOf(listed) });
+    where = libvirtElsewhere({ chains: await listChains(deps) });
   } else if (deps.iptablesNft && legacyLoaded()) {
-    where = libvirtElsewhere({ legacySave: await look(["iptables-legacy-save"]) });
+    const r = await deps.runner.run(["iptables-legacy-save"], { timeoutMs: LOOK_MS }).catch(() => undefined);
+    where = libvirtElsewhere({ legacySave: r?.code === 0 ? r.stdout : undefined });
   }
   return where === undefined ? state : { ...state, libvirtElsewhere: where };
 }
 
-/** `nft -j list chains` as `<family> <table> <chain>`; none where it cannot be parsed. */
-function chainsOf(json: string): string[] {
+/** Every chain of the host as `<family> <table> <chain>`, read with nft (none where it cannot be). */
+export async function listChains(
+  deps: { runner: ApplyDeps["runner"]; nft?: string | undefined },
+): Promise<string[]> {
+  if (deps.nft === undefined) return [];
+  const r = await deps.runner.run([deps.nft, "-j", "list", "chains"], { timeoutMs: LOOK_MS }).catch(() =>
+    undefined
+  );
+  if (r?.code !== 0) return [];
   try {
-    return nftItems(json).filter((i) => i.kind === "chain").map((i) => `${i.v.family} ${i.v.table} ${i.v.name}`);
+    return nftItems(r.stdout).filter((i) => i.kind === "chain").map((i) =>
+      `${i.v.family} ${i.v.table} ${i.v.name}`
+    );
   } catch {
     return [];
   }

@@ -6,7 +6,10 @@ import type { FirewallState } from "./state.ts";
 import { recordingRunner } from "../test/util.ts";
 
 /** What the iptables we run shows: our tables, no libvirt chain in them, and no libvirt nftables chain. */
-const UNSEEN: FirewallState = { ipt: { 4: { chains: [], rules: [] }, 6: { chains: [], rules: [] } }, nft: undefined };
+const UNSEEN: FirewallState = {
+  ipt: { 4: { chains: [], rules: [] }, 6: { chains: [], rules: [] } },
+  nft: undefined,
+};
 const SEEN: FirewallState = { ...UNSEEN, ipt: { 4: { chains: [], rules: [], libvirt: true }, 6: undefined } };
 const NFT_CHAINS = JSON.stringify({
   nftables: [
@@ -22,7 +25,10 @@ Deno.test("libvirtElsewhere() finds libvirt's chains in the other iptables", asy
     assert.equal(libvirtElsewhere({ chains: ["ip filter FORWARD", "inet lvh LIBVIRT_X"] }), undefined);
   });
   await t.step("in iptables-legacy: a LIBVIRT_ chain declared in iptables-legacy-save", () => {
-    assert.equal(libvirtElsewhere({ legacySave: "*filter\n:LIBVIRT_FWI - [0:0]\nCOMMIT\n" }), "iptables-legacy");
+    assert.equal(
+      libvirtElsewhere({ legacySave: "*filter\n:LIBVIRT_FWI - [0:0]\nCOMMIT\n" }),
+      "iptables-legacy",
+    );
     assert.equal(libvirtElsewhere({ legacySave: "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n" }), undefined);
   });
 });
@@ -42,14 +48,17 @@ Deno.test("readLibvirtElsewhere() looks into the other iptables only where libvi
     assert.equal(state.libvirtElsewhere, "iptables-legacy");
     assert.deepEqual(runner.calls.map((c) => c.argv), [["iptables-legacy-save"]]);
   });
-  await t.step("no legacy table loaded: nothing is run (iptables-legacy-save would load the modules)", async () => {
-    const runner = recordingRunner();
-    const state = await readLibvirtElsewhere({ runner, nft: "nft", iptablesNft: true }, UNSEEN, {
-      legacyLoaded: () => false,
-    });
-    assert.equal(state.libvirtElsewhere, undefined);
-    assert.equal(runner.calls.length, 0);
-  });
+  await t.step(
+    "no legacy table loaded: nothing is run (iptables-legacy-save would load the modules)",
+    async () => {
+      const runner = recordingRunner();
+      const state = await readLibvirtElsewhere({ runner, nft: "nft", iptablesNft: true }, UNSEEN, {
+        legacyLoaded: () => false,
+      });
+      assert.equal(state.libvirtElsewhere, undefined);
+      assert.equal(runner.calls.length, 0);
+    },
+  );
   await t.step("libvirt's chains seen where we run: nothing is run", async () => {
     const runner = recordingRunner(() => ({ stdout: NFT_CHAINS }));
     assert.equal((await readLibvirtElsewhere({ runner, nft: "nft" }, SEEN)).libvirtElsewhere, undefined);

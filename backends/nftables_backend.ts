@@ -136,7 +136,11 @@ export function removeAtOnceBatches(
     if (chains.length === 0 && rules.length === 0) continue;
     // What is in the chains was counted where the read listed them (a stop's), never read rule by rule.
     const inside = state.ipt[family]?.inside;
-    const removed = chains.length === 0 ? rules.length : inside === undefined ? undefined : inside + rules.length;
+    const removed = chains.length === 0
+      ? rules.length
+      : inside === undefined
+      ? undefined
+      : inside + rules.length;
     changes.push({ target: family === 4 ? "iptables" : "ip6tables", removed, added: 0 });
   }
   if (others.length > 0) {

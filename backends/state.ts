@@ -1,7 +1,6 @@
 /** Reads what is live of ours, in every family and backend at once: a constant number of processes. */
 
 import { createdListings, readCreated } from "./created.ts";
-import type { Elsewhere } from "./elsewhere.ts";
 import type { Forward } from "./forward.ts";
 import { forwardHooks } from "./gates.ts";
 import { JUMP_CHAINS, type Tools } from "./iptables.ts";
@@ -67,6 +66,9 @@ export const BUSY_RULESET_BYTES = 256 * 1024;
 const BUSY_HINT = "busy-ruleset";
 
 export const FAMILIES: Family[] = [4, 6];
+
+/** Which iptables holds libvirt's chains, where the one we run does not see them (see backends/elsewhere.ts). */
+export type Elsewhere = "iptables-nft" | "iptables-legacy";
 
 /** Everything of ours that is live: iptables per family (undefined: not installed) and nftables. */
 export interface FirewallState {
@@ -238,7 +240,7 @@ async function readAtOnce(
       ipt[family].inside = (ipt[family].inside ?? 0) + 1;
     }
   }
-  if (jumps) for (const family of FAMILIES) ipt[family].inside ??= 0;
+  if (jumps) { for (const family of FAMILIES) ipt[family].inside ??= 0; }
   const nftLive = emptyNftLive();
   for (const items of rest) addNftItems(items, nftLive, deps.acceptIn);
   nftLive.hooks = forwardHooks(chains);

@@ -7,6 +7,7 @@ import {
   type FirewallState,
   type ForeignGate,
   foreignGates,
+  listChains,
 } from "../backends/backend.ts";
 import type { Config } from "../config/model.ts";
 import type { HostFacts } from "../system/host.ts";
@@ -27,7 +28,7 @@ import type { Family } from "../system/address.ts";
 import { message } from "../system/report.ts";
 import { type DoctorReport, fail, type Finding, type ForwardReport, note, ok } from "./doctor_findings.ts";
 import { forwardFindings, readCounters, readFlows } from "./doctor_forward.ts";
-import { allChains, hostFindings } from "./doctor_host.ts";
+import { hostFindings } from "./doctor_host.ts";
 import { qemuCommand, shellQuote } from "../system/shell.ts";
 import { readLibvirtElsewhere, readLive } from "../rules.ts";
 
@@ -75,7 +76,7 @@ export function renderReport(report: DoctorReport): string {
 
 async function examine(deps: HookDeps, only: string | undefined): Promise<DoctorReport> {
   const s = await survey(deps);
-  const chains = await allChains(deps);
+  const chains = await listChains(deps);
   const host = conntrackFindings(deps);
   // A forward's findings wait for its probes (up to 2 s where the guest drops them): examined in parallel, at most
   // PROBES_AT_ONCE at a time over all domains, and reported in order.

@@ -8,7 +8,6 @@ import {
   gateName,
   LIBVIRT_TABLE,
   NFT_TABLE,
-  nftItems,
 } from "../backends/backend.ts";
 import { describeBackend } from "./live.ts";
 import type { Settings } from "../config/model.ts";
@@ -114,20 +113,6 @@ export function iptablesMismatch(state: FirewallState): Finding | undefined {
   if (!state.libvirtElsewhere) return undefined;
   const { what, fix } = elsewhereProblem(state.libvirtElsewhere);
   return fail(what, fix);
-}
-
-/** Every chain of the host as `<family> <table> <chain>`, read with nft (empty where it cannot be). */
-export async function allChains(deps: HookDeps): Promise<string[]> {
-  if (deps.nft === undefined) return [];
-  const r = await deps.runner.run([deps.nft, "-j", "list", "chains"]).catch(() => undefined);
-  if (!r || r.code !== 0) return [];
-  try {
-    return nftItems(r.stdout).filter((i) => i.kind === "chain").map((i) =>
-      `${i.v.family} ${i.v.table} ${i.v.name}`
-    );
-  } catch {
-    return [];
-  }
 }
 
 /** The firewall software this host runs besides libvirt and us, as its chains and files show it. */

@@ -56,14 +56,23 @@ Deno.test("iptablesMismatch() names libvirt's iptables rules in the other iptabl
   await t.step("iptables-nft selected, libvirt's chains in iptables-legacy: a failure, with the fix", () => {
     const found = iptablesMismatch({ ...legacyOurs, libvirtElsewhere: "iptables-legacy" });
     assert.equal(found?.level, "fail");
-    assert.match(found!.what, /^libvirt's iptables rules are in iptables-legacy, but the iptables this hook runs/);
+    assert.match(
+      found!.what,
+      /^libvirt's iptables rules are in iptables-legacy, but the iptables this hook runs/,
+    );
     assert.match(found!.fix!, /--set iptables \/usr\/sbin\/iptables-legacy/);
   });
   await t.step("nothing elsewhere: nothing to say", () => {
     assert.equal(iptablesMismatch(STATE), undefined);
   });
   await t.step("and hostFindings() reports it in place of the backend it cannot have", () => {
-    const findings = hostFindings(legacyOurs, { facts: FACTS, settings: SETTINGS, gates: [], chains: [], sysctl });
+    const findings = hostFindings(legacyOurs, {
+      facts: FACTS,
+      settings: SETTINGS,
+      gates: [],
+      chains: [],
+      sysctl,
+    });
     const failures = findings.filter((f) => f.level === "fail").map((f) => f.what);
     assert.deepEqual(failures.filter((w) => !w.includes("forwarding")), [iptablesMismatch(legacyOurs)!.what]);
     assert.ok(!findings.some((f) => f.what.startsWith("firewall backend")));
