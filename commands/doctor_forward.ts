@@ -4,7 +4,6 @@
 import {
   blockedNote,
   blockers,
-  carriedDomain,
   chainNames,
   type FirewallState,
   type ForeignGate,

@@ -11,7 +11,6 @@ import {
 } from "../backends/backend.ts";
 import { describeBackend } from "./live.ts";
 import type { Settings } from "../config/model.ts";
-import type { HookDeps } from "../hook/deps.ts";
 import type { Family } from "../system/address.ts";
 import type { HostFacts } from "../system/host.ts";
 import { fail, type Finding, note, ok } from "./doctor_findings.ts";
