@@ -164,7 +164,11 @@ for (
           Promise.all([
             ...["iptables-nft-save", "iptables-legacy-save"].map((p) => lab.exec(lab.ns.host, [p])),
             lab.exec(lab.ns.host, ["nft", "list", "ruleset"]),
-          ]).then((rs) => rs.map((r) => r.stdout.replace(/^#.*\n/gm, "").replace(/\[\d+:\d+\]/g, "")));
+          ]).then((rs) =>
+            rs.map((r) =>
+              r.stdout.replace(/^#.*\n/gm, "").replace(/\[\d+:\d+\]|counter packets \d+ bytes \d+/g, "")
+            )
+          );
         const before = await saves();
 
         const r = await inNs(lab.ns.host, ["web1", "start", "begin", "-"], env);
