@@ -316,6 +316,12 @@ place() { # place SRC DEST MODE
   files+=("${2#"$DESTDIR"}")
 }
 mkdir -p "$LIB"
+# Since when the hook is there (kept across updates): doctor compares it with the start of libvirt's daemons,
+# which look for hooks only when they start. An install from before the marker: the hook's own time.
+if [ ! -f "$LIB/INSTALLED" ]; then
+  if [ -e "$target" ]; then touch -r "$target" "$LIB/INSTALLED"; else : >"$LIB/INSTALLED"; fi
+fi
+files+=("${LIB#"$DESTDIR"}/INSTALLED")
 if [ "$built" = source ]; then
   for part in deno src bundle cache; do
     rm -rf "$LIB/$part.new" && cp -a "$stage/$NAME/$part" "$LIB/$part.new" && rm -rf "$LIB/$part" && mv "$LIB/$part.new" "$LIB/$part"

@@ -283,6 +283,8 @@ Deno.test({
           assert.deepEqual(relabelled, manifest);
           assert.ok(manifest.includes("/usr/local/share/man/man8/libvirt-hook-qemu.8"));
           assert.ok(manifest.includes("/etc/libvirt/hooks/qemu"));
+          // doctor compares the daemons' start with this marker of since when the hook is there.
+          assert.ok(manifest.includes("/etc/libvirt/hooks/libvirt-hook-qemu/INSTALLED"));
         },
       );
       await t.step("man 8 libvirt-hook-qemu and man 5 hooks.jsonc show the installed pages", async () => {
