@@ -44,7 +44,8 @@ hooks.jsonc, else hooks.json), IPTABLES_BINARY (default iptables). Every hooks.d
 beside the config file is part of it too, read in name order.
 
 Every command needs root. Exit codes: 0 success; 1 the config has errors, a change failed (nothing of it was
-applied), not root, or stdout could not be written (after the change was made); 2 usage error.`,
+applied), not root, or stdout could not be written (after the change was made); 2 usage error.
+Reference: man 8 libvirt-hook-qemu (commands, files), man 5 hooks.jsonc (every field).`,
   check: `Usage: qemu check [--domain NAME] [--config FILE]
 Validates the whole config. Prints each problem as file:line:column: message (json.path = value), and warns
 about what validates but will not work: a public_ip that is not an address of this host, a private_ip outside
