@@ -367,7 +367,7 @@ say "Installed ${target#"$DESTDIR"} ($built form: $(if [ "$built" = compiled ]; 
 if [ "$first_time" = 1 ]; then
   say_daemons
 else
-  say "Updated in place; libvirtd already knows the hook, no restart needed."
+  say "Updated in place; libvirt's daemon already knows the hook, no restart needed."
 fi
 say "Check your config any time with: ${target#"$DESTDIR"} check"
 # Recommended, not needed: without it, connections through a forward that goes or changes target keep the old one.

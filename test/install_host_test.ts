@@ -316,6 +316,28 @@ Deno.test({
           assert.match(text, new RegExp(`^${heading}$`, "m"));
         }
       });
+      await t.step("bash-completion loads the installed completion for the hook, by its name", async () => {
+        const loader = "/usr/share/bash-completion/bash_completion";
+        if (!(await Deno.stat(loader).then(() => true, () => false))) {
+          console.log("bash-completion is not installed here (CI installs it): its loading is not checked");
+          return;
+        }
+        const out = await new Deno.Command("bash", {
+          args: [
+            "--norc",
+            "--noprofile",
+            "-c",
+            `source ${loader}; __load_completion /etc/libvirt/hooks/qemu && complete -p /etc/libvirt/hooks/qemu`,
+          ],
+          env: { PATH: "/usr/bin:/bin", XDG_DATA_DIRS: `${dest}/usr/local/share:/usr/share` },
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        assert.equal(
+          new TextDecoder().decode(out.stdout),
+          "complete -F _libvirt_hook_qemu /etc/libvirt/hooks/qemu\n",
+        );
+      });
       await t.step("uninstall removes them and names the daemons to restart", async () => {
         const r = await run(["--uninstall"], env);
         assert.equal(r.code, 0, r.stderr);
