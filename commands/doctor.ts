@@ -29,6 +29,7 @@ import { message } from "../system/report.ts";
 import { type DoctorReport, fail, type Finding, type ForwardReport, note, ok } from "./doctor_findings.ts";
 import { forwardFindings, readCounters, readFlows } from "./doctor_forward.ts";
 import { hostFindings } from "./doctor_host.ts";
+import { daemonFindings, readDaemons, readInstalled } from "./doctor_daemon.ts";
 import { qemuCommand, shellQuote } from "../system/shell.ts";
 import { readLibvirtElsewhere, readLive } from "../rules.ts";
 
@@ -77,7 +78,8 @@ export function renderReport(report: DoctorReport): string {
 async function examine(deps: HookDeps, only: string | undefined): Promise<DoctorReport> {
   const s = await survey(deps);
   const chains = await listChains(deps);
-  const host = conntrackFindings(deps);
+  // The daemon that runs each hook of ours must have started after it was installed, or it never calls it.
+  const host = [...daemonFindings(readDaemons(), readInstalled()), ...conntrackFindings(deps)];
   // A forward's findings wait for its probes (up to 2 s where the guest drops them): examined in parallel, at most
   // PROBES_AT_ONCE at a time over all domains, and reported in order.
   const forwards: Slot<ForwardReport>[] = [];
