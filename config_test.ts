@@ -17,7 +17,7 @@ Deno.test("parseConfig() reports each mistake as file:line:column: message (json
   const cases: [string, string, string[]][] = [
     ["a typo in a field name", `{"web1": {"private_ip": "10.0.0.1",\n  "prot_map": {"tcp": [22]}}}`, [
       'hooks.jsonc:2:3: Unknown field "prot_map"; known fields: interface, private_ip, public_ip, source_ip, ' +
-      "private_ipv6, public_ipv6, source_ipv6, port_map, port_range, all_ports, snat (web1.prot_map)",
+      "private_ipv6, public_ipv6, source_ipv6, source_set, port_map, port_range, all_ports, snat (web1.prot_map)",
       "hooks.jsonc:1:10: warning: Entry forwards no port: give port_map or port_range (web1)",
     ]],
     ["a malformed address", `{"web1": {"private_ip": "192.168.122.300", "port_map": {"tcp": [22]}}}`, [
@@ -149,7 +149,7 @@ Deno.test("parseConfig() reads dual-stack entries and IPv6 in canonical form", (
   assert.deepEqual(config.diagnostics, []);
   assert.deepEqual(config.domains.get("w")?.[0]?.targets, [
     { family: 4, privateIp: "192.168.122.10" },
-    { family: 6, privateIp: "fd00:122::10", publicIp: "2001:db8::7", source: "2001:db8:99::/48" },
+    { family: 6, privateIp: "fd00:122::10", publicIp: "2001:db8::7", sources: ["2001:db8:99::/48"] },
   ]);
 });
 
@@ -216,7 +216,7 @@ Deno.test("parseConfig() reads the old hook's real configs as their README says"
         { protocol: "tcp", publicPort: 8888, privatePort: 8888, count: 2 },
         { protocol: "udp", publicPort: 30000, privatePort: 30000, count: 100 },
       ]);
-      assert.equal(entry!.targets[0]!.source, "8.8.8.8");
+      assert.deepEqual(entry!.targets[0]!.sources, ["8.8.8.8"]);
     },
   );
   await t.step("13 with a real name and address substituted is accepted", async () => {

@@ -20,6 +20,7 @@ import {
   ownerOf,
 } from "./nftables_live.ts";
 import { unique } from "../system/collections.ts";
+import { nftSourceMatch } from "./sources.ts";
 import { type Family, parseAddress } from "../system/address.ts";
 import { connectedNetworkOf, type ConnectedRoute } from "../system/host.ts";
 
@@ -67,7 +68,7 @@ export function nftDomainObjects(
     const addrType = family === 4 ? "ipv4_addr" : "ipv6_addr";
     const mine = forwards.filter((f) => f.family === family);
     // Plain pairs go into one map and one set: a lookup per packet, however many forwards there are.
-    const mapped = mine.filter((f) => f.count === 1 && f.source === undefined);
+    const mapped = mine.filter((f) => f.count === 1 && nftSourceMatch(f) === "");
     const ruled = mine.filter((f) => !mapped.includes(f));
     if (mapped.length > 0) {
       const map = `${p}-dnat${family}`, set = `${p}-to${family}`;
@@ -91,7 +92,7 @@ export function nftDomainObjects(
     }
     for (const f of ruled) {
       const ports = (first: number) => (f.count === 1 ? `${first}` : `${first}-${first + f.count - 1}`);
-      const source = f.source === undefined ? "" : `${ip} saddr ${f.source} `;
+      const source = nftSourceMatch(f);
       // A range shifted to other ports: nft has no offset, so each port maps to its own (one lookup per packet).
       const shifted = () =>
         `${f.protocol} dport map { ${

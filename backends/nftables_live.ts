@@ -1,5 +1,6 @@
 /** The nftables backend's live state: what of ours is in nft's JSON listing, and the forwards read back from it. */
 
+import { setSource } from "./sources.ts";
 import type { LiveForward } from "./forward.ts";
 import type { BaseChain } from "./gates.ts";
 import {
@@ -232,7 +233,7 @@ export function nftLiveForwards(live: NftLive): LiveForward[] {
         | { left?: { payload?: { protocol?: string; field?: string } }; right?: unknown }
         | undefined;
       const field = m?.left?.payload?.field;
-      if (field === "saddr") source = showAddr(m!.right);
+      if (field === "saddr") source = showSource(m!.right);
       if (field === "daddr") publicIp = showAddr(m!.right);
       if (field === "dport") {
         protocol = m!.left!.payload!.protocol;
@@ -262,10 +263,18 @@ export function nftLiveForwards(live: NftLive): LiveForward[] {
   return out;
 }
 
+/** Who may use a forward, from its `saddr` match: an item, an anonymous set of them, or a set of ours. */
+function showSource(right: unknown): string {
+  if (typeof right === "string") return setSource(right) ?? right;
+  const set = (right as { set?: unknown[] }).set;
+  return set ? set.map(showAddr).join(", ") : showAddr(right);
+}
+
 function showAddr(right: unknown): string {
   if (typeof right === "string") return right;
   const prefix = (right as { prefix?: { addr: string; len: number } }).prefix;
-  return prefix ? `${prefix.addr}/${prefix.len}` : String(right);
+  const range = (right as { range?: [string, string] }).range;
+  return prefix ? `${prefix.addr}/${prefix.len}` : range ? `${range[0]}-${range[1]}` : String(right);
 }
 
 /** The interface match of one of our accepts: `oifname <bridge>` or `iifname <bridge>`. */
