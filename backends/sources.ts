@@ -1,6 +1,17 @@
 /** Who may use a forward, as each backend matches it: source items and sets of ours, written and read back. */
 
 import type { Forward } from "./forward.ts";
+import { NFT_TABLE } from "./names.ts";
+import { type Batch, nftBatch, runBatches } from "./batch.ts";
+import type { ApplyDeps } from "./state.ts";
+import { readMembers } from "../system/sets.ts";
+import {
+  formatInterval,
+  intervalNetworks,
+  mergeIntervals,
+  parseSourceItem,
+  type SourceInterval,
+} from "../config/sources.ts";
 import type { Family } from "../system/address.ts";
 
 /** The nftables set of ours that holds a source set's members of one family (in our table, flat). */
@@ -37,4 +48,78 @@ export function nftSourceMatch(f: Pick<Forward, "family" | "sources" | "sourceSe
 export function setSource(name: string): string | undefined {
   const m = /^(?:src|lvh)-([A-Za-z0-9_]{1,20})-v[46]$/.exec(name.replace(/^@/, ""));
   return m ? `@${m[1]}` : undefined;
+}
+
+/** The names of the sets of ours that `forwards` use, each once. */
+export function setsUsed(forwards: Pick<Forward, "sourceSet">[]): string[] {
+  return [...new Set(forwards.flatMap((f) => (f.sourceSet === undefined ? [] : [f.sourceSet])))].sort();
+}
+
+/** A set's members by family, as its file stores them (merged intervals, see config/sources.ts). */
+export function membersByFamily(members: string[]): Record<Family, SourceInterval[]> {
+  const items = members.map(parseSourceItem).filter((i): i is SourceInterval => typeof i !== "string");
+  const merged = mergeIntervals(items);
+  return { 4: merged.filter((i) => i.family === 4), 6: merged.filter((i) => i.family === 6) };
+}
+
+/**
+ * The nft commands that make the named sets of ours exactly `members(name)`, both families, in our table: declared
+ * (idempotent), emptied and filled in the same transaction, so a packet meets the old members or the new.
+ */
+export function nftSetCommands(names: string[], members: (name: string) => string[]): string[] {
+  const t = `inet ${NFT_TABLE}`;
+  const out: string[] = [];
+  for (const name of names) {
+    const byFamily = membersByFamily(members(name));
+    for (const family of [4, 6] as const) {
+      const set = nftSetName(name, family);
+      const type = family === 4 ? "ipv4_addr" : "ipv6_addr";
+      out.push(`add set ${t} ${set} { type ${type}; flags interval; }`, `flush set ${t} ${set}`);
+      const elements = byFamily[family].map(formatInterval);
+      if (elements.length > 0) out.push(`add element ${t} ${set} { ${elements.join(", ")} }`);
+    }
+  }
+  return out;
+}
+
+/**
+ * The `ipset restore` input that makes the named sets (hash:net, one per family) exactly `members(name)`: filled
+ * aside and swapped in, so a packet meets the old members or the new, and rules that use the set keep it.
+ */
+export function ipsetRestore(names: string[], members: (name: string) => string[]): string {
+  const out: string[] = [];
+  for (const name of names) {
+    const byFamily = membersByFamily(members(name));
+    for (const family of [4, 6] as const) {
+      const set = ipsetName(name, family), aside = `${set}-t`;
+      const type = `hash:net family ${family === 4 ? "inet" : "inet6"}`;
+      out.push(`create ${set} ${type} -exist`, `create ${aside} ${type} -exist`, `flush ${aside}`);
+      for (const net of byFamily[family].flatMap(intervalNetworks)) out.push(`add ${aside} ${net} -exist`);
+      out.push(`swap ${aside} ${set}`, `destroy ${aside}`);
+    }
+  }
+  return out.join("\n") + "\n";
+}
+
+/**
+ * Makes a set's live copies equal to its stored members where they exist (our nftables sets, the ipsets), each
+ * program's in one transaction; a set no running forward uses has no live copy and waits for the next start. The
+ * places changed ("nftables", "ipset"), none where nothing uses the set.
+ */
+export async function syncSourceSet(name: string, deps: ApplyDeps): Promise<string[]> {
+  const members = () => deps.setMembers?.(name) ?? readMembers(name);
+  const batches: Batch[] = [];
+  const places: string[] = [];
+  const exists = async (argv: string[]) => (await deps.runner.run(argv).catch(() => ({ code: 1 }))).code === 0;
+  if (deps.nft !== undefined && await exists([deps.nft, "list", "set", "inet", NFT_TABLE, nftSetName(name, 4)])) {
+    batches.push(nftBatch(deps.nft, nftSetCommands([name], members))!);
+    places.push("nftables");
+  }
+  const ipset = deps.ipset ?? "ipset";
+  if (await exists([ipset, "list", "-n", ipsetName(name, 4)])) {
+    batches.push({ argv: [ipset, "restore"], stdin: ipsetRestore([name], members), name: ipset });
+    places.push("ipset");
+  }
+  await runBatches(deps.runner, batches);
+  return places;
 }

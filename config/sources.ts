@@ -76,3 +76,32 @@ export function sourceSetProblem(name: string): string | undefined {
   if (!/^[A-Za-z0-9_]{1,20}$/.test(name)) return "A set name is 1 to 20 letters, digits or underscores";
   return undefined;
 }
+
+/** The intervals of `have` less every address of `take` (both of any family), merged. */
+export function subtractIntervals(have: SourceInterval[], take: SourceInterval[]): SourceInterval[] {
+  let out = mergeIntervals(have);
+  for (const t of take) {
+    out = out.flatMap((i) => {
+      if (i.family !== t.family || t.last < i.first || t.first > i.last) return [i];
+      const parts: SourceInterval[] = [];
+      if (t.first > i.first) parts.push({ family: i.family, first: i.first, last: t.first - 1n });
+      if (t.last < i.last) parts.push({ family: i.family, first: t.last + 1n, last: i.last });
+      return parts;
+    });
+  }
+  return out;
+}
+
+/** An interval as the fewest networks that cover exactly it (an ipset of networks takes no IPv6 range). */
+export function intervalNetworks(i: SourceInterval): string[] {
+  const bits = i.family === 4 ? 32 : 128;
+  const out: string[] = [];
+  for (let first = i.first; first <= i.last;) {
+    // The largest aligned block that starts at `first` and ends within the interval.
+    let size = first === 0n ? 1n << BigInt(bits) : first & -first;
+    while (first + size - 1n > i.last) size >>= 1n;
+    out.push(formatInterval({ family: i.family, first, last: first + size - 1n }));
+    first += size;
+  }
+  return out;
+}
