@@ -110,8 +110,11 @@ export async function syncSourceSet(name: string, deps: ApplyDeps): Promise<stri
   const members = () => deps.setMembers?.(name) ?? readMembers(name);
   const batches: Batch[] = [];
   const places: string[] = [];
-  const exists = async (argv: string[]) => (await deps.runner.run(argv).catch(() => ({ code: 1 }))).code === 0;
-  if (deps.nft !== undefined && await exists([deps.nft, "list", "set", "inet", NFT_TABLE, nftSetName(name, 4)])) {
+  const exists = async (argv: string[]) =>
+    (await deps.runner.run(argv).catch(() => ({ code: 1 }))).code === 0;
+  if (
+    deps.nft !== undefined && await exists([deps.nft, "list", "set", "inet", NFT_TABLE, nftSetName(name, 4)])
+  ) {
     batches.push(nftBatch(deps.nft, nftSetCommands([name], members))!);
     places.push("nftables");
   }

@@ -28,7 +28,8 @@ export function readMembers(name: string, dir = setsDir()): string[] {
 /** The names of the sets that have a file. */
 export function storedSets(dir = setsDir()): string[] {
   try {
-    return [...Deno.readDirSync(dir)].filter((e) => e.isFile && !e.name.startsWith(".")).map((e) => e.name).sort();
+    return [...Deno.readDirSync(dir)].filter((e) => e.isFile && !e.name.startsWith(".")).map((e) => e.name)
+      .sort();
   } catch (err) {
     if (err instanceof Deno.errors.NotFound) return [];
     throw err;
