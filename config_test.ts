@@ -666,3 +666,14 @@ Deno.test("parseConfig() takes an entry without private_ip: the guest's address 
   assert.deepEqual(config.domains.get("b")?.[0]?.targets, [{ family: 6, publicIp: "2001:db8::7" }]);
   assert.deepEqual(config.domains.get("c")?.[0]?.targets, [{ family: 6, privateIp: "fd00::10" }]);
 });
+
+Deno.test("parseConfig() keeps the same public port for disjoint sources a clash: one port, one target", () => {
+  const config = parseConfig(
+    `{"x": {"private_ip": "10.0.0.1", "public_ip": "192.0.2.1", "port_map": {"tcp": [22]},
+            "source_ip": ["198.51.100.0/24"]},
+      "y": {"private_ip": "10.0.0.2", "public_ip": "192.0.2.1", "port_map": {"tcp": [22]}, "source_set": "office"}}`,
+    "hooks.jsonc",
+  );
+  assert.deepEqual(["x", "y"].map((d) => domainConfig(config, d).kind), ["invalid", "invalid"]);
+  assert.equal(config.diagnostics.filter((d) => d.severity === "error").length, 2);
+});

@@ -103,7 +103,7 @@ export {
 } from "./gates.ts";
 export { foreignGates } from "./foreign.ts";
 /** A named source set's live copies made equal to its stored members (see backends/sources.ts). */
-export { syncSourceSet } from "./sources.ts";
+export { syncSourceSet } from "./source_sets.ts";
 /** The programs: iptables' per family, whether they drive nf_tables, and conntrack's count of tracked flows. */
 export { iptablesTools, type Tools } from "./iptables.ts";
 export { drivesNfTables } from "./choose.ts";
