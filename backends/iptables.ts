@@ -67,20 +67,18 @@ export function ruleLines(
       ? f.privateIp
       : `${host}:${f.privatePort}-${f.privatePort + last}/${f.publicPort}`;
     // One DNAT rule per source item (see iptablesSourceMatches), each after its own all_ports returns.
-    for (const match of p.sources) {
+    for (const head of p.dnat) {
       // all_ports: the ports other forwards take on the address go back to PREROUTING, to their own chains.
       for (const [first, lastTaken] of f.except ?? []) {
         dnat.push(
-          p.dnat,
-          match,
-          p.proto,
+          head,
           first === lastTaken ? `${first}` : `${first}:${lastTaken}`,
           " ",
           comment,
           " -j RETURN\n",
         );
       }
-      dnat.push(p.dnat, match, p.proto, publicPorts, p.dnatTo, to, "\n");
+      dnat.push(head, publicPorts, p.dnatTo, to, "\n");
       added += 1 + (f.except?.length ?? 0);
     }
     snat.push(p.snat, privatePorts, p.translated, publicPorts, p.snatTail, "\n");
@@ -139,9 +137,8 @@ function commonParts(f: Forward, c: ReturnType<typeof chainNames>, comment: stri
   const priv = `${f.privateIp}${host}`;
   const proto = `-p ${f.protocol} -m ${f.protocol}`;
   return {
-    dnat: `-A ${c.dnat} -d ${pub}`,
-    sources: iptablesSourceMatches(f),
-    proto: ` ${proto} --dport `,
+    // A DNAT rule's text up to its ports, one per source item (see iptablesSourceMatches).
+    dnat: iptablesSourceMatches(f).map((match) => `-A ${c.dnat} -d ${pub}${match} ${proto} --dport `),
     dnatTo: ` ${comment} -j DNAT --to-destination `,
     snat: `-A ${c.snat} -s ${f.hairpinFrom} -d ${priv} ${proto} --dport `,
     snatTail: ` ${comment} -j MASQUERADE`,
