@@ -6,7 +6,7 @@ import { nftDomainObjects } from "./nftables.ts";
 import { liveForwards, parseSave } from "./iptables_live.ts";
 import { asLiveForward, describeForward } from "./forward.ts";
 import { domainHash } from "./names.ts";
-import { iptablesSourceMatches, nftSourceMatch, setSource } from "./sources.ts";
+import { iptablesSourceMatches, nftSetCommands, nftSourceMatch, setSource } from "./sources.ts";
 import { dedent, forwardsOf } from "../test/util.ts";
 
 const CONFIG = `{"web1": {"private_ip": "192.168.122.10", "private_ipv6": "fd00:122::10",
@@ -80,5 +80,41 @@ Deno.test("liveForwards() reads a forward's DNAT rules per source back as one fo
   assert.equal(
     describeForward(asLiveForward("web1", planned[0]!)),
     describeForward(liveForwards(parseSave(saved), 4)[0]!),
+  );
+});
+
+Deno.test("nftSetCommands() declares a set's two families in our table and fills them as stored, in one go", () => {
+  const members = (
+    name: string,
+  ) => (name === "office" ? ["198.51.100.0/24", "2001:db8::1-2001:db8::3", "198.51.100.7"] : []);
+  assert.deepEqual(nftSetCommands(["office", "lab"], members), [
+    "add set inet libvirt_hook_qemu src-office-v4 { type ipv4_addr; flags interval; }",
+    "flush set inet libvirt_hook_qemu src-office-v4",
+    "add element inet libvirt_hook_qemu src-office-v4 { 198.51.100.0/24 }",
+    "add set inet libvirt_hook_qemu src-office-v6 { type ipv6_addr; flags interval; }",
+    "flush set inet libvirt_hook_qemu src-office-v6",
+    "add element inet libvirt_hook_qemu src-office-v6 { 2001:db8::1-2001:db8::3 }",
+    // A set with no members yet: declared empty, so the forwards that use it admit no one until it is filled.
+    "add set inet libvirt_hook_qemu src-lab-v4 { type ipv4_addr; flags interval; }",
+    "flush set inet libvirt_hook_qemu src-lab-v4",
+    "add set inet libvirt_hook_qemu src-lab-v6 { type ipv6_addr; flags interval; }",
+    "flush set inet libvirt_hook_qemu src-lab-v6",
+  ]);
+});
+
+Deno.test("nftDomainObjects() matches a source set by its family's set in our table", () => {
+  const { forwards } = forwardsOf(
+    `{"web1": {"private_ip": "192.168.122.10", "public_ip": "203.0.113.7", "port_map": {"tcp": [[2222, 22]]},
+      "source_set": "office"}}`,
+    "web1",
+  );
+  const p = `d${domainHash("web1")}`;
+  assert.deepEqual(
+    nftDomainObjects("web1", forwards).filter((l) =>
+      l.startsWith(`add rule inet libvirt_hook_qemu ${p}-dnat`)
+    ),
+    [
+      `add rule inet libvirt_hook_qemu ${p}-dnat ip saddr @src-office-v4 ip daddr 203.0.113.7 tcp dport 2222 dnat ip to 192.168.122.10:22 comment "libvirt-hook-qemu:1:web1"`,
+    ],
   );
 });
