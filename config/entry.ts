@@ -2,14 +2,7 @@
 
 import { type Entry, jsonPath, type PortSpec, type Target, type ValidateOptions } from "./model.ts";
 import type { Node } from "jsonc-parser";
-import {
-  type Address,
-  type Family,
-  formatNetwork,
-  networkOf,
-  parseAddress,
-  PROTOCOLS,
-} from "../system/address.ts";
+import { type Address, type Family, parseAddress, PROTOCOLS } from "../system/address.ts";
 import { kind, type Report } from "./nodes.ts";
 import { applySources, readSources } from "./entry_sources.ts";
 import { parseSourceItem } from "./sources.ts";
@@ -199,35 +192,25 @@ function readInterface(cx: EntryContext): string | undefined {
   return iface;
 }
 
-/**
- * An address field: `family`, the family it must be of; `network`, whether a network (CIDR) may be given, kept
- * in the form iptables prints it.
- */
+/** An address field (one address, no network: sources are read apart); `family`, the family it must be of. */
 function addressField(
   cx: EntryContext,
   key: keyof typeof ENTRY_FIELDS,
-  { family, network = false }: { family?: Family; network?: boolean } = {},
+  { family }: { family?: Family } = {},
 ): Address | undefined {
   const text = stringField(cx, key);
   if (text === undefined) return undefined;
   const n = cx.fields.get(key);
-  const [addrText = "", prefixText, ...more] = text.split("/");
-  const addr = parseAddress(addrText);
-  const prefixOk = prefixText === undefined ||
-    (network && more.length === 0 && /^[0-9]{1,3}$/.test(prefixText) &&
-      Number(prefixText) <= (addr?.family === 6 ? 128 : 32));
-  if (!addr || !prefixOk) {
-    const what = network ? "an IP address or network (CIDR)" : "an IP address";
-    cx.fail(n, jsonPath(cx.path, key), `Not ${what}`);
+  const addr = parseAddress(text);
+  if (!addr) {
+    cx.fail(n, jsonPath(cx.path, key), "Not an IP address");
     return undefined;
   }
   if (family && addr.family !== family) {
     cx.fail(n, jsonPath(cx.path, key), `Expected an IPv${family} address, found IPv${addr.family}`);
     return undefined;
   }
-  if (prefixText === undefined || Number(prefixText) === (addr.family === 4 ? 32 : 128)) return addr;
-  // A network is kept in the form iptables prints it: host bits cleared.
-  return { ...addr, text: formatNetwork(networkOf(addr, Number(prefixText))) };
+  return addr;
 }
 
 /** The targets: private_ip's (or the found address's) with public_ip and source_ip, then private_ipv6's. */
