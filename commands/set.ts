@@ -12,6 +12,7 @@ import {
   subtractIntervals,
 } from "../config/sources.ts";
 import { readMembers, SETS_DIR, storedSets, writeMembers } from "../system/sets.ts";
+import { type Entry, jsonPath } from "../config/model.ts";
 
 /** What `qemu set` was asked: add or del members, or list one set (or, without a name, every set). */
 export interface SetRequest {
@@ -20,9 +21,14 @@ export interface SetRequest {
   items: string[];
 }
 
+/** Where the sets' members are kept for these deps (SETS_DIR unless LIBVIRT_HOOK_QEMU_SETS_DIR says). */
+export function setsDirOf(deps: Pick<HookDeps, "env">): string {
+  return deps.env("LIBVIRT_HOOK_QEMU_SETS_DIR") || SETS_DIR;
+}
+
 /** Runs `qemu set add|del|list`; exit 0, 1 where a change failed, 2 for a request that cannot be one. */
 export async function setCommand(deps: HookDeps, { action, name, items }: SetRequest): Promise<number> {
-  const dir = deps.env("LIBVIRT_HOOK_QEMU_SETS_DIR") || SETS_DIR;
+  const dir = setsDirOf(deps);
   if (!["add", "del", "list"].includes(action)) {
     deps.problem(`set takes add, del or list, not "${action}". Run with --help for usage.`);
     return 2;
@@ -94,4 +100,23 @@ async function change(
 function usage(deps: HookDeps, why: string): number {
   deps.problem(`${why}. Run with --help for usage.`);
   return 2;
+}
+
+/**
+ * What `check` says of the sets the config's entries use: one that has no members yet, whose forwards admit no
+ * one until `qemu set add` fills it (one line per set and domain).
+ */
+export function emptySetWarnings(domains: Map<string, Entry[]>, dir: string): string[] {
+  const out: string[] = [];
+  for (const [domain, entries] of domains) {
+    const names = new Set(entries.flatMap((e) => e.targets.flatMap((t) => t.sourceSet ?? [])));
+    for (const name of names) {
+      if (readMembers(name, dir).length > 0) continue;
+      out.push(
+        `${jsonPath("", domain)}: source_set "${name}" has no members yet: its forwards admit no one until ` +
+          `"qemu set add ${name} <address...>"`,
+      );
+    }
+  }
+  return out;
 }

@@ -1,7 +1,7 @@
 /** setCommand(): a named source set's members, stored and put into its live copies at once. */
 
 import assert from "node:assert/strict";
-import { setCommand } from "./set.ts";
+import { emptySetWarnings, setCommand } from "./set.ts";
 import { captureStdout, fakeCommandDeps } from "../test/commands_deps.ts";
 
 /** Fake deps whose sets live in a scratch directory; `ipsetLive`: whether the set's ipset exists. */
@@ -93,4 +93,18 @@ Deno.test("setCommand() refuses a bad item or name with one line each, and chang
       assert.deepEqual(f.calls, []);
     });
   }
+});
+
+Deno.test("emptySetWarnings() names each domain's source_set that has no members yet, and no other", async () => {
+  const f = await setDeps(false);
+  await Deno.writeTextFile(`${f.dir}/office`, "198.51.100.0/24\n");
+  const entry = (sourceSet: string) => ({
+    path: "x",
+    targets: [{ family: 4 as const, sourceSet }, { family: 6 as const, sourceSet }],
+    ports: [],
+  });
+  assert.deepEqual(
+    emptySetWarnings(new Map([["web1", [entry("office")]], ["web2", [entry("lab")]]]), f.dir),
+    ['web2: source_set "lab" has no members yet: its forwards admit no one until "qemu set add lab <address...>"'],
+  );
 });
