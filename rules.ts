@@ -273,7 +273,7 @@ async function removeAtOnce(domain: string, state: FirewallState, deps: ApplyDep
   return removal.changes;
 }
 
-/** The filter part of a domain's rules (its accepts, `count` of them): what iptables' FORWARD gets of them. */
+/** The filter part of a domain's rules (its accept, `count`: 1 or none): what iptables' FORWARD gets of them. */
 function filterOnly(rules: RuleLines, count: number): Built[Family] {
   const filter: RuleLines = {
     chains: rules.chains.filter((c) => c.table === "filter"),
@@ -378,7 +378,7 @@ export function desiredState(
     const mine = place === "none" ? [] : forwards.filter((f) => f.family === family);
     const out = place === "all" && !snatNft ? snats.filter((s) => s.family === family) : [];
     const added = place === "filter"
-      ? filterOnly(built[family].rules, mine.length)
+      ? filterOnly(built[family].rules, mine.length === 0 ? 0 : 1)
       : place === "none"
       ? { rules: ruleLines(domain, []), additions: undefined }
       : out.length > 0

@@ -2,7 +2,7 @@
 
 import type { Forward, Snat } from "./forward.ts";
 import { chainLine, chainOwner, type Live, Table, TABLES } from "./iptables_live.ts";
-import { chainNames, ruleComment } from "./names.ts";
+import { chainNames, CT_LABEL, ruleComment } from "./names.ts";
 import type { Family } from "../system/address.ts";
 import { unique } from "../system/collections.ts";
 
@@ -46,7 +46,7 @@ export function ruleLines(
   });
   // What is the same for every forward between one pair of addresses is made once; each line is pieces of text
   // joined once per chain (far fewer objects for the garbage collector than a string per line).
-  const dnat: string[] = [], snat: string[] = [], fwd: string[] = [];
+  const dnat: string[] = [], snat: string[] = [];
   const parts = new Map<string, ReturnType<typeof commonParts>>();
   for (const f of forwards) {
     const key =
@@ -76,7 +76,6 @@ export function ruleLines(
     }
     dnat.push(p.dnat, publicPorts, p.dnatTo, to, "\n");
     snat.push(p.snat, privatePorts, p.translated, publicPorts, p.snatTail, "\n");
-    fwd.push(p.fwd, publicPorts, p.fwdReply, privatePorts, p.fwdTail, "\n");
   }
   // Outbound 1:1 NAT, after the hairpin rules: the guest's new connections to anywhere but its own network (and
   // multicast and broadcast, which libvirt leaves alone too) leave from its public address. In POSTROUTING our
@@ -90,7 +89,9 @@ export function ruleLines(
   }
   // Every line ends with a newline; the text has none at its end.
   snat[snat.length - 1] = "";
-  fwd[fwd.length - 1] = "";
+  // One accept for every forward: the connections our DNAT translated carry our label (whichever backend
+  // translated them), so no packet forwarded on the host walks a rule per forward (issue 25).
+  const fwd = forwards.length === 0 ? "" : `-A ${c.fwd} -m connlabel --label ${CT_LABEL} ${comment} -j ACCEPT`;
   return {
     chains: [
       { table: "nat", chain: c.dnat, spec: "" },
@@ -104,8 +105,9 @@ export function ruleLines(
       jump("nat", "POSTROUTING", c.snat),
       jump("filter", "FORWARD", c.fwd),
     ],
-    text: { nat: dnat.join("") + snat.join(""), filter: fwd.join("") },
-    count: 3 * forwards.length + snats.reduce((n, s) => n + (s.family === 4 ? 3 : 2), 0),
+    text: { nat: dnat.join("") + snat.join(""), filter: fwd },
+    count: 2 * forwards.length + (forwards.length === 0 ? 0 : 1) +
+      snats.reduce((n, s) => n + (s.family === 4 ? 3 : 2), 0),
   };
 }
 
@@ -133,14 +135,10 @@ function commonParts(f: Forward, c: ReturnType<typeof chainNames>, comment: stri
   const source = f.source === undefined ? "" : ` -s ${f.source}`;
   return {
     dnat: `-A ${c.dnat} -d ${pub}${source} ${proto} --dport `,
-    dnatTo: ` ${comment} -j DNAT --to-destination `,
+    // The label our one accept in FORWARD knows the connection by (see CT_LABEL).
+    dnatTo: ` -m connlabel --label ${CT_LABEL} --set ${comment} -j DNAT --to-destination `,
     snat: `-A ${c.snat} -s ${f.hairpinFrom} -d ${priv} ${proto} --dport `,
     snatTail: ` ${comment} -j MASQUERADE`,
-    // The whole connection, both directions: conntrack's tuples pin it to this forward (the client's packets to
-    // the guest and the guest's replies), so it passes a FORWARD whose policy drops everything else.
-    fwd: `-A ${c.fwd} -p ${f.protocol} -m conntrack --ctstate DNAT --ctorigdst ${pub} --ctorigdstport `,
-    fwdReply: ` --ctreplsrc ${priv} --ctreplsrcport `,
-    fwdTail: ` ${comment} -j ACCEPT`,
     translated: ` -m conntrack --ctstate DNAT --ctorigdst ${pub} --ctorigdstport `,
   };
 }

@@ -5,6 +5,7 @@ import type { Live } from "./iptables_live.ts";
 import {
   carriedDomain,
   COMMENT_TAG,
+  CT_LABEL,
   domainHash,
   LIBVIRT_CHAIN,
   LIBVIRT_TABLE,
@@ -82,7 +83,9 @@ export function nftDomainObjects(
         `add set ${t} ${set} { type ${addrType} . inet_proto . inet_service; ` +
           `elements = { ${unique(mapped.map(priv)).join(", ")} }; }`,
       );
-      dnat.push(`dnat ${ip} to ${ip} daddr . meta l4proto . th dport map @${map} ${comment}`);
+      // Labelled only where the map has the pair (see CT_LABEL): a lookup that misses must leave it unset.
+      const pair = `${ip} daddr . meta l4proto . th dport`;
+      dnat.push(`${pair} @${map} ct label set ${CT_LABEL} dnat ${ip} to ${pair} map @${map} ${comment}`);
       for (const from of unique(mapped.map((f) => f.hairpinFrom))) {
         snat.push(
           `${ip} saddr ${from} ct status dnat ${ip} daddr . meta l4proto . th dport @${set} masquerade ${comment}`,
@@ -112,7 +115,7 @@ export function nftDomainObjects(
       dnat.push(
         `${source}${ip} daddr ${f.publicIp} ${f.protocol} dport ${
           ports(f.publicPort)
-        } dnat ${ip} to ${target} ${comment}`,
+        } ct label set ${CT_LABEL} dnat ${ip} to ${target} ${comment}`,
       );
       snat.push(
         `${ip} saddr ${f.hairpinFrom} ct status dnat ${ip} daddr ${f.privateIp} ${f.protocol} dport ${

@@ -49,8 +49,8 @@ Deno.test("nftDomainObjects() renders the example config: maps for pairs, rules 
       add set inet libvirt_hook_qemu ${p}-br4 { type ifname; elements = { "virbr0" }; }
       add chain inet libvirt_hook_qemu ${p}-dnat
       add chain inet libvirt_hook_qemu ${p}-snat
-      add rule inet libvirt_hook_qemu ${p}-dnat dnat ip to ip daddr . meta l4proto . th dport map @${p}-dnat4 ${c}
-      add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.7 udp dport 30000-30099 dnat ip to 192.168.122.10 ${c}
+      add rule inet libvirt_hook_qemu ${p}-dnat ip daddr . meta l4proto . th dport @${p}-dnat4 ct label set 127 dnat ip to ip daddr . meta l4proto . th dport map @${p}-dnat4 ${c}
+      add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.7 udp dport 30000-30099 ct label set 127 dnat ip to 192.168.122.10 ${c}
       add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr . meta l4proto . th dport @${p}-to4 masquerade ${c}
       add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr 192.168.122.10 udp dport 30000-30099 masquerade ${c}
       insert rule inet libvirt_hook_qemu prerouting jump ${p}-dnat ${c}
@@ -71,7 +71,7 @@ Deno.test("nftDomainObjects() restricts sources rule by rule, IPv6 with brackets
     `add rule inet libvirt_hook_qemu d${
       domainHash("v6")
     }-dnat ip6 saddr 2001:db8:99::/48 ip6 daddr 2001:db8:1::7 ` +
-      `tcp dport 2222 dnat ip6 to [fd00:122::10]:22 comment "libvirt-hook-qemu:1:v6"`,
+      `tcp dport 2222 ct label set 127 dnat ip6 to [fd00:122::10]:22 comment "libvirt-hook-qemu:1:v6"`,
   ));
 });
 
@@ -215,7 +215,7 @@ Deno.test("nftDomainObjects() maps a range to other ports of the guest port by p
   const c = 'comment "libvirt-hook-qemu:1:shift"';
   const rules = nftDomainObjects("shift", f).filter((l) => l.startsWith("add rule"));
   assert.deepEqual(rules, [
-    `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.7 tcp dport 30000-30002 dnat ip to tcp dport map ` +
+    `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.7 tcp dport 30000-30002 ct label set 127 dnat ip to tcp dport map ` +
     `{ 30000 : 192.168.122.10 . 40000, 30001 : 192.168.122.10 . 40001, 30002 : 192.168.122.10 . 40002 } ${c}`,
     `add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr 192.168.122.10 ` +
     `tcp dport 40000-40002 masquerade ${c}`,
@@ -272,9 +272,9 @@ Deno.test("nftDomainObjects() sends every port of an all_ports address to the gu
     nftDomainObjects("vm", f).filter((l) => l.startsWith(`add rule inet libvirt_hook_qemu ${p}-dnat`)),
     [
       `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 tcp dport { 25, 587 } return ${c}`,
-      `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 tcp dport 1-65535 dnat ip to 192.168.122.10 ${c}`,
+      `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 tcp dport 1-65535 ct label set 127 dnat ip to 192.168.122.10 ${c}`,
       `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 udp dport { 1000-1009 } return ${c}`,
-      `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 udp dport 1-65535 dnat ip to 192.168.122.10 ${c}`,
+      `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 udp dport 1-65535 ct label set 127 dnat ip to 192.168.122.10 ${c}`,
     ],
   );
 });
