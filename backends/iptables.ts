@@ -28,11 +28,14 @@ export interface RuleLines {
   count: number;
 }
 
-/** Renders a domain's rules of one family (see RuleLines). */
+/**
+ * Renders a domain's rules of one family (see RuleLines); `translate: false`: our nftables table translates the
+ * forwards, iptables gets their accept and the outbound NATs only (where libvirt's masquerade is in iptables).
+ */
 export function ruleLines(
   domain: string,
   forwards: Forward[],
-  { snats = [] }: { snats?: Snat[] } = {},
+  { snats = [], translate = true }: { snats?: Snat[]; translate?: boolean } = {},
 ): RuleLines {
   if (forwards.length === 0 && snats.length === 0) {
     return { chains: [], jumps: [], text: { nat: "", filter: "" }, count: 0 };
@@ -48,7 +51,7 @@ export function ruleLines(
   // joined once per chain (far fewer objects for the garbage collector than a string per line).
   const dnat: string[] = [], snat: string[] = [];
   const parts = new Map<string, ReturnType<typeof commonParts>>();
-  for (const f of forwards) {
+  for (const f of translate ? forwards : []) {
     const key =
       `${f.family} ${f.protocol} ${f.publicIp} ${f.privateIp} ${f.source} ${f.interface} ${f.hairpinFrom}`;
     let p = parts.get(key);
@@ -91,22 +94,32 @@ export function ruleLines(
   snat[snat.length - 1] = "";
   // One accept for every forward: the connections our DNAT translated carry our label (whichever backend
   // translated them), so no packet forwarded on the host walks a rule per forward (issue 25).
-  const fwd = forwards.length === 0 ? "" : `-A ${c.fwd} -m connlabel --label ${CT_LABEL} ${comment} -j ACCEPT`;
+  const fwd = forwards.length === 0
+    ? ""
+    : `-A ${c.fwd} -m connlabel --label ${CT_LABEL} ${comment} -j ACCEPT`;
+  const outbound = snats.length > 0 ? [{ table: "nat" as const, chain: c.snat, spec: "" }] : [];
   return {
-    chains: [
-      { table: "nat", chain: c.dnat, spec: "" },
-      { table: "nat", chain: c.snat, spec: "" },
-      { table: "filter", chain: c.fwd, spec: "" },
-    ],
+    chains: translate
+      ? [
+        { table: "nat", chain: c.dnat, spec: "" },
+        { table: "nat", chain: c.snat, spec: "" },
+        { table: "filter", chain: c.fwd, spec: "" },
+      ]
+      : [...outbound, ...(forwards.length > 0 ? [{ table: "filter" as const, chain: c.fwd, spec: "" }] : [])],
     // Inserted at the top: FORWARD must accept before libvirt's REJECT, and NAT must win over other tools'.
-    jumps: [
-      jump("nat", "PREROUTING", c.dnat),
-      jump("nat", "OUTPUT", c.dnat),
-      jump("nat", "POSTROUTING", c.snat),
-      jump("filter", "FORWARD", c.fwd),
-    ],
+    jumps: translate
+      ? [
+        jump("nat", "PREROUTING", c.dnat),
+        jump("nat", "OUTPUT", c.dnat),
+        jump("nat", "POSTROUTING", c.snat),
+        jump("filter", "FORWARD", c.fwd),
+      ]
+      : [
+        ...outbound.map(() => jump("nat", "POSTROUTING", c.snat)),
+        ...(forwards.length > 0 ? [jump("filter", "FORWARD", c.fwd)] : []),
+      ],
     text: { nat: dnat.join("") + snat.join(""), filter: fwd },
-    count: 2 * forwards.length + (forwards.length === 0 ? 0 : 1) +
+    count: (translate ? 2 * forwards.length : 0) + (forwards.length === 0 ? 0 : 1) +
       snats.reduce((n, s) => n + (s.family === 4 ? 3 : 2), 0),
   };
 }
