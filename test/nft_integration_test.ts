@@ -1,7 +1,7 @@
 /** Hosts where libvirt uses nftables: the native backend and the iptables backend, with real packets. */
 
 import assert from "node:assert/strict";
-import { brNetfilterAvailable, canRunLab, createLab, type Lab, LAB_ADDR as A } from "./lab.ts";
+import { baseRulesText, brNetfilterAvailable, canRunLab, createLab, type Lab, LAB_ADDR as A } from "./lab.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const can = await canRunLab();
@@ -246,6 +246,72 @@ Deno.test({
         assert.equal(withoutEmptySaveTables(await lab.ruleset(4)), before.v4);
         assert.equal(withoutEmptySaveTables(await lab.ruleset(6)), before.v6);
       });
+    } finally {
+      await lab.close();
+      await Deno.remove(file).catch(() => {});
+    }
+  },
+});
+
+const legacy = can.ok &&
+  (await new Deno.Command("iptables-legacy", { args: ["--version"] }).output().catch(() => undefined))
+    ?.success;
+if (can.ok && !legacy) console.log("Skipping the iptables-legacy variant: iptables-legacy is not installed");
+
+Deno.test({
+  name: "libvirt on iptables-legacy, either backend: our labelled accept in legacy FORWARD passes what our " +
+    "iptables or nftables NAT translated; both go without residue",
+  ignore: !can.ok || !nft || !legacy,
+  ...opts,
+  async fn(t) {
+    const lab = await createLab({ baseRules: false });
+    const file = await Deno.makeTempFile({ suffix: ".jsonc" });
+    const { ns } = lab;
+    const run = (argv: string[], stdin?: string) =>
+      lab.exec(ns.host, argv, { timeoutMs: 60_000, ...(stdin === undefined ? {} : { stdin }) });
+    const save = async () => (await run(["iptables-legacy-save"])).stdout.replace(/^#.*\n|\[\d+:\d+\]/gm, "");
+    try {
+      for (const family of [4, 6] as const) {
+        const restore = family === 4 ? "iptables-legacy-restore" : "ip6tables-legacy-restore";
+        assert.equal((await run([restore], baseRulesText(family, { checksum: false }))).code, 0);
+      }
+      await lab.serve(ns.g1, "tcp", 22, "g1");
+      assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2222, { timeoutMs: 800 }), null);
+      for (const backend of ["iptables", "nftables"]) {
+        await t.step(`backend ${backend}`, async () => {
+          await Deno.writeTextFile(
+            file,
+            `{"/settings": {"backend": "${backend}"}, "g1": {"private_ip": "${A.g1v4}", ` +
+              `"port_map": {"tcp": [[2222, 22]]}}}`,
+          );
+          const before = { v4: await save(), nft: (await run(["nft", "list", "ruleset"])).stdout };
+          const env = { ...ENV, CONFIG_FILENAME: file, IPTABLES_BINARY: "iptables-legacy" };
+          const hookCall = (op: string) =>
+            lab.exec(ns.host, [
+              Deno.execPath(),
+              "run",
+              "-A",
+              MAIN,
+              "g1",
+              op,
+              op === "start" ? "begin" : "end",
+              "-",
+            ], {
+              stdin: "<domain><name>g1</name></domain>",
+              clearEnv: true,
+              env,
+              timeoutMs: 60_000,
+            });
+          const started = await hookCall("start");
+          assert.deepEqual([started.code, started.stderr], [0, ""]);
+          assert.match(await save(), /\n-A LVH-\w+-FWD -m connlabel --label "127" -m comment /);
+          assert.equal(await lab.connect(ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
+          assert.equal(await lab.connect(ns.g2, "tcp", A.hostPub4, 2222), `g1 ${A.bridge4}`);
+          assert.equal((await hookCall("stopped")).code, 0);
+          assert.equal(await save(), before.v4);
+          assert.equal((await run(["nft", "list", "ruleset"])).stdout, before.nft);
+        });
+      }
     } finally {
       await lab.close();
       await Deno.remove(file).catch(() => {});
