@@ -4,19 +4,18 @@
 import {
   blockedNote,
   blockers,
-  carriedDomain,
   chainNames,
   type FirewallState,
   type ForeignGate,
   type Forward,
   gateName,
   LIBVIRT_TABLE,
-  liveAccepts,
   openingLine,
   ruleComment,
 } from "../backends/backend.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { guestInterfaces } from "../hook/domain_xml.ts";
+import { libvirtAccepts } from "../rules.ts";
 import { packetOf } from "../hook/warnings.ts";
 import { inNetworks } from "../config/policy.ts";
 import { parseAddress } from "../system/address.ts";
@@ -166,7 +165,7 @@ function gatesOnTheWay({ domain, f, c, bridge }: ForwardPath): Finding[] {
   const packet = packetOf(f, c.facts.connected);
   const libvirt = c.state.nft?.libvirt[f.family];
   if (libvirt) {
-    const accepts = c.state.nft ? liveAccepts(c.state.nft).get(carriedDomain(domain)) : undefined;
+    const accepts = libvirtAccepts(c.state, domain);
     out.push(
       bridge !== undefined && accepts?.[f.family].includes(bridge)
         ? ok(`libvirt's ${f.family === 4 ? "ip" : "ip6"} ${LIBVIRT_TABLE} guest_input holds our accept`)
