@@ -13,10 +13,10 @@ const opts = { sanitizeOps: false, sanitizeResources: false };
 /**
  * What the stop of web1's two forwards says it removed. nftables: its rules in our table (in its chains, and the
  * jumps into them) and its accept in libvirt's guest_input, 5 in all. iptables-nft: removed by chain name in one
- * nft transaction; the same read that finds the chains counts what is in them (2 DNAT, 2 hairpin SNAT, 2 accepts)
- * beside the 4 jumps into them, 10 in all.
+ * nft transaction; the same read that finds the chains counts what is in them (2 DNAT, 2 hairpin SNAT, the one
+ * accept) beside the 4 jumps into them, 9 in all.
  */
-const REMOVED = { iptables: "10 old rule(s) removed", nftables: "5 old rule(s) removed" };
+const REMOVED = { iptables: "9 old rule(s) removed", nftables: "5 old rule(s) removed" };
 
 /** The program in namespace `ns`, its stdout sent to `stdout` (a file such as /dev/full) or piped. */
 async function inNs(ns: string, args: string[], env: Record<string, string>, stdout?: string) {
