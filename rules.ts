@@ -282,7 +282,7 @@ async function removeAtOnce(domain: string, state: FirewallState, deps: ApplyDep
   return removal.changes;
 }
 
-/** The filter part of a domain's rules (its accepts, `count` of them): what iptables' FORWARD gets of them. */
+/** The filter part of a domain's rules (its accept, `count`: 1 or none): what iptables' FORWARD gets of them. */
 function filterOnly(rules: RuleLines, count: number): Built[Family] {
   const filter: RuleLines = {
     chains: rules.chains.filter((c) => c.table === "filter"),
@@ -383,16 +383,22 @@ export function desiredState(
   // nftables (or our rules do), else into our iptables SNAT chain, whose jump comes first in POSTROUTING.
   const libvirtNft = state.nft !== undefined &&
     (state.nft.libvirt[4] !== undefined || state.nft.libvirt[6] !== undefined);
-  const snatNft = snats.length > 0 && state.nft !== undefined && (backend === "nftables" || libvirtNft);
+  // Where libvirt's masquerade is in iptables, ours must come first in iptables' POSTROUTING on either backend: an
+  // nftables chain at the same hook and priority would run after it (issue 25: our table translating there).
+  const libvirtIpt = FAMILIES.some((family) => state.ipt[family]?.libvirt === true);
+  const snatNft = snats.length > 0 && state.nft !== undefined &&
+    (libvirtNft || (backend === "nftables" && !libvirtIpt));
   const iptables = {} as Desired["iptables"];
   for (const family of FAMILIES) {
     // On the nftables backend, iptables' own FORWARD still gets our accept where it exists: it is a gate every
     // forwarded connection passes (Docker, ufw, an administrator's iptables rules), whatever libvirt uses.
     const place = backend === "iptables" ? "all" : state.ipt[family]?.forward ? "filter" : "none";
     const mine = place === "none" ? [] : forwards.filter((f) => f.family === family);
-    const out = place === "all" && !snatNft ? snats.filter((s) => s.family === family) : [];
+    const out = place !== "none" && !snatNft ? snats.filter((s) => s.family === family) : [];
     const added = place === "filter"
-      ? filterOnly(built[family].rules, mine.length)
+      ? out.length > 0
+        ? withRules(ruleLines(domain, mine, { snats: out, translate: false }))
+        : filterOnly(built[family].rules, mine.length === 0 ? 0 : 1)
       : place === "none"
       ? { rules: ruleLines(domain, []), additions: undefined }
       : out.length > 0

@@ -80,10 +80,12 @@ export function chooseBackend(setting: ApplyDeps["backend"], state: FirewallStat
       (state.libvirtSetting === "nftables" && !libvirtUsesIptables(state)));
   if (setting === "nftables" || (setting !== "iptables" && libvirtNft)) {
     if (!state.nft) throw new ApplyError("the nftables backend needs nft, which is not installed");
-    if (libvirtUsesIptables(state)) {
+    // Where libvirt uses iptables, our nftables table translates and our one accept goes into iptables' FORWARD,
+    // ahead of LIBVIRT_FWI's REJECT (issue 25): without that FORWARD, nothing of ours could get past it.
+    if (libvirtUsesIptables(state) && FAMILIES.some((f) => state.ipt[f]?.libvirt && !state.ipt[f]?.forward)) {
       throw new ApplyError(
-        "libvirt uses its iptables backend here: an accept in our nftables table cannot get past LIBVIRT_FWI's " +
-          'REJECT; set "backend" to "iptables" or "auto"',
+        "libvirt uses its iptables backend here, but iptables' FORWARD chain was not found: an accept in our " +
+          `nftables table cannot get past LIBVIRT_FWI's REJECT; set "backend" to "iptables" or "auto"`,
       );
     }
     return "nftables";

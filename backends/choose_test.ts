@@ -46,12 +46,26 @@ Deno.test("chooseBackend() follows what libvirt uses, and refuses what cannot wo
   for (const [name, state, setting, want] of cases) {
     await t.step(name, () => assert.equal(chooseBackend(setting, state), want));
   }
-  await t.step("nftables asked for where libvirt uses iptables: refused, saying why", () => {
-    assert.throws(
-      () => chooseBackend("nftables", { ipt: { 4: ipt(true), 6: ipt(true) }, nft: emptyNftLive() }),
-      /libvirt uses its iptables backend here: an accept in our nftables table cannot get past LIBVIRT_FWI's REJECT/,
-    );
-  });
+  await t.step(
+    "nftables asked for where libvirt uses iptables: our table translates, the accept in FORWARD",
+    () => {
+      const forward = { policy: "ACCEPT" };
+      const state = {
+        ipt: { 4: { ...ipt(true), forward }, 6: { ...ipt(true), forward } },
+        nft: emptyNftLive(),
+      };
+      assert.equal(chooseBackend("nftables", state), "nftables");
+    },
+  );
+  await t.step(
+    "nftables asked for where libvirt uses iptables without a FORWARD chain: refused, saying why",
+    () => {
+      assert.throws(
+        () => chooseBackend("nftables", { ipt: { 4: ipt(true), 6: ipt(true) }, nft: emptyNftLive() }),
+        /libvirt uses its iptables backend here, but iptables' FORWARD chain was not found/,
+      );
+    },
+  );
   await t.step("nftables asked for without nft: refused", () => {
     assert.throws(
       () => chooseBackend("nftables", { ipt: { 4: ipt(false), 6: ipt(false) }, nft: undefined }),

@@ -2,7 +2,7 @@
 
 import { ANY_PUBLIC, type Forward, type Snat } from "./forward.ts";
 import { chainLine, chainOwner, type Live, Table, TABLES } from "./iptables_live.ts";
-import { chainNames, ruleComment } from "./names.ts";
+import { chainNames, CT_LABEL, ruleComment } from "./names.ts";
 import { iptablesSourceMatches } from "./sources.ts";
 import type { Family } from "../system/address.ts";
 import { unique } from "../system/collections.ts";
@@ -29,11 +29,14 @@ export interface RuleLines {
   count: number;
 }
 
-/** Renders a domain's rules of one family (see RuleLines). */
+/**
+ * Renders a domain's rules of one family (see RuleLines); `translate: false`: our nftables table translates the
+ * forwards, iptables gets their accept and the outbound NATs only (where libvirt's masquerade is in iptables).
+ */
 export function ruleLines(
   domain: string,
   forwards: Forward[],
-  { snats = [] }: { snats?: Snat[] } = {},
+  { snats = [], translate = true }: { snats?: Snat[]; translate?: boolean } = {},
 ): RuleLines {
   if (forwards.length === 0 && snats.length === 0) {
     return { chains: [], jumps: [], text: { nat: "", filter: "" }, count: 0 };
@@ -47,10 +50,10 @@ export function ruleLines(
   });
   // What is the same for every forward between one pair of addresses is made once; each line is pieces of text
   // joined once per chain (far fewer objects for the garbage collector than a string per line).
-  const dnat: string[] = [], snat: string[] = [], fwd: string[] = [];
+  const dnat: string[] = [], snat: string[] = [];
   const parts = new Map<string, ReturnType<typeof commonParts>>();
   let added = 0;
-  for (const f of forwards) {
+  for (const f of translate ? forwards : []) {
     const key = `${f.family} ${f.protocol} ${f.publicIp} ${f.privateIp} ${f.sources} ${f.sourceSet} ` +
       `${f.interface} ${f.hairpinFrom} ${f.dev} ${f.description}`;
     let p = parts.get(key);
@@ -82,7 +85,6 @@ export function ruleLines(
       added += 1 + (f.except?.length ?? 0);
     }
     snat.push(p.snat, privatePorts, p.translated, publicPorts, p.snatTail, "\n");
-    fwd.push(p.fwd, publicPorts, p.fwdReply, privatePorts, p.fwdTail, "\n");
   }
   // Outbound 1:1 NAT, after the hairpin rules: the guest's new connections to anywhere but its own network (and
   // multicast and broadcast, which libvirt leaves alone too) leave from its public address. In POSTROUTING our
@@ -96,22 +98,35 @@ export function ruleLines(
   }
   // Every line ends with a newline; the text has none at its end.
   snat[snat.length - 1] = "";
-  fwd[fwd.length - 1] = "";
+  // One accept for every forward: the connections our DNAT translated carry our label (whichever backend
+  // translated them), so no packet forwarded on the host walks a rule per forward (issue 25).
+  const fwd = forwards.length === 0
+    ? ""
+    : `-A ${c.fwd} -m connlabel --label ${CT_LABEL} ${comment} -j ACCEPT`;
+  const outbound = snats.length > 0 ? [{ table: "nat" as const, chain: c.snat, spec: "" }] : [];
   return {
-    chains: [
-      { table: "nat", chain: c.dnat, spec: "" },
-      { table: "nat", chain: c.snat, spec: "" },
-      { table: "filter", chain: c.fwd, spec: "" },
-    ],
+    chains: translate
+      ? [
+        { table: "nat", chain: c.dnat, spec: "" },
+        { table: "nat", chain: c.snat, spec: "" },
+        { table: "filter", chain: c.fwd, spec: "" },
+      ]
+      : [...outbound, ...(forwards.length > 0 ? [{ table: "filter" as const, chain: c.fwd, spec: "" }] : [])],
     // Inserted at the top: FORWARD must accept before libvirt's REJECT, and NAT must win over other tools'.
-    jumps: [
-      jump("nat", "PREROUTING", c.dnat),
-      jump("nat", "OUTPUT", c.dnat),
-      jump("nat", "POSTROUTING", c.snat),
-      jump("filter", "FORWARD", c.fwd),
-    ],
-    text: { nat: dnat.join("") + snat.join(""), filter: fwd.join("") },
-    count: added + 2 * forwards.length + snats.reduce((n, s) => n + (s.family === 4 ? 3 : 2), 0),
+    jumps: translate
+      ? [
+        jump("nat", "PREROUTING", c.dnat),
+        jump("nat", "OUTPUT", c.dnat),
+        jump("nat", "POSTROUTING", c.snat),
+        jump("filter", "FORWARD", c.fwd),
+      ]
+      : [
+        ...outbound.map(() => jump("nat", "POSTROUTING", c.snat)),
+        ...(forwards.length > 0 ? [jump("filter", "FORWARD", c.fwd)] : []),
+      ],
+    text: { nat: dnat.join("") + snat.join(""), filter: fwd },
+    count: added + (translate ? forwards.length : 0) + (forwards.length === 0 ? 0 : 1) +
+      snats.reduce((n, s) => n + (s.family === 4 ? 3 : 2), 0),
   };
 }
 
@@ -149,14 +164,10 @@ function commonParts(f: Forward, c: ReturnType<typeof chainNames>, comment: stri
     dnat: iptablesSourceMatches(f).map((match) =>
       `-A ${c.dnat}${dst}${match}${local}${dev} ${proto} --dport `
     ),
-    dnatTo: ` ${comment}${named} -j DNAT --to-destination `,
+    // The label our one accept in FORWARD knows the connection by (see CT_LABEL).
+    dnatTo: ` -m connlabel --label ${CT_LABEL} --set ${comment}${named} -j DNAT --to-destination `,
     snat: `-A ${c.snat} -s ${f.hairpinFrom} -d ${priv} ${proto} --dport `,
     snatTail: ` ${comment} -j MASQUERADE`,
-    // The whole connection, both directions: conntrack's tuples pin it to this forward (the client's packets to
-    // the guest and the guest's replies), so it passes a FORWARD whose policy drops everything else.
-    fwd: `-A ${c.fwd} -p ${f.protocol} -m conntrack --ctstate DNAT${origDst} --ctorigdstport `,
-    fwdReply: ` --ctreplsrc ${priv} --ctreplsrcport `,
-    fwdTail: ` ${comment} -j ACCEPT`,
     translated: ` -m conntrack --ctstate DNAT${origDst} --ctorigdstport `,
   };
 }

@@ -107,6 +107,14 @@ export function commentDomain(comment: string): string | undefined {
 /** Our table: one `inet` table holds both families, so one `nft -f` changes both atomically. */
 export const NFT_TABLE = "libvirt_hook_qemu";
 
+/**
+ * The conntrack label bit our DNAT sets on every connection it translates, in both backends: iptables' FORWARD
+ * then accepts them all with one rule per domain, whatever the number of forwards (issue 25). A label, not a ct
+ * mark: other software saves whole packet marks into the ct mark (CONNMARK --save-mark); nobody we know sets
+ * label bits at the netfilter hooks (the highest of the kernel's 128).
+ */
+export const CT_LABEL = 127;
+
 /** libvirt's nftables table (libvirt >= 10.4 with its nftables backend), one per family. */
 export const LIBVIRT_TABLE = "libvirt_network";
 

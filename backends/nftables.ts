@@ -5,6 +5,7 @@ import type { Live } from "./iptables_live.ts";
 import {
   carriedDomain,
   COMMENT_TAG,
+  CT_LABEL,
   domainHash,
   LIBVIRT_CHAIN,
   LIBVIRT_TABLE,
@@ -88,46 +89,16 @@ export function nftDomainObjects(
         `add set ${t} ${set} { type ${addrType} . inet_proto . inet_service; ` +
           `elements = { ${unique(mapped.map(priv)).join(", ")} }; }`,
       );
-      dnat.push(`dnat ${ip} to ${ip} daddr . meta l4proto . th dport map @${map} ${comment}`);
+      // Labelled only where the map has the pair (see CT_LABEL): a lookup that misses must leave it unset.
+      const pair = `${ip} daddr . meta l4proto . th dport`;
+      dnat.push(`${pair} @${map} ct label set ${CT_LABEL} dnat ${ip} to ${pair} map @${map} ${comment}`);
       for (const from of unique(mapped.map((f) => f.hairpinFrom))) {
         snat.push(
           `${ip} saddr ${from} ct status dnat ${ip} daddr . meta l4proto . th dport @${set} masquerade ${comment}`,
         );
       }
     }
-    for (const f of ruled) {
-      const ports = (first: number) => (f.count === 1 ? `${first}` : `${first}-${first + f.count - 1}`);
-      // "*": every local address but loopback's, which would need route_localnet (a sysctl we never write).
-      const to = f.publicIp === ANY_PUBLIC
-        ? `fib daddr type local ${ip} daddr != ${family === 4 ? "127.0.0.0/8" : "::1"} `
-        : `${ip} daddr ${f.publicIp} `;
-      const match = `${nftSourceMatch(f)}${to}${f.dev === undefined ? "" : `iifname "${f.dev}" `}`;
-      // Our chain names the domain; the forward's own rule can carry its description instead of our tag.
-      const named = f.description === undefined ? comment : `comment "${f.description}"`;
-      // A range shifted to other ports: nft has no offset, so each port maps to its own (one lookup per packet).
-      const shifted = () =>
-        `${f.protocol} dport map { ${
-          Array.from({ length: f.count }, (_, i) =>
-            `${f.publicPort + i} : ${f.privateIp} . ${f.privatePort + i}`)
-            .join(", ")
-        } }`;
-      const target = f.count > 1
-        ? (f.privatePort === f.publicPort ? f.privateIp : shifted())
-        : family === 4
-        ? `${f.privateIp}:${f.privatePort}`
-        : `[${f.privateIp}]:${f.privatePort}`;
-      // all_ports: the ports other forwards take on the address go back to the base chain, to their own chains.
-      if (f.except?.length) {
-        const taken = f.except.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(", ");
-        dnat.push(`${match}${f.protocol} dport { ${taken} } return ${comment}`);
-      }
-      dnat.push(`${match}${f.protocol} dport ${ports(f.publicPort)} dnat ${ip} to ${target} ${named}`);
-      snat.push(
-        `${ip} saddr ${f.hairpinFrom} ct status dnat ${ip} daddr ${f.privateIp} ${f.protocol} dport ${
-          ports(f.privatePort)
-        } masquerade ${comment}`,
-      );
-    }
+    for (const f of ruled) ruledForward(f, { comment, dnat, snat });
   }
   // The bridges behind the forwards, kept in our table so the accepts in libvirt's chains can be re-asserted
   // from what is live alone (libvirt re-creates its chains without telling us which guests need what).
@@ -147,6 +118,51 @@ export function nftDomainObjects(
   );
   out.push(...nftSnatObjects(domain, snats));
   return out;
+}
+
+/**
+ * The rules of a forward that is not a plain pair of the map (sources, "*", a dev, a description, a range):
+ * its dnat (after its all_ports returns) into `dnat`, its hairpin into `snat`.
+ */
+function ruledForward(
+  f: Forward,
+  { comment, dnat, snat }: { comment: string; dnat: string[]; snat: string[] },
+) {
+  const ip = f.family === 4 ? "ip" : "ip6";
+  const ports = (first: number) => (f.count === 1 ? `${first}` : `${first}-${first + f.count - 1}`);
+  // "*": every local address but loopback's, which would need route_localnet (a sysctl we never write).
+  const to = f.publicIp === ANY_PUBLIC
+    ? `fib daddr type local ${ip} daddr != ${f.family === 4 ? "127.0.0.0/8" : "::1"} `
+    : `${ip} daddr ${f.publicIp} `;
+  const match = `${nftSourceMatch(f)}${to}${f.dev === undefined ? "" : `iifname "${f.dev}" `}`;
+  // Our chain names the domain; the forward's own rule can carry its description instead of our tag.
+  const named = f.description === undefined ? comment : `comment "${f.description}"`;
+  // A range shifted to other ports: nft has no offset, so each port maps to its own (one lookup per packet).
+  const shifted = () =>
+    `${f.protocol} dport map { ${
+      Array.from({ length: f.count }, (_, i) => `${f.publicPort + i} : ${f.privateIp} . ${f.privatePort + i}`)
+        .join(", ")
+    } }`;
+  const target = f.count > 1
+    ? (f.privatePort === f.publicPort ? f.privateIp : shifted())
+    : f.family === 4
+    ? `${f.privateIp}:${f.privatePort}`
+    : `[${f.privateIp}]:${f.privatePort}`;
+  // all_ports: the ports other forwards take on the address go back to the base chain, to their own chains.
+  if (f.except?.length) {
+    const taken = f.except.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(", ");
+    dnat.push(`${match}${f.protocol} dport { ${taken} } return ${comment}`);
+  }
+  dnat.push(
+    `${match}${f.protocol} dport ${
+      ports(f.publicPort)
+    } ct label set ${CT_LABEL} dnat ${ip} to ${target} ${named}`,
+  );
+  snat.push(
+    `${ip} saddr ${f.hairpinFrom} ct status dnat ${ip} daddr ${f.privateIp} ${f.protocol} dport ${
+      ports(f.privatePort)
+    } masquerade ${comment}`,
+  );
 }
 
 /** The base chains of our table; `add` is idempotent, so they are declared in every batch that adds. */

@@ -21,17 +21,17 @@ Deno.test("ruleLines() writes a DNAT rule per source item of the forward's famil
   assert.equal(
     four.text.nat.split("\n").filter((l) => l.includes("-DNAT ")).join("\n"),
     dedent(`
-      -A LVH-${h}-DNAT -d 203.0.113.7/32 -s 192.0.2.9 -p tcp -m tcp --dport 2222 ${c} -j DNAT --to-destination 192.168.122.10:22
-      -A LVH-${h}-DNAT -d 203.0.113.7/32 -s 198.51.100.0/24 -p tcp -m tcp --dport 2222 ${c} -j DNAT --to-destination 192.168.122.10:22
-      -A LVH-${h}-DNAT -d 203.0.113.7/32 -m iprange --src-range 203.0.113.50-203.0.113.60 -p tcp -m tcp --dport 2222 ${c} -j DNAT --to-destination 192.168.122.10:22
+      -A LVH-${h}-DNAT -d 203.0.113.7/32 -s 192.0.2.9 -p tcp -m tcp --dport 2222 -m connlabel --label 127 --set ${c} -j DNAT --to-destination 192.168.122.10:22
+      -A LVH-${h}-DNAT -d 203.0.113.7/32 -s 198.51.100.0/24 -p tcp -m tcp --dport 2222 -m connlabel --label 127 --set ${c} -j DNAT --to-destination 192.168.122.10:22
+      -A LVH-${h}-DNAT -d 203.0.113.7/32 -m iprange --src-range 203.0.113.50-203.0.113.60 -p tcp -m tcp --dport 2222 -m connlabel --label 127 --set ${c} -j DNAT --to-destination 192.168.122.10:22
     `).trimEnd(),
   );
-  // The hairpin masquerade and the accept do not depend on who the client is: one each.
-  assert.equal(four.count, 3 + 2);
+  // The hairpin masquerade does not depend on who the client is (one), nor does the domain's one accept.
+  assert.equal(four.count, 3 + 1 + 1);
   const six = ruleLines("web1", forwards.filter((f) => f.family === 6));
   assert.equal(
     six.text.nat.split("\n").filter((l) => l.includes("-DNAT ")).join("\n"),
-    `-A LVH-${h}-DNAT -d 2001:db8:1::7/128 -s 2001:db8:99::/48 -p tcp -m tcp --dport 2222 ${c} -j DNAT --to-destination [fd00:122::10]:22`,
+    `-A LVH-${h}-DNAT -d 2001:db8:1::7/128 -s 2001:db8:99::/48 -p tcp -m tcp --dport 2222 -m connlabel --label 127 --set ${c} -j DNAT --to-destination [fd00:122::10]:22`,
   );
 });
 
@@ -43,8 +43,8 @@ Deno.test("nftDomainObjects() matches several sources with one anonymous set per
     l.startsWith(`add rule inet libvirt_hook_qemu ${p}-dnat`)
   );
   assert.deepEqual(dnat, [
-    `add rule inet libvirt_hook_qemu ${p}-dnat ip saddr { 192.0.2.9, 198.51.100.0/24, 203.0.113.50-203.0.113.60 } ip daddr 203.0.113.7 tcp dport 2222 dnat ip to 192.168.122.10:22 ${c}`,
-    `add rule inet libvirt_hook_qemu ${p}-dnat ip6 saddr 2001:db8:99::/48 ip6 daddr 2001:db8:1::7 tcp dport 2222 dnat ip6 to [fd00:122::10]:22 ${c}`,
+    `add rule inet libvirt_hook_qemu ${p}-dnat ip saddr { 192.0.2.9, 198.51.100.0/24, 203.0.113.50-203.0.113.60 } ip daddr 203.0.113.7 tcp dport 2222 ct label set 127 dnat ip to 192.168.122.10:22 ${c}`,
+    `add rule inet libvirt_hook_qemu ${p}-dnat ip6 saddr 2001:db8:99::/48 ip6 daddr 2001:db8:1::7 tcp dport 2222 ct label set 127 dnat ip6 to [fd00:122::10]:22 ${c}`,
   ]);
 });
 
@@ -114,7 +114,7 @@ Deno.test("nftDomainObjects() matches a source set by its family's set in our ta
       l.startsWith(`add rule inet libvirt_hook_qemu ${p}-dnat`)
     ),
     [
-      `add rule inet libvirt_hook_qemu ${p}-dnat ip saddr @src-office-v4 ip daddr 203.0.113.7 tcp dport 2222 dnat ip to 192.168.122.10:22 comment "libvirt-hook-qemu:1:web1"`,
+      `add rule inet libvirt_hook_qemu ${p}-dnat ip saddr @src-office-v4 ip daddr 203.0.113.7 tcp dport 2222 ct label set 127 dnat ip to 192.168.122.10:22 comment "libvirt-hook-qemu:1:web1"`,
     ],
   );
 });

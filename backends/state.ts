@@ -7,10 +7,10 @@ import { JUMP_CHAINS, type Tools } from "./iptables.ts";
 import {
   listingsToSave,
   type Live,
+  liveForwards,
   ownChainsAndJumps,
   parseInteractive,
   parseSave,
-  tokenize,
 } from "./iptables_live.ts";
 import { chainNames, LIBVIRT_CHAIN, LIBVIRT_TABLE, NFT_TABLE } from "./names.ts";
 import { bridgesOf } from "./nftables.ts";
@@ -346,18 +346,12 @@ export function liveBridges(
   for (const family of FAMILIES) {
     const live = state.ipt[family];
     if (!live) continue;
-    const names = new Map<string, string>();
-    for (const r of live.rules) if (r.domain !== undefined) names.set(r.owner, r.domain);
-    for (const r of live.rules) {
-      const domain = names.get(r.owner);
-      if (r.table !== "filter" || !r.chain.endsWith("-FWD") || domain === undefined) continue;
-      const t = tokenize(r.spec);
-      const at = (flag: string) => (t.includes(flag) ? t[t.indexOf(flag) + 1] : undefined);
-      // The guest's address; its bridge is the device of its connected network (an accept holds no interface).
-      const privateIp = at("--ctreplsrc")?.replace(/\/\d+$/, "");
-      if (!privateIp) continue;
-      for (const b of bridgesOf([{ family, privateIp } as Forward], connected)[family]) {
-        add(domain, family, b);
+    // The guests' addresses, from the DNAT rules (the one accept holds none); a guest's bridge is the device of
+    // its connected network.
+    for (const f of liveForwards(live, family)) {
+      if (f.outbound || f.privateIp === "") continue;
+      for (const b of bridgesOf([{ family, privateIp: f.privateIp } as Forward], connected)[family]) {
+        add(f.domain, family, b);
       }
     }
   }

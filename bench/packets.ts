@@ -1,9 +1,10 @@
 /**
- * `deno task bench:packets` (root): the per-packet cost of our rules, as the rate of new TCP connections through
- * one forward when the domain has N = 10 and N = 10 000 forwards, on each backend. In throw-away namespaces wired
- * like a libvirt host (test/lab.ts), nothing of this machine's firewall is touched. The forward measured is the
- * domain's last: on iptables every new connection walks the DNAT chain, and every packet the FORWARD accepts,
- * up to it; on nftables the plain pairs are one map lookup whatever N.
+ * `deno task bench:packets` (root): what our rules cost each packet (issue 25), in throw-away namespaces wired like
+ * a libvirt host (test/lab.ts; nothing of this machine's firewall is touched). Per host (libvirt on iptables or on
+ * nftables) and backend, and per shape (one domain of N forwards; D domains of 20): the rate of new TCP
+ * connections through the last forward of the last domain, and the bulk throughput of an unrelated guest's flow
+ * (g2, which has no forward, to the client: it passes FORWARD like every guest's traffic), each against the
+ * smallest shape of the same host and backend.
  */
 
 import { parseArgs } from "node:util";
@@ -12,18 +13,54 @@ import { summarize } from "./stats.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const CLIENT = new URL("./connect_rate.ts", import.meta.url).pathname;
-const USAGE = `Usage: deno run -A bench/packets.ts [--sizes 10,10000] [--runs 3] [--seconds 2] [--workers 8]`;
+const BULK = new URL("./bulk.ts", import.meta.url).pathname;
+const USAGE =
+  "Usage: deno run -A bench/packets.ts [--sizes 10,10000] [--domains 500] [--runs 3] [--seconds 2] " +
+  "[--workers 8] [--setups iptables/iptables,iptables/nftables,nftables/nftables]";
 
-/** The config of one domain with `n` forwards to port 22 of g1, the one measured (public 2222) last. */
-export function packetConfig(n: number, backend: "iptables" | "nftables"): string {
-  const pairs = Array.from({ length: n - 1 }, (_, i) => `[${20000 + i}, 22]`);
-  return `{"/settings": {"backend": "${backend}"}, "g1": {"private_ip": "${A.g1v4}", ` +
-    `"port_map": {"tcp": [${[...pairs, "[2222, 22]"].join(", ")}]}}}`;
+/** The targets of issue 25, as fractions of the smallest shape's rate. */
+export const TARGETS = { connections: 0.9, bulk: 0.95 };
+
+/** A host (what libvirt uses) and the backend our rules are written with. */
+export interface Setup {
+  libvirt: "iptables" | "nftables";
+  backend: "iptables" | "nftables";
 }
 
-async function inHost(lab: Lab, file: string, args: string[]) {
+/** `domains` domains of `per` forwards each; the last forward of the last domain (g1, public 2222) is measured. */
+export interface Shape {
+  domains: number;
+  per: number;
+}
+
+/** The name of the domain `i` of a shape: the last, measured, is g1. */
+export function domainName(shape: Shape, i: number): string {
+  return i === shape.domains - 1 ? "g1" : `d${i}`;
+}
+
+/**
+ * The config of a shape: every forward to port 22 of g1's address (none to g2, the unrelated guest), public ports
+ * from 20000 up, the measured one (2222) last.
+ */
+export function packetConfig(shape: Shape, backend: Setup["backend"]): string {
+  const entries: string[] = [];
+  for (let d = 0; d < shape.domains; d++) {
+    const last = d === shape.domains - 1;
+    const pairs = Array.from(
+      { length: last ? shape.per - 1 : shape.per },
+      (_, i) => `[${20000 + d * shape.per + i}, 22]`,
+    );
+    if (last) pairs.push("[2222, 22]");
+    entries.push(
+      `"${domainName(shape, d)}": {"private_ip": "${A.g1v4}", "port_map": {"tcp": [${pairs.join(", ")}]}}`,
+    );
+  }
+  return `{"/settings": {"backend": "${backend}"}, ${entries.join(", ")}}`;
+}
+
+async function hook(lab: Lab, file: string, args: string[]) {
   const r = await lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, ...args], {
-    stdin: "<domain><name>g1</name></domain>",
+    stdin: `<domain><name>${args[0]}</name></domain>`,
     clearEnv: true,
     env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", CONFIG_FILENAME: file },
     timeoutMs: 120_000,
@@ -31,50 +68,178 @@ async function inHost(lab: Lab, file: string, args: string[]) {
   if (r.code !== 0) throw new Error(`${args.join(" ")} failed: ${r.stderr}`);
 }
 
-/** Connections per second through the forward, `runs` times. */
-async function measure(
-  backend: "iptables" | "nftables",
-  n: number,
-  opts: { runs: number; seconds: number; workers: number },
-): Promise<{ rates: number[]; failed: number; rules: number }> {
-  const lab = await createLab({ libvirt: backend });
+/** Starts every domain of a shape, `parallel` hook calls at a time (the lock orders their writes). */
+async function startAll(lab: Lab, file: string, shape: Shape, parallel = 4) {
+  let next = 0;
+  const worker = async () => {
+    while (next < shape.domains) await hook(lab, file, [domainName(shape, next++), "start", "begin", "-"]);
+  };
+  await Promise.all(Array.from({ length: Math.min(parallel, shape.domains) }, worker));
+}
+
+/** Our rules: iptables lines in our chains, and nftables rules with our comment (a map's elements are not rules). */
+async function ourRules(lab: Lab): Promise<number> {
+  // Not `nft list ruleset`: it also prints iptables-nft's tables, with a warning for each labelled rule (slow).
+  const list = async (argv: string[]) =>
+    (await lab.exec(lab.ns.host, argv, { timeoutMs: 120_000 })).stdout.split("\n");
+  const ipt = (await list(["iptables-save"])).filter((l) => l.startsWith("-A LVH-")).length;
+  const nft = (await list(["nft", "list", "table", "inet", "libvirt_hook_qemu"]))
+    .filter((l) => l.includes('comment "libvirt-hook-qemu:')).length;
+  return ipt + nft;
+}
+
+/** What the runs measured: new connections per second through the forward, and the unrelated flow's MB/s. */
+interface Measured {
+  connections: number[];
+  bulk: number[];
+  failed: number;
+  rules: number;
+}
+
+/** A lab with a shape's forwards in place, and the client's sink for the unrelated flow. */
+interface Prepared {
+  lab: Lab;
+  file: string;
+  sink?: Deno.ChildProcess;
+  m: Measured;
+}
+
+/** Builds a lab and starts every domain of the shape in it. */
+async function prepare(setup: Setup, shape: Shape): Promise<Prepared> {
+  const lab = await createLab({ libvirt: setup.libvirt });
   const file = await Deno.makeTempFile({ suffix: ".jsonc" });
+  const p: Prepared = { lab, file, m: { connections: [], bulk: [], failed: 0, rules: 0 } };
   try {
-    await Deno.writeTextFile(file, packetConfig(n, backend));
+    await Deno.writeTextFile(file, packetConfig(shape, setup.backend));
     await lab.serve(lab.ns.g1, "tcp", 22, "g1");
-    await inHost(lab, file, ["g1", "start", "begin", "-"]);
+    await startAll(lab, file, shape);
     if (await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222) !== `g1 ${A.client4}`) {
-      throw new Error(`${backend} N=${n}: the forward does not carry`);
+      throw new Error(
+        `${setup.libvirt}/${setup.backend} ${shape.domains}x${shape.per}: the forward does not carry`,
+      );
     }
-    // Our rules (an nftables map's elements are not rules: its plain pairs are one lookup).
-    const rules = backend === "iptables"
-      ? (await lab.ruleset(4)).split("\n").filter((l) => l.startsWith("-A LVH-")).length
-      : (await lab.nftRuleset()).split("\n").filter((l) => l.includes('comment "libvirt-hook-qemu:')).length;
+    p.m.rules = await ourRules(lab);
     // The client's ports: a wide range, reused as soon as the kernel allows.
     await lab.exec(lab.ns.client, ["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65535"]);
-    const rates: number[] = [];
-    let failed = 0;
-    for (let r = 0; r < opts.runs; r++) {
-      const out = await lab.exec(lab.ns.client, [
-        Deno.execPath(),
-        "run",
-        "--allow-net",
-        CLIENT,
-        A.hostPub4,
-        "2222",
-        String(opts.seconds),
-        String(opts.workers),
-      ], { timeoutMs: (opts.seconds + 30) * 1000 });
-      const result = JSON.parse(out.stdout);
-      rates.push(result.perSecond);
-      failed += result.failed;
-    }
-    await inHost(lab, file, ["g1", "stopped", "end", "-"]);
-    return { rates, failed, rules };
-  } finally {
-    await lab.close();
-    await Deno.remove(file);
+    p.sink = new Deno.Command("ip", {
+      args: ["netns", "exec", lab.ns.client, Deno.execPath(), "run", "--allow-net", BULK, "sink", "5001"],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    return p;
+  } catch (err) {
+    await dispose(p);
+    throw err;
   }
+}
+
+/** One run: a connection rate and a bulk flow, one after the other. */
+async function sample(p: Prepared, opts: { seconds: number; workers: number }): Promise<void> {
+  const { lab } = p;
+  const c = await lab.exec(lab.ns.client, [
+    Deno.execPath(),
+    "run",
+    "--allow-net",
+    CLIENT,
+    A.hostPub4,
+    "2222",
+    String(opts.seconds),
+    String(opts.workers),
+  ], { timeoutMs: (opts.seconds + 30) * 1000 });
+  const result = JSON.parse(c.stdout);
+  p.m.connections.push(result.perSecond);
+  p.m.failed += result.failed;
+  p.m.bulk.push(await bulk(lab, opts.seconds));
+}
+
+async function dispose(p: Prepared): Promise<void> {
+  p.sink?.kill();
+  await p.sink?.status;
+  await p.lab.close();
+  await Deno.remove(p.file).catch(() => {});
+}
+
+/**
+ * Every shape of a setup measured run by run, interleaved (each run measures every shape once, one after the
+ * other): on a shared machine the ratios are taken within a run, where the load is the same.
+ */
+async function measureSetup(
+  setup: Setup,
+  shapes: Shape[],
+  opts: { runs: number; seconds: number; workers: number },
+): Promise<{ shape: Shape; m: Measured }[]> {
+  const prepared: Prepared[] = [];
+  try {
+    for (const shape of shapes) prepared.push(await prepare(setup, shape));
+    for (let r = 0; r < opts.runs; r++) for (const p of prepared) await sample(p, opts);
+    return prepared.map((p, i) => ({ shape: shapes[i]!, m: p.m }));
+  } finally {
+    for (const p of prepared) await dispose(p);
+  }
+}
+
+/** One bulk flow from g2 to the client's sink (retried while the sink starts listening), in MB/s. */
+async function bulk(lab: Lab, seconds: number): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const r = await lab.exec(lab.ns.g2, [
+      Deno.execPath(),
+      "run",
+      "--allow-net",
+      BULK,
+      "send",
+      A.client4,
+      "5001",
+      String(seconds),
+    ], { timeoutMs: (seconds + 30) * 1000 });
+    if (r.code === 0) return JSON.parse(r.stdout).mbPerSecond;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  throw new Error("the unrelated guest's flow does not reach the client");
+}
+
+/** The report's lines for one setup: a row per shape, then the ratios against the first shape and the targets. */
+export function report(setup: Setup, rows: { shape: Shape; m: Measured }[]): string[] {
+  const name = `${setup.libvirt}/${setup.backend}`;
+  const lines: string[] = [];
+  for (const { shape, m } of rows) {
+    const c = summarize(m.connections), b = summarize(m.bulk);
+    lines.push(
+      `${name.padEnd(18)} ${`${shape.domains}x${shape.per}`.padEnd(8)} ${String(m.rules).padStart(6)}  ${
+        c.median.toFixed(0).padStart(7)
+      }  ${`${c.min.toFixed(0)}–${c.max.toFixed(0)}`.padEnd(12)} ${b.median.toFixed(0).padStart(7)}  ${
+        `${b.min.toFixed(0)}–${b.max.toFixed(0)}`.padEnd(10)
+      } ${m.failed}`,
+    );
+  }
+  const [base, ...rest] = rows;
+  if (!base) return lines;
+  // Ratios run by run (the shapes of a run were measured under the same load): their median and spread.
+  const ratios = (of: number[], to: number[]) => summarize(of.map((x, i) => x / (to[i] ?? NaN)));
+  const verdict = (x: ReturnType<typeof summarize>, target: number) =>
+    `${(100 * x.median).toFixed(0)} % (${(100 * x.min).toFixed(0)}–${(100 * x.max).toFixed(0)}; target ${
+      100 * target
+    } %: ${x.median >= target ? "met" : "MISSED"})`;
+  for (const { shape, m } of rest) {
+    lines.push(
+      `${name}: ${shape.domains}x${shape.per} against ${base.shape.domains}x${base.shape.per}: new connections ` +
+        `${verdict(ratios(m.connections, base.m.connections), TARGETS.connections)}, unrelated flow ${
+          verdict(ratios(m.bulk, base.m.bulk), TARGETS.bulk)
+        }`,
+    );
+  }
+  return lines;
+}
+
+/** The setups named by `--setups` (`<libvirt>/<backend>`, comma-separated). */
+export function parseSetups(text: string): Setup[] {
+  return text.split(",").map((s) => {
+    const [libvirt, backend] = s.split("/");
+    const ok = (x: string | undefined): x is "iptables" | "nftables" => x === "iptables" || x === "nftables";
+    if (!ok(libvirt) || !ok(backend)) {
+      throw new Error(`--setups: "${s}" is not <iptables|nftables>/<iptables|nftables>`);
+    }
+    return { libvirt, backend };
+  });
 }
 
 async function main(): Promise<number> {
@@ -82,9 +247,11 @@ async function main(): Promise<number> {
     args: Deno.args,
     options: {
       sizes: { type: "string", default: "10,10000" },
+      domains: { type: "string", default: "500" },
       runs: { type: "string", default: "3" },
       seconds: { type: "string", default: "2" },
       workers: { type: "string", default: "8" },
+      setups: { type: "string", default: "iptables/iptables,iptables/nftables,nftables/nftables" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -102,31 +269,16 @@ async function main(): Promise<number> {
     seconds: Number(values.seconds),
     workers: Number(values.workers),
   };
-  const sizes = values.sizes.split(",").map(Number);
+  const shapes: Shape[] = values.sizes.split(",").map((n) => ({ domains: 1, per: Number(n) }));
+  if (Number(values.domains) > 0) shapes.push({ domains: Number(values.domains), per: 20 });
   console.log(
-    `New TCP connections per second through one forward (the domain's last), ${opts.workers} client loops, ` +
-      `${opts.runs} runs of ${opts.seconds} s; cpus ${navigator.hardwareConcurrency}, kernel ${Deno.osRelease()}`,
+    `New TCP connections per second through one forward (the last domain's last), ${opts.workers} client loops, ` +
+      `and MB/s of an unrelated guest's bulk flow; ${opts.runs} runs of ${opts.seconds} s each; ` +
+      `cpus ${navigator.hardwareConcurrency}, kernel ${Deno.osRelease()}`,
   );
-  console.log("backend   N       our rules  conn/s median  min–max          failed");
-  const medians = new Map<string, number>();
-  for (const backend of ["iptables", "nftables"] as const) {
-    for (const n of sizes) {
-      const { rates, failed, rules } = await measure(backend, n, opts);
-      const s = summarize(rates);
-      medians.set(`${backend} ${n}`, s.median);
-      console.log(
-        `${backend.padEnd(9)} ${String(n).padEnd(7)} ${String(rules).padStart(9)}  ${
-          s.median.toFixed(0).padStart(13)
-        }  ${`${s.min.toFixed(0)}–${s.max.toFixed(0)}`.padEnd(15)}  ${failed}`,
-      );
-    }
-  }
-  const [small, large] = [Math.min(...sizes), Math.max(...sizes)];
-  for (const backend of ["iptables", "nftables"]) {
-    const a = medians.get(`${backend} ${small}`), b = medians.get(`${backend} ${large}`);
-    if (a && b) {
-      console.log(`${backend}: N=${large} keeps ${(100 * b / a).toFixed(0)} % of the rate at N=${small}`);
-    }
+  console.log("libvirt/backend    shape     rules   conn/s  min–max         MB/s  min–max    failed");
+  for (const setup of parseSetups(values.setups)) {
+    for (const line of report(setup, await measureSetup(setup, shapes, opts))) console.log(line);
   }
   return 0;
 }

@@ -29,7 +29,8 @@ Deno.test("reload() re-applies each live domain: one left the config loses its r
   assert.equal(batches.length, 2);
   assert.ok(
     batches[0]!.includes(
-      `-A LVH-${h1}-DNAT -d 203.0.113.1/32 -p tcp -m tcp --dport 2222 -m comment --comment libvirt-hook-qemu:1:web1 ` +
+      `-A LVH-${h1}-DNAT -d 203.0.113.1/32 -p tcp -m tcp --dport 2222 -m connlabel --label 127 --set ` +
+        "-m comment --comment libvirt-hook-qemu:1:web1 " +
         "-j DNAT --to-destination 192.168.122.10:22\n",
     ),
   );
