@@ -378,7 +378,7 @@ export function desiredState(
     const mine = place === "none" ? [] : forwards.filter((f) => f.family === family);
     const out = place === "all" && !snatNft ? snats.filter((s) => s.family === family) : [];
     const added = place === "filter"
-      ? filterOnly(built[family].rules, mine.length)
+      ? filterOnly(built[family].rules, mine.length === 0 ? 0 : mine.length + 1)
       : place === "none"
       ? { rules: ruleLines(domain, []), additions: undefined }
       : out.length > 0

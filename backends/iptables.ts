@@ -2,7 +2,7 @@
 
 import type { Forward, Snat } from "./forward.ts";
 import { chainLine, chainOwner, type Live, Table, TABLES } from "./iptables_live.ts";
-import { chainNames, ruleComment } from "./names.ts";
+import { chainNames, ruleComment, USER_CHAIN } from "./names.ts";
 import type { Family } from "../system/address.ts";
 import { unique } from "../system/collections.ts";
 
@@ -47,6 +47,8 @@ export function ruleLines(
   // What is the same for every forward between one pair of addresses is made once; each line is pieces of text
   // joined once per chain (far fewer objects for the garbage collector than a string per line).
   const dnat: string[] = [], snat: string[] = [], fwd: string[] = [];
+  // The administrator's bans first (see USER_CHAIN): every DNATed connection, both ways, before our accepts.
+  if (forwards.length > 0) fwd.push(`-A ${c.fwd} -m conntrack --ctstate DNAT ${comment} -j ${USER_CHAIN}\n`);
   const parts = new Map<string, ReturnType<typeof commonParts>>();
   for (const f of forwards) {
     const key =
@@ -105,7 +107,8 @@ export function ruleLines(
       jump("filter", "FORWARD", c.fwd),
     ],
     text: { nat: dnat.join("") + snat.join(""), filter: fwd.join("") },
-    count: 3 * forwards.length + snats.reduce((n, s) => n + (s.family === 4 ? 3 : 2), 0),
+    count: 3 * forwards.length + (forwards.length > 0 ? 1 : 0) +
+      snats.reduce((n, s) => n + (s.family === 4 ? 3 : 2), 0),
   };
 }
 
@@ -163,11 +166,14 @@ export const JUMP_CHAINS: [string, string][] = [["nat", "PREROUTING"], ["nat", "
 export function renderSync(
   domain: string,
   current: Live,
-  { forwards = [], want = ruleLines(domain, forwards), additions = renderAdditions(want) }: {
-    forwards?: Forward[];
-    want?: RuleLines | undefined;
-    additions?: Record<Table, string> | undefined;
-  } = {},
+  { forwards = [], want = ruleLines(domain, forwards), additions = renderAdditions(want), userChain = false }:
+    {
+      forwards?: Forward[];
+      want?: RuleLines | undefined;
+      additions?: Record<Table, string> | undefined;
+      /** Whether USER_CHAIN is live already: declaring it would flush the administrator's rules. */
+      userChain?: boolean;
+    } = {},
 ): string | undefined {
   if (want.count === 0 && current.chains.length === 0 && current.rules.length === 0) return undefined;
   const out: string[] = [];
@@ -178,6 +184,8 @@ export function renderSync(
     if (wanted.length === 0 && liveChains.length === 0 && foreignRules.length === 0) continue;
     out.push(`*${table}`);
     for (const chain of unique([...wanted, ...liveChains])) out.push(chainLine(chain));
+    // Created where missing, never declared where it is: that would flush the administrator's rules.
+    if (table === "filter" && wanted.length > 0 && !userChain) out.push(chainLine(USER_CHAIN));
     for (const r of foreignRules) out.push(`-D ${r.chain} ${r.spec}`);
     for (const chain of unique(liveChains)) if (!wanted.includes(chain)) out.push(`-X ${chain}`);
     if (additions[table]) out.push(additions[table]);

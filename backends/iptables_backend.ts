@@ -35,6 +35,8 @@ export const iptablesBackend: FirewallBackend = {
         forwards: part.forwards,
         want: part.rules,
         additions: part.additions,
+        // Not read (a partial read that listed no chain of the filter table): assumed there, never flushed.
+        userChain: all.user ?? true,
       });
       if (text === undefined) continue;
       const restore = deps.tools[family].restore;

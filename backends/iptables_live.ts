@@ -3,7 +3,15 @@
 
 import type { LiveForward } from "./forward.ts";
 
-import { CHAIN_PREFIX, COMMENT_TAG, commentDomain, domainHash, hashOnly, ruleComment } from "./names.ts";
+import {
+  CHAIN_PREFIX,
+  COMMENT_TAG,
+  commentDomain,
+  domainHash,
+  hashOnly,
+  ruleComment,
+  USER_CHAIN,
+} from "./names.ts";
 import type { NftItem } from "./nft_json.ts";
 import type { Family } from "../system/address.ts";
 
@@ -44,13 +52,15 @@ export interface Live {
    * (`foreign`) and of our other domains (`ours`) it holds besides this domain's jumps.
    */
   othersIn?: Record<string, { foreign: number; ours: number }>;
+  /** Whether the administrator's USER_CHAIN is there (filter table); undefined: not read. */
+  user?: boolean;
   /** How much of the text read was other software's (bytes): what makes a host busy, whatever our own N. */
   foreignBytes?: number;
 }
 
 /** Extracts our chains and rules from iptables-save output; everything else is skipped unread. */
 export function parseSave(text: string): Live {
-  const live: Live = { chains: [], rules: [] };
+  const live: Live = { chains: [], rules: [], user: false };
   let table = "", foreign = 0;
   // The built-in chains of ours where a rule of other software came first: a jump of ours after it is buried.
   const foreignFirst = new Set<string>();
@@ -73,6 +83,7 @@ export function parseSave(text: string): Live {
       const chain = line.slice(1).split(" ")[0] ?? "";
       const owner = chainOwner(chain);
       if (owner) live.chains.push({ table, chain, owner });
+      if (table === "filter" && chain === USER_CHAIN) live.user = true;
       continue;
     }
     if (!line.startsWith("-A ")) continue;
@@ -250,8 +261,8 @@ export function ownChainsAndJumps(
   const ours = `${CHAIN_PREFIX}${owner}-`;
   // Every chain was listed: a table with none is not there.
   const out: Record<Family, Live> = {
-    4: { chains: [], rules: [], tables: {} },
-    6: { chains: [], rules: [], tables: {} },
+    4: { chains: [], rules: [], tables: {}, user: false },
+    6: { chains: [], rules: [], tables: {}, user: false },
   };
   for (const { kind, v, family } of iptablesItems(chains)) {
     if (kind !== "chain") continue;
@@ -259,6 +270,7 @@ export function ownChainsAndJumps(
     ((out[family].tables ??= {})[String(v.table)] ??= {})[name] = String(v.policy ?? "");
     if (name.startsWith("LIBVIRT_")) out[family].libvirt = true;
     if (name.startsWith(ours)) out[family].chains.push({ table: String(v.table), chain: name, owner });
+    if (v.table === "filter" && name === USER_CHAIN) out[family].user = true;
     if (v.table === "filter" && name === "FORWARD") {
       out[family].forward = { policy: String(v.policy ?? "accept").toUpperCase() };
     }

@@ -44,7 +44,9 @@ Deno.test("renderSync() renders the example config as one iptables-restore batch
       COMMIT
       *filter
       :LVH-${h}-FWD - [0:0]
+      :LVH-USER - [0:0]
       -I FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER
       -A LVH-${h}-FWD -p tcp ${ct("2222")} ${reply("22")} ${c} -j ACCEPT
       -A LVH-${h}-FWD -p tcp ${ct("443")} ${reply("443")} ${c} -j ACCEPT
       -A LVH-${h}-FWD -p udp ${ct("51820")} ${reply("51820")} ${c} -j ACCEPT
@@ -146,7 +148,9 @@ Deno.test("renderSync() renders IPv6 forwards for ip6tables-restore", () => {
       COMMIT
       *filter
       :LVH-${h}-FWD - [0:0]
+      :LVH-USER - [0:0]
       -I FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER
       -A LVH-${h}-FWD -p tcp ${ct} --ctreplsrc fd00:122::10/128 --ctreplsrcport 22 ${c} -j ACCEPT
       COMMIT
     `),
@@ -187,7 +191,9 @@ Deno.test("renderSync() maps a range to other ports of the guest with DNAT's bas
       COMMIT
       *filter
       :LVH-${h}-FWD - [0:0]
+      :LVH-USER - [0:0]
       -I FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER
       -A LVH-${h}-FWD -p tcp ${
       ct("203.0.113.7/32", "30000:30099")
     } --ctreplsrc 192.168.122.10/32 --ctreplsrcport 40000:40099 ${c} -j ACCEPT
@@ -247,7 +253,8 @@ Deno.test("ruleLines() puts a guest's outbound NAT in its SNAT chain, after the 
     `-A LVH-${h}-SNAT -s 192.168.122.10/32 -d 255.255.255.255/32 ${c} -j RETURN`,
     `-A LVH-${h}-SNAT -s 192.168.122.10/32 ! -d 192.168.122.0/24 ${c} -j SNAT --to-source 203.0.113.9`,
   ]);
-  assert.equal(v4.count, 3 + 3);
+  // Three rules per forward, the jump to the administrator's chain, and the NAT's three.
+  assert.equal(v4.count, 3 + 1 + 3);
   assert.deepEqual(text(6).text.nat.split("\n").slice(-2), [
     `-A LVH-${h}-SNAT -s fd00:122::10/128 -d ff00::/8 ${c} -j RETURN`,
     `-A LVH-${h}-SNAT -s fd00:122::10/128 ! -d fd00:122::/64 ${c} -j SNAT --to-source 2001:db8:1::9`,
@@ -261,4 +268,29 @@ Deno.test("ruleLines() puts a guest's outbound NAT in its SNAT chain, after the 
   assert.deepEqual(liveForwards(live, 4).filter((f) => f.outbound).map(describeForward), [
     "snat 192.168.122.10 -> 203.0.113.9 (outgoing connections)",
   ]);
+});
+
+Deno.test("renderSync() creates the administrator's LVH-USER where it is missing, and never declares a live one", () => {
+  const { forwards } = forwardsOf(EXAMPLE, "web1");
+  const h = domainHash("web1");
+  const filter = (userChain: boolean) => {
+    const text = renderSync("web1", { chains: [], rules: [] }, { forwards, userChain })!;
+    return text.slice(text.indexOf("*filter")).split("\n").slice(0, 5);
+  };
+  const c = "-m comment --comment libvirt-hook-qemu:1:web1";
+  // Declaring a chain in iptables-restore flushes it: a live LVH-USER (with fail2ban's jumps) is only jumped to.
+  assert.deepEqual(filter(true), [
+    "*filter",
+    `:LVH-${h}-FWD - [0:0]`,
+    `-I FORWARD ${c} -j LVH-${h}-FWD`,
+    `-A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER`,
+    `-A LVH-${h}-FWD -p tcp -m conntrack --ctstate DNAT --ctorigdst 203.0.113.7/32 --ctorigdstport 2222 ` +
+    `--ctreplsrc 192.168.122.10/32 --ctreplsrcport 22 ${c} -j ACCEPT`,
+  ]);
+  assert.deepEqual(filter(false).slice(0, 3), ["*filter", `:LVH-${h}-FWD - [0:0]`, ":LVH-USER - [0:0]"]);
+  // A removal neither declares nor deletes it: it is the administrator's.
+  const live = parseSave(renderSync("web1", { chains: [], rules: [] }, { forwards })!);
+  assert.equal(live.user, true);
+  const removal = renderSync("web1", liveOf(live, "web1"), { userChain: true })!;
+  assert.doesNotMatch(removal, /LVH-USER/);
 });

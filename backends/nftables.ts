@@ -9,6 +9,8 @@ import {
   LIBVIRT_CHAIN,
   LIBVIRT_TABLE,
   NFT_TABLE,
+  NFT_USER_CHAIN,
+  NFT_USER_HOOK,
   ruleComment,
 } from "./names.ts";
 import {
@@ -149,6 +151,8 @@ export function nftBase(): string[] {
     `add chain ${t} prerouting { type nat hook prerouting priority dstnat; policy accept; }`,
     `add chain ${t} output { type nat hook output priority -100; policy accept; }`,
     `add chain ${t} postrouting { type nat hook postrouting priority srcnat; policy accept; }`,
+    // The administrator's chain (see NFT_USER_CHAIN): `add` leaves it, and its rules, as they are.
+    `add chain ${t} ${NFT_USER_CHAIN} { ${NFT_USER_HOOK} }`,
   ];
 }
 
@@ -160,7 +164,7 @@ export function nftRemoveDomain(domain: string, live: NftLive, { keepTable = fal
   const t = `inet ${NFT_TABLE}`;
   const h = domainHash(domain);
   const others = [...nftOwners(live)].filter((o) => o !== h);
-  if (others.length === 0 && !keepTable) return [`delete table ${t}`];
+  if (others.length === 0 && !keepTable && !holdsTheUsers(live)) return [`delete table ${t}`];
   const out: string[] = [];
   for (const r of live.rules) {
     const mine = r.jump?.startsWith(`${p}-`) ||
@@ -173,6 +177,20 @@ export function nftRemoveDomain(domain: string, live: NftLive, { keepTable = fal
   for (const m of live.maps) if (m.name.startsWith(`${p}-`)) out.push(`delete map ${t} ${m.name}`);
   for (const s of live.sets) if (s.name.startsWith(`${p}-`)) out.push(`delete set ${t} ${s.name}`);
   return out;
+}
+
+/**
+ * Whether our table holds anything of the administrator's: a rule in NFT_USER_CHAIN (a ban), or a set, map or
+ * chain that is not ours (fail2ban's nftables action keeps its set in the table it is given). Then our table stays
+ * when our last domain goes; only our objects leave it.
+ */
+export function holdsTheUsers(live: NftLive): boolean {
+  // Our base chains, and the domains' objects (`d<hash>-...`).
+  const base = ["prerouting", "output", "postrouting", SNAT_CHAIN, NFT_USER_CHAIN];
+  const ours = (name: string) => /^d[0-9a-f]{12}-/.test(name) || base.includes(name);
+  return live.rules.some((r) => r.chain === NFT_USER_CHAIN) ||
+    live.chains.some((c) => !ours(c)) ||
+    [...live.sets, ...live.maps].some((x) => !ours(x.name));
 }
 
 /** The comment of our accept inside libvirt's chain. */

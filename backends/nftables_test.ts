@@ -7,6 +7,7 @@ import { planForwards } from "../rules.ts";
 import { dedent, FACTS } from "../test/util.ts";
 import {
   bridgesOf,
+  holdsTheUsers,
   libvirtAccepts,
   nftBase,
   nftDomainObjects,
@@ -44,6 +45,7 @@ Deno.test("nftDomainObjects() renders the example config: maps for pairs, rules 
       add chain inet libvirt_hook_qemu prerouting { type nat hook prerouting priority dstnat; policy accept; }
       add chain inet libvirt_hook_qemu output { type nat hook output priority -100; policy accept; }
       add chain inet libvirt_hook_qemu postrouting { type nat hook postrouting priority srcnat; policy accept; }
+      add chain inet libvirt_hook_qemu user_forward { type filter hook forward priority -10; policy accept; }
       add map inet libvirt_hook_qemu ${p}-dnat4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; elements = { 203.0.113.7 . tcp . 2222 : 192.168.122.10 . 22, 203.0.113.7 . tcp . 443 : 192.168.122.10 . 443, 203.0.113.7 . udp . 51820 : 192.168.122.10 . 51820 }; }
       add set inet libvirt_hook_qemu ${p}-to4 { type ipv4_addr . inet_proto . inet_service; elements = { 192.168.122.10 . tcp . 22, 192.168.122.10 . tcp . 443, 192.168.122.10 . udp . 51820 }; }
       add set inet libvirt_hook_qemu ${p}-br4 { type ifname; elements = { "virbr0" }; }
@@ -122,6 +124,36 @@ Deno.test("nftRemoveDomain() deletes the domain's jumps by handle, then its chai
   // The last domain takes the table with it, so stop leaves nothing behind.
   assert.deepEqual(nftRemoveDomain("web1", live([])), [`delete table ${t}`]);
   assert.deepEqual(nftRemoveDomain("web1", emptyNftLive()), []);
+});
+
+Deno.test("nftRemoveDomain() keeps our table while the administrator's user_forward holds a ban or a set", async (t) => {
+  const p = `d${domainHash("web1")}`;
+  const tbl = "inet libvirt_hook_qemu";
+  const mine = [
+    `delete rule ${tbl} prerouting handle 9`,
+    `flush chain ${tbl} ${p}-dnat`,
+    `delete chain ${tbl} ${p}-dnat`,
+    `delete map ${tbl} ${p}-dnat4`,
+    `delete set ${tbl} ${p}-br4`,
+  ];
+  const chain = { family: "inet", table: "libvirt_hook_qemu", name: "user_forward", handle: 20 };
+  const cases: [string, Record<string, unknown>[], string[]][] = [
+    ["an empty user_forward goes with the table", [{ chain }], [`delete table ${tbl}`]],
+    ["a ban in user_forward (no comment of ours) keeps the table; the ban is untouched", [{ chain }, {
+      rule: { family: "inet", table: "libvirt_hook_qemu", chain: "user_forward", handle: 21, expr: [] },
+    }], mine],
+    ["fail2ban's set (its nftables action) keeps the table", [{ chain }, {
+      set: { family: "inet", table: "libvirt_hook_qemu", name: "addr-set-sshd", handle: 22 },
+    }], mine],
+  ];
+  for (const [name, items, expected] of cases) {
+    await t.step(name, () => {
+      const state = live([]);
+      parseNftJson(JSON.stringify({ nftables: items }), state);
+      assert.deepEqual(nftRemoveDomain("web1", state), expected);
+      assert.equal(holdsTheUsers(state), expected !== cases[0]![2]);
+    });
+  }
 });
 
 Deno.test("nftRemoveIptables() deletes a domain's jumps by handle, then empties and deletes its chains", () => {

@@ -12,7 +12,7 @@ import {
   parseSave,
   tokenize,
 } from "./iptables_live.ts";
-import { chainNames, LIBVIRT_CHAIN, LIBVIRT_TABLE, NFT_TABLE } from "./names.ts";
+import { chainNames, LIBVIRT_CHAIN, LIBVIRT_TABLE, NFT_TABLE, USER_CHAIN } from "./names.ts";
 import { bridgesOf } from "./nftables.ts";
 import { addNftItems, emptyNftLive, nftBridges, type NftLive } from "./nftables_live.ts";
 import { nftItems } from "./nft_json.ts";
@@ -244,6 +244,8 @@ async function readChains(
     ["nat", c.dnat, false],
     ["nat", c.snat, false],
     ["filter", c.fwd, false],
+    // Whether the administrator's chain is there: a start creates it where it is not (see USER_CHAIN).
+    ["filter", USER_CHAIN, false],
   ];
   const results = await Promise.all(
     wanted.map(([table, chain]) => runner.run([...tools.list, "-t", table, "-S", chain])),

@@ -130,7 +130,7 @@ Deno.test("ownChainsAndJumps() sees what iptables-save shows of a domain, but wh
   assert.deepEqual(sorted(quick[4]), sorted(whole));
   assert.equal(quick[4].libvirt, true);
   // No ip6 table of iptables-nft's: nothing of the domain, and no table (a start there creates one).
-  assert.deepEqual(quick[6], { chains: [], rules: [], tables: {} });
+  assert.deepEqual(quick[6], { chains: [], rules: [], tables: {}, user: false });
 });
 
 const FORWARD_VM1: Forward = {
@@ -189,7 +189,8 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
     const { calls, changes } = await syncOnNft([FORWARD_VM1], EMPTY_HOST);
     assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", "iptables-restore"]);
     assert.equal(calls[1]!.stdin, renderSync("vm1", { chains: [], rules: [] }, { forwards: [FORWARD_VM1] }));
-    assert.deepEqual(changes, [{ target: "iptables", removed: 0, added: 7 }]);
+    // Three rules, the jump to the administrator's LVH-USER, and four jumps into our chains.
+    assert.deepEqual(changes, [{ target: "iptables", removed: 0, added: 8 }]);
   });
   await t.step(
     "a stop: one nft transaction deletes the jumps read (by handle) and the chains, nothing else is read",
