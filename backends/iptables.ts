@@ -166,14 +166,21 @@ export const JUMP_CHAINS: [string, string][] = [["nat", "PREROUTING"], ["nat", "
 export function renderSync(
   domain: string,
   current: Live,
-  { forwards = [], want = ruleLines(domain, forwards), additions = renderAdditions(want), userChain = false }:
-    {
-      forwards?: Forward[];
-      want?: RuleLines | undefined;
-      additions?: Record<Table, string> | undefined;
-      /** Whether USER_CHAIN is live already: declaring it would flush the administrator's rules. */
-      userChain?: boolean;
-    } = {},
+  {
+    forwards = [],
+    want = ruleLines(domain, forwards),
+    additions = renderAdditions(want),
+    userChain = false,
+    dropUser = false,
+  }: {
+    forwards?: Forward[];
+    want?: RuleLines | undefined;
+    additions?: Record<Table, string> | undefined;
+    /** Whether USER_CHAIN is live already: declaring it would flush the administrator's rules. */
+    userChain?: boolean;
+    /** Delete USER_CHAIN too: the last of our domains goes and it is empty (see userChainGoes). */
+    dropUser?: boolean;
+  } = {},
 ): string | undefined {
   if (want.count === 0 && current.chains.length === 0 && current.rules.length === 0) return undefined;
   const out: string[] = [];
@@ -188,6 +195,7 @@ export function renderSync(
     if (table === "filter" && wanted.length > 0 && !userChain) out.push(chainLine(USER_CHAIN));
     for (const r of foreignRules) out.push(`-D ${r.chain} ${r.spec}`);
     for (const chain of unique(liveChains)) if (!wanted.includes(chain)) out.push(`-X ${chain}`);
+    if (table === "filter" && wanted.length === 0 && dropUser) out.push(`-X ${USER_CHAIN}`);
     if (additions[table]) out.push(additions[table]);
     out.push("COMMIT");
   }
@@ -211,9 +219,15 @@ export function renderAdditions(want: RuleLines): Record<Table, string> {
   return out;
 }
 
-/** Renders a batch that puts a domain back exactly as `before` had it, whatever is live for it `now`. */
-export function renderRollback(domain: string, before: Live, now: Live): string | undefined {
-  const clear = renderSync(domain, now) ?? "";
+/**
+ * Renders a batch that puts a domain back exactly as `before` had it, whatever is live for it `now`; `userChain`:
+ * whether USER_CHAIN is live now (where a removal took it, it comes back with the jumps to it).
+ */
+export function renderRollback(
+  domain: string,
+  { before, now, userChain = true }: { before: Live; now: Live; userChain?: boolean },
+): string | undefined {
+  const clear = renderSync(domain, now, { userChain }) ?? "";
   const out: string[] = [];
   for (const table of TABLES) {
     const chains = before.chains.filter((c) => c.table === table);
@@ -221,6 +235,9 @@ export function renderRollback(domain: string, before: Live, now: Live): string 
     if (chains.length === 0 && rules.length === 0) continue;
     out.push(`*${table}`);
     for (const c of chains) out.push(chainLine(c.chain));
+    if (!userChain && rules.some((r) => r.spec.endsWith(` -j ${USER_CHAIN}`))) {
+      out.push(chainLine(USER_CHAIN));
+    }
     for (const r of rules) if (chainOwner(r.chain)) out.push(`-A ${r.chain} ${r.spec}`);
     // Jumps were inserted at the top; inserting them in reverse order keeps their original relative order.
     for (const r of [...rules].reverse()) if (!chainOwner(r.chain)) out.push(`-I ${r.chain} ${r.spec}`);

@@ -54,13 +54,18 @@ export interface Live {
   othersIn?: Record<string, { foreign: number; ours: number }>;
   /** Whether the administrator's USER_CHAIN is there (filter table); undefined: not read. */
   user?: boolean;
+  /**
+   * How many rules USER_CHAIN holds, where the read counted them along with every chain of ours (a whole read, or
+   * a removal's look with nft); undefined: not counted, so it is never deleted on this read.
+   */
+  userRules?: number;
   /** How much of the text read was other software's (bytes): what makes a host busy, whatever our own N. */
   foreignBytes?: number;
 }
 
 /** Extracts our chains and rules from iptables-save output; everything else is skipped unread. */
 export function parseSave(text: string): Live {
-  const live: Live = { chains: [], rules: [], user: false };
+  const live: Live = { chains: [], rules: [], user: false, userRules: 0 };
   let table = "", foreign = 0;
   // The built-in chains of ours where a rule of other software came first: a jump of ours after it is buried.
   const foreignFirst = new Set<string>();
@@ -87,6 +92,7 @@ export function parseSave(text: string): Live {
       continue;
     }
     if (!line.startsWith("-A ")) continue;
+    if (table === "filter" && line.startsWith(`-A ${USER_CHAIN} `)) live.userRules!++;
     const rest = line.slice(3);
     const space = rest.indexOf(" ");
     const chain = space < 0 ? rest : rest.slice(0, space);
@@ -121,6 +127,23 @@ export function parseSave(text: string): Live {
   return live;
 }
 
+/**
+ * Whether a removal of `domain` takes USER_CHAIN with it: the chain is there, empty as counted (no ban, no jump of
+ * fail2ban's: an administrator's chain in use is never deleted), and no other domain of ours has chains in this
+ * family (each one's FWD chain jumps to it). Like our table in nftables, so that a stop leaves nothing behind.
+ */
+export function userChainGoes(live: Live, domain: string): boolean {
+  if (live.user !== true || live.userRules !== 0) return false;
+  const h = domainHash(domain);
+  const other = (chain: string) => {
+    const owner = chainOwner(chain);
+    return owner !== undefined && owner !== h;
+  };
+  if (live.tables) return !Object.values(live.tables).some((chains) => Object.keys(chains).some(other));
+  return !live.chains.some((c) => other(c.chain));
+}
+
+/** The domain hash a chain of ours (`LVH-<hash>-...`) belongs to; undefined for any other chain. */
 export function chainOwner(chain: string): string | undefined {
   return /^LVH-([0-9a-f]{12})-/.exec(chain)?.[1];
 }
@@ -280,6 +303,8 @@ export function ownChainsAndJumps(
   for (const { kind, v, family } of listings.flatMap(iptablesItems)) {
     // Each chain listed has its count of other rules, none yet: a chain not listed has none (not known).
     if (kind === "chain") (out[family].othersIn ??= {})[`${v.table} ${v.name}`] ??= { foreign: 0, ours: 0 };
+    // The administrator's chain, listed: its rules are counted (see userChainGoes).
+    if (kind === "chain" && v.table === "filter" && v.name === USER_CHAIN) out[family].userRules ??= 0;
     if (kind !== "rule") continue;
     const where = `${family} ${v.table} ${v.chain}`;
     const targets = ((v.expr ?? []) as { jump?: { target?: string } }[]).map((e) => e.jump?.target);
@@ -287,6 +312,7 @@ export function ownChainsAndJumps(
     const count = (out[family].othersIn ??= {})[`${v.table} ${v.chain}`] ??= { foreign: 0, ours: 0 };
     if (!targets.some((t) => t?.startsWith(CHAIN_PREFIX))) count.foreign++;
     else if (!targets.some((t) => t?.startsWith(ours))) count.ours++;
+    if (v.table === "filter" && v.chain === USER_CHAIN) out[family].userRules = count.foreign + count.ours;
     for (const target of targets) {
       if (target === undefined || !target.startsWith(ours)) continue;
       out[family].rules.push({

@@ -2,7 +2,7 @@
 
 import { buildRules, iptablesTools, renderSync, ruleLines } from "./iptables.ts";
 import { describeForward } from "./forward.ts";
-import { liveForwards, liveOf, parseSave } from "./iptables_live.ts";
+import { liveForwards, liveOf, parseSave, userChainGoes } from "./iptables_live.ts";
 import { domainHash } from "./names.ts";
 import assert from "node:assert/strict";
 import { dedent, EXAMPLE, forwardsOf, SAVED } from "../test/util.ts";
@@ -293,4 +293,25 @@ Deno.test("renderSync() creates the administrator's LVH-USER where it is missing
   assert.equal(live.user, true);
   const removal = renderSync("web1", liveOf(live, "web1"), { userChain: true })!;
   assert.doesNotMatch(removal, /LVH-USER/);
+});
+
+Deno.test("userChainGoes() takes LVH-USER with our last domain only while it is empty", async (t) => {
+  const { forwards } = forwardsOf(EXAMPLE, "web1");
+  const web1 = renderSync("web1", { chains: [], rules: [] }, { forwards })!;
+  const other = renderSync("web2", { chains: [], rules: [] }, { forwards })!;
+  const ban = "*filter\n-A LVH-USER -s 198.51.100.9/32 -j DROP\nCOMMIT\n";
+  const cases: [string, string, boolean][] = [
+    ["the last domain, LVH-USER empty: it goes", web1, true],
+    ["a ban in it (fail2ban's jump or a rule of the administrator's): it stays", web1 + ban, false],
+    ["another domain's FWD chain still jumps to it: it stays", web1 + other, false],
+    ["never created: nothing to take", web1.replace(":LVH-USER - [0:0]\n", ""), false],
+  ];
+  for (const [name, saved, goes] of cases) {
+    await t.step(name, () => {
+      const live = parseSave(saved);
+      assert.equal(userChainGoes(live, "web1"), goes);
+      const removal = renderSync("web1", liveOf(live, "web1"), { userChain: true, dropUser: goes })!;
+      assert.equal(removal.includes("-X LVH-USER\n"), goes);
+    });
+  }
 });

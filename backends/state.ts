@@ -195,6 +195,8 @@ async function readAtOnce(
     `list chain ip ${LIBVIRT_TABLE} ${LIBVIRT_CHAIN}`,
     `list chain ip6 ${LIBVIRT_TABLE} ${LIBVIRT_CHAIN}`,
     ...(deps.acceptIn ?? []).map((gate) => `list chain ${gate}`),
+    // A removal may delete the administrator's chain where it is empty and unused (see userChainGoes).
+    ...(jumps ? FAMILIES.map((f) => `list chain ${NFT_FAMILY[f]} filter ${USER_CHAIN}`) : []),
     // A removal may delete a table we created: every chain of it must be known empty first.
     ...(jumps && deps.hintDir !== undefined ? createdListings(readCreated(deps.hintDir)) : []),
   ];
@@ -259,7 +261,9 @@ async function readChains(
     // Anything else is left to iptables-save, which reads whatever there is.
     else if (builtin || !/No chain|does not exist|is incompatible/i.test(r.stderr)) return "read all";
   }
-  return parseSave(listingsToSave(listings));
+  // Other domains' chains were not listed: the administrator's chain is never deleted from this read.
+  const { userRules: _, ...live } = parseSave(listingsToSave(listings));
+  return live;
 }
 
 function hinted(dir: string, hint: string): Promise<boolean> {

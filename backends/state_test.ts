@@ -78,6 +78,9 @@ const READ_WITH_JUMPS = [
   "list table inet libvirt_hook_qemu",
   "list chain ip libvirt_network guest_input",
   "list chain ip6 libvirt_network guest_input",
+  // Whether the administrator's chain is empty: a removal of our last domain takes an empty one with it.
+  "list chain ip filter LVH-USER",
+  "list chain ip6 filter LVH-USER",
 ];
 
 const VM1_LIVE = answer(VM1_HOST, READ_WITH_JUMPS);
@@ -111,6 +114,8 @@ Deno.test("parseInteractive() takes one document per listing and tolerates only 
     "list table inet libvirt_hook_qemu",
     "list chain ip libvirt_network guest_input",
     "list chain ip6 libvirt_network guest_input",
+    "list chain ip filter LVH-USER",
+    "list chain ip6 filter LVH-USER",
   ]);
   assert.equal(parseInteractive(VM1_LIVE.stdout, VM1_LIVE.stderr)?.docs.length, 5);
   // A build that prints its prompt before each answer.
