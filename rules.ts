@@ -332,8 +332,11 @@ const BACKENDS: FirewallBackend[] = [iptablesBackend, nftablesBackend];
  * Reads what is live of ours, in every family and backend at once (a constant number of processes), for the
  * commands that show or check it (status, doctor, watch); see backends/state.ts readState.
  */
-export function readLive(deps: ApplyDeps): Promise<FirewallState> {
-  return readState(deps);
+export function readLive(
+  deps: ApplyDeps,
+  { counters = false }: { counters?: boolean } = {},
+): Promise<FirewallState> {
+  return readState(deps, { counters });
 }
 
 /** The forwards live in any backend, by domain, read back into the model (a domain with rules, maybe none). */

@@ -69,6 +69,7 @@ export interface FirewallBackend {
 export {
   asLiveForward,
   asLiveSnat,
+  type Counters,
   describeForward,
   describePlan,
   type Forward,

@@ -49,6 +49,20 @@ export interface LiveForward {
   source?: string;
   /** An outbound 1:1 NAT (read back from a SNAT rule), not a forward of ports. */
   outbound?: true;
+  /** What went through it, where the read asked for counters (status, metrics; see Counters). */
+  counters?: Counters;
+}
+
+/**
+ * A forward's counters since its rules were last written (a start re-writes them, and they count from 0 again):
+ * new connections (its DNAT, or the counter ahead of it, which sees each connection's first packet only), and on
+ * iptables the packets and bytes of those connections, both ways (its accept's own counters).
+ */
+export interface Counters {
+  connections: number;
+  /** Absent where not counted: our nftables backend counts connections only (no rule sees every packet). */
+  packets?: number;
+  bytes?: number;
 }
 
 /** Renders a forward as `proto public:port -> private:port [from source]`, the same for live and planned ones. */

@@ -29,6 +29,8 @@ export interface LiveRule {
   handle?: number;
   /** A jump below a rule of other software in its built-in chain: no longer ahead of it (see Live). */
   buried?: true;
+  /** Packets and bytes the rule matched, where it was read with `iptables-save -c`. */
+  counters?: [number, number];
 }
 
 /** What of ours is live in one family: our chains by table and the rules that concern them. */
@@ -69,7 +71,16 @@ export function parseSave(text: string): Live {
   let table = "", foreign = 0;
   // The built-in chains of ours where a rule of other software came first: a jump of ours after it is buried.
   const foreignFirst = new Set<string>();
-  for (const line of text.split("\n")) {
+  for (let line of text.split("\n")) {
+    // `iptables-save -c` (status, metrics): a rule's packets and bytes ahead of it.
+    let counters: [number, number] | undefined;
+    if (line.startsWith("[")) {
+      const m = /^\[(\d+):(\d+)\] /.exec(line);
+      if (m) {
+        counters = [Number(m[1]), Number(m[2])];
+        line = line.slice(m[0].length);
+      }
+    }
     if (line.startsWith("*")) {
       table = line.slice(1).trim();
       continue;
@@ -100,7 +111,7 @@ export function parseSave(text: string): Live {
     const own = chainOwner(chain);
     if (own) {
       // Inside our own chains the chain names the owner; only the jumps into them need reading.
-      live.rules.push({ table, chain, spec, owner: own });
+      live.rules.push({ table, chain, spec, owner: own, ...(counters ? { counters } : {}) });
       continue;
     }
     const tokens = tokenize(spec);
@@ -199,6 +210,7 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
   const out: LiveForward[] = [];
   const names = new Map<string, string>();
   for (const r of live.rules) if (r.domain !== undefined) names.set(r.owner, r.domain);
+  const accepted = acceptCounters(live);
   for (const r of live.rules) {
     if (r.table !== "nat" || !chainOwner(r.chain)) continue;
     const t = tokenize(r.spec);
@@ -232,6 +244,9 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
     const m = /^\[(.*)\]:(\d+(?:-\d+)?)(?:\/\d+)?$/.exec(to) ?? /^([^:]+):(\d+(?:-\d+)?)(?:\/\d+)?$/.exec(to);
     const publicPorts = dport.replace(":", "-");
     const source = arg("-s") === undefined ? undefined : bare(arg("-s")!);
+    // The DNAT rule sees a connection's first packet only (nat): its packets are the new connections; the
+    // forward's accept sees every packet of them, both ways.
+    const both = r.counters && accepted.get(`${r.owner} ${arg("-p")} ${arg("-d")} ${dport}`);
     out.push({
       domain: names.get(r.owner) ?? hashOnly(r.owner),
       family,
@@ -241,7 +256,29 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
       privateIp: m ? m[1]! : to,
       privatePorts: m ? m[2]! : publicPorts,
       ...(source === undefined ? {} : { source }),
+      ...(r.counters
+        ? { counters: { connections: r.counters[0], packets: both?.[0] ?? 0, bytes: both?.[1] ?? 0 } }
+        : {}),
     });
+  }
+  return out;
+}
+
+/**
+ * The counters of our accepts in the FWD chains, read with `iptables-save -c`, keyed as the DNAT rule names its
+ * forward: `<owner> <protocol> <public address/len> <public ports>`. Sources restricted on one port share it.
+ */
+function acceptCounters(live: Live): Map<string, [number, number]> {
+  const out = new Map<string, [number, number]>();
+  for (const r of live.rules) {
+    if (!r.counters || r.table !== "filter" || !r.chain.endsWith("-FWD") || !chainOwner(r.chain)) continue;
+    const t = tokenize(r.spec);
+    const at = (flag: string) => (t.includes(flag) ? t[t.indexOf(flag) + 1] : undefined);
+    const dst = at("--ctorigdst"), port = at("--ctorigdstport");
+    if (dst === undefined || port === undefined) continue;
+    const key = `${r.owner} ${at("-p")} ${dst} ${port}`;
+    const sum = out.get(key) ?? [0, 0];
+    out.set(key, [sum[0] + r.counters[0], sum[1] + r.counters[1]]);
   }
   return out;
 }

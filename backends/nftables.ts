@@ -84,6 +84,15 @@ export function nftDomainObjects(
         `add set ${t} ${set} { type ${addrType} . inet_proto . inet_service; ` +
           `elements = { ${unique(mapped.map(priv)).join(", ")} }; }`,
       );
+      // Each forward's new connections, in a named counter: this chain sees a connection's first packet only, so
+      // the packets after it cost nothing (see Counters).
+      const counters = `${p}-new${family}`;
+      mapped.forEach((_, i) => out.push(`add counter ${t} ${p}-n${family}-${i}`));
+      out.push(
+        `add map ${t} ${counters} { type ${addrType} . inet_proto . inet_service : counter; ` +
+          `elements = { ${mapped.map((f, i) => `${key(f)} : "${p}-n${family}-${i}"`).join(", ")} }; }`,
+      );
+      dnat.push(`counter name ${ip} daddr . meta l4proto . th dport map @${counters} ${comment}`);
       dnat.push(`dnat ${ip} to ${ip} daddr . meta l4proto . th dport map @${map} ${comment}`);
       for (const from of unique(mapped.map((f) => f.hairpinFrom))) {
         snat.push(
@@ -176,6 +185,10 @@ export function nftRemoveDomain(domain: string, live: NftLive, { keepTable = fal
   for (const c of chains) out.push(`delete chain ${t} ${c}`);
   for (const m of live.maps) if (m.name.startsWith(`${p}-`)) out.push(`delete map ${t} ${m.name}`);
   for (const s of live.sets) if (s.name.startsWith(`${p}-`)) out.push(`delete set ${t} ${s.name}`);
+  // After the maps that name them.
+  for (const c of live.counters ?? []) {
+    if (c.name.startsWith(`${p}-`)) out.push(`delete counter ${t} ${c.name}`);
+  }
   return out;
 }
 

@@ -35,6 +35,8 @@ export interface NftLive {
   maps: { name: string; elem: unknown[] }[];
   sets: { name: string; elem: unknown[] }[];
   rules: NftRule[];
+  /** Our named counters (a domain's new connections per forward, `d<hash>-n<family>-<i>`), where listed. */
+  counters?: { name: string; packets: number; bytes: number }[];
   /** libvirt's guest_input chain per family, when libvirt uses nftables: its rules in order. */
   libvirt: Partial<Record<Family, NftRule[]>>;
   /** Every base chain at the forward hook, in any table: the gates a forwarded connection must pass. */
@@ -68,6 +70,13 @@ export function addNftItems(items: NftItem[], into: NftLive, handed: readonly st
       if (kind === "map") into.maps.push({ name: String(v.name), elem: (v.elem as unknown[]) ?? [] });
       if (kind === "set") into.sets.push({ name: String(v.name), elem: (v.elem as unknown[]) ?? [] });
       if (kind === "rule") into.rules.push(toRule(v));
+      if (kind === "counter") {
+        (into.counters ??= []).push({
+          name: String(v.name),
+          packets: Number(v.packets ?? 0),
+          bytes: Number(v.bytes ?? 0),
+        });
+      }
     } else if (v.table === LIBVIRT_TABLE && v.chain === LIBVIRT_CHAIN && kind === "rule") {
       const family: Family = v.family === "ip6" ? 6 : 4;
       (into.libvirt[family] ??= []).push(toRule(v));
@@ -92,6 +101,25 @@ function toRule(v: Record<string, unknown>): NftRule {
     ...(jump === undefined ? {} : { jump }),
     expr,
   };
+}
+
+/**
+ * Each plain forward's new connections in nftables: its named counter, by `<map> <key>` (the counter map
+ * `d<hash>-new<family>` names one counter per forward key; its rule in the domain's nat chain sees a connection's
+ * first packet only).
+ */
+function newConnections(live: NftLive): Map<string, number> {
+  const out = new Map<string, number>();
+  const counters = new Map((live.counters ?? []).map((c) => [c.name, c.packets]));
+  for (const m of live.maps) {
+    if (!/^d[0-9a-f]{12}-new[46]$/.test(m.name)) continue;
+    for (const e of m.elem) {
+      const [key, name] = e as [{ concat: unknown[] }, string];
+      const packets = counters.get(String(name));
+      if (packets !== undefined) out.set(`${m.name} ${key?.concat?.join(" ")}`, packets);
+    }
+  }
+  return out;
 }
 
 /** The domain hashes that own something in our table. */
@@ -177,6 +205,7 @@ export function nftLiveForwards(live: NftLive): LiveForward[] {
     if (owner && domain !== undefined) names.set(owner, domain);
   }
   const out: LiveForward[] = [];
+  const connections = newConnections(live);
   for (const m of live.maps) {
     const match = /^d([0-9a-f]{12})-dnat([46])$/.exec(m.name);
     if (!match) continue;
@@ -185,7 +214,9 @@ export function nftLiveForwards(live: NftLive): LiveForward[] {
       const [key, value] = e as [{ concat: unknown[] }, { concat: unknown[] }];
       const [publicIp, protocol, publicPort] = key?.concat ?? [];
       const [privateIp, privatePort] = value?.concat ?? [];
+      const counted = connections.get(`${m.name.slice(0, -5)}-new${match[2]} ${key?.concat?.join(" ")}`);
       out.push({
+        ...(counted === undefined ? {} : { counters: { connections: counted } }),
         domain,
         family: match[2] === "6" ? 6 : 4,
         protocol: String(protocol),

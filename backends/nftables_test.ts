@@ -48,9 +48,14 @@ Deno.test("nftDomainObjects() renders the example config: maps for pairs, rules 
       add chain inet libvirt_hook_qemu user_forward { type filter hook forward priority -10; policy accept; }
       add map inet libvirt_hook_qemu ${p}-dnat4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; elements = { 203.0.113.7 . tcp . 2222 : 192.168.122.10 . 22, 203.0.113.7 . tcp . 443 : 192.168.122.10 . 443, 203.0.113.7 . udp . 51820 : 192.168.122.10 . 51820 }; }
       add set inet libvirt_hook_qemu ${p}-to4 { type ipv4_addr . inet_proto . inet_service; elements = { 192.168.122.10 . tcp . 22, 192.168.122.10 . tcp . 443, 192.168.122.10 . udp . 51820 }; }
+      add counter inet libvirt_hook_qemu ${p}-n4-0
+      add counter inet libvirt_hook_qemu ${p}-n4-1
+      add counter inet libvirt_hook_qemu ${p}-n4-2
+      add map inet libvirt_hook_qemu ${p}-new4 { type ipv4_addr . inet_proto . inet_service : counter; elements = { 203.0.113.7 . tcp . 2222 : "${p}-n4-0", 203.0.113.7 . tcp . 443 : "${p}-n4-1", 203.0.113.7 . udp . 51820 : "${p}-n4-2" }; }
       add set inet libvirt_hook_qemu ${p}-br4 { type ifname; elements = { "virbr0" }; }
       add chain inet libvirt_hook_qemu ${p}-dnat
       add chain inet libvirt_hook_qemu ${p}-snat
+      add rule inet libvirt_hook_qemu ${p}-dnat counter name ip daddr . meta l4proto . th dport map @${p}-new4 ${c}
       add rule inet libvirt_hook_qemu ${p}-dnat dnat ip to ip daddr . meta l4proto . th dport map @${p}-dnat4 ${c}
       add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.7 udp dport 30000-30099 dnat ip to 192.168.122.10 ${c}
       add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr . meta l4proto . th dport @${p}-to4 masquerade ${c}

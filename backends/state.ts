@@ -102,11 +102,14 @@ export interface ReadOptions {
   onInput?: (() => void) | undefined;
   /** List the jumps in the built-in chains too (default true); a start does without (see FirewallState.scope). */
   jumps?: boolean;
+  /** Read the rules' counters too (status, metrics): a whole read, with `iptables-save -c`. */
+  counters?: boolean;
 }
 
 /** Reads what is live for every family and backend, concurrently: a constant number of processes. */
 export async function readState(deps: ApplyDeps, options: ReadOptions = {}): Promise<FirewallState> {
-  const { domain, onInput, jumps = true } = options;
+  const { domain, onInput, jumps = true, counters = false } = options;
+  if (counters) return await readAll(deps, domain, { counters });
   if (domain !== undefined && deps.iptablesNft && deps.nft !== undefined) {
     const state = await readAtOnce(deps, deps.nft, { domain, onInput, jumps });
     if (state) return state;
@@ -117,19 +120,24 @@ export async function readState(deps: ApplyDeps, options: ReadOptions = {}): Pro
 }
 
 /** Reads with iptables-save (or, on a busy host, by single chains) and nft: the whole truth about our rules. */
-export async function readAll(deps: ApplyDeps, domain?: string): Promise<FirewallState> {
+export async function readAll(
+  deps: ApplyDeps,
+  domain?: string,
+  { counters = false }: { counters?: boolean } = {},
+): Promise<FirewallState> {
   const { runner, tools } = deps;
   // On a busy host (Docker, Kubernetes: thousands of rules of others) iptables-save takes ~70 ms, while listing one
   // chain takes ~3 ms. So where the last full read was big, a call for one domain lists only the chains that can
   // hold its rules: the four built-in chains our jumps live in, and its own three chains.
-  const targeted = domain !== undefined && deps.hintDir !== undefined &&
+  const targeted = !counters && domain !== undefined && deps.hintDir !== undefined &&
     await hinted(deps.hintDir, BUSY_HINT);
   const ipt = Promise.all(FAMILIES.map(async (family) => {
     const listed = targeted ? await readChains(runner, tools[family], domain!) : "read all";
     if (listed !== "read all") return listed;
-    const result = await runner.run(tools[family].save);
+    const save = counters ? [...tools[family].save, "-c"] : tools[family].save;
+    const result = await runner.run(save);
     if (result.code === 127) return undefined;
-    if (result.code !== 0) throw new CommandError(tools[family].save, result);
+    if (result.code !== 0) throw new CommandError(save, result);
     const live = parseSave(result.stdout);
     if (family === 4 && deps.hintDir !== undefined) {
       await remember(deps.hintDir, BUSY_HINT, live.foreignBytes ?? 0);

@@ -3,6 +3,7 @@
 import {
   blockedNote,
   blockers,
+  type Counters,
   describeForward,
   describePlan,
   domainLabel,
@@ -34,7 +35,7 @@ export interface StatusOptions {
 export async function status(deps: HookDeps, { only, json = false }: StatusOptions = {}): Promise<number> {
   const { config, facts } = await loadFor({ ...deps, problem: () => {} });
   // One read of the firewall serves both the forwards and the backend line.
-  const state = await readLive(applyDeps(deps, config));
+  const state = await readLive(applyDeps(deps, config), { counters: true });
   const live = forwardsByDomain(state, await knownNames(config));
   const listeners = readListeners();
   const gates = await foreignGates(applyDeps(deps, config), state.nft?.hooks);
@@ -74,6 +75,7 @@ export async function status(deps: HookDeps, { only, json = false }: StatusOptio
           explained: planned.has(describeForward(f)) || leaseProblems.length > 0,
           ...(taken ? { takenFromHost: taken } : {}),
           ...(blocked.length ? { blocked } : {}),
+          ...(f.counters ? { counters: f.counters } : {}),
         };
       }),
     });
@@ -112,8 +114,19 @@ export async function status(deps: HookDeps, { only, json = false }: StatusOptio
         ...(f.takenFromHost ? [`takes from the host a port it listens on (${f.takenFromHost})`] : []),
         ...(f.blocked ?? []),
       ];
-      console.log(`  ${f.forward}${notes.length ? `   <- ${notes.join("; ")}` : ""}`);
+      console.log(
+        `  ${f.forward}${countersText(f.counters)}${notes.length ? `   <- ${notes.join("; ")}` : ""}`,
+      );
     }
   }
   return 0;
+}
+
+/** A forward's counters as status shows them: `  [3 connections, 40 packets, 2400 bytes]`; "" where not read. */
+export function countersText(c: Counters | undefined): string {
+  if (!c) return "";
+  const parts = [`${c.connections} connection${c.connections === 1 ? "" : "s"}`];
+  if (c.packets !== undefined) parts.push(`${c.packets} packets`);
+  if (c.bytes !== undefined) parts.push(`${c.bytes} bytes`);
+  return `  [${parts.join(", ")}]`;
 }
