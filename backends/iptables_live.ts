@@ -246,7 +246,8 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
     const source = arg("-s") === undefined ? undefined : bare(arg("-s")!);
     // The DNAT rule sees a connection's first packet only (nat): its packets are the new connections; the
     // forward's accept sees every packet of them, both ways.
-    const both = r.counters && accepted.get(`${r.owner} ${arg("-p")} ${arg("-d")} ${dport}`);
+    const both = r.counters &&
+      accepted.get(`${r.owner} ${arg("-p")} ${bareAddress(arg("-d") ?? "")} ${dport}`);
     out.push({
       domain: names.get(r.owner) ?? hashOnly(r.owner),
       family,
@@ -264,6 +265,11 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
   return out;
 }
 
+/** An address as iptables-save may print it, with or without its host prefix length. */
+function bareAddress(a: string): string {
+  return a.replace(/\/(32|128)$/, "");
+}
+
 /**
  * The counters of our accepts in the FWD chains, read with `iptables-save -c`, keyed as the DNAT rule names its
  * forward: `<owner> <protocol> <public address/len> <public ports>`. Sources restricted on one port share it.
@@ -276,7 +282,7 @@ function acceptCounters(live: Live): Map<string, [number, number]> {
     const at = (flag: string) => (t.includes(flag) ? t[t.indexOf(flag) + 1] : undefined);
     const dst = at("--ctorigdst"), port = at("--ctorigdstport");
     if (dst === undefined || port === undefined) continue;
-    const key = `${r.owner} ${at("-p")} ${dst} ${port}`;
+    const key = `${r.owner} ${at("-p")} ${bareAddress(dst)} ${port}`;
     const sum = out.get(key) ?? [0, 0];
     out.set(key, [sum[0] + r.counters[0], sum[1] + r.counters[1]]);
   }

@@ -214,7 +214,7 @@ export function nftLiveForwards(live: NftLive): LiveForward[] {
       const [key, value] = e as [{ concat: unknown[] }, { concat: unknown[] }];
       const [publicIp, protocol, publicPort] = key?.concat ?? [];
       const [privateIp, privatePort] = value?.concat ?? [];
-      const counted = connections.get(`${m.name.slice(0, -5)}-new${match[2]} ${key?.concat?.join(" ")}`);
+      const counted = connections.get(`d${match[1]}-new${match[2]} ${key?.concat?.join(" ")}`);
       out.push({
         ...(counted === undefined ? {} : { counters: { connections: counted } }),
         domain,
