@@ -74,7 +74,8 @@ export function planForwards(
       const net = connectedNetworkOf(facts.connected, priv);
       const hairpinFrom = net ? formatNetwork(net) : `${priv.text}/${priv.family === 4 ? 32 : 128}`;
       // The optional fields are the same for every port of the target: made once, not twice per port.
-      const optional: Pick<Forward, "source" | "interface"> = {};
+      const optional: Pick<Forward, "source" | "interface" | "log"> = {};
+      if (entry.log) optional.log = true;
       if (t.source !== undefined) optional.source = t.source;
       if (entry.interface !== undefined) optional.interface = entry.interface;
       if (entry.snat) {

@@ -26,6 +26,25 @@ export interface Forward {
   interface?: string;
   /** Sources masqueraded when they reach the forward through the public address (hairpin). */
   hairpinFrom: string;
+  /** `log`: each new connection is logged (kernel log), at most LOG_RATE, prefixed with logPrefix(). */
+  log?: true;
+}
+
+/** How many new connections per forward are logged: a burst, then a steady rate (iptables' and nft's words). */
+export const LOG_RATE = {
+  iptables: "--limit 10/min --limit-burst 5",
+  nft: "limit rate 10/minute burst 5 packets",
+};
+
+/**
+ * The kernel log prefix of a forward's new connections: `lvh <domain> <proto>/<port>: `, at most 29 characters
+ * (iptables' LOG allows 29), the domain's name cut to fit and anything but letters, digits, `.`, `_` and `-`
+ * turned into `_`, so that it needs no quoting in either rule language.
+ */
+export function logPrefix(domain: string, f: Pick<Forward, "protocol" | "publicPort">): string {
+  const tail = ` ${f.protocol}/${f.publicPort}: `;
+  const name = domain.replace(/[^A-Za-z0-9._-]/g, "_").slice(0, 29 - "lvh ".length - tail.length);
+  return `lvh ${name}${tail}`;
 }
 
 /** Outbound 1:1 NAT (`snat`): the guest's new connections to anywhere but `network` leave from `publicIp`. */

@@ -1,6 +1,6 @@
 /** The iptables backend's text: a domain's rules as iptables-restore batches (sync, additions, rollback). */
 
-import type { Forward, Snat } from "./forward.ts";
+import { type Forward, LOG_RATE, logPrefix, type Snat } from "./forward.ts";
 import { chainLine, chainOwner, type Live, Table, TABLES } from "./iptables_live.ts";
 import { chainNames, ruleComment, USER_CHAIN } from "./names.ts";
 import type { Family } from "../system/address.ts";
@@ -47,6 +47,7 @@ export function ruleLines(
   // What is the same for every forward between one pair of addresses is made once; each line is pieces of text
   // joined once per chain (far fewer objects for the garbage collector than a string per line).
   const dnat: string[] = [], snat: string[] = [], fwd: string[] = [];
+  let logged = 0;
   // The administrator's bans first (see USER_CHAIN): every DNATed connection, both ways, before our accepts.
   if (forwards.length > 0) fwd.push(`-A ${c.fwd} -m conntrack --ctstate DNAT ${comment} -j ${USER_CHAIN}\n`);
   const parts = new Map<string, ReturnType<typeof commonParts>>();
@@ -75,6 +76,12 @@ export function ruleLines(
         comment,
         " -j RETURN\n",
       );
+    }
+    // `log`: the nat chain sees a connection's first packet only, so this is one line per new connection.
+    if (f.log) {
+      logged++;
+      dnat.push(p.dnat, publicPorts, ` -m limit ${LOG_RATE.iptables} ${comment} -j LOG --log-prefix "`);
+      dnat.push(logPrefix(domain, f), '"\n');
     }
     dnat.push(p.dnat, publicPorts, p.dnatTo, to, "\n");
     snat.push(p.snat, privatePorts, p.translated, publicPorts, p.snatTail, "\n");
@@ -107,7 +114,7 @@ export function ruleLines(
       jump("filter", "FORWARD", c.fwd),
     ],
     text: { nat: dnat.join("") + snat.join(""), filter: fwd.join("") },
-    count: 3 * forwards.length + (forwards.length > 0 ? 1 : 0) +
+    count: 3 * forwards.length + (forwards.length > 0 ? 1 : 0) + logged +
       snats.reduce((n, s) => n + (s.family === 4 ? 3 : 2), 0),
   };
 }

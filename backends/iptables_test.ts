@@ -1,7 +1,7 @@
 /** The iptables backend's text: the exact iptables-restore batches each config produces. */
 
 import { buildRules, iptablesTools, renderSync, ruleLines } from "./iptables.ts";
-import { describeForward } from "./forward.ts";
+import { describeForward, logPrefix } from "./forward.ts";
 import { liveForwards, liveOf, parseSave, userChainGoes } from "./iptables_live.ts";
 import { domainHash } from "./names.ts";
 import assert from "node:assert/strict";
@@ -312,6 +312,41 @@ Deno.test("userChainGoes() takes LVH-USER with our last domain only while it is 
       assert.equal(userChainGoes(live, "web1"), goes);
       const removal = renderSync("web1", liveOf(live, "web1"), { userChain: true, dropUser: goes })!;
       assert.equal(removal.includes("-X LVH-USER\n"), goes);
+    });
+  }
+});
+
+Deno.test('ruleLines() logs each new connection of a "log" entry in its DNAT chain, rate-limited, named', () => {
+  const { forwards } = forwardsOf(
+    `{"web1": {"private_ip": "192.168.122.10", "public_ip": "203.0.113.7", "log": true,
+               "port_map": {"tcp": [[2222, 22]]}}}`,
+    "web1",
+  );
+  const h = domainHash("web1");
+  const c = "-m comment --comment libvirt-hook-qemu:1:web1";
+  const rules = ruleLines("web1", forwards);
+  assert.deepEqual(rules.text.nat.split("\n").slice(0, 2), [
+    `-A LVH-${h}-DNAT -d 203.0.113.7/32 -p tcp -m tcp --dport 2222 -m limit --limit 10/min --limit-burst 5 ${c} -j LOG --log-prefix "lvh web1 tcp/2222: "`,
+    `-A LVH-${h}-DNAT -d 203.0.113.7/32 -p tcp -m tcp --dport 2222 ${c} -j DNAT --to-destination 192.168.122.10:22`,
+  ]);
+  // Three rules, the jump to LVH-USER, the log.
+  assert.equal(rules.count, 5);
+  // Read back, the log line is no forward of its own.
+  assert.equal(liveForwards(parseSave(`*nat\n${rules.text.nat}\nCOMMIT\n`), 4).length, 1);
+});
+
+Deno.test("logPrefix() names the domain and the forward in at most 29 characters, with nothing to quote", async (t) => {
+  const cases: [string, string, number, string][] = [
+    ["a short name", "web1", 2222, "lvh web1 tcp/2222: "],
+    ["a long name, cut", "a-very-long-domain-name-indeed", 65535, "lvh a-very-long-d tcp/65535: "],
+    ["quotes and spaces", 'we "b" 1', 22, "lvh we__b__1 tcp/22: "],
+  ];
+  for (const [name, domain, port, prefix] of cases) {
+    await t.step(name, () => {
+      const got = logPrefix(domain, { protocol: "tcp", publicPort: port });
+      assert.equal(got, prefix);
+      assert.ok(got.length <= 29, got);
+      assert.match(got, /^lvh [A-Za-z0-9._-]+ tcp\/\d+: $/);
     });
   }
 });

@@ -1,6 +1,6 @@
 /** The native nftables backend: our own `inet` table, and our accept inside libvirt's nftables chains. */
 
-import type { Forward, Snat } from "./forward.ts";
+import { type Forward, LOG_RATE, logPrefix, type Snat } from "./forward.ts";
 import type { Live } from "./iptables_live.ts";
 import {
   carriedDomain,
@@ -92,6 +92,8 @@ export function nftDomainObjects(
         `add map ${t} ${counters} { type ${addrType} . inet_proto . inet_service : counter; ` +
           `elements = { ${mapped.map((f, i) => `${key(f)} : "${p}-n${family}-${i}"`).join(", ")} }; }`,
       );
+      // `log`: one line per new connection (a nat chain), a rule per logged forward, ahead of the lookups.
+      for (const f of mapped.filter((f) => f.log)) dnat.push(logRule(domain, f, comment));
       dnat.push(`counter name ${ip} daddr . meta l4proto . th dport map @${counters} ${comment}`);
       dnat.push(`dnat ${ip} to ${ip} daddr . meta l4proto . th dport map @${map} ${comment}`);
       for (const from of unique(mapped.map((f) => f.hairpinFrom))) {
@@ -120,6 +122,7 @@ export function nftDomainObjects(
         const taken = f.except.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(", ");
         dnat.push(`${source}${ip} daddr ${f.publicIp} ${f.protocol} dport { ${taken} } return ${comment}`);
       }
+      if (f.log) dnat.push(logRule(domain, f, comment));
       dnat.push(
         `${source}${ip} daddr ${f.publicIp} ${f.protocol} dport ${
           ports(f.publicPort)
@@ -150,6 +153,15 @@ export function nftDomainObjects(
   );
   out.push(...nftSnatObjects(domain, snats));
   return out;
+}
+
+/** The rule that logs a forward's new connections (see Forward.log), in the domain's nat chain. */
+function logRule(domain: string, f: Forward, comment: string): string {
+  const ip = f.family === 4 ? "ip" : "ip6";
+  const source = f.source === undefined ? "" : `${ip} saddr ${f.source} `;
+  const ports = f.count === 1 ? `${f.publicPort}` : `${f.publicPort}-${f.publicPort + f.count - 1}`;
+  return `${source}${ip} daddr ${f.publicIp} ${f.protocol} dport ${ports} ${LOG_RATE.nft} ` +
+    `log prefix "${logPrefix(domain, f)}" ${comment}`;
 }
 
 /** The base chains of our table; `add` is idempotent, so they are declared in every batch that adds. */

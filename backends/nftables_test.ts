@@ -340,3 +340,23 @@ Deno.test("nftSnatObjects() puts a guest's outbound NAT in a chain our base chai
   ]);
   assert.deepEqual(nftSnatObjects("mail", []), []);
 });
+
+Deno.test('nftDomainObjects() logs each new connection of a "log" entry, rate-limited, ahead of the lookups', () => {
+  const f = forwards(
+    `{"web1": {"private_ip": "192.168.122.10", "public_ip": "203.0.113.7", "log": true,
+               "port_map": {"tcp": [[2222, 22]]}, "port_range": [{"init_port": 3000, "ports_num": 2, "protocol": "udp"}]}}`,
+    "web1",
+  );
+  const p = `d${domainHash("web1")}`;
+  const c = 'comment "libvirt-hook-qemu:1:web1"';
+  const rules = nftDomainObjects("web1", f).filter((l) =>
+    l.startsWith(`add rule inet libvirt_hook_qemu ${p}-dnat `)
+  );
+  assert.deepEqual(rules.map((l) => l.slice(`add rule inet libvirt_hook_qemu ${p}-dnat `.length)), [
+    `ip daddr 203.0.113.7 tcp dport 2222 limit rate 10/minute burst 5 packets log prefix "lvh web1 tcp/2222: " ${c}`,
+    `counter name ip daddr . meta l4proto . th dport map @${p}-new4 ${c}`,
+    `dnat ip to ip daddr . meta l4proto . th dport map @${p}-dnat4 ${c}`,
+    `ip daddr 203.0.113.7 udp dport 3000-3001 limit rate 10/minute burst 5 packets log prefix "lvh web1 udp/3000: " ${c}`,
+    `ip daddr 203.0.113.7 udp dport 3000-3001 dnat ip to 192.168.122.10 ${c}`,
+  ]);
+});

@@ -64,6 +64,12 @@ export const ENTRY_FIELDS = {
     description: "The guest's own new outgoing connections (to anywhere but its own network) leave from " +
       "public_ip (and public_ipv6) instead of the host's address: 1:1 NAT. Needs an explicit public_ip.",
   },
+  log: {
+    type: "boolean",
+    description:
+      "Log each new connection to the entry's forwards in the kernel log, at most 10 a minute per " +
+      "forward (bursts of 5), prefixed with the domain and the forward (`lvh web1 tcp/2222: `).",
+  },
 } as const;
 
 /** What readDomain() needs beside the domain's node: how to report, where claims go, and the validator's options. */
@@ -134,6 +140,7 @@ function readEntry(node: Node, at: EntryAt): Entry | undefined {
   const targets = readTargets(cx);
   const ports = readPorts(cx, targets);
   const snatNode = claimSnat(cx, targets);
+  const log = flagField(cx, "log");
   if (!["port_map", "port_range", "all_ports", "snat"].some((k) => cx.fields.has(k))) {
     at.report(node, at.path, "Entry forwards no port: give port_map or port_range", { severity: "warning" });
   }
@@ -144,7 +151,17 @@ function readEntry(node: Node, at: EntryAt): Entry | undefined {
     targets: targets.list,
     ports,
     ...(snatNode ? { snat: true as const } : {}),
+    ...(log ? { log: true as const } : {}),
   };
+}
+
+/** A true/false field's value; a field of another type fails. */
+function flagField(cx: EntryContext, key: keyof typeof ENTRY_FIELDS): boolean {
+  const v = cx.fields.get(key);
+  if (!v) return false;
+  if (v.type === "boolean") return v.value === true;
+  cx.fail(v, jsonPath(cx.path, key), `Expected true or false, found ${kind(v)}`);
+  return false;
 }
 
 /** The entry's fields by name: an unknown field or one given twice fails. */
