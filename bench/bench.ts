@@ -343,7 +343,10 @@ async function runScenario(
   const names = sc.domains.map((d) => d.name);
   const last = names[names.length - 1]!;
   const perDomain = sc.domains[0]!.ports.length;
-  const live = { chains: 3 * names.length, rules: names.length * (3 * perDomain + 4) };
+  // Per domain: three chains, four jumps, three rules a forward, the jump to LVH-USER, and a log rule a forward
+  // where the entry logs; LVH-USER itself, made by the first start.
+  const logged = sc.domains[0]!.log ? perDomain : 0;
+  const live = { chains: 3 * names.length + 1, rules: names.length * (3 * perDomain + 5 + logged) };
   const none = { chains: 0, rules: 0 };
   const where = `${ctx.firewall} ${sc.label}`;
 
@@ -933,6 +936,15 @@ async function main(args: string[]): Promise<number> {
       runs: opts.runs,
       floorRuns: Math.max(opts.runs, 5),
     }));
+    // The largest N again with `"log": true` (counters are always on: every row has them).
+    const largest = Math.max(...opts.sizes);
+    scenarios.push({
+      id: `n${largest}log`,
+      label: `N=${largest}, log`,
+      domains: singleDomain(largest).map((d) => ({ ...d, log: true })),
+      runs: opts.runs,
+      floorRuns: Math.max(opts.runs, 5),
+    });
     if (opts.domains > 0) {
       scenarios.push({
         id: `d${opts.domains}`,

@@ -30,6 +30,7 @@ export const PORT_FORWARD_ATTRIBUTES = {
     '"yes": the guest\'s own new outgoing connections leave from address (as snat; the policy must allow it)',
   allPorts:
     '"yes": every tcp and udp port of address goes to the guest (as all_ports; the policy must allow it)',
+  log: '"yes": each new connection to the forward is logged in the kernel log, rate-limited (as log)',
 } as const;
 
 /** The attributes of a `range`. */
@@ -233,7 +234,7 @@ function readPortForward(
     problem(...args);
   };
   const cx: ForwardContext = { el, path, named: readAttributes(el, path, fail), fail };
-  const snat = yes(cx, "snat"), allPorts = yes(cx, "allPorts");
+  const snat = yes(cx, "snat"), allPorts = yes(cx, "allPorts"), log = yes(cx, "log");
   const proto = readProtocol(cx, { snat, allPorts });
   const { target, pub } = readTarget(cx);
   const mac = readMac(cx);
@@ -266,6 +267,7 @@ function readPortForward(
       ports,
       ...(mac ? { mac: mac.value.toLowerCase() } : {}),
       ...(snat ? { snat: true as const } : {}),
+      ...(log ? { log: true as const } : {}),
     },
     place: { element: { line: el.line, column: el.column, path }, attributes: cx.named, ranges: positions },
   };
@@ -295,7 +297,7 @@ function attribute(cx: ForwardContext, name: string): XmlAttribute {
 }
 
 /** A yes/no flag: true where it is "yes"; anything but "yes" or "no" fails. */
-function yes(cx: ForwardContext, name: "snat" | "allPorts"): boolean {
+function yes(cx: ForwardContext, name: "snat" | "allPorts" | "log"): boolean {
   const a = cx.named.get(name);
   if (!a || a.value === "no") return false;
   if (a.value === "yes") return true;
