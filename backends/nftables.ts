@@ -77,24 +77,17 @@ export function nftDomainObjects(
       const to = (f: Forward) => `${f.privateIp} . ${f.privatePort}`;
       const priv = (f: Forward) => `${f.privateIp} . ${f.protocol} . ${f.privatePort}`;
       out.push(
+        // `counter`: each element counts its lookups, a forward's new connections (this chain sees a connection's
+        // first packet only): no rule, nothing per packet, and nothing measurable at start (see Counters).
         `add map ${t} ${map} { type ${addrType} . inet_proto . inet_service : ${addrType} . inet_service; ` +
-          `elements = { ${mapped.map((f) => `${key(f)} : ${to(f)}`).join(", ")} }; }`,
+          `counter; elements = { ${mapped.map((f) => `${key(f)} : ${to(f)}`).join(", ")} }; }`,
       );
       out.push(
         `add set ${t} ${set} { type ${addrType} . inet_proto . inet_service; ` +
           `elements = { ${unique(mapped.map(priv)).join(", ")} }; }`,
       );
-      // Each forward's new connections, in a named counter: this chain sees a connection's first packet only, so
-      // the packets after it cost nothing (see Counters).
-      const counters = `${p}-new${family}`;
-      mapped.forEach((_, i) => out.push(`add counter ${t} ${p}-n${family}-${i}`));
-      out.push(
-        `add map ${t} ${counters} { type ${addrType} . inet_proto . inet_service : counter; ` +
-          `elements = { ${mapped.map((f, i) => `${key(f)} : "${p}-n${family}-${i}"`).join(", ")} }; }`,
-      );
-      // `log`: one line per new connection (a nat chain), a rule per logged forward, ahead of the lookups.
+      // `log`: one line per new connection (a nat chain), a rule per logged forward, ahead of the lookup.
       for (const f of mapped.filter((f) => f.log)) dnat.push(logRule(domain, f, comment));
-      dnat.push(`counter name ${ip} daddr . meta l4proto . th dport map @${counters} ${comment}`);
       dnat.push(`dnat ${ip} to ${ip} daddr . meta l4proto . th dport map @${map} ${comment}`);
       for (const from of unique(mapped.map((f) => f.hairpinFrom))) {
         snat.push(
@@ -197,10 +190,6 @@ export function nftRemoveDomain(domain: string, live: NftLive, { keepTable = fal
   for (const c of chains) out.push(`delete chain ${t} ${c}`);
   for (const m of live.maps) if (m.name.startsWith(`${p}-`)) out.push(`delete map ${t} ${m.name}`);
   for (const s of live.sets) if (s.name.startsWith(`${p}-`)) out.push(`delete set ${t} ${s.name}`);
-  // After the maps that name them.
-  for (const c of live.counters ?? []) {
-    if (c.name.startsWith(`${p}-`)) out.push(`delete counter ${t} ${c.name}`);
-  }
   return out;
 }
 

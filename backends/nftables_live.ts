@@ -35,8 +35,6 @@ export interface NftLive {
   maps: { name: string; elem: unknown[] }[];
   sets: { name: string; elem: unknown[] }[];
   rules: NftRule[];
-  /** Our named counters (a domain's new connections per forward, `d<hash>-n<family>-<i>`), where listed. */
-  counters?: { name: string; packets: number; bytes: number }[];
   /** libvirt's guest_input chain per family, when libvirt uses nftables: its rules in order. */
   libvirt: Partial<Record<Family, NftRule[]>>;
   /** Every base chain at the forward hook, in any table: the gates a forwarded connection must pass. */
@@ -70,13 +68,6 @@ export function addNftItems(items: NftItem[], into: NftLive, handed: readonly st
       if (kind === "map") into.maps.push({ name: String(v.name), elem: (v.elem as unknown[]) ?? [] });
       if (kind === "set") into.sets.push({ name: String(v.name), elem: (v.elem as unknown[]) ?? [] });
       if (kind === "rule") into.rules.push(toRule(v));
-      if (kind === "counter") {
-        (into.counters ??= []).push({
-          name: String(v.name),
-          packets: Number(v.packets ?? 0),
-          bytes: Number(v.bytes ?? 0),
-        });
-      }
     } else if (v.table === LIBVIRT_TABLE && v.chain === LIBVIRT_CHAIN && kind === "rule") {
       const family: Family = v.family === "ip6" ? 6 : 4;
       (into.libvirt[family] ??= []).push(toRule(v));
@@ -103,24 +94,8 @@ function toRule(v: Record<string, unknown>): NftRule {
   };
 }
 
-/**
- * Each plain forward's new connections in nftables: its named counter, by `<map> <key>` (the counter map
- * `d<hash>-new<family>` names one counter per forward key; its rule in the domain's nat chain sees a connection's
- * first packet only).
- */
-function newConnections(live: NftLive): Map<string, number> {
-  const out = new Map<string, number>();
-  const counters = new Map((live.counters ?? []).map((c) => [c.name, c.packets]));
-  for (const m of live.maps) {
-    if (!/^d[0-9a-f]{12}-new[46]$/.test(m.name)) continue;
-    for (const e of m.elem) {
-      const [key, name] = e as [{ concat: unknown[] }, string];
-      const packets = counters.get(String(name));
-      if (packets !== undefined) out.set(`${m.name} ${key?.concat?.join(" ")}`, packets);
-    }
-  }
-  return out;
-}
+/** A map element's key as nft -j lists it: plain, or with the element's counter (a map declared with `counter`). */
+type MapKey = { concat: unknown[] } | { elem: { val: { concat: unknown[] }; counter?: { packets: number } } };
 
 /** The domain hashes that own something in our table. */
 export function nftOwners(live: NftLive): Set<string> {
@@ -205,16 +180,18 @@ export function nftLiveForwards(live: NftLive): LiveForward[] {
     if (owner && domain !== undefined) names.set(owner, domain);
   }
   const out: LiveForward[] = [];
-  const connections = newConnections(live);
   for (const m of live.maps) {
     const match = /^d([0-9a-f]{12})-dnat([46])$/.exec(m.name);
     if (!match) continue;
     const domain = names.get(match[1]!) ?? hashOnly(match[1]!);
     for (const e of m.elem) {
-      const [key, value] = e as [{ concat: unknown[] }, { concat: unknown[] }];
+      const [element, value] = e as [MapKey, { concat: unknown[] }];
+      // A map with `counter` lists each key as `{elem: {val, counter}}`: the lookups of the forward's key.
+      const counting = typeof element === "object" && element !== null && "elem" in element;
+      const key = counting ? element.elem.val : element as { concat: unknown[] } | undefined;
+      const counted = counting ? element.elem.counter?.packets : undefined;
       const [publicIp, protocol, publicPort] = key?.concat ?? [];
       const [privateIp, privatePort] = value?.concat ?? [];
-      const counted = connections.get(`d${match[1]}-new${match[2]} ${key?.concat?.join(" ")}`);
       out.push({
         ...(counted === undefined ? {} : { counters: { connections: counted } }),
         domain,

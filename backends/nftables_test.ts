@@ -46,16 +46,11 @@ Deno.test("nftDomainObjects() renders the example config: maps for pairs, rules 
       add chain inet libvirt_hook_qemu output { type nat hook output priority -100; policy accept; }
       add chain inet libvirt_hook_qemu postrouting { type nat hook postrouting priority srcnat; policy accept; }
       add chain inet libvirt_hook_qemu user_forward { type filter hook forward priority -10; policy accept; }
-      add map inet libvirt_hook_qemu ${p}-dnat4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; elements = { 203.0.113.7 . tcp . 2222 : 192.168.122.10 . 22, 203.0.113.7 . tcp . 443 : 192.168.122.10 . 443, 203.0.113.7 . udp . 51820 : 192.168.122.10 . 51820 }; }
+      add map inet libvirt_hook_qemu ${p}-dnat4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; counter; elements = { 203.0.113.7 . tcp . 2222 : 192.168.122.10 . 22, 203.0.113.7 . tcp . 443 : 192.168.122.10 . 443, 203.0.113.7 . udp . 51820 : 192.168.122.10 . 51820 }; }
       add set inet libvirt_hook_qemu ${p}-to4 { type ipv4_addr . inet_proto . inet_service; elements = { 192.168.122.10 . tcp . 22, 192.168.122.10 . tcp . 443, 192.168.122.10 . udp . 51820 }; }
-      add counter inet libvirt_hook_qemu ${p}-n4-0
-      add counter inet libvirt_hook_qemu ${p}-n4-1
-      add counter inet libvirt_hook_qemu ${p}-n4-2
-      add map inet libvirt_hook_qemu ${p}-new4 { type ipv4_addr . inet_proto . inet_service : counter; elements = { 203.0.113.7 . tcp . 2222 : "${p}-n4-0", 203.0.113.7 . tcp . 443 : "${p}-n4-1", 203.0.113.7 . udp . 51820 : "${p}-n4-2" }; }
       add set inet libvirt_hook_qemu ${p}-br4 { type ifname; elements = { "virbr0" }; }
       add chain inet libvirt_hook_qemu ${p}-dnat
       add chain inet libvirt_hook_qemu ${p}-snat
-      add rule inet libvirt_hook_qemu ${p}-dnat counter name ip daddr . meta l4proto . th dport map @${p}-new4 ${c}
       add rule inet libvirt_hook_qemu ${p}-dnat dnat ip to ip daddr . meta l4proto . th dport map @${p}-dnat4 ${c}
       add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.7 udp dport 30000-30099 dnat ip to 192.168.122.10 ${c}
       add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr . meta l4proto . th dport @${p}-to4 masquerade ${c}
@@ -354,9 +349,44 @@ Deno.test('nftDomainObjects() logs each new connection of a "log" entry, rate-li
   );
   assert.deepEqual(rules.map((l) => l.slice(`add rule inet libvirt_hook_qemu ${p}-dnat `.length)), [
     `ip daddr 203.0.113.7 tcp dport 2222 limit rate 10/minute burst 5 packets log prefix "lvh web1 tcp/2222: " ${c}`,
-    `counter name ip daddr . meta l4proto . th dport map @${p}-new4 ${c}`,
     `dnat ip to ip daddr . meta l4proto . th dport map @${p}-dnat4 ${c}`,
     `ip daddr 203.0.113.7 udp dport 3000-3001 limit rate 10/minute burst 5 packets log prefix "lvh web1 udp/3000: " ${c}`,
     `ip daddr 203.0.113.7 udp dport 3000-3001 dnat ip to 192.168.122.10 ${c}`,
   ]);
+});
+
+Deno.test("nftLiveForwards() reads each plain forward's new connections from its map element's counter", () => {
+  const p = `d${domainHash("web1")}`;
+  const live = parseNftJson(JSON.stringify({
+    nftables: [
+      { table: { family: "inet", name: "libvirt_hook_qemu", handle: 1 } },
+      {
+        map: {
+          family: "inet",
+          table: "libvirt_hook_qemu",
+          name: `${p}-dnat4`,
+          handle: 2,
+          elem: [
+            [
+              {
+                elem: { val: { concat: ["203.0.113.7", "tcp", 2222] }, counter: { packets: 3, bytes: 180 } },
+              },
+              {
+                concat: ["192.168.122.10", 22],
+              },
+            ],
+            // A map made before counters: its forward has none.
+            [{ concat: ["203.0.113.7", "tcp", 443] }, { concat: ["192.168.122.10", 443] }],
+          ],
+        },
+      },
+    ],
+  }));
+  assert.deepEqual(
+    nftLiveForwards(live).map((f) => [describeForward(f), f.counters]),
+    [
+      ["tcp 203.0.113.7:2222 -> 192.168.122.10:22", { connections: 3 }],
+      ["tcp 203.0.113.7:443 -> 192.168.122.10:443", undefined],
+    ],
+  );
 });

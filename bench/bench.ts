@@ -400,7 +400,11 @@ async function runScenario(
       }
     }
     const stops = stopBatches(text);
-    for (const d of names) floor.stopped.push(await restore(ctx, stops.get(chainHashOf(plans.get(d)!))!));
+    for (const d of names) {
+      // The last domain's stop takes the empty LVH-USER too, as the hook's does.
+      const userChain = d === last ? "*filter\n-X LVH-USER\nCOMMIT\n" : "";
+      floor.stopped.push(await restore(ctx, stops.get(chainHashOf(plans.get(d)!))! + userChain));
+    }
     if (r === 0) await expectOurs(ctx, none, `${where}: after the floor`);
   };
 
@@ -420,7 +424,10 @@ async function runScenario(
       listings.push({ table, text: await ctx.ns.exec(["nft", "-a", "list", "table", "ip", table]) });
     }
     const stops = nftStopBatches(listings);
-    for (const d of names) nft.stopped.push(await nftLoad(ctx, stops.get(chainHashOf(plans.get(d)!))!));
+    for (const d of names) {
+      const userChain = d === last ? "delete chain ip filter LVH-USER\n" : "";
+      nft.stopped.push(await nftLoad(ctx, stops.get(chainHashOf(plans.get(d)!))! + userChain));
+    }
     if (r === 0) await expectOurs(ctx, none, `${where}: after the nft floor`);
   };
 
