@@ -114,19 +114,18 @@ export async function status(deps: HookDeps, { only, json = false }: StatusOptio
         ...(f.takenFromHost ? [`takes from the host a port it listens on (${f.takenFromHost})`] : []),
         ...(f.blocked ?? []),
       ];
-      console.log(
-        `  ${f.forward}${countersText(f.counters)}${notes.length ? `   <- ${notes.join("; ")}` : ""}`,
-      );
+      console.log(`  ${f.forward}${notes.length ? `   <- ${notes.join("; ")}` : ""}`);
+      // Its own line, where they were read: the forward's line stays as it always was.
+      if (f.counters) console.log(`    ${countersText(f.counters)}`);
     }
   }
   return 0;
 }
 
-/** A forward's counters as status shows them: `  [3 connections, 40 packets, 2400 bytes]`; "" where not read. */
-export function countersText(c: Counters | undefined): string {
-  if (!c) return "";
+/** A forward's counters as status shows them: `3 connections, 40 packets, 2400 bytes` (nftables: connections). */
+export function countersText(c: Counters): string {
   const parts = [`${c.connections} connection${c.connections === 1 ? "" : "s"}`];
   if (c.packets !== undefined) parts.push(`${c.packets} packets`);
   if (c.bytes !== undefined) parts.push(`${c.bytes} bytes`);
-  return `  [${parts.join(", ")}]`;
+  return parts.join(", ");
 }

@@ -123,9 +123,11 @@ Deno.test({
         [
           'Firewall backend: iptables (setting "auto"; libvirt uses iptables)',
           "web1 (not running)",
-          // With its counters: nothing has connected yet.
-          `  tcp ${A.hostPub4}:2222 -> ${A.g1v4}:22 from ${A.client4b}  [0 connections, 0 packets, 0 bytes]`,
-          `  tcp [${A.hostPub6}]:2222 -> [${A.g1v6}]:22  [0 connections, 0 packets, 0 bytes]`,
+          // Each with its counters: nothing has connected yet.
+          `  tcp ${A.hostPub4}:2222 -> ${A.g1v4}:22 from ${A.client4b}`,
+          "    0 connections, 0 packets, 0 bytes",
+          `  tcp [${A.hostPub6}]:2222 -> [${A.g1v6}]:22`,
+          "    0 connections, 0 packets, 0 bytes",
           "",
         ].join("\n"),
       );

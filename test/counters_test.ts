@@ -80,7 +80,7 @@ for (const v of VARIANTS) {
           assert.deepEqual([unused.packets, unused.bytes], [0, 0]);
         } else assert.deepEqual(Object.keys(used), ["connections"]);
         const text = (await run(lab, file, ["status"])).stdout;
-        assert.match(text, /:2222 -> 192\.168\.122\.10:22 {2}\[3 connections(, \d+ packets, \d+ bytes)?\]\n/);
+        assert.match(text, /:2222 -> 192\.168\.122\.10:22\n {4}3 connections(, \d+ packets, \d+ bytes)?\n/);
         const metrics = (await run(lab, file, ["metrics"])).stdout;
         assert.match(
           metrics,
