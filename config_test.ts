@@ -17,7 +17,7 @@ Deno.test("parseConfig() reports each mistake as file:line:column: message (json
   const cases: [string, string, string[]][] = [
     ["a typo in a field name", `{"web1": {"private_ip": "10.0.0.1",\n  "prot_map": {"tcp": [22]}}}`, [
       'hooks.jsonc:2:3: Unknown field "prot_map"; known fields: interface, private_ip, public_ip, source_ip, ' +
-      "private_ipv6, public_ipv6, source_ipv6, port_map, port_range, all_ports, snat, log (web1.prot_map)",
+      "private_ipv6, public_ipv6, source_ipv6, port_map, port_range, all_ports, snat, dev, description, enabled, log (web1.prot_map)",
       "hooks.jsonc:1:10: warning: Entry forwards no port: give port_map or port_range (web1)",
     ]],
     ["a malformed address", `{"web1": {"private_ip": "192.168.122.300", "port_map": {"tcp": [22]}}}`, [
@@ -90,6 +90,65 @@ Deno.test("parseConfig() reports each mistake as file:line:column: message (json
   for (const [name, text, expected] of cases) {
     await t.step(name, () => assert.deepEqual(problems(text), expected));
   }
+});
+
+Deno.test('parseConfig() reports each mistake of dev, description, enabled and "*" where it is', () => {
+  const text = `{
+  "web": {"private_ip": "10.0.0.2", "public_ip": "*", "dev": "eth0:1", "description": "say \\"hi\\"",
+          "enabled": "no", "port_map": {"tcp": [80]}},
+  "db": {"private_ip": "10.0.0.3", "public_ip": "*", "snat": true, "port_map": {"tcp": [5432]}},
+  "a": {"private_ip": "10.0.0.4", "public_ip": "*", "port_map": {"tcp": [8080]}},
+  "b": {"private_ip": "10.0.0.5", "public_ip": "203.0.113.1", "port_map": {"tcp": [8080]}},
+  "c": {"private_ip": "fd00::5", "public_ip": "*", "port_map": {"tcp": [8080]}},
+  "d": {"private_ip": "10.0.0.6", "description": "${"x".repeat(65)}", "port_map": {"tcp": [1]}}
+}`;
+  // "*" clashes with an address of its own family on the same port (a, b), not with the other family's (c).
+  assert.deepEqual(problems(text, { hostAddresses: ["203.0.113.1"] }), [
+    'hooks.jsonc:2:62: Not a valid interface name: it holds ":", which no interface name may hold here (web.dev = "eth0:1")',
+    'hooks.jsonc:2:87: A description holds printable ASCII without double quotes or backslashes, found "\\"" (web.description = "say \\"hi\\"")',
+    'hooks.jsonc:3:22: Expected true or false, found a string (web.enabled = "no")',
+    'hooks.jsonc:4:62: snat makes the guest\'s connections leave from its public address, so it needs one address, not "*" (db.snat = true)',
+    `hooks.jsonc:8:50: A description holds at most 64 characters, not 65 (d.description = "${
+      "x".repeat(56)
+    }...)`,
+    "hooks.jsonc:6:84: Public tcp port 8080 on 203.0.113.1 is also claimed by a.port_map.tcp[0] (8080) (b.port_map.tcp[0] = 8080)",
+    "hooks.jsonc:5:74: Public tcp port 8080 on any IPv4 address is also claimed by b.port_map.tcp[0] (8080) (a.port_map.tcp[0] = 8080)",
+  ]);
+});
+
+Deno.test('parseConfig() keeps dev, description, enabled: false and "*" on the entry', () => {
+  const config = parseConfig(
+    `{"web": {"private_ip": "10.0.0.5", "private_ipv6": "fd00::5", "public_ip": "*", "public_ipv6": "*", "dev": "eth1",
+      "description": "shop", "enabled": false, "port_map": {"tcp": [443]}}}`,
+    "hooks.jsonc",
+  );
+  assert.deepEqual(config.diagnostics, []);
+  assert.deepEqual(config.domains.get("web"), [{
+    path: "web",
+    file: "hooks.jsonc",
+    targets: [
+      { family: 4, privateIp: "10.0.0.5", publicIp: "*" },
+      { family: 6, privateIp: "fd00::5", publicIp: "*" },
+    ],
+    ports: [{ protocol: "tcp", publicPort: 443, privatePort: 443, count: 1 }],
+    dev: "eth1",
+    description: "shop",
+    enabled: false,
+  }]);
+});
+
+Deno.test('parseConfig() leaves the port of a forward on "*" out of all_ports of its family: the forward takes it', () => {
+  const config = parseConfig(
+    `{"web": {"private_ip": "10.0.0.2", "public_ip": "*", "port_map": {"tcp": [8080]}},
+      "vm": {"private_ip": "10.0.0.1", "public_ip": "203.0.113.9", "private_ipv6": "fd00::1",
+             "public_ipv6": "2001:db8::9", "all_ports": true}}`,
+    "hooks.jsonc",
+  );
+  assert.deepEqual(config.diagnostics, []);
+  assert.deepEqual(config.domains.get("vm")?.[0]?.ports.map((p) => [p.protocol, p.all?.except]), [
+    ["tcp", { 4: [[8080, 8080]], 6: [] }],
+    ["udp", { 4: [], 6: [] }],
+  ]);
 });
 
 function dedent2(text: string): string {

@@ -25,6 +25,10 @@ Usage: install.sh [options]
   --uninstall    remove what install put there; keep the config; say which forwards are still live
   --purge        with --uninstall: remove the live forwards too
   --deno-only    only make sure Deno $DENO_VERSION is on PATH (from npm when missing)
+  --check-host   install nothing: say which libvirt daemons run here (what to restart) and what SELinux needs
+It also installs the man pages libvirt-hook-qemu(8) and hooks.jsonc(5) under /usr/local/share/man and bash
+completion under /usr/local/share/bash-completion/completions; says which libvirt daemons run here and which to
+restart; and where SELinux is on, restores the labels of what it installed and reports virt_hooks_unconfined.
 Environment: DESTDIR installs under another root; DENORT_BIN names a denort binary for deno compile.
 EOF
 }
@@ -40,6 +44,7 @@ for arg in "$@"; do
     --uninstall) mode=uninstall ;;
     --purge) purge=1 ;;
     --deno-only) mode=deno ;;
+    --check-host) mode=host ;;
     -h | --help) usage; exit 0 ;;
     *) echo "install.sh: unknown option $arg" >&2; usage >&2; exit 2 ;;
   esac
@@ -47,6 +52,85 @@ done
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
+
+MAN_DIR=$DESTDIR/usr/local/share/man
+COMPLETION=$DESTDIR/usr/local/share/bash-completion/completions/qemu
+
+# Which libvirt daemons this host has, from systemd: the monolithic libvirtd runs both hooks; with the modular
+# daemons virtqemud runs the qemu hook and virtnetworkd the network hook. Each reads its hooks when it starts.
+# Sets `daemon_units` (what is there, with its state) and `restart` (the services running now, which must be
+# restarted once to know a new hook); `daemons_known` is 0 where systemd cannot tell.
+detect_daemons() {
+  daemon_units="" restart="" daemons_known=0 idle=""
+  command -v systemctl >/dev/null 2>&1 || return 0
+  local listed unit state d
+  listed=$(timeout 10 systemctl list-unit-files --no-legend --no-pager 'libvirtd*' 'virtqemud*' 'virtnetworkd*' 2>/dev/null) || return 0
+  for d in libvirtd virtqemud virtnetworkd; do
+    for unit in "$d.service" "$d.socket"; do
+      printf '%s\n' "$listed" | grep -q "^$unit[[:space:]]" || continue
+      state=$(timeout 10 systemctl is-active "$unit" 2>/dev/null) || true
+      # Where systemd does not run (a container, a chroot), is-active answers nothing we know: unknown.
+      case $state in active | inactive | failed | activating | deactivating | reloading) daemons_known=1 ;; *) state=unknown ;; esac
+      daemon_units="$daemon_units${daemon_units:+, }$unit ($state)"
+      if [ "$unit" = "$d.service" ] && [ "$state" = active ]; then restart="$restart${restart:+ }$d"
+      elif [ "$unit" = "$d.socket" ] && [ "$state" = active ]; then idle="$idle${idle:+ }$d"; fi
+    done
+  done
+  # A daemon whose socket listens but whose service is not running starts on demand: it finds the hook then.
+  local waiting="" i
+  for i in $idle; do case " $restart " in *" $i "*) ;; *) waiting="$waiting${waiting:+ }$i" ;; esac; done
+  idle=$waiting
+}
+
+# What the administrator must do so that libvirt calls the hook: restart exactly the daemons that run now.
+say_daemons() {
+  detect_daemons
+  if [ "$daemons_known" = 0 ]; then
+    say "Next: restart libvirtd once (systemctl restart libvirtd; where libvirt runs its modular daemons: systemctl restart virtqemud virtnetworkd), since libvirt looks for hooks when it starts (systemd could not tell which daemons run here${daemon_units:+; its units: $daemon_units})."
+    return
+  fi
+  say "libvirt daemons here: $daemon_units"
+  if [ -n "$restart" ]; then
+    local units="" d
+    for d in $restart; do units="$units $d.service"; done
+    say "Next: restart $(echo "$restart" | sed 's/ / and /g') once (systemctl restart$units), since libvirt looks for hooks when its daemon starts$(
+      case " $restart " in *" virtqemud "*) echo "; virtqemud runs the qemu hook, virtnetworkd the network hook" ;; esac)."
+  fi
+  local d
+  for d in $idle; do say "$d is not running (socket-activated): it finds the hook when it next starts; no restart needed."; done
+  [ -n "$restart$idle" ] || say "No libvirt daemon is running or listening here: the hook is found when one starts."
+}
+
+# SELinux (Fedora, RHEL and kin): files under /etc/libvirt/hooks need the policy's labels, and hooks run confined
+# unless virt_hooks_unconfined is on. Restores the labels of the installed paths given (none: only reports); says
+# what the admin must decide.
+selinux_labels() {
+  command -v getenforce >/dev/null 2>&1 || return 0
+  local mode
+  mode=$(timeout 10 getenforce 2>/dev/null) || return 0
+  case $mode in Enforcing | Permissive) ;; *) return 0 ;; esac
+  [ "$#" -gt 0 ] || { say "SELinux is $mode."; selinux_boolean "$mode"; return 0; }
+  local f
+  if command -v restorecon >/dev/null 2>&1; then
+    for f in "$@"; do timeout 60 restorecon -R "$DESTDIR$f" || say "restorecon could not relabel $f"; done
+    say "SELinux is $mode: restored the labels of what was installed (restorecon -R)."
+  else
+    say "SELinux is $mode but restorecon is missing (policycoreutils): label the hook's files with restorecon -R ${HOOKS#"$DESTDIR"}"
+  fi
+  selinux_boolean "$mode"
+}
+
+selinux_boolean() {
+  local mode=$1 bool
+  bool=$(timeout 10 getsebool virt_hooks_unconfined 2>/dev/null) || bool=""
+  case $bool in
+    *"--> on"*) say "SELinux boolean virt_hooks_unconfined is on: libvirt runs its hooks unconfined, so this one may change the firewall." ;;
+    *"--> off"*)
+      say "SELinux boolean virt_hooks_unconfined is off (the default): libvirt runs its hooks confined, where they may not run nft or iptables-restore as they must, and starts would fail (ausearch -m avc shows the denials)."
+      say "Decide: setsebool -P virt_hooks_unconfined on (every libvirt hook then runs unconfined, as root), or keep it off and allow what the hook runs with a local policy module made from those denials. install.sh does not change it for you." ;;
+    *) say "SELinux is $mode, but this policy has no boolean virt_hooks_unconfined (an older one): hooks run as libvirt's own domain; if starts fail, ausearch -m avc shows what was denied." ;;
+  esac
+}
 
 ensure_deno() {
   if command -v deno >/dev/null 2>&1 && deno --version 2>/dev/null | grep -q "^deno $DENO_VERSION "; then
@@ -64,6 +148,11 @@ ensure_deno() {
 
 if [ "$mode" = deno ]; then
   ensure_deno
+  exit 0
+fi
+if [ "$mode" = host ]; then
+  say_daemons
+  selinux_labels
   exit 0
 fi
 
@@ -109,7 +198,15 @@ uninstall() {
   done <"$MANIFEST"
   rm -f "$MANIFEST"
   rmdir "$LIB" 2>/dev/null || true
-  say "Kept your config in ${HOOKS#"$DESTDIR"}/. Restart libvirtd so it stops calling the removed hook."
+  say "Kept your config in ${HOOKS#"$DESTDIR"}/."
+  detect_daemons
+  if [ -n "$restart" ]; then
+    local units="" d
+    for d in $restart; do units="$units $d.service"; done
+    say "Restart$units (systemctl restart$units) so that libvirt stops calling the removed hook."
+  else
+    say "Restart libvirt's daemon (libvirtd, or virtqemud and virtnetworkd) so that it stops calling the removed hook."
+  fi
 }
 
 if [ "$mode" = uninstall ]; then
@@ -219,6 +316,12 @@ place() { # place SRC DEST MODE
   files+=("${2#"$DESTDIR"}")
 }
 mkdir -p "$LIB"
+# Since when the hook is there (kept across updates): doctor compares it with the start of libvirt's daemons,
+# which look for hooks only when they start. An install from before the marker: the hook's own time.
+if [ ! -f "$LIB/INSTALLED" ]; then
+  if [ -e "$target" ]; then touch -r "$target" "$LIB/INSTALLED"; else : >"$LIB/INSTALLED"; fi
+fi
+files+=("${LIB#"$DESTDIR"}/INSTALLED")
 if [ "$built" = source ]; then
   for part in deno src bundle cache; do
     rm -rf "$LIB/$part.new" && cp -a "$stage/$NAME/$part" "$LIB/$part.new" && rm -rf "$LIB/$part" && mv "$LIB/$part.new" "$LIB/$part"
@@ -250,17 +353,21 @@ if [ "$watcher" = 1 ]; then
   fi
 fi
 place "$SRC/hooks.schema.json" "$HOOKS/hooks.schema.json" 644
+place "$SRC/docs/man/libvirt-hook-qemu.8" "$MAN_DIR/man8/libvirt-hook-qemu.8" 644
+place "$SRC/docs/man/hooks.jsonc.5" "$MAN_DIR/man5/hooks.jsonc.5" 644
+place "$SRC/contrib/completion.bash" "$COMPLETION" 644
 if [ -z "$config" ]; then
   cp "$SRC/hooks.jsonc" "$HOOKS/hooks.jsonc" && chmod 644 "$HOOKS/hooks.jsonc"
   say "Installed the example config ${HOOKS#"$DESTDIR"}/hooks.jsonc (it names a guest \"web1\"; edit it for yours)"
 fi
 printf '%s\n' "${files[@]}" "${MANIFEST#"$DESTDIR"}" >"$MANIFEST"
+selinux_labels "${files[@]}" "${MANIFEST#"$DESTDIR"}"
 
 say "Installed ${target#"$DESTDIR"} ($built form: $(if [ "$built" = compiled ]; then echo 'one self-contained binary'; else echo "Deno $DENO_VERSION + sources + module cache in ${LIB#"$DESTDIR"}, run offline"; fi))"
 if [ "$first_time" = 1 ]; then
-  say "Next: restart libvirtd once (systemctl restart libvirtd), since libvirt looks for hooks when it starts."
+  say_daemons
 else
-  say "Updated in place; libvirtd already knows the hook, no restart needed."
+  say "Updated in place; libvirt's daemon already knows the hook, no restart needed."
 fi
 say "Check your config any time with: ${target#"$DESTDIR"} check"
 # Recommended, not needed: without it, connections through a forward that goes or changes target keep the old one.

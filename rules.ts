@@ -4,14 +4,16 @@
 import type { Change, Desired, FirewallBackend } from "./backends/backend.ts";
 import { type Batch, nftBatch, runBatches } from "./backends/batch.ts";
 import { chooseBackend } from "./backends/choose.ts";
+import { readLibvirtElsewhere } from "./backends/elsewhere.ts";
 import { readOtherGates } from "./backends/foreign.ts";
 import { domainForwards, forget, forgetLines, type Forgotten } from "./backends/conntrack.ts";
 import type { Forward, LiveForward, Snat } from "./backends/forward.ts";
 import { renderAdditions, type RuleLines, ruleLines } from "./backends/iptables.ts";
 import { listingsToSave, liveForwards, parseSave } from "./backends/iptables_live.ts";
-import { chainNames } from "./backends/names.ts";
+import { carriedDomain, chainNames } from "./backends/names.ts";
 import { bridgesOf } from "./backends/nftables.ts";
 import { iptablesBackend } from "./backends/iptables_backend.ts";
+import { liveAccepts } from "./backends/nftables_live.ts";
 import { nftablesBackend, reassertCommands, removeAtOnceBatches } from "./backends/nftables_backend.ts";
 import {
   type ApplyDeps,
@@ -31,6 +33,7 @@ import { message } from "./system/report.ts";
 export { type Batch, batchHeader, runBatches } from "./backends/batch.ts";
 /** Chooses the backend for our rules: the one choice, which desiredState makes (see backends/choose.ts). */
 export { chooseBackend } from "./backends/choose.ts";
+export { readLibvirtElsewhere } from "./backends/elsewhere.ts";
 /** What one sync changed in one backend (see backends/backend.ts). */
 export type { Change } from "./backends/backend.ts";
 
@@ -45,6 +48,8 @@ export function planForwards(
   const everyPort: Forward[] = [];
   const problems: string[] = [];
   for (const entry of entries) {
+    // Switched off: configured, nothing installed (a start removes what is live of it).
+    if (entry.enabled === false) continue;
     for (const t of entry.targets) {
       if (t.privateIp === undefined) {
         // Found before planning (hook/guest.ts); a target still without one waits for the guest's lease.
@@ -74,10 +79,12 @@ export function planForwards(
       const net = connectedNetworkOf(facts.connected, priv);
       const hairpinFrom = net ? formatNetwork(net) : `${priv.text}/${priv.family === 4 ? 32 : 128}`;
       // The optional fields are the same for every port of the target: made once, not twice per port.
-      const optional: Pick<Forward, "source" | "interface" | "log"> = {};
+      const optional: Pick<Forward, "source" | "interface" | "dev" | "description" | "log"> = {};
       if (entry.log) optional.log = true;
       if (t.source !== undefined) optional.source = t.source;
       if (entry.interface !== undefined) optional.interface = entry.interface;
+      if (entry.dev !== undefined) optional.dev = entry.dev;
+      if (entry.description !== undefined) optional.description = entry.description;
       if (entry.snat) {
         snats.push({ family: t.family, privateIp, publicIp, network: hairpinFrom });
       }
@@ -169,14 +176,15 @@ async function readForSync(
   reading: Promise<FirewallState>,
   { removing, deps }: { removing: boolean; deps: ApplyDeps },
 ): Promise<FirewallState> {
-  const state = await readOtherGates(deps, await reading);
+  let state = await readOtherGates(deps, await reading);
   // A domain whose chains are there already and gets forwards again (reconnect, reload): rolling back exactly
   // needs what is in them (and a removal needs the jumps into them, where a start's read did not list them).
   const hasChains = (s: FirewallState) => FAMILIES.some((f) => (s.ipt[f]?.chains.length ?? 0) > 0);
   if (state.scope && (!removing || state.scope === "chains, no jumps") && hasChains(state)) {
-    return await readAll(deps, domain);
+    state = await readAll(deps, domain);
   }
-  return state;
+  // Only what adds rules needs to know that libvirt's are where ours would not count (nothing is run elsewhere).
+  return removing ? state : await readLibvirtElsewhere(deps, state);
 }
 
 /** What a domain's sync wants: its forwards and outbound NATs, with their iptables rules built. */
@@ -350,6 +358,11 @@ export function liveForwardsByDomain(state: FirewallState): Map<string, LiveForw
     }
   }
   return out;
+}
+
+/** The bridges a domain's live accepts in libvirt's nftables chains name, per family (doctor checks its own). */
+export function libvirtAccepts(state: FirewallState, domain: string): Record<Family, string[]> | undefined {
+  return state.nft ? liveAccepts(state.nft).get(carriedDomain(domain)) : undefined;
 }
 
 /** Whether a domain's live forwards lack an accept where it must be, in any backend (watch puts it back). */

@@ -159,18 +159,22 @@ Deno.test("startBatches() are the very batches syncDomain() runs, for every host
   for (const libvirt of ["iptables", "nftables"] as const) {
     for (const backend of ["iptables", "nftables"] as const) {
       for (const acceptIn of [false, true]) {
-        for (const kind of ["ports", "snat", "all_ports"] as const) {
+        for (const kind of ["ports", "snat", "all_ports", "listen"] as const) {
           for (const ipv6 of [false, true]) {
             const name =
               `libvirt on ${libvirt}, backend ${backend}${acceptIn ? ", accept_in" : ""}, ${kind}` +
               (ipv6 ? ", IPv6" : "");
             await t.step(name, async () => {
-              const pub = kind === "ports" ? {} : { public_ip: "203.0.113.9" };
+              // "listen": "*" (every local address) from one interface, with a description.
+              const listen = { public_ip: "*", dev: "eth1", description: "shop" };
+              const pub = kind === "ports" ? {} : kind === "listen" ? listen : { public_ip: "203.0.113.9" };
               const entry = {
                 private_ip: "192.168.122.10",
                 ...pub,
                 ...(ipv6 ? { private_ipv6: "fd00:122::10" } : {}),
-                ...(ipv6 && kind !== "ports" ? { public_ipv6: "2001:db8:1::9" } : {}),
+                ...(ipv6 && kind !== "ports"
+                  ? { public_ipv6: kind === "listen" ? "*" : "2001:db8:1::9" }
+                  : {}),
                 ...(kind === "all_ports"
                   ? { all_ports: true }
                   : { port_map: { tcp: [[2222, 22]], udp: [53] } }),
@@ -210,6 +214,15 @@ Deno.test("startBatches() are the very batches syncDomain() runs, for every host
               // Reading is all plan does: no batch was run.
               assert.equal(ranBatches(planned.calls), "");
               compared++;
+              if (kind === "listen") {
+                // The forward on "*" is in what plan shows, in the language of the backend that translates it.
+                assert.match(
+                  plan,
+                  backend === "nftables"
+                    ? /fib daddr type local .*iifname "eth1"/
+                    : /--dst-type LOCAL -i eth1/,
+                );
+              }
               if (plan.includes("# nft -f -")) nftSeen++;
               if (
                 plan.includes("add rule inet filter forward") ||
@@ -231,7 +244,7 @@ Deno.test("startBatches() are the very batches syncDomain() runs, for every host
       }
     }
   }
-  assert.equal(compared, 36);
+  assert.equal(compared, 48);
   assert.ok(nftSeen >= 24, `nft batches compared: ${nftSeen}`);
   assert.ok(handedSeen > 0, `batches with an accept in a handed chain: ${handedSeen}`);
 });

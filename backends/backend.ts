@@ -106,13 +106,9 @@ export { foreignGates } from "./foreign.ts";
 /** The programs: iptables' per family, whether they drive nf_tables, and conntrack's count of tracked flows. */
 export { iptablesTools, type Tools } from "./iptables.ts";
 export { drivesNfTables } from "./choose.ts";
+export { type Elsewhere, elsewhereProblem, listChains } from "./elsewhere.ts";
 export { type Forgotten, trackedConnections } from "./conntrack.ts";
 /** The bridge behind a guest address (where our accepts go). */
 export { bridgesOf } from "./nftables.ts";
-/**
- * Lower-level readers that `doctor` (libvirt's accepts, chains listed with nft) and `migrate-legacy` (the old
- * hook's iptables text) still use directly; they belong behind FirewallBackend's reads.
- */
-export { liveAccepts } from "./nftables_live.ts";
-export { nftItems } from "./nft_json.ts";
-export { chainLine, tokenize } from "./iptables_live.ts";
+/** The old Python hook's chains, found in what is live (migrate-legacy removes them). */
+export { legacyRules } from "./legacy.ts";

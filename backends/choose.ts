@@ -3,6 +3,7 @@
 import type { Tools } from "./iptables.ts";
 import { type ApplyDeps, FAMILIES, type FirewallState } from "./state.ts";
 import { ApplyError } from "./state.ts";
+import { elsewhereProblem } from "./elsewhere.ts";
 import type { Family } from "../system/address.ts";
 import { LIBVIRT_NETWORK_CONF } from "../system/libvirt.ts";
 
@@ -69,6 +70,10 @@ function missingProgram(state: FirewallState): string | undefined {
 export function chooseBackend(setting: ApplyDeps["backend"], state: FirewallState): Backend {
   const missing = missingProgram(state);
   if (missing) throw new ApplyError(missing);
+  if (state.libvirtElsewhere) {
+    const { what, fix } = elsewhereProblem(state.libvirtElsewhere);
+    throw new ApplyError(`${what}; nothing was changed. Fix: ${fix}`);
+  }
   // What is live decides first; libvirt's own setting counts while none of its networks runs yet.
   const libvirtNft = state.nft !== undefined &&
     (Object.keys(state.nft.libvirt).length > 0 ||

@@ -58,6 +58,26 @@ Deno.test("chooseBackend() follows what libvirt uses, and refuses what cannot wo
       /needs nft/,
     );
   });
+  await t.step(
+    "libvirt's iptables rules in the other iptables: refused by every setting, with the fix",
+    () => {
+      for (const setting of ["auto", "iptables", "nftables"] as const) {
+        assert.throws(
+          () =>
+            chooseBackend(setting, {
+              ipt: { 4: ipt(false), 6: ipt(false) },
+              nft: undefined,
+              libvirtElsewhere: "iptables-legacy",
+            }),
+          new RegExp(
+            "^ApplyError: libvirt's iptables rules are in iptables-legacy, but the iptables this hook runs is " +
+              "iptables-nft \\(nf_tables\\): .*; nothing was changed\\. Fix: update-alternatives --set iptables " +
+              "/usr/sbin/iptables-legacy",
+          ),
+        );
+      }
+    },
+  );
 });
 
 Deno.test("drivesNfTables() follows PATH and the alternatives' links to the program", async () => {

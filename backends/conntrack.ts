@@ -121,6 +121,7 @@ export function forgetLines(before: LiveForward[], after: Forward[], domain = ""
         // address with its port kept: the client's next packets are that connection's replies, and go to the
         // old guest again. Deleted after the rest, so that a reply in flight meanwhile is caught too.
         if (t.privateFirst + p - t.first !== p || !stillPublic(t, p)) continue;
+        if (t.publicIp === "*") continue;
         reverse.push(
           `-D -f ipv${t.family} -p ${t.protocol} --orig-src ${t.privateIp} --orig-port-src ${p} ` +
             `--reply-dst ${t.publicIp} --reply-port-dst ${p}`,
@@ -146,7 +147,9 @@ export function forgetLines(before: LiveForward[], after: Forward[], domain = ""
 }
 
 function lineHead(t: Target): string {
-  return `-D -f ipv${t.family} -p ${t.protocol} --orig-dst ${t.publicIp} --reply-src ${t.privateIp}`;
+  // "*": the flows of any local address that were translated to the guest (`--dst-nat`).
+  const to = t.publicIp === "*" ? "--dst-nat" : `--orig-dst ${t.publicIp}`;
+  return `-D -f ipv${t.family} -p ${t.protocol} ${to} --reply-src ${t.privateIp}`;
 }
 
 /**

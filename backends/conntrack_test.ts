@@ -53,6 +53,13 @@ Deno.test("forgetLines() names exactly the flows of forwards that went or change
     },
     {
       name:
+        'a forward on "*" to a new guest: the flows translated to the old one go, whatever address they came to',
+      before: [live({ publicIp: "*" })],
+      after: [planned({ publicIp: "*", privateIp: "192.168.122.11" })],
+      lines: ["-D -f ipv4 -p udp --dst-nat --reply-src 192.168.122.10"],
+    },
+    {
+      name:
         "moved to another port of a new guest: the old guest's masqueraded flows cannot take the public port",
       before: [live({ protocol: "tcp", publicPorts: "2222", privatePorts: "22" })],
       after: [planned({ protocol: "tcp", publicPort: 2222, privatePort: 22, privateIp: "192.168.122.11" })],

@@ -28,6 +28,10 @@ export interface Forward {
   hairpinFrom: string;
   /** `log`: each new connection is logged (kernel log), at most LOG_RATE, prefixed with logPrefix(). */
   log?: true;
+  /** Only what arrives on this host interface. */
+  dev?: string;
+  /** The entry's description, carried in a comment of the forward's rule. */
+  description?: string;
 }
 
 /** How many new connections per forward are logged: a burst, then a steady rate (iptables' and nft's words). */
@@ -46,6 +50,9 @@ export function logPrefix(domain: string, f: Pick<Forward, "protocol" | "publicP
   const name = domain.replace(/[^A-Za-z0-9._-]/g, "_").slice(0, 29 - "lvh ".length - tail.length);
   return `lvh ${name}${tail}`;
 }
+
+/** The public address that stands for every local address of the host (loopback excluded). */
+export const ANY_PUBLIC = "*";
 
 /** Outbound 1:1 NAT (`snat`): the guest's new connections to anywhere but `network` leave from `publicIp`. */
 export interface Snat {
@@ -66,6 +73,10 @@ export interface LiveForward {
   privateIp: string;
   privatePorts: string;
   source?: string;
+  /** Only what arrives on this host interface. */
+  dev?: string;
+  /** The description its rule carries. */
+  description?: string;
   /** An outbound 1:1 NAT (read back from a SNAT rule), not a forward of ports. */
   outbound?: true;
   /** What went through it, where the read asked for counters (status, metrics; see Counters). */
@@ -84,14 +95,19 @@ export interface Counters {
   bytes?: number;
 }
 
-/** Renders a forward as `proto public:port -> private:port [from source]`, the same for live and planned ones. */
+/**
+ * Renders a forward as `proto public:port -> private:port [from source] [on dev] ["description"]`, the same for
+ * live and planned ones; `*` (any local address) shows as `*` in IPv4 and `[*]` in IPv6.
+ */
 export function describeForward(f: LiveForward): string {
   if (f.outbound) return `snat ${f.privateIp} -> ${f.publicIp} (outgoing connections)`;
   const host = (ip: string) => (f.family === 6 ? `[${ip}]` : ip);
   const from = f.source === undefined ? "" : ` from ${f.source}`;
+  const on = f.dev === undefined ? "" : ` on ${f.dev}`;
+  const named = f.description === undefined ? "" : ` "${f.description}"`;
   return `${f.protocol} ${host(f.publicIp)}:${f.publicPorts} -> ${
     host(f.privateIp)
-  }:${f.privatePorts}${from}`;
+  }:${f.privatePorts}${from}${on}${named}`;
 }
 
 /** The live form of a planned forward, so planned and live ones compare as text. */
@@ -106,6 +122,8 @@ export function asLiveForward(domain: string, f: Forward): LiveForward {
     privateIp: f.privateIp,
     privatePorts: ports(f.privatePort),
     ...(f.source === undefined ? {} : { source: f.source }),
+    ...(f.dev === undefined ? {} : { dev: f.dev }),
+    ...(f.description === undefined ? {} : { description: f.description }),
   };
 }
 

@@ -1,6 +1,6 @@
 /** The iptables backend's text: a domain's rules as iptables-restore batches (sync, additions, rollback). */
 
-import { type Forward, LOG_RATE, logPrefix, type Snat } from "./forward.ts";
+import { ANY_PUBLIC, type Forward, LOG_RATE, logPrefix, type Snat } from "./forward.ts";
 import { chainLine, chainOwner, type Live, Table, TABLES } from "./iptables_live.ts";
 import { chainNames, ruleComment, USER_CHAIN } from "./names.ts";
 import type { Family } from "../system/address.ts";
@@ -52,8 +52,8 @@ export function ruleLines(
   if (forwards.length > 0) fwd.push(`-A ${c.fwd} -m conntrack --ctstate DNAT ${comment} -j ${USER_CHAIN}\n`);
   const parts = new Map<string, ReturnType<typeof commonParts>>();
   for (const f of forwards) {
-    const key =
-      `${f.family} ${f.protocol} ${f.publicIp} ${f.privateIp} ${f.source} ${f.interface} ${f.hairpinFrom}`;
+    const key = `${f.family} ${f.protocol} ${f.publicIp} ${f.privateIp} ${f.source} ${f.interface} ` +
+      `${f.hairpinFrom} ${f.dev} ${f.description}`;
     let p = parts.get(key);
     if (!p) parts.set(key, p = commonParts(f, c, comment));
     const last = f.count - 1;
@@ -137,21 +137,30 @@ export function buildRules(
 /** The parts of a forward's three rules that are the same for every forward between the same two addresses. */
 function commonParts(f: Forward, c: ReturnType<typeof chainNames>, comment: string) {
   const host = f.family === 4 ? "/32" : "/128";
+  const any = f.publicIp === ANY_PUBLIC;
   const pub = `${f.publicIp}${host}`;
   const priv = `${f.privateIp}${host}`;
   const proto = `-p ${f.protocol} -m ${f.protocol}`;
   const source = f.source === undefined ? "" : ` -s ${f.source}`;
+  // "*": every local address but loopback's, which would need route_localnet (a sysctl we never write).
+  const to = any
+    ? ` ! -d ${f.family === 4 ? "127.0.0.0/8" : "::1/128"}${source} -m addrtype --dst-type LOCAL`
+    : ` -d ${pub}${source}`;
+  const dev = f.dev === undefined ? "" : ` -i ${f.dev}`;
+  const named = f.description === undefined ? "" : ` -m comment --comment "${f.description}"`;
+  // The original destination pins the accept and the hairpin to this forward; "*" has none to name.
+  const origDst = any ? "" : ` --ctorigdst ${pub}`;
   return {
-    dnat: `-A ${c.dnat} -d ${pub}${source} ${proto} --dport `,
-    dnatTo: ` ${comment} -j DNAT --to-destination `,
+    dnat: `-A ${c.dnat}${to}${dev} ${proto} --dport `,
+    dnatTo: ` ${comment}${named} -j DNAT --to-destination `,
     snat: `-A ${c.snat} -s ${f.hairpinFrom} -d ${priv} ${proto} --dport `,
     snatTail: ` ${comment} -j MASQUERADE`,
     // The whole connection, both directions: conntrack's tuples pin it to this forward (the client's packets to
     // the guest and the guest's replies), so it passes a FORWARD whose policy drops everything else.
-    fwd: `-A ${c.fwd} -p ${f.protocol} -m conntrack --ctstate DNAT --ctorigdst ${pub} --ctorigdstport `,
+    fwd: `-A ${c.fwd} -p ${f.protocol} -m conntrack --ctstate DNAT${origDst} --ctorigdstport `,
     fwdReply: ` --ctreplsrc ${priv} --ctreplsrcport `,
     fwdTail: ` ${comment} -j ACCEPT`,
-    translated: ` -m conntrack --ctstate DNAT --ctorigdst ${pub} --ctorigdstport `,
+    translated: ` -m conntrack --ctstate DNAT${origDst} --ctorigdstport `,
   };
 }
 

@@ -40,6 +40,11 @@ export interface Live {
   /** Whether libvirt's own chains (LIBVIRT_*) are there: libvirt uses its iptables backend. */
   libvirt?: boolean;
   /**
+   * Read with nft for a removal (chains only): how many rules the domain's own chains hold, which the removal
+   * deletes with them unread; undefined where they were not listed.
+   */
+  inside?: number;
+  /**
    * iptables' own filter FORWARD, where it exists: a gate every forwarded connection passes (Docker, ufw and an
    * administrator's rules live there, often with policy DROP), so our accept goes into it on either backend.
    */
@@ -244,6 +249,10 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
     const m = /^\[(.*)\]:(\d+(?:-\d+)?)(?:\/\d+)?$/.exec(to) ?? /^([^:]+):(\d+(?:-\d+)?)(?:\/\d+)?$/.exec(to);
     const publicPorts = dport.replace(":", "-");
     const source = arg("-s") === undefined ? undefined : bare(arg("-s")!);
+    // "*": `! -d <loopback> -m addrtype --dst-type LOCAL`; a description: a comment beside ours.
+    const any = arg("--dst-type") === "LOCAL";
+    const dev = arg("-i");
+    const description = t.filter((_, i) => t[i - 1] === "--comment").find((c) => !c.startsWith(COMMENT_TAG));
     // The DNAT rule sees a connection's first packet only (nat): its packets are the new connections; the
     // forward's accept sees every packet of them, both ways.
     const both = r.counters &&
@@ -252,11 +261,13 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
       domain: names.get(r.owner) ?? hashOnly(r.owner),
       family,
       protocol: arg("-p") ?? "?",
-      publicIp: bare(arg("-d") ?? "?"),
+      publicIp: any ? "*" : bare(arg("-d") ?? "?"),
       publicPorts,
       privateIp: m ? m[1]! : to,
       privatePorts: m ? m[2]! : publicPorts,
       ...(source === undefined ? {} : { source }),
+      ...(dev === undefined ? {} : { dev }),
+      ...(description === undefined ? {} : { description }),
       ...(r.counters
         ? { counters: { connections: r.counters[0], packets: both?.[0] ?? 0, bytes: both?.[1] ?? 0 } }
         : {}),

@@ -1,7 +1,7 @@
 /** The iptables backend's text: the exact iptables-restore batches each config produces. */
 
 import { buildRules, iptablesTools, renderSync, ruleLines } from "./iptables.ts";
-import { describeForward, logPrefix } from "./forward.ts";
+import { describeForward, describePlan, logPrefix } from "./forward.ts";
 import { liveForwards, liveOf, parseSave, userChainGoes } from "./iptables_live.ts";
 import { domainHash } from "./names.ts";
 import assert from "node:assert/strict";
@@ -54,6 +54,70 @@ Deno.test("renderSync() renders the example config as one iptables-restore batch
       COMMIT
     `),
   );
+});
+
+Deno.test('renderSync() puts a forward on "*" on every local address but loopback\'s, on one interface, named', () => {
+  const { forwards } = forwardsOf(
+    `{"web": {"private_ip": "192.168.122.10", "public_ip": "*", "dev": "eth1", "description": "web shop",
+      "port_map": {"tcp": [[8080, 80]]}}}`,
+    "web",
+  );
+  const six = forwardsOf(
+    `{"v6": {"private_ip": "fd00:122::10", "public_ip": "*", "port_map": {"udp": [53]}}}`,
+    "v6",
+  );
+  const h = domainHash("web"), h6 = domainHash("v6");
+  const c = "-m comment --comment libvirt-hook-qemu:1:web",
+    c6 = "-m comment --comment libvirt-hook-qemu:1:v6";
+  // No --ctorigdst: "*" has no one address; the original port and the guest's reply still pin the connection.
+  assert.equal(
+    renderSync("web", { chains: [], rules: [] }, { forwards }),
+    dedent(`
+      *nat
+      :LVH-${h}-DNAT - [0:0]
+      :LVH-${h}-SNAT - [0:0]
+      -I PREROUTING ${c} -j LVH-${h}-DNAT
+      -I OUTPUT ${c} -j LVH-${h}-DNAT
+      -I POSTROUTING ${c} -j LVH-${h}-SNAT
+      -A LVH-${h}-DNAT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -i eth1 -p tcp -m tcp --dport 8080 ${c} -m comment --comment "web shop" -j DNAT --to-destination 192.168.122.10:80
+      -A LVH-${h}-SNAT -s 192.168.122.0/24 -d 192.168.122.10/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 ${c} -j MASQUERADE
+      COMMIT
+      *filter
+      :LVH-${h}-FWD - [0:0]
+      :LVH-USER - [0:0]
+      -I FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER
+      -A LVH-${h}-FWD -p tcp -m conntrack --ctstate DNAT --ctorigdstport 8080 --ctreplsrc 192.168.122.10/32 --ctreplsrcport 80 ${c} -j ACCEPT
+      COMMIT
+    `),
+  );
+  assert.match(
+    renderSync("v6", { chains: [], rules: [] }, { forwards: six.forwards })!,
+    new RegExp(
+      `\\n-A LVH-${h6}-DNAT ! -d ::1/128 -m addrtype --dst-type LOCAL -p udp -m udp --dport 53 ${c6} ` +
+        "-j DNAT --to-destination \\[fd00:122::10\\]:53\\n",
+    ),
+  );
+});
+
+Deno.test('liveForwards() reads "*", the interface and the description back from what iptables-save prints', () => {
+  const h = domainHash("web");
+  const c = '-m comment --comment "libvirt-hook-qemu:1:web"';
+  // As iptables-save 1.8.9 printed the batch above (its own order of matches).
+  const live = parseSave(
+    `*nat\n:LVH-${h}-DNAT - [0:0]\n-A PREROUTING ${c} -j LVH-${h}-DNAT\n` +
+      `-A LVH-${h}-DNAT ! -d 127.0.0.0/8 -i eth1 -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 8080 ${c} ` +
+      '-m comment --comment "web shop" -j DNAT --to-destination 192.168.122.10:80\nCOMMIT\n',
+  );
+  const { forwards } = forwardsOf(
+    `{"web": {"private_ip": "192.168.122.10", "public_ip": "*", "dev": "eth1", "description": "web shop",
+      "port_map": {"tcp": [[8080, 80]]}}}`,
+    "web",
+  );
+  assert.deepEqual(liveForwards(live, 4).map(describeForward), [
+    'tcp *:8080 -> 192.168.122.10:80 on eth1 "web shop"',
+  ]);
+  assert.deepEqual(liveForwards(live, 4).map(describeForward), describePlan("web", { forwards, snats: [] }));
 });
 
 Deno.test("buildRules() declares every chain it jumps to, and fills only its own chains", () => {

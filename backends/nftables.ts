@@ -1,6 +1,6 @@
 /** The native nftables backend: our own `inet` table, and our accept inside libvirt's nftables chains. */
 
-import { type Forward, LOG_RATE, logPrefix, type Snat } from "./forward.ts";
+import { ANY_PUBLIC, type Forward, LOG_RATE, logPrefix, type Snat } from "./forward.ts";
 import type { Live } from "./iptables_live.ts";
 import {
   carriedDomain,
@@ -66,38 +66,31 @@ export function nftDomainObjects(
   const dnat: string[] = [], snat: string[] = [];
   for (const family of [4, 6] as const) {
     const ip = family === 4 ? "ip" : "ip6";
-    const addrType = family === 4 ? "ipv4_addr" : "ipv6_addr";
     const mine = forwards.filter((f) => f.family === family);
     // Plain pairs go into one map and one set: a lookup per packet, however many forwards there are.
-    const mapped = mine.filter((f) => f.count === 1 && f.source === undefined);
+    // A forward on "*", on one interface or with a description is a rule of its own (the map is by address).
+    const mapped = mine.filter((f) =>
+      f.count === 1 && f.source === undefined && f.publicIp !== ANY_PUBLIC && f.dev === undefined &&
+      f.description === undefined
+    );
     const ruled = mine.filter((f) => !mapped.includes(f));
     if (mapped.length > 0) {
-      const map = `${p}-dnat${family}`, set = `${p}-to${family}`;
-      const key = (f: Forward) => `${f.publicIp} . ${f.protocol} . ${f.publicPort}`;
-      const to = (f: Forward) => `${f.privateIp} . ${f.privatePort}`;
-      const priv = (f: Forward) => `${f.privateIp} . ${f.protocol} . ${f.privatePort}`;
-      out.push(
-        // `counter`: each element counts its lookups, a forward's new connections (this chain sees a connection's
-        // first packet only): no rule, nothing per packet, and nothing measurable at start (see Counters).
-        `add map ${t} ${map} { type ${addrType} . inet_proto . inet_service : ${addrType} . inet_service; ` +
-          `counter; elements = { ${mapped.map((f) => `${key(f)} : ${to(f)}`).join(", ")} }; }`,
-      );
-      out.push(
-        `add set ${t} ${set} { type ${addrType} . inet_proto . inet_service; ` +
-          `elements = { ${unique(mapped.map(priv)).join(", ")} }; }`,
-      );
-      // `log`: one line per new connection (a nat chain), a rule per logged forward, ahead of the lookup.
-      for (const f of mapped.filter((f) => f.log)) dnat.push(logRule(domain, f, comment));
-      dnat.push(`dnat ${ip} to ${ip} daddr . meta l4proto . th dport map @${map} ${comment}`);
-      for (const from of unique(mapped.map((f) => f.hairpinFrom))) {
-        snat.push(
-          `${ip} saddr ${from} ct status dnat ${ip} daddr . meta l4proto . th dport @${set} masquerade ${comment}`,
-        );
-      }
+      const objects = mappedObjects(domain, mapped, { family, comment });
+      out.push(...objects.out);
+      dnat.push(...objects.dnat);
+      snat.push(...objects.snat);
     }
     for (const f of ruled) {
       const ports = (first: number) => (f.count === 1 ? `${first}` : `${first}-${first + f.count - 1}`);
-      const source = f.source === undefined ? "" : `${ip} saddr ${f.source} `;
+      // "*": every local address but loopback's, which would need route_localnet (a sysctl we never write).
+      const to = f.publicIp === ANY_PUBLIC
+        ? `fib daddr type local ${ip} daddr != ${family === 4 ? "127.0.0.0/8" : "::1"} `
+        : `${ip} daddr ${f.publicIp} `;
+      const match = `${f.source === undefined ? "" : `${ip} saddr ${f.source} `}${to}${
+        f.dev === undefined ? "" : `iifname "${f.dev}" `
+      }`;
+      // Our chain names the domain; the forward's own rule can carry its description instead of our tag.
+      const named = f.description === undefined ? comment : `comment "${f.description}"`;
       // A range shifted to other ports: nft has no offset, so each port maps to its own (one lookup per packet).
       const shifted = () =>
         `${f.protocol} dport map { ${
@@ -113,14 +106,10 @@ export function nftDomainObjects(
       // all_ports: the ports other forwards take on the address go back to the base chain, to their own chains.
       if (f.except?.length) {
         const taken = f.except.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(", ");
-        dnat.push(`${source}${ip} daddr ${f.publicIp} ${f.protocol} dport { ${taken} } return ${comment}`);
+        dnat.push(`${match}${f.protocol} dport { ${taken} } return ${comment}`);
       }
-      if (f.log) dnat.push(logRule(domain, f, comment));
-      dnat.push(
-        `${source}${ip} daddr ${f.publicIp} ${f.protocol} dport ${
-          ports(f.publicPort)
-        } dnat ${ip} to ${target} ${comment}`,
-      );
+      if (f.log) dnat.push(logRule(domain, f, { match, comment }));
+      dnat.push(`${match}${f.protocol} dport ${ports(f.publicPort)} dnat ${ip} to ${target} ${named}`);
       snat.push(
         `${ip} saddr ${f.hairpinFrom} ct status dnat ${ip} daddr ${f.privateIp} ${f.protocol} dport ${
           ports(f.privatePort)
@@ -148,13 +137,58 @@ export function nftDomainObjects(
   return out;
 }
 
-/** The rule that logs a forward's new connections (see Forward.log), in the domain's nat chain. */
-function logRule(domain: string, f: Forward, comment: string): string {
-  const ip = f.family === 4 ? "ip" : "ip6";
-  const source = f.source === undefined ? "" : `${ip} saddr ${f.source} `;
+/**
+ * A domain's plain forwards of one family (one address and port each, no source, interface or description): one
+ * map and one set, a lookup per packet however many there are; the map counts each forward's new connections.
+ */
+function mappedObjects(
+  domain: string,
+  mapped: Forward[],
+  { family, comment }: { family: Family; comment: string },
+): { out: string[]; dnat: string[]; snat: string[] } {
+  const p = nftPrefix(domain);
+  const t = `inet ${NFT_TABLE}`;
+  const ip = family === 4 ? "ip" : "ip6";
+  const addrType = family === 4 ? "ipv4_addr" : "ipv6_addr";
+  const out: string[] = [], dnat: string[] = [], snat: string[] = [];
+  const map = `${p}-dnat${family}`, set = `${p}-to${family}`;
+  const element = (f: Forward) =>
+    `${f.publicIp} . ${f.protocol} . ${f.publicPort} : ${f.privateIp} . ${f.privatePort}`;
+  const priv = (f: Forward) => `${f.privateIp} . ${f.protocol} . ${f.privatePort}`;
+  // `counter`: each element counts the lookups that found it: a forward's new connections (see Counters).
+  out.push(
+    `add map ${t} ${map} { ${MAP_TYPE[family]}; counter; elements = { ${mapped.map(element).join(", ")} }; }`,
+    `add set ${t} ${set} { type ${addrType} . inet_proto . inet_service; ` +
+      `elements = { ${unique(mapped.map(priv)).join(", ")} }; }`,
+  );
+  // `log`: one line per new connection (a nat chain), a rule per logged forward, ahead of the lookup.
+  for (const f of mapped.filter((f) => f.log)) {
+    dnat.push(logRule(domain, f, { match: `${ip} daddr ${f.publicIp} `, comment }));
+  }
+  dnat.push(`dnat ${ip} to ${ip} daddr . meta l4proto . th dport map @${map} ${comment}`);
+  for (const from of unique(mapped.map((f) => f.hairpinFrom))) {
+    snat.push(
+      `${ip} saddr ${from} ct status dnat ${ip} daddr . meta l4proto . th dport @${set} masquerade ${comment}`,
+    );
+  }
+  return { out, dnat, snat };
+}
+
+/** The type of a domain's DNAT map, per family: public address, protocol and port to guest address and port. */
+const MAP_TYPE = {
+  4: "type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
+  6: "type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service",
+};
+
+/**
+ * The rule that logs a forward's new connections (see Forward.log), in the domain's nat chain; `match`: what picks
+ * the forward's packets before its protocol and ports (source, address or "*", interface).
+ */
+function logRule(domain: string, f: Forward, { match, comment }: { match: string; comment: string }): string {
   const ports = f.count === 1 ? `${f.publicPort}` : `${f.publicPort}-${f.publicPort + f.count - 1}`;
-  return `${source}${ip} daddr ${f.publicIp} ${f.protocol} dport ${ports} ${LOG_RATE.nft} ` +
-    `log prefix "${logPrefix(domain, f)}" ${comment}`;
+  return `${match}${f.protocol} dport ${ports} ${LOG_RATE.nft} log prefix "${
+    logPrefix(domain, f)
+  }" ${comment}`;
 }
 
 /** The base chains of our table; `add` is idempotent, so they are declared in every batch that adds. */

@@ -139,8 +139,13 @@ export function removeAtOnceBatches(
   for (const family of FAMILIES) {
     const { chains, rules } = mine[family];
     if (chains.length === 0 && rules.length === 0) continue;
-    // What was in the chains was not read: only the jumps are counted, and only where there are no chains.
-    const removed = chains.length > 0 ? undefined : rules.length;
+    // What is in the chains was counted where the read listed them (a stop's), never read rule by rule.
+    const inside = state.ipt[family]?.inside;
+    const removed = chains.length === 0
+      ? rules.length
+      : inside === undefined
+      ? undefined
+      : inside + rules.length;
     changes.push({ target: family === 4 ? "iptables" : "ip6tables", removed, added: 0 });
   }
   if (others.length > 0) {

@@ -232,42 +232,59 @@ export function nftLiveForwards(live: NftLive): LiveForward[] {
       continue;
     }
     const owner = /^d([0-9a-f]{12})-dnat$/.exec(r.chain)?.[1];
-    if (!owner) continue;
-    let source: string | undefined, publicIp: string | undefined, protocol: string | undefined;
-    let ports: string | undefined, dnat: { addr?: unknown; port?: number; family?: string } | undefined;
-    for (const e of r.expr as Record<string, Record<string, unknown>>[]) {
-      const m = e.match as
-        | { left?: { payload?: { protocol?: string; field?: string } }; right?: unknown }
-        | undefined;
-      const field = m?.left?.payload?.field;
-      if (field === "saddr") source = showAddr(m!.right);
-      if (field === "daddr") publicIp = showAddr(m!.right);
-      if (field === "dport") {
-        protocol = m!.left!.payload!.protocol;
-        const right = m!.right as number | { range?: [number, number] };
-        ports = typeof right === "number"
-          ? `${right}`
-          : right.range
-          ? `${right.range[0]}-${right.range[1]}`
-          : undefined;
-      }
-      if (e.dnat) dnat = e.dnat as typeof dnat;
-    }
-    if (!dnat?.addr || !publicIp || !protocol || !ports) continue;
-    // A range shifted to other ports maps each public port to `address . port` (see nftDomainObjects).
-    const shifted = shiftedTarget(dnat.addr);
-    out.push({
-      domain: names.get(owner) ?? hashOnly(owner),
-      family: dnat.family === "ip6" ? 6 : 4,
-      protocol,
-      publicIp,
-      publicPorts: ports,
-      privateIp: shifted?.address ?? String(dnat.addr),
-      privatePorts: shifted?.ports ?? (dnat.port === undefined ? ports : String(dnat.port)),
-      ...(source === undefined ? {} : { source }),
-    });
+    const forward = owner && dnatForward(r, names.get(owner) ?? hashOnly(owner));
+    if (forward) out.push(forward);
   }
   return out;
+}
+
+/** A forward read back from one rule of a domain's dnat chain (a range, a source, "*", a dev), if it is one. */
+function dnatForward(r: NftRule, domain: string): LiveForward | undefined {
+  let source: string | undefined, publicIp: string | undefined, protocol: string | undefined;
+  let ports: string | undefined, dnat: { addr?: unknown; port?: number; family?: string } | undefined;
+  let dev: string | undefined, any = false;
+  for (const e of r.expr as Record<string, Record<string, unknown>>[]) {
+    const m = e.match as
+      | {
+        op?: string;
+        left?: { payload?: { protocol?: string; field?: string }; fib?: unknown; meta?: { key?: string } };
+        right?: unknown;
+      }
+      | undefined;
+    const field = m?.left?.payload?.field;
+    if (field === "saddr") source = showAddr(m!.right);
+    // "*": `fib daddr type local` (beside `daddr != <loopback>`, which names no address of the forward).
+    if (field === "daddr" && m!.op === "==") publicIp = showAddr(m!.right);
+    if (m?.left?.fib !== undefined && m.right === "local") any = true;
+    if (m?.left?.meta?.key === "iifname" && typeof m.right === "string") dev = m.right;
+    if (field === "dport") {
+      protocol = m!.left!.payload!.protocol;
+      const right = m!.right as number | { range?: [number, number] };
+      ports = typeof right === "number"
+        ? `${right}`
+        : right.range
+        ? `${right.range[0]}-${right.range[1]}`
+        : undefined;
+    }
+    if (e.dnat) dnat = e.dnat as typeof dnat;
+  }
+  if (any) publicIp = "*";
+  if (!dnat?.addr || !publicIp || !protocol || !ports) return undefined;
+  const description = r.comment !== undefined && !r.comment.startsWith(COMMENT_TAG) ? r.comment : undefined;
+  // A range shifted to other ports maps each public port to `address . port` (see nftDomainObjects).
+  const shifted = shiftedTarget(dnat.addr);
+  return {
+    domain,
+    family: dnat.family === "ip6" ? 6 : 4,
+    protocol,
+    publicIp,
+    publicPorts: ports,
+    privateIp: shifted?.address ?? String(dnat.addr),
+    privatePorts: shifted?.ports ?? (dnat.port === undefined ? ports : String(dnat.port)),
+    ...(source === undefined ? {} : { source }),
+    ...(dev === undefined ? {} : { dev }),
+    ...(description === undefined ? {} : { description }),
+  };
 }
 
 function showAddr(right: unknown): string {

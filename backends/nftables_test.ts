@@ -23,7 +23,7 @@ import {
   nftLiveForwards,
   parseNftJson,
 } from "./nftables_live.ts";
-import { describeForward } from "./forward.ts";
+import { describeForward, describePlan } from "./forward.ts";
 
 await loadParser();
 
@@ -288,6 +288,63 @@ Deno.test({
       "tcp 203.0.113.7:30000-30002 -> 192.168.122.10:40000-40002",
       "tcp [2001:db8:1::7]:30000-30002 -> [fd00:122::10]:40000-40002",
     ]);
+  },
+});
+
+/** A forward on "*" from one interface with a description, and an IPv6 one on "*": what the next tests render. */
+const LISTEN = `{"web": [
+  {"private_ip": "192.168.122.10", "public_ip": "*", "dev": "eth1", "description": "web shop",
+   "port_map": {"tcp": [[8080, 80]]}},
+  {"private_ip": "fd00:122::10", "public_ip": "*", "port_map": {"udp": [53]}},
+  {"private_ip": "192.168.122.10", "public_ip": "203.0.113.7", "port_map": {"tcp": [22]}}]}`;
+
+Deno.test('nftDomainObjects() gives a forward on "*", on one interface or named a rule of its own, named by its comment', () => {
+  const p = `d${domainHash("web")}`;
+  const c = 'comment "libvirt-hook-qemu:1:web"';
+  const rules = nftDomainObjects("web", forwards(LISTEN, "web")).filter((l) => / (map|rule) /.test(l));
+  // The plain forward stays in the map; the others match `fib daddr type local` (loopback excluded) and iifname.
+  assert.deepEqual(rules, [
+    `add map inet libvirt_hook_qemu ${p}-dnat4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . ` +
+    "inet_service; counter; elements = { 203.0.113.7 . tcp . 22 : 192.168.122.10 . 22 }; }",
+    `add rule inet libvirt_hook_qemu ${p}-dnat dnat ip to ip daddr . meta l4proto . th dport map @${p}-dnat4 ${c}`,
+    `add rule inet libvirt_hook_qemu ${p}-dnat fib daddr type local ip daddr != 127.0.0.0/8 iifname "eth1" ` +
+    'tcp dport 8080 dnat ip to 192.168.122.10:80 comment "web shop"',
+    `add rule inet libvirt_hook_qemu ${p}-dnat fib daddr type local ip6 daddr != ::1 udp dport 53 ` +
+    `dnat ip6 to [fd00:122::10]:53 ${c}`,
+    `add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr . meta l4proto . ` +
+    `th dport @${p}-to4 masquerade ${c}`,
+    `add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr 192.168.122.10 ` +
+    `tcp dport 80 masquerade ${c}`,
+    `add rule inet libvirt_hook_qemu ${p}-snat ip6 saddr fd00:122::/64 ct status dnat ip6 daddr fd00:122::10 ` +
+    `udp dport 53 masquerade ${c}`,
+    `insert rule inet libvirt_hook_qemu prerouting jump ${p}-dnat ${c}`,
+    `insert rule inet libvirt_hook_qemu output jump ${p}-dnat ${c}`,
+    `insert rule inet libvirt_hook_qemu postrouting jump ${p}-snat ${c}`,
+  ]);
+});
+
+Deno.test({
+  name: 'nftLiveForwards() reads "*", the interface and the description back from what the real nft lists',
+  ignore: !nftHere,
+  async fn() {
+    const f = forwards(LISTEN, "web");
+    // In a network namespace of its own: nothing of this machine's firewall is touched.
+    const batch = [...nftBase(), ...nftDomainObjects("web", f)].join("\n");
+    const script = `nft -f - <<'EOF'\n${batch}\nEOF\nnft -j list table inet libvirt_hook_qemu`;
+    const out = await new Deno.Command("unshare", {
+      args: ["-n", "sh", "-c", script],
+      stdout: "piped",
+      stderr: "piped",
+    })
+      .output();
+    assert.ok(out.success, new TextDecoder().decode(out.stderr));
+    const live = nftLiveForwards(parseNftJson(new TextDecoder().decode(out.stdout))).map(describeForward);
+    assert.deepEqual(live, [
+      "tcp 203.0.113.7:22 -> 192.168.122.10:22",
+      'tcp *:8080 -> 192.168.122.10:80 on eth1 "web shop"',
+      "udp [*]:53 -> [fd00:122::10]:53",
+    ]);
+    assert.deepEqual([...live].sort(), describePlan("web", { forwards: f, snats: [] }).sort());
   },
 });
 

@@ -119,6 +119,11 @@ function hostWarnings(domains: Map<string, Entry[]>, facts: HostFacts): string[]
             "the forwards accept only what leaves through it",
         );
       }
+      if (e.dev !== undefined && !interfaceExists(e.dev)) {
+        out.push(
+          `${e.path}: dev ${e.dev} does not exist on this host; the forwards take only what arrives on it`,
+        );
+      }
       for (const t of e.targets) {
         if (e.interface && t.privateIp !== undefined) {
           const nets = connected.filter((r) => r.device === e.interface && r.family === t.family);

@@ -33,3 +33,17 @@ Deno.test("check() of a config with an error prints it positioned, says how many
     `${file}: 1 error(s); the domains they name will not start`,
   ]);
 });
+
+Deno.test("check() warns about a dev no interface of this host has, and still says OK", async () => {
+  const f = await fakeCommandDeps(
+    `{"web1": {"private_ip": "192.168.122.10", "public_ip": "*", "dev": "lvhnosuch0",
+      "port_map": {"tcp": [[2222, 22]]}}}`,
+  );
+  const { value, stdout } = await captureStdout(() => check(f.deps));
+  assert.equal(value, 0, f.stderr.join("\n"));
+  assert.match(stdout[0]!, /: OK, 1 domain\(s\)/);
+  assert.deepEqual(f.stderr.filter((l) => l.includes("lvhnosuch0")), [
+    `${f.deps.env("CONFIG_PATH")}/hooks.jsonc: warning: web1: dev lvhnosuch0 does not exist on this host; ` +
+    "the forwards take only what arrives on it",
+  ]);
+});

@@ -12,6 +12,8 @@ import { status } from "./status.ts";
 import { MAX_POLL_SECONDS, MIN_POLL_SECONDS, watch } from "./watch.ts";
 import { type HookDeps, systemHookDeps } from "../hook/deps.ts";
 import { message } from "../system/report.ts";
+import { loadConfig } from "../config.ts";
+import { configCandidates } from "../config/source.ts";
 
 /** The program's version. */
 export const VERSION = "0.2.0";
@@ -44,7 +46,8 @@ hooks.jsonc, else hooks.json), IPTABLES_BINARY (default iptables). Every hooks.d
 beside the config file is part of it too, read in name order.
 
 Every command needs root. Exit codes: 0 success; 1 the config has errors, a change failed (nothing of it was
-applied), not root, or stdout could not be written (after the change was made); 2 usage error.`,
+applied), not root, or stdout could not be written (after the change was made); 2 usage error.
+Reference: man 8 libvirt-hook-qemu (commands, files), man 5 hooks.jsonc (every field).`,
   check: `Usage: qemu check [--domain NAME] [--config FILE]
 Validates the whole config. Prints each problem as file:line:column: message (json.path = value), and warns
 about what validates but will not work: a public_ip that is not an address of this host, a private_ip outside
@@ -102,7 +105,7 @@ export interface CliOptions {
 }
 
 /** The options each command takes (--help, --version and --config every one); any other is refused. */
-const TAKES: Record<string, string[]> = {
+export const TAKES: Record<string, string[]> = {
   check: ["domain"],
   plan: [],
   status: ["json"],
@@ -114,6 +117,21 @@ const TAKES: Record<string, string[]> = {
   doctor: ["json"],
   watch: ["poll"],
 };
+
+/** Every option of every command (which command takes which: TAKES); the man page and completion list them. */
+export const OPTIONS = {
+  help: { type: "boolean", short: "h" },
+  version: { type: "boolean", short: "V" },
+  config: { type: "string", short: "c" },
+  json: { type: "boolean" },
+  all: { type: "boolean" },
+  "dry-run": { type: "boolean" },
+  poll: { type: "string" },
+  domain: { type: "string", short: "d" },
+} as const;
+
+/** The hidden command shell completion runs: the config's domain names, one a line, for any user. */
+export const COMPLETE_DOMAINS = "__domains";
 
 /** Runs an operator command and returns its exit code. */
 export async function runCli(
@@ -145,16 +163,7 @@ async function dispatch(args: string[], deps: HookDeps, uid: number | null): Pro
     parsed = parseArgs({
       args,
       allowPositionals: true,
-      options: {
-        help: { type: "boolean", short: "h" },
-        version: { type: "boolean", short: "V" },
-        config: { type: "string", short: "c" },
-        json: { type: "boolean" },
-        all: { type: "boolean" },
-        "dry-run": { type: "boolean" },
-        poll: { type: "string" },
-        domain: { type: "string", short: "d" },
-      },
+      options: OPTIONS,
     });
   } catch (err) {
     return usage(deps, message(err));
@@ -171,6 +180,7 @@ async function dispatch(args: string[], deps: HookDeps, uid: number | null): Pro
     console.log(HELP[topic]);
     return command === "" && !values.help ? 2 : 0;
   }
+  if (command === COMPLETE_DOMAINS) return await completeDomains(withConfig(deps, values.config));
   const takes = TAKES[command];
   if (takes === undefined) return usage(deps, `Unknown command "${command}"`);
   for (const [option, value] of Object.entries(values)) {
@@ -186,11 +196,7 @@ async function dispatch(args: string[], deps: HookDeps, uid: number | null): Pro
     );
     return 1;
   }
-  if (values.config) {
-    const file = values.config;
-    const base = deps.env;
-    deps = { ...deps, env: (name) => (name === "CONFIG_FILENAME" ? file : base(name)) };
-  }
+  deps = withConfig(deps, values.config);
   const one = async (f: (domain: string) => Promise<number>) => {
     if (rest.length !== 1) return usage(deps, `${command} needs exactly one domain name`);
     return await f(rest[0]!);
@@ -256,6 +262,23 @@ function guardStdout(stdout: { writeSync(p: Uint8Array): number }) {
     }
   };
   return { failure: () => error, restore: () => void (console.log = original) };
+}
+
+/** The deps with --config's file as CONFIG_FILENAME, where it is given. */
+function withConfig(deps: HookDeps, file: string | undefined): HookDeps {
+  if (file === undefined) return deps;
+  const base = deps.env;
+  return { ...deps, env: (name) => (name === "CONFIG_FILENAME" ? file : base(name)) };
+}
+
+/**
+ * Lists the config's domain names for shell completion: reading a root-owned, world-readable file needs no root,
+ * and completion must stay quiet, so problems are not said and the exit code is 0 whatever the config holds.
+ */
+async function completeDomains(deps: HookDeps): Promise<number> {
+  const config = await loadConfig(configCandidates(deps.env));
+  for (const name of [...config.names].sort()) console.log(name);
+  return 0;
 }
 
 function cliDeps(): HookDeps {

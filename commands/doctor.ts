@@ -7,6 +7,7 @@ import {
   type FirewallState,
   type ForeignGate,
   foreignGates,
+  listChains,
 } from "../backends/backend.ts";
 import type { Config } from "../config/model.ts";
 import type { HostFacts } from "../system/host.ts";
@@ -27,9 +28,10 @@ import type { Family } from "../system/address.ts";
 import { message } from "../system/report.ts";
 import { type DoctorReport, fail, type Finding, type ForwardReport, note, ok } from "./doctor_findings.ts";
 import { forwardFindings, readCounters, readFlows } from "./doctor_forward.ts";
-import { allChains, hostFindings, libvirtUnseen, readSysctl } from "./doctor_host.ts";
+import { hostFindings } from "./doctor_host.ts";
+import { daemonFindings, readDaemons, readInstalled } from "./doctor_daemon.ts";
 import { qemuCommand, shellQuote } from "../system/shell.ts";
-import { readLive } from "../rules.ts";
+import { readLibvirtElsewhere, readLive } from "../rules.ts";
 
 /** What `doctor` examines: every forward, or those of `only` one domain; reported as text, or as JSON. */
 export interface DoctorOptions {
@@ -75,8 +77,9 @@ export function renderReport(report: DoctorReport): string {
 
 async function examine(deps: HookDeps, only: string | undefined): Promise<DoctorReport> {
   const s = await survey(deps);
-  const chains = await allChains(deps);
-  const host = conntrackFindings(deps);
+  const chains = await listChains(deps);
+  // The daemon that runs each hook of ours must have started after it was installed, or it never calls it.
+  const host = [...daemonFindings(readDaemons(), readInstalled()), ...conntrackFindings(deps)];
   // A forward's findings wait for its probes (up to 2 s where the guest drops them): examined in parallel, at most
   // PROBES_AT_ONCE at a time over all domains, and reported in order.
   const forwards: Slot<ForwardReport>[] = [];
@@ -87,7 +90,6 @@ async function examine(deps: HookDeps, only: string | undefined): Promise<Doctor
     gates: s.gates,
     chains,
     families: [...s.families],
-    legacySave: await readLegacySave(deps, s.state),
   });
   return { host: [...found, ...host], forwards: await inParallel(forwards, PROBES_AT_ONCE) };
 }
@@ -115,7 +117,7 @@ type Planned = Extract<DomainForwards, { kind: "ok" }>;
 /** Reads the config, the host's facts, the live firewall and its gates, and the running guests. */
 async function survey(deps: HookDeps): Promise<Survey> {
   const { config, facts } = await loadFor({ ...deps, problem: () => {} });
-  const state = await readLive(applyDeps(deps, config));
+  const state = await readLibvirtElsewhere(applyDeps(deps, config), await readLive(applyDeps(deps, config)));
   const gates = await foreignGates(applyDeps(deps, config), state.nft?.hooks).catch(() => []);
   const running = await runningDomains();
   const live = forwardsByDomain(state, await knownNames(config));
@@ -192,6 +194,8 @@ function pendingReports(s: Survey, domain: string, found: Planned): ForwardRepor
     ? defaultMoves(domain, { facts: s.facts, pinned: pinnedDefaults(s.deps.stateDir, domain) })
     : [];
   for (const line of moved) out.push({ domain, forward: "(default address)", findings: [note(line)] });
+  // Entries switched off (and XML forwards the policy turns off): configured, and nothing of them is live.
+  for (const line of found.notes) out.push({ domain, forward: "(switched off)", findings: [note(line)] });
   for (const line of found.leaseProblems) {
     out.push({
       domain,
@@ -258,19 +262,6 @@ async function forwardReports(s: Survey, domain: string, plan: Planned): Promise
     });
   }
   return out;
-}
-
-/**
- * What iptables-legacy-save prints, where libvirt's iptables chains are unseen by the iptables we run: in
- * iptables-legacy's tables, perhaps. Only where those tables are loaded: iptables-legacy-save would load the
- * kernel's legacy modules otherwise.
- */
-async function readLegacySave(deps: HookDeps, state: FirewallState): Promise<string | undefined> {
-  if (!libvirtUnseen(state) || (readSysctl("/proc/net/ip_tables_names") ?? "") === "") return undefined;
-  return await deps.runner.run(["iptables-legacy-save"], { timeoutMs: 5000 }).then(
-    (r) => r.code === 0 ? r.stdout : undefined,
-    () => undefined,
-  );
 }
 
 /** How many forwards doctor examines at once: bounds its processes and sockets whatever the number of guests. */

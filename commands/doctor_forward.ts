@@ -4,22 +4,21 @@
 import {
   blockedNote,
   blockers,
-  carriedDomain,
   chainNames,
   type FirewallState,
   type ForeignGate,
   type Forward,
   gateName,
   LIBVIRT_TABLE,
-  liveAccepts,
   openingLine,
   ruleComment,
 } from "../backends/backend.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { guestInterfaces } from "../hook/domain_xml.ts";
+import { libvirtAccepts } from "../rules.ts";
 import { packetOf } from "../hook/warnings.ts";
 import { inNetworks } from "../config/policy.ts";
-import { parseAddress } from "../system/address.ts";
+import { parseAddress, publicAddress } from "../system/address.ts";
 import { loadXml } from "../system/xml.ts";
 import { connectedNetworkOf, type HostFacts, listenerAt, readListeners } from "../system/host.ts";
 import { fail, type Finding, note, ok } from "./doctor_findings.ts";
@@ -115,8 +114,12 @@ async function guestSide({ domain, f, c, net, bridge }: ForwardPath): Promise<Fi
 /** The public address (this host's, or declared so) and whether the host itself listens on the forward's port. */
 function publicSide({ f, c }: ForwardPath): Finding[] {
   const out: Finding[] = [];
-  const publicIp = parseAddress(f.publicIp)!;
-  if (c.facts.addresses?.includes(publicIp.text) === false) {
+  const publicIp = publicAddress(f.publicIp, f.family)!;
+  if (publicIp.text === "*") {
+    out.push(
+      ok(`public address *: every IPv${f.family} address of this host but loopback's, whichever it has now`),
+    );
+  } else if (c.facts.addresses?.includes(publicIp.text) === false) {
     out.push(
       inNetworks(publicIp, c.hostAddresses)
         ? note(
@@ -133,14 +136,14 @@ function publicSide({ f, c }: ForwardPath): Finding[] {
   } else out.push(ok(`public address ${f.publicIp} is on this host`));
   const listener = listenerAt(readListeners(), {
     protocol: f.protocol,
-    address: parseAddress(f.publicIp)!,
+    address: publicIp,
     first: f.publicPort,
     last: f.publicPort + f.count - 1,
   });
   if (listener) {
     out.push(note(
       `the host itself listens on ${f.protocol} ${listener.address}:${listener.port}: the forward takes that port ` +
-        "from the host on this address",
+        `from the host on ${publicIp.text === "*" ? "every address but loopback's" : "this address"}`,
     ));
   }
   return out;
@@ -166,7 +169,7 @@ function gatesOnTheWay({ domain, f, c, bridge }: ForwardPath): Finding[] {
   const packet = packetOf(f, c.facts.connected);
   const libvirt = c.state.nft?.libvirt[f.family];
   if (libvirt) {
-    const accepts = c.state.nft ? liveAccepts(c.state.nft).get(carriedDomain(domain)) : undefined;
+    const accepts = libvirtAccepts(c.state, domain);
     out.push(
       bridge !== undefined && accepts?.[f.family].includes(bridge)
         ? ok(`libvirt's ${f.family === 4 ? "ip" : "ip6"} ${LIBVIRT_TABLE} guest_input holds our accept`)
@@ -342,8 +345,8 @@ export async function readFlows(
     f.family === 4 ? "ipv4" : "ipv6",
     "-p",
     f.protocol,
-    "--orig-dst",
-    f.publicIp,
+    // "*": any address; the port and the DNAT of the listing still narrow it to this forward's flows.
+    ...(f.publicIp === "*" ? [] : ["--orig-dst", f.publicIp]),
     "--dport",
     String(f.publicPort),
   ], { timeoutMs: 5000 }).catch(() => undefined);

@@ -1,17 +1,16 @@
 /** `doctor`'s findings about the host: forwarding, bridge netfilter, other firewall software and its gates. */
 
 import {
+  elsewhereProblem,
   type FirewallState,
   type ForeignGate,
   gateKind,
   gateName,
   LIBVIRT_TABLE,
   NFT_TABLE,
-  nftItems,
 } from "../backends/backend.ts";
 import { describeBackend } from "./live.ts";
 import type { Settings } from "../config/model.ts";
-import type { HookDeps } from "../hook/deps.ts";
 import type { Family } from "../system/address.ts";
 import type { HostFacts } from "../system/host.ts";
 import { fail, type Finding, note, ok } from "./doctor_findings.ts";
@@ -39,8 +38,6 @@ export interface HostFindingOptions {
   families?: readonly Family[];
   /** Reads a sysctl's file (default: readSysctl). */
   sysctl?: (path: string) => string | undefined;
-  /** What iptables-legacy-save printed, where it was run (see iptablesMismatch). */
-  legacySave?: string | undefined;
 }
 
 /**
@@ -49,7 +46,7 @@ export interface HostFindingOptions {
  */
 export function hostFindings(
   state: FirewallState,
-  { facts, settings, gates, chains, families = [4, 6], sysctl = readSysctl, legacySave }: HostFindingOptions,
+  { facts, settings, gates, chains, families = [4, 6], sysctl = readSysctl }: HostFindingOptions,
 ): Finding[] {
   const out: Finding[] = [];
   for (
@@ -76,12 +73,12 @@ export function hostFindings(
       ));
     }
   }
+  // libvirt's rules in the other iptables: no backend can work, and that finding says why, with the fix.
+  const mismatch = iptablesMismatch(state);
   const backend = describeBackend(settings.backend, state);
-  out.push(
-    backend.startsWith("none:") ? fail(`firewall backend: ${backend}`) : ok(`firewall backend: ${backend}`),
-  );
-  const mismatch = iptablesMismatch(state, chains, legacySave);
   if (mismatch) out.push(mismatch);
+  else if (backend.startsWith("none:")) out.push(fail(`firewall backend: ${backend}`));
+  else out.push(ok(`firewall backend: ${backend}`));
   const others = otherSoftware(state, chains);
   out.push(note(`other firewall software: ${others.length ? others.join(", ") : "none seen"}`));
   for (const family of [4, 6] as const) {
@@ -110,55 +107,11 @@ export function hostFindings(
   return out;
 }
 
-/** Whether libvirt's iptables chains are where the iptables we run cannot see them (see iptablesMismatch). */
-export function libvirtUnseen(state: FirewallState): boolean {
-  const nftables = state.nft !== undefined && Object.keys(state.nft.libvirt).length > 0;
-  return !nftables && !state.ipt[4]?.libvirt;
-}
-
-/**
- * libvirt's iptables rules in the other iptables than the one we run: iptables-legacy selected while they are in
- * iptables-nft (nf_tables), or the reverse. Our accepts then go where no packet meets libvirt's reject first, and
- * nothing passes it. `chains`: nft's (iptables-nft's tables among them); `legacySave`: iptables-legacy-save's.
- */
-export function iptablesMismatch(
-  state: FirewallState,
-  chains: string[],
-  legacySave: string | undefined,
-): Finding | undefined {
-  if (!libvirtUnseen(state)) return undefined;
-  const set = (to: string) =>
-    `update-alternatives --set iptables /usr/sbin/iptables-${to} and --set ip6tables ` +
-    `/usr/sbin/ip6tables-${to} (or IPTABLES_BINARY=iptables-${to}), then qemu reload`;
-  if (chains.some((c) => /^ip6? (filter|nat|mangle) LIBVIRT_/.test(c))) {
-    return fail(
-      "libvirt's iptables rules are in iptables-nft (nf_tables), but the iptables this hook runs is " +
-        "iptables-legacy: our rules go where libvirt's reject is not, and it drops every forward",
-      set("nft"),
-    );
-  }
-  if (legacySave !== undefined && /^:LIBVIRT_/m.test(legacySave)) {
-    return fail(
-      "libvirt's iptables rules are in iptables-legacy, but the iptables this hook runs is iptables-nft " +
-        "(nf_tables): our rules go where libvirt's reject is not, and it drops every forward",
-      set("legacy"),
-    );
-  }
-  return undefined;
-}
-
-/** Every chain of the host as `<family> <table> <chain>`, read with nft (empty where it cannot be). */
-export async function allChains(deps: HookDeps): Promise<string[]> {
-  if (deps.nft === undefined) return [];
-  const r = await deps.runner.run([deps.nft, "-j", "list", "chains"]).catch(() => undefined);
-  if (!r || r.code !== 0) return [];
-  try {
-    return nftItems(r.stdout).filter((i) => i.kind === "chain").map((i) =>
-      `${i.v.family} ${i.v.table} ${i.v.name}`
-    );
-  } catch {
-    return [];
-  }
+/** libvirt's iptables rules in the other iptables than the one we run, as read (see backends/elsewhere.ts). */
+export function iptablesMismatch(state: FirewallState): Finding | undefined {
+  if (!state.libvirtElsewhere) return undefined;
+  const { what, fix } = elsewhereProblem(state.libvirtElsewhere);
+  return fail(what, fix);
 }
 
 /** The firewall software this host runs besides libvirt and us, as its chains and files show it. */

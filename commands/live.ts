@@ -14,7 +14,7 @@ import type { Config, Settings } from "../config/model.ts";
 import type { HookDeps } from "../hook/deps.ts";
 import { applyDeps, loadFor } from "../hook/domain.ts";
 import { acceptMisplaced as misplaced, chooseBackend, liveForwardsByDomain, readLive } from "../rules.ts";
-import { parseAddress } from "../system/address.ts";
+import { publicAddress } from "../system/address.ts";
 import { qemuRunDir } from "../system/libvirt.ts";
 import { type ConnectedRoute, type Listener, listenerAt } from "../system/host.ts";
 import { message } from "../system/report.ts";
@@ -78,7 +78,7 @@ export function livePacket(f: LiveForward, connected: ConnectedRoute[]): Packet 
 
 /** The host's own listener a live forward's public port takes over, as `address:port`, if any. */
 export function hostListener(f: LiveForward, listeners: Listener[]): string | undefined {
-  const address = parseAddress(f.publicIp);
+  const address = publicAddress(f.publicIp, f.family);
   const [first = 0, last = first] = f.publicPorts.split("-").map(Number);
   const l = address && listenerAt(listeners, { protocol: f.protocol, address, first, last });
   return l ? `${l.family === 6 ? `[${l.address}]` : l.address}:${l.port}` : undefined;

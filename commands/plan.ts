@@ -32,7 +32,8 @@ export async function plan(domain: string, deps: HookDeps): Promise<number> {
     return 0;
   }
   const { forwards, snats } = found;
-  // Forwards still without the guest's address: comments, in either batch language.
+  // Entries switched off, and forwards still without the guest's address: comments, in either batch language.
+  for (const n of found.notes) console.log(`# ${n}`);
   for (const w of found.waiting) console.log(`# ${w.entry}: ${waitingNote(w)}; applied when it comes`);
   // The very batches a start would run now: read and composed by the same function as the start's.
   let batches;

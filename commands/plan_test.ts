@@ -34,3 +34,36 @@ Deno.test("plan() of a domain not configured says start installs nothing for it"
     /^"db" is not in .* no guest of that name is defined here: start installs nothing for it$/,
   );
 });
+
+Deno.test("plan() of an entry switched off says so and prints the batch that removes what is live of it", async () => {
+  const h = domainHash("web1");
+  const tag = '-m comment --comment "libvirt-hook-qemu:1:web1"';
+  const saved = [
+    "*nat",
+    `:LVH-${h}-DNAT - [0:0]`,
+    `-A PREROUTING ${tag} -j LVH-${h}-DNAT`,
+    `-A LVH-${h}-DNAT -d 203.0.113.1/32 -p tcp -m tcp --dport 2222 ${tag} -j DNAT --to-destination 192.168.122.10:22`,
+    "COMMIT",
+    "",
+  ].join("\n");
+  const f = await fakeCommandDeps(
+    `{"web1": {"private_ip": "192.168.122.10", "description": "old site", "enabled": false,
+      "port_map": {"tcp": [[2222, 22]]}}}`,
+    (argv) => argv[0] === "iptables-save" ? { stdout: saved } : {},
+  );
+  const { value, stdout } = await captureStdout(() => plan("web1", f.deps));
+  assert.equal(value, 0);
+  assert.equal(
+    stdout[0],
+    '# web1 "old site" is switched off ("enabled": false): nothing is installed for it',
+  );
+  // A start removes what is live of it: its jump and its chain go, and nothing is added.
+  const batch = stdout.slice(1).join("\n");
+  assert.match(
+    batch,
+    new RegExp(`-D PREROUTING -m comment --comment "?libvirt-hook-qemu:1:web1"? -j LVH-${h}-DNAT`),
+  );
+  assert.match(batch, new RegExp(`-X LVH-${h}-DNAT`));
+  assert.doesNotMatch(batch, /^-[AI] /m);
+  assert.deepEqual(f.calls.filter((c) => c.argv[0]!.endsWith("-restore")), []);
+});

@@ -72,6 +72,7 @@ export async function status(deps: HookDeps, { only, json = false }: StatusOptio
         const blocked = f.outbound ? [] : blockers(gates, livePacket(f, facts.connected)).map(blockedNote);
         return {
           forward: describeForward(f),
+          ...(f.description === undefined ? {} : { description: f.description }),
           explained: planned.has(describeForward(f)) || leaseProblems.length > 0,
           ...(taken ? { takenFromHost: taken } : {}),
           ...(blocked.length ? { blocked } : {}),

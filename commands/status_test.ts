@@ -35,6 +35,50 @@ Deno.test("status() shows each live forward, and flags what the config does not 
   });
 });
 
+Deno.test("status() shows what is live with its description, as the rules carry it, after the config changed", async (t) => {
+  const h = domainHash("web1");
+  const tag = '-m comment --comment "libvirt-hook-qemu:1:web1"';
+  // Applied as "*" from eth1, named "old shop"; the config now calls it "shop": what is live says the old name.
+  const saved = [
+    "*nat",
+    `:LVH-${h}-DNAT - [0:0]`,
+    `-A PREROUTING ${tag} -j LVH-${h}-DNAT`,
+    `-A LVH-${h}-DNAT ! -d 127.0.0.0/8 -i eth1 -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 2222 ${tag} ` +
+    '-m comment --comment "old shop" -j DNAT --to-destination 192.168.122.10:22',
+    "COMMIT",
+    "",
+  ].join("\n");
+  const config = (description: string) =>
+    `{"web1": {"private_ip": "192.168.122.10", "public_ip": "*", "dev": "eth1", "description": "${description}",
+      "port_map": {"tcp": [[2222, 22]]}}}`;
+  const read = (argv: string[]) => argv[0] === "iptables-save" ? { stdout: saved } : {};
+  await t.step("as text: the live description, and that the config no longer says it", async () => {
+    const f = await fakeCommandDeps(config("shop"), read);
+    const { stdout } = await captureStdout(() => status(f.deps));
+    assert.deepEqual(stdout.slice(1), [
+      "web1 (not running)",
+      '  tcp *:2222 -> 192.168.122.10:22 on eth1 "old shop"   <- not explained by the config',
+    ]);
+  });
+  await t.step(
+    "as JSON, with the description a field of its own, explained where the config says it",
+    async () => {
+      const f = await fakeCommandDeps(config("old shop"), read);
+      const { stdout } = await captureStdout(() => status(f.deps, { json: true }));
+      assert.deepEqual(JSON.parse(stdout[0]!).domains, [{
+        domain: "web1",
+        running: false,
+        inConfig: true,
+        forwards: [{
+          forward: 'tcp *:2222 -> 192.168.122.10:22 on eth1 "old shop"',
+          description: "old shop",
+          explained: true,
+        }],
+      }]);
+    },
+  );
+});
+
 Deno.test("status() shows each forward's counters, as text and in JSON, where iptables-save -c has them", async () => {
   const h = domainHash("web1");
   const tag = '-m comment --comment "libvirt-hook-qemu:1:web1"';

@@ -1,6 +1,13 @@
 /** One domain's entries: their fields, addresses, interface and ports, and the claims that must not clash. */
 
-import { type Entry, jsonPath, type PortSpec, type Target, type ValidateOptions } from "./model.ts";
+import {
+  ANY_ADDRESS,
+  type Entry,
+  jsonPath,
+  type PortSpec,
+  type Target,
+  type ValidateOptions,
+} from "./model.ts";
 import type { Node } from "jsonc-parser";
 import {
   type Address,
@@ -11,7 +18,7 @@ import {
   PROTOCOLS,
 } from "../system/address.ts";
 import { kind, type Report } from "./nodes.ts";
-import { type Claim, type ClaimFn, readPortMap, readPortRanges } from "./ports.ts";
+import { anyAddressClaim, type Claim, type ClaimFn, readPortMap, readPortRanges } from "./ports.ts";
 
 /** The fields of an entry, with what they hold: the validator and the JSON Schema both read this table. */
 export const ENTRY_FIELDS = {
@@ -28,7 +35,8 @@ export const ENTRY_FIELDS = {
   public_ip: {
     type: "string",
     description:
-      "The host address to forward from. Default: the address of the interface with the default route.",
+      'The host address to forward from; "*": any local address of this host (loopback excluded). ' +
+      "Default: the address of the interface with the default route.",
   },
   source_ip: {
     type: "string",
@@ -37,7 +45,7 @@ export const ENTRY_FIELDS = {
   private_ipv6: { type: "string", description: "The guest's IPv6 address, beside an IPv4 private_ip." },
   public_ipv6: {
     type: "string",
-    description: "The host IPv6 address to forward from; default as for public_ip.",
+    description: 'The host IPv6 address to forward from (or "*"); default as for public_ip.',
   },
   source_ipv6: {
     type: "string",
@@ -63,6 +71,21 @@ export const ENTRY_FIELDS = {
     type: "boolean",
     description: "The guest's own new outgoing connections (to anywhere but its own network) leave from " +
       "public_ip (and public_ipv6) instead of the host's address: 1:1 NAT. Needs an explicit public_ip.",
+  },
+  dev: {
+    type: "string",
+    description: "Only connections that arrive on this host interface are forwarded (as libvirt's " +
+      "<portForward dev=...>).",
+  },
+  description: {
+    type: "string",
+    description: "What these forwards are for (up to 64 characters): shown by status, plan and doctor, and " +
+      "kept in the live rules.",
+  },
+  enabled: {
+    type: "boolean",
+    description:
+      "false: the entry stays configured but installs nothing (a start removes what is live of it).",
   },
   log: {
     type: "boolean",
@@ -137,6 +160,9 @@ function readEntry(node: Node, at: EntryAt): Entry | undefined {
   };
   const cx: EntryContext = { ...at, fields: readFields(node, at.path, fail), fail };
   const iface = readInterface(cx);
+  const dev = readInterface(cx, "dev");
+  const description = readDescription(cx);
+  const enabled = readEnabled(cx);
   const targets = readTargets(cx);
   const ports = readPorts(cx, targets);
   const snatNode = claimSnat(cx, targets);
@@ -151,8 +177,50 @@ function readEntry(node: Node, at: EntryAt): Entry | undefined {
     targets: targets.list,
     ports,
     ...(snatNode ? { snat: true as const } : {}),
+    ...(dev === undefined ? {} : { dev }),
+    ...(description === undefined ? {} : { description }),
+    ...(enabled ? {} : { enabled: false as const }),
     ...(log ? { log: true as const } : {}),
   };
+}
+
+/** `description`: text our rules can carry as a comment in both backends (see descriptionProblem). */
+function readDescription(cx: EntryContext): string | undefined {
+  const text = stringField(cx, "description");
+  const bad = text === undefined ? undefined : descriptionProblem(text);
+  if (bad) cx.fail(cx.fields.get("description"), jsonPath(cx.path, "description"), bad);
+  return text;
+}
+
+/** `enabled`: true unless it is false. */
+function readEnabled(cx: EntryContext): boolean {
+  const n = cx.fields.get("enabled");
+  if (!n) return true;
+  if (n.type === "boolean") return n.value !== false;
+  cx.fail(n, jsonPath(cx.path, "enabled"), `Expected true or false, found ${kind(n)}`);
+  return true;
+}
+
+/** The longest description, in characters: with our tag it fits nftables' 128-byte comments. */
+export const MAX_DESCRIPTION = 64;
+
+/**
+ * Why a text cannot be a description, if it cannot: it goes into rule comments (iptables-restore's quoted words,
+ * nft's quoted strings), so no double quote, backslash or control character, and at most MAX_DESCRIPTION
+ * characters of ASCII (nft counts bytes).
+ */
+export function descriptionProblem(text: string): string | undefined {
+  if (text.length === 0) return "A description cannot be empty";
+  if (text.length > MAX_DESCRIPTION) {
+    return `A description holds at most ${MAX_DESCRIPTION} characters, not ${text.length}`;
+  }
+  const bad = /[^\x20-\x7e]|["\\]/.exec(text);
+  if (bad) {
+    return `A description holds printable ASCII without double quotes or backslashes, found ${
+      JSON.stringify(bad[0])
+    }`;
+  }
+  return undefined;
 }
 
 /** A true/false field's value; a field of another type fails. */
@@ -191,17 +259,11 @@ function stringField(cx: EntryContext, key: keyof typeof ENTRY_FIELDS): string |
   return undefined;
 }
 
-/** `interface`: a name the kernel and our rule languages take. */
-function readInterface(cx: EntryContext): string | undefined {
-  const iface = stringField(cx, "interface");
+/** `interface` (or `dev`): a name the kernel and our rule languages take. */
+function readInterface(cx: EntryContext, key: "interface" | "dev" = "interface"): string | undefined {
+  const iface = stringField(cx, key);
   const badName = iface === undefined ? undefined : interfaceNameProblem(iface);
-  if (badName) {
-    cx.fail(
-      cx.fields.get("interface"),
-      jsonPath(cx.path, "interface"),
-      `Not a valid interface name: ${badName}`,
-    );
-  }
+  if (badName) cx.fail(cx.fields.get(key), jsonPath(cx.path, key), `Not a valid interface name: ${badName}`);
   return iface;
 }
 
@@ -212,10 +274,12 @@ function readInterface(cx: EntryContext): string | undefined {
 function addressField(
   cx: EntryContext,
   key: keyof typeof ENTRY_FIELDS,
-  { family, network = false }: { family?: Family; network?: boolean } = {},
+  { family, network = false, any }: { family?: Family; network?: boolean; any?: Family } = {},
 ): Address | undefined {
   const text = stringField(cx, key);
   if (text === undefined) return undefined;
+  // "*": any local address of this host, in the family the entry's other addresses give.
+  if (any !== undefined && text === ANY_ADDRESS) return { family: any, text, value: 0n };
   const n = cx.fields.get(key);
   const [addrText = "", prefixText, ...more] = text.split("/");
   const addr = parseAddress(addrText);
@@ -243,7 +307,7 @@ function readTargets(cx: EntryContext): EntryTargets {
   const family = privateIp?.family ?? foundFamily(cx.fields);
   if (family) targets.list.push(firstTarget(cx, family, privateIp));
   const private6 = addressField(cx, "private_ipv6", { family: 6 });
-  const public6 = addressField(cx, "public_ipv6", { family: 6 });
+  const public6 = addressField(cx, "public_ipv6", { family: 6, any: 6 });
   const source6 = addressField(cx, "source_ipv6", { family: 6, network: true });
   if (private6) {
     if (privateIp?.family === 6) {
@@ -279,7 +343,9 @@ function foundFamily(fields: Map<string, Node>): Family | undefined {
 function firstTarget(cx: EntryContext, family: Family, privateIp: Address | undefined): Target {
   const privateKey = privateIp ? "private_ip" : "the guest's address";
   const sameFamily = (key: "public_ip" | "source_ip") => {
-    const a = addressField(cx, key, { network: key === "source_ip" });
+    const a = key === "public_ip"
+      ? addressField(cx, key, { any: family })
+      : addressField(cx, key, { network: true });
     if (a && a.family !== family) {
       cx.fail(
         cx.fields.get(key),
@@ -315,8 +381,9 @@ function readPorts(cx: EntryContext, targets: EntryTargets): PortSpec[] {
   const claim: ClaimFn = (n, p, spec) => {
     ports.push(spec);
     for (const t of targets.list) {
-      const address = t.publicIp ?? cx.options.defaultPublicIp?.[t.family] ??
-        `default IPv${t.family} address`;
+      const address = t.publicIp === ANY_ADDRESS
+        ? anyAddressClaim(t.family)
+        : t.publicIp ?? cx.options.defaultPublicIp?.[t.family] ?? `default IPv${t.family} address`;
       cx.claims.push({
         report: cx.report,
         domain: cx.domain,
@@ -401,6 +468,10 @@ function wholeAddress(
     return undefined;
   }
   if (n.value !== true) return undefined;
+  if (targets.list.some((t) => t.publicIp === ANY_ADDRESS)) {
+    cx.fail(n, jsonPath(cx.path, key), `${key} ${WHOLE_ADDRESS[key]}, so it needs one address, not "*"`);
+    return undefined;
+  }
   const implicit = targets.list.filter((t) => t.publicIp === undefined);
   if (implicit.length === 0) return n;
   const want = implicit.map((t) => (t.family === 6 && targets.list.length > 1 ? "public_ipv6" : "public_ip"));

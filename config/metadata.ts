@@ -15,6 +15,8 @@ import {
   PROTOCOLS,
 } from "../system/address.ts";
 import { child, type XmlAttribute, type XmlElement } from "../system/xml.ts";
+import { descriptionProblem, interfaceNameProblem } from "./entry.ts";
+import { anyAddressClaim } from "./ports.ts";
 
 /** Our XML namespace: `virsh metadata <dom> urn:libvirt-hook-qemu:1 --key lvh --set '<forwards>...</forwards>'`. */
 export const METADATA_NS = "urn:libvirt-hook-qemu:1";
@@ -22,7 +24,8 @@ export const METADATA_NS = "urn:libvirt-hook-qemu:1";
 /** The attributes of a `portForward`, with what they hold (the README and the errors list them). */
 export const PORT_FORWARD_ATTRIBUTES = {
   proto: "tcp or udp; required",
-  address: "the public address (default: the host's address with the default route, as public_ip)",
+  address: 'the public address, or "*" for any local address of this host (default: the host\'s address ' +
+    "with the default route, as public_ip)",
   source: "only this remote address or network (CIDR) may use the forward (as source_ip)",
   guest: "the guest's address (default: found from the network's DHCP reservation or lease)",
   mac: "which of the guest's interfaces (default: the first on a libvirt network)",
@@ -30,6 +33,9 @@ export const PORT_FORWARD_ATTRIBUTES = {
     '"yes": the guest\'s own new outgoing connections leave from address (as snat; the policy must allow it)',
   allPorts:
     '"yes": every tcp and udp port of address goes to the guest (as all_ports; the policy must allow it)',
+  dev: "only what arrives on this host interface is forwarded (as dev)",
+  description: "what the forward is for, up to 64 printable ASCII characters (as description)",
+  enabled: '"no": the forward stays declared but nothing is installed for it (as enabled)',
   log: '"yes": each new connection to the forward is logged in the kernel log, rate-limited (as log)',
 } as const;
 
@@ -172,7 +178,9 @@ function entryClaims(
     report: report(at),
   });
   for (const t of e.targets) {
-    const address = t.publicIp ?? defaultPublicIp[t.family] ?? `default IPv${t.family} address`;
+    const address = t.publicIp === "*"
+      ? anyAddressClaim(t.family)
+      : t.publicIp ?? defaultPublicIp[t.family] ?? `default IPv${t.family} address`;
     if (e.snat) {
       claims.push({
         ...base(whole("snat")),
@@ -238,8 +246,11 @@ function readPortForward(
   const proto = readProtocol(cx, { snat, allPorts });
   const { target, pub } = readTarget(cx);
   const mac = readMac(cx);
+  const { dev, description, enabled } = readNaming(cx);
   for (const name of ["snat", "allPorts"] as const) {
-    if ((name === "snat" ? snat : allPorts) && !pub) {
+    if ((name === "snat" ? snat : allPorts) && pub?.text === "*") {
+      fail(attribute(cx, name), `${path}/@${name}`, `${name} needs one address, not "*"`, "yes");
+    } else if ((name === "snat" ? snat : allPorts) && !pub) {
       const what = name === "snat"
         ? "makes the guest's connections leave from its public address"
         : "takes every port of its public address";
@@ -267,6 +278,9 @@ function readPortForward(
       ports,
       ...(mac ? { mac: mac.value.toLowerCase() } : {}),
       ...(snat ? { snat: true as const } : {}),
+      ...(dev === undefined ? {} : { dev }),
+      ...(description === undefined ? {} : { description }),
+      ...(enabled ? {} : { enabled: false as const }),
       ...(log ? { log: true as const } : {}),
     },
     place: { element: { line: el.line, column: el.column, path }, attributes: cx.named, ranges: positions },
@@ -334,6 +348,8 @@ function xmlAddress(
 ): Address | undefined {
   const a = cx.named.get(name);
   if (!a) return undefined;
+  // "*" (any local address), of the family the forward's other addresses give (see readTarget).
+  if (name === "address" && a.value === "*") return { family: 0 as Family, text: "*", value: 0n };
   const [text = "", prefix, ...more] = a.value.split("/");
   const parsed = parseAddress(text);
   const prefixOk = prefix === undefined ||
@@ -357,8 +373,10 @@ function readTarget(cx: ForwardContext): { target: Target; pub: Address | undefi
   const pub = xmlAddress(cx, "address"),
     source = xmlAddress(cx, "source", true),
     guest = xmlAddress(cx, "guest");
-  const given = [["address", pub], ["guest", guest], ["source", source]] as const;
+  const any = pub?.text === "*";
+  const given = [["address", any ? undefined : pub], ["guest", guest], ["source", source]] as const;
   const family: Family = given.find(([, a]) => a)?.[1]?.family ?? 4;
+  if (pub && any) pub.family = family;
   for (const [name, a] of given) {
     if (a && a.family !== family) {
       const first = given.find(([, x]) => x)!;
@@ -377,6 +395,25 @@ function readTarget(cx: ForwardContext): { target: Target; pub: Address | undefi
     ...(source ? { source: source.text } : {}),
   };
   return { target, pub };
+}
+
+/** `dev`, `description` and `enabled`, checked as the JSON config's fields are. */
+function readNaming(cx: ForwardContext): { dev?: string; description?: string; enabled: boolean } {
+  const dev = cx.named.get("dev"),
+    description = cx.named.get("description"),
+    enabled = cx.named.get("enabled");
+  const badDev = dev && interfaceNameProblem(dev.value);
+  if (badDev) cx.fail(dev, `${cx.path}/@dev`, `Not a valid interface name: ${badDev}`, dev.value);
+  const badText = description && descriptionProblem(description.value);
+  if (badText) cx.fail(description, `${cx.path}/@description`, badText, description.value);
+  if (enabled && enabled.value !== "yes" && enabled.value !== "no") {
+    cx.fail(enabled, `${cx.path}/@enabled`, 'Expected "yes" or "no"', enabled.value);
+  }
+  return {
+    ...(dev ? { dev: dev.value } : {}),
+    ...(description ? { description: description.value } : {}),
+    enabled: enabled?.value !== "no",
+  };
 }
 
 /** `mac`: six hex pairs. */

@@ -56,6 +56,44 @@ Deno.test("readMetadata() reads the issue's example: ranges shifted, excluded, b
   ]);
 });
 
+Deno.test('readMetadata() reads address="*", dev, description and enabled="no", and refuses what they cannot be', () => {
+  const xml = `<domain><name>web1</name><metadata><f:forwards xmlns:f="urn:libvirt-hook-qemu:1">
+<f:portForward proto="tcp" address="*" dev="eth1" description="shop"><f:range start="8080" to="80"/></f:portForward>
+<f:portForward proto="udp" address="*" guest="fd00::5" enabled="no"><f:range start="53"/></f:portForward>
+</f:forwards></metadata></domain>`;
+  const read = readMetadata("web1", { root: parseXml(xml), file: "web1.xml" });
+  assert.deepEqual(read.diagnostics, []);
+  // "*" takes the family of the forward's other addresses (IPv4 where none is given).
+  assert.deepEqual(read.entries, [
+    {
+      path: "forwards/portForward[1]",
+      targets: [{ family: 4, publicIp: "*" }],
+      ports: [{ protocol: "tcp", publicPort: 8080, privatePort: 80, count: 1 }],
+      dev: "eth1",
+      description: "shop",
+    },
+    {
+      path: "forwards/portForward[2]",
+      targets: [{ family: 6, privateIp: "fd00::5", publicIp: "*" }],
+      ports: [{ protocol: "udp", publicPort: 53, privatePort: 53, count: 1 }],
+      enabled: false,
+    },
+  ]);
+  assert.deepEqual(
+    problems(
+      ours(
+        `<lvh:portForward proto="tcp" address="*" dev="a b" description="a\\b" enabled="maybe" allPorts="yes"/>`,
+      ),
+    ),
+    [
+      'web1.xml:5:42: Not a valid interface name: it holds " ", which no interface name may hold here (forwards/portForward[1]/@dev = "a b")',
+      `web1.xml:5:52: A description holds printable ASCII without double quotes or backslashes, found "\\\\" (forwards/portForward[1]/@description = "a\\\\b")`,
+      'web1.xml:5:70: Expected "yes" or "no" (forwards/portForward[1]/@enabled = "maybe")',
+      'web1.xml:5:86: allPorts needs one address, not "*" (forwards/portForward[1]/@allPorts = "yes")',
+    ],
+  );
+});
+
 Deno.test("readMetadata() takes IPv6 from the addresses, the guest's address and MAC where given", () => {
   const read = readMetadata("web1", {
     root: parseXml(
@@ -101,7 +139,7 @@ Deno.test("readMetadata() reports each mistake as file:line:column: message (ele
       "an unknown attribute, and no proto",
       ours(`      <lvh:portForward protocol="tcp"><lvh:range start="22"/></lvh:portForward>`),
       [
-        'web1.xml:5:24: Unknown attribute "protocol"; known: proto, address, source, guest, mac, snat, allPorts, log (forwards/portForward[1]/@protocol)',
+        'web1.xml:5:24: Unknown attribute "protocol"; known: proto, address, source, guest, mac, snat, allPorts, dev, description, enabled, log (forwards/portForward[1]/@protocol)',
         'web1.xml:5:7: Missing required attribute "proto" (tcp or udp) (forwards/portForward[1])',
       ],
     ],

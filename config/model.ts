@@ -43,7 +43,10 @@ export interface PortSpec {
   all?: { except: Partial<Record<Family, [number, number][]>> };
 }
 
-/** The addresses of one entry in one family; `publicIp` undefined means the host's default address. */
+/**
+ * The addresses of one entry in one family; `publicIp` undefined means the host's default address, `"*"` any
+ * local address of this host (ANY_ADDRESS).
+ */
 export interface Target {
   family: Family;
   /** The guest's address; undefined: to be found (the network's DHCP reservation, or the guest's lease). */
@@ -66,7 +69,16 @@ export interface Entry {
   log?: true;
   /** Which of the guest's interfaces (its MAC, lower case), where the guest's address is to be found. */
   mac?: string;
+  /** Only what arrives on this host interface (`dev`) is forwarded. */
+  dev?: string;
+  /** What the administrator calls the entry's forwards: shown by status, plan and doctor, carried in our rules. */
+  description?: string;
+  /** `"enabled": false`: configured, but nothing is installed for it (a start removes what is live of it). */
+  enabled?: false;
 }
+
+/** A public address that stands for every local address of this host (loopback excluded): `"*"`. */
+export const ANY_ADDRESS = "*";
 
 /**
  * One rule of `xml_forwards`: what the XML of the domains it matches may declare. The first rule whose pattern
@@ -92,6 +104,8 @@ export interface XmlRule {
   snat: boolean;
   /** Whether `allPorts="yes"` is allowed (every port of a public address). */
   allPorts: boolean;
+  /** Whether `address="*"` is allowed: every local address of the host, as if each were given. */
+  anyAddress: boolean;
 }
 
 /** Settings that are not about one domain. */

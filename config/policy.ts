@@ -28,6 +28,7 @@ export const DEFAULT_XML_RULE: XmlRule = {
   hostPorts: false,
   snat: false,
   allPorts: false,
+  anyAddress: false,
 };
 
 /** The fields of an `xml_forwards` rule, with what they hold (the README, the schema and the errors list them). */
@@ -42,6 +43,8 @@ export const XML_RULE_FIELDS = {
   host_ports: "true: they may take a port the host itself listens on (default false)",
   snat: 'true: snat="yes" is allowed (default false)',
   all_ports: 'true: allPorts="yes" is allowed (default false)',
+  any_address: 'true: address="*" (every local address of this host, whatever addresses says) is allowed ' +
+    "(default false)",
 } as const;
 
 /** The rule for a domain: the first whose pattern matches its name, else the defaults. */
@@ -178,6 +181,9 @@ function readRule(node: Node, path: string, report: Report): XmlRule | undefined
         break;
       case "all_ports":
         rule.allPorts = flag(v, here);
+        break;
+      case "any_address":
+        rule.anyAddress = flag(v, here);
         break;
       case "addresses":
         rule.addresses = readNetworks(v, here, fail);

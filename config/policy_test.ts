@@ -48,7 +48,7 @@ Deno.test("parseConfig() reports each mistake of the policy settings where it is
       "a rule without domains, an unknown field, a bad flag",
       `{ "xml_forwards": [{ "ports": [22], "sudo": true, "snat": 1 }] }`,
       [
-        'hooks.jsonc:1:52: Unknown field "sudo" of an xml_forwards rule; known: domains, enabled, addresses, targets, protocols, ports, host_ports, snat, all_ports (["/settings"].xml_forwards[0].sudo)',
+        'hooks.jsonc:1:52: Unknown field "sudo" of an xml_forwards rule; known: domains, enabled, addresses, targets, protocols, ports, host_ports, snat, all_ports, any_address (["/settings"].xml_forwards[0].sudo)',
         'hooks.jsonc:1:74: Expected true or false, found a number (["/settings"].xml_forwards[0].snat = 1)',
         'hooks.jsonc:1:35: A rule needs "domains": the domain name patterns it is for (["/settings"].xml_forwards[0])',
       ],

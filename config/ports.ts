@@ -195,6 +195,20 @@ export function reportClashes(claims: Claim[]) {
     if (group) group.push(c);
     else groups.set(key, [c]);
   }
+  // A forward on every address of a family ("*") takes its ports on each address of that family too.
+  for (const [key, wild] of groups) {
+    const family = anyAddressFamily(key.slice(key.indexOf(" ") + 1));
+    if (family === undefined) continue;
+    for (const [other, list] of groups) {
+      const [protocol, address = ""] = [
+        other.slice(0, other.indexOf(" ")),
+        other.slice(other.indexOf(" ") + 1),
+      ];
+      if (other === key || protocol !== wild[0]!.protocol || !addressOfFamily(address, family)) continue;
+      list.push(...wild);
+    }
+  }
+  const reported = new Set<Claim>();
   for (const list of groups.values()) {
     list.sort((a, b) => a.first - b.first || a.node.offset - b.node.offset);
     const clashing = new Set<Claim>();
@@ -209,6 +223,8 @@ export function reportClashes(claims: Claim[]) {
       if (!reach || c.last > reach.last) reach = c;
     }
     for (const c of clashing) {
+      if (reported.has(c)) continue;
+      reported.add(c);
       const other = partner.get(c)!;
       const ports = (x: Claim) => (x.first === x.last ? `${x.first}` : `${x.first}-${x.last}`);
       reportAt(
@@ -219,6 +235,23 @@ export function reportClashes(claims: Claim[]) {
       );
     }
   }
+}
+
+/** How a claim names the public address "*" of one family (see anyAddressFamily). */
+export function anyAddressClaim(family: Family): string {
+  return `any IPv${family} address`;
+}
+
+/** The family of a claim's address that is "*" (see anyAddressClaim); undefined for any other. */
+function anyAddressFamily(address: string): Family | undefined {
+  const m = /^any IPv([46]) address$/.exec(address);
+  return m ? (m[1] === "4" ? 4 : 6) : undefined;
+}
+
+/** Whether a claim's address (an address, or the default one's stand-in) is of `family`. */
+function addressOfFamily(address: string, family: Family): boolean {
+  const a = parseAddress(address);
+  return a ? a.family === family : address === `default IPv${family} address`;
 }
 
 /** The fields of a port_range item. */
@@ -241,8 +274,12 @@ export const REQUIRED_RANGE_FIELDS = ["init_port", "ports_num", "protocol"] as c
 function fillAllPorts(claims: Claim[]) {
   for (const c of claims) {
     if (!c.all) continue;
+    // A forward on "*" of the family takes its port on this address too.
+    const any = anyAddressClaim(c.all.family);
     const taken = claims
-      .filter((o) => !o.all && !o.snat && o.address === c.address && o.protocol === c.protocol)
+      .filter((o) =>
+        !o.all && !o.snat && (o.address === c.address || o.address === any) && o.protocol === c.protocol
+      )
       .map((o) => [o.first, o.last] as [number, number])
       .sort((a, b) => a[0] - b[0]);
     const merged: [number, number][] = [];

@@ -55,6 +55,7 @@ const xmlRule = {
         host_ports: { type: "boolean" },
         snat: { type: "boolean" },
         all_ports: { type: "boolean" },
+        any_address: { type: "boolean" },
       } satisfies Record<keyof typeof XML_RULE_FIELDS, object>,
     ).map((
       [name, shape],

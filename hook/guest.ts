@@ -120,10 +120,23 @@ export function guestForwards(
     out.diagnostics.push(...xmlPolicyProblems(domain, md, { view, file: xml!.file, nicOf, lookup }));
     if (hasError(out.diagnostics)) return out;
   }
-  // The config's entries first, then the XML's: each says where its address could be given instead.
-  for (const entry of entries) addressEntry(domain, entry, { nicOf, lookup, field: "private_ip", out });
-  for (const entry of md.entries) addressEntry(domain, entry, { nicOf, lookup, field: "guest", out });
+  // The config's entries first, then the XML's: each says where its address could be given instead. An entry
+  // switched off is not looked up: it installs nothing, and waits for nothing.
+  for (const entry of entries) {
+    if (entry.enabled === false) out.notes.push(switchedOff(entry, '"enabled": false'));
+    else addressEntry(domain, entry, { nicOf, lookup, field: "private_ip", out });
+  }
+  for (const entry of md.entries) {
+    if (entry.enabled === false) out.notes.push(switchedOff(entry, 'enabled="no"'));
+    else addressEntry(domain, entry, { nicOf, lookup, field: "guest", out });
+  }
   return out;
+}
+
+/** The note an entry switched off gets: where it is, what it is called, and that nothing is installed for it. */
+export function switchedOff(entry: Entry, how: string): string {
+  const named = entry.description === undefined ? "" : ` "${entry.description}"`;
+  return `${entry.path}${named} is switched off (${how}): nothing is installed for it`;
 }
 
 /** The XML's forwards, unless the policy turns them off (then none, and a note that says so). */

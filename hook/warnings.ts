@@ -13,7 +13,7 @@ import {
   gateName,
   type Packet,
 } from "../backends/backend.ts";
-import { parseAddress } from "../system/address.ts";
+import { publicAddress } from "../system/address.ts";
 import { type ConnectedRoute, type Listener, listenerAt } from "../system/host.ts";
 
 /**
@@ -26,7 +26,7 @@ export function takenFromHost(forwards: Forward[], listeners: Listener[]): strin
     const last = f.publicPort + f.count - 1;
     const l = listenerAt(listeners, {
       protocol: f.protocol,
-      address: parseAddress(f.publicIp)!,
+      address: publicAddress(f.publicIp, f.family)!,
       first: f.publicPort,
       last,
     });

@@ -15,7 +15,7 @@ import {
   portsAllowed,
   type XmlRule,
 } from "../config/policy.ts";
-import { type Family, parseAddress } from "../system/address.ts";
+import { type Family, parseAddress, publicAddress } from "../system/address.ts";
 import { type Listener, listenerAt } from "../system/host.ts";
 
 /** What the policy is checked against: the domain's rule and the host as it is. */
@@ -68,8 +68,18 @@ export function policyProblems(
     for (const t of entry.targets) {
       const publicText = t.publicIp ?? view.defaultPublicIp[t.family];
       const publicAt = attribute("address") ?? place.element;
-      const pub = publicText === undefined ? undefined : parseAddress(publicText);
-      if (pub) {
+      const pub = publicText === undefined ? undefined : publicAddress(publicText, t.family);
+      if (pub?.text === "*") {
+        // Every address of the host at once, those to come included: the administrator's to grant.
+        if (!rule.anyAddress) {
+          problem(
+            publicAt,
+            'address="*" takes the port on every address of this host, which a guest\'s XML may not by default ' +
+              `(${allowedBy(rule, '"any_address": true')})`,
+            "*",
+          );
+        }
+      } else if (pub) {
         const why = addressProblem(pub.text, { view, explicit: t.publicIp !== undefined });
         if (why) problem(publicAt, why, t.publicIp);
       }

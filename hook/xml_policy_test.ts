@@ -126,6 +126,55 @@ Deno.test("policyProblems(): a rule widens (host ports, targets, snat, all_ports
   );
 });
 
+Deno.test('policyProblems(): address="*" only where a rule says "any_address": true, and never a port the host listens on', () => {
+  const any = xml(
+    `<f:portForward proto="tcp" address="*" dev="eth1"><f:range start="8080" to="80"/></f:portForward>`,
+    `<f:portForward proto="tcp" address="*"><f:range start="22"/></f:portForward>`,
+  );
+  const refused = (line: number) =>
+    `web1.xml:${line}:28: address="*" takes the port on every address of this host, which a guest's XML may not ` +
+    `by default (allow it with "any_address": true in ${RULE}) (forwards/portForward[${
+      line - 1
+    }]/@address = "*")`;
+  // Port 22 is sshd's on every address, "*" included: refused whatever the rule says of addresses.
+  const sshd =
+    "web1.xml:3:40: Public tcp *:22 takes a port the host itself listens on (0.0.0.0:22): a guest's XML " +
+    `may not take it from the host (allow it with "host_ports": true in ${RULE}) (forwards/portForward[2]/range[1] = "22")`;
+  assert.deepEqual(problems(any, view()), [refused(2), refused(3), sshd]);
+  // Allowed where a rule says so, whatever "addresses" narrows.
+  assert.deepEqual(problems(any, view({ anyAddress: true, addresses: ["203.0.113.9"] })), [sshd]);
+});
+
+Deno.test('guestForwards(): an entry with enabled="no" (or "enabled": false) is planned as nothing, and noted', () => {
+  const got = guestForwards("web1", {
+    entries: [{
+      path: "web1",
+      targets: [{ family: 4, privateIp: "192.168.122.10" }],
+      ports: [{ protocol: "tcp", publicPort: 80, privatePort: 80, count: 1 }],
+      description: "old site",
+      enabled: false,
+    }],
+    xml: {
+      root: parseXml(
+        xml(
+          `<f:portForward proto="tcp" enabled="no" description="shop"><f:range start="8080"/></f:portForward>`,
+        ),
+      ),
+      file: "web1.xml",
+    },
+    lookup,
+    defaultPublicIp: { 4: "203.0.113.1" },
+    policy: view(),
+  });
+  assert.deepEqual(got.diagnostics, []);
+  assert.deepEqual(got.entries, []);
+  assert.deepEqual(got.waiting, []);
+  assert.deepEqual(got.notes, [
+    'web1 "old site" is switched off ("enabled": false): nothing is installed for it',
+    'forwards/portForward[1] "shop" is switched off (enabled="no"): nothing is installed for it',
+  ]);
+});
+
 Deno.test("guestForwards(): a rule that turns XML forwards off ignores them, and says so", () => {
   const got = guestForwards("web1", {
     entries: [],

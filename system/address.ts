@@ -10,6 +10,14 @@ export interface Address {
   value: bigint;
 }
 
+/**
+ * A forward's public address: an address, or `"*"` (every local address of the host in `family`, loopback
+ * excluded) as an Address whose text is `*`; undefined when it is neither.
+ */
+export function publicAddress(text: string, family: Family): Address | undefined {
+  return text === "*" ? { family, text, value: 0n } : parseAddress(text);
+}
+
 /** Parses an IPv4 or IPv6 address (no prefix, no zone); returns undefined when it is not one. */
 export function parseAddress(input: string): Address | undefined {
   return input.includes(":") ? parseIPv6(input) : parseIPv4(input);

@@ -234,9 +234,14 @@ export interface PortsAt {
 export function listenerAt(listeners: Listener[], wanted: PortsAt): Listener | undefined {
   const { protocol, address, first, last } = wanted;
   const any = address.family === 4 ? "0.0.0.0" : "::";
+  // "*" (every local address but loopback's) takes the port of every listener of its family but loopback's.
+  const everywhere = address.text === "*";
   return listeners.find((l) =>
     l.protocol === protocol && l.port >= first && l.port <= last &&
-    ((l.family === address.family && (l.address === any || l.address === address.text)) || l.address === "::")
+    ((l.family === address.family &&
+      (l.address === any || l.address === address.text ||
+        (everywhere && !/^(127\.|::1$)/.test(l.address)))) ||
+      l.address === "::")
   );
 }
 

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { canRunLab, createLab, LAB_ADDR as A } from "./lab.ts";
+import { baseRulesText, canRunLab, createLab, LAB_ADDR as A } from "./lab.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const can = await canRunLab();
@@ -13,9 +13,10 @@ const opts = { sanitizeOps: false, sanitizeResources: false };
 /**
  * What the stop of web1's two forwards says it removed. nftables: its rules in our table (in its chains, and the
  * jumps into them) and its accept in libvirt's guest_input, 5 in all. iptables-nft: removed by chain name in one
- * nft transaction, what is in the chains never read (a stop stays fast): not counted, and said so.
+ * nft transaction; the same read that finds the chains counts what is in them (2 DNAT, 2 hairpin SNAT, 2 accepts)
+ * beside the 4 jumps into them, 10 in all.
  */
-const REMOVED = { iptables: "old rules removed", nftables: "5 old rule(s) removed" };
+const REMOVED = { iptables: "10 old rule(s) removed", nftables: "5 old rule(s) removed" };
 
 /** The program in namespace `ns`, its stdout sent to `stdout` (a file such as /dev/full) or piped. */
 async function inNs(ns: string, args: string[], env: Record<string, string>, stdout?: string) {
@@ -125,6 +126,71 @@ for (const libvirt of ["iptables", "nftables"] as const) {
           `stopped web1: 0 forward(s) live, ${REMOVED[libvirt]}`,
           lines.join("\n"),
         );
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
+    },
+  });
+}
+
+/**
+ * libvirt 9.0's rules loaded into one iptables while the hook runs the other (IPTABLES_BINARY, as the
+ * alternatives would select it): the start must fail saying why and write nothing, anywhere.
+ */
+for (
+  const [libvirtIn, ours] of [["iptables-nft", "iptables-legacy"], [
+    "iptables-legacy",
+    "iptables-nft",
+  ]] as const
+) {
+  Deno.test({
+    name:
+      `runHook(): libvirt's rules in ${libvirtIn}, ours in ${ours}: a start fails saying why, changes nothing`,
+    ignore: !can.ok,
+    ...opts,
+    async fn() {
+      await using lab = await createLab({ baseRules: false });
+      const dir = await Deno.makeTempDir();
+      try {
+        const restore = await lab.exec(lab.ns.host, [`${libvirtIn}-restore`], { stdin: baseRulesText(4) });
+        assert.equal(restore.code, 0, restore.stderr);
+        const config = `${dir}/hooks.jsonc`;
+        await Deno.writeTextFile(
+          config,
+          JSON.stringify({ web1: { private_ip: A.g1v4, port_map: { tcp: [[2221, 22]] } } }),
+        );
+        const env = { CONFIG_FILENAME: config, LIBVIRT_QEMU_RUN_DIR: dir, IPTABLES_BINARY: ours };
+        const saves = () =>
+          Promise.all([
+            ...["iptables-nft-save", "iptables-legacy-save"].map((p) => lab.exec(lab.ns.host, [p])),
+            lab.exec(lab.ns.host, ["nft", "list", "ruleset"]),
+          ]).then((rs) =>
+            rs.map((r) =>
+              r.stdout.replace(/^#.*\n/gm, "").replace(/\[\d+:\d+\]|counter packets \d+ bytes \d+/g, "")
+            )
+          );
+        const before = await saves();
+
+        const r = await inNs(lab.ns.host, ["web1", "start", "begin", "-"], env);
+        assert.equal(r.code, 1);
+        assert.equal(r.stdout, "");
+        assert.match(
+          r.stderr,
+          new RegExp(
+            `libvirt's iptables rules are in ${libvirtIn}.*, but the iptables this hook runs is ${ours}.*: our ` +
+              "rules would go where libvirt's reject is not, and it drops every forward; nothing was changed\\. " +
+              `Fix: update-alternatives --set iptables /usr/sbin/${libvirtIn}`,
+          ),
+        );
+        assert.deepEqual(await saves(), before);
+        // plan says the same, and doctor names it with the fix.
+        const plan = await inNs(lab.ns.host, ["plan", "web1"], env);
+        assert.equal(plan.code, 1);
+        assert.match(plan.stderr, new RegExp(`libvirt's iptables rules are in ${libvirtIn}`));
+        const doctor = await inNs(lab.ns.host, ["doctor"], { ...env, NO_COLOR: "1" });
+        assert.equal(doctor.code, 1);
+        assert.match(doctor.stdout, new RegExp(`FAIL +libvirt's iptables rules are in ${libvirtIn}`));
+        assert.doesNotMatch(doctor.stdout, /All is well/);
       } finally {
         await Deno.remove(dir, { recursive: true });
       }
