@@ -84,6 +84,8 @@ async function build(b: ReleaseBuild): Promise<string | undefined> {
   }).output();
   if (out.code === 0) return undefined;
   // The innermost cause says it best (a download refused, a denort of another version): the last "N: " line.
+  // Deno colours its errors: the escape sequences go before the lines are read.
+  // deno-lint-ignore no-control-regex
   const lines = new TextDecoder().decode(out.stderr).replace(/\x1b\[[0-9;]*m/g, "").split("\n");
   const causes = lines.filter((l) => /^\s+\d+: /.test(l) && !/<unknown>/.test(l)).map((l) =>
     l.replace(/^\s+\d+: /, "")
