@@ -17,7 +17,7 @@ Deno.test("parseConfig() reports each mistake as file:line:column: message (json
   const cases: [string, string, string[]][] = [
     ["a typo in a field name", `{"web1": {"private_ip": "10.0.0.1",\n  "prot_map": {"tcp": [22]}}}`, [
       'hooks.jsonc:2:3: Unknown field "prot_map"; known fields: interface, private_ip, public_ip, source_ip, ' +
-      "private_ipv6, public_ipv6, source_ipv6, port_map, port_range, all_ports, snat, dev, description, enabled, log (web1.prot_map)",
+      "private_ipv6, public_ipv6, source_ipv6, source_set, port_map, port_range, all_ports, snat, dev, description, enabled, log (web1.prot_map)",
       "hooks.jsonc:1:10: warning: Entry forwards no port: give port_map or port_range (web1)",
     ]],
     ["a malformed address", `{"web1": {"private_ip": "192.168.122.300", "port_map": {"tcp": [22]}}}`, [
@@ -208,7 +208,7 @@ Deno.test("parseConfig() reads dual-stack entries and IPv6 in canonical form", (
   assert.deepEqual(config.diagnostics, []);
   assert.deepEqual(config.domains.get("w")?.[0]?.targets, [
     { family: 4, privateIp: "192.168.122.10" },
-    { family: 6, privateIp: "fd00:122::10", publicIp: "2001:db8::7", source: "2001:db8:99::/48" },
+    { family: 6, privateIp: "fd00:122::10", publicIp: "2001:db8::7", sources: ["2001:db8:99::/48"] },
   ]);
 });
 
@@ -275,7 +275,7 @@ Deno.test("parseConfig() reads the old hook's real configs as their README says"
         { protocol: "tcp", publicPort: 8888, privatePort: 8888, count: 2 },
         { protocol: "udp", publicPort: 30000, privatePort: 30000, count: 100 },
       ]);
-      assert.equal(entry!.targets[0]!.source, "8.8.8.8");
+      assert.deepEqual(entry!.targets[0]!.sources, ["8.8.8.8"]);
     },
   );
   await t.step("13 with a real name and address substituted is accepted", async () => {
@@ -724,4 +724,15 @@ Deno.test("parseConfig() takes an entry without private_ip: the guest's address 
   assert.deepEqual(config.domains.get("a")?.[0]?.targets, [{ family: 4 }]);
   assert.deepEqual(config.domains.get("b")?.[0]?.targets, [{ family: 6, publicIp: "2001:db8::7" }]);
   assert.deepEqual(config.domains.get("c")?.[0]?.targets, [{ family: 6, privateIp: "fd00::10" }]);
+});
+
+Deno.test("parseConfig() keeps the same public port for disjoint sources a clash: one port, one target", () => {
+  const config = parseConfig(
+    `{"x": {"private_ip": "10.0.0.1", "public_ip": "192.0.2.1", "port_map": {"tcp": [22]},
+            "source_ip": ["198.51.100.0/24"]},
+      "y": {"private_ip": "10.0.0.2", "public_ip": "192.0.2.1", "port_map": {"tcp": [22]}, "source_set": "office"}}`,
+    "hooks.jsonc",
+  );
+  assert.deepEqual(["x", "y"].map((d) => domainConfig(config, d).kind), ["invalid", "invalid"]);
+  assert.equal(config.diagnostics.filter((d) => d.severity === "error").length, 2);
 });

@@ -79,9 +79,11 @@ export function planForwards(
       const net = connectedNetworkOf(facts.connected, priv);
       const hairpinFrom = net ? formatNetwork(net) : `${priv.text}/${priv.family === 4 ? 32 : 128}`;
       // The optional fields are the same for every port of the target: made once, not twice per port.
-      const optional: Pick<Forward, "source" | "interface" | "dev" | "description" | "log"> = {};
+      const optional: Pick<Forward, "sources" | "sourceSet" | "interface" | "dev" | "description" | "log"> =
+        {};
       if (entry.log) optional.log = true;
-      if (t.source !== undefined) optional.source = t.source;
+      if (t.sources !== undefined) optional.sources = t.sources;
+      if (t.sourceSet !== undefined) optional.sourceSet = t.sourceSet;
       if (entry.interface !== undefined) optional.interface = entry.interface;
       if (entry.dev !== undefined) optional.dev = entry.dev;
       if (entry.description !== undefined) optional.description = entry.description;

@@ -103,6 +103,8 @@ export {
   type Packet,
 } from "./gates.ts";
 export { foreignGates } from "./foreign.ts";
+/** A named source set's live copies made equal to its stored members (see backends/sources.ts). */
+export { syncSourceSet } from "./source_sets.ts";
 /** The programs: iptables' per family, whether they drive nf_tables, and conntrack's count of tracked flows. */
 export { iptablesTools, type Tools } from "./iptables.ts";
 export { drivesNfTables } from "./choose.ts";

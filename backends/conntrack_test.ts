@@ -38,7 +38,7 @@ Deno.test("forgetLines() names exactly the flows of forwards that went or change
     {
       name: "only the source changed: the target is the same, the flows stay",
       before: [live()],
-      after: [planned({ source: "198.51.100.0/24" })],
+      after: [planned({ sources: ["198.51.100.0/24"] })],
       lines: [],
     },
     {

@@ -20,8 +20,13 @@ export interface Forward {
    * domain's chain returns them before this forward's rule, which comes last in it).
    */
   except?: [number, number][];
-  /** Only this address or network may use the forward. */
-  source?: string;
+  /**
+   * Only these addresses, networks and ranges (`first-last`) may use the forward: of its family, sorted and
+   * merged as nftables lists an interval set (config/sources.ts).
+   */
+  sources?: string[];
+  /** Only the members of this set of ours may use the forward (`qemu set`); never together with sources. */
+  sourceSet?: string;
   /** The guest's bridge: where our accept in libvirt's nftables chain matches, and hairpin mode is set. */
   interface?: string;
   /** Sources masqueraded when they reach the forward through the public address (hairpin). */
@@ -72,6 +77,7 @@ export interface LiveForward {
   publicPorts: string;
   privateIp: string;
   privatePorts: string;
+  /** Who may use it: its sources joined by ", ", or `@<set>` for a set of ours; absent: everyone. */
   source?: string;
   /** Only what arrives on this host interface. */
   dev?: string;
@@ -121,10 +127,16 @@ export function asLiveForward(domain: string, f: Forward): LiveForward {
     publicPorts: ports(f.publicPort),
     privateIp: f.privateIp,
     privatePorts: ports(f.privatePort),
-    ...(f.source === undefined ? {} : { source: f.source }),
+    ...(sourceText(f) === undefined ? {} : { source: sourceText(f)! }),
     ...(f.dev === undefined ? {} : { dev: f.dev }),
     ...(f.description === undefined ? {} : { description: f.description }),
   };
+}
+
+/** Who may use a forward as status shows it (see LiveForward.source). */
+export function sourceText(f: Pick<Forward, "sources" | "sourceSet">): string | undefined {
+  if (f.sourceSet !== undefined) return `@${f.sourceSet}`;
+  return f.sources?.join(", ");
 }
 
 /** The live form of a planned outbound NAT (see asLiveForward). */

@@ -3,6 +3,7 @@
 import { ANY_PUBLIC, type Forward, LOG_RATE, logPrefix, type Snat } from "./forward.ts";
 import { chainLine, chainOwner, type Live, Table, TABLES } from "./iptables_live.ts";
 import { chainNames, ruleComment, USER_CHAIN } from "./names.ts";
+import { iptablesSourceMatches } from "./sources.ts";
 import type { Family } from "../system/address.ts";
 import { unique } from "../system/collections.ts";
 
@@ -47,13 +48,13 @@ export function ruleLines(
   // What is the same for every forward between one pair of addresses is made once; each line is pieces of text
   // joined once per chain (far fewer objects for the garbage collector than a string per line).
   const dnat: string[] = [], snat: string[] = [], fwd: string[] = [];
-  let logged = 0;
   // The administrator's bans first (see USER_CHAIN): every DNATed connection, both ways, before our accepts.
   if (forwards.length > 0) fwd.push(`-A ${c.fwd} -m conntrack --ctstate DNAT ${comment} -j ${USER_CHAIN}\n`);
   const parts = new Map<string, ReturnType<typeof commonParts>>();
+  let added = 0;
   for (const f of forwards) {
-    const key = `${f.family} ${f.protocol} ${f.publicIp} ${f.privateIp} ${f.source} ${f.interface} ` +
-      `${f.hairpinFrom} ${f.dev} ${f.description}`;
+    const key = `${f.family} ${f.protocol} ${f.publicIp} ${f.privateIp} ${f.sources} ${f.sourceSet} ` +
+      `${f.interface} ${f.hairpinFrom} ${f.dev} ${f.description}`;
     let p = parts.get(key);
     if (!p) parts.set(key, p = commonParts(f, c, comment));
     const last = f.count - 1;
@@ -67,23 +68,27 @@ export function ruleLines(
       : f.privatePort === f.publicPort
       ? f.privateIp
       : `${host}:${f.privatePort}-${f.privatePort + last}/${f.publicPort}`;
-    // all_ports: the ports other forwards take on the address go back to PREROUTING, to their own chains.
-    for (const [first, lastTaken] of f.except ?? []) {
-      dnat.push(
-        p.dnat,
-        first === lastTaken ? `${first}` : `${first}:${lastTaken}`,
-        " ",
-        comment,
-        " -j RETURN\n",
-      );
+    // One DNAT rule per source item (see iptablesSourceMatches), each after its own all_ports returns.
+    for (const head of p.dnat) {
+      // all_ports: the ports other forwards take on the address go back to PREROUTING, to their own chains.
+      for (const [first, lastTaken] of f.except ?? []) {
+        dnat.push(
+          head,
+          first === lastTaken ? `${first}` : `${first}:${lastTaken}`,
+          " ",
+          comment,
+          " -j RETURN\n",
+        );
+      }
+      // `log`: the nat chain sees a connection's first packet only, so this is one line per new connection.
+      if (f.log) {
+        dnat.push(head, publicPorts, ` -m limit ${LOG_RATE.iptables} ${comment} -j LOG --log-prefix "`);
+        dnat.push(logPrefix(domain, f), '"\n');
+        added++;
+      }
+      dnat.push(head, publicPorts, p.dnatTo, to, "\n");
+      added += 1 + (f.except?.length ?? 0);
     }
-    // `log`: the nat chain sees a connection's first packet only, so this is one line per new connection.
-    if (f.log) {
-      logged++;
-      dnat.push(p.dnat, publicPorts, ` -m limit ${LOG_RATE.iptables} ${comment} -j LOG --log-prefix "`);
-      dnat.push(logPrefix(domain, f), '"\n');
-    }
-    dnat.push(p.dnat, publicPorts, p.dnatTo, to, "\n");
     snat.push(p.snat, privatePorts, p.translated, publicPorts, p.snatTail, "\n");
     fwd.push(p.fwd, publicPorts, p.fwdReply, privatePorts, p.fwdTail, "\n");
   }
@@ -114,7 +119,8 @@ export function ruleLines(
       jump("filter", "FORWARD", c.fwd),
     ],
     text: { nat: dnat.join("") + snat.join(""), filter: fwd.join("") },
-    count: 3 * forwards.length + (forwards.length > 0 ? 1 : 0) + logged +
+    // The DNAT rules (and logs), the hairpin and accept per forward, the jump to LVH-USER, the outbound NATs.
+    count: added + 2 * forwards.length + (forwards.length > 0 ? 1 : 0) +
       snats.reduce((n, s) => n + (s.family === 4 ? 3 : 2), 0),
   };
 }
@@ -141,17 +147,18 @@ function commonParts(f: Forward, c: ReturnType<typeof chainNames>, comment: stri
   const pub = `${f.publicIp}${host}`;
   const priv = `${f.privateIp}${host}`;
   const proto = `-p ${f.protocol} -m ${f.protocol}`;
-  const source = f.source === undefined ? "" : ` -s ${f.source}`;
   // "*": every local address but loopback's, which would need route_localnet (a sysctl we never write).
-  const to = any
-    ? ` ! -d ${f.family === 4 ? "127.0.0.0/8" : "::1/128"}${source} -m addrtype --dst-type LOCAL`
-    : ` -d ${pub}${source}`;
+  const dst = any ? ` ! -d ${f.family === 4 ? "127.0.0.0/8" : "::1/128"}` : ` -d ${pub}`;
+  const local = any ? " -m addrtype --dst-type LOCAL" : "";
   const dev = f.dev === undefined ? "" : ` -i ${f.dev}`;
   const named = f.description === undefined ? "" : ` -m comment --comment "${f.description}"`;
   // The original destination pins the accept and the hairpin to this forward; "*" has none to name.
   const origDst = any ? "" : ` --ctorigdst ${pub}`;
   return {
-    dnat: `-A ${c.dnat}${to}${dev} ${proto} --dport `,
+    // A DNAT rule's text up to its ports, one per source item (see iptablesSourceMatches).
+    dnat: iptablesSourceMatches(f).map((match) =>
+      `-A ${c.dnat}${dst}${match}${local}${dev} ${proto} --dport `
+    ),
     dnatTo: ` ${comment}${named} -j DNAT --to-destination `,
     snat: `-A ${c.snat} -s ${f.hairpinFrom} -d ${priv} ${proto} --dport `,
     snatTail: ` ${comment} -j MASQUERADE`,

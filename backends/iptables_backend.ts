@@ -9,6 +9,8 @@ import { type Live, liveForwards, liveOf, parseSave, userChainGoes } from "./ipt
 import { type ApplyDeps, ApplyError, FAMILIES, type FirewallState } from "./state.ts";
 import type { Family } from "../system/address.ts";
 import { CommandError } from "../system/runner.ts";
+import { readMembers } from "../system/sets.ts";
+import { ipsetRestore, setsUsed } from "./sources.ts";
 
 /**
  * One iptables-restore batch per family that changes, each undone from what is live where a later batch fails. A
@@ -58,6 +60,16 @@ export const iptablesBackend: FirewallBackend = {
         added: part.rules.count + part.rules.jumps.length,
       });
       if (state.scope) created.push(...createdBy(part.rules, family, all));
+    }
+    // The ipsets its forwards match, as their members are stored: before the rules that name them.
+    const sets = setsUsed(FAMILIES.flatMap((family) => desired.iptables[family].forwards));
+    if (sets.length > 0 && batches.length > 0) {
+      const ipset = deps.ipset ?? "ipset";
+      batches.unshift({
+        argv: [ipset, "restore"],
+        stdin: ipsetRestore(sets, deps.setMembers ?? readMembers),
+        name: ipset,
+      });
     }
     // What the batches created (a table, a built-in chain) is recorded once they are all in.
     const last = batches.at(-1), hintDir = deps.hintDir;

@@ -1,6 +1,7 @@
 /** The iptables backend's live state: our chains and rules, parsed from iptables-save or from nft's view of
  * iptables-nft's tables. */
 
+import { setSource } from "./sources.ts";
 import type { LiveForward } from "./forward.ts";
 
 import {
@@ -248,7 +249,10 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
     // `ip:port`, `[ip]:port`, or a shifted range `ip:first-last/base`.
     const m = /^\[(.*)\]:(\d+(?:-\d+)?)(?:\/\d+)?$/.exec(to) ?? /^([^:]+):(\d+(?:-\d+)?)(?:\/\d+)?$/.exec(to);
     const publicPorts = dport.replace(":", "-");
-    const source = arg("-s") === undefined ? undefined : bare(arg("-s")!);
+    const set = arg("--match-set");
+    const source = set !== undefined
+      ? setSource(set) ?? set
+      : arg("--src-range") ?? (arg("-s") === undefined ? undefined : bare(arg("-s")!));
     // "*": `! -d <loopback> -m addrtype --dst-type LOCAL`; a description: a comment beside ours.
     const any = arg("--dst-type") === "LOCAL";
     const dev = arg("-i");
@@ -257,7 +261,7 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
     // forward's accept sees every packet of them, both ways.
     const both = r.counters &&
       accepted.get(`${r.owner} ${arg("-p")} ${bareAddress(arg("-d") ?? "")} ${dport}`);
-    out.push({
+    addLive(out, {
       domain: names.get(r.owner) ?? hashOnly(r.owner),
       family,
       protocol: arg("-p") ?? "?",
@@ -298,6 +302,30 @@ function acceptCounters(live: Live): Map<string, [number, number]> {
     out.set(key, [sum[0] + r.counters[0], sum[1] + r.counters[1]]);
   }
   return out;
+}
+
+/**
+ * Adds a forward read from a DNAT rule, or joins its source to the forward before it where the rule is another
+ * source of the same forward (a DNAT rule per source item, see iptablesSourceMatches).
+ */
+function addLive(out: LiveForward[], f: LiveForward): void {
+  const prev = out.at(-1);
+  const same = prev && !prev.outbound && prev.source !== undefined && f.source !== undefined &&
+    ([
+      "domain",
+      "protocol",
+      "publicIp",
+      "publicPorts",
+      "privateIp",
+      "privatePorts",
+      "dev",
+      "description",
+    ] as const)
+      .every((k) => prev[k] === f[k]);
+  if (!same) return void out.push(f);
+  prev.source = `${prev.source}, ${f.source}`;
+  // One DNAT rule per source item: the forward's new connections are theirs together (its accept is one).
+  if (prev.counters && f.counters) prev.counters.connections += f.counters.connections;
 }
 
 /**

@@ -22,6 +22,7 @@ import {
   ownerOf,
 } from "./nftables_live.ts";
 import { unique } from "../system/collections.ts";
+import { nftSourceMatch } from "./sources.ts";
 import { type Family, parseAddress } from "../system/address.ts";
 import { connectedNetworkOf, type ConnectedRoute } from "../system/host.ts";
 
@@ -68,9 +69,10 @@ export function nftDomainObjects(
     const ip = family === 4 ? "ip" : "ip6";
     const mine = forwards.filter((f) => f.family === family);
     // Plain pairs go into one map and one set: a lookup per packet, however many forwards there are.
-    // A forward on "*", on one interface or with a description is a rule of its own (the map is by address).
+    // A forward with sources, on "*", on one interface or with a description is a rule of its own (the map is
+    // by address).
     const mapped = mine.filter((f) =>
-      f.count === 1 && f.source === undefined && f.publicIp !== ANY_PUBLIC && f.dev === undefined &&
+      f.count === 1 && nftSourceMatch(f) === "" && f.publicIp !== ANY_PUBLIC && f.dev === undefined &&
       f.description === undefined
     );
     const ruled = mine.filter((f) => !mapped.includes(f));
@@ -86,9 +88,7 @@ export function nftDomainObjects(
       const to = f.publicIp === ANY_PUBLIC
         ? `fib daddr type local ${ip} daddr != ${family === 4 ? "127.0.0.0/8" : "::1"} `
         : `${ip} daddr ${f.publicIp} `;
-      const match = `${f.source === undefined ? "" : `${ip} saddr ${f.source} `}${to}${
-        f.dev === undefined ? "" : `iifname "${f.dev}" `
-      }`;
+      const match = `${nftSourceMatch(f)}${to}${f.dev === undefined ? "" : `iifname "${f.dev}" `}`;
       // Our chain names the domain; the forward's own rule can carry its description instead of our tag.
       const named = f.description === undefined ? comment : `comment "${f.description}"`;
       // A range shifted to other ports: nft has no offset, so each port maps to its own (one lookup per packet).

@@ -22,6 +22,8 @@ import {
 import { liveAccepts, nftDomainRules, type NftLive, nftLiveForwards } from "./nftables_live.ts";
 import { type ApplyDeps, ApplyError, FAMILIES, type FirewallState, liveBridges } from "./state.ts";
 import type { Family } from "../system/address.ts";
+import { readMembers } from "../system/sets.ts";
+import { nftSetCommands, setsUsed } from "./sources.ts";
 
 /** One nft transaction, where nftables is there; it runs after the iptables batches. */
 export const nftablesBackend: FirewallBackend = {
@@ -77,6 +79,8 @@ export function nftCommands(
   const table = ours.length > 0 || snats.length > 0
     ? [
       ...nftBase(),
+      // The sets its forwards match, as their members are stored: declared before the rules that use them.
+      ...nftSetCommands(setsUsed(ours), deps.setMembers ?? readMembers),
       ...nftRemoveDomain(domain, live, { keepTable: true }),
       ...nftDomainObjects(domain, ours, {
         bridges: bridges() ?? bridgesOf(ours, deps.connected ?? []),

@@ -1,5 +1,6 @@
 /** The nftables backend's live state: what of ours is in nft's JSON listing, and the forwards read back from it. */
 
+import { setSource } from "./sources.ts";
 import type { LiveForward } from "./forward.ts";
 import type { BaseChain } from "./gates.ts";
 import {
@@ -252,7 +253,7 @@ function dnatForward(r: NftRule, domain: string): LiveForward | undefined {
       }
       | undefined;
     const field = m?.left?.payload?.field;
-    if (field === "saddr") source = showAddr(m!.right);
+    if (field === "saddr") source = showSource(m!.right);
     // "*": `fib daddr type local` (beside `daddr != <loopback>`, which names no address of the forward).
     if (field === "daddr" && m!.op === "==") publicIp = showAddr(m!.right);
     if (m?.left?.fib !== undefined && m.right === "local") any = true;
@@ -287,10 +288,18 @@ function dnatForward(r: NftRule, domain: string): LiveForward | undefined {
   };
 }
 
+/** Who may use a forward, from its `saddr` match: an item, an anonymous set of them, or a set of ours. */
+function showSource(right: unknown): string {
+  if (typeof right === "string") return setSource(right) ?? right;
+  const set = (right as { set?: unknown[] }).set;
+  return set ? set.map(showAddr).join(", ") : showAddr(right);
+}
+
 function showAddr(right: unknown): string {
   if (typeof right === "string") return right;
   const prefix = (right as { prefix?: { addr: string; len: number } }).prefix;
-  return prefix ? `${prefix.addr}/${prefix.len}` : String(right);
+  const range = (right as { range?: [string, string] }).range;
+  return prefix ? `${prefix.addr}/${prefix.len}` : range ? `${range[0]}-${range[1]}` : String(right);
 }
 
 /** The interface match of one of our accepts: `oifname <bridge>` or `iifname <bridge>`. */

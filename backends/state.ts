@@ -26,6 +26,10 @@ import { CommandError, type Runner } from "../system/runner.ts";
 /** What a sync needs: the runner, the iptables tools and, where nft exists, how to reach it. */
 export interface ApplyDeps {
   runner: Runner;
+  /** A named source set's stored members (default: its file under system/sets.ts' directory). */
+  setMembers?: (name: string) => string[];
+  /** The ipset program, for the iptables backend's source sets (default `ipset`). */
+  ipset?: string;
   tools: Record<Family, Tools>;
   /** The nft program; undefined: leave nftables alone entirely (tests of the iptables path). */
   nft?: string;

@@ -1,5 +1,6 @@
 /** `check`: validates the config and warns about what will not work on this host. */
 
+import { emptySetWarnings, setsDirOf } from "./set.ts";
 import { foreignGates, gateName } from "../backends/backend.ts";
 import { describeBackend, guestXml, readFirewall } from "./live.ts";
 import { type Config, type Entry, jsonPath } from "../config/model.ts";
@@ -35,7 +36,10 @@ export async function check(
     );
     return 1;
   }
-  const warnings = hostWarnings(config.domains, facts);
+  const warnings = [
+    ...hostWarnings(config.domains, facts),
+    ...emptySetWarnings(config.domains, setsDirOf(deps)),
+  ];
   const firewall = await readFirewall(deps, config);
   const hooks = "error" in firewall ? undefined : firewall.nft?.hooks;
   const gates = await foreignGates(applyDeps(deps, config), hooks).catch(() => []);

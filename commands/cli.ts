@@ -33,6 +33,8 @@ Commands:
   remove <domain>  Remove a guest's live forwards (like stopped); --all removes every domain's
   reload           Re-apply every domain that has live rules from the current config
   migrate-legacy   Remove the old Python hook's chains and apply ours for running guests
+  set add|del|list <name> [address...]
+                   Change or show a named source set (source_set): stored, and live at once, no hook call
   doctor [domain]  Walk each forward's path and say what is wrong, with the command that fixes it
   watch            Keep the forwards in place when other tools rewrite the firewall (a service)
   help [command]   Show help for a command
@@ -86,6 +88,12 @@ the live rules equal to the plan; every gate at the forward hook (iptables' FORW
 tables) and whether it lets the forward through; our rules' counters; the host's own listener on the public
 port; the guest listening on its port; bridge netfilter and hairpin; the other firewall software present.
 Exit 0 when all is well, 1 otherwise.`,
+  set: `Usage: qemu set add|del|list <name> [address|network|first-last ...]
+Adds or removes members of a named source set (an entry's "source_set", a portForward's sourceSet), IPv4 and
+IPv6 mixed, or lists them (without a name: every set). The members are kept in
+/var/lib/libvirt-hook-qemu/sets/<name> (across starts, stops, reloads and reboots) and, under our lock, put at
+once into the set's live copies where a running forward uses it: our nftables table's src-<name>-v4/-v6, the
+iptables backend's ipsets lvh-<name>-v4/-v6. No hook call is needed; connections already open stay open.`,
   watch: `Usage: qemu watch [--poll SECONDS]
 Runs until stopped (SIGTERM; SIGHUP re-reads the config). Follows \`nft monitor rules\` and the DHCP leases, and
 every SECONDS (default 30, at least 2) looks anyway; after each change it puts our accepts back in front of
@@ -116,6 +124,7 @@ export const TAKES: Record<string, string[]> = {
   "migrate-legacy": ["dry-run"],
   doctor: ["json"],
   watch: ["poll"],
+  set: [],
 };
 
 /** Every option of every command (which command takes which: TAKES); the man page and completion list them. */
@@ -224,6 +233,10 @@ async function dispatch(args: string[], deps: HookDeps, uid: number | null): Pro
       return none("arguments (it re-applies every domain with live rules)") ?? await reload(deps);
     case "migrate-legacy":
       return none("arguments") ?? await migrateLegacy(deps, { dryRun: values["dry-run"] ?? false });
+    case "set": {
+      const [action = "", name, ...items] = rest;
+      return await (await import("./set.ts")).setCommand(deps, { action, name, items });
+    }
     case "doctor":
       if (rest.length > 1) return usage(deps, "doctor takes at most one domain name");
       return await (await import("./doctor.ts")).doctor(deps, { only: rest[0], json: values.json ?? false });

@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { migrateLegacy } from "./migrate_legacy.ts";
 import { captureStdout, fakeCommandDeps } from "../test/commands_deps.ts";
 import { dedent } from "../test/util.ts";
+import { domstatus, MAC1 } from "../test/guests.ts";
 
 const CONFIG = `{"web1": {"private_ip": "192.168.122.10", "port_map": {"tcp": [[2222, 22]]}}}`;
 const LEGACY = dedent(`
@@ -58,4 +59,35 @@ Deno.test("migrateLegacy() --dry-run shows what it would remove and runs no batc
   assert.equal(value, 0);
   assert.equal(stdout[0], "Would remove the old hook's chains and the jumps into them:");
   assert.deepEqual(f.calls.filter((c) => c.argv[0]!.endsWith("-restore")), []);
+});
+
+Deno.test("migrateLegacy() applies a legacy single-string source_ip unchanged, and a list as one rule per item", async (t) => {
+  const cases: [string, string[]][] = [
+    [`"198.51.100.4"`, ["-s 198.51.100.4 "]],
+    [`["198.51.100.4", "203.0.113.64-203.0.113.70"]`, [
+      "-s 198.51.100.4 ",
+      "-m iprange --src-range 203.0.113.64-203.0.113.70 ",
+    ]],
+  ];
+  for (const [source, want] of cases) {
+    await t.step(source, async () => {
+      const config =
+        `{"web1": {"private_ip": "192.168.122.10", "public_ip": "203.0.113.1", "source_ip": ${source},
+        "port_map": {"tcp": [[2222, 22]]}}}`;
+      const f = await fakeCommandDeps(config, saved);
+      const run = Deno.env.get("LIBVIRT_QEMU_RUN_DIR")!;
+      await Deno.writeTextFile(`${run}/web1.xml`, domstatus("web1", MAC1, ""));
+      try {
+        const { value } = await captureStdout(() => migrateLegacy(f.deps));
+        assert.equal(value, 0, f.stderr.join("\n"));
+        const ours = f.calls.filter((c) => c.argv[0] === "iptables-restore").map((c) => c.stdin ?? "").join(
+          "",
+        );
+        const dnat = ours.split("\n").filter((l) => /^-A LVH-\w+-DNAT /.test(l));
+        assert.deepEqual(dnat.map((l) => want.find((w) => l.includes(` ${w}`))), want);
+      } finally {
+        await Deno.remove(`${run}/web1.xml`);
+      }
+    });
+  }
 });

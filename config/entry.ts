@@ -9,15 +9,10 @@ import {
   type ValidateOptions,
 } from "./model.ts";
 import type { Node } from "jsonc-parser";
-import {
-  type Address,
-  type Family,
-  formatNetwork,
-  networkOf,
-  parseAddress,
-  PROTOCOLS,
-} from "../system/address.ts";
+import { type Address, type Family, parseAddress, PROTOCOLS } from "../system/address.ts";
 import { kind, type Report } from "./nodes.ts";
+import { applySources, readSources } from "./entry_sources.ts";
+import { parseSourceItem } from "./sources.ts";
 import { anyAddressClaim, type Claim, type ClaimFn, readPortMap, readPortRanges } from "./ports.ts";
 
 /** The fields of an entry, with what they hold: the validator and the JSON Schema both read this table. */
@@ -40,7 +35,10 @@ export const ENTRY_FIELDS = {
   },
   source_ip: {
     type: "string",
-    description: "Only this remote address or network (CIDR) may use the forwards.",
+    description:
+      "Who may use the forwards: an address, network (CIDR) or range (first-last), or a list of them, IPv4 and " +
+      "IPv6 mixed (each family's items restrict its own forwards; with a list, a family with no item is not " +
+      "published). Default: everyone.",
   },
   private_ipv6: { type: "string", description: "The guest's IPv6 address, beside an IPv4 private_ip." },
   public_ipv6: {
@@ -49,7 +47,13 @@ export const ENTRY_FIELDS = {
   },
   source_ipv6: {
     type: "string",
-    description: "Only this IPv6 address or network may use the IPv6 forwards.",
+    description: "Who may use the IPv6 forwards (as source_ip, IPv6 items only): one item or a list.",
+  },
+  source_set: {
+    type: "string",
+    description:
+      "Who may use the forwards: the members of a named set of ours, filled with `qemu set add <name> <addr...>` " +
+      "(no hook call; kept across starts, stops and reloads). Not together with source_ip.",
   },
   port_map: {
     type: "object",
@@ -267,48 +271,38 @@ function readInterface(cx: EntryContext, key: "interface" | "dev" = "interface")
   return iface;
 }
 
-/**
- * An address field: `family`, the family it must be of; `network`, whether a network (CIDR) may be given, kept
- * in the form iptables prints it.
- */
+/** An address field (one address, no network: sources are read apart); `family`, the family it must be of. */
 function addressField(
   cx: EntryContext,
   key: keyof typeof ENTRY_FIELDS,
-  { family, network = false, any }: { family?: Family; network?: boolean; any?: Family } = {},
+  { family, any }: { family?: Family; any?: Family } = {},
 ): Address | undefined {
   const text = stringField(cx, key);
   if (text === undefined) return undefined;
   // "*": any local address of this host, in the family the entry's other addresses give.
   if (any !== undefined && text === ANY_ADDRESS) return { family: any, text, value: 0n };
   const n = cx.fields.get(key);
-  const [addrText = "", prefixText, ...more] = text.split("/");
-  const addr = parseAddress(addrText);
-  const prefixOk = prefixText === undefined ||
-    (network && more.length === 0 && /^[0-9]{1,3}$/.test(prefixText) &&
-      Number(prefixText) <= (addr?.family === 6 ? 128 : 32));
-  if (!addr || !prefixOk) {
-    const what = network ? "an IP address or network (CIDR)" : "an IP address";
-    cx.fail(n, jsonPath(cx.path, key), `Not ${what}`);
+  const addr = parseAddress(text);
+  if (!addr) {
+    cx.fail(n, jsonPath(cx.path, key), "Not an IP address");
     return undefined;
   }
   if (family && addr.family !== family) {
     cx.fail(n, jsonPath(cx.path, key), `Expected an IPv${family} address, found IPv${addr.family}`);
     return undefined;
   }
-  if (prefixText === undefined || Number(prefixText) === (addr.family === 4 ? 32 : 128)) return addr;
-  // A network is kept in the form iptables prints it: host bits cleared.
-  return { ...addr, text: formatNetwork(networkOf(addr, Number(prefixText))) };
+  return addr;
 }
 
 /** The targets: private_ip's (or the found address's) with public_ip and source_ip, then private_ipv6's. */
 function readTargets(cx: EntryContext): EntryTargets {
   const targets: EntryTargets = { list: [], publicKey: new Map() };
+  const sources = readSources(cx);
   const privateIp = addressField(cx, "private_ip");
   const family = privateIp?.family ?? foundFamily(cx.fields);
   if (family) targets.list.push(firstTarget(cx, family, privateIp));
   const private6 = addressField(cx, "private_ipv6", { family: 6 });
   const public6 = addressField(cx, "public_ipv6", { family: 6, any: 6 });
-  const source6 = addressField(cx, "source_ipv6", { family: 6, network: true });
   if (private6) {
     if (privateIp?.family === 6) {
       cx.fail(
@@ -316,7 +310,7 @@ function readTargets(cx: EntryContext): EntryTargets {
         jsonPath(cx.path, "private_ipv6"),
         "private_ip is IPv6 already; use one of them",
       );
-    } else targets.list.push(target(6, { privateIp: private6, publicIp: public6, source: source6 }));
+    } else targets.list.push(target(6, { privateIp: private6, publicIp: public6 }));
     if (public6) targets.publicKey.set(targets.list.at(-1)!, "public_ipv6");
   } else {
     for (const key of ["public_ipv6", "source_ipv6"] as const) {
@@ -325,7 +319,17 @@ function readTargets(cx: EntryContext): EntryTargets {
       }
     }
   }
-  return targets;
+  // Sources last: a target left closed is dropped, and the public address key stays with the one kept.
+  const kept = applySources(targets.list, sources, cx);
+  const out: EntryTargets = { list: [], publicKey: new Map() };
+  targets.list.forEach((t, i) => {
+    const k = kept[i];
+    if (!k) return;
+    out.list.push(k);
+    const key = targets.publicKey.get(t);
+    if (key) out.publicKey.set(k, key);
+  });
+  return out;
 }
 
 /**
@@ -334,38 +338,49 @@ function readTargets(cx: EntryContext): EntryTargets {
  */
 function foundFamily(fields: Map<string, Node>): Family | undefined {
   if (fields.has("private_ip") || fields.has("private_ipv6")) return undefined;
-  return (["public_ip", "source_ip"] as const).map((k) => fields.get(k))
-    .map((v) => v?.type === "string" ? parseAddress(String(v.value).split("/")[0]!) : undefined)
-    .find((a) => a !== undefined)?.family ?? 4;
+  const pub = fields.get("public_ip");
+  const fromPublic = pub?.type === "string" ? parseAddress(String(pub.value)) : undefined;
+  if (fromPublic) return fromPublic.family;
+  // source_ip: its one item's family, or a list's where all its items are of one.
+  const source = fields.get("source_ip");
+  const texts = source?.type === "string"
+    ? [source.value]
+    : source?.type === "array"
+    ? (source.children ?? []).map((c) => c.value)
+    : [];
+  const families = new Set(
+    texts.map((t) => parseSourceItem(String(t))).map((i) => typeof i === "string" ? 0 : i.family),
+  );
+  const [only] = families;
+  return families.size === 1 && only !== 0 && only !== undefined ? only : 4;
 }
 
-/** The first target: the guest's address with public_ip and source_ip, which must be of its family. */
+/**
+ * The first target: the guest's address with public_ip, which must be of its family, as must source_ip where it
+ * is one string (the old form: it restricts this target alone; a list speaks for each family, see applySources).
+ */
 function firstTarget(cx: EntryContext, family: Family, privateIp: Address | undefined): Target {
   const privateKey = privateIp ? "private_ip" : "the guest's address";
-  const sameFamily = (key: "public_ip" | "source_ip") => {
-    const a = key === "public_ip"
-      ? addressField(cx, key, { any: family })
-      : addressField(cx, key, { network: true });
-    if (a && a.family !== family) {
-      cx.fail(
-        cx.fields.get(key),
-        jsonPath(cx.path, key),
-        `Cannot forward between families: ${privateKey} is IPv${family}, ${key} is IPv${a.family}`,
-      );
-      return undefined;
-    }
-    return a;
-  };
-  const source = sameFamily("source_ip");
-  if (source?.text === "8.8.8.8") {
+  const wrongFamily = (key: string, other: Family) =>
+    cx.fail(
+      cx.fields.get(key),
+      jsonPath(cx.path, key),
+      `Cannot forward between families: ${privateKey} is IPv${family}, ${key} is IPv${other}`,
+    );
+  const pub = addressField(cx, "public_ip", { any: family });
+  if (pub && pub.family !== family) wrongFamily("public_ip", pub.family);
+  const source = cx.fields.get("source_ip");
+  const item = source?.type === "string" ? parseSourceItem(String(source.value)) : undefined;
+  if (item && typeof item !== "string" && item.family !== family) wrongFamily("source_ip", item.family);
+  if (source?.type === "string" && source.value === "8.8.8.8") {
     cx.report(
-      cx.fields.get("source_ip"),
+      source,
       jsonPath(cx.path, "source_ip"),
       "This is the old example's placeholder: only 8.8.8.8 may use these forwards",
       { severity: "warning" },
     );
   }
-  return target(family, { privateIp, publicIp: sameFamily("public_ip"), source });
+  return target(family, { privateIp, publicIp: pub?.family === family ? pub : undefined });
 }
 
 /** Where a target's explicit public address is given, for the check that it is the host's (see parseConfigs). */
@@ -503,15 +518,13 @@ export function interfaceNameProblem(name: string): string | undefined {
 export interface TargetAddresses {
   privateIp?: Address | undefined;
   publicIp?: Address | undefined;
-  source?: Address | undefined;
 }
 
 /** A target of `family` from its addresses, each kept as its text where it is given. */
-export function target(family: Family, { privateIp, publicIp, source }: TargetAddresses = {}): Target {
+export function target(family: Family, { privateIp, publicIp }: TargetAddresses = {}): Target {
   return {
     family,
     ...(privateIp ? { privateIp: privateIp.text } : {}),
     ...(publicIp ? { publicIp: publicIp.text } : {}),
-    ...(source ? { source: source.text } : {}),
   };
 }

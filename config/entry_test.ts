@@ -31,7 +31,7 @@ Deno.test("readDomain() reads an entry: its targets, its ports, and the public p
     path: "web1",
     interface: "virbr0",
     targets: [
-      { family: 4, privateIp: "192.168.122.10", publicIp: "203.0.113.5", source: "198.51.100.0/24" },
+      { family: 4, privateIp: "192.168.122.10", publicIp: "203.0.113.5", sources: ["198.51.100.0/24"] },
       { family: 6, privateIp: "fd00::10" },
     ],
     ports: [
@@ -64,7 +64,7 @@ Deno.test("readDomain() reports each mistake of an entry at its path, for its do
     ]],
     ["an unknown field, and a bad interface", `{"interfce": "x", "interface": "a b", "port_map": {}}`, [
       'web1.interfce: Unknown field "interfce"; known fields: interface, private_ip, public_ip, source_ip, ' +
-      "private_ipv6, public_ipv6, source_ipv6, port_map, port_range, all_ports, snat, dev, description, enabled, log [web1]",
+      "private_ipv6, public_ipv6, source_ipv6, source_set, port_map, port_range, all_ports, snat, dev, description, enabled, log [web1]",
       'web1.interface: Not a valid interface name: it holds " ", which no interface name may hold here [web1]',
     ]],
     ["families mixed", `{"private_ip": "10.0.0.1", "public_ip": "2001:db8::1", "port_map": {"tcp": [22]}}`, [
@@ -100,7 +100,7 @@ Deno.test("readDomain() keeps an entry with warnings only: no port, the old exam
   ]);
   assert.deepEqual(entries, [{
     path: "web1",
-    targets: [{ family: 4, privateIp: "10.0.0.1", source: "8.8.8.8" }],
+    targets: [{ family: 4, privateIp: "10.0.0.1", sources: ["8.8.8.8"] }],
     ports: [],
   }]);
 });
@@ -142,19 +142,117 @@ Deno.test("interfaceNameProblem() refuses what the kernel or our rule languages 
 Deno.test("target() keeps each address given as its text, and leaves out those not given", () => {
   const a = (text: string) => parseAddress(text)!;
   assert.deepEqual(target(4), { family: 4 });
-  assert.deepEqual(target(6, { publicIp: a("2001:db8::1"), source: undefined }), {
+  assert.deepEqual(target(6, { publicIp: a("2001:db8::1"), privateIp: undefined }), {
     family: 6,
     publicIp: "2001:db8::1",
   });
   assert.deepEqual(
-    target(4, { privateIp: a("10.0.0.1"), publicIp: a("203.0.113.1"), source: a("198.51.100.1") }),
+    target(4, { privateIp: a("10.0.0.1"), publicIp: a("203.0.113.1") }),
+    { family: 4, privateIp: "10.0.0.1", publicIp: "203.0.113.1" },
+  );
+});
+
+Deno.test("readDomain() reads source_ip as a list of both families: each family's items to its own target", () => {
+  const { entries, problems } = read(
+    `{"private_ip": "192.168.122.10", "private_ipv6": "fd00::10", "port_map": {"tcp": [22]},
+      "source_ip": ["198.51.100.0/24", "2001:db8:1::/48", "203.0.113.10-203.0.113.20", "198.51.100.7",
+                    "2001:db8:2::1-2001:db8:2::9", "192.0.2.0/25", "192.0.2.128/25"]}`,
+  );
+  assert.deepEqual(problems, []);
+  assert.deepEqual(entries?.[0]?.targets, [
+    // Sorted, overlapping and adjacent items merged: the form nftables lists them in.
     {
       family: 4,
-      privateIp: "10.0.0.1",
-      publicIp: "203.0.113.1",
-      source: "198.51.100.1",
+      privateIp: "192.168.122.10",
+      sources: ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.10-203.0.113.20"],
     },
+    { family: 6, privateIp: "fd00::10", sources: ["2001:db8:1::/48", "2001:db8:2::1-2001:db8:2::9"] },
+  ]);
+});
+
+Deno.test("readDomain() leaves a family with no item of a source_ip list unpublished, and says so", () => {
+  const { entries, problems } = read(
+    `{"private_ip": "192.168.122.10", "private_ipv6": "fd00::10", "port_map": {"tcp": [22]},
+      "source_ip": ["198.51.100.0/24"]}`,
   );
+  assert.deepEqual(problems, [
+    "warning: web1.source_ip: No IPv6 item: the entry's IPv6 forwards are not published [web1]",
+  ]);
+  assert.deepEqual(entries?.[0]?.targets, [{
+    family: 4,
+    privateIp: "192.168.122.10",
+    sources: ["198.51.100.0/24"],
+  }]);
+});
+
+Deno.test("readDomain() keeps the old single-string source_ip to its own family, source_ipv6 to IPv6", () => {
+  const { entries, problems } = read(
+    `{"private_ip": "192.168.122.10", "private_ipv6": "fd00::10", "port_map": {"tcp": [22]},
+      "source_ip": "198.51.100.0/24"}`,
+  );
+  assert.deepEqual(problems, []);
+  assert.deepEqual(entries?.[0]?.targets, [
+    { family: 4, privateIp: "192.168.122.10", sources: ["198.51.100.0/24"] },
+    { family: 6, privateIp: "fd00::10" },
+  ]);
+  const six = read(
+    `{"private_ip": "192.168.122.10", "private_ipv6": "fd00::10", "port_map": {"tcp": [22]},
+      "source_ip": ["198.51.100.0/24"], "source_ipv6": ["2001:db8::/32", "2001:db9::1"]}`,
+  );
+  assert.deepEqual(six.problems, []);
+  assert.deepEqual(six.entries?.[0]?.targets[1], {
+    family: 6,
+    privateIp: "fd00::10",
+    sources: ["2001:db8::/32", "2001:db9::1"],
+  });
+});
+
+Deno.test("readDomain() reports each bad source item at its own position, and source_set beside source_ip", async (t) => {
+  const cases: [string, string[]][] = [
+    [`"source_ip": ["198.51.100.0/24", "198.51.100.300", 7]`, [
+      "web1.source_ip[1]: Not an IP address, network (CIDR) or range (first-last) [web1]",
+      "web1.source_ip[2]: Expected an address, network or range as a string, found a number [web1]",
+    ]],
+    [`"source_ip": ["10.0.0.9-10.0.0.1"]`, [
+      "web1.source_ip[0]: The range's first address is after its last [web1]",
+    ]],
+    [`"source_ip": ["10.0.0.1-2001:db8::1"]`, [
+      "web1.source_ip[0]: A range cannot span both families [web1]",
+    ]],
+    [`"source_ip": ["10.0.0.0/33"]`, ["web1.source_ip[0]: Not a network: the prefix must be 0 to 32 [web1]"]],
+    [`"source_ip": []`, [
+      "web1.source_ip: Expected at least one address, network or range; leave the field out to allow all [web1]",
+    ]],
+    [`"source_ip": "2001:db8::1"`, [
+      "web1.source_ip: Cannot forward between families: private_ip is IPv4, source_ip is IPv6 [web1]",
+    ]],
+    [`"source_set": "office", "source_ip": "10.0.0.1"`, [
+      "web1.source_set: Give source_set or source_ip/source_ipv6, not both: add those addresses to the set [web1]",
+    ]],
+    [`"source_set": "my-office"`, [
+      "web1.source_set: A set name is 1 to 20 letters, digits or underscores [web1]",
+    ]],
+  ];
+  for (const [fields, want] of cases) {
+    await t.step(fields, () => {
+      const { entries, problems } = read(
+        `{"private_ip": "192.168.122.10", "port_map": {"tcp": [22]}, ${fields}}`,
+      );
+      assert.deepEqual(problems, want);
+      assert.equal(entries, undefined);
+    });
+  }
+});
+
+Deno.test("readDomain() gives source_set to every target", () => {
+  const { entries, problems } = read(
+    `{"private_ip": "192.168.122.10", "private_ipv6": "fd00::10", "port_map": {"tcp": [22]}, "source_set": "office"}`,
+  );
+  assert.deepEqual(problems, []);
+  assert.deepEqual(entries?.[0]?.targets, [
+    { family: 4, privateIp: "192.168.122.10", sourceSet: "office" },
+    { family: 6, privateIp: "fd00::10", sourceSet: "office" },
+  ]);
 });
 
 Deno.test('readDomain() reads "log": true onto the entry, and false as nothing', async (t) => {

@@ -17,6 +17,7 @@ import {
 import { child, type XmlAttribute, type XmlElement } from "../system/xml.ts";
 import { descriptionProblem, interfaceNameProblem } from "./entry.ts";
 import { anyAddressClaim } from "./ports.ts";
+import { parseSourceItem, type SourceInterval, sourceSetProblem, sourceTexts } from "./sources.ts";
 
 /** Our XML namespace: `virsh metadata <dom> urn:libvirt-hook-qemu:1 --key lvh --set '<forwards>...</forwards>'`. */
 export const METADATA_NS = "urn:libvirt-hook-qemu:1";
@@ -26,7 +27,10 @@ export const PORT_FORWARD_ATTRIBUTES = {
   proto: "tcp or udp; required",
   address: 'the public address, or "*" for any local address of this host (default: the host\'s address ' +
     "with the default route, as public_ip)",
-  source: "only this remote address or network (CIDR) may use the forward (as source_ip)",
+  source:
+    "who may use the forward: addresses, networks (CIDR) and ranges (first-last), separated by spaces or commas, " +
+    "of the forward's family (as source_ip)",
+  sourceSet: "who may use the forward: the members of our named set (as source_set; not with source)",
   guest: "the guest's address (default: found from the network's DHCP reservation or lease)",
   mac: "which of the guest's interfaces (default: the first on a libvirt network)",
   snat:
@@ -343,7 +347,7 @@ function readProtocol(
 /** An address attribute; `network`: whether a network (CIDR) may be given, kept with its host bits cleared. */
 function xmlAddress(
   cx: ForwardContext,
-  name: "address" | "source" | "guest",
+  name: "address" | "guest",
   network = false,
 ): Address | undefined {
   const a = cx.named.get(name);
@@ -370,29 +374,32 @@ function xmlAddress(
 
 /** The target: address, source and guest, all of the first one's family (IPv4 where none is given). */
 function readTarget(cx: ForwardContext): { target: Target; pub: Address | undefined } {
-  const pub = xmlAddress(cx, "address"),
-    source = xmlAddress(cx, "source", true),
-    guest = xmlAddress(cx, "guest");
+  const pub = xmlAddress(cx, "address"), sources = xmlSources(cx), guest = xmlAddress(cx, "guest");
   const any = pub?.text === "*";
-  const given = [["address", any ? undefined : pub], ["guest", guest], ["source", source]] as const;
+  const given = [["address", any ? undefined : pub], ["guest", guest], ["source", sources?.[0]]] as const;
   const family: Family = given.find(([, a]) => a)?.[1]?.family ?? 4;
   if (pub && any) pub.family = family;
   for (const [name, a] of given) {
-    if (a && a.family !== family) {
+    const wrong = name === "source" ? sources?.find((i) => i.family !== family) : a;
+    if (wrong && wrong.family !== family) {
       const first = given.find(([, x]) => x)!;
       cx.fail(
         attribute(cx, name),
         `${cx.path}/@${name}`,
-        `Cannot forward between families: ${first[0]} is IPv${family}, ${name} is IPv${a.family}`,
+        `Cannot forward between families: ${first[0]} is IPv${family}, ${name} ${
+          name === "source" ? "has" : "is"
+        } IPv${wrong.family}`,
         attribute(cx, name).value,
       );
     }
   }
+  const set = xmlSourceSet(cx, sources !== undefined);
   const target: Target = {
     family,
     ...(guest ? { privateIp: guest.text } : {}),
     ...(pub ? { publicIp: pub.text } : {}),
-    ...(source ? { source: source.text } : {}),
+    ...(sources ? { sources: sourceTexts(sources, family) } : {}),
+    ...(set ? { sourceSet: set } : {}),
   };
   return { target, pub };
 }
@@ -414,6 +421,37 @@ function readNaming(cx: ForwardContext): { dev?: string; description?: string; e
     ...(description ? { description: description.value } : {}),
     enabled: enabled?.value !== "no",
   };
+}
+
+/** `source`: its items (spaces or commas between them), each checked; undefined where it is absent or fails. */
+function xmlSources(cx: ForwardContext): SourceInterval[] | undefined {
+  const a = cx.named.get("source");
+  if (!a) return undefined;
+  const texts = a.value.split(/[\s,]+/).filter((t) => t !== "");
+  if (texts.length === 0) {
+    cx.fail(a, `${cx.path}/@source`, "Expected at least one address, network or range", a.value);
+    return undefined;
+  }
+  const items: SourceInterval[] = [];
+  for (const text of texts) {
+    const item = parseSourceItem(text);
+    if (typeof item === "string") {
+      cx.fail(a, `${cx.path}/@source`, `${item} (item "${text}")`, a.value);
+      return undefined;
+    }
+    items.push(item);
+  }
+  return items;
+}
+
+/** `sourceSet`: a set name, never beside `source`. */
+function xmlSourceSet(cx: ForwardContext, withSources: boolean): string | undefined {
+  const a = cx.named.get("sourceSet");
+  if (!a) return undefined;
+  const problem = sourceSetProblem(a.value) ??
+    (withSources ? "Give sourceSet or source, not both: add those addresses to the set" : undefined);
+  if (problem) cx.fail(a, `${cx.path}/@sourceSet`, problem, a.value);
+  return problem ? undefined : a.value;
 }
 
 /** `mac`: six hex pairs. */

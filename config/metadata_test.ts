@@ -39,7 +39,7 @@ Deno.test("readMetadata() reads the issue's example: ranges shifted, excluded, b
   assert.deepEqual(read.entries, [
     {
       path: "forwards/portForward[1]",
-      targets: [{ family: 4, publicIp: "203.0.113.7", source: "198.51.100.0/24" }],
+      targets: [{ family: 4, publicIp: "203.0.113.7", sources: ["198.51.100.0/24"] }],
       ports: [
         { protocol: "tcp", publicPort: 2222, privatePort: 22, count: 1 },
         { protocol: "tcp", publicPort: 443, privatePort: 443, count: 1 },
@@ -139,7 +139,7 @@ Deno.test("readMetadata() reports each mistake as file:line:column: message (ele
       "an unknown attribute, and no proto",
       ours(`      <lvh:portForward protocol="tcp"><lvh:range start="22"/></lvh:portForward>`),
       [
-        'web1.xml:5:24: Unknown attribute "protocol"; known: proto, address, source, guest, mac, snat, allPorts, dev, description, enabled, log (forwards/portForward[1]/@protocol)',
+        'web1.xml:5:24: Unknown attribute "protocol"; known: proto, address, source, sourceSet, guest, mac, snat, allPorts, dev, description, enabled, log (forwards/portForward[1]/@protocol)',
         'web1.xml:5:7: Missing required attribute "proto" (tcp or udp) (forwards/portForward[1])',
       ],
     ],
@@ -158,7 +158,7 @@ Deno.test("readMetadata() reports each mistake as file:line:column: message (ele
       ),
       [
         'web1.xml:5:36: Not an IP address (forwards/portForward[1]/@address = "203.0.113.300")',
-        'web1.xml:5:60: Not an IP address or network (CIDR) (forwards/portForward[1]/@source = "10.0.0.0/33")',
+        'web1.xml:5:60: Not a network: the prefix must be 0 to 32 (item "10.0.0.0/33") (forwards/portForward[1]/@source = "10.0.0.0/33")',
         'web1.xml:6:24: Not an IP address (forwards/portForward[1]/@guest = "192.168.122.10/24")',
         'web1.xml:6:50: Not a MAC address (six hex pairs, as 52:54:00:12:34:56) (forwards/portForward[1]/@mac = "52:54:00:zz:00:01")',
       ],
@@ -241,6 +241,31 @@ Deno.test("readMetadata() reports each mistake as file:line:column: message (ele
   for (const [name, metadata, expected] of cases) {
     await t.step(name, () => assert.deepEqual(problems(metadata), expected));
   }
+});
+
+Deno.test("readMetadata() reads source as a list of the forward's family, and sourceSet", async (t) => {
+  const xml = (attrs: string) =>
+    `<domain><name>web1</name><metadata><lvh:forwards xmlns:lvh="urn:libvirt-hook-qemu:1">
+  <lvh:portForward proto="tcp" address="203.0.113.7" ${attrs}><lvh:range start="22"/></lvh:portForward>
+</lvh:forwards></metadata></domain>`;
+  const read = (attrs: string) => readMetadata("web1", { root: parseXml(xml(attrs))!, file: "web1.xml" });
+  await t.step("a list, merged and sorted", () => {
+    const r = read(`source="198.51.100.0/24, 192.0.2.10-192.0.2.20 198.51.100.9"`);
+    assert.deepEqual(r.diagnostics, []);
+    assert.deepEqual(r.entries[0]?.targets, [
+      { family: 4, publicIp: "203.0.113.7", sources: ["192.0.2.10-192.0.2.20", "198.51.100.0/24"] },
+    ]);
+  });
+  await t.step("an item of the other family, positioned", () => {
+    const r = read(`source="198.51.100.0/24 2001:db8::/32"`);
+    assert.deepEqual(r.diagnostics.map(formatDiagnostic), [
+      'web1.xml:2:54: Cannot forward between families: address is IPv4, source has IPv6 (forwards/portForward[1]/@source = "198.51.100.0/24 2001:db8::/32")',
+    ]);
+  });
+  await t.step("sourceSet", () => {
+    const r = read(`sourceSet="office"`);
+    assert.deepEqual(r.entries[0]?.targets, [{ family: 4, publicIp: "203.0.113.7", sourceSet: "office" }]);
+  });
 });
 
 Deno.test('readMetadata() reads log="yes" onto the entry, "no" as nothing, anything else as a mistake', () => {

@@ -52,7 +52,13 @@ export interface Target {
   /** The guest's address; undefined: to be found (the network's DHCP reservation, or the guest's lease). */
   privateIp?: string;
   publicIp?: string;
-  source?: string;
+  /**
+   * Who may use the forwards: this family's addresses, networks and ranges, merged and sorted as nftables keeps
+   * them (config/sources.ts); absent: everyone (or sourceSet's members).
+   */
+  sources?: string[];
+  /** Who may use the forwards: the members of our named set (`qemu set`); never together with sources. */
+  sourceSet?: string;
 }
 
 /** One validated entry of a domain (a domain maps to one entry or a list of them). */

@@ -13,8 +13,14 @@ const portList = {
   items: { oneOf: [port, { type: "array", items: port, minItems: 2, maxItems: 2 }] },
 };
 
+/** One allowed source, or a non-empty list of them (config/sources.ts says what an item may be). */
+const sources = { oneOf: [{ type: "string" }, { type: "array", items: { type: "string" }, minItems: 1 }] };
+
 /** Sub-schemas for the fields whose shape is more than their type. */
 const SHAPES: Partial<Record<keyof typeof ENTRY_FIELDS, object>> = {
+  source_ip: sources,
+  source_ipv6: sources,
+  source_set: { type: "string", pattern: "^[A-Za-z0-9_]{1,20}$" },
   port_map: {
     type: "object",
     properties: { tcp: portList, udp: portList, icmp: { ...portList, deprecated: true } },

@@ -16,7 +16,7 @@ _libvirt_hook_qemu_domains() {
 
 _libvirt_hook_qemu() {
   local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
-  local commands="check plan status apply remove reload migrate-legacy doctor watch help"
+  local commands="check plan status apply remove reload migrate-legacy doctor watch set help"
   local command="" config="" args=0 i word
   for ((i = 1; i < COMP_CWORD; i++)); do
     word=${COMP_WORDS[i]}
@@ -53,6 +53,7 @@ _libvirt_hook_qemu() {
       plan | apply | remove | status | doctor)
         COMPREPLY=($(compgen -W "$(_libvirt_hook_qemu_domains "${COMP_WORDS[0]}" "$config")" -- "$cur")) ;;
       help) COMPREPLY=($(compgen -W "$commands" -- "$cur")) ;;
+      set) COMPREPLY=($(compgen -W "add del list" -- "$cur")) ;;
       *) COMPREPLY=() ;;
     esac
   fi

@@ -41,6 +41,8 @@ const COMMANDS = [
   ["doctor", "--json"],
   ["doctor", "web1", "--json"],
   ["watch", "--poll", "2"],
+  ["set", "add", "office", "198.51.100.0/24"],
+  ["set", "list", "office"],
 ];
 
 Deno.test({
