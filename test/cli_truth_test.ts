@@ -16,7 +16,8 @@ const opts = { sanitizeOps: false, sanitizeResources: false };
  * nft transaction; the same read that finds the chains counts what is in them (2 DNAT, 2 hairpin SNAT, 2 accepts)
  * beside the 4 jumps into them, 10 in all.
  */
-const REMOVED = { iptables: "10 old rule(s) removed", nftables: "5 old rule(s) removed" };
+// iptables: per forward its DNAT, hairpin and accept; the jump to LVH-USER; the four jumps into our chains.
+const REMOVED = { iptables: "11 old rule(s) removed", nftables: "5 old rule(s) removed" };
 
 /** The program in namespace `ns`, its stdout sent to `stdout` (a file such as /dev/full) or piped. */
 async function inNs(ns: string, args: string[], env: Record<string, string>, stdout?: string) {
