@@ -14,9 +14,11 @@ import type { Family } from "../system/address.ts";
 /** What one sync changed in one backend. */
 export interface Change {
   target: "iptables" | "ip6tables" | "nft";
-  /** Rules of ours removed or replaced; undefined where a read of chain names did not count what was in our chains. */
+  /** Rules of ours removed or replaced (where `chains` is given: beside those chains, whose rules were not read). */
   removed: number | undefined;
   added: number;
+  /** Chains of ours removed by name with every rule in them, unread (a stop on iptables-nft: see readAtOnce). */
+  chains?: number;
 }
 
 /** What of a domain goes into iptables' chains in one family. */

@@ -41,11 +41,6 @@ export interface Live {
   /** Whether libvirt's own chains (LIBVIRT_*) are there: libvirt uses its iptables backend. */
   libvirt?: boolean;
   /**
-   * Read with nft for a removal (chains only): how many rules the domain's own chains hold, which the removal
-   * deletes with them unread; undefined where they were not listed.
-   */
-  inside?: number;
-  /**
    * iptables' own filter FORWARD, where it exists: a gate every forwarded connection passes (Docker, ufw and an
    * administrator's rules live there, often with policy DROP), so our accept goes into it on either backend.
    */

@@ -143,14 +143,14 @@ export function removeAtOnceBatches(
   for (const family of FAMILIES) {
     const { chains, rules } = mine[family];
     if (chains.length === 0 && rules.length === 0) continue;
-    // What is in the chains was counted where the read listed them (a stop's), never read rule by rule.
-    const inside = state.ipt[family]?.inside;
-    const removed = chains.length === 0
-      ? rules.length
-      : inside === undefined
-      ? undefined
-      : inside + rules.length;
-    changes.push({ target: family === 4 ? "iptables" : "ip6tables", removed, added: 0 });
+    // What is in the chains is never read (listing it costs ~0.1 ms a rule): the jumps are counted, and the
+    // chains, which go with every rule in them.
+    changes.push({
+      target: family === 4 ? "iptables" : "ip6tables",
+      removed: rules.length,
+      added: 0,
+      ...(chains.length > 0 ? { chains: chains.length } : {}),
+    });
   }
   if (others.length > 0) {
     changes.push({ target: "nft", removed: nftDomainRules(state.nft!, domain), added: others.length });

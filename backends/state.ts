@@ -219,8 +219,6 @@ async function readAtOnce(
     ...(jumps ? FAMILIES.map((f) => `list chain ${NFT_FAMILY[f]} filter ${USER_CHAIN}`) : []),
     // A removal may delete a table we created: every chain of it must be known empty first.
     ...(jumps && deps.hintDir !== undefined ? createdListings(readCreated(deps.hintDir)) : []),
-    // A removal's own chains, for the count of what it removes (the syslog line); none of them may exist.
-    ...(jumps ? ownChainListings(domain) : []),
   ];
   // HOME: the interactive mode keeps a history file there; it must not write into root's home.
   const [result, setting] = await Promise.all([
@@ -243,18 +241,8 @@ async function readAtOnce(
   } catch {
     return undefined;
   }
-  const [chains = [], ...listed] = docs;
-  const own = (items: NftItem[]) => items.some((i) => i.kind === "chain" && isOwnChain(i.v, domain));
-  const rest = listed.filter((items) => !own(items));
+  const [chains = [], ...rest] = docs;
   const ipt = ownChainsAndJumps(chains, rest, domain);
-  for (const items of listed.filter(own)) {
-    for (const i of items) {
-      if (i.kind !== "rule") continue;
-      const family = i.v.family === "ip6" ? 6 : 4;
-      ipt[family].inside = (ipt[family].inside ?? 0) + 1;
-    }
-  }
-  if (jumps) { for (const family of FAMILIES) ipt[family].inside ??= 0; }
   const nftLive = emptyNftLive();
   for (const items of rest) addNftItems(items, nftLive, deps.acceptIn);
   nftLive.hooks = forwardHooks(chains);
@@ -264,22 +252,6 @@ async function readAtOnce(
     scope: jumps ? "chains" : "chains, no jumps",
     ...(setting === undefined ? {} : { libvirtSetting: setting }),
   };
-}
-
-/** `nft -i` commands that list a domain's own iptables chains, in both families. */
-function ownChainListings(domain: string): string[] {
-  const c = chainNames(domain);
-  return FAMILIES.flatMap((f) =>
-    [["nat", c.dnat], ["nat", c.snat], ["filter", c.fwd]].map(([table, chain]) =>
-      `list chain ${NFT_FAMILY[f]} ${table} ${chain}`
-    )
-  );
-}
-
-/** Whether an nft object is one of the domain's own iptables chains (iptables-nft's ip/ip6 tables). */
-function isOwnChain(v: Record<string, unknown>, domain: string): boolean {
-  const c = chainNames(domain);
-  return (v.family === "ip" || v.family === "ip6") && [c.dnat, c.snat, c.fwd].includes(String(v.name));
 }
 
 /** Lists the chains that can hold a domain's rules; "read all" when a listing fails in a way a full read explains. */

@@ -621,5 +621,7 @@ function describe(changes: Change[], forwards: Forward[]): string {
     return `${forwards.length} forward(s) live, old rules removed`;
   }
   const removed = changes.reduce((n, c) => n + (c.removed ?? 0), 0);
-  return `${forwards.length} forward(s) live, ${removed} old rule(s) removed`;
+  const chains = changes.reduce((n, c) => n + (c.chains ?? 0), 0);
+  return `${forwards.length} forward(s) live, ${removed} old rule(s) removed` +
+    (chains > 0 ? `, and ${chains} chain(s) of ours with the rules in them` : "");
 }
