@@ -79,7 +79,9 @@ export function planForwards(
       const net = connectedNetworkOf(facts.connected, priv);
       const hairpinFrom = net ? formatNetwork(net) : `${priv.text}/${priv.family === 4 ? 32 : 128}`;
       // The optional fields are the same for every port of the target: made once, not twice per port.
-      const optional: Pick<Forward, "sources" | "sourceSet" | "interface" | "dev" | "description"> = {};
+      const optional: Pick<Forward, "sources" | "sourceSet" | "interface" | "dev" | "description" | "log"> =
+        {};
+      if (entry.log) optional.log = true;
       if (t.sources !== undefined) optional.sources = t.sources;
       if (t.sourceSet !== undefined) optional.sourceSet = t.sourceSet;
       if (entry.interface !== undefined) optional.interface = entry.interface;
@@ -341,8 +343,11 @@ const BACKENDS: FirewallBackend[] = [iptablesBackend, nftablesBackend];
  * Reads what is live of ours, in every family and backend at once (a constant number of processes), for the
  * commands that show or check it (status, doctor, watch); see backends/state.ts readState.
  */
-export function readLive(deps: ApplyDeps): Promise<FirewallState> {
-  return readState(deps);
+export function readLive(
+  deps: ApplyDeps,
+  { counters = false }: { counters?: boolean } = {},
+): Promise<FirewallState> {
+  return readState(deps, { counters });
 }
 
 /** The forwards live in any backend, by domain, read back into the model (a domain with rules, maybe none). */
@@ -398,7 +403,7 @@ export function desiredState(
     const added = place === "filter"
       ? out.length > 0
         ? withRules(ruleLines(domain, mine, { snats: out, translate: false }))
-        : filterOnly(built[family].rules, mine.length === 0 ? 0 : 1)
+        : filterOnly(built[family].rules, mine.length === 0 ? 0 : 2)
       : place === "none"
       ? { rules: ruleLines(domain, []), additions: undefined }
       : out.length > 0

@@ -64,7 +64,10 @@ Deno.test("syncDomain() puts every family back as it was when a batch fails", as
     new RegExp(`-I FORWARD -m comment --comment "libvirt-hook-qemu:1:web1" -j LVH-${h}-FWD`),
   );
   assert.match(rollback, new RegExp(`-A LVH-${h}-FWD -d 192.168.122.10/32 -p tcp`));
-  assert.equal(renderRollback("web1", { chains: [], rules: [] }, { chains: [], rules: [] }), undefined);
+  assert.equal(
+    renderRollback("web1", { before: { chains: [], rules: [] }, now: { chains: [], rules: [] } }),
+    undefined,
+  );
 });
 
 // ---- plan prints what start runs: the batches of syncDomain() and of startBatches(), host by host ----

@@ -71,6 +71,7 @@ export interface FirewallBackend {
 export {
   asLiveForward,
   asLiveSnat,
+  type Counters,
   describeForward,
   describePlan,
   type Forward,

@@ -31,10 +31,29 @@ export interface Forward {
   interface?: string;
   /** Sources masqueraded when they reach the forward through the public address (hairpin). */
   hairpinFrom: string;
+  /** `log`: each new connection is logged (kernel log), at most LOG_RATE, prefixed with logPrefix(). */
+  log?: true;
   /** Only what arrives on this host interface. */
   dev?: string;
   /** The entry's description, carried in a comment of the forward's rule. */
   description?: string;
+}
+
+/** How many new connections per forward are logged: a burst, then a steady rate (iptables' and nft's words). */
+export const LOG_RATE = {
+  iptables: "--limit 10/min --limit-burst 5",
+  nft: "limit rate 10/minute burst 5 packets",
+};
+
+/**
+ * The kernel log prefix of a forward's new connections: `lvh <domain> <proto>/<port>: `, at most 29 characters
+ * (iptables' LOG allows 29), the domain's name cut to fit and anything but letters, digits, `.`, `_` and `-`
+ * turned into `_`, so that it needs no quoting in either rule language.
+ */
+export function logPrefix(domain: string, f: Pick<Forward, "protocol" | "publicPort">): string {
+  const tail = ` ${f.protocol}/${f.publicPort}: `;
+  const name = domain.replace(/[^A-Za-z0-9._-]/g, "_").slice(0, 29 - "lvh ".length - tail.length);
+  return `lvh ${name}${tail}`;
 }
 
 /** The public address that stands for every local address of the host (loopback excluded). */
@@ -66,6 +85,20 @@ export interface LiveForward {
   description?: string;
   /** An outbound 1:1 NAT (read back from a SNAT rule), not a forward of ports. */
   outbound?: true;
+  /** What went through it, where the read asked for counters (status, metrics; see Counters). */
+  counters?: Counters;
+}
+
+/**
+ * A forward's counters since its rules were last written (a start re-writes them, and they count from 0 again):
+ * new connections (its DNAT, or the counter ahead of it, which sees each connection's first packet only), and on
+ * iptables the packets and bytes of those connections, both ways (its accept's own counters).
+ */
+export interface Counters {
+  connections: number;
+  /** Absent where not counted: our nftables backend counts connections only (no rule sees every packet). */
+  packets?: number;
+  bytes?: number;
 }
 
 /**

@@ -1,8 +1,8 @@
 /** The iptables backend's text: a domain's rules as iptables-restore batches (sync, additions, rollback). */
 
-import { ANY_PUBLIC, type Forward, type Snat } from "./forward.ts";
+import { ANY_PUBLIC, type Forward, LOG_RATE, logPrefix, type Snat } from "./forward.ts";
 import { chainLine, chainOwner, type Live, Table, TABLES } from "./iptables_live.ts";
-import { chainNames, CT_LABEL, ruleComment } from "./names.ts";
+import { chainNames, CT_LABEL, ruleComment, USER_CHAIN } from "./names.ts";
 import { iptablesSourceMatches } from "./sources.ts";
 import type { Family } from "../system/address.ts";
 import { unique } from "../system/collections.ts";
@@ -61,14 +61,7 @@ export function ruleLines(
     const last = f.count - 1;
     const publicPorts = last === 0 ? `${f.publicPort}` : `${f.publicPort}:${f.publicPort + last}`;
     const privatePorts = last === 0 ? `${f.privatePort}` : `${f.privatePort}:${f.privatePort + last}`;
-    // A range that keeps its ports names none (the kernel keeps the original one); one shifted to other ports
-    // names them with the base they are counted from: port - publicPort + privatePort.
-    const host = f.family === 4 ? f.privateIp : `[${f.privateIp}]`;
-    const to = f.count === 1
-      ? `${host}:${f.privatePort}`
-      : f.privatePort === f.publicPort
-      ? f.privateIp
-      : `${host}:${f.privatePort}-${f.privatePort + last}/${f.publicPort}`;
+    const to = dnatTarget(f);
     // One DNAT rule per source item (see iptablesSourceMatches), each after its own all_ports returns.
     for (const head of p.dnat) {
       // all_ports: the ports other forwards take on the address go back to PREROUTING, to their own chains.
@@ -80,6 +73,12 @@ export function ruleLines(
           comment,
           " -j RETURN\n",
         );
+      }
+      // `log`: the nat chain sees a connection's first packet only, so this is one line per new connection.
+      if (f.log) {
+        dnat.push(head, publicPorts, ` -m limit ${LOG_RATE.iptables} ${comment} -j LOG --log-prefix "`);
+        dnat.push(logPrefix(domain, f), '"\n');
+        added++;
       }
       dnat.push(head, publicPorts, p.dnatTo, to, "\n");
       added += 1 + (f.except?.length ?? 0);
@@ -98,11 +97,13 @@ export function ruleLines(
   }
   // Every line ends with a newline; the text has none at its end.
   snat[snat.length - 1] = "";
-  // One accept for every forward: the connections our DNAT translated carry our label (whichever backend
+  // The administrator's bans first (see USER_CHAIN): every DNATed connection, both ways, before our accept. Then
+  // one accept for every forward: the connections our DNAT translated carry our label (whichever backend
   // translated them), so no packet forwarded on the host walks a rule per forward (issue 25).
   const fwd = forwards.length === 0
     ? ""
-    : `-A ${c.fwd} -m connlabel --label ${CT_LABEL} ${comment} -j ACCEPT`;
+    : `-A ${c.fwd} -m conntrack --ctstate DNAT ${comment} -j ${USER_CHAIN}\n` +
+      `-A ${c.fwd} -m connlabel --label ${CT_LABEL} ${comment} -j ACCEPT`;
   const outbound = snats.length > 0 ? [{ table: "nat" as const, chain: c.snat, spec: "" }] : [];
   return {
     chains: translate
@@ -125,9 +126,22 @@ export function ruleLines(
         ...(forwards.length > 0 ? [jump("filter", "FORWARD", c.fwd)] : []),
       ],
     text: { nat: dnat.join("") + snat.join(""), filter: fwd },
-    count: added + (translate ? forwards.length : 0) + (forwards.length === 0 ? 0 : 1) +
+    count: added + (translate ? forwards.length : 0) + (forwards.length === 0 ? 0 : 2) +
       snats.reduce((n, s) => n + (s.family === 4 ? 3 : 2), 0),
   };
+}
+
+/**
+ * Where a forward's DNAT sends it. A range that keeps its ports names none (the kernel keeps the original one); one
+ * shifted to other ports names them with the base they are counted from: port - publicPort + privatePort.
+ */
+function dnatTarget(f: Forward): string {
+  const host = f.family === 4 ? f.privateIp : `[${f.privateIp}]`;
+  return f.count === 1
+    ? `${host}:${f.privatePort}`
+    : f.privatePort === f.publicPort
+    ? f.privateIp
+    : `${host}:${f.privatePort}-${f.privatePort + f.count - 1}/${f.publicPort}`;
 }
 
 /** The same rules as data (table, chain, spec): for tests and for reading, not on the hook's path. */
@@ -190,10 +204,20 @@ export const JUMP_CHAINS: [string, string][] = [["nat", "PREROUTING"], ["nat", "
 export function renderSync(
   domain: string,
   current: Live,
-  { forwards = [], want = ruleLines(domain, forwards), additions = renderAdditions(want) }: {
+  {
+    forwards = [],
+    want = ruleLines(domain, forwards),
+    additions = renderAdditions(want),
+    userChain = false,
+    dropUser = false,
+  }: {
     forwards?: Forward[];
     want?: RuleLines | undefined;
     additions?: Record<Table, string> | undefined;
+    /** Whether USER_CHAIN is live already: declaring it would flush the administrator's rules. */
+    userChain?: boolean;
+    /** Delete USER_CHAIN too: the last of our domains goes and it is empty (see userChainGoes). */
+    dropUser?: boolean;
   } = {},
 ): string | undefined {
   if (want.count === 0 && current.chains.length === 0 && current.rules.length === 0) return undefined;
@@ -205,8 +229,11 @@ export function renderSync(
     if (wanted.length === 0 && liveChains.length === 0 && foreignRules.length === 0) continue;
     out.push(`*${table}`);
     for (const chain of unique([...wanted, ...liveChains])) out.push(chainLine(chain));
+    // Created where missing, never declared where it is: that would flush the administrator's rules.
+    if (table === "filter" && wanted.length > 0 && !userChain) out.push(chainLine(USER_CHAIN));
     for (const r of foreignRules) out.push(`-D ${r.chain} ${r.spec}`);
     for (const chain of unique(liveChains)) if (!wanted.includes(chain)) out.push(`-X ${chain}`);
+    if (table === "filter" && wanted.length === 0 && dropUser) out.push(`-X ${USER_CHAIN}`);
     if (additions[table]) out.push(additions[table]);
     out.push("COMMIT");
   }
@@ -230,9 +257,15 @@ export function renderAdditions(want: RuleLines): Record<Table, string> {
   return out;
 }
 
-/** Renders a batch that puts a domain back exactly as `before` had it, whatever is live for it `now`. */
-export function renderRollback(domain: string, before: Live, now: Live): string | undefined {
-  const clear = renderSync(domain, now) ?? "";
+/**
+ * Renders a batch that puts a domain back exactly as `before` had it, whatever is live for it `now`; `userChain`:
+ * whether USER_CHAIN is live now (where a removal took it, it comes back with the jumps to it).
+ */
+export function renderRollback(
+  domain: string,
+  { before, now, userChain = true }: { before: Live; now: Live; userChain?: boolean },
+): string | undefined {
+  const clear = renderSync(domain, now, { userChain }) ?? "";
   const out: string[] = [];
   for (const table of TABLES) {
     const chains = before.chains.filter((c) => c.table === table);
@@ -240,6 +273,9 @@ export function renderRollback(domain: string, before: Live, now: Live): string 
     if (chains.length === 0 && rules.length === 0) continue;
     out.push(`*${table}`);
     for (const c of chains) out.push(chainLine(c.chain));
+    if (!userChain && rules.some((r) => r.spec.endsWith(` -j ${USER_CHAIN}`))) {
+      out.push(chainLine(USER_CHAIN));
+    }
     for (const r of rules) if (chainOwner(r.chain)) out.push(`-A ${r.chain} ${r.spec}`);
     // Jumps were inserted at the top; inserting them in reverse order keeps their original relative order.
     for (const r of [...rules].reverse()) if (!chainOwner(r.chain)) out.push(`-I ${r.chain} ${r.spec}`);

@@ -5,7 +5,7 @@ import type { Batch } from "./batch.ts";
 import { createdBy, recordCreated } from "./created.ts";
 import { renderRollback, renderSync } from "./iptables.ts";
 import type { Forward, LiveForward } from "./forward.ts";
-import { type Live, liveForwards, liveOf, parseSave } from "./iptables_live.ts";
+import { type Live, liveForwards, liveOf, parseSave, userChainGoes } from "./iptables_live.ts";
 import { type ApplyDeps, ApplyError, FAMILIES, type FirewallState } from "./state.ts";
 import type { Family } from "../system/address.ts";
 import { CommandError } from "../system/runner.ts";
@@ -37,6 +37,9 @@ export const iptablesBackend: FirewallBackend = {
         forwards: part.forwards,
         want: part.rules,
         additions: part.additions,
+        // Not read (a partial read that listed no chain of the filter table): assumed there, never flushed.
+        userChain: all.user ?? true,
+        dropUser: part.forwards.length === 0 && userChainGoes(all, domain),
       });
       if (text === undefined) continue;
       const restore = deps.tools[family].restore;
@@ -112,7 +115,8 @@ async function undoFamily(
 ): Promise<Batch | undefined> {
   const save = await deps.runner.run(deps.tools[family].save);
   if (save.code !== 0) throw new CommandError(deps.tools[family].save, save);
-  const text = renderRollback(domain, before, liveOf(parseSave(save.stdout), domain));
+  const live = parseSave(save.stdout);
+  const text = renderRollback(domain, { before, now: liveOf(live, domain), userChain: live.user ?? true });
   if (text === undefined) return undefined;
   const restore = deps.tools[family].restore;
   return { argv: restore, stdin: text, name: restore[0]! };

@@ -4,7 +4,15 @@
 import { setSource } from "./sources.ts";
 import type { LiveForward } from "./forward.ts";
 
-import { CHAIN_PREFIX, COMMENT_TAG, commentDomain, domainHash, hashOnly, ruleComment } from "./names.ts";
+import {
+  CHAIN_PREFIX,
+  COMMENT_TAG,
+  commentDomain,
+  domainHash,
+  hashOnly,
+  ruleComment,
+  USER_CHAIN,
+} from "./names.ts";
 import type { NftItem } from "./nft_json.ts";
 import type { Family } from "../system/address.ts";
 
@@ -22,6 +30,8 @@ export interface LiveRule {
   handle?: number;
   /** A jump below a rule of other software in its built-in chain: no longer ahead of it (see Live). */
   buried?: true;
+  /** Packets and bytes the rule matched, where it was read with `iptables-save -c`. */
+  counters?: [number, number];
 }
 
 /** What of ours is live in one family: our chains by table and the rules that concern them. */
@@ -45,17 +55,33 @@ export interface Live {
    * (`foreign`) and of our other domains (`ours`) it holds besides this domain's jumps.
    */
   othersIn?: Record<string, { foreign: number; ours: number }>;
+  /** Whether the administrator's USER_CHAIN is there (filter table); undefined: not read. */
+  user?: boolean;
+  /**
+   * How many rules USER_CHAIN holds, where the read counted them along with every chain of ours (a whole read, or
+   * a removal's look with nft); undefined: not counted, so it is never deleted on this read.
+   */
+  userRules?: number;
   /** How much of the text read was other software's (bytes): what makes a host busy, whatever our own N. */
   foreignBytes?: number;
 }
 
 /** Extracts our chains and rules from iptables-save output; everything else is skipped unread. */
 export function parseSave(text: string): Live {
-  const live: Live = { chains: [], rules: [] };
+  const live: Live = { chains: [], rules: [], user: false, userRules: 0 };
   let table = "", foreign = 0;
   // The built-in chains of ours where a rule of other software came first: a jump of ours after it is buried.
   const foreignFirst = new Set<string>();
-  for (const line of text.split("\n")) {
+  for (let line of text.split("\n")) {
+    // `iptables-save -c` (status, metrics): a rule's packets and bytes ahead of it.
+    let counters: [number, number] | undefined;
+    if (line.startsWith("[")) {
+      const m = /^\[(\d+):(\d+)\] /.exec(line);
+      if (m) {
+        counters = [Number(m[1]), Number(m[2])];
+        line = line.slice(m[0].length);
+      }
+    }
     if (line.startsWith("*")) {
       table = line.slice(1).trim();
       continue;
@@ -74,9 +100,11 @@ export function parseSave(text: string): Live {
       const chain = line.slice(1).split(" ")[0] ?? "";
       const owner = chainOwner(chain);
       if (owner) live.chains.push({ table, chain, owner });
+      if (table === "filter" && chain === USER_CHAIN) live.user = true;
       continue;
     }
     if (!line.startsWith("-A ")) continue;
+    if (table === "filter" && line.startsWith(`-A ${USER_CHAIN} `)) live.userRules!++;
     const rest = line.slice(3);
     const space = rest.indexOf(" ");
     const chain = space < 0 ? rest : rest.slice(0, space);
@@ -84,7 +112,7 @@ export function parseSave(text: string): Live {
     const own = chainOwner(chain);
     if (own) {
       // Inside our own chains the chain names the owner; only the jumps into them need reading.
-      live.rules.push({ table, chain, spec, owner: own });
+      live.rules.push({ table, chain, spec, owner: own, ...(counters ? { counters } : {}) });
       continue;
     }
     const tokens = tokenize(spec);
@@ -111,6 +139,23 @@ export function parseSave(text: string): Live {
   return live;
 }
 
+/**
+ * Whether a removal of `domain` takes USER_CHAIN with it: the chain is there, empty as counted (no ban, no jump of
+ * fail2ban's: an administrator's chain in use is never deleted), and no other domain of ours has chains in this
+ * family (each one's FWD chain jumps to it). Like our table in nftables, so that a stop leaves nothing behind.
+ */
+export function userChainGoes(live: Live, domain: string): boolean {
+  if (live.user !== true || live.userRules !== 0) return false;
+  const h = domainHash(domain);
+  const other = (chain: string) => {
+    const owner = chainOwner(chain);
+    return owner !== undefined && owner !== h;
+  };
+  if (live.tables) return !Object.values(live.tables).some((chains) => Object.keys(chains).some(other));
+  return !live.chains.some((c) => other(c.chain));
+}
+
+/** The domain hash a chain of ours (`LVH-<hash>-...`) belongs to; undefined for any other chain. */
 export function chainOwner(chain: string): string | undefined {
   return /^LVH-([0-9a-f]{12})-/.exec(chain)?.[1];
 }
@@ -166,6 +211,7 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
   const out: LiveForward[] = [];
   const names = new Map<string, string>();
   for (const r of live.rules) if (r.domain !== undefined) names.set(r.owner, r.domain);
+  const accepted = acceptCounters(live);
   for (const r of live.rules) {
     if (r.table !== "nat" || !chainOwner(r.chain)) continue;
     const t = tokenize(r.spec);
@@ -206,6 +252,10 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
     const any = arg("--dst-type") === "LOCAL";
     const dev = arg("-i");
     const description = t.filter((_, i) => t[i - 1] === "--comment").find((c) => !c.startsWith(COMMENT_TAG));
+    // The DNAT rule sees a connection's first packet only (nat): its packets are the new connections; the
+    // forward's accept sees every packet of them, both ways.
+    const both = r.counters &&
+      accepted.get(`${r.owner} ${arg("-p")} ${bareAddress(arg("-d") ?? "")} ${dport}`);
     addLive(out, {
       domain: names.get(r.owner) ?? hashOnly(r.owner),
       family,
@@ -217,7 +267,34 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
       ...(source === undefined ? {} : { source }),
       ...(dev === undefined ? {} : { dev }),
       ...(description === undefined ? {} : { description }),
+      ...(r.counters
+        ? { counters: { connections: r.counters[0], packets: both?.[0] ?? 0, bytes: both?.[1] ?? 0 } }
+        : {}),
     });
+  }
+  return out;
+}
+
+/** An address as iptables-save may print it, with or without its host prefix length. */
+function bareAddress(a: string): string {
+  return a.replace(/\/(32|128)$/, "");
+}
+
+/**
+ * The counters of our accepts in the FWD chains, read with `iptables-save -c`, keyed as the DNAT rule names its
+ * forward: `<owner> <protocol> <public address/len> <public ports>`. Sources restricted on one port share it.
+ */
+function acceptCounters(live: Live): Map<string, [number, number]> {
+  const out = new Map<string, [number, number]>();
+  for (const r of live.rules) {
+    if (!r.counters || r.table !== "filter" || !r.chain.endsWith("-FWD") || !chainOwner(r.chain)) continue;
+    const t = tokenize(r.spec);
+    const at = (flag: string) => (t.includes(flag) ? t[t.indexOf(flag) + 1] : undefined);
+    const dst = at("--ctorigdst"), port = at("--ctorigdstport");
+    if (dst === undefined || port === undefined) continue;
+    const key = `${r.owner} ${at("-p")} ${bareAddress(dst)} ${port}`;
+    const sum = out.get(key) ?? [0, 0];
+    out.set(key, [sum[0] + r.counters[0], sum[1] + r.counters[1]]);
   }
   return out;
 }
@@ -240,8 +317,10 @@ function addLive(out: LiveForward[], f: LiveForward): void {
       "description",
     ] as const)
       .every((k) => prev[k] === f[k]);
-  if (same) prev.source = `${prev.source}, ${f.source}`;
-  else out.push(f);
+  if (!same) return void out.push(f);
+  prev.source = `${prev.source}, ${f.source}`;
+  // One DNAT rule per source item: the forward's new connections are theirs together (its accept is one).
+  if (prev.counters && f.counters) prev.counters.connections += f.counters.connections;
 }
 
 /**
@@ -282,8 +361,8 @@ export function ownChainsAndJumps(
   const ours = `${CHAIN_PREFIX}${owner}-`;
   // Every chain was listed: a table with none is not there.
   const out: Record<Family, Live> = {
-    4: { chains: [], rules: [], tables: {} },
-    6: { chains: [], rules: [], tables: {} },
+    4: { chains: [], rules: [], tables: {}, user: false },
+    6: { chains: [], rules: [], tables: {}, user: false },
   };
   for (const { kind, v, family } of iptablesItems(chains)) {
     if (kind !== "chain") continue;
@@ -291,6 +370,7 @@ export function ownChainsAndJumps(
     ((out[family].tables ??= {})[String(v.table)] ??= {})[name] = String(v.policy ?? "");
     if (name.startsWith("LIBVIRT_")) out[family].libvirt = true;
     if (name.startsWith(ours)) out[family].chains.push({ table: String(v.table), chain: name, owner });
+    if (v.table === "filter" && name === USER_CHAIN) out[family].user = true;
     if (v.table === "filter" && name === "FORWARD") {
       out[family].forward = { policy: String(v.policy ?? "accept").toUpperCase() };
     }
@@ -300,6 +380,8 @@ export function ownChainsAndJumps(
   for (const { kind, v, family } of listings.flatMap(iptablesItems)) {
     // Each chain listed has its count of other rules, none yet: a chain not listed has none (not known).
     if (kind === "chain") (out[family].othersIn ??= {})[`${v.table} ${v.name}`] ??= { foreign: 0, ours: 0 };
+    // The administrator's chain, listed: its rules are counted (see userChainGoes).
+    if (kind === "chain" && v.table === "filter" && v.name === USER_CHAIN) out[family].userRules ??= 0;
     if (kind !== "rule") continue;
     const where = `${family} ${v.table} ${v.chain}`;
     const targets = ((v.expr ?? []) as { jump?: { target?: string } }[]).map((e) => e.jump?.target);
@@ -307,6 +389,7 @@ export function ownChainsAndJumps(
     const count = (out[family].othersIn ??= {})[`${v.table} ${v.chain}`] ??= { foreign: 0, ours: 0 };
     if (!targets.some((t) => t?.startsWith(CHAIN_PREFIX))) count.foreign++;
     else if (!targets.some((t) => t?.startsWith(ours))) count.ours++;
+    if (v.table === "filter" && v.chain === USER_CHAIN) out[family].userRules = count.foreign + count.ours;
     for (const target of targets) {
       if (target === undefined || !target.startsWith(ours)) continue;
       out[family].rules.push({

@@ -1,8 +1,8 @@
 /** The iptables backend's text: the exact iptables-restore batches each config produces. */
 
 import { buildRules, iptablesTools, renderSync, ruleLines } from "./iptables.ts";
-import { describeForward, describePlan } from "./forward.ts";
-import { liveForwards, liveOf, parseSave } from "./iptables_live.ts";
+import { describeForward, describePlan, logPrefix } from "./forward.ts";
+import { liveForwards, liveOf, parseSave, userChainGoes } from "./iptables_live.ts";
 import { domainHash } from "./names.ts";
 import assert from "node:assert/strict";
 import { dedent, EXAMPLE, forwardsOf, SAVED } from "../test/util.ts";
@@ -43,7 +43,9 @@ Deno.test("renderSync() renders the example config as one iptables-restore batch
       COMMIT
       *filter
       :LVH-${h}-FWD - [0:0]
+      :LVH-USER - [0:0]
       -I FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER
       -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT
       COMMIT
     `),
@@ -78,7 +80,9 @@ Deno.test('renderSync() puts a forward on "*" on every local address but loopbac
       COMMIT
       *filter
       :LVH-${h}-FWD - [0:0]
+      :LVH-USER - [0:0]
       -I FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER
       -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT
       COMMIT
     `),
@@ -206,7 +210,9 @@ Deno.test("renderSync() renders IPv6 forwards for ip6tables-restore", () => {
       COMMIT
       *filter
       :LVH-${h}-FWD - [0:0]
+      :LVH-USER - [0:0]
       -I FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER
       -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT
       COMMIT
     `),
@@ -248,7 +254,9 @@ Deno.test("renderSync() maps a range to other ports of the guest with DNAT's bas
       COMMIT
       *filter
       :LVH-${h}-FWD - [0:0]
+      :LVH-USER - [0:0]
       -I FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER
       -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT
       COMMIT
     `),
@@ -276,8 +284,9 @@ Deno.test("renderSync() sends every port of an all_ports address to the guest, a
     `-A LVH-${h}-DNAT -d 203.0.113.9/32 -p tcp -m tcp --dport 1:65535 ${label} ${c} -j DNAT --to-destination 192.168.122.10`,
     `-A LVH-${h}-DNAT -d 203.0.113.9/32 -p udp -m udp --dport 1:65535 ${label} ${c} -j DNAT --to-destination 192.168.122.10`,
   ]);
-  // One accept, whatever the number of forwards: our DNAT labels what it translates.
+  // The administrator's bans, then one accept, whatever the number of forwards: our DNAT labels what it translates.
   assert.deepEqual(lines.filter((l) => l.startsWith(`-A LVH-${h}-FWD`)), [
+    `-A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER`,
     `-A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT`,
   ]);
 });
@@ -304,7 +313,8 @@ Deno.test("ruleLines() puts a guest's outbound NAT in its SNAT chain, after the 
     `-A LVH-${h}-SNAT -s 192.168.122.10/32 -d 255.255.255.255/32 ${c} -j RETURN`,
     `-A LVH-${h}-SNAT -s 192.168.122.10/32 ! -d 192.168.122.0/24 ${c} -j SNAT --to-source 203.0.113.9`,
   ]);
-  assert.equal(v4.count, 3 + 3);
+  // Three rules per forward, the jump to the administrator's chain, and the NAT's three.
+  assert.equal(v4.count, 3 + 1 + 3);
   assert.deepEqual(text(6).text.nat.split("\n").slice(-2), [
     `-A LVH-${h}-SNAT -s fd00:122::10/128 -d ff00::/8 ${c} -j RETURN`,
     `-A LVH-${h}-SNAT -s fd00:122::10/128 ! -d fd00:122::/64 ${c} -j SNAT --to-source 2001:db8:1::9`,
@@ -318,4 +328,85 @@ Deno.test("ruleLines() puts a guest's outbound NAT in its SNAT chain, after the 
   assert.deepEqual(liveForwards(live, 4).filter((f) => f.outbound).map(describeForward), [
     "snat 192.168.122.10 -> 203.0.113.9 (outgoing connections)",
   ]);
+});
+
+Deno.test("renderSync() creates the administrator's LVH-USER where it is missing, and never declares a live one", () => {
+  const { forwards } = forwardsOf(EXAMPLE, "web1");
+  const h = domainHash("web1");
+  const filter = (userChain: boolean) => {
+    const text = renderSync("web1", { chains: [], rules: [] }, { forwards, userChain })!;
+    return text.slice(text.indexOf("*filter")).split("\n").slice(0, 5);
+  };
+  const c = "-m comment --comment libvirt-hook-qemu:1:web1";
+  // Declaring a chain in iptables-restore flushes it: a live LVH-USER (with fail2ban's jumps) is only jumped to.
+  assert.deepEqual(filter(true), [
+    "*filter",
+    `:LVH-${h}-FWD - [0:0]`,
+    `-I FORWARD ${c} -j LVH-${h}-FWD`,
+    `-A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER`,
+    `-A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT`,
+  ]);
+  assert.deepEqual(filter(false).slice(0, 3), ["*filter", `:LVH-${h}-FWD - [0:0]`, ":LVH-USER - [0:0]"]);
+  // A removal neither declares nor deletes it: it is the administrator's.
+  const live = parseSave(renderSync("web1", { chains: [], rules: [] }, { forwards })!);
+  assert.equal(live.user, true);
+  const removal = renderSync("web1", liveOf(live, "web1"), { userChain: true })!;
+  assert.doesNotMatch(removal, /LVH-USER/);
+});
+
+Deno.test("userChainGoes() takes LVH-USER with our last domain only while it is empty", async (t) => {
+  const { forwards } = forwardsOf(EXAMPLE, "web1");
+  const web1 = renderSync("web1", { chains: [], rules: [] }, { forwards })!;
+  const other = renderSync("web2", { chains: [], rules: [] }, { forwards })!;
+  const ban = "*filter\n-A LVH-USER -s 198.51.100.9/32 -j DROP\nCOMMIT\n";
+  const cases: [string, string, boolean][] = [
+    ["the last domain, LVH-USER empty: it goes", web1, true],
+    ["a ban in it (fail2ban's jump or a rule of the administrator's): it stays", web1 + ban, false],
+    ["another domain's FWD chain still jumps to it: it stays", web1 + other, false],
+    ["never created: nothing to take", web1.replace(":LVH-USER - [0:0]\n", ""), false],
+  ];
+  for (const [name, saved, goes] of cases) {
+    await t.step(name, () => {
+      const live = parseSave(saved);
+      assert.equal(userChainGoes(live, "web1"), goes);
+      const removal = renderSync("web1", liveOf(live, "web1"), { userChain: true, dropUser: goes })!;
+      assert.equal(removal.includes("-X LVH-USER\n"), goes);
+    });
+  }
+});
+
+Deno.test('ruleLines() logs each new connection of a "log" entry in its DNAT chain, rate-limited, named', () => {
+  const { forwards } = forwardsOf(
+    `{"web1": {"private_ip": "192.168.122.10", "public_ip": "203.0.113.7", "log": true,
+               "port_map": {"tcp": [[2222, 22]]}}}`,
+    "web1",
+  );
+  const h = domainHash("web1");
+  const c = "-m comment --comment libvirt-hook-qemu:1:web1";
+  const rules = ruleLines("web1", forwards);
+  assert.deepEqual(rules.text.nat.split("\n").slice(0, 2), [
+    `-A LVH-${h}-DNAT -d 203.0.113.7/32 -p tcp -m tcp --dport 2222 -m limit --limit 10/min --limit-burst 5 ${c} -j LOG --log-prefix "lvh web1 tcp/2222: "`,
+    `-A LVH-${h}-DNAT -d 203.0.113.7/32 -p tcp -m tcp --dport 2222 -m connlabel --label 127 --set ${c} ` +
+    "-j DNAT --to-destination 192.168.122.10:22",
+  ]);
+  // Three rules, the jump to LVH-USER, the log.
+  assert.equal(rules.count, 5);
+  // Read back, the log line is no forward of its own.
+  assert.equal(liveForwards(parseSave(`*nat\n${rules.text.nat}\nCOMMIT\n`), 4).length, 1);
+});
+
+Deno.test("logPrefix() names the domain and the forward in at most 29 characters, with nothing to quote", async (t) => {
+  const cases: [string, string, number, string][] = [
+    ["a short name", "web1", 2222, "lvh web1 tcp/2222: "],
+    ["a long name, cut", "a-very-long-domain-name-indeed", 65535, "lvh a-very-long-d tcp/65535: "],
+    ["quotes and spaces", 'we "b" 1', 22, "lvh we__b__1 tcp/22: "],
+  ];
+  for (const [name, domain, port, prefix] of cases) {
+    await t.step(name, () => {
+      const got = logPrefix(domain, { protocol: "tcp", publicPort: port });
+      assert.equal(got, prefix);
+      assert.ok(got.length <= 29, got);
+      assert.match(got, /^lvh [A-Za-z0-9._-]+ tcp\/\d+: $/);
+    });
+  }
 });

@@ -6,6 +6,24 @@ export const CHAIN_PREFIX = "LVH-";
 /** Our rules carry a comment `libvirt-hook-qemu:<format version>:<domain>`. */
 export const COMMENT_TAG = "libvirt-hook-qemu:";
 
+/**
+ * The administrator's chain in iptables' filter table (each family), Docker's DOCKER-USER for our forwards: every
+ * forwarded connection of ours passes it before our accepts (each domain's FWD chain jumps to it first), so a ban
+ * there (fail2ban's `chain = LVH-USER`) stops it. We create it where it is missing and never change its rules.
+ */
+export const USER_CHAIN = "LVH-USER";
+
+/**
+ * The administrator's base chain in our nftables table (`inet libvirt_hook_qemu user_forward`), at the forward hook
+ * ahead of every accept (libvirt's, iptables-nft's and firewalld's sit at priority filter or later): a drop there
+ * is final whatever accepts later. Declared with `add` (which never changes a chain that is there) by every batch
+ * that adds to our table; our table is deleted only while this chain holds nothing.
+ */
+export const NFT_USER_CHAIN = "user_forward";
+
+/** How NFT_USER_CHAIN hooks: the same words fail2ban's nftables action must be given (`chain_priority = -10`). */
+export const NFT_USER_HOOK = "type filter hook forward priority -10; policy accept;";
+
 /** The version of the rule layout, written into every comment. */
 export const FORMAT_VERSION = 1;
 

@@ -1,6 +1,6 @@
 /** The native nftables backend: our own `inet` table, and our accept inside libvirt's nftables chains. */
 
-import { ANY_PUBLIC, type Forward, type Snat } from "./forward.ts";
+import { ANY_PUBLIC, type Forward, LOG_RATE, logPrefix, type Snat } from "./forward.ts";
 import type { Live } from "./iptables_live.ts";
 import {
   carriedDomain,
@@ -10,6 +10,8 @@ import {
   LIBVIRT_CHAIN,
   LIBVIRT_TABLE,
   NFT_TABLE,
+  NFT_USER_CHAIN,
+  NFT_USER_HOOK,
   ruleComment,
 } from "./names.ts";
 import {
@@ -66,7 +68,6 @@ export function nftDomainObjects(
   const dnat: string[] = [], snat: string[] = [];
   for (const family of [4, 6] as const) {
     const ip = family === 4 ? "ip" : "ip6";
-    const addrType = family === 4 ? "ipv4_addr" : "ipv6_addr";
     const mine = forwards.filter((f) => f.family === family);
     // Plain pairs go into one map and one set: a lookup per packet, however many forwards there are.
     // A forward with sources, on "*", on one interface or with a description is a rule of its own (the map is
@@ -77,28 +78,12 @@ export function nftDomainObjects(
     );
     const ruled = mine.filter((f) => !mapped.includes(f));
     if (mapped.length > 0) {
-      const map = `${p}-dnat${family}`, set = `${p}-to${family}`;
-      const key = (f: Forward) => `${f.publicIp} . ${f.protocol} . ${f.publicPort}`;
-      const to = (f: Forward) => `${f.privateIp} . ${f.privatePort}`;
-      const priv = (f: Forward) => `${f.privateIp} . ${f.protocol} . ${f.privatePort}`;
-      out.push(
-        `add map ${t} ${map} { type ${addrType} . inet_proto . inet_service : ${addrType} . inet_service; ` +
-          `elements = { ${mapped.map((f) => `${key(f)} : ${to(f)}`).join(", ")} }; }`,
-      );
-      out.push(
-        `add set ${t} ${set} { type ${addrType} . inet_proto . inet_service; ` +
-          `elements = { ${unique(mapped.map(priv)).join(", ")} }; }`,
-      );
-      // Labelled only where the map has the pair (see CT_LABEL): a lookup that misses must leave it unset.
-      const pair = `${ip} daddr . meta l4proto . th dport`;
-      dnat.push(`${pair} @${map} ct label set ${CT_LABEL} dnat ${ip} to ${pair} map @${map} ${comment}`);
-      for (const from of unique(mapped.map((f) => f.hairpinFrom))) {
-        snat.push(
-          `${ip} saddr ${from} ct status dnat ${ip} daddr . meta l4proto . th dport @${set} masquerade ${comment}`,
-        );
-      }
+      const objects = mappedObjects(domain, mapped, { family, comment });
+      out.push(...objects.out);
+      dnat.push(...objects.dnat);
+      snat.push(...objects.snat);
     }
-    for (const f of ruled) ruledForward(f, { comment, dnat, snat });
+    for (const f of ruled) ruledForward(domain, f, { comment, dnat, snat });
   }
   // The bridges behind the forwards, kept in our table so the accepts in libvirt's chains can be re-asserted
   // from what is live alone (libvirt re-creates its chains without telling us which guests need what).
@@ -125,6 +110,7 @@ export function nftDomainObjects(
  * its dnat (after its all_ports returns) into `dnat`, its hairpin into `snat`.
  */
 function ruledForward(
+  domain: string,
   f: Forward,
   { comment, dnat, snat }: { comment: string; dnat: string[]; snat: string[] },
 ) {
@@ -153,6 +139,7 @@ function ruledForward(
     const taken = f.except.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(", ");
     dnat.push(`${match}${f.protocol} dport { ${taken} } return ${comment}`);
   }
+  if (f.log) dnat.push(logRule(domain, f, { match, comment }));
   dnat.push(
     `${match}${f.protocol} dport ${
       ports(f.publicPort)
@@ -165,6 +152,62 @@ function ruledForward(
   );
 }
 
+/**
+ * A domain's plain forwards of one family (one address and port each, no source, interface or description): one
+ * map and one set, a lookup per packet however many there are; the map counts each forward's new connections.
+ */
+function mappedObjects(
+  domain: string,
+  mapped: Forward[],
+  { family, comment }: { family: Family; comment: string },
+): { out: string[]; dnat: string[]; snat: string[] } {
+  const p = nftPrefix(domain);
+  const t = `inet ${NFT_TABLE}`;
+  const ip = family === 4 ? "ip" : "ip6";
+  const addrType = family === 4 ? "ipv4_addr" : "ipv6_addr";
+  const out: string[] = [], dnat: string[] = [], snat: string[] = [];
+  const map = `${p}-dnat${family}`, set = `${p}-to${family}`;
+  const element = (f: Forward) =>
+    `${f.publicIp} . ${f.protocol} . ${f.publicPort} : ${f.privateIp} . ${f.privatePort}`;
+  const priv = (f: Forward) => `${f.privateIp} . ${f.protocol} . ${f.privatePort}`;
+  // `counter`: each element counts the lookups that found it: a forward's new connections (see Counters).
+  out.push(
+    `add map ${t} ${map} { ${MAP_TYPE[family]}; counter; elements = { ${mapped.map(element).join(", ")} }; }`,
+    `add set ${t} ${set} { type ${addrType} . inet_proto . inet_service; ` +
+      `elements = { ${unique(mapped.map(priv)).join(", ")} }; }`,
+  );
+  // `log`: one line per new connection (a nat chain), a rule per logged forward, ahead of the lookup.
+  for (const f of mapped.filter((f) => f.log)) {
+    dnat.push(logRule(domain, f, { match: `${ip} daddr ${f.publicIp} `, comment }));
+  }
+  // Labelled only where the map has the pair (see CT_LABEL): a lookup that misses must leave it unset.
+  const pair = `${ip} daddr . meta l4proto . th dport`;
+  dnat.push(`${pair} @${map} ct label set ${CT_LABEL} dnat ${ip} to ${pair} map @${map} ${comment}`);
+  for (const from of unique(mapped.map((f) => f.hairpinFrom))) {
+    snat.push(
+      `${ip} saddr ${from} ct status dnat ${ip} daddr . meta l4proto . th dport @${set} masquerade ${comment}`,
+    );
+  }
+  return { out, dnat, snat };
+}
+
+/** The type of a domain's DNAT map, per family: public address, protocol and port to guest address and port. */
+const MAP_TYPE = {
+  4: "type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
+  6: "type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service",
+};
+
+/**
+ * The rule that logs a forward's new connections (see Forward.log), in the domain's nat chain; `match`: what picks
+ * the forward's packets before its protocol and ports (source, address or "*", interface).
+ */
+function logRule(domain: string, f: Forward, { match, comment }: { match: string; comment: string }): string {
+  const ports = f.count === 1 ? `${f.publicPort}` : `${f.publicPort}-${f.publicPort + f.count - 1}`;
+  return `${match}${f.protocol} dport ${ports} ${LOG_RATE.nft} log prefix "${
+    logPrefix(domain, f)
+  }" ${comment}`;
+}
+
 /** The base chains of our table; `add` is idempotent, so they are declared in every batch that adds. */
 export function nftBase(): string[] {
   const t = `inet ${NFT_TABLE}`;
@@ -173,6 +216,8 @@ export function nftBase(): string[] {
     `add chain ${t} prerouting { type nat hook prerouting priority dstnat; policy accept; }`,
     `add chain ${t} output { type nat hook output priority -100; policy accept; }`,
     `add chain ${t} postrouting { type nat hook postrouting priority srcnat; policy accept; }`,
+    // The administrator's chain (see NFT_USER_CHAIN): `add` leaves it, and its rules, as they are.
+    `add chain ${t} ${NFT_USER_CHAIN} { ${NFT_USER_HOOK} }`,
   ];
 }
 
@@ -184,7 +229,7 @@ export function nftRemoveDomain(domain: string, live: NftLive, { keepTable = fal
   const t = `inet ${NFT_TABLE}`;
   const h = domainHash(domain);
   const others = [...nftOwners(live)].filter((o) => o !== h);
-  if (others.length === 0 && !keepTable) return [`delete table ${t}`];
+  if (others.length === 0 && !keepTable && !holdsTheUsers(live)) return [`delete table ${t}`];
   const out: string[] = [];
   for (const r of live.rules) {
     const mine = r.jump?.startsWith(`${p}-`) ||
@@ -197,6 +242,20 @@ export function nftRemoveDomain(domain: string, live: NftLive, { keepTable = fal
   for (const m of live.maps) if (m.name.startsWith(`${p}-`)) out.push(`delete map ${t} ${m.name}`);
   for (const s of live.sets) if (s.name.startsWith(`${p}-`)) out.push(`delete set ${t} ${s.name}`);
   return out;
+}
+
+/**
+ * Whether our table holds anything of the administrator's: a rule in NFT_USER_CHAIN (a ban), or a set, map or
+ * chain that is not ours (fail2ban's nftables action keeps its set in the table it is given). Then our table stays
+ * when our last domain goes; only our objects leave it.
+ */
+export function holdsTheUsers(live: NftLive): boolean {
+  // Our base chains, and the domains' objects (`d<hash>-...`).
+  const base = ["prerouting", "output", "postrouting", SNAT_CHAIN, NFT_USER_CHAIN];
+  const ours = (name: string) => /^d[0-9a-f]{12}-/.test(name) || base.includes(name);
+  return live.rules.some((r) => r.chain === NFT_USER_CHAIN) ||
+    live.chains.some((c) => !ours(c)) ||
+    [...live.sets, ...live.maps].some((x) => !ours(x.name));
 }
 
 /** The comment of our accept inside libvirt's chain. */

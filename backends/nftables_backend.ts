@@ -7,8 +7,8 @@ import type { Change, Desired, FirewallBackend } from "./backend.ts";
 import { readCreated, uncreated, writeCreated } from "./created.ts";
 import { type Batch, nftBatch } from "./batch.ts";
 import type { Forward, LiveForward, Snat } from "./forward.ts";
-import { carriedDomain } from "./names.ts";
-import { type Live, liveOf } from "./iptables_live.ts";
+import { carriedDomain, USER_CHAIN } from "./names.ts";
+import { type Live, liveOf, userChainGoes } from "./iptables_live.ts";
 import {
   bridgesOf,
   handedAccepts,
@@ -118,7 +118,12 @@ export function removeAtOnceBatches(
 ): { batches: Batch[]; changes: Change[] } | undefined {
   const mine = {} as Record<Family, Live>;
   for (const family of FAMILIES) {
-    mine[family] = liveOf(state.ipt[family] ?? { chains: [], rules: [] }, domain);
+    const all = state.ipt[family] ?? { chains: [], rules: [] };
+    mine[family] = liveOf(all, domain);
+    // The administrator's chain goes with our last domain where it is empty (see userChainGoes).
+    if (userChainGoes(all, domain)) {
+      mine[family].chains.push({ table: "filter", chain: USER_CHAIN, owner: "" });
+    }
   }
   const iptables = nftRemoveIptables(mine);
   if (!iptables) throw new ApplyError("A jump into our chains was read without its nft handle");

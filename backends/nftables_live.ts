@@ -95,6 +95,9 @@ function toRule(v: Record<string, unknown>): NftRule {
   };
 }
 
+/** A map element's key as nft -j lists it: plain, or with the element's counter (a map declared with `counter`). */
+type MapKey = { concat: unknown[] } | { elem: { val: { concat: unknown[] }; counter?: { packets: number } } };
+
 /** The domain hashes that own something in our table. */
 export function nftOwners(live: NftLive): Set<string> {
   const owners = new Set<string>();
@@ -183,10 +186,15 @@ export function nftLiveForwards(live: NftLive): LiveForward[] {
     if (!match) continue;
     const domain = names.get(match[1]!) ?? hashOnly(match[1]!);
     for (const e of m.elem) {
-      const [key, value] = e as [{ concat: unknown[] }, { concat: unknown[] }];
+      const [element, value] = e as [MapKey, { concat: unknown[] }];
+      // A map with `counter` lists each key as `{elem: {val, counter}}`: the lookups of the forward's key.
+      const counting = typeof element === "object" && element !== null && "elem" in element;
+      const key = counting ? element.elem.val : element as { concat: unknown[] } | undefined;
+      const counted = counting ? element.elem.counter?.packets : undefined;
       const [publicIp, protocol, publicPort] = key?.concat ?? [];
       const [privateIp, privatePort] = value?.concat ?? [];
       out.push({
+        ...(counted === undefined ? {} : { counters: { connections: counted } }),
         domain,
         family: match[2] === "6" ? 6 : 4,
         protocol: String(protocol),

@@ -7,6 +7,7 @@ import { planForwards } from "../rules.ts";
 import { dedent, FACTS } from "../test/util.ts";
 import {
   bridgesOf,
+  holdsTheUsers,
   libvirtAccepts,
   nftBase,
   nftDomainObjects,
@@ -44,7 +45,8 @@ Deno.test("nftDomainObjects() renders the example config: maps for pairs, rules 
       add chain inet libvirt_hook_qemu prerouting { type nat hook prerouting priority dstnat; policy accept; }
       add chain inet libvirt_hook_qemu output { type nat hook output priority -100; policy accept; }
       add chain inet libvirt_hook_qemu postrouting { type nat hook postrouting priority srcnat; policy accept; }
-      add map inet libvirt_hook_qemu ${p}-dnat4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; elements = { 203.0.113.7 . tcp . 2222 : 192.168.122.10 . 22, 203.0.113.7 . tcp . 443 : 192.168.122.10 . 443, 203.0.113.7 . udp . 51820 : 192.168.122.10 . 51820 }; }
+      add chain inet libvirt_hook_qemu user_forward { type filter hook forward priority -10; policy accept; }
+      add map inet libvirt_hook_qemu ${p}-dnat4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; counter; elements = { 203.0.113.7 . tcp . 2222 : 192.168.122.10 . 22, 203.0.113.7 . tcp . 443 : 192.168.122.10 . 443, 203.0.113.7 . udp . 51820 : 192.168.122.10 . 51820 }; }
       add set inet libvirt_hook_qemu ${p}-to4 { type ipv4_addr . inet_proto . inet_service; elements = { 192.168.122.10 . tcp . 22, 192.168.122.10 . tcp . 443, 192.168.122.10 . udp . 51820 }; }
       add set inet libvirt_hook_qemu ${p}-br4 { type ifname; elements = { "virbr0" }; }
       add chain inet libvirt_hook_qemu ${p}-dnat
@@ -122,6 +124,36 @@ Deno.test("nftRemoveDomain() deletes the domain's jumps by handle, then its chai
   // The last domain takes the table with it, so stop leaves nothing behind.
   assert.deepEqual(nftRemoveDomain("web1", live([])), [`delete table ${t}`]);
   assert.deepEqual(nftRemoveDomain("web1", emptyNftLive()), []);
+});
+
+Deno.test("nftRemoveDomain() keeps our table while the administrator's user_forward holds a ban or a set", async (t) => {
+  const p = `d${domainHash("web1")}`;
+  const tbl = "inet libvirt_hook_qemu";
+  const mine = [
+    `delete rule ${tbl} prerouting handle 9`,
+    `flush chain ${tbl} ${p}-dnat`,
+    `delete chain ${tbl} ${p}-dnat`,
+    `delete map ${tbl} ${p}-dnat4`,
+    `delete set ${tbl} ${p}-br4`,
+  ];
+  const chain = { family: "inet", table: "libvirt_hook_qemu", name: "user_forward", handle: 20 };
+  const cases: [string, Record<string, unknown>[], string[]][] = [
+    ["an empty user_forward goes with the table", [{ chain }], [`delete table ${tbl}`]],
+    ["a ban in user_forward (no comment of ours) keeps the table; the ban is untouched", [{ chain }, {
+      rule: { family: "inet", table: "libvirt_hook_qemu", chain: "user_forward", handle: 21, expr: [] },
+    }], mine],
+    ["fail2ban's set (its nftables action) keeps the table", [{ chain }, {
+      set: { family: "inet", table: "libvirt_hook_qemu", name: "addr-set-sshd", handle: 22 },
+    }], mine],
+  ];
+  for (const [name, items, expected] of cases) {
+    await t.step(name, () => {
+      const state = live([]);
+      parseNftJson(JSON.stringify({ nftables: items }), state);
+      assert.deepEqual(nftRemoveDomain("web1", state), expected);
+      assert.equal(holdsTheUsers(state), expected !== cases[0]![2]);
+    });
+  }
 });
 
 Deno.test("nftRemoveIptables() deletes a domain's jumps by handle, then empties and deletes its chains", () => {
@@ -273,7 +305,7 @@ Deno.test('nftDomainObjects() gives a forward on "*", on one interface or named 
   // The plain forward stays in the map; the others match `fib daddr type local` (loopback excluded) and iifname.
   assert.deepEqual(rules, [
     `add map inet libvirt_hook_qemu ${p}-dnat4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . ` +
-    "inet_service; elements = { 203.0.113.7 . tcp . 22 : 192.168.122.10 . 22 }; }",
+    "inet_service; counter; elements = { 203.0.113.7 . tcp . 22 : 192.168.122.10 . 22 }; }",
     `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr . meta l4proto . th dport @${p}-dnat4 ct label set 127 ` +
     `dnat ip to ip daddr . meta l4proto . th dport map @${p}-dnat4 ${c}`,
     `add rule inet libvirt_hook_qemu ${p}-dnat fib daddr type local ip daddr != 127.0.0.0/8 iifname "eth1" ` +
@@ -360,4 +392,60 @@ Deno.test("nftSnatObjects() puts a guest's outbound NAT in a chain our base chai
     `insert rule ${t} outbound jump ${p}-out ${c}`,
   ]);
   assert.deepEqual(nftSnatObjects("mail", []), []);
+});
+
+Deno.test('nftDomainObjects() logs each new connection of a "log" entry, rate-limited, ahead of the lookups', () => {
+  const f = forwards(
+    `{"web1": {"private_ip": "192.168.122.10", "public_ip": "203.0.113.7", "log": true,
+               "port_map": {"tcp": [[2222, 22]]}, "port_range": [{"init_port": 3000, "ports_num": 2, "protocol": "udp"}]}}`,
+    "web1",
+  );
+  const p = `d${domainHash("web1")}`;
+  const c = 'comment "libvirt-hook-qemu:1:web1"';
+  const rules = nftDomainObjects("web1", f).filter((l) =>
+    l.startsWith(`add rule inet libvirt_hook_qemu ${p}-dnat `)
+  );
+  assert.deepEqual(rules.map((l) => l.slice(`add rule inet libvirt_hook_qemu ${p}-dnat `.length)), [
+    `ip daddr 203.0.113.7 tcp dport 2222 limit rate 10/minute burst 5 packets log prefix "lvh web1 tcp/2222: " ${c}`,
+    `ip daddr . meta l4proto . th dport @${p}-dnat4 ct label set 127 dnat ip to ip daddr . meta l4proto . th dport ` +
+    `map @${p}-dnat4 ${c}`,
+    `ip daddr 203.0.113.7 udp dport 3000-3001 limit rate 10/minute burst 5 packets log prefix "lvh web1 udp/3000: " ${c}`,
+    `ip daddr 203.0.113.7 udp dport 3000-3001 ct label set 127 dnat ip to 192.168.122.10 ${c}`,
+  ]);
+});
+
+Deno.test("nftLiveForwards() reads each plain forward's new connections from its map element's counter", () => {
+  const p = `d${domainHash("web1")}`;
+  const live = parseNftJson(JSON.stringify({
+    nftables: [
+      { table: { family: "inet", name: "libvirt_hook_qemu", handle: 1 } },
+      {
+        map: {
+          family: "inet",
+          table: "libvirt_hook_qemu",
+          name: `${p}-dnat4`,
+          handle: 2,
+          elem: [
+            [
+              {
+                elem: { val: { concat: ["203.0.113.7", "tcp", 2222] }, counter: { packets: 3, bytes: 180 } },
+              },
+              {
+                concat: ["192.168.122.10", 22],
+              },
+            ],
+            // A map made before counters: its forward has none.
+            [{ concat: ["203.0.113.7", "tcp", 443] }, { concat: ["192.168.122.10", 443] }],
+          ],
+        },
+      },
+    ],
+  }));
+  assert.deepEqual(
+    nftLiveForwards(live).map((f) => [describeForward(f), f.counters]),
+    [
+      ["tcp 203.0.113.7:2222 -> 192.168.122.10:22", { connections: 3 }],
+      ["tcp 203.0.113.7:443 -> 192.168.122.10:443", undefined],
+    ],
+  );
 });

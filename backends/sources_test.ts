@@ -26,8 +26,9 @@ Deno.test("ruleLines() writes a DNAT rule per source item of the forward's famil
       -A LVH-${h}-DNAT -d 203.0.113.7/32 -m iprange --src-range 203.0.113.50-203.0.113.60 -p tcp -m tcp --dport 2222 -m connlabel --label 127 --set ${c} -j DNAT --to-destination 192.168.122.10:22
     `).trimEnd(),
   );
-  // The hairpin masquerade does not depend on who the client is (one), nor does the domain's one accept.
-  assert.equal(four.count, 3 + 1 + 1);
+  // The hairpin masquerade does not depend on who the client is (one), nor do the domain's one accept and its
+  // jump to LVH-USER.
+  assert.equal(four.count, 3 + 1 + 2);
   const six = ruleLines("web1", forwards.filter((f) => f.family === 6));
   assert.equal(
     six.text.nat.split("\n").filter((l) => l.includes("-DNAT ")).join("\n"),

@@ -12,7 +12,7 @@ import {
   parseInteractive,
   parseSave,
 } from "./iptables_live.ts";
-import { chainNames, LIBVIRT_CHAIN, LIBVIRT_TABLE, NFT_TABLE } from "./names.ts";
+import { chainNames, LIBVIRT_CHAIN, LIBVIRT_TABLE, NFT_TABLE, USER_CHAIN } from "./names.ts";
 import { bridgesOf } from "./nftables.ts";
 import { addNftItems, emptyNftLive, nftBridges, type NftLive } from "./nftables_live.ts";
 import { nftItems } from "./nft_json.ts";
@@ -114,11 +114,14 @@ export interface ReadOptions {
   onInput?: (() => void) | undefined;
   /** List the jumps in the built-in chains too (default true); a start does without (see FirewallState.scope). */
   jumps?: boolean;
+  /** Read the rules' counters too (status, metrics): a whole read, with `iptables-save -c`. */
+  counters?: boolean;
 }
 
 /** Reads what is live for every family and backend, concurrently: a constant number of processes. */
 export async function readState(deps: ApplyDeps, options: ReadOptions = {}): Promise<FirewallState> {
-  const { domain, onInput, jumps = true } = options;
+  const { domain, onInput, jumps = true, counters = false } = options;
+  if (counters) return await readAll(deps, domain, { counters });
   if (domain !== undefined && deps.iptablesNft && deps.nft !== undefined) {
     const state = await readAtOnce(deps, deps.nft, { domain, onInput, jumps });
     if (state) return state;
@@ -129,19 +132,24 @@ export async function readState(deps: ApplyDeps, options: ReadOptions = {}): Pro
 }
 
 /** Reads with iptables-save (or, on a busy host, by single chains) and nft: the whole truth about our rules. */
-export async function readAll(deps: ApplyDeps, domain?: string): Promise<FirewallState> {
+export async function readAll(
+  deps: ApplyDeps,
+  domain?: string,
+  { counters = false }: { counters?: boolean } = {},
+): Promise<FirewallState> {
   const { runner, tools } = deps;
   // On a busy host (Docker, Kubernetes: thousands of rules of others) iptables-save takes ~70 ms, while listing one
   // chain takes ~3 ms. So where the last full read was big, a call for one domain lists only the chains that can
   // hold its rules: the four built-in chains our jumps live in, and its own three chains.
-  const targeted = domain !== undefined && deps.hintDir !== undefined &&
+  const targeted = !counters && domain !== undefined && deps.hintDir !== undefined &&
     await hinted(deps.hintDir, BUSY_HINT);
   const ipt = Promise.all(FAMILIES.map(async (family) => {
     const listed = targeted ? await readChains(runner, tools[family], domain!) : "read all";
     if (listed !== "read all") return listed;
-    const result = await runner.run(tools[family].save);
+    const save = counters ? [...tools[family].save, "-c"] : tools[family].save;
+    const result = await runner.run(save);
     if (result.code === 127) return undefined;
-    if (result.code !== 0) throw new CommandError(tools[family].save, result);
+    if (result.code !== 0) throw new CommandError(save, result);
     const live = parseSave(result.stdout);
     if (family === 4 && deps.hintDir !== undefined) {
       await remember(deps.hintDir, BUSY_HINT, live.foreignBytes ?? 0);
@@ -207,6 +215,8 @@ async function readAtOnce(
     `list chain ip ${LIBVIRT_TABLE} ${LIBVIRT_CHAIN}`,
     `list chain ip6 ${LIBVIRT_TABLE} ${LIBVIRT_CHAIN}`,
     ...(deps.acceptIn ?? []).map((gate) => `list chain ${gate}`),
+    // A removal may delete the administrator's chain where it is empty and unused (see userChainGoes).
+    ...(jumps ? FAMILIES.map((f) => `list chain ${NFT_FAMILY[f]} filter ${USER_CHAIN}`) : []),
     // A removal may delete a table we created: every chain of it must be known empty first.
     ...(jumps && deps.hintDir !== undefined ? createdListings(readCreated(deps.hintDir)) : []),
   ];
@@ -256,6 +266,8 @@ async function readChains(
     ["nat", c.dnat, false],
     ["nat", c.snat, false],
     ["filter", c.fwd, false],
+    // Whether the administrator's chain is there: a start creates it where it is not (see USER_CHAIN).
+    ["filter", USER_CHAIN, false],
   ];
   const results = await Promise.all(
     wanted.map(([table, chain]) => runner.run([...tools.list, "-t", table, "-S", chain])),
@@ -269,7 +281,9 @@ async function readChains(
     // Anything else is left to iptables-save, which reads whatever there is.
     else if (builtin || !/No chain|does not exist|is incompatible/i.test(r.stderr)) return "read all";
   }
-  return parseSave(listingsToSave(listings));
+  // Other domains' chains were not listed: the administrator's chain is never deleted from this read.
+  const { userRules: _, ...live } = parseSave(listingsToSave(listings));
+  return live;
 }
 
 function hinted(dir: string, hint: string): Promise<boolean> {

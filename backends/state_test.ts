@@ -78,6 +78,9 @@ const READ_WITH_JUMPS = [
   "list table inet libvirt_hook_qemu",
   "list chain ip libvirt_network guest_input",
   "list chain ip6 libvirt_network guest_input",
+  // Whether the administrator's chain is empty: a removal of our last domain takes an empty one with it.
+  "list chain ip filter LVH-USER",
+  "list chain ip6 filter LVH-USER",
 ];
 
 const VM1_LIVE = answer(VM1_HOST, READ_WITH_JUMPS);
@@ -111,6 +114,8 @@ Deno.test("parseInteractive() takes one document per listing and tolerates only 
     "list table inet libvirt_hook_qemu",
     "list chain ip libvirt_network guest_input",
     "list chain ip6 libvirt_network guest_input",
+    "list chain ip filter LVH-USER",
+    "list chain ip6 filter LVH-USER",
   ]);
   assert.equal(parseInteractive(VM1_LIVE.stdout, VM1_LIVE.stderr)?.docs.length, 5);
   // A build that prints its prompt before each answer.
@@ -130,7 +135,7 @@ Deno.test("ownChainsAndJumps() sees what iptables-save shows of a domain, but wh
   assert.deepEqual(sorted(quick[4]), sorted(whole));
   assert.equal(quick[4].libvirt, true);
   // No ip6 table of iptables-nft's: nothing of the domain, and no table (a start there creates one).
-  assert.deepEqual(quick[6], { chains: [], rules: [], tables: {} });
+  assert.deepEqual(quick[6], { chains: [], rules: [], tables: {}, user: false });
 });
 
 const FORWARD_VM1: Forward = {
@@ -189,7 +194,8 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
     const { calls, changes } = await syncOnNft([FORWARD_VM1], EMPTY_HOST);
     assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", "iptables-restore"]);
     assert.equal(calls[1]!.stdin, renderSync("vm1", { chains: [], rules: [] }, { forwards: [FORWARD_VM1] }));
-    assert.deepEqual(changes, [{ target: "iptables", removed: 0, added: 7 }]);
+    // Three rules, the jump to the administrator's LVH-USER, and four jumps into our chains.
+    assert.deepEqual(changes, [{ target: "iptables", removed: 0, added: 8 }]);
   });
   await t.step(
     "a stop: one nft transaction deletes the jumps read (by handle) and the chains, nothing else is read",

@@ -3,6 +3,7 @@
 import { parseArgs } from "node:util";
 import { apply } from "./apply.ts";
 import { check } from "./check.ts";
+import { metrics } from "./metrics.ts";
 import { migrateLegacy } from "./migrate_legacy.ts";
 import { plan } from "./plan.ts";
 import { reload } from "./reload.ts";
@@ -26,7 +27,8 @@ Usage (people):   qemu <command> [options]
 Commands:
   check            Validate the config (--domain NAME: and that guest's XML); print each problem as file:line:column
   plan <domain>    Print the batch that start would apply, touching nothing
-  status [domain]  Show the forwards that are live now, read from the firewall
+  status [domain]  Show the forwards that are live now, read from the firewall, with their counters
+  metrics          Print the forwards' counters as Prometheus text (node_exporter textfile collector, scraping)
   apply <domain>   Apply a running guest's forwards from the current config (like start)
   remove <domain>  Remove a guest's live forwards (like stopped); --all removes every domain's
   reload           Re-apply every domain that has live rules from the current config
@@ -61,6 +63,10 @@ listed as comments. Touches nothing.`,
   status: `Usage: qemu status [domain] [--json] [--config FILE]
 Reads our live rules from the firewall and prints each forward as proto public:port -> private:port [from src].
 Forwards that the current config does not explain are flagged.`,
+  metrics: `Usage: qemu metrics [--config FILE]
+Prints each live forward's counters in the Prometheus text format: new connections (both backends), and the
+packets and bytes of its connections (iptables), labelled domain, proto, public_ip, public_port and target. For
+node_exporter's textfile collector: qemu metrics > /var/lib/node_exporter/lvh.prom.$$ && mv the file into place.`,
   apply: `Usage: qemu apply <domain> [--config FILE]
 Applies the domain's forwards from the current config and the guest's current XML (its metadata as "virsh
 metadata --live" left it), as libvirt's start does, for a guest that is running (libvirt keeps
@@ -111,6 +117,7 @@ export const TAKES: Record<string, string[]> = {
   check: ["domain"],
   plan: [],
   status: ["json"],
+  metrics: [],
   apply: [],
   remove: ["all"],
   reload: [],
@@ -213,6 +220,8 @@ async function dispatch(args: string[], deps: HookDeps, uid: number | null): Pro
     case "status":
       if (rest.length > 1) return usage(deps, "status takes at most one domain name");
       return await status(deps, { only: rest[0], json: values.json ?? false });
+    case "metrics":
+      return none("arguments") ?? await metrics(deps);
     case "apply":
       return await one((d) => apply(d, deps));
     case "remove":

@@ -369,6 +369,8 @@ export async function readCounters(deps: HookDeps, domain: string): Promise<Map<
       const m = /^\[(\d+):\d+\] -A (\S+) (.*)$/.exec(line);
       if (!m) continue;
       const [, packets, chain, spec] = m;
+      // A "log" forward's LOG rule matches (rate-limited) the DNAT rule's packets too: not counted twice.
+      if (/ -j LOG /.test(` ${spec} `)) continue;
       const protocol = / -p (\w+)/.exec(` ${spec}`)?.[1];
       const port = chain === dnat
         ? /--dport (\d+)/.exec(spec!)?.[1]

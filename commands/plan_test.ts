@@ -12,7 +12,8 @@ Deno.test("plan() prints the iptables batch of a configured domain and runs no r
   const { value, stdout } = await captureStdout(() => plan("web1", f.deps));
   assert.equal(value, 0);
   const h = domainHash("web1");
-  assert.match(stdout[0]!, /^# \S*iptables-restore --noflush --wait: 7 rule\(s\) for "web1"$/);
+  // Three rules, four jumps into our chains, and the jump to LVH-USER.
+  assert.match(stdout[0]!, /^# \S*iptables-restore --noflush --wait: 8 rule\(s\) for "web1"$/);
   assert.match(
     stdout[1]!,
     new RegExp(

@@ -3,6 +3,7 @@
 import {
   blockedNote,
   blockers,
+  type Counters,
   describeForward,
   describePlan,
   domainLabel,
@@ -34,7 +35,7 @@ export interface StatusOptions {
 export async function status(deps: HookDeps, { only, json = false }: StatusOptions = {}): Promise<number> {
   const { config, facts } = await loadFor({ ...deps, problem: () => {} });
   // One read of the firewall serves both the forwards and the backend line.
-  const state = await readLive(applyDeps(deps, config));
+  const state = await readLive(applyDeps(deps, config), { counters: true });
   const live = forwardsByDomain(state, await knownNames(config));
   const listeners = readListeners();
   const gates = await foreignGates(applyDeps(deps, config), state.nft?.hooks);
@@ -75,6 +76,7 @@ export async function status(deps: HookDeps, { only, json = false }: StatusOptio
           explained: planned.has(describeForward(f)) || leaseProblems.length > 0,
           ...(taken ? { takenFromHost: taken } : {}),
           ...(blocked.length ? { blocked } : {}),
+          ...(f.counters ? { counters: f.counters } : {}),
         };
       }),
     });
@@ -114,7 +116,17 @@ export async function status(deps: HookDeps, { only, json = false }: StatusOptio
         ...(f.blocked ?? []),
       ];
       console.log(`  ${f.forward}${notes.length ? `   <- ${notes.join("; ")}` : ""}`);
+      // Its own line, where they were read: the forward's line stays as it always was.
+      if (f.counters) console.log(`    ${countersText(f.counters)}`);
     }
   }
   return 0;
+}
+
+/** A forward's counters as status shows them: `3 connections, 40 packets, 2400 bytes` (nftables: connections). */
+export function countersText(c: Counters): string {
+  const parts = [`${c.connections} connection${c.connections === 1 ? "" : "s"}`];
+  if (c.packets !== undefined) parts.push(`${c.packets} packets`);
+  if (c.bytes !== undefined) parts.push(`${c.bytes} bytes`);
+  return parts.join(", ");
 }

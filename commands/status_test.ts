@@ -78,3 +78,33 @@ Deno.test("status() shows what is live with its description, as the rules carry 
     },
   );
 });
+
+Deno.test("status() shows each forward's counters, as text and in JSON, where iptables-save -c has them", async () => {
+  const h = domainHash("web1");
+  const tag = '-m comment --comment "libvirt-hook-qemu:1:web1"';
+  const saved = [
+    "*nat",
+    `:LVH-${h}-DNAT - [0:0]`,
+    `[5:300] -A PREROUTING ${tag} -j LVH-${h}-DNAT`,
+    `[3:180] -A LVH-${h}-DNAT -d 203.0.113.1/32 -p tcp -m tcp --dport 2222 ${tag} -j DNAT --to-destination 192.168.122.10:22`,
+    "COMMIT",
+    "*filter",
+    `:LVH-${h}-FWD - [0:0]`,
+    `[40:2400] -A LVH-${h}-FWD -p tcp -m conntrack --ctstate DNAT --ctorigdst 203.0.113.1/32 --ctorigdstport 2222 --ctreplsrc 192.168.122.10/32 --ctreplsrcport 22 ${tag} -j ACCEPT`,
+    "COMMIT",
+    "",
+  ].join("\n");
+  const f = await fakeCommandDeps(CONFIG, (argv) => argv[0] === "iptables-save" ? { stdout: saved } : {});
+  const text = await captureStdout(() => status(f.deps));
+  assert.ok(f.calls.some((c) => c.argv.join(" ") === "iptables-save -c"), "read with counters");
+  assert.deepEqual(text.stdout.slice(-2), [
+    "  tcp 203.0.113.1:2222 -> 192.168.122.10:22",
+    "    3 connections, 40 packets, 2400 bytes",
+  ]);
+  const json = await captureStdout(() => status(f.deps, { json: true }));
+  assert.deepEqual(JSON.parse(json.stdout[0]!).domains[0].forwards[0].counters, {
+    connections: 3,
+    packets: 40,
+    bytes: 2400,
+  });
+});

@@ -91,6 +91,12 @@ export const ENTRY_FIELDS = {
     description:
       "false: the entry stays configured but installs nothing (a start removes what is live of it).",
   },
+  log: {
+    type: "boolean",
+    description:
+      "Log each new connection to the entry's forwards in the kernel log, at most 10 a minute per " +
+      "forward (bursts of 5), prefixed with the domain and the forward (`lvh web1 tcp/2222: `).",
+  },
 } as const;
 
 /** What readDomain() needs beside the domain's node: how to report, where claims go, and the validator's options. */
@@ -164,6 +170,7 @@ function readEntry(node: Node, at: EntryAt): Entry | undefined {
   const targets = readTargets(cx);
   const ports = readPorts(cx, targets);
   const snatNode = claimSnat(cx, targets);
+  const log = flagField(cx, "log");
   if (!["port_map", "port_range", "all_ports", "snat"].some((k) => cx.fields.has(k))) {
     at.report(node, at.path, "Entry forwards no port: give port_map or port_range", { severity: "warning" });
   }
@@ -177,6 +184,7 @@ function readEntry(node: Node, at: EntryAt): Entry | undefined {
     ...(dev === undefined ? {} : { dev }),
     ...(description === undefined ? {} : { description }),
     ...(enabled ? {} : { enabled: false as const }),
+    ...(log ? { log: true as const } : {}),
   };
 }
 
@@ -217,6 +225,15 @@ export function descriptionProblem(text: string): string | undefined {
     }`;
   }
   return undefined;
+}
+
+/** A true/false field's value; a field of another type fails. */
+function flagField(cx: EntryContext, key: keyof typeof ENTRY_FIELDS): boolean {
+  const v = cx.fields.get(key);
+  if (!v) return false;
+  if (v.type === "boolean") return v.value === true;
+  cx.fail(v, jsonPath(cx.path, key), `Expected true or false, found ${kind(v)}`);
+  return false;
 }
 
 /** The entry's fields by name: an unknown field or one given twice fails. */

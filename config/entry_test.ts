@@ -64,7 +64,7 @@ Deno.test("readDomain() reports each mistake of an entry at its path, for its do
     ]],
     ["an unknown field, and a bad interface", `{"interfce": "x", "interface": "a b", "port_map": {}}`, [
       'web1.interfce: Unknown field "interfce"; known fields: interface, private_ip, public_ip, source_ip, ' +
-      "private_ipv6, public_ipv6, source_ipv6, source_set, port_map, port_range, all_ports, snat, dev, description, enabled [web1]",
+      "private_ipv6, public_ipv6, source_ipv6, source_set, port_map, port_range, all_ports, snat, dev, description, enabled, log [web1]",
       'web1.interface: Not a valid interface name: it holds " ", which no interface name may hold here [web1]',
     ]],
     ["families mixed", `{"private_ip": "10.0.0.1", "public_ip": "2001:db8::1", "port_map": {"tcp": [22]}}`, [
@@ -78,6 +78,9 @@ Deno.test("readDomain() reports each mistake of an entry at its path, for its do
     ]],
     ["snat that is no boolean", `{"public_ip": "203.0.113.5", "snat": "yes", "port_map": {"tcp": [22]}}`, [
       "web1.snat: Expected true or false, found a string [web1]",
+    ]],
+    ["log that is no boolean", `{"log": "yes", "port_map": {"tcp": [22]}}`, [
+      "web1.log: Expected true or false, found a string [web1]",
     ]],
   ];
   for (const [name, json, want] of cases) {
@@ -250,4 +253,16 @@ Deno.test("readDomain() gives source_set to every target", () => {
     { family: 4, privateIp: "192.168.122.10", sourceSet: "office" },
     { family: 6, privateIp: "fd00::10", sourceSet: "office" },
   ]);
+});
+
+Deno.test('readDomain() reads "log": true onto the entry, and false as nothing', async (t) => {
+  for (const [value, want] of [["true", { log: true }], ["false", {}]] as const) {
+    await t.step(`log ${value}`, () => {
+      const { entries, problems } = read(
+        `{"private_ip": "10.0.0.1", "log": ${value}, "port_map": {"tcp": [22]}}`,
+      );
+      assert.deepEqual(problems, []);
+      assert.deepEqual(entries?.[0]?.log, (want as { log?: true }).log);
+    });
+  }
 });

@@ -40,6 +40,7 @@ export const PORT_FORWARD_ATTRIBUTES = {
   dev: "only what arrives on this host interface is forwarded (as dev)",
   description: "what the forward is for, up to 64 printable ASCII characters (as description)",
   enabled: '"no": the forward stays declared but nothing is installed for it (as enabled)',
+  log: '"yes": each new connection to the forward is logged in the kernel log, rate-limited (as log)',
 } as const;
 
 /** The attributes of a `range`. */
@@ -245,7 +246,7 @@ function readPortForward(
     problem(...args);
   };
   const cx: ForwardContext = { el, path, named: readAttributes(el, path, fail), fail };
-  const snat = yes(cx, "snat"), allPorts = yes(cx, "allPorts");
+  const snat = yes(cx, "snat"), allPorts = yes(cx, "allPorts"), log = yes(cx, "log");
   const proto = readProtocol(cx, { snat, allPorts });
   const { target, pub } = readTarget(cx);
   const mac = readMac(cx);
@@ -284,6 +285,7 @@ function readPortForward(
       ...(dev === undefined ? {} : { dev }),
       ...(description === undefined ? {} : { description }),
       ...(enabled ? {} : { enabled: false as const }),
+      ...(log ? { log: true as const } : {}),
     },
     place: { element: { line: el.line, column: el.column, path }, attributes: cx.named, ranges: positions },
   };
@@ -313,7 +315,7 @@ function attribute(cx: ForwardContext, name: string): XmlAttribute {
 }
 
 /** A yes/no flag: true where it is "yes"; anything but "yes" or "no" fails. */
-function yes(cx: ForwardContext, name: "snat" | "allPorts"): boolean {
+function yes(cx: ForwardContext, name: "snat" | "allPorts" | "log"): boolean {
   const a = cx.named.get(name);
   if (!a || a.value === "no") return false;
   if (a.value === "yes") return true;

@@ -139,7 +139,7 @@ Deno.test("readMetadata() reports each mistake as file:line:column: message (ele
       "an unknown attribute, and no proto",
       ours(`      <lvh:portForward protocol="tcp"><lvh:range start="22"/></lvh:portForward>`),
       [
-        'web1.xml:5:24: Unknown attribute "protocol"; known: proto, address, source, sourceSet, guest, mac, snat, allPorts, dev, description, enabled (forwards/portForward[1]/@protocol)',
+        'web1.xml:5:24: Unknown attribute "protocol"; known: proto, address, source, sourceSet, guest, mac, snat, allPorts, dev, description, enabled, log (forwards/portForward[1]/@protocol)',
         'web1.xml:5:7: Missing required attribute "proto" (tcp or udp) (forwards/portForward[1])',
       ],
     ],
@@ -266,4 +266,19 @@ Deno.test("readMetadata() reads source as a list of the forward's family, and so
     const r = read(`sourceSet="office"`);
     assert.deepEqual(r.entries[0]?.targets, [{ family: 4, publicIp: "203.0.113.7", sourceSet: "office" }]);
   });
+});
+
+Deno.test('readMetadata() reads log="yes" onto the entry, "no" as nothing, anything else as a mistake', () => {
+  const read = (value: string) => {
+    const xml = `<domain type='kvm'><name>web1</name><metadata>
+  <lvh:forwards xmlns:lvh="urn:libvirt-hook-qemu:1">
+    <lvh:portForward proto="tcp" log="${value}"><lvh:range start="2222" to="22"/></lvh:portForward>
+  </lvh:forwards></metadata></domain>`;
+    return readMetadata("web1", { root: parseXml(xml), file: "web1.xml" });
+  };
+  assert.equal(read("yes").entries[0]?.log, true);
+  assert.equal(read("no").entries[0]?.log, undefined);
+  assert.deepEqual(read("maybe").diagnostics.map(formatDiagnostic), [
+    'web1.xml:3:34: Expected "yes" or "no" (forwards/portForward[1]/@log = "maybe")',
+  ]);
 });

@@ -71,6 +71,8 @@ export interface Entry {
   ports: PortSpec[];
   /** `snat`: the guest's own new outgoing connections leave from each target's public address. */
   snat?: true;
+  /** `log`: each new connection to the entry's forwards is logged, rate-limited (see Forward.log). */
+  log?: true;
   /** Which of the guest's interfaces (its MAC, lower case), where the guest's address is to be found. */
   mac?: string;
   /** Only what arrives on this host interface (`dev`) is forwarded. */

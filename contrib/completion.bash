@@ -16,7 +16,7 @@ _libvirt_hook_qemu_domains() {
 
 _libvirt_hook_qemu() {
   local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
-  local commands="check plan status apply remove reload migrate-legacy doctor watch set help"
+  local commands="check plan status metrics apply remove reload migrate-legacy doctor watch set help"
   local command="" config="" args=0 i word
   for ((i = 1; i < COMP_CWORD; i++)); do
     word=${COMP_WORDS[i]}

@@ -64,7 +64,7 @@ Deno.test("check prints every problem on stderr as file:line:column and exits 1"
   const lines = r.stderr.trimEnd().split("\n");
   assert.deepEqual(lines.slice(0, 2), [
     `${file}:2:82: Unknown field "sorce_ip"; known fields: interface, private_ip, public_ip, source_ip, private_ipv6, ` +
-    "public_ipv6, source_ipv6, source_set, port_map, port_range, all_ports, snat, dev, description, enabled (web1.sorce_ip)",
+    "public_ipv6, source_ipv6, source_set, port_map, port_range, all_ports, snat, dev, description, enabled, log (web1.sorce_ip)",
     `${file}:3:27: Not an IP address (web2.private_ip = "192.168.122.300")`,
   ]);
   assert.equal(lines.at(-1), `${file}: 2 error(s); the domains they name will not start`);
@@ -123,8 +123,11 @@ Deno.test({
         [
           'Firewall backend: iptables (setting "auto"; libvirt uses iptables)',
           "web1 (not running)",
+          // Each with its counters: nothing has connected yet.
           `  tcp ${A.hostPub4}:2222 -> ${A.g1v4}:22 from ${A.client4b}`,
+          "    0 connections, 0 packets, 0 bytes",
           `  tcp [${A.hostPub6}]:2222 -> [${A.g1v6}]:22`,
+          "    0 connections, 0 packets, 0 bytes",
           "",
         ].join("\n"),
       );

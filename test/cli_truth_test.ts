@@ -16,7 +16,8 @@ const opts = { sanitizeOps: false, sanitizeResources: false };
  * nft transaction, what is in the chains never listed (~0.1 ms a rule): the 4 jumps, and the 3 chains.
  */
 const REMOVED = {
-  iptables: "4 old rule(s) removed, and 3 chain(s) of ours with the rules in them",
+  // The domain's three chains, and the empty LVH-USER, which goes with the last domain.
+  iptables: "4 old rule(s) removed, and 4 chain(s) of ours with the rules in them",
   nftables: "5 old rule(s) removed",
 };
 

@@ -1,0 +1,101 @@
+/**
+ * Counters with real packets, on both libvirt variants and both of our backends: a known number of connections
+ * through a forward shows as that many in `status --json` and in `qemu metrics`; on iptables, with the packets
+ * and bytes of those connections; a forward no one used shows 0.
+ */
+
+import assert from "node:assert/strict";
+import { canRunLab, createLab, type Lab, LAB_ADDR as A } from "./lab.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const can = await canRunLab();
+const nft = can.ok &&
+  (await new Deno.Command("nft", { args: ["--version"] }).output().catch(() => undefined))?.success;
+if (!can.ok) console.log(`Skipping the counters namespace tests: ${can.reason}`);
+else if (!nft) {
+  console.log("Skipping the counters namespace tests on libvirt's nftables: nft is not installed");
+}
+
+const XML = (name: string) =>
+  `<domain type='kvm'><name>${name}</name><devices><interface type='network'>` +
+  `<source network='default' bridge='virbr0'/><target dev='vnet0'/></interface></devices></domain>`;
+
+/** Runs the hook (or a command) in the lab's host with `file` as the config, as libvirt runs it. */
+async function run(lab: Lab, file: string, args: string[], domain = "") {
+  const r = await lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, ...args], {
+    stdin: XML(domain),
+    clearEnv: true,
+    env: {
+      LC_ALL: "C",
+      PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+      CONFIG_FILENAME: file,
+    },
+    cwd: "/",
+    timeoutMs: 30_000,
+  });
+  assert.equal(r.code, 0, r.stderr);
+  return r;
+}
+
+const VARIANTS = [
+  { libvirt: "iptables" as const, backend: "iptables", ok: can.ok },
+  { libvirt: "nftables" as const, backend: "iptables", ok: can.ok && nft },
+  { libvirt: "nftables" as const, backend: "nftables", ok: can.ok && nft },
+];
+
+for (const v of VARIANTS) {
+  Deno.test({
+    name:
+      `counters, libvirt on ${v.libvirt}, backend ${v.backend}: 3 connections through a forward count 3 ` +
+      "in status --json and qemu metrics, an unused forward 0",
+    ignore: !v.ok,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn() {
+      const lab = await createLab({ libvirt: v.libvirt });
+      const file = await Deno.makeTempFile({ suffix: ".jsonc" });
+      try {
+        await Deno.writeTextFile(
+          file,
+          `{"/settings": {"backend": "${v.backend}"},
+            "g1": {"private_ip": "${A.g1v4}", "port_map": {"tcp": [[2222, 22], [8080, 80]]}}}`,
+        );
+        await lab.serve(lab.ns.g1, "tcp", 22, "g1");
+        await run(lab, file, ["g1", "start", "begin", "-"], "g1");
+        for (let i = 0; i < 3; i++) {
+          assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
+        }
+        const status = JSON.parse((await run(lab, file, ["status", "--json"])).stdout);
+        const forwards = status.domains[0].forwards as {
+          forward: string;
+          counters?: Record<string, number>;
+        }[];
+        const counted = (port: number) => forwards.find((f) => f.forward.includes(`:${port} ->`))?.counters;
+        const used = counted(2222)!, unused = counted(8080)!;
+        assert.equal(used.connections, 3);
+        assert.equal(unused.connections, 0);
+        if (v.backend === "iptables") {
+          // Each connection: the handshake, the guest's line, the close, both ways: more than 3 * 4 packets.
+          assert.ok(used.packets! >= 12 && used.bytes! > used.packets! * 40, JSON.stringify(used));
+          assert.deepEqual([unused.packets, unused.bytes], [0, 0]);
+        } else assert.deepEqual(Object.keys(used), ["connections"]);
+        const text = (await run(lab, file, ["status"])).stdout;
+        assert.match(text, /:2222 -> 192\.168\.122\.10:22\n {4}3 connections(, \d+ packets, \d+ bytes)?\n/);
+        const metrics = (await run(lab, file, ["metrics"])).stdout;
+        assert.match(
+          metrics,
+          new RegExp(
+            `^libvirt_hook_qemu_forward_connections_total\\{domain="g1",proto="tcp",public_ip="${A.hostPub4}",` +
+              `public_port="2222",target="${A.g1v4}:22"\\} 3$`,
+            "m",
+          ),
+        );
+        assert.match(metrics, /^# TYPE libvirt_hook_qemu_forward_connections_total counter$/m);
+        await run(lab, file, ["g1", "stopped", "end", "-"], "g1");
+      } finally {
+        await lab.close();
+        await Deno.remove(file);
+      }
+    },
+  });
+}
