@@ -91,12 +91,14 @@ export interface LiveForward {
 
 /**
  * A forward's counters since its rules were last written (a start re-writes them, and they count from 0 again):
- * new connections (its DNAT, or the counter ahead of it, which sees each connection's first packet only), and on
- * iptables the packets and bytes of those connections, both ways (its accept's own counters).
+ * new connections (its DNAT rule, or its map element, which sees each connection's first packet only).
  */
 export interface Counters {
   connections: number;
-  /** Absent where not counted: our nftables backend counts connections only (no rule sees every packet). */
+  /**
+   * Absent where not counted, which is today everywhere: no rule of ours sees every packet of one forward (one
+   * accept serves all of a domain's forwards, so that no packet walks a rule per forward).
+   */
   packets?: number;
   bytes?: number;
 }

@@ -211,7 +211,6 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
   const out: LiveForward[] = [];
   const names = new Map<string, string>();
   for (const r of live.rules) if (r.domain !== undefined) names.set(r.owner, r.domain);
-  const accepted = acceptCounters(live);
   for (const r of live.rules) {
     if (r.table !== "nat" || !chainOwner(r.chain)) continue;
     const t = tokenize(r.spec);
@@ -252,10 +251,8 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
     const any = arg("--dst-type") === "LOCAL";
     const dev = arg("-i");
     const description = t.filter((_, i) => t[i - 1] === "--comment").find((c) => !c.startsWith(COMMENT_TAG));
-    // The DNAT rule sees a connection's first packet only (nat): its packets are the new connections; the
-    // forward's accept sees every packet of them, both ways.
-    const both = r.counters &&
-      accepted.get(`${r.owner} ${arg("-p")} ${bareAddress(arg("-d") ?? "")} ${dport}`);
+    // The DNAT rule sees a connection's first packet only (nat): its packets are the new connections. Packets and
+    // bytes are not counted per forward: one accept serves all of a domain's forwards (see ruleLines).
     addLive(out, {
       domain: names.get(r.owner) ?? hashOnly(r.owner),
       family,
@@ -267,34 +264,8 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
       ...(source === undefined ? {} : { source }),
       ...(dev === undefined ? {} : { dev }),
       ...(description === undefined ? {} : { description }),
-      ...(r.counters
-        ? { counters: { connections: r.counters[0], packets: both?.[0] ?? 0, bytes: both?.[1] ?? 0 } }
-        : {}),
+      ...(r.counters ? { counters: { connections: r.counters[0] } } : {}),
     });
-  }
-  return out;
-}
-
-/** An address as iptables-save may print it, with or without its host prefix length. */
-function bareAddress(a: string): string {
-  return a.replace(/\/(32|128)$/, "");
-}
-
-/**
- * The counters of our accepts in the FWD chains, read with `iptables-save -c`, keyed as the DNAT rule names its
- * forward: `<owner> <protocol> <public address/len> <public ports>`. Sources restricted on one port share it.
- */
-function acceptCounters(live: Live): Map<string, [number, number]> {
-  const out = new Map<string, [number, number]>();
-  for (const r of live.rules) {
-    if (!r.counters || r.table !== "filter" || !r.chain.endsWith("-FWD") || !chainOwner(r.chain)) continue;
-    const t = tokenize(r.spec);
-    const at = (flag: string) => (t.includes(flag) ? t[t.indexOf(flag) + 1] : undefined);
-    const dst = at("--ctorigdst"), port = at("--ctorigdstport");
-    if (dst === undefined || port === undefined) continue;
-    const key = `${r.owner} ${at("-p")} ${bareAddress(dst)} ${port}`;
-    const sum = out.get(key) ?? [0, 0];
-    out.set(key, [sum[0] + r.counters[0], sum[1] + r.counters[1]]);
   }
   return out;
 }

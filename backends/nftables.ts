@@ -67,7 +67,6 @@ export function nftDomainObjects(
   const out: string[] = [];
   const dnat: string[] = [], snat: string[] = [];
   for (const family of [4, 6] as const) {
-    const ip = family === 4 ? "ip" : "ip6";
     const mine = forwards.filter((f) => f.family === family);
     // Plain pairs go into one map and one set: a lookup per packet, however many forwards there are.
     // A forward with sources, on "*", on one interface or with a description is a rule of its own (the map is
@@ -166,7 +165,7 @@ function mappedObjects(
   const ip = family === 4 ? "ip" : "ip6";
   const addrType = family === 4 ? "ipv4_addr" : "ipv6_addr";
   const out: string[] = [], dnat: string[] = [], snat: string[] = [];
-  const map = `${p}-dnat${family}`, set = `${p}-to${family}`;
+  const map = `${p}-dnat${family}`, set = `${p}-to${family}`, pub = `${p}-pub${family}`;
   const element = (f: Forward) =>
     `${f.publicIp} . ${f.protocol} . ${f.publicPort} : ${f.privateIp} . ${f.privatePort}`;
   const priv = (f: Forward) => `${f.privateIp} . ${f.protocol} . ${f.privatePort}`;
@@ -175,14 +174,17 @@ function mappedObjects(
     `add map ${t} ${map} { ${MAP_TYPE[family]}; counter; elements = { ${mapped.map(element).join(", ")} }; }`,
     `add set ${t} ${set} { type ${addrType} . inet_proto . inet_service; ` +
       `elements = { ${unique(mapped.map(priv)).join(", ")} }; }`,
+    `add set ${t} ${pub} { type ${addrType} . inet_proto . inet_service; ` +
+      `elements = { ${mapped.map((f) => `${f.publicIp} . ${f.protocol} . ${f.publicPort}`).join(", ")} }; }`,
   );
   // `log`: one line per new connection (a nat chain), a rule per logged forward, ahead of the lookup.
   for (const f of mapped.filter((f) => f.log)) {
     dnat.push(logRule(domain, f, { match: `${ip} daddr ${f.publicIp} `, comment }));
   }
-  // Labelled only where the map has the pair (see CT_LABEL): a lookup that misses must leave it unset.
+  // Labelled only where the map has the pair (see CT_LABEL): a lookup that misses must leave it unset. The check
+  // is against a set of the same keys without counters, so that the map's counter sees one lookup a connection.
   const pair = `${ip} daddr . meta l4proto . th dport`;
-  dnat.push(`${pair} @${map} ct label set ${CT_LABEL} dnat ${ip} to ${pair} map @${map} ${comment}`);
+  dnat.push(`${pair} @${pub} ct label set ${CT_LABEL} dnat ${ip} to ${pair} map @${map} ${comment}`);
   for (const from of unique(mapped.map((f) => f.hairpinFrom))) {
     snat.push(
       `${ip} saddr ${from} ct status dnat ${ip} daddr . meta l4proto . th dport @${set} masquerade ${comment}`,

@@ -48,10 +48,11 @@ Deno.test("nftDomainObjects() renders the example config: maps for pairs, rules 
       add chain inet libvirt_hook_qemu user_forward { type filter hook forward priority -10; policy accept; }
       add map inet libvirt_hook_qemu ${p}-dnat4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; counter; elements = { 203.0.113.7 . tcp . 2222 : 192.168.122.10 . 22, 203.0.113.7 . tcp . 443 : 192.168.122.10 . 443, 203.0.113.7 . udp . 51820 : 192.168.122.10 . 51820 }; }
       add set inet libvirt_hook_qemu ${p}-to4 { type ipv4_addr . inet_proto . inet_service; elements = { 192.168.122.10 . tcp . 22, 192.168.122.10 . tcp . 443, 192.168.122.10 . udp . 51820 }; }
+      add set inet libvirt_hook_qemu ${p}-pub4 { type ipv4_addr . inet_proto . inet_service; elements = { 203.0.113.7 . tcp . 2222, 203.0.113.7 . tcp . 443, 203.0.113.7 . udp . 51820 }; }
       add set inet libvirt_hook_qemu ${p}-br4 { type ifname; elements = { "virbr0" }; }
       add chain inet libvirt_hook_qemu ${p}-dnat
       add chain inet libvirt_hook_qemu ${p}-snat
-      add rule inet libvirt_hook_qemu ${p}-dnat ip daddr . meta l4proto . th dport @${p}-dnat4 ct label set 127 dnat ip to ip daddr . meta l4proto . th dport map @${p}-dnat4 ${c}
+      add rule inet libvirt_hook_qemu ${p}-dnat ip daddr . meta l4proto . th dport @${p}-pub4 ct label set 127 dnat ip to ip daddr . meta l4proto . th dport map @${p}-dnat4 ${c}
       add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.7 udp dport 30000-30099 ct label set 127 dnat ip to 192.168.122.10 ${c}
       add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr . meta l4proto . th dport @${p}-to4 masquerade ${c}
       add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr 192.168.122.10 udp dport 30000-30099 masquerade ${c}
@@ -306,7 +307,7 @@ Deno.test('nftDomainObjects() gives a forward on "*", on one interface or named 
   assert.deepEqual(rules, [
     `add map inet libvirt_hook_qemu ${p}-dnat4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . ` +
     "inet_service; counter; elements = { 203.0.113.7 . tcp . 22 : 192.168.122.10 . 22 }; }",
-    `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr . meta l4proto . th dport @${p}-dnat4 ct label set 127 ` +
+    `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr . meta l4proto . th dport @${p}-pub4 ct label set 127 ` +
     `dnat ip to ip daddr . meta l4proto . th dport map @${p}-dnat4 ${c}`,
     `add rule inet libvirt_hook_qemu ${p}-dnat fib daddr type local ip daddr != 127.0.0.0/8 iifname "eth1" ` +
     'tcp dport 8080 ct label set 127 dnat ip to 192.168.122.10:80 comment "web shop"',
@@ -407,7 +408,7 @@ Deno.test('nftDomainObjects() logs each new connection of a "log" entry, rate-li
   );
   assert.deepEqual(rules.map((l) => l.slice(`add rule inet libvirt_hook_qemu ${p}-dnat `.length)), [
     `ip daddr 203.0.113.7 tcp dport 2222 limit rate 10/minute burst 5 packets log prefix "lvh web1 tcp/2222: " ${c}`,
-    `ip daddr . meta l4proto . th dport @${p}-dnat4 ct label set 127 dnat ip to ip daddr . meta l4proto . th dport ` +
+    `ip daddr . meta l4proto . th dport @${p}-pub4 ct label set 127 dnat ip to ip daddr . meta l4proto . th dport ` +
     `map @${p}-dnat4 ${c}`,
     `ip daddr 203.0.113.7 udp dport 3000-3001 limit rate 10/minute burst 5 packets log prefix "lvh web1 udp/3000: " ${c}`,
     `ip daddr 203.0.113.7 udp dport 3000-3001 ct label set 127 dnat ip to 192.168.122.10 ${c}`,

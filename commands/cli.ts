@@ -64,8 +64,8 @@ listed as comments. Touches nothing.`,
 Reads our live rules from the firewall and prints each forward as proto public:port -> private:port [from src].
 Forwards that the current config does not explain are flagged.`,
   metrics: `Usage: qemu metrics [--config FILE]
-Prints each live forward's counters in the Prometheus text format: new connections (both backends), and the
-packets and bytes of its connections (iptables), labelled domain, proto, public_ip, public_port and target. For
+Prints each live forward's counters in the Prometheus text format: its new connections (both backends),
+labelled domain, proto, public_ip, public_port and target. For
 node_exporter's textfile collector: qemu metrics > /var/lib/node_exporter/lvh.prom.$$ && mv the file into place.`,
   apply: `Usage: qemu apply <domain> [--config FILE]
 Applies the domain's forwards from the current config and the guest's current XML (its metadata as "virsh

@@ -74,13 +74,10 @@ for (const v of VARIANTS) {
         const used = counted(2222)!, unused = counted(8080)!;
         assert.equal(used.connections, 3);
         assert.equal(unused.connections, 0);
-        if (v.backend === "iptables") {
-          // Each connection: the handshake, the guest's line, the close, both ways: more than 3 * 4 packets.
-          assert.ok(used.packets! >= 12 && used.bytes! > used.packets! * 40, JSON.stringify(used));
-          assert.deepEqual([unused.packets, unused.bytes], [0, 0]);
-        } else assert.deepEqual(Object.keys(used), ["connections"]);
+        // Packets and bytes are not counted per forward: one accept serves every forward of the domain.
+        assert.deepEqual(Object.keys(used), ["connections"]);
         const text = (await run(lab, file, ["status"])).stdout;
-        assert.match(text, /:2222 -> 192\.168\.122\.10:22\n {4}3 connections(, \d+ packets, \d+ bytes)?\n/);
+        assert.match(text, /:2222 -> 192\.168\.122\.10:22\n {4}3 connections\n/);
         const metrics = (await run(lab, file, ["metrics"])).stdout;
         assert.match(
           metrics,
