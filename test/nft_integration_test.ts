@@ -216,9 +216,10 @@ Deno.test({
         assert.deepEqual(
           v4.split("\n").filter((l) => /^-A LVH-\w+-FWD /.test(l)).map((l) => l.replace(/LVH-\w+-/, "LVH-x-"))
             .sort(),
-          ["g1", "g2"].map((d) =>
-            `-A LVH-x-FWD -m connlabel --label "127" -m comment --comment "libvirt-hook-qemu:1:${d}" -j ACCEPT`
-          ),
+          ["g1", "g2"].flatMap((d) => [
+            `-A LVH-x-FWD -m connlabel --label "127" -m comment --comment "libvirt-hook-qemu:1:${d}" -j ACCEPT`,
+            `-A LVH-x-FWD -m conntrack --ctstate DNAT -m comment --comment "libvirt-hook-qemu:1:${d}" -j LVH-USER`,
+          ]).sort(),
         );
         assert.match(await lab.nftRuleset(), / ct label set 127 dnat ip to /);
       });
