@@ -142,7 +142,7 @@ function ruledForward(
   dnat.push(
     `${match}${f.protocol} dport ${
       ports(f.publicPort)
-    } ct label set ${CT_LABEL} dnat ${ip} to ${target} ${named}`,
+    } ct label set ${CT_LABEL} counter dnat ${ip} to ${target} ${named}`,
   );
   snat.push(
     `${ip} saddr ${f.hairpinFrom} ct status dnat ${ip} daddr ${f.privateIp} ${f.protocol} dport ${

@@ -243,7 +243,7 @@ export function nftLiveForwards(live: NftLive): LiveForward[] {
 function dnatForward(r: NftRule, domain: string): LiveForward | undefined {
   let source: string | undefined, publicIp: string | undefined, protocol: string | undefined;
   let ports: string | undefined, dnat: { addr?: unknown; port?: number; family?: string } | undefined;
-  let dev: string | undefined, any = false;
+  let dev: string | undefined, any = false, counted: number | undefined;
   for (const e of r.expr as Record<string, Record<string, unknown>>[]) {
     const m = e.match as
       | {
@@ -268,6 +268,8 @@ function dnatForward(r: NftRule, domain: string): LiveForward | undefined {
         : undefined;
     }
     if (e.dnat) dnat = e.dnat as typeof dnat;
+    // The rule's own counter (a nat chain: each connection's first packet only): its new connections.
+    if (e.counter) counted = (e.counter as { packets?: number }).packets;
   }
   if (any) publicIp = "*";
   if (!dnat?.addr || !publicIp || !protocol || !ports) return undefined;
@@ -285,6 +287,7 @@ function dnatForward(r: NftRule, domain: string): LiveForward | undefined {
     ...(source === undefined ? {} : { source }),
     ...(dev === undefined ? {} : { dev }),
     ...(description === undefined ? {} : { description }),
+    ...(counted === undefined ? {} : { counters: { connections: counted } }),
   };
 }
 

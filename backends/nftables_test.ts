@@ -53,7 +53,7 @@ Deno.test("nftDomainObjects() renders the example config: maps for pairs, rules 
       add chain inet libvirt_hook_qemu ${p}-dnat
       add chain inet libvirt_hook_qemu ${p}-snat
       add rule inet libvirt_hook_qemu ${p}-dnat ip daddr . meta l4proto . th dport @${p}-pub4 ct label set 127 dnat ip to ip daddr . meta l4proto . th dport map @${p}-dnat4 ${c}
-      add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.7 udp dport 30000-30099 ct label set 127 dnat ip to 192.168.122.10 ${c}
+      add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.7 udp dport 30000-30099 ct label set 127 counter dnat ip to 192.168.122.10 ${c}
       add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr . meta l4proto . th dport @${p}-to4 masquerade ${c}
       add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr 192.168.122.10 udp dport 30000-30099 masquerade ${c}
       insert rule inet libvirt_hook_qemu prerouting jump ${p}-dnat ${c}
@@ -74,7 +74,7 @@ Deno.test("nftDomainObjects() restricts sources rule by rule, IPv6 with brackets
     `add rule inet libvirt_hook_qemu d${
       domainHash("v6")
     }-dnat ip6 saddr 2001:db8:99::/48 ip6 daddr 2001:db8:1::7 ` +
-      `tcp dport 2222 ct label set 127 dnat ip6 to [fd00:122::10]:22 comment "libvirt-hook-qemu:1:v6"`,
+      `tcp dport 2222 ct label set 127 counter dnat ip6 to [fd00:122::10]:22 comment "libvirt-hook-qemu:1:v6"`,
   ));
 });
 
@@ -248,7 +248,7 @@ Deno.test("nftDomainObjects() maps a range to other ports of the guest port by p
   const c = 'comment "libvirt-hook-qemu:1:shift"';
   const rules = nftDomainObjects("shift", f).filter((l) => l.startsWith("add rule"));
   assert.deepEqual(rules, [
-    `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.7 tcp dport 30000-30002 ct label set 127 dnat ip to tcp dport map ` +
+    `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.7 tcp dport 30000-30002 ct label set 127 counter dnat ip to tcp dport map ` +
     `{ 30000 : 192.168.122.10 . 40000, 30001 : 192.168.122.10 . 40001, 30002 : 192.168.122.10 . 40002 } ${c}`,
     `add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr 192.168.122.10 ` +
     `tcp dport 40000-40002 masquerade ${c}`,
@@ -310,9 +310,9 @@ Deno.test('nftDomainObjects() gives a forward on "*", on one interface or named 
     `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr . meta l4proto . th dport @${p}-pub4 ct label set 127 ` +
     `dnat ip to ip daddr . meta l4proto . th dport map @${p}-dnat4 ${c}`,
     `add rule inet libvirt_hook_qemu ${p}-dnat fib daddr type local ip daddr != 127.0.0.0/8 iifname "eth1" ` +
-    'tcp dport 8080 ct label set 127 dnat ip to 192.168.122.10:80 comment "web shop"',
+    'tcp dport 8080 ct label set 127 counter dnat ip to 192.168.122.10:80 comment "web shop"',
     `add rule inet libvirt_hook_qemu ${p}-dnat fib daddr type local ip6 daddr != ::1 udp dport 53 ` +
-    `ct label set 127 dnat ip6 to [fd00:122::10]:53 ${c}`,
+    `ct label set 127 counter dnat ip6 to [fd00:122::10]:53 ${c}`,
     `add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr . meta l4proto . ` +
     `th dport @${p}-to4 masquerade ${c}`,
     `add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr 192.168.122.10 ` +
@@ -363,9 +363,9 @@ Deno.test("nftDomainObjects() sends every port of an all_ports address to the gu
     nftDomainObjects("vm", f).filter((l) => l.startsWith(`add rule inet libvirt_hook_qemu ${p}-dnat`)),
     [
       `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 tcp dport { 25, 587 } return ${c}`,
-      `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 tcp dport 1-65535 ct label set 127 dnat ip to 192.168.122.10 ${c}`,
+      `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 tcp dport 1-65535 ct label set 127 counter dnat ip to 192.168.122.10 ${c}`,
       `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 udp dport { 1000-1009 } return ${c}`,
-      `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 udp dport 1-65535 ct label set 127 dnat ip to 192.168.122.10 ${c}`,
+      `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 udp dport 1-65535 ct label set 127 counter dnat ip to 192.168.122.10 ${c}`,
     ],
   );
 });
@@ -411,7 +411,7 @@ Deno.test('nftDomainObjects() logs each new connection of a "log" entry, rate-li
     `ip daddr . meta l4proto . th dport @${p}-pub4 ct label set 127 dnat ip to ip daddr . meta l4proto . th dport ` +
     `map @${p}-dnat4 ${c}`,
     `ip daddr 203.0.113.7 udp dport 3000-3001 limit rate 10/minute burst 5 packets log prefix "lvh web1 udp/3000: " ${c}`,
-    `ip daddr 203.0.113.7 udp dport 3000-3001 ct label set 127 dnat ip to 192.168.122.10 ${c}`,
+    `ip daddr 203.0.113.7 udp dport 3000-3001 ct label set 127 counter dnat ip to 192.168.122.10 ${c}`,
   ]);
 });
 

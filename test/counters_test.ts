@@ -58,12 +58,17 @@ for (const v of VARIANTS) {
         await Deno.writeTextFile(
           file,
           `{"/settings": {"backend": "${v.backend}"},
-            "g1": {"private_ip": "${A.g1v4}", "port_map": {"tcp": [[2222, 22], [8080, 80]]}}}`,
+            "g1": [{"private_ip": "${A.g1v4}", "port_map": {"tcp": [[2222, 22], [8080, 80]]}},
+                   {"private_ip": "${A.g1v4}", "description": "shop", "port_map": {"tcp": [[2223, 22]]}}]}`,
         );
         await lab.serve(lab.ns.g1, "tcp", 22, "g1");
         await run(lab, file, ["g1", "start", "begin", "-"], "g1");
         for (let i = 0; i < 3; i++) {
           assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
+        }
+        // A forward with a description is a rule of its own on nftables (not a map element): counted by its rule.
+        for (let i = 0; i < 2; i++) {
+          assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2223), `g1 ${A.client4}`);
         }
         const status = JSON.parse((await run(lab, file, ["status", "--json"])).stdout);
         const forwards = status.domains[0].forwards as {
@@ -74,6 +79,7 @@ for (const v of VARIANTS) {
         const used = counted(2222)!, unused = counted(8080)!;
         assert.equal(used.connections, 3);
         assert.equal(unused.connections, 0);
+        assert.equal(counted(2223)?.connections, 2);
         // Packets and bytes are not counted per forward: one accept serves every forward of the domain.
         assert.deepEqual(Object.keys(used), ["connections"]);
         const text = (await run(lab, file, ["status"])).stdout;
