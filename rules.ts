@@ -284,7 +284,7 @@ async function removeAtOnce(domain: string, state: FirewallState, deps: ApplyDep
   return removal.changes;
 }
 
-/** The filter part of a domain's rules (its accept, `count`: 1 or none): what iptables' FORWARD gets of them. */
+/** A domain's filter rules (the jump to LVH-USER and the accept, `count`: 2 or none): what FORWARD gets. */
 function filterOnly(rules: RuleLines, count: number): Built[Family] {
   const filter: RuleLines = {
     chains: rules.chains.filter((c) => c.table === "filter"),
