@@ -5,36 +5,15 @@
  */
 
 import assert from "node:assert/strict";
-import { canRunLab, createLab, type Lab, LAB_ADDR as A } from "./lab.ts";
+import { canRunLab, createLab, LAB_ADDR as A } from "./lab.ts";
+import { runInLab } from "./lab_hook.ts";
 
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const can = await canRunLab();
 const nft = can.ok &&
   (await new Deno.Command("nft", { args: ["--version"] }).output().catch(() => undefined))?.success;
 if (!can.ok) console.log(`Skipping the counters namespace tests: ${can.reason}`);
 else if (!nft) {
   console.log("Skipping the counters namespace tests on libvirt's nftables: nft is not installed");
-}
-
-const XML = (name: string) =>
-  `<domain type='kvm'><name>${name}</name><devices><interface type='network'>` +
-  `<source network='default' bridge='virbr0'/><target dev='vnet0'/></interface></devices></domain>`;
-
-/** Runs the hook (or a command) in the lab's host with `file` as the config, as libvirt runs it. */
-async function run(lab: Lab, file: string, args: string[], domain = "") {
-  const r = await lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, ...args], {
-    stdin: XML(domain),
-    clearEnv: true,
-    env: {
-      LC_ALL: "C",
-      PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-      CONFIG_FILENAME: file,
-    },
-    cwd: "/",
-    timeoutMs: 30_000,
-  });
-  assert.equal(r.code, 0, r.stderr);
-  return r;
 }
 
 const VARIANTS = [
@@ -62,7 +41,7 @@ for (const v of VARIANTS) {
                    {"private_ip": "${A.g1v4}", "description": "shop", "port_map": {"tcp": [[2223, 22]]}}]}`,
         );
         await lab.serve(lab.ns.g1, "tcp", 22, "g1");
-        await run(lab, file, ["g1", "start", "begin", "-"], "g1");
+        await runInLab(lab, file, ["g1", "start", "begin", "-"], "g1");
         for (let i = 0; i < 3; i++) {
           assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
         }
@@ -70,7 +49,7 @@ for (const v of VARIANTS) {
         for (let i = 0; i < 2; i++) {
           assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2223), `g1 ${A.client4}`);
         }
-        const status = JSON.parse((await run(lab, file, ["status", "--json"])).stdout);
+        const status = JSON.parse((await runInLab(lab, file, ["status", "--json"])).stdout);
         const forwards = status.domains[0].forwards as {
           forward: string;
           counters?: Record<string, number>;
@@ -82,9 +61,9 @@ for (const v of VARIANTS) {
         assert.equal(counted(2223)?.connections, 2);
         // Packets and bytes are not counted per forward: one accept serves every forward of the domain.
         assert.deepEqual(Object.keys(used), ["connections"]);
-        const text = (await run(lab, file, ["status"])).stdout;
+        const text = (await runInLab(lab, file, ["status"])).stdout;
         assert.match(text, /:2222 -> 192\.168\.122\.10:22\n {4}3 connections\n/);
-        const metrics = (await run(lab, file, ["metrics"])).stdout;
+        const metrics = (await runInLab(lab, file, ["metrics"])).stdout;
         assert.match(
           metrics,
           new RegExp(
@@ -94,7 +73,7 @@ for (const v of VARIANTS) {
           ),
         );
         assert.match(metrics, /^# TYPE libvirt_hook_qemu_forward_connections_total counter$/m);
-        await run(lab, file, ["g1", "stopped", "end", "-"], "g1");
+        await runInLab(lab, file, ["g1", "stopped", "end", "-"], "g1");
       } finally {
         await lab.close();
         await Deno.remove(file);

@@ -7,9 +7,9 @@
  */
 
 import assert from "node:assert/strict";
-import { canRunLab, createLab, type Lab, LAB_ADDR as A } from "./lab.ts";
+import { canRunLab, createLab, LAB_ADDR as A } from "./lab.ts";
+import { runInLab } from "./lab_hook.ts";
 
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const SYSCTL = "/proc/sys/net/netfilter/nf_log_all_netns";
 const can = await canRunLab();
 const nft = can.ok &&
@@ -26,27 +26,6 @@ const skip = !can.ok
   : undefined;
 if (skip) console.log(`Skipping the log namespace tests: ${skip}`);
 else if (!nft) console.log("Skipping the log namespace tests on libvirt's nftables: nft is not installed");
-
-const XML = (name: string) =>
-  `<domain type='kvm'><name>${name}</name><devices><interface type='network'>` +
-  `<source network='default' bridge='virbr0'/><target dev='vnet0'/></interface></devices></domain>`;
-
-/** Runs the hook (or a command) in the lab's host with `file` as the config, as libvirt runs it. */
-async function run(lab: Lab, file: string, args: string[], domain = "") {
-  const r = await lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, ...args], {
-    stdin: XML(domain),
-    clearEnv: true,
-    env: {
-      LC_ALL: "C",
-      PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-      CONFIG_FILENAME: file,
-    },
-    cwd: "/",
-    timeoutMs: 30_000,
-  });
-  assert.equal(r.code, 0, r.stderr);
-  return r;
-}
 
 /** The kernel log's lines with `prefix` (a port of this run's own, so no other test's lines count). */
 async function logged(prefix: string): Promise<string[]> {
@@ -82,7 +61,7 @@ for (const v of VARIANTS) {
             "g1": {"private_ip": "${A.g1v4}", "log": true, "port_map": {"tcp": [[${port}, 22]]}}}`,
         );
         await lab.serve(lab.ns.g1, "tcp", 22, "g1");
-        await run(lab, file, ["g1", "start", "begin", "-"], "g1");
+        await runInLab(lab, file, ["g1", "start", "begin", "-"], "g1");
         const prefix = `lvh g1 tcp/${port}: `;
         for (let i = 0; i < 3; i++) {
           assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, port), `g1 ${A.client4}`);
@@ -97,7 +76,7 @@ for (const v of VARIANTS) {
         for (let i = 0; i < 5; i++) await lab.connect(lab.ns.client, "tcp", A.hostPub4, port);
         const eight = (await logged(prefix)).length;
         assert.ok(eight >= 5 && eight <= 6, `${eight} lines for 8 connections`);
-        await run(lab, file, ["g1", "stopped", "end", "-"], "g1");
+        await runInLab(lab, file, ["g1", "stopped", "end", "-"], "g1");
       } finally {
         await Deno.writeTextFile(SYSCTL, before);
         await lab.close();

@@ -8,8 +8,8 @@
 
 import assert from "node:assert/strict";
 import { canRunLab, createLab, type Lab, LAB_ADDR as A } from "./lab.ts";
+import { execInLab } from "./lab_hook.ts";
 
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const can = await canRunLab();
 const has = async (program: string, args: string[]) =>
   (await new Deno.Command(program, { args, stdout: "null", stderr: "null" }).output().catch(() => undefined))
@@ -22,23 +22,9 @@ else if (!nft) {
   console.log("Skipping the fail2ban namespace tests on libvirt's nftables: nft is not installed");
 }
 
-const XML = (name: string) =>
-  `<domain type='kvm'><name>${name}</name><devices><interface type='network'>` +
-  `<source network='default' bridge='virbr0'/><target dev='vnet0'/></interface></devices></domain>`;
-
 /** Runs the hook (or a command) in the lab's host with `file` as the config, as libvirt runs it. */
 async function run(lab: Lab, file: string, args: string[], domain = "") {
-  const r = await lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, ...args], {
-    stdin: XML(domain),
-    clearEnv: true,
-    env: {
-      LC_ALL: "C",
-      PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-      CONFIG_FILENAME: file,
-    },
-    cwd: "/",
-    timeoutMs: 30_000,
-  });
+  const r = await execInLab(lab, file, args, domain);
   assert.equal(r.stdout, "", "the hook writes nothing to stdout");
   return r;
 }

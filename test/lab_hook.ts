@@ -1,0 +1,34 @@
+/** Runs the hook, or one of its commands, inside a lab's host as libvirt runs it: a clean environment, XML on stdin. */
+
+import assert from "node:assert/strict";
+import type { Lab } from "./lab.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+
+/** A guest's domain XML with one interface on the lab's libvirt network (virbr0, tap vnet0). */
+export function labXml(name: string): string {
+  return `<domain type='kvm'><name>${name}</name><devices><interface type='network'>` +
+    `<source network='default' bridge='virbr0'/><target dev='vnet0'/></interface></devices></domain>`;
+}
+
+/** Runs main.ts with `args` in the lab's host, `file` as the config, and asserts it succeeded. */
+export async function runInLab(lab: Lab, file: string, args: string[], domain = "") {
+  const r = await execInLab(lab, file, args, domain);
+  assert.equal(r.code, 0, r.stderr);
+  return r;
+}
+
+/** Runs main.ts with `args` in the lab's host, `file` as the config, the guest `domain`'s XML on its stdin. */
+export function execInLab(lab: Lab, file: string, args: string[], domain = "") {
+  return lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, ...args], {
+    stdin: labXml(domain),
+    clearEnv: true,
+    env: {
+      LC_ALL: "C",
+      PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+      CONFIG_FILENAME: file,
+    },
+    cwd: "/",
+    timeoutMs: 30_000,
+  });
+}
