@@ -97,12 +97,13 @@ export function ruleLines(
   }
   // Every line ends with a newline; the text has none at its end.
   snat[snat.length - 1] = "";
-  // The administrator's bans first (see USER_CHAIN): every DNATed connection, both ways, before our accept. Then
+  // The administrator's bans first (see USER_CHAIN): every connection our DNAT labelled, both ways (not other
+  // software's DNATed connections: Docker's are not ours to send there), before our accept. Then
   // one accept for every forward: the connections our DNAT translated carry our label (whichever backend
   // translated them), so no packet forwarded on the host walks a rule per forward (issue 25).
   const fwd = forwards.length === 0
     ? ""
-    : `-A ${c.fwd} -m conntrack --ctstate DNAT ${comment} -j ${USER_CHAIN}\n` +
+    : `-A ${c.fwd} -m connlabel --label ${CT_LABEL} ${comment} -j ${USER_CHAIN}\n` +
       `-A ${c.fwd} -m connlabel --label ${CT_LABEL} ${comment} -j ACCEPT`;
   const outbound = snats.length > 0 ? [{ table: "nat" as const, chain: c.snat, spec: "" }] : [];
   return {

@@ -45,7 +45,7 @@ Deno.test("renderSync() renders the example config as one iptables-restore batch
       :LVH-${h}-FWD - [0:0]
       :LVH-USER - [0:0]
       -I FORWARD ${c} -j LVH-${h}-FWD
-      -A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER
+      -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j LVH-USER
       -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT
       COMMIT
     `),
@@ -82,7 +82,7 @@ Deno.test('renderSync() puts a forward on "*" on every local address but loopbac
       :LVH-${h}-FWD - [0:0]
       :LVH-USER - [0:0]
       -I FORWARD ${c} -j LVH-${h}-FWD
-      -A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER
+      -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j LVH-USER
       -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT
       COMMIT
     `),
@@ -212,7 +212,7 @@ Deno.test("renderSync() renders IPv6 forwards for ip6tables-restore", () => {
       :LVH-${h}-FWD - [0:0]
       :LVH-USER - [0:0]
       -I FORWARD ${c} -j LVH-${h}-FWD
-      -A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER
+      -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j LVH-USER
       -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT
       COMMIT
     `),
@@ -256,7 +256,7 @@ Deno.test("renderSync() maps a range to other ports of the guest with DNAT's bas
       :LVH-${h}-FWD - [0:0]
       :LVH-USER - [0:0]
       -I FORWARD ${c} -j LVH-${h}-FWD
-      -A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER
+      -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j LVH-USER
       -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT
       COMMIT
     `),
@@ -286,7 +286,7 @@ Deno.test("renderSync() sends every port of an all_ports address to the guest, a
   ]);
   // The administrator's bans, then one accept, whatever the number of forwards: our DNAT labels what it translates.
   assert.deepEqual(lines.filter((l) => l.startsWith(`-A LVH-${h}-FWD`)), [
-    `-A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER`,
+    `-A LVH-${h}-FWD -m connlabel --label 127 ${c} -j LVH-USER`,
     `-A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT`,
   ]);
 });
@@ -343,7 +343,7 @@ Deno.test("renderSync() creates the administrator's LVH-USER where it is missing
     "*filter",
     `:LVH-${h}-FWD - [0:0]`,
     `-I FORWARD ${c} -j LVH-${h}-FWD`,
-    `-A LVH-${h}-FWD -m conntrack --ctstate DNAT ${c} -j LVH-USER`,
+    `-A LVH-${h}-FWD -m connlabel --label 127 ${c} -j LVH-USER`,
     `-A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT`,
   ]);
   assert.deepEqual(filter(false).slice(0, 3), ["*filter", `:LVH-${h}-FWD - [0:0]`, ":LVH-USER - [0:0]"]);

@@ -218,7 +218,7 @@ Deno.test({
             .sort(),
           ["g1", "g2"].flatMap((d) => [
             `-A LVH-x-FWD -m connlabel --label "127" -m comment --comment "libvirt-hook-qemu:1:${d}" -j ACCEPT`,
-            `-A LVH-x-FWD -m conntrack --ctstate DNAT -m comment --comment "libvirt-hook-qemu:1:${d}" -j LVH-USER`,
+            `-A LVH-x-FWD -m connlabel --label "127" -m comment --comment "libvirt-hook-qemu:1:${d}" -j LVH-USER`,
           ]).sort(),
         );
         assert.match(await lab.nftRuleset(), / ct label set 127 dnat ip to /);
