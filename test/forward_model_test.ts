@@ -5,6 +5,7 @@
  */
 
 import assert from "node:assert/strict";
+import { labFirewall } from "./lab_hook.ts";
 import { canRunLab, createLab, type Lab, LAB_ADDR as A } from "./lab.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -35,16 +36,6 @@ async function run(lab: Lab, file: string, args: string[], domain = "", stdin = 
   });
   assert.equal(r.stdout.startsWith("<"), false, "the hook never writes XML-like output");
   return r;
-}
-
-/** An nft ruleset with its tables in name order: a table libvirt re-creates is listed last, with the same rules. */
-function byTable(ruleset: string): string {
-  return ruleset.split(/^(?=table )/m).map((t) => t.trimEnd()).sort().join("\n");
-}
-
-/** Every rule of the lab's host: both iptables families, and nftables with its tables in name order. */
-async function firewall(lab: Lab): Promise<string> {
-  return `${await lab.ruleset(4)}\n${await lab.ruleset(6)}\n${byTable(await lab.nftRuleset())}`;
 }
 
 /** A lab wired as `options` say and a config file for it, handed to `fn`, both gone after it. */
@@ -93,7 +84,7 @@ for (const v of VARIANTS) {
                    "port_range": [{"init_port": 30000, "ports_num": 3, "protocol": "tcp", "to_port": 40000}]}}`,
         );
         for (const p of [40000, 40002]) await lab.serve(lab.ns.g1, "tcp", p, `g1-${p}`);
-        const pristine = await firewall(lab);
+        const pristine = await labFirewall(lab);
         const started = await run(lab, file, ["g1", "start", "begin", "-"], "g1");
         assert.equal(started.code, 0, started.stderr);
         for (const [pub, guest] of [[30000, 40000], [30002, 40002]] as const) {
@@ -109,7 +100,7 @@ for (const v of VARIANTS) {
           new RegExp(`tcp \\[${A.hostPub6}\\]:30000-30002 -> \\[${A.g1v6}\\]:40000-40002\\n`),
         );
         assert.equal((await run(lab, file, ["g1", "stopped", "end", "-"], "g1")).code, 0);
-        assert.equal(await firewall(lab), pristine);
+        assert.equal(await labFirewall(lab), pristine);
       });
     },
   });
@@ -138,7 +129,7 @@ for (const v of VARIANTS) {
         await lab.serve(lab.ns.g2, "tcp", 8080, "g2-8080");
         await lab.serve(lab.ns.g2, "tcp", 22, "g2-22");
         await lab.serve(lab.ns.g2, "udp", 5353, "g2-dns");
-        const pristine = await firewall(lab);
+        const pristine = await labFirewall(lab);
         for (const order of [["g1", "g2"], ["g2", "g1"]]) {
           for (const d of order) {
             const r = await run(lab, file, [d, "start", "begin", "-"], d);
@@ -164,7 +155,7 @@ for (const v of VARIANTS) {
           assert.match(status.stdout, new RegExp(`udp \\[${pub6}\\]:1-65535 -> \\[${A.g2v6}\\]:1-65535\\n`));
           for (const d of order) assert.equal((await run(lab, file, [d, "stopped", "end", "-"], d)).code, 0);
           assert.equal(
-            await firewall(lab),
+            await labFirewall(lab),
             pristine,
           );
         }
@@ -198,7 +189,7 @@ for (const v of VARIANTS) {
         const outgoing = (ns: string, ip: string) => lab.connect(ns, "tcp", ip, 9000);
         // libvirt's masquerade: the guests leave from the host's address.
         assert.equal(await outgoing(lab.ns.g1, A.client4), `client ${A.hostPub4}`);
-        const pristine = await firewall(lab);
+        const pristine = await labFirewall(lab);
         for (const d of ["g1", "g2"]) {
           const r = await run(lab, file, [d, "start", "begin", "-"], d);
           assert.equal(r.code, 0, r.stderr);
@@ -240,7 +231,7 @@ for (const v of VARIANTS) {
           assert.equal((await run(lab, file, [d, "stopped", "end", "-"], d)).code, 0);
         }
         assert.equal(
-          await firewall(lab),
+          await labFirewall(lab),
           pristine,
         );
         assert.equal(await outgoing(lab.ns.g1, A.client4), `client ${A.hostPub4}`);

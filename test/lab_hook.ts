@@ -32,3 +32,12 @@ export function execInLab(lab: Lab, file: string, args: string[], domain = "") {
     timeoutMs: 30_000,
   });
 }
+
+/**
+ * Every rule of the lab's host: both iptables families, and nftables with its tables in name order (a table
+ * libvirt re-creates is listed last, with the same rules).
+ */
+export async function labFirewall(lab: Lab): Promise<string> {
+  const tables = (await lab.nftRuleset()).split(/^(?=table )/m).map((t) => t.trimEnd()).sort().join("\n");
+  return `${await lab.ruleset(4)}\n${await lab.ruleset(6)}\n${tables}`;
+}

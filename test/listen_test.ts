@@ -7,6 +7,7 @@
  */
 
 import assert from "node:assert/strict";
+import { labFirewall } from "./lab_hook.ts";
 import { canRunLab, createLab, type Lab, LAB_ADDR as A } from "./lab.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -36,16 +37,6 @@ async function run(lab: Lab, file: string, args: string[], domain = "", env: Rec
   });
   assert.equal(r.stdout.startsWith("<"), false, "the hook never writes XML-like output");
   return r;
-}
-
-/** An nft ruleset with its tables in name order: a table libvirt re-creates is listed last, with the same rules. */
-function byTable(ruleset: string): string {
-  return ruleset.split(/^(?=table )/m).map((t) => t.trimEnd()).sort().join("\n");
-}
-
-/** Every rule of the lab's host: both iptables families, and nftables with its tables in name order. */
-async function firewall(lab: Lab): Promise<string> {
-  return `${await lab.ruleset(4)}\n${await lab.ruleset(6)}\n${byTable(await lab.nftRuleset())}`;
 }
 
 /** The config of these tests: g1 on "*" (named), and on "*" from pub0 only; `enabled` for the first entry. */
@@ -92,7 +83,7 @@ async function checkListen(lab: Lab, file: string, backend: string): Promise<voi
   await host(["ip", "address", "add", "203.0.113.2/24", "dev", "pub0"]);
   await lab.serve(lab.ns.g1, "tcp", 80, "g1");
   await lab.serve(lab.ns.host, "tcp", 8080, "host");
-  const pristine = await firewall(lab);
+  const pristine = await labFirewall(lab);
   const started = await run(lab, file, ["g1", "start", "begin", "-"], "g1");
   assert.equal(started.code, 0, started.stderr);
   for (const address of [A.hostPub4, "203.0.113.2"]) {
@@ -140,7 +131,7 @@ async function checkListen(lab: Lab, file: string, backend: string): Promise<voi
   assert.doesNotMatch(off, /:8080 ->/);
   await Deno.remove(running, { recursive: true });
   assert.equal((await run(lab, file, ["g1", "stopped", "end", "-"], "g1")).code, 0);
-  assert.equal(await firewall(lab), pristine);
+  assert.equal(await labFirewall(lab), pristine);
 }
 
 /** status, as text and as JSON: each forward on "*" with its interface and its description, as live. */

@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { canRunLab, createLab, type Lab, LAB_ADDR as A } from "./lab.ts";
-import { execInLab } from "./lab_hook.ts";
+import { execInLab, labFirewall } from "./lab_hook.ts";
 
 const can = await canRunLab();
 const has = async (program: string, args: string[]) =>
@@ -27,12 +27,6 @@ async function run(lab: Lab, file: string, args: string[], domain = "") {
   const r = await execInLab(lab, file, args, domain);
   assert.equal(r.stdout, "", "the hook writes nothing to stdout");
   return r;
-}
-
-/** Every rule of the lab's host: both iptables families, and nftables with its tables in name order. */
-async function firewall(lab: Lab): Promise<string> {
-  const tables = (await lab.nftRuleset()).split(/^(?=table )/m).map((t) => t.trimEnd()).sort().join("\n");
-  return `${await lab.ruleset(4)}\n${await lab.ruleset(6)}\n${tables}`;
 }
 
 /**
@@ -147,7 +141,7 @@ for (const v of VARIANTS) {
             "g1": {"private_ip": "${A.g1v4}", "private_ipv6": "${A.g1v6}", "port_map": {"tcp": [[2222, 22]]}}}`,
         );
         await lab.serve(lab.ns.g1, "tcp", 22, "g1");
-        const pristine = await firewall(lab);
+        const pristine = await labFirewall(lab);
         const start = async () =>
           assert.equal((await run(lab, file, ["g1", "start", "begin", "-"], "g1")).code, 0);
         const stop = async () =>
@@ -198,7 +192,7 @@ for (const v of VARIANTS) {
         assert.equal((await server.status).success, true);
         server = undefined;
         await stop();
-        const left = await firewall(lab);
+        const left = await labFirewall(lab);
         assert.doesNotMatch(left, /LVH-|libvirt_hook_qemu|f2b/);
         if (v.libvirt === "nftables" && v.backend === "iptables") {
           // iptables-nft's filter tables, which our first start created on this host, were used by fail2ban too
