@@ -229,9 +229,11 @@ Deno.test("startBatches() are the very batches syncDomain() runs, for every host
                 assert.match(plan, /libvirt_network guest_input/);
               }
               if (backend === "nftables") {
-                // Our table translates, labelling what it translates; iptables' FORWARD gets the one accept.
+                // Our table translates, labelling what it translates; iptables' FORWARD gets our gate, which
+                // lets the labelled connections alone into the domain's accept.
                 assert.match(plan, / ct label set 127 (counter )?dnat /);
-                assert.match(plan, /\n-A LVH-\w+-FWD -m connlabel --label 127 -m comment /);
+                assert.match(plan, /\n-I FORWARD -m connlabel --label 127 -j LVH-FORWARD\n/);
+                assert.match(plan, /\n-A LVH-\w+-FWD -m comment --comment \S+ -j ACCEPT\n/);
                 assert.doesNotMatch(plan, /-j DNAT/);
               }
               if (backend === "nftables" && libvirt === "iptables" && kind === "snat") {

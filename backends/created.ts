@@ -2,7 +2,7 @@
 
 import { JUMP_CHAINS, type RuleLines } from "./iptables.ts";
 import type { Live } from "./iptables_live.ts";
-import { CHAIN_PREFIX } from "./names.ts";
+import { CHAIN_PREFIX, GATE_CHAIN } from "./names.ts";
 import type { Family } from "../system/address.ts";
 
 /**
@@ -29,8 +29,10 @@ export function createdBy(rules: RuleLines, family: Family, live: Live | undefin
   if (!live?.tables) return [];
   const out: string[] = [];
   for (const j of rules.jumps) {
+    // A jump into our gate needs the gate's rule in FORWARD (see GATE_CHAIN).
+    const chain = j.chain === GATE_CHAIN ? "FORWARD" : j.chain;
     if (!live.tables[j.table]) out.push(`${family} ${j.table}`);
-    if (live.tables[j.table]?.[j.chain] === undefined) out.push(`${family} ${j.table} ${j.chain}`);
+    if (live.tables[j.table]?.[chain] === undefined) out.push(`${family} ${j.table} ${chain}`);
   }
   return out;
 }

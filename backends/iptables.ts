@@ -1,8 +1,8 @@
 /** The iptables backend's text: a domain's rules as iptables-restore batches (sync, additions, rollback). */
 
 import { ANY_PUBLIC, type Forward, LOG_RATE, logPrefix, type Snat } from "./forward.ts";
-import { chainLine, chainOwner, type Live, Table, TABLES } from "./iptables_live.ts";
-import { chainNames, CT_LABEL, ruleComment, USER_CHAIN } from "./names.ts";
+import { chainLine, chainOwner, gateChange, type Live, Table, TABLES } from "./iptables_live.ts";
+import { chainNames, CT_LABEL, GATE_CHAIN, GATE_JUMP, ruleComment, USER_CHAIN } from "./names.ts";
 import { iptablesSourceMatches } from "./sources.ts";
 import type { Family } from "../system/address.ts";
 import { unique } from "../system/collections.ts";
@@ -97,14 +97,12 @@ export function ruleLines(
   }
   // Every line ends with a newline; the text has none at its end.
   snat[snat.length - 1] = "";
-  // The administrator's bans first (see USER_CHAIN): every connection our DNAT labelled, both ways (not other
-  // software's DNATed connections: Docker's are not ours to send there), before our accept. Then
-  // one accept for every forward: the connections our DNAT translated carry our label (whichever backend
-  // translated them), so no packet forwarded on the host walks a rule per forward (issue 25).
+  // The administrator's bans first (see USER_CHAIN), then the accept: only the connections our DNAT labelled
+  // (whichever backend translated them) come here, through our gate in FORWARD (see GATE_CHAIN), so no packet
+  // forwarded on the host walks a rule per forward, nor one per domain (issue 25).
   const fwd = forwards.length === 0
     ? ""
-    : `-A ${c.fwd} -m connlabel --label ${CT_LABEL} ${comment} -j ${USER_CHAIN}\n` +
-      `-A ${c.fwd} -m connlabel --label ${CT_LABEL} ${comment} -j ACCEPT`;
+    : `-A ${c.fwd} ${comment} -j ${USER_CHAIN}\n-A ${c.fwd} ${comment} -j ACCEPT`;
   const outbound = snats.length > 0 ? [{ table: "nat" as const, chain: c.snat, spec: "" }] : [];
   return {
     chains: translate
@@ -114,17 +112,18 @@ export function ruleLines(
         { table: "filter", chain: c.fwd, spec: "" },
       ]
       : [...outbound, ...(forwards.length > 0 ? [{ table: "filter" as const, chain: c.fwd, spec: "" }] : [])],
-    // Inserted at the top: FORWARD must accept before libvirt's REJECT, and NAT must win over other tools'.
+    // Inserted at the top: NAT must win over other tools'; the gate's own rule goes on top of FORWARD, ahead of
+    // libvirt's REJECT (see renderSync).
     jumps: translate
       ? [
         jump("nat", "PREROUTING", c.dnat),
         jump("nat", "OUTPUT", c.dnat),
         jump("nat", "POSTROUTING", c.snat),
-        jump("filter", "FORWARD", c.fwd),
+        jump("filter", GATE_CHAIN, c.fwd),
       ]
       : [
         ...outbound.map(() => jump("nat", "POSTROUTING", c.snat)),
-        ...(forwards.length > 0 ? [jump("filter", "FORWARD", c.fwd)] : []),
+        ...(forwards.length > 0 ? [jump("filter", GATE_CHAIN, c.fwd)] : []),
       ],
     text: { nat: dnat.join("") + snat.join(""), filter: fwd },
     count: added + (translate ? forwards.length : 0) + (forwards.length === 0 ? 0 : 2) +
@@ -187,7 +186,7 @@ function commonParts(f: Forward, c: ReturnType<typeof chainNames>, comment: stri
   };
 }
 
-/** The built-in chains our jumps live in. */
+/** The built-in chains our jumps live in: FORWARD holds our gate's rule, which every domain's jump needs. */
 export const JUMP_CHAINS: [string, string][] = [["nat", "PREROUTING"], ["nat", "OUTPUT"], [
   "nat",
   "POSTROUTING",
@@ -215,26 +214,42 @@ export function renderSync(
     forwards?: Forward[];
     want?: RuleLines | undefined;
     additions?: Record<Table, string> | undefined;
-    /** Whether USER_CHAIN is live already: declaring it would flush the administrator's rules. */
+    /** Whether USER_CHAIN is live already: declaring it would flush the rules of the administrator. */
     userChain?: boolean;
     /** Delete USER_CHAIN too: the last of our domains goes and it is empty (see userChainGoes). */
     dropUser?: boolean;
   } = {},
 ): string | undefined {
-  if (want.count === 0 && current.chains.length === 0 && current.rules.length === 0) return undefined;
+  const gate = gateChange(current.gate, {
+    domain,
+    wanted: want.jumps.some((j) => j.chain === GATE_CHAIN),
+  });
+  if (
+    want.count === 0 && current.chains.length === 0 && current.rules.length === 0 && gate === undefined
+  ) return undefined;
   const out: string[] = [];
   for (const table of TABLES) {
     const wanted = want.chains.filter((c) => c.table === table).map((c) => c.chain);
     const liveChains = current.chains.filter((c) => c.table === table).map((c) => c.chain);
     const foreignRules = current.rules.filter((r) => r.table === table && !chainOwner(r.chain));
-    if (wanted.length === 0 && liveChains.length === 0 && foreignRules.length === 0) continue;
+    const gated = table === "filter" ? gate : undefined;
+    if (
+      wanted.length === 0 && liveChains.length === 0 && foreignRules.length === 0 && gated === undefined
+    ) continue;
     out.push(`*${table}`);
     for (const chain of unique([...wanted, ...liveChains])) out.push(chainLine(chain));
-    // Created where missing, never declared where it is: that would flush the administrator's rules.
+    // Created where missing, never declared where it is: that would flush the administrator's rules (and the
+    // gate's, the other domains' jumps).
     if (table === "filter" && wanted.length > 0 && !userChain) out.push(chainLine(USER_CHAIN));
+    if (gated === "create") out.push(chainLine(GATE_CHAIN));
     for (const r of foreignRules) out.push(`-D ${r.chain} ${r.spec}`);
+    const gateJump = current.gate?.jump;
+    if ((gated === "remove" || gated === "restore") && gateJump) out.push(`-D FORWARD ${gateJump.spec}`);
     for (const chain of unique(liveChains)) if (!wanted.includes(chain)) out.push(`-X ${chain}`);
+    if (gated === "remove") out.push(`-X ${GATE_CHAIN}`);
     if (table === "filter" && wanted.length === 0 && dropUser) out.push(`-X ${USER_CHAIN}`);
+    // The gate's rule on top of FORWARD: ahead of libvirt's REJECT and of every other tool's rules.
+    if (gated === "create" || gated === "restore") out.push(`-I FORWARD ${GATE_JUMP}`);
     if (additions[table]) out.push(additions[table]);
     out.push("COMMIT");
   }
@@ -277,9 +292,14 @@ export function renderRollback(
     if (!userChain && rules.some((r) => r.spec.endsWith(` -j ${USER_CHAIN}`))) {
       out.push(chainLine(USER_CHAIN));
     }
+    // The gate comes back with the domain's jump in it, where the clearing took it or it was not there.
+    const gate = rules.some((r) => r.chain === GATE_CHAIN) &&
+      (!now.gate?.chain || gateChange(now.gate, { domain, wanted: false }) === "remove");
+    if (gate) out.push(chainLine(GATE_CHAIN));
     for (const r of rules) if (chainOwner(r.chain)) out.push(`-A ${r.chain} ${r.spec}`);
     // Jumps were inserted at the top; inserting them in reverse order keeps their original relative order.
     for (const r of [...rules].reverse()) if (!chainOwner(r.chain)) out.push(`-I ${r.chain} ${r.spec}`);
+    if (gate) out.push(`-I FORWARD ${GATE_JUMP}`);
     out.push("COMMIT");
   }
   const text = clear + (out.length ? out.join("\n") + "\n" : "");

@@ -5,10 +5,11 @@ import type { Batch } from "./batch.ts";
 import { createdBy, recordCreated } from "./created.ts";
 import { renderRollback, renderSync } from "./iptables.ts";
 import type { Forward, LiveForward } from "./forward.ts";
-import { type Live, liveForwards, liveOf, parseSave, userChainGoes } from "./iptables_live.ts";
+import { gateChange, type Live, liveForwards, liveOf, parseSave, userChainGoes } from "./iptables_live.ts";
 import { type ApplyDeps, ApplyError, FAMILIES, type FirewallState } from "./state.ts";
 import type { Family } from "../system/address.ts";
 import { CommandError } from "../system/runner.ts";
+import { domainHash, GATE_CHAIN } from "./names.ts";
 import { readMembers } from "../system/sets.ts";
 import { ipsetRestore, setsUsed } from "./sources.ts";
 
@@ -54,10 +55,17 @@ export const iptablesBackend: FirewallBackend = {
           ? { undo: () => undoFamily(domain, deps, { family, before: mine }) }
           : {}),
       });
+      // Our gate's rule in FORWARD counts where this batch writes or deletes it (see gateChange).
+      const gate = gateChange(mine.gate, {
+        domain,
+        wanted: part.rules.jumps.some((j) => j.chain === GATE_CHAIN),
+      });
       changes.push({
         target: family === 4 ? "iptables" : "ip6tables",
-        removed: state.scope && mine.chains.length > 0 ? undefined : mine.rules.length,
-        added: part.rules.count + part.rules.jumps.length,
+        removed: state.scope && mine.chains.length > 0
+          ? undefined
+          : mine.rules.length + (gate === "remove" || gate === "restore" ? 1 : 0),
+        added: part.rules.count + part.rules.jumps.length + (gate === "create" || gate === "restore" ? 1 : 0),
       });
       if (state.scope) created.push(...createdBy(part.rules, family, all));
     }
@@ -101,8 +109,11 @@ export const iptablesBackend: FirewallBackend = {
       if (!live || !forwards.some((f) => f.family === family)) return false;
       const mine = liveOf(live, domain);
       if (mine.rules.some((r) => r.buried)) return true;
-      return live.forward !== undefined &&
-        !mine.rules.some((r) => r.table === "filter" && r.chain === "FORWARD");
+      // Our gate: its rule below another's or gone from a FORWARD that is there, or the domain's jump gone from it.
+      const gate = live.gate;
+      if (live.forward === undefined || gate === undefined) return false;
+      if (gate.jump?.buried || (gate.jump === null && live.forward !== undefined)) return true;
+      return gate.owners !== undefined && !gate.owners.includes(domainHash(domain));
     });
   },
 };

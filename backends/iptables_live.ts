@@ -9,6 +9,8 @@ import {
   COMMENT_TAG,
   commentDomain,
   domainHash,
+  GATE_CHAIN,
+  GATE_JUMP,
   hashOnly,
   ruleComment,
   USER_CHAIN,
@@ -34,10 +36,22 @@ export interface LiveRule {
   counters?: [number, number];
 }
 
+/** Our gate in filter FORWARD (see GATE_CHAIN), as far as it was read. */
+export interface Gate {
+  /** Whether GATE_CHAIN is there. */
+  chain: boolean;
+  /** Its rule in FORWARD; null: FORWARD was listed without it; undefined: FORWARD's rules were not listed. */
+  jump?: { spec: string; handle?: number; buried?: true } | null;
+  /** The domains (hashes) with a jump in it, where it was listed; undefined: not listed. */
+  owners?: string[];
+}
+
 /** What of ours is live in one family: our chains by table and the rules that concern them. */
 export interface Live {
   chains: { table: string; chain: string; owner: string }[];
   rules: LiveRule[];
+  /** Our gate in FORWARD, where the filter table's chains were read (see Gate). */
+  gate?: Gate;
   /** Whether libvirt's own chains (LIBVIRT_*) are there: libvirt uses its iptables backend. */
   libvirt?: boolean;
   /**
@@ -68,7 +82,8 @@ export interface Live {
 
 /** Extracts our chains and rules from iptables-save output; everything else is skipped unread. */
 export function parseSave(text: string): Live {
-  const live: Live = { chains: [], rules: [], user: false, userRules: 0 };
+  const gate: Gate = { chain: false, jump: null, owners: [] };
+  const live: Live = { chains: [], rules: [], user: false, userRules: 0, gate };
   let table = "", foreign = 0;
   // The built-in chains of ours where a rule of other software came first: a jump of ours after it is buried.
   const foreignFirst = new Set<string>();
@@ -101,6 +116,7 @@ export function parseSave(text: string): Live {
       const owner = chainOwner(chain);
       if (owner) live.chains.push({ table, chain, owner });
       if (table === "filter" && chain === USER_CHAIN) live.user = true;
+      if (table === "filter" && chain === GATE_CHAIN) gate.chain = true;
       continue;
     }
     if (!line.startsWith("-A ")) continue;
@@ -117,6 +133,10 @@ export function parseSave(text: string): Live {
     }
     const tokens = tokenize(spec);
     const target = tokens[tokens.indexOf("-j") + 1] ?? tokens[tokens.indexOf("-g") + 1];
+    if (table === "filter" && chain === "FORWARD" && target === GATE_CHAIN) {
+      gate.jump = { spec, ...(foreignFirst.has("filter FORWARD") ? { buried: true as const } : {}) };
+      continue;
+    }
     const commentAt = tokens.indexOf("--comment");
     const comment = commentAt >= 0 ? tokens[commentAt + 1] : undefined;
     const domain = comment === undefined ? undefined : commentDomain(comment);
@@ -126,6 +146,7 @@ export function parseSave(text: string): Live {
       foreignFirst.add(`${table} ${chain}`);
       continue;
     }
+    if (table === "filter" && chain === GATE_CHAIN) gate.owners!.push(owner);
     live.rules.push({
       table,
       chain,
@@ -203,7 +224,28 @@ export function listingsToSave(listings: { table: string; text: string }[]): str
 /** Keeps only what belongs to one domain. */
 export function liveOf(live: Live, domain: string): Live {
   const h = domainHash(domain);
-  return { chains: live.chains.filter((c) => c.owner === h), rules: live.rules.filter((r) => r.owner === h) };
+  return {
+    chains: live.chains.filter((c) => c.owner === h),
+    rules: live.rules.filter((r) => r.owner === h),
+    ...(live.gate ? { gate: live.gate } : {}),
+  };
+}
+
+/**
+ * What a sync of `domain` does with our gate (see GATE_CHAIN) in one family, from what is live (`gate`, as liveOf
+ * carries it) and whether the domain wants a jump in it: create it (chain and rule), put its rule back on top
+ * (missing, or below another's rule), remove it (the domain's jump was the last), or nothing. A gate whose other
+ * jumps were not listed is kept: only a read that saw it whole takes it away.
+ */
+export function gateChange(
+  gate: Gate | undefined,
+  { domain, wanted }: { domain: string; wanted: boolean },
+): "create" | "restore" | "remove" | undefined {
+  if (!gate?.chain) return wanted ? "create" : undefined;
+  const h = domainHash(domain);
+  const others = gate.owners === undefined ? 1 : gate.owners.filter((o) => o !== h).length;
+  if (!wanted && others === 0) return gate.jump === undefined ? undefined : "remove";
+  return gate.jump === null || gate.jump?.buried ? "restore" : undefined;
 }
 
 /** Reads the forwards back from our live DNAT rules; a domain is named by its rules' comment. */
@@ -332,8 +374,8 @@ export function ownChainsAndJumps(
   const ours = `${CHAIN_PREFIX}${owner}-`;
   // Every chain was listed: a table with none is not there.
   const out: Record<Family, Live> = {
-    4: { chains: [], rules: [], tables: {}, user: false },
-    6: { chains: [], rules: [], tables: {}, user: false },
+    4: { chains: [], rules: [], tables: {}, user: false, gate: { chain: false } },
+    6: { chains: [], rules: [], tables: {}, user: false, gate: { chain: false } },
   };
   for (const { kind, v, family } of iptablesItems(chains)) {
     if (kind !== "chain") continue;
@@ -342,6 +384,7 @@ export function ownChainsAndJumps(
     if (name.startsWith("LIBVIRT_")) out[family].libvirt = true;
     if (name.startsWith(ours)) out[family].chains.push({ table: String(v.table), chain: name, owner });
     if (v.table === "filter" && name === USER_CHAIN) out[family].user = true;
+    if (v.table === "filter" && name === GATE_CHAIN) out[family].gate!.chain = true;
     if (v.table === "filter" && name === "FORWARD") {
       out[family].forward = { policy: String(v.policy ?? "accept").toUpperCase() };
     }
@@ -353,6 +396,9 @@ export function ownChainsAndJumps(
     if (kind === "chain") (out[family].othersIn ??= {})[`${v.table} ${v.name}`] ??= { foreign: 0, ours: 0 };
     // The administrator's chain, listed: its rules are counted (see userChainGoes).
     if (kind === "chain" && v.table === "filter" && v.name === USER_CHAIN) out[family].userRules ??= 0;
+    // FORWARD listed: the gate's rule is known there or not; the gate listed: every domain's jump in it is known.
+    if (kind === "chain" && v.table === "filter" && v.name === "FORWARD") out[family].gate!.jump ??= null;
+    if (kind === "chain" && v.table === "filter" && v.name === GATE_CHAIN) out[family].gate!.owners ??= [];
     if (kind !== "rule") continue;
     const where = `${family} ${v.table} ${v.chain}`;
     const targets = ((v.expr ?? []) as { jump?: { target?: string } }[]).map((e) => e.jump?.target);
@@ -361,6 +407,18 @@ export function ownChainsAndJumps(
     if (!targets.some((t) => t?.startsWith(CHAIN_PREFIX))) count.foreign++;
     else if (!targets.some((t) => t?.startsWith(ours))) count.ours++;
     if (v.table === "filter" && v.chain === USER_CHAIN) out[family].userRules = count.foreign + count.ours;
+    if (v.table === "filter" && v.chain === "FORWARD" && targets.includes(GATE_CHAIN)) {
+      out[family].gate!.jump = {
+        spec: GATE_JUMP,
+        ...(typeof v.handle === "number" ? { handle: v.handle } : {}),
+        ...(foreignFirst.has(where) ? { buried: true as const } : {}),
+      };
+    }
+    if (v.table === "filter" && v.chain === GATE_CHAIN) {
+      for (const t of targets) {
+        if (t !== undefined && chainOwner(t)) (out[family].gate!.owners ??= []).push(chainOwner(t)!);
+      }
+    }
     for (const target of targets) {
       if (target === undefined || !target.startsWith(ours)) continue;
       out[family].rules.push({

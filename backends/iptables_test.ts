@@ -1,6 +1,6 @@
 /** The iptables backend's text: the exact iptables-restore batches each config produces. */
 
-import { buildRules, iptablesTools, renderSync, ruleLines } from "./iptables.ts";
+import { buildRules, iptablesTools, renderRollback, renderSync, ruleLines } from "./iptables.ts";
 import { describeForward, describePlan, logPrefix } from "./forward.ts";
 import { liveForwards, liveOf, parseSave, userChainGoes } from "./iptables_live.ts";
 import { domainHash } from "./names.ts";
@@ -44,9 +44,11 @@ Deno.test("renderSync() renders the example config as one iptables-restore batch
       *filter
       :LVH-${h}-FWD - [0:0]
       :LVH-USER - [0:0]
-      -I FORWARD ${c} -j LVH-${h}-FWD
-      -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j LVH-USER
-      -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT
+      :LVH-FORWARD - [0:0]
+      -I FORWARD -m connlabel --label 127 -j LVH-FORWARD
+      -I LVH-FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-${h}-FWD ${c} -j LVH-USER
+      -A LVH-${h}-FWD ${c} -j ACCEPT
       COMMIT
     `),
   );
@@ -81,9 +83,11 @@ Deno.test('renderSync() puts a forward on "*" on every local address but loopbac
       *filter
       :LVH-${h}-FWD - [0:0]
       :LVH-USER - [0:0]
-      -I FORWARD ${c} -j LVH-${h}-FWD
-      -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j LVH-USER
-      -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT
+      :LVH-FORWARD - [0:0]
+      -I FORWARD -m connlabel --label 127 -j LVH-FORWARD
+      -I LVH-FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-${h}-FWD ${c} -j LVH-USER
+      -A LVH-${h}-FWD ${c} -j ACCEPT
       COMMIT
     `),
   );
@@ -130,7 +134,7 @@ Deno.test("buildRules() declares every chain it jumps to, and fills only its own
     "nat PREROUTING",
     "nat OUTPUT",
     "nat POSTROUTING",
-    "filter FORWARD",
+    "filter LVH-FORWARD",
   ]);
 });
 
@@ -211,9 +215,11 @@ Deno.test("renderSync() renders IPv6 forwards for ip6tables-restore", () => {
       *filter
       :LVH-${h}-FWD - [0:0]
       :LVH-USER - [0:0]
-      -I FORWARD ${c} -j LVH-${h}-FWD
-      -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j LVH-USER
-      -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT
+      :LVH-FORWARD - [0:0]
+      -I FORWARD -m connlabel --label 127 -j LVH-FORWARD
+      -I LVH-FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-${h}-FWD ${c} -j LVH-USER
+      -A LVH-${h}-FWD ${c} -j ACCEPT
       COMMIT
     `),
   );
@@ -255,9 +261,11 @@ Deno.test("renderSync() maps a range to other ports of the guest with DNAT's bas
       *filter
       :LVH-${h}-FWD - [0:0]
       :LVH-USER - [0:0]
-      -I FORWARD ${c} -j LVH-${h}-FWD
-      -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j LVH-USER
-      -A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT
+      :LVH-FORWARD - [0:0]
+      -I FORWARD -m connlabel --label 127 -j LVH-FORWARD
+      -I LVH-FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-${h}-FWD ${c} -j LVH-USER
+      -A LVH-${h}-FWD ${c} -j ACCEPT
       COMMIT
     `),
   );
@@ -286,8 +294,8 @@ Deno.test("renderSync() sends every port of an all_ports address to the guest, a
   ]);
   // The administrator's bans, then one accept, whatever the number of forwards: our DNAT labels what it translates.
   assert.deepEqual(lines.filter((l) => l.startsWith(`-A LVH-${h}-FWD`)), [
-    `-A LVH-${h}-FWD -m connlabel --label 127 ${c} -j LVH-USER`,
-    `-A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT`,
+    `-A LVH-${h}-FWD ${c} -j LVH-USER`,
+    `-A LVH-${h}-FWD ${c} -j ACCEPT`,
   ]);
 });
 
@@ -335,16 +343,18 @@ Deno.test("renderSync() creates the administrator's LVH-USER where it is missing
   const h = domainHash("web1");
   const filter = (userChain: boolean) => {
     const text = renderSync("web1", { chains: [], rules: [] }, { forwards, userChain })!;
-    return text.slice(text.indexOf("*filter")).split("\n").slice(0, 5);
+    return text.slice(text.indexOf("*filter")).split("\n").slice(0, 7);
   };
   const c = "-m comment --comment libvirt-hook-qemu:1:web1";
   // Declaring a chain in iptables-restore flushes it: a live LVH-USER (with fail2ban's jumps) is only jumped to.
   assert.deepEqual(filter(true), [
     "*filter",
     `:LVH-${h}-FWD - [0:0]`,
-    `-I FORWARD ${c} -j LVH-${h}-FWD`,
-    `-A LVH-${h}-FWD -m connlabel --label 127 ${c} -j LVH-USER`,
-    `-A LVH-${h}-FWD -m connlabel --label 127 ${c} -j ACCEPT`,
+    ":LVH-FORWARD - [0:0]",
+    "-I FORWARD -m connlabel --label 127 -j LVH-FORWARD",
+    `-I LVH-FORWARD ${c} -j LVH-${h}-FWD`,
+    `-A LVH-${h}-FWD ${c} -j LVH-USER`,
+    `-A LVH-${h}-FWD ${c} -j ACCEPT`,
   ]);
   assert.deepEqual(filter(false).slice(0, 3), ["*filter", `:LVH-${h}-FWD - [0:0]`, ":LVH-USER - [0:0]"]);
   // A removal neither declares nor deletes it: it is the administrator's.
@@ -409,4 +419,84 @@ Deno.test("logPrefix() names the domain and the forward in at most 29 characters
       assert.match(got, /^lvh [A-Za-z0-9._-]+ tcp\/\d+: $/);
     });
   }
+});
+
+Deno.test("renderSync() keeps one gate in FORWARD for every domain, and takes it with the last domain's jump", async (t) => {
+  const { forwards } = forwardsOf(EXAMPLE, "web1");
+  const [h1, h2, h3] = [domainHash("web1"), domainHash("web2"), domainHash("web3")];
+  const c = (d: string) => `-m comment --comment "libvirt-hook-qemu:1:${d}"`;
+  const chain = (h: string, d: string) =>
+    `:LVH-${h}-FWD - [0:0]\n-A LVH-${h}-FWD ${c(d)} -j LVH-USER\n-A LVH-${h}-FWD ${c(d)} -j ACCEPT\n`;
+  // As iptables-save prints two running domains on a libvirt host; `gateFirst`: whether ours is still on top.
+  const saved = (domains: [string, string][], gateFirst = true) => {
+    const gate = "-A FORWARD -m connlabel --label 127 -j LVH-FORWARD\n";
+    const libvirt = "-A FORWARD -j LIBVIRT_FWX\n";
+    return "*filter\n:FORWARD ACCEPT [0:0]\n:LIBVIRT_FWX - [0:0]\n:LVH-FORWARD - [0:0]\n:LVH-USER - [0:0]\n" +
+      domains.map(([h, d]) => chain(h, d)).join("") + (gateFirst ? gate + libvirt : libvirt + gate) +
+      domains.map(([h, d]) => `-A LVH-FORWARD ${c(d)} -j LVH-${h}-FWD\n`).join("") + "COMMIT\n";
+  };
+  const two = parseSave(saved([[h2, "web2"], [h1, "web1"]]));
+  const filter = (text: string | undefined) => text!.slice(text!.indexOf("*filter"));
+
+  await t.step("the other domains' jumps stay, and the gate with them", () => {
+    assert.equal(
+      filter(renderSync("web1", liveOf(two, "web1"), { userChain: true })),
+      dedent(`
+        *filter
+        :LVH-${h1}-FWD - [0:0]
+        -D LVH-FORWARD ${c("web1")} -j LVH-${h1}-FWD
+        -X LVH-${h1}-FWD
+        COMMIT
+      `),
+    );
+  });
+  await t.step("the last domain's removal takes the gate's rule, then the gate", () => {
+    const one = parseSave(saved([[h2, "web2"]]));
+    assert.equal(
+      filter(renderSync("web2", liveOf(one, "web2"), { userChain: true })),
+      dedent(`
+        *filter
+        :LVH-${h2}-FWD - [0:0]
+        -D LVH-FORWARD ${c("web2")} -j LVH-${h2}-FWD
+        -D FORWARD -m connlabel --label 127 -j LVH-FORWARD
+        -X LVH-${h2}-FWD
+        -X LVH-FORWARD
+        COMMIT
+      `),
+    );
+  });
+  await t.step(
+    "a start joins the live gate without declaring it (that would flush the others' jumps)",
+    () => {
+      const text = filter(renderSync("web3", liveOf(two, "web3"), { forwards, userChain: true }));
+      assert.doesNotMatch(text, /:LVH-FORWARD|FORWARD -m connlabel/);
+      assert.match(
+        text,
+        new RegExp(`\\n-I LVH-FORWARD -m comment --comment libvirt-hook-qemu:1:web3 -j LVH-${h3}-FWD\\n`),
+      );
+    },
+  );
+  await t.step(
+    "a gate below another tool's rule (libvirt reloaded) goes back on top with the next sync",
+    () => {
+      const buried = parseSave(saved([[h2, "web2"], [h1, "web1"]], false));
+      assert.equal(buried.gate?.jump?.buried, true);
+      const lines = filter(renderSync("web1", liveOf(buried, "web1"), { forwards, userChain: true })).split(
+        "\n",
+      );
+      const del = lines.indexOf("-D FORWARD -m connlabel --label 127 -j LVH-FORWARD");
+      const ins = lines.indexOf("-I FORWARD -m connlabel --label 127 -j LVH-FORWARD");
+      assert.ok(del > 0 && ins > del, lines.join("\n"));
+      assert.ok(!lines.includes(":LVH-FORWARD - [0:0]"));
+    },
+  );
+  await t.step("a rollback puts the gate back where the removal took it", () => {
+    const one = parseSave(saved([[h1, "web1"]]));
+    const now = parseSave(
+      "*filter\n:FORWARD ACCEPT [0:0]\n:LVH-USER - [0:0]\n-A FORWARD -j LIBVIRT_FWX\nCOMMIT\n",
+    );
+    const text = renderRollback("web1", { before: liveOf(one, "web1"), now: liveOf(now, "web1") })!;
+    assert.match(text, /\n:LVH-FORWARD - \[0:0\]\n/);
+    assert.ok(text.trimEnd().endsWith("-I FORWARD -m connlabel --label 127 -j LVH-FORWARD\nCOMMIT"), text);
+  });
 });

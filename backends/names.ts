@@ -14,6 +14,15 @@ export const COMMENT_TAG = "libvirt-hook-qemu:";
 export const USER_CHAIN = "LVH-USER";
 
 /**
+ * Our gate in iptables' filter table (each family): FORWARD holds one rule of ours, `-m connlabel --label 127 -j
+ * LVH-FORWARD`, so only the connections our DNAT labelled (see CT_LABEL) enter this chain, which holds each domain's
+ * jump to its FWD chain (the jump to USER_CHAIN, then the accept). Every other packet forwarded on the host passes
+ * one rule of ours, however many domains and forwards (issue 25). It is there while it holds a domain's jump: the
+ * removal that takes the last one takes the gate with it.
+ */
+export const GATE_CHAIN = "LVH-FORWARD";
+
+/**
  * The administrator's base chain in our nftables table (`inet libvirt_hook_qemu user_forward`), at the forward hook
  * ahead of every accept (libvirt's, iptables-nft's and firewalld's sit at priority filter or later): a drop there
  * is final whatever accepts later. Declared with `add` (which never changes a chain that is there) by every batch
@@ -132,6 +141,9 @@ export const NFT_TABLE = "libvirt_hook_qemu";
  * label bits at the netfilter hooks (the highest of the kernel's 128).
  */
 export const CT_LABEL = 127;
+
+/** The gate's rule in FORWARD, as iptables-restore takes it and iptables-save prints it (see GATE_CHAIN). */
+export const GATE_JUMP = `-m connlabel --label ${CT_LABEL} -j ${GATE_CHAIN}`;
 
 /** libvirt's nftables table (libvirt >= 10.4 with its nftables backend), one per family. */
 export const LIBVIRT_TABLE = "libvirt_network";

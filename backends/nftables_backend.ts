@@ -7,8 +7,8 @@ import type { Change, Desired, FirewallBackend } from "./backend.ts";
 import { readCreated, uncreated, writeCreated } from "./created.ts";
 import { type Batch, nftBatch } from "./batch.ts";
 import type { Forward, LiveForward, Snat } from "./forward.ts";
-import { carriedDomain, USER_CHAIN } from "./names.ts";
-import { type Live, liveOf, userChainGoes } from "./iptables_live.ts";
+import { carriedDomain, GATE_CHAIN, USER_CHAIN } from "./names.ts";
+import { gateChange, type Live, liveOf, userChainGoes } from "./iptables_live.ts";
 import {
   bridgesOf,
   handedAccepts,
@@ -117,9 +117,24 @@ export function removeAtOnceBatches(
   deps: ApplyDeps,
 ): { batches: Batch[]; changes: Change[] } | undefined {
   const mine = {} as Record<Family, Live>;
+  const ipt = { ...state.ipt };
   for (const family of FAMILIES) {
     const all = state.ipt[family] ?? { chains: [], rules: [] };
     mine[family] = liveOf(all, domain);
+    // Our gate goes with the last jump in it (see gateChange): its rule in FORWARD, then the chain.
+    const gate = all.gate?.jump;
+    if (gateChange(all.gate, { domain, wanted: false }) === "remove" && gate) {
+      mine[family].rules.push({ table: "filter", chain: "FORWARD", owner: "", ...gate });
+      mine[family].chains.push({ table: "filter", chain: GATE_CHAIN, owner: "" });
+      // FORWARD no longer holds a rule of ours once the gate's goes (see uncreated).
+      const count = all.othersIn?.["filter FORWARD"];
+      if (count) {
+        ipt[family] = {
+          ...all,
+          othersIn: { ...all.othersIn, "filter FORWARD": { ...count, ours: count.ours - 1 } },
+        };
+      }
+    }
     // The administrator's chain goes with our last domain where it is empty (see userChainGoes).
     if (userChainGoes(all, domain)) {
       mine[family].chains.push({ table: "filter", chain: USER_CHAIN, owner: "" });
@@ -133,7 +148,7 @@ export function removeAtOnceBatches(
   const created = deps.hintDir === undefined || state.scope === "chains, no jumps"
     ? undefined
     : readCreated(deps.hintDir);
-  const uncreate = created ? uncreated(created, state, mine) : { commands: [], keep: [] };
+  const uncreate = created ? uncreated(created, { ipt }, mine) : { commands: [], keep: [] };
   const batch = nftBatch(deps.nft!, [...iptables, ...others, ...uncreate.commands]);
   if (!batch) return undefined;
   if (created && uncreate.keep.length !== created.length) {

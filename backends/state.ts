@@ -12,7 +12,7 @@ import {
   parseInteractive,
   parseSave,
 } from "./iptables_live.ts";
-import { chainNames, LIBVIRT_CHAIN, LIBVIRT_TABLE, NFT_TABLE, USER_CHAIN } from "./names.ts";
+import { chainNames, GATE_CHAIN, LIBVIRT_CHAIN, LIBVIRT_TABLE, NFT_TABLE, USER_CHAIN } from "./names.ts";
 import { bridgesOf } from "./nftables.ts";
 import { addNftItems, emptyNftLive, nftBridges, type NftLive } from "./nftables_live.ts";
 import { nftItems } from "./nft_json.ts";
@@ -215,8 +215,13 @@ async function readAtOnce(
     `list chain ip ${LIBVIRT_TABLE} ${LIBVIRT_CHAIN}`,
     `list chain ip6 ${LIBVIRT_TABLE} ${LIBVIRT_CHAIN}`,
     ...(deps.acceptIn ?? []).map((gate) => `list chain ${gate}`),
-    // A removal may delete the administrator's chain where it is empty and unused (see userChainGoes).
-    ...(jumps ? FAMILIES.map((f) => `list chain ${NFT_FAMILY[f]} filter ${USER_CHAIN}`) : []),
+    // A removal may delete the administrator's chain where it is empty and unused (see userChainGoes), and our
+    // gate where it held the domain's jump alone (see gateChange).
+    ...(jumps
+      ? FAMILIES.flatMap((f) =>
+        [USER_CHAIN, GATE_CHAIN].map((c) => `list chain ${NFT_FAMILY[f]} filter ${c}`)
+      )
+      : []),
     // A removal may delete a table we created: every chain of it must be known empty first.
     ...(jumps && deps.hintDir !== undefined ? createdListings(readCreated(deps.hintDir)) : []),
   ];
@@ -268,6 +273,8 @@ async function readChains(
     ["filter", c.fwd, false],
     // Whether the administrator's chain is there: a start creates it where it is not (see USER_CHAIN).
     ["filter", USER_CHAIN, false],
+    // Our gate, with every domain's jump in it (see gateChange).
+    ["filter", GATE_CHAIN, false],
   ];
   const results = await Promise.all(
     wanted.map(([table, chain]) => runner.run([...tools.list, "-t", table, "-S", chain])),

@@ -46,6 +46,7 @@ const VM1_HOST: NftHost = {
     chain("ip", "nat", `LVH-${H}-SNAT`),
     chain("ip", "nat", `LVH-${domainHash("other")}-DNAT`),
     chain("ip", "filter", `LVH-${H}-FWD`),
+    chain("ip", "filter", "LVH-FORWARD"),
     chain("ip", "filter", "LIBVIRT_FWI"),
   ),
   "list chain ip nat PREROUTING": doc(
@@ -57,7 +58,8 @@ const VM1_HOST: NftHost = {
     jump("ip", "nat", "POSTROUTING", `LVH-${H}-SNAT`, 103),
     jump("ip", "nat", "POSTROUTING", "LVH-0000-SNAT"),
   ),
-  "list chain ip filter FORWARD": doc(jump("ip", "filter", "FORWARD", `LVH-${H}-FWD`, 104)),
+  "list chain ip filter FORWARD": doc(jump("ip", "filter", "FORWARD", "LVH-FORWARD", 104)),
+  "list chain ip filter LVH-FORWARD": doc(jump("ip", "filter", "LVH-FORWARD", `LVH-${H}-FWD`, 105)),
 };
 
 /** The same host with nothing of vm1: only `list chains` and the chains of iptables' nat and filter tables. */
@@ -80,7 +82,9 @@ const READ_WITH_JUMPS = [
   "list chain ip6 libvirt_network guest_input",
   // Whether the administrator's chain is empty: a removal of our last domain takes an empty one with it.
   "list chain ip filter LVH-USER",
+  "list chain ip filter LVH-FORWARD",
   "list chain ip6 filter LVH-USER",
+  "list chain ip6 filter LVH-FORWARD",
 ];
 
 const VM1_LIVE = answer(VM1_HOST, READ_WITH_JUMPS);
@@ -101,7 +105,9 @@ const VM1_SAVE = dedent(`
   :FORWARD ACCEPT [0:0]
   :LIBVIRT_FWI - [0:0]
   :LVH-${H}-FWD - [0:0]
-  -A FORWARD -m comment --comment "libvirt-hook-qemu:1:vm1" -j LVH-${H}-FWD
+  :LVH-FORWARD - [0:0]
+  -A FORWARD -m connlabel --label 127 -j LVH-FORWARD
+  -A LVH-FORWARD -m comment --comment "libvirt-hook-qemu:1:vm1" -j LVH-${H}-FWD
   COMMIT
 `);
 
@@ -116,8 +122,9 @@ Deno.test("parseInteractive() takes one document per listing and tolerates only 
     "list chain ip6 libvirt_network guest_input",
     "list chain ip filter LVH-USER",
     "list chain ip6 filter LVH-USER",
+    "list chain ip6 filter LVH-FORWARD",
   ]);
-  assert.equal(parseInteractive(VM1_LIVE.stdout, VM1_LIVE.stderr)?.docs.length, 5);
+  assert.equal(parseInteractive(VM1_LIVE.stdout, VM1_LIVE.stderr)?.docs.length, 6);
   // A build that prints its prompt before each answer.
   assert.deepEqual(parseInteractive(`nft> ${doc()}\nnft> \n`, "")?.docs, [doc()]);
   assert.equal(parseInteractive("", "Error: Could not process rule: Operation not permitted\n"), undefined);
@@ -135,7 +142,7 @@ Deno.test("ownChainsAndJumps() sees what iptables-save shows of a domain, but wh
   assert.deepEqual(sorted(quick[4]), sorted(whole));
   assert.equal(quick[4].libvirt, true);
   // No ip6 table of iptables-nft's: nothing of the domain, and no table (a start there creates one).
-  assert.deepEqual(quick[6], { chains: [], rules: [], tables: {}, user: false });
+  assert.deepEqual(quick[6], { chains: [], rules: [], tables: {}, user: false, gate: { chain: false } });
 });
 
 const FORWARD_VM1: Forward = {
@@ -194,8 +201,8 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
     const { calls, changes } = await syncOnNft([FORWARD_VM1], EMPTY_HOST);
     assert.deepEqual(calls.map((c) => c.argv[0]), ["nft", "iptables-restore"]);
     assert.equal(calls[1]!.stdin, renderSync("vm1", { chains: [], rules: [] }, { forwards: [FORWARD_VM1] }));
-    // Three rules, the jump to the administrator's LVH-USER, and four jumps into our chains.
-    assert.deepEqual(changes, [{ target: "iptables", removed: 0, added: 8 }]);
+    // Three rules, the jump to the administrator's LVH-USER, four jumps into our chains, and our gate's rule.
+    assert.deepEqual(changes, [{ target: "iptables", removed: 0, added: 9 }]);
   });
   await t.step(
     "a stop: one nft transaction deletes the jumps read (by handle) and the chains, nothing else is read",
@@ -208,17 +215,21 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
           delete rule ip nat PREROUTING handle 101
           delete rule ip nat OUTPUT handle 102
           delete rule ip nat POSTROUTING handle 103
+          delete rule ip filter LVH-FORWARD handle 105
           delete rule ip filter FORWARD handle 104
           flush chain ip nat LVH-${H}-DNAT
           flush chain ip nat LVH-${H}-SNAT
           flush chain ip filter LVH-${H}-FWD
+          flush chain ip filter LVH-FORWARD
           delete chain ip nat LVH-${H}-DNAT
           delete chain ip nat LVH-${H}-SNAT
           delete chain ip filter LVH-${H}-FWD
+          delete chain ip filter LVH-FORWARD
         `),
       );
-      // The 4 jumps, and the 3 chains with whatever they hold (never listed: ~0.1 ms a rule).
-      assert.deepEqual(changes, [{ target: "iptables", removed: 4, added: 0, chains: 3 }]);
+      // The 4 jumps and our gate's rule (vm1's was its last jump), and the 3 chains and the gate with whatever
+      // they hold (never listed: ~0.1 ms a rule).
+      assert.deepEqual(changes, [{ target: "iptables", removed: 5, added: 0, chains: 4 }]);
     },
   );
   await t.step("a stop with nothing live: no transaction at all", async () => {
@@ -237,7 +248,8 @@ Deno.test("syncDomain() on iptables-nft: one nft look, then one batch", async (t
       const programs = calls.map((c) => c.argv[0]);
       assert.deepEqual(programs, ["nft", "nft", ...WHOLE_READ, "iptables-restore"]);
       assert.equal(calls.at(-1)!.stdin, renderSync("vm1", liveOf(parseSave(VM1_SAVE), "vm1")));
-      assert.deepEqual(changes, [{ target: "iptables", removed: 5, added: 0 }]);
+      // Its 5 rules, and our gate's rule in FORWARD (vm1's jump was the last in it).
+      assert.deepEqual(changes, [{ target: "iptables", removed: 6, added: 0 }]);
     },
   );
   await t.step("an nft without its interactive mode: the whole read", async () => {
