@@ -114,6 +114,8 @@ export interface Dirs {
   dnsmasq: string;
   qemu: string;
   state: string;
+  /** The config file; none by default: the guests' XML is the whole configuration. */
+  config?: string;
 }
 
 /**
@@ -140,8 +142,8 @@ export function envOf(d: Dirs): Record<string, string> {
   return {
     LC_ALL: "C",
     PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    // No config file at all: the guest's XML is the whole configuration.
-    CONFIG_FILENAME: `${d.root}/no-such-hooks.jsonc`,
+    // No config file at all unless given: the guest's XML is the whole configuration.
+    CONFIG_FILENAME: d.config ?? `${d.root}/no-such-hooks.jsonc`,
     LIBVIRT_NETWORK_RUN_DIR: d.network,
     LIBVIRT_DNSMASQ_DIR: d.dnsmasq,
     LIBVIRT_QEMU_RUN_DIR: d.qemu,
