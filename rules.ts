@@ -13,7 +13,7 @@ import { listingsToSave, liveForwards, parseSave } from "./backends/iptables_liv
 import { carriedDomain, chainNames } from "./backends/names.ts";
 import { bridgesOf } from "./backends/nftables.ts";
 import { iptablesBackend } from "./backends/iptables_backend.ts";
-import { liveAccepts } from "./backends/nftables_live.ts";
+import { liveAccepts, liveSharedAccepts } from "./backends/nftables_live.ts";
 import { nftablesBackend, reassertCommands, removeAtOnceBatches } from "./backends/nftables_backend.ts";
 import {
   type ApplyDeps,
@@ -28,6 +28,7 @@ import type { Entry } from "./config/model.ts";
 import { type Family, formatNetwork, parseAddress } from "./system/address.ts";
 import { connectedNetworkOf, type HostFacts } from "./system/host.ts";
 import { message } from "./system/report.ts";
+import { unique } from "./system/collections.ts";
 
 /** Batches, and the one place that runs them, for the commands (see backends/batch.ts). */
 export { type Batch, batchHeader, runBatches } from "./backends/batch.ts";
@@ -362,9 +363,16 @@ export function liveForwardsByDomain(state: FirewallState): Map<string, LiveForw
   return out;
 }
 
-/** The bridges a domain's live accepts in libvirt's nftables chains name, per family (doctor checks its own). */
+/**
+ * The bridges our live accepts in libvirt's nftables chains let a domain's forwards through to, per family (doctor
+ * checks its own): its own accepts, and those shared by the domains of our table (see SHARED_ACCEPT).
+ */
 export function libvirtAccepts(state: FirewallState, domain: string): Record<Family, string[]> | undefined {
-  return state.nft ? liveAccepts(state.nft).get(carriedDomain(domain)) : undefined;
+  if (!state.nft) return undefined;
+  const own = liveAccepts(state.nft).get(carriedDomain(domain));
+  const shared = liveSharedAccepts(state.nft);
+  if (!own && shared[4].length === 0 && shared[6].length === 0) return undefined;
+  return { 4: unique([...own?.[4] ?? [], ...shared[4]]), 6: unique([...own?.[6] ?? [], ...shared[6]]) };
 }
 
 /** Whether a domain's live forwards lack an accept where it must be, in any backend (watch puts it back). */

@@ -37,6 +37,12 @@ export const NFT_USER_HOOK = "type filter hook forward priority -10; policy acce
 export const FORMAT_VERSION = 1;
 
 /**
+ * The comment of our accepts in libvirt's nftables chains that serve every domain our table translates: one per
+ * bridge, whatever the number of domains (issue 25). No domain's comment can be this one (a name is never empty).
+ */
+export const SHARED_ACCEPT = `${COMMENT_TAG}${FORMAT_VERSION}:accept`;
+
+/**
  * Marks a domain known only by its hash: a rule whose comment could not hold the name. NUL can be in no name
  * libvirt passes (an argument cannot hold it, nor can XML), so the mark is never a real name.
  */

@@ -13,6 +13,7 @@ import {
   NFT_USER_CHAIN,
   NFT_USER_HOOK,
   ruleComment,
+  SHARED_ACCEPT,
 } from "./names.ts";
 import {
   addAccepts,
@@ -71,10 +72,7 @@ export function nftDomainObjects(
     // Plain pairs go into one map and one set: a lookup per packet, however many forwards there are.
     // A forward with sources, on "*", on one interface or with a description is a rule of its own (the map is
     // by address).
-    const mapped = mine.filter((f) =>
-      f.count === 1 && nftSourceMatch(f) === "" && f.publicIp !== ANY_PUBLIC && f.dev === undefined &&
-      f.description === undefined
-    );
+    const mapped = mine.filter(isMapped);
     const ruled = mine.filter((f) => !mapped.includes(f));
     if (mapped.length > 0) {
       const objects = mappedObjects(domain, mapped, { family, comment });
@@ -94,15 +92,48 @@ export function nftDomainObjects(
   out.push(`add chain ${t} ${p}-dnat`, `add chain ${t} ${p}-snat`);
   for (const r of dnat) out.push(`add rule ${t} ${p}-dnat ${r}`);
   for (const r of snat) out.push(`add rule ${t} ${p}-snat ${r}`);
-  // Jumps go first in our base chains, like the iptables backend's inserts.
-  out.push(
-    `insert rule ${t} prerouting jump ${p}-dnat ${comment}`,
-    `insert rule ${t} output jump ${p}-dnat ${comment}`,
-    `insert rule ${t} postrouting jump ${p}-snat ${comment}`,
-  );
+  // The plain pairs are found through the dispatch maps (see DISPATCH): one lookup for every domain's. A forward
+  // that is a rule of its own needs the domain's chain walked for each new connection: a jump from our base chains,
+  // first in them, like the iptables backend's inserts.
+  for (const family of [4, 6] as const) {
+    const keys = dispatchKeys(forwards.filter((f) => f.family === family && isMapped(f)));
+    if (keys.length > 0) {
+      out.push(
+        `add element ${t} ${DISPATCH}${family} { ${keys.map((k) => `${k} : jump ${p}-dnat`).join(", ")} }`,
+      );
+    }
+  }
+  if (forwards.some((f) => !isMapped(f))) {
+    out.push(
+      `insert rule ${t} prerouting jump ${p}-dnat ${comment}`,
+      `insert rule ${t} output jump ${p}-dnat ${comment}`,
+    );
+  }
+  out.push(`insert rule ${t} postrouting jump ${p}-snat ${comment}`);
   out.push(...nftSnatObjects(domain, snats));
   return out;
 }
+
+/** Whether a forward is a plain pair of its domain's map: one address and port, no source, interface or name. */
+function isMapped(f: Forward): boolean {
+  return f.count === 1 && nftSourceMatch(f) === "" && f.publicIp !== ANY_PUBLIC && f.dev === undefined &&
+    f.description === undefined;
+}
+
+/** The keys of plain pairs in the dispatch maps and the domains' sets: `<address> . <protocol> . <port>`. */
+function dispatchKeys(mapped: Forward[]): string[] {
+  return mapped.map((f) => `${f.publicIp} . ${f.protocol} . ${f.publicPort}`);
+}
+
+/**
+ * The dispatch maps of our table, `dispatch4` and `dispatch6`: public address, protocol and port of every domain's
+ * plain pairs to a jump into that domain's nat chain, looked up once by our base chains `dispatch` (prerouting)
+ * and `dispatch_out` (output), which hook just ahead of `prerouting` and `output`. A new connection costs one
+ * lookup however many domains there are (issue 25); the first NAT decision of a connection is the only one, so
+ * the later chains do not translate again. Each element names its domain's chain: a removal deletes exactly the
+ * live elements that jump there. Public pairs are one domain's each (a second claim is refused before any write).
+ */
+export const DISPATCH = "dispatch";
 
 /**
  * The rules of a forward that is not a plain pair of the map (sources, "*", a dev, a description, a range):
@@ -210,11 +241,31 @@ function logRule(domain: string, f: Forward, { match, comment }: { match: string
   }" ${comment}`;
 }
 
-/** The base chains of our table; `add` is idempotent, so they are declared in every batch that adds. */
+/** An element's key as nft -j prints it (`{"concat": [...]}` or a value), as nft -f reads it. */
+function elemText(key: unknown): string {
+  const parts = (key as { concat?: unknown[] })?.concat;
+  return Array.isArray(parts) ? parts.map(String).join(" . ") : String(key);
+}
+
+/**
+ * The base chains of our table; `add` is idempotent, so they are declared in every batch that adds. The dispatch
+ * chains hold nothing but their lookups (see DISPATCH): emptied and filled again, they are always exactly these.
+ */
 export function nftBase(): string[] {
   const t = `inet ${NFT_TABLE}`;
+  const lookups = (chain: string) => [
+    `flush chain ${t} ${chain}`,
+    `add rule ${t} ${chain} ip daddr . meta l4proto . th dport vmap @${DISPATCH}4`,
+    `add rule ${t} ${chain} ip6 daddr . meta l4proto . th dport vmap @${DISPATCH}6`,
+  ];
   return [
     `add table ${t}`,
+    `add map ${t} ${DISPATCH}4 { type ipv4_addr . inet_proto . inet_service : verdict; }`,
+    `add map ${t} ${DISPATCH}6 { type ipv6_addr . inet_proto . inet_service : verdict; }`,
+    `add chain ${t} ${DISPATCH} { type nat hook prerouting priority dstnat - 1; policy accept; }`,
+    ...lookups(DISPATCH),
+    `add chain ${t} ${DISPATCH}_out { type nat hook output priority -101; policy accept; }`,
+    ...lookups(`${DISPATCH}_out`),
     `add chain ${t} prerouting { type nat hook prerouting priority dstnat; policy accept; }`,
     `add chain ${t} output { type nat hook output priority -100; policy accept; }`,
     `add chain ${t} postrouting { type nat hook postrouting priority srcnat; policy accept; }`,
@@ -233,6 +284,14 @@ export function nftRemoveDomain(domain: string, live: NftLive, { keepTable = fal
   const others = [...nftOwners(live)].filter((o) => o !== h);
   if (others.length === 0 && !keepTable && !holdsTheUsers(live)) return [`delete table ${t}`];
   const out: string[] = [];
+  // Its elements in the dispatch maps first: they jump into the chains that go below.
+  for (const family of [4, 6] as const) {
+    const keys = live.maps.find((m) => m.name === `${DISPATCH}${family}`)?.elem.flatMap((e) => {
+      const [key, verdict] = Array.isArray(e) ? e : [];
+      return (verdict as { jump?: { target?: string } })?.jump?.target === `${p}-dnat` ? [elemText(key)] : [];
+    }) ?? [];
+    if (keys.length > 0) out.push(`delete element ${t} ${DISPATCH}${family} { ${keys.join(", ")} }`);
+  }
   for (const r of live.rules) {
     const mine = r.jump?.startsWith(`${p}-`) ||
       (r.comment !== undefined && ownerOf(r.comment) === h && !r.chain.startsWith(`${p}-`));
@@ -253,7 +312,17 @@ export function nftRemoveDomain(domain: string, live: NftLive, { keepTable = fal
  */
 export function holdsTheUsers(live: NftLive): boolean {
   // Our base chains, and the domains' objects (`d<hash>-...`).
-  const base = ["prerouting", "output", "postrouting", SNAT_CHAIN, NFT_USER_CHAIN];
+  const base = [
+    "prerouting",
+    "output",
+    "postrouting",
+    SNAT_CHAIN,
+    NFT_USER_CHAIN,
+    DISPATCH,
+    `${DISPATCH}_out`,
+    `${DISPATCH}4`,
+    `${DISPATCH}6`,
+  ];
   const ours = (name: string) => /^d[0-9a-f]{12}-/.test(name) || base.includes(name);
   return live.rules.some((r) => r.chain === NFT_USER_CHAIN) ||
     live.chains.some((c) => !ours(c)) ||
@@ -284,19 +353,21 @@ export function bridgesOf(forwards: Forward[], connected: ConnectedRoute[]): Rec
 }
 
 /**
- * Commands that make our accepts in libvirt's `guest_input` chains exactly `wanted` (per family, per domain:
- * bridges), each ahead of every rule of libvirt's. Nothing of libvirt's is ever changed: our rules carry our
- * comment and are removed by handle only.
+ * Commands that make our accepts in libvirt's `guest_input` chains exactly these, each ahead of every rule of
+ * libvirt's: one per bridge of `shared` for all the domains our table translates (see SHARED_ACCEPT), and one per
+ * domain and bridge of `wanted` for the domains whose forwards iptables translates. Nothing of libvirt's is ever
+ * changed: our rules carry our comment and are removed by handle only.
  */
 export function libvirtAccepts(
   live: NftLive,
   wanted: Map<string, Record<Family, string[]>>,
+  shared: Record<Family, string[]> = { 4: [], 6: [] },
 ): string[] {
   const out: string[] = [];
   for (const family of [4, 6] as const) {
     const chain = live.libvirt[family];
     if (!chain) continue;
-    const want: string[] = [];
+    const want = shared[family].map((bridge) => `${SHARED_ACCEPT} oifname ${bridge}`);
     for (const [domain, bridges] of wanted) {
       for (const bridge of bridges[family]) want.push(`${acceptComment(domain)} oifname ${bridge}`);
     }

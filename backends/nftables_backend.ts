@@ -7,7 +7,7 @@ import type { Change, Desired, FirewallBackend } from "./backend.ts";
 import { readCreated, uncreated, writeCreated } from "./created.ts";
 import { type Batch, nftBatch } from "./batch.ts";
 import type { Forward, LiveForward, Snat } from "./forward.ts";
-import { carriedDomain, GATE_CHAIN, USER_CHAIN } from "./names.ts";
+import { carriedDomain, domainHash, GATE_CHAIN, USER_CHAIN } from "./names.ts";
 import { gateChange, type Live, liveOf, userChainGoes } from "./iptables_live.ts";
 import {
   bridgesOf,
@@ -19,7 +19,15 @@ import {
   nftRemoveIptables,
   reassertHanded,
 } from "./nftables.ts";
-import { liveAccepts, nftDomainRules, type NftLive, nftLiveForwards } from "./nftables_live.ts";
+import {
+  liveAccepts,
+  nftBridges,
+  nftDomainRules,
+  type NftLive,
+  nftLiveForwards,
+  tableBridges,
+} from "./nftables_live.ts";
+import { unique } from "../system/collections.ts";
 import { type ApplyDeps, ApplyError, FAMILIES, type FirewallState, liveBridges } from "./state.ts";
 import type { Family } from "../system/address.ts";
 import { readMembers } from "../system/sets.ts";
@@ -90,13 +98,21 @@ export function nftCommands(
     : nftRemoveDomain(domain, live);
   // Our accepts in libvirt's chains and in those handed to us: the other domains' as they are, this one's as
   // wanted. Keyed as the accepts' comments carry the domain, so that a name too long for a comment compares equal.
+  // In libvirt's chains, the domains of our table share one accept per bridge (see SHARED_ACCEPT): this one's
+  // bridges with the others' (their bridge sets in our table); a domain iptables translates has its own.
   const mine = bridges();
+  const shared = tableBridges(live, domainHash(domain));
+  if (mine && ours.length > 0) {
+    for (const f of FAMILIES) shared[f] = unique([...shared[f], ...mine[f]]).sort();
+  }
   const withMine = (wanted: Map<string, Record<Family, string[]>>) => {
-    if (mine) wanted.set(carriedDomain(domain), mine);
+    if (mine && ours.length === 0) wanted.set(carriedDomain(domain), mine);
     else wanted.delete(carriedDomain(domain));
     return wanted;
   };
-  const libvirt = live.libvirt[4] || live.libvirt[6] ? libvirtAccepts(live, withMine(liveAccepts(live))) : [];
+  const libvirt = live.libvirt[4] || live.libvirt[6]
+    ? libvirtAccepts(live, withMine(liveAccepts(live)), shared)
+    : [];
   return [
     ...table,
     ...libvirt,
@@ -180,5 +196,11 @@ export function removeAtOnceBatches(
 export function reassertCommands(state: FirewallState, deps: ApplyDeps): string[] {
   if (!state.nft) return [];
   const wanted = liveBridges(state, deps.connected ?? []);
-  return [...libvirtAccepts(state.nft, wanted), ...reassertHanded(state.nft, wanted, deps.acceptIn ?? [])];
+  // The domains of our table share their accepts in libvirt's chains (see SHARED_ACCEPT).
+  const own = new Map(wanted);
+  for (const domain of nftBridges(state.nft).keys()) own.delete(domain);
+  return [
+    ...libvirtAccepts(state.nft, own, tableBridges(state.nft)),
+    ...reassertHanded(state.nft, wanted, deps.acceptIn ?? []),
+  ];
 }

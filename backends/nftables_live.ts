@@ -11,6 +11,7 @@ import {
   LIBVIRT_CHAIN,
   LIBVIRT_TABLE,
   NFT_TABLE,
+  SHARED_ACCEPT,
 } from "./names.ts";
 
 import type { Family } from "../system/address.ts";
@@ -143,6 +144,7 @@ export function addAccepts(
 ): void {
   for (const r of rules) {
     if (!r.comment?.startsWith(COMMENT_TAG) || !r.comment.endsWith(":accept")) continue;
+    if (r.comment === SHARED_ACCEPT) continue;
     const domain = commentDomain(r.comment.slice(0, -":accept".length));
     const bridge = interfaceMatch(r).split(" ")[1];
     if (domain === undefined || bridge === undefined) continue;
@@ -150,6 +152,32 @@ export function addAccepts(
     for (const f of families) if (!entry[f].includes(bridge)) entry[f].push(bridge);
     out.set(domain, entry);
   }
+}
+
+/** The bridges our shared accepts in libvirt's chains name, per family (see SHARED_ACCEPT). */
+export function liveSharedAccepts(live: NftLive): Record<Family, string[]> {
+  const out: Record<Family, string[]> = { 4: [], 6: [] };
+  for (const family of [4, 6] as const) {
+    for (const r of live.libvirt[family] ?? []) {
+      const bridge = interfaceMatch(r).split(" ")[1];
+      if (r.comment === SHARED_ACCEPT && bridge !== undefined) out[family].push(bridge);
+    }
+  }
+  return out;
+}
+
+/**
+ * The bridges that the domains of our table (but `except`, a domain hash) send forwards to, from their
+ * `d<hash>-br4/6` sets: what our shared accepts in libvirt's chains are for. Every read lists our table whole.
+ */
+export function tableBridges(live: NftLive, except?: string): Record<Family, string[]> {
+  const out: Record<Family, Set<string>> = { 4: new Set(), 6: new Set() };
+  for (const s of live.sets) {
+    const m = /^d([0-9a-f]{12})-br([46])$/.exec(s.name);
+    if (!m || m[1] === except) continue;
+    for (const e of s.elem) if (typeof e === "string") out[m[2] === "4" ? 4 : 6].add(e);
+  }
+  return { 4: [...out[4]].sort(), 6: [...out[6]].sort() };
 }
 
 /** Per domain in our table: the bridges recorded in its `d<hash>-br4/6` sets, named through its comments. */

@@ -24,6 +24,8 @@ import {
   parseNftJson,
 } from "./nftables_live.ts";
 import { describeForward, describePlan } from "./forward.ts";
+import { nftCommands } from "./nftables_backend.ts";
+import type { ApplyDeps } from "./state.ts";
 
 await loadParser();
 
@@ -33,7 +35,7 @@ function forwards(text: string, domain: string) {
   return planForwards(parseConfig(text, "hooks.jsonc").domains.get(domain)!, FACTS).forwards;
 }
 
-Deno.test("nftDomainObjects() renders the example config: maps for pairs, rules for ranges and sources", () => {
+Deno.test("nftDomainObjects() renders the example config: maps for pairs found through the dispatch map, rules for ranges and sources", () => {
   const f = forwards(EXAMPLE.replace(/"source_ip".*\n/, ""), "web1");
   const p = `d${domainHash("web1")}`;
   const c = 'comment "libvirt-hook-qemu:1:web1"';
@@ -42,6 +44,16 @@ Deno.test("nftDomainObjects() renders the example config: maps for pairs, rules 
       "\n",
     dedent(`
       add table inet libvirt_hook_qemu
+      add map inet libvirt_hook_qemu dispatch4 { type ipv4_addr . inet_proto . inet_service : verdict; }
+      add map inet libvirt_hook_qemu dispatch6 { type ipv6_addr . inet_proto . inet_service : verdict; }
+      add chain inet libvirt_hook_qemu dispatch { type nat hook prerouting priority dstnat - 1; policy accept; }
+      flush chain inet libvirt_hook_qemu dispatch
+      add rule inet libvirt_hook_qemu dispatch ip daddr . meta l4proto . th dport vmap @dispatch4
+      add rule inet libvirt_hook_qemu dispatch ip6 daddr . meta l4proto . th dport vmap @dispatch6
+      add chain inet libvirt_hook_qemu dispatch_out { type nat hook output priority -101; policy accept; }
+      flush chain inet libvirt_hook_qemu dispatch_out
+      add rule inet libvirt_hook_qemu dispatch_out ip daddr . meta l4proto . th dport vmap @dispatch4
+      add rule inet libvirt_hook_qemu dispatch_out ip6 daddr . meta l4proto . th dport vmap @dispatch6
       add chain inet libvirt_hook_qemu prerouting { type nat hook prerouting priority dstnat; policy accept; }
       add chain inet libvirt_hook_qemu output { type nat hook output priority -100; policy accept; }
       add chain inet libvirt_hook_qemu postrouting { type nat hook postrouting priority srcnat; policy accept; }
@@ -56,6 +68,7 @@ Deno.test("nftDomainObjects() renders the example config: maps for pairs, rules 
       add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.7 udp dport 30000-30099 ct label set 127 counter dnat ip to 192.168.122.10 ${c}
       add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr . meta l4proto . th dport @${p}-to4 masquerade ${c}
       add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr 192.168.122.10 udp dport 30000-30099 masquerade ${c}
+      add element inet libvirt_hook_qemu dispatch4 { 203.0.113.7 . tcp . 2222 : jump ${p}-dnat, 203.0.113.7 . tcp . 443 : jump ${p}-dnat, 203.0.113.7 . udp . 51820 : jump ${p}-dnat }
       insert rule inet libvirt_hook_qemu prerouting jump ${p}-dnat ${c}
       insert rule inet libvirt_hook_qemu output jump ${p}-dnat ${c}
       insert rule inet libvirt_hook_qemu postrouting jump ${p}-snat ${c}
@@ -449,4 +462,89 @@ Deno.test("nftLiveForwards() reads each plain forward's new connections from its
       ["tcp 203.0.113.7:443 -> 192.168.122.10:443", undefined],
     ],
   );
+});
+
+Deno.test("nftCommands(): the domains of our table share one accept per bridge in libvirt's chain", async (t) => {
+  const deps = { connected: [], setMembers: () => [] } as unknown as ApplyDeps;
+  const shared = 'comment "libvirt-hook-qemu:1:accept"';
+  const accepts = (commands: string[]) => commands.filter((c) => c.includes("libvirt_network"));
+  const web2 = forwards(
+    `{"web2": {"private_ip": "192.168.122.20", "public_ip": "203.0.113.7", "port_map": {"tcp": [[8022, 22]]}}}`,
+    "web2",
+  );
+  const start = (l: NftLive) =>
+    nftCommands("web2", { ours: web2, snats: [], bridges: () => ({ 4: ["virbr0"], 6: [] }) }, {
+      live: l,
+      deps,
+    });
+  const stop = (domain: string, l: NftLive) =>
+    nftCommands(domain, { ours: [], snats: [], bridges: () => undefined }, { live: l, deps });
+  // web1 is in our table (its bridge set names virbr0); `libvirt`: what libvirt's guest_input holds.
+  const withWeb2 = (l: NftLive) => {
+    l.sets.push({ name: `d${domainHash("web2")}-br4`, elem: ["virbr0"] });
+    return l;
+  };
+  await t.step("a second domain on the same bridge: the accept there serves it, nothing is added", () => {
+    assert.deepEqual(
+      accepts(start(live([{ handle: 12, comment: "libvirt-hook-qemu:1:accept" }, { handle: 10 }]))),
+      [],
+    );
+  });
+  await t.step("the first domain: one accept, named by no domain, on top", () => {
+    assert.deepEqual(accepts(start(live([{ handle: 10 }]))), [
+      `insert rule ip libvirt_network guest_input oifname "virbr0" ct status dnat counter accept ${shared}`,
+    ]);
+  });
+  await t.step("a domain stops while another of our table uses the bridge: the accept stays", () => {
+    const l = withWeb2(live([{ handle: 12, comment: "libvirt-hook-qemu:1:accept" }, { handle: 10 }]));
+    assert.deepEqual(accepts(stop("web1", l)), []);
+  });
+  await t.step("the last domain on the bridge stops: the accept goes, by handle", () => {
+    const l = live([{ handle: 12, comment: "libvirt-hook-qemu:1:accept" }, { handle: 10 }]);
+    assert.deepEqual(accepts(stop("web1", l)), ["delete rule ip libvirt_network guest_input handle 12"]);
+  });
+  await t.step(
+    "an accept of one domain (an earlier version's, or of iptables' forwards) stays its own",
+    () => {
+      const l = live([{ handle: 13, comment: "libvirt-hook-qemu:1:web1:accept" }, { handle: 10 }]);
+      const out = accepts(start(l));
+      assert.ok(out.includes("delete rule ip libvirt_network guest_input handle 13"), out.join("\n"));
+      assert.deepEqual(out.filter((c) => c.startsWith("insert")).map((c) => c.split(" comment ")[1]).sort(), [
+        '"libvirt-hook-qemu:1:accept"',
+        '"libvirt-hook-qemu:1:web1:accept"',
+      ]);
+    },
+  );
+});
+
+Deno.test("nftDomainObjects(): plain pairs need no jump of the domain's in our base chains; its removal takes its dispatch elements first", () => {
+  const f = forwards(
+    `{"web2": {"private_ip": "192.168.122.20", "public_ip": "203.0.113.7", "port_map": {"tcp": [[8022, 22], 8080]}}}`,
+    "web2",
+  );
+  const p = `d${domainHash("web2")}`;
+  const t = "inet libvirt_hook_qemu";
+  const lines = nftDomainObjects("web2", f);
+  assert.deepEqual(lines.filter((l) => / (prerouting|output) /.test(l)), []);
+  assert.ok(lines.includes(
+    `add element ${t} dispatch4 { 203.0.113.7 . tcp . 8022 : jump ${p}-dnat, 203.0.113.7 . tcp . 8080 : jump ${p}-dnat }`,
+  ));
+  // As nft -j lists the table with web2 and another domain running: only web2's elements go, before its chain.
+  const other = `d${domainHash("web3")}-dnat`;
+  const l = emptyNftLive();
+  l.table = true;
+  l.chains.push(`${p}-dnat`, other);
+  l.maps.push({
+    name: "dispatch4",
+    elem: [
+      [{ concat: ["203.0.113.7", "tcp", 8022] }, { jump: { target: `${p}-dnat` } }],
+      [{ concat: ["203.0.113.8", "tcp", 22] }, { jump: { target: other } }],
+      [{ concat: ["203.0.113.7", "tcp", 8080] }, { jump: { target: `${p}-dnat` } }],
+    ],
+  });
+  assert.deepEqual(nftRemoveDomain("web2", l), [
+    `delete element ${t} dispatch4 { 203.0.113.7 . tcp . 8022, 203.0.113.7 . tcp . 8080 }`,
+    `flush chain ${t} ${p}-dnat`,
+    `delete chain ${t} ${p}-dnat`,
+  ]);
 });
