@@ -148,6 +148,14 @@ export const NFT_TABLE = "libvirt_hook_qemu";
  */
 export const CT_LABEL = 127;
 
+/**
+ * The conntrack label bit our nftables DNAT sets beside CT_LABEL on a connection a guest opens to a forward (its
+ * source is in the forward's hairpin network): one shared rule of our table masquerades exactly those (see
+ * HAIRPIN_CHAIN), so the hairpin is decided where the DNAT is, found by one lookup, and no connection walks a rule
+ * per domain on its way out. Never set by anything else we know of, like CT_LABEL.
+ */
+export const HAIRPIN_LABEL = 126;
+
 /** The gate's rule in FORWARD, as iptables-restore takes it and iptables-save prints it (see GATE_CHAIN). */
 export const GATE_JUMP = `-m connlabel --label ${CT_LABEL} -j ${GATE_CHAIN}`;
 

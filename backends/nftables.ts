@@ -7,6 +7,7 @@ import {
   COMMENT_TAG,
   CT_LABEL,
   domainHash,
+  HAIRPIN_LABEL,
   LIBVIRT_CHAIN,
   LIBVIRT_TABLE,
   NFT_TABLE,
@@ -66,7 +67,7 @@ export function nftDomainObjects(
   const t = `inet ${NFT_TABLE}`;
   const comment = `comment "${ruleComment(domain)}"`;
   const out: string[] = [];
-  const dnat: string[] = [], snat: string[] = [];
+  const dnat: string[] = [];
   for (const family of [4, 6] as const) {
     const mine = forwards.filter((f) => f.family === family);
     // Plain pairs go into one map and one set: a lookup per packet, however many forwards there are.
@@ -78,9 +79,8 @@ export function nftDomainObjects(
       const objects = mappedObjects(domain, mapped, { family, comment });
       out.push(...objects.out);
       dnat.push(...objects.dnat);
-      snat.push(...objects.snat);
     }
-    for (const f of ruled) ruledForward(domain, f, { comment, dnat, snat });
+    for (const f of ruled) ruledForward(domain, f, { comment, dnat });
   }
   // The bridges behind the forwards, kept in our table so the accepts in libvirt's chains can be re-asserted
   // from what is live alone (libvirt re-creates its chains without telling us which guests need what).
@@ -89,9 +89,8 @@ export function nftDomainObjects(
     const names = bridges[family].map((b) => `"${b}"`).join(", ");
     out.push(`add set ${t} ${p}-br${family} { type ifname; elements = { ${names} }; }`);
   }
-  out.push(`add chain ${t} ${p}-dnat`, `add chain ${t} ${p}-snat`);
+  out.push(`add chain ${t} ${p}-dnat`);
   for (const r of dnat) out.push(`add rule ${t} ${p}-dnat ${r}`);
-  for (const r of snat) out.push(`add rule ${t} ${p}-snat ${r}`);
   // The plain pairs are found through the dispatch maps (see DISPATCH): one lookup for every domain's. A forward
   // that is a rule of its own needs the domain's chain walked for each new connection: a jump from our base chains,
   // first in them, like the iptables backend's inserts.
@@ -109,7 +108,6 @@ export function nftDomainObjects(
       `insert rule ${t} output jump ${p}-dnat ${comment}`,
     );
   }
-  out.push(`insert rule ${t} postrouting jump ${p}-snat ${comment}`);
   out.push(...nftSnatObjects(domain, snats));
   return out;
 }
@@ -135,14 +133,17 @@ function dispatchKeys(mapped: Forward[]): string[] {
  */
 export const DISPATCH = "dispatch";
 
+/** Our base chain that masquerades the hairpin of every domain's forwards (see HAIRPIN_LABEL). */
+export const HAIRPIN_CHAIN = "hairpin";
+
 /**
  * The rules of a forward that is not a plain pair of the map (sources, "*", a dev, a description, a range):
- * its dnat (after its all_ports returns) into `dnat`, its hairpin into `snat`.
+ * its dnat (after its all_ports returns, and the hairpin's label) into `dnat`.
  */
 function ruledForward(
   domain: string,
   f: Forward,
-  { comment, dnat, snat }: { comment: string; dnat: string[]; snat: string[] },
+  { comment, dnat }: { comment: string; dnat: string[] },
 ) {
   const ip = f.family === 4 ? "ip" : "ip6";
   const ports = (first: number) => (f.count === 1 ? `${first}` : `${first}-${first + f.count - 1}`);
@@ -170,15 +171,14 @@ function ruledForward(
     dnat.push(`${match}${f.protocol} dport { ${taken} } return ${comment}`);
   }
   if (f.log) dnat.push(logRule(domain, f, { match, comment }));
+  // A guest's own connection to the forward is labelled for the hairpin (see HAIRPIN_LABEL), then translated.
   dnat.push(
+    `${ip} saddr ${f.hairpinFrom} ${match}${f.protocol} dport ${
+      ports(f.publicPort)
+    } ct label set ${HAIRPIN_LABEL} ${comment}`,
     `${match}${f.protocol} dport ${
       ports(f.publicPort)
     } ct label set ${CT_LABEL} counter dnat ${ip} to ${target} ${named}`,
-  );
-  snat.push(
-    `${ip} saddr ${f.hairpinFrom} ct status dnat ${ip} daddr ${f.privateIp} ${f.protocol} dport ${
-      ports(f.privatePort)
-    } masquerade ${comment}`,
   );
 }
 
@@ -190,21 +190,18 @@ function mappedObjects(
   domain: string,
   mapped: Forward[],
   { family, comment }: { family: Family; comment: string },
-): { out: string[]; dnat: string[]; snat: string[] } {
+): { out: string[]; dnat: string[] } {
   const p = nftPrefix(domain);
   const t = `inet ${NFT_TABLE}`;
   const ip = family === 4 ? "ip" : "ip6";
   const addrType = family === 4 ? "ipv4_addr" : "ipv6_addr";
-  const out: string[] = [], dnat: string[] = [], snat: string[] = [];
-  const map = `${p}-dnat${family}`, set = `${p}-to${family}`, pub = `${p}-pub${family}`;
+  const out: string[] = [], dnat: string[] = [];
+  const map = `${p}-dnat${family}`, pub = `${p}-pub${family}`;
   const element = (f: Forward) =>
     `${f.publicIp} . ${f.protocol} . ${f.publicPort} : ${f.privateIp} . ${f.privatePort}`;
-  const priv = (f: Forward) => `${f.privateIp} . ${f.protocol} . ${f.privatePort}`;
   // `counter`: each element counts the lookups that found it: a forward's new connections (see Counters).
   out.push(
     `add map ${t} ${map} { ${MAP_TYPE[family]}; counter; elements = { ${mapped.map(element).join(", ")} }; }`,
-    `add set ${t} ${set} { type ${addrType} . inet_proto . inet_service; ` +
-      `elements = { ${unique(mapped.map(priv)).join(", ")} }; }`,
     `add set ${t} ${pub} { type ${addrType} . inet_proto . inet_service; ` +
       `elements = { ${mapped.map((f) => `${f.publicIp} . ${f.protocol} . ${f.publicPort}`).join(", ")} }; }`,
   );
@@ -215,13 +212,12 @@ function mappedObjects(
   // Labelled only where the map has the pair (see CT_LABEL): a lookup that misses must leave it unset. The check
   // is against a set of the same keys without counters, so that the map's counter sees one lookup a connection.
   const pair = `${ip} daddr . meta l4proto . th dport`;
-  dnat.push(`${pair} @${pub} ct label set ${CT_LABEL} dnat ${ip} to ${pair} map @${map} ${comment}`);
+  // A guest's own connections to the forwards are labelled for the hairpin (see HAIRPIN_LABEL) first.
   for (const from of unique(mapped.map((f) => f.hairpinFrom))) {
-    snat.push(
-      `${ip} saddr ${from} ct status dnat ${ip} daddr . meta l4proto . th dport @${set} masquerade ${comment}`,
-    );
+    dnat.push(`${ip} saddr ${from} ${pair} @${pub} ct label set ${HAIRPIN_LABEL} ${comment}`);
   }
-  return { out, dnat, snat };
+  dnat.push(`${pair} @${pub} ct label set ${CT_LABEL} dnat ${ip} to ${pair} map @${map} ${comment}`);
+  return { out, dnat };
 }
 
 /** The type of a domain's DNAT map, per family: public address, protocol and port to guest address and port. */
@@ -268,7 +264,10 @@ export function nftBase(): string[] {
     ...lookups(`${DISPATCH}_out`),
     `add chain ${t} prerouting { type nat hook prerouting priority dstnat; policy accept; }`,
     `add chain ${t} output { type nat hook output priority -100; policy accept; }`,
-    `add chain ${t} postrouting { type nat hook postrouting priority srcnat; policy accept; }`,
+    // The hairpin of every domain's forwards: the connections our DNAT labelled for it (see HAIRPIN_LABEL).
+    `add chain ${t} ${HAIRPIN_CHAIN} { type nat hook postrouting priority srcnat - 1; policy accept; }`,
+    `flush chain ${t} ${HAIRPIN_CHAIN}`,
+    `add rule ${t} ${HAIRPIN_CHAIN} ct label ${HAIRPIN_LABEL} masquerade`,
     // The administrator's chain (see NFT_USER_CHAIN): `add` leaves it, and its rules, as they are.
     `add chain ${t} ${NFT_USER_CHAIN} { ${NFT_USER_HOOK} }`,
   ];
@@ -322,6 +321,7 @@ export function holdsTheUsers(live: NftLive): boolean {
     `${DISPATCH}_out`,
     `${DISPATCH}4`,
     `${DISPATCH}6`,
+    HAIRPIN_CHAIN,
   ];
   const ours = (name: string) => /^d[0-9a-f]{12}-/.test(name) || base.includes(name);
   return live.rules.some((r) => r.chain === NFT_USER_CHAIN) ||

@@ -180,14 +180,23 @@ export function tableBridges(live: NftLive, except?: string): Record<Family, str
   return { 4: [...out[4]].sort(), 6: [...out[6]].sort() };
 }
 
-/** Per domain in our table: the bridges recorded in its `d<hash>-br4/6` sets, named through its comments. */
-export function nftBridges(live: NftLive): Map<string, Record<Family, string[]>> {
+/**
+ * The names of the domains of our table, by hash: from our comment on the rules in their chains (`d<hash>-...`)
+ * and on the jumps into them (a domain whose forwards are all plain pairs has no jump: the dispatch maps reach it).
+ */
+function domainNames(live: NftLive): Map<string, string> {
   const names = new Map<string, string>();
   for (const r of live.rules) {
-    const owner = /^d([0-9a-f]{12})-/.exec(r.jump ?? "")?.[1];
+    const owner = /^d([0-9a-f]{12})-/.exec(r.jump ?? r.chain)?.[1] ?? /^d([0-9a-f]{12})-/.exec(r.chain)?.[1];
     const domain = r.comment === undefined ? undefined : commentDomain(r.comment);
     if (owner && domain !== undefined) names.set(owner, domain);
   }
+  return names;
+}
+
+/** Per domain in our table: the bridges recorded in its `d<hash>-br4/6` sets, named through its comments. */
+export function nftBridges(live: NftLive): Map<string, Record<Family, string[]>> {
+  const names = domainNames(live);
   const out = new Map<string, Record<Family, string[]>>();
   for (const s of live.sets) {
     const m = /^d([0-9a-f]{12})-br([46])$/.exec(s.name);
@@ -202,12 +211,7 @@ export function nftBridges(live: NftLive): Map<string, Record<Family, string[]>>
 
 /** Reads forwards back from our table (maps and per-forward rules), for status. */
 export function nftLiveForwards(live: NftLive): LiveForward[] {
-  const names = new Map<string, string>();
-  for (const r of live.rules) {
-    const owner = /^d([0-9a-f]{12})-/.exec(r.jump ?? "")?.[1];
-    const domain = r.comment === undefined ? undefined : commentDomain(r.comment);
-    if (owner && domain !== undefined) names.set(owner, domain);
-  }
+  const names = domainNames(live);
   const out: LiveForward[] = [];
   for (const m of live.maps) {
     const match = /^d([0-9a-f]{12})-dnat([46])$/.exec(m.name);

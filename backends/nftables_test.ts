@@ -35,7 +35,7 @@ function forwards(text: string, domain: string) {
   return planForwards(parseConfig(text, "hooks.jsonc").domains.get(domain)!, FACTS).forwards;
 }
 
-Deno.test("nftDomainObjects() renders the example config: maps for pairs found through the dispatch map, rules for ranges and sources", () => {
+Deno.test("nftDomainObjects() renders the example config: maps for pairs found through the dispatch map, rules for ranges and sources, the hairpin labelled", () => {
   const f = forwards(EXAMPLE.replace(/"source_ip".*\n/, ""), "web1");
   const p = `d${domainHash("web1")}`;
   const c = 'comment "libvirt-hook-qemu:1:web1"';
@@ -56,22 +56,21 @@ Deno.test("nftDomainObjects() renders the example config: maps for pairs found t
       add rule inet libvirt_hook_qemu dispatch_out ip6 daddr . meta l4proto . th dport vmap @dispatch6
       add chain inet libvirt_hook_qemu prerouting { type nat hook prerouting priority dstnat; policy accept; }
       add chain inet libvirt_hook_qemu output { type nat hook output priority -100; policy accept; }
-      add chain inet libvirt_hook_qemu postrouting { type nat hook postrouting priority srcnat; policy accept; }
+      add chain inet libvirt_hook_qemu hairpin { type nat hook postrouting priority srcnat - 1; policy accept; }
+      flush chain inet libvirt_hook_qemu hairpin
+      add rule inet libvirt_hook_qemu hairpin ct label 126 masquerade
       add chain inet libvirt_hook_qemu user_forward { type filter hook forward priority -10; policy accept; }
       add map inet libvirt_hook_qemu ${p}-dnat4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; counter; elements = { 203.0.113.7 . tcp . 2222 : 192.168.122.10 . 22, 203.0.113.7 . tcp . 443 : 192.168.122.10 . 443, 203.0.113.7 . udp . 51820 : 192.168.122.10 . 51820 }; }
-      add set inet libvirt_hook_qemu ${p}-to4 { type ipv4_addr . inet_proto . inet_service; elements = { 192.168.122.10 . tcp . 22, 192.168.122.10 . tcp . 443, 192.168.122.10 . udp . 51820 }; }
       add set inet libvirt_hook_qemu ${p}-pub4 { type ipv4_addr . inet_proto . inet_service; elements = { 203.0.113.7 . tcp . 2222, 203.0.113.7 . tcp . 443, 203.0.113.7 . udp . 51820 }; }
       add set inet libvirt_hook_qemu ${p}-br4 { type ifname; elements = { "virbr0" }; }
       add chain inet libvirt_hook_qemu ${p}-dnat
-      add chain inet libvirt_hook_qemu ${p}-snat
+      add rule inet libvirt_hook_qemu ${p}-dnat ip saddr 192.168.122.0/24 ip daddr . meta l4proto . th dport @${p}-pub4 ct label set 126 ${c}
       add rule inet libvirt_hook_qemu ${p}-dnat ip daddr . meta l4proto . th dport @${p}-pub4 ct label set 127 dnat ip to ip daddr . meta l4proto . th dport map @${p}-dnat4 ${c}
+      add rule inet libvirt_hook_qemu ${p}-dnat ip saddr 192.168.122.0/24 ip daddr 203.0.113.7 udp dport 30000-30099 ct label set 126 ${c}
       add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.7 udp dport 30000-30099 ct label set 127 counter dnat ip to 192.168.122.10 ${c}
-      add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr . meta l4proto . th dport @${p}-to4 masquerade ${c}
-      add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr 192.168.122.10 udp dport 30000-30099 masquerade ${c}
       add element inet libvirt_hook_qemu dispatch4 { 203.0.113.7 . tcp . 2222 : jump ${p}-dnat, 203.0.113.7 . tcp . 443 : jump ${p}-dnat, 203.0.113.7 . udp . 51820 : jump ${p}-dnat }
       insert rule inet libvirt_hook_qemu prerouting jump ${p}-dnat ${c}
       insert rule inet libvirt_hook_qemu output jump ${p}-dnat ${c}
-      insert rule inet libvirt_hook_qemu postrouting jump ${p}-snat ${c}
     `),
   );
 });
@@ -261,10 +260,10 @@ Deno.test("nftDomainObjects() maps a range to other ports of the guest port by p
   const c = 'comment "libvirt-hook-qemu:1:shift"';
   const rules = nftDomainObjects("shift", f).filter((l) => l.startsWith("add rule"));
   assert.deepEqual(rules, [
+    `add rule inet libvirt_hook_qemu ${p}-dnat ip saddr 192.168.122.0/24 ip daddr 203.0.113.7 tcp dport 30000-30002 ` +
+    `ct label set 126 ${c}`,
     `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.7 tcp dport 30000-30002 ct label set 127 counter dnat ip to tcp dport map ` +
     `{ 30000 : 192.168.122.10 . 40000, 30001 : 192.168.122.10 . 40001, 30002 : 192.168.122.10 . 40002 } ${c}`,
-    `add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr 192.168.122.10 ` +
-    `tcp dport 40000-40002 masquerade ${c}`,
   ]);
 });
 
@@ -320,21 +319,20 @@ Deno.test('nftDomainObjects() gives a forward on "*", on one interface or named 
   assert.deepEqual(rules, [
     `add map inet libvirt_hook_qemu ${p}-dnat4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . ` +
     "inet_service; counter; elements = { 203.0.113.7 . tcp . 22 : 192.168.122.10 . 22 }; }",
+    `add rule inet libvirt_hook_qemu ${p}-dnat ip saddr 192.168.122.0/24 ip daddr . meta l4proto . th dport ` +
+    `@${p}-pub4 ct label set 126 ${c}`,
     `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr . meta l4proto . th dport @${p}-pub4 ct label set 127 ` +
     `dnat ip to ip daddr . meta l4proto . th dport map @${p}-dnat4 ${c}`,
+    `add rule inet libvirt_hook_qemu ${p}-dnat ip saddr 192.168.122.0/24 fib daddr type local ip daddr != ` +
+    `127.0.0.0/8 iifname "eth1" tcp dport 8080 ct label set 126 ${c}`,
     `add rule inet libvirt_hook_qemu ${p}-dnat fib daddr type local ip daddr != 127.0.0.0/8 iifname "eth1" ` +
     'tcp dport 8080 ct label set 127 counter dnat ip to 192.168.122.10:80 comment "web shop"',
+    `add rule inet libvirt_hook_qemu ${p}-dnat ip6 saddr fd00:122::/64 fib daddr type local ip6 daddr != ::1 ` +
+    `udp dport 53 ct label set 126 ${c}`,
     `add rule inet libvirt_hook_qemu ${p}-dnat fib daddr type local ip6 daddr != ::1 udp dport 53 ` +
     `ct label set 127 counter dnat ip6 to [fd00:122::10]:53 ${c}`,
-    `add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr . meta l4proto . ` +
-    `th dport @${p}-to4 masquerade ${c}`,
-    `add rule inet libvirt_hook_qemu ${p}-snat ip saddr 192.168.122.0/24 ct status dnat ip daddr 192.168.122.10 ` +
-    `tcp dport 80 masquerade ${c}`,
-    `add rule inet libvirt_hook_qemu ${p}-snat ip6 saddr fd00:122::/64 ct status dnat ip6 daddr fd00:122::10 ` +
-    `udp dport 53 masquerade ${c}`,
     `insert rule inet libvirt_hook_qemu prerouting jump ${p}-dnat ${c}`,
     `insert rule inet libvirt_hook_qemu output jump ${p}-dnat ${c}`,
-    `insert rule inet libvirt_hook_qemu postrouting jump ${p}-snat ${c}`,
   ]);
 });
 
@@ -376,8 +374,10 @@ Deno.test("nftDomainObjects() sends every port of an all_ports address to the gu
     nftDomainObjects("vm", f).filter((l) => l.startsWith(`add rule inet libvirt_hook_qemu ${p}-dnat`)),
     [
       `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 tcp dport { 25, 587 } return ${c}`,
+      `add rule inet libvirt_hook_qemu ${p}-dnat ip saddr 192.168.122.0/24 ip daddr 203.0.113.9 tcp dport 1-65535 ct label set 126 ${c}`,
       `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 tcp dport 1-65535 ct label set 127 counter dnat ip to 192.168.122.10 ${c}`,
       `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 udp dport { 1000-1009 } return ${c}`,
+      `add rule inet libvirt_hook_qemu ${p}-dnat ip saddr 192.168.122.0/24 ip daddr 203.0.113.9 udp dport 1-65535 ct label set 126 ${c}`,
       `add rule inet libvirt_hook_qemu ${p}-dnat ip daddr 203.0.113.9 udp dport 1-65535 ct label set 127 counter dnat ip to 192.168.122.10 ${c}`,
     ],
   );
@@ -421,9 +421,11 @@ Deno.test('nftDomainObjects() logs each new connection of a "log" entry, rate-li
   );
   assert.deepEqual(rules.map((l) => l.slice(`add rule inet libvirt_hook_qemu ${p}-dnat `.length)), [
     `ip daddr 203.0.113.7 tcp dport 2222 limit rate 10/minute burst 5 packets log prefix "lvh web1 tcp/2222: " ${c}`,
+    `ip saddr 192.168.122.0/24 ip daddr . meta l4proto . th dport @${p}-pub4 ct label set 126 ${c}`,
     `ip daddr . meta l4proto . th dport @${p}-pub4 ct label set 127 dnat ip to ip daddr . meta l4proto . th dport ` +
     `map @${p}-dnat4 ${c}`,
     `ip daddr 203.0.113.7 udp dport 3000-3001 limit rate 10/minute burst 5 packets log prefix "lvh web1 udp/3000: " ${c}`,
+    `ip saddr 192.168.122.0/24 ip daddr 203.0.113.7 udp dport 3000-3001 ct label set 126 ${c}`,
     `ip daddr 203.0.113.7 udp dport 3000-3001 ct label set 127 counter dnat ip to 192.168.122.10 ${c}`,
   ]);
 });
