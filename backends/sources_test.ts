@@ -44,7 +44,10 @@ Deno.test("nftDomainObjects() matches several sources with one anonymous set per
     l.startsWith(`add rule inet libvirt_hook_qemu ${p}-dnat`)
   );
   assert.deepEqual(dnat, [
+    // A guest's own connection (the hairpin's label) must come from an allowed source too.
+    `add rule inet libvirt_hook_qemu ${p}-dnat ip saddr 192.168.122.0/24 ip saddr { 192.0.2.9, 198.51.100.0/24, 203.0.113.50-203.0.113.60 } ip daddr 203.0.113.7 tcp dport 2222 ct label set 126 ${c}`,
     `add rule inet libvirt_hook_qemu ${p}-dnat ip saddr { 192.0.2.9, 198.51.100.0/24, 203.0.113.50-203.0.113.60 } ip daddr 203.0.113.7 tcp dport 2222 ct label set 127 counter dnat ip to 192.168.122.10:22 ${c}`,
+    `add rule inet libvirt_hook_qemu ${p}-dnat ip6 saddr fd00:122::/64 ip6 saddr 2001:db8:99::/48 ip6 daddr 2001:db8:1::7 tcp dport 2222 ct label set 126 ${c}`,
     `add rule inet libvirt_hook_qemu ${p}-dnat ip6 saddr 2001:db8:99::/48 ip6 daddr 2001:db8:1::7 tcp dport 2222 ct label set 127 counter dnat ip6 to [fd00:122::10]:22 ${c}`,
   ]);
 });
@@ -115,6 +118,7 @@ Deno.test("nftDomainObjects() matches a source set by its family's set in our ta
       l.startsWith(`add rule inet libvirt_hook_qemu ${p}-dnat`)
     ),
     [
+      `add rule inet libvirt_hook_qemu ${p}-dnat ip saddr 192.168.122.0/24 ip saddr @src-office-v4 ip daddr 203.0.113.7 tcp dport 2222 ct label set 126 comment "libvirt-hook-qemu:1:web1"`,
       `add rule inet libvirt_hook_qemu ${p}-dnat ip saddr @src-office-v4 ip daddr 203.0.113.7 tcp dport 2222 ct label set 127 counter dnat ip to 192.168.122.10:22 comment "libvirt-hook-qemu:1:web1"`,
     ],
   );

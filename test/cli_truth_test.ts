@@ -11,16 +11,16 @@ const can = await canRunLab();
 if (!can.ok) console.log(`cli_truth_test.ts: skipped: ${can.reason}`);
 const opts = { sanitizeOps: false, sanitizeResources: false };
 /**
- * What the stop of web1's two forwards says it removed. nftables: its rules in our table (the one in each of its
- * chains, and the jump into its hairpin chain; its plain pairs are elements of the dispatch maps, not rules), 3 in
- * all; the accept in libvirt's guest_input that it shared with the other domains of our table is no domain's own. iptables-nft: removed by chain name in one
+ * What the stop of web1's two forwards says it removed. nftables: its rules in our table (in its one chain: the
+ * hairpin's label, then the translation; its plain pairs are elements of the dispatch maps, not rules), 2 in all;
+ * the accept in libvirt's guest_input that it shared with the other domains of our table is no domain's own. iptables-nft: removed by chain name in one
  * nft transaction, what is in the chains never listed (~0.1 ms a rule): the 4 jumps, and the 3 chains.
  */
 const REMOVED = {
   // The domain's 4 jumps and our gate's rule in FORWARD; its three chains, and the empty LVH-USER and our gate,
   // which go with the last domain.
   iptables: "5 old rule(s) removed, and 5 chain(s) of ours with the rules in them",
-  nftables: "3 old rule(s) removed",
+  nftables: "2 old rule(s) removed",
 };
 
 /** The program in namespace `ns`, its stdout sent to `stdout` (a file such as /dev/full) or piped. */
