@@ -11,6 +11,7 @@ import {
   countOurs,
   type DomainSpec,
   manyDomains,
+  nftGateRemoval,
   nftStartBatch,
   nftStopBatches,
   ourLines,
@@ -19,6 +20,7 @@ import {
   singleDomain,
   stopBatches,
   stripComments,
+  withoutGate,
 } from "./fixtures.ts";
 import { attribute, type ConfigProbe } from "./attribution.ts";
 import { type Form, type FormId, prepareForms } from "./forms.ts";
@@ -33,7 +35,7 @@ import {
   traceExec,
 } from "./proc.ts";
 import { ms, summarize, type Summary, table } from "./stats.ts";
-import { NFT_TABLE } from "../backends/names.ts";
+import { GATE_CHAIN, GATE_JUMP, NFT_TABLE } from "../backends/names.ts";
 import { nftRemoveDomain } from "../backends/nftables.ts";
 import { nftOwners, parseNftJson } from "../backends/nftables_live.ts";
 
@@ -344,15 +346,19 @@ async function runScenario(
   const last = names[names.length - 1]!;
   const perDomain = sc.domains[0]!.ports.length;
   // Per domain: three chains, four jumps, a DNAT and a hairpin rule a forward, the jump to LVH-USER and the one
-  // accept, and a log rule a forward where the entry logs; LVH-USER itself, made by the first start.
+  // accept, and a log rule a forward where the entry logs; LVH-USER itself and our gate (its chain and its rule
+  // in FORWARD), made by the first start.
   const logged = sc.domains[0]!.log ? perDomain : 0;
-  const live = { chains: 3 * names.length + 1, rules: names.length * (2 * perDomain + 6 + logged) };
+  const live = { chains: 3 * names.length + 2, rules: names.length * (2 * perDomain + 6 + logged) + 1 };
   const none = { chains: 0, rules: 0 };
   const where = `${ctx.firewall} ${sc.label}`;
 
   progress(ctx, `${where}: plans`);
   const plans = new Map<string, string>();
   for (const d of names) plans.set(d, await planFor(ctx, sc.id, config, d));
+  // Each plan is for an empty firewall, so each creates our gate; the hook's batch does that for the first domain
+  // only, and the floor does the same.
+  for (const d of names.slice(1)) plans.set(d, withoutGate(plans.get(d)!));
 
   const times = await warmUp(ctx, config, names[0]!);
   const ext = new Map<FormId, Awaited<ReturnType<typeof extras>>>();
@@ -401,8 +407,10 @@ async function runScenario(
     }
     const stops = stopBatches(text);
     for (const d of names) {
-      // The last domain's stop takes the empty LVH-USER too, as the hook's does.
-      const userChain = d === last ? "*filter\n-X LVH-USER\nCOMMIT\n" : "";
+      // The last domain's stop takes our gate and the empty LVH-USER too, as the hook's does.
+      const userChain = d === last
+        ? `*filter\n-D FORWARD ${GATE_JUMP}\n-X ${GATE_CHAIN}\n-X LVH-USER\nCOMMIT\n`
+        : "";
       floor.stopped.push(await restore(ctx, stops.get(chainHashOf(plans.get(d)!))! + userChain));
     }
     if (r === 0) await expectOurs(ctx, none, `${where}: after the floor`);
@@ -424,8 +432,9 @@ async function runScenario(
       listings.push({ table, text: await ctx.ns.exec(["nft", "-a", "list", "table", "ip", table]) });
     }
     const stops = nftStopBatches(listings);
+    const gate = nftGateRemoval(listings[1]!.text);
     for (const d of names) {
-      const userChain = d === last ? "delete chain ip filter LVH-USER\n" : "";
+      const userChain = d === last ? `${gate}delete chain ip filter LVH-USER\n` : "";
       nft.stopped.push(await nftLoad(ctx, stops.get(chainHashOf(plans.get(d)!))! + userChain));
     }
     if (r === 0) await expectOurs(ctx, none, `${where}: after the nft floor`);

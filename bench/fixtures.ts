@@ -1,5 +1,7 @@
 /** Benchmark inputs: hook configs, the busy foreign ruleset, and the floor batches (iptables-restore and nft). */
 
+import { GATE_CHAIN, GATE_JUMP } from "../backends/names.ts";
+
 /** The guest's address in the single-domain scenario. */
 export const PRIVATE_IP = "192.168.122.10";
 /** The host's public address (on pub0 in the namespace). */
@@ -137,7 +139,10 @@ function oursInSave(save: string): Ours {
     const decl = /^:(LVH-([0-9a-f]{12})-\S+)/.exec(line);
     if (decl) add(ours.chains, decl[2]!, table, decl[1]!);
     const rule = /^-A (\S+) (.*-j LVH-([0-9a-f]{12})-\S+.*)$/.exec(line);
-    if (rule && !rule[1]!.startsWith("LVH-")) add(ours.jumps, rule[3]!, table, `-D ${rule[1]} ${rule[2]}`);
+    // Jumps from a built-in chain, or from our gate (LVH-FORWARD), which no domain owns.
+    if (rule && !/^LVH-[0-9a-f]{12}-/.test(rule[1]!)) {
+      add(ours.jumps, rule[3]!, table, `-D ${rule[1]} ${rule[2]}`);
+    }
   }
   return ours;
 }
@@ -220,7 +225,7 @@ export function nftStopBatches(listings: { table: string; text: string }[]): Map
         continue;
       }
       const jump = /(?:jump|goto) LVH-([0-9a-f]{12})-\S+.*# handle (\d+)$/.exec(line);
-      if (jump && !chain.startsWith("LVH-")) {
+      if (jump && !/^LVH-[0-9a-f]{12}-/.test(chain)) {
         push(jumps, jump[1]!, `delete rule ip ${table} ${chain} handle ${jump[2]}`);
       }
     }
@@ -230,4 +235,17 @@ export function nftStopBatches(listings: { table: string; text: string }[]): Map
     out.set(hash, [...lines, ...(jumps.get(hash) ?? []), ...(del.get(hash) ?? [])].join("\n") + "\n");
   }
   return out;
+}
+
+/** A plan's batch without the creation of our gate (its chain and its rule in FORWARD): a later domain's batch. */
+export function withoutGate(plan: string): string {
+  return plan.split("\n").filter((l) => l !== `:${GATE_CHAIN} - [0:0]` && l !== `-I FORWARD ${GATE_JUMP}`)
+    .join("\n");
+}
+
+/** The `nft -f` lines that remove our gate, its rule in FORWARD by handle, from `nft -a list table ip filter`. */
+export function nftGateRemoval(filter: string): string {
+  const handle = new RegExp(`jump ${GATE_CHAIN} # handle (\\d+)$`, "m").exec(filter)?.[1];
+  return handle === undefined ? "" : `delete rule ip filter FORWARD handle ${handle}\n` +
+    `flush chain ip filter ${GATE_CHAIN}\ndelete chain ip filter ${GATE_CHAIN}\n`;
 }
