@@ -155,9 +155,14 @@ Deno.test({
           assert.match(await Deno.readTextFile(atStart.iptablesFile), /LVH-/, "rules not in place at start");
           during4 = await iptablesSave(e);
           rules.push({ title: "during (after virsh start)", text: during4 });
+          // Our gate on top of FORWARD, ahead of libvirt's chains; the guest's jump in it.
           assert.match(
             during4,
-            /^-A FORWARD -m comment --comment "libvirt-hook-qemu:1:lvhguest" -j LVH-\S+-FWD\n-A FORWARD -j LIBVIRT_FWX$/m,
+            /^-A FORWARD -m connlabel --label "127" -j LVH-FORWARD\n-A FORWARD -j LIBVIRT_FWX$/m,
+          );
+          assert.match(
+            during4,
+            /^-A LVH-FORWARD -m comment --comment "libvirt-hook-qemu:1:lvhguest" -j LVH-\S+-FWD$/m,
           );
           await forwardsWork("after start");
         },
