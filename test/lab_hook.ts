@@ -1,7 +1,7 @@
 /** Runs the hook, or one of its commands, inside a lab's host as libvirt runs it: a clean environment, XML on stdin. */
 
 import assert from "node:assert/strict";
-import type { Lab } from "./lab.ts";
+import { canRunLab, type Lab } from "./lab.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -40,4 +40,33 @@ export function execInLab(lab: Lab, file: string, args: string[], domain = "") {
 export async function labFirewall(lab: Lab): Promise<string> {
   const tables = (await lab.nftRuleset()).split(/^(?=table )/m).map((t) => t.trimEnd()).sort().join("\n");
   return `${await lab.ruleset(4)}\n${await lab.ruleset(6)}\n${tables}`;
+}
+
+/** A host (what libvirt uses) and our backend, for the namespace tests that run each combination. */
+export interface LabVariant {
+  libvirt: "iptables" | "nftables";
+  backend: string;
+  /** Whether this machine can run it (root, namespaces, and nft where it is needed). */
+  ok: boolean;
+}
+
+/**
+ * The combinations `setups` (`<libvirt>/<backend>`) with whether this machine can run each; says once on the
+ * console why `what` skips where it cannot (no namespaces, or no nft for a combination that needs it).
+ */
+export async function labVariants(what: string, setups: string[]): Promise<LabVariant[]> {
+  const can = await canRunLab();
+  const nft = can.ok &&
+    (await new Deno.Command("nft", { args: ["--version"], stdout: "null", stderr: "null" }).output()
+        .catch(() => undefined))?.success === true;
+  const variants = setups.map((s) => {
+    const [libvirt, backend] = s.split("/") as ["iptables" | "nftables", string];
+    const needsNft = libvirt === "nftables" || backend === "nftables";
+    return { libvirt, backend, ok: can.ok && (nft || !needsNft) };
+  });
+  if (!can.ok) console.log(`Skipping the ${what} namespace tests: ${can.reason}`);
+  else if (variants.some((v) => !v.ok)) {
+    console.log(`Skipping the ${what} namespace tests that need nftables: nft is not installed`);
+  }
+  return variants;
 }

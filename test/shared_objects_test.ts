@@ -7,21 +7,14 @@
  */
 
 import assert from "node:assert/strict";
-import { canRunLab, createLab, LAB_ADDR as A } from "./lab.ts";
-import { labFirewall, runInLab } from "./lab_hook.ts";
+import { createLab, LAB_ADDR as A } from "./lab.ts";
+import { labFirewall, labVariants, runInLab } from "./lab_hook.ts";
 
-const can = await canRunLab();
-const nft = can.ok &&
-  (await new Deno.Command("nft", { args: ["--version"], stdout: "null", stderr: "null" }).output()
-      .catch(() => undefined))?.success === true;
-if (!can.ok) console.log(`Skipping the shared objects namespace tests: ${can.reason}`);
-else if (!nft) console.log("Skipping the shared objects namespace tests on nftables: nft is not installed");
-
-const VARIANTS = [
-  { libvirt: "iptables" as const, backend: "iptables", ok: can.ok },
-  { libvirt: "iptables" as const, backend: "nftables", ok: can.ok && nft },
-  { libvirt: "nftables" as const, backend: "nftables", ok: can.ok && nft },
-];
+const VARIANTS = await labVariants("shared objects", [
+  "iptables/iptables",
+  "iptables/nftables",
+  "nftables/nftables",
+]);
 
 for (const v of VARIANTS) {
   Deno.test({
