@@ -1,7 +1,7 @@
 /** Runs the hook, or one of its commands, inside a lab's host as libvirt runs it: a clean environment, XML on stdin. */
 
 import assert from "node:assert/strict";
-import { canRunLab, type Lab } from "./lab.ts";
+import { canRunLab, createLab, type Lab } from "./lab.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -69,4 +69,33 @@ export async function labVariants(what: string, setups: string[]): Promise<LabVa
     console.log(`Skipping the ${what} namespace tests that need nftables: nft is not installed`);
   }
   return variants;
+}
+
+/**
+ * One namespace test of a variant (see labVariants), named `<what>, libvirt on <l>, backend <b>: <claim>`: a fresh
+ * lab of its libvirt, and a config file whose `/settings` pick its backend, with `entries` (the rest of the JSON
+ * object) beside them; both gone after `fn`.
+ */
+export function labTest(
+  v: LabVariant,
+  { what, claim, entries }: { what: string; claim: string; entries: string },
+  fn: (lab: Lab, file: string, t: Deno.TestContext) => Promise<void>,
+): void {
+  Deno.test({
+    name: `${what}, libvirt on ${v.libvirt}, backend ${v.backend}: ${claim}`,
+    ignore: !v.ok,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn(t) {
+      const lab = await createLab({ libvirt: v.libvirt });
+      const file = await Deno.makeTempFile({ suffix: ".jsonc" });
+      try {
+        await Deno.writeTextFile(file, `{"/settings": {"backend": "${v.backend}"}, ${entries}}`);
+        await fn(lab, file, t);
+      } finally {
+        await lab.close();
+        await Deno.remove(file).catch(() => {});
+      }
+    },
+  });
 }

@@ -7,8 +7,8 @@
  */
 
 import assert from "node:assert/strict";
-import { createLab, type Lab, LAB_ADDR as A } from "./lab.ts";
-import { labFirewall, labVariants, runInLab } from "./lab_hook.ts";
+import { type Lab, LAB_ADDR as A } from "./lab.ts";
+import { labFirewall, labTest, labVariants, runInLab } from "./lab_hook.ts";
 import { domainHash } from "../backends/names.ts";
 
 const VARIANTS = await labVariants("upgrade", [
@@ -110,50 +110,34 @@ function oldPieces(firewall: string): string[] {
 }
 
 for (const v of VARIANTS) {
-  Deno.test({
-    name:
-      `upgrade, libvirt on ${v.libvirt}, backend ${v.backend}: the earlier layout's rules go with a stop, ` +
-      "and a start replaces them by the shared objects",
-    ignore: !v.ok,
-    sanitizeOps: false,
-    sanitizeResources: false,
-    async fn(t) {
-      const lab = await createLab({ libvirt: v.libvirt });
-      const file = await Deno.makeTempFile({ suffix: ".jsonc" });
-      try {
-        await Deno.writeTextFile(
-          file,
-          `{"/settings": {"backend": "${v.backend}"},
-            "g1": {"private_ip": "${A.g1v4}", "port_map": {"tcp": [[2222, 22]]}}}`,
-        );
-        await lab.serve(lab.ns.g1, "tcp", 22, "g1");
-        const pristine = await labFirewall(lab);
-        const reach = () => lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222, { timeoutMs: 1500 });
-        const hairpin = () => lab.connect(lab.ns.g2, "tcp", A.hostPub4, 2222, { timeoutMs: 1500 });
+  labTest(v, {
+    what: "upgrade",
+    claim: "the earlier layout's rules go with a stop, and a start replaces them by the shared objects",
+    entries: `"g1": {"private_ip": "${A.g1v4}", "port_map": {"tcp": [[2222, 22]]}}`,
+  }, async (lab, file, t) => {
+    await lab.serve(lab.ns.g1, "tcp", 22, "g1");
+    const pristine = await labFirewall(lab);
+    const reach = () => lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222, { timeoutMs: 1500 });
+    const hairpin = () => lab.connect(lab.ns.g2, "tcp", A.hostPub4, 2222, { timeoutMs: 1500 });
 
-        await t.step("the earlier layout works, and a stop of the new hook takes all of it", async () => {
-          await writeOldLayout(lab, v);
-          assert.equal(await reach(), `g1 ${A.client4}`);
-          assert.notDeepEqual(oldPieces(await labFirewall(lab)), []);
-          await runInLab(lab, file, ["g1", "stopped", "end", "-"], "g1");
-          assert.equal(await labFirewall(lab), pristine);
-        });
-        await t.step(
-          "a start over it: the new layout, nothing of the old, the forward and hairpin work",
-          async () => {
-            await writeOldLayout(lab, v);
-            await runInLab(lab, file, ["g1", "start", "begin", "-"], "g1");
-            assert.deepEqual(oldPieces(await labFirewall(lab)), []);
-            assert.equal(await reach(), `g1 ${A.client4}`);
-            assert.equal(await hairpin(), `g1 ${A.bridge4}`);
-            await runInLab(lab, file, ["g1", "stopped", "end", "-"], "g1");
-            assert.equal(await labFirewall(lab), pristine);
-          },
-        );
-      } finally {
-        await lab.close();
-        await Deno.remove(file).catch(() => {});
-      }
-    },
+    await t.step("the earlier layout works, and a stop of the new hook takes all of it", async () => {
+      await writeOldLayout(lab, v);
+      assert.equal(await reach(), `g1 ${A.client4}`);
+      assert.notDeepEqual(oldPieces(await labFirewall(lab)), []);
+      await runInLab(lab, file, ["g1", "stopped", "end", "-"], "g1");
+      assert.equal(await labFirewall(lab), pristine);
+    });
+    await t.step(
+      "a start over it: the new layout, nothing of the old, the forward and hairpin work",
+      async () => {
+        await writeOldLayout(lab, v);
+        await runInLab(lab, file, ["g1", "start", "begin", "-"], "g1");
+        assert.deepEqual(oldPieces(await labFirewall(lab)), []);
+        assert.equal(await reach(), `g1 ${A.client4}`);
+        assert.equal(await hairpin(), `g1 ${A.bridge4}`);
+        await runInLab(lab, file, ["g1", "stopped", "end", "-"], "g1");
+        assert.equal(await labFirewall(lab), pristine);
+      },
+    );
   });
 }
