@@ -112,7 +112,7 @@ export const iptablesBackend: FirewallBackend = {
       // Our gate: its rule below another's or gone from a FORWARD that is there, or the domain's jump gone from it.
       const gate = live.gate;
       if (live.forward === undefined || gate === undefined) return false;
-      if (gate.jump?.buried || (gate.jump === null && live.forward !== undefined)) return true;
+      if (gate.jump === null || gate.jump?.buried) return true;
       return gate.owners !== undefined && !gate.owners.includes(domainHash(domain));
     });
   },

@@ -186,8 +186,10 @@ export function tableBridges(live: NftLive, except?: string): Record<Family, str
  */
 function domainNames(live: NftLive): Map<string, string> {
   const names = new Map<string, string>();
+  const hashIn = (name: string | undefined) =>
+    name === undefined ? undefined : /^d([0-9a-f]{12})-/.exec(name)?.[1];
   for (const r of live.rules) {
-    const owner = /^d([0-9a-f]{12})-/.exec(r.jump ?? r.chain)?.[1] ?? /^d([0-9a-f]{12})-/.exec(r.chain)?.[1];
+    const owner = hashIn(r.jump) ?? hashIn(r.chain);
     const domain = r.comment === undefined ? undefined : commentDomain(r.comment);
     if (owner && domain !== undefined) names.set(owner, domain);
   }
