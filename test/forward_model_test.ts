@@ -5,10 +5,9 @@
  */
 
 import assert from "node:assert/strict";
-import { labFirewall } from "./lab_hook.ts";
+import { execInLab, labFirewall } from "./lab_hook.ts";
 import { canRunLab, createLab, type Lab, LAB_ADDR as A } from "./lab.ts";
 
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const can = await canRunLab();
 const nft = can.ok &&
   (await new Deno.Command("nft", { args: ["--version"] }).output().catch(() => undefined))?.success;
@@ -17,23 +16,9 @@ else if (!nft) {
   console.log("Skipping the forward model namespace tests on libvirt's nftables: nft is not installed");
 }
 
-const XML = (name: string) =>
-  `<domain type='kvm'><name>${name}</name><devices><interface type='network'>` +
-  `<source network='default' bridge='virbr0'/><target dev='vnet0'/></interface></devices></domain>`;
-
 /** Runs the hook (or a command) in the lab's host with `file` as the config, as libvirt runs it. */
-async function run(lab: Lab, file: string, args: string[], domain = "", stdin = XML(domain)) {
-  const r = await lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, ...args], {
-    stdin,
-    clearEnv: true,
-    env: {
-      LC_ALL: "C",
-      PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-      CONFIG_FILENAME: file,
-    },
-    cwd: "/",
-    timeoutMs: 30_000,
-  });
+async function run(lab: Lab, file: string, args: string[], domain = "", stdin?: string) {
+  const r = await execInLab(lab, file, args, domain, stdin);
   assert.equal(r.stdout.startsWith("<"), false, "the hook never writes XML-like output");
   return r;
 }

@@ -18,10 +18,13 @@ export async function runInLab(lab: Lab, file: string, args: string[], domain = 
   return r;
 }
 
-/** Runs main.ts with `args` in the lab's host, `file` as the config, the guest `domain`'s XML on its stdin. */
-export function execInLab(lab: Lab, file: string, args: string[], domain = "") {
+/**
+ * Runs main.ts with `args` in the lab's host, `file` as the config, `stdin` on its stdin: the guest `domain`'s
+ * XML unless said otherwise (the network hook gets the network's).
+ */
+export function execInLab(lab: Lab, file: string, args: string[], domain = "", stdin = labXml(domain)) {
   return lab.exec(lab.ns.host, [Deno.execPath(), "run", "-A", MAIN, ...args], {
-    stdin: labXml(domain),
+    stdin,
     clearEnv: true,
     env: {
       LC_ALL: "C",
