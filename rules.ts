@@ -80,9 +80,12 @@ export function planForwards(
       const net = connectedNetworkOf(facts.connected, priv);
       const hairpinFrom = net ? formatNetwork(net) : `${priv.text}/${priv.family === 4 ? 32 : 128}`;
       // The optional fields are the same for every port of the target: made once, not twice per port.
-      const optional: Pick<Forward, "sources" | "sourceSet" | "interface" | "dev" | "description" | "log"> =
-        {};
+      const optional: Pick<
+        Forward,
+        "sources" | "sourceSet" | "interface" | "dev" | "description" | "log" | "countTraffic"
+      > = {};
       if (entry.log) optional.log = true;
+      if (entry.counters) optional.countTraffic = true;
       if (t.sources !== undefined) optional.sources = t.sources;
       if (t.sourceSet !== undefined) optional.sourceSet = t.sourceSet;
       if (entry.interface !== undefined) optional.interface = entry.interface;

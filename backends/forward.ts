@@ -33,6 +33,11 @@ export interface Forward {
   hairpinFrom: string;
   /** `log`: each new connection is logged (kernel log), at most LOG_RATE, prefixed with logPrefix(). */
   log?: true;
+  /**
+   * `counters`: its packets and bytes are counted too, both ways, as the host forwards them (see Counters), by a
+   * rule or set element per forward that only the connections our DNAT labelled reach.
+   */
+  countTraffic?: true;
   /** Only what arrives on this host interface. */
   dev?: string;
   /** The entry's description, carried in a comment of the forward's rule. */
@@ -54,6 +59,22 @@ export function logPrefix(domain: string, f: Pick<Forward, "protocol" | "publicP
   const tail = ` ${f.protocol}/${f.publicPort}: `;
   const name = domain.replace(/[^A-Za-z0-9._-]/g, "_").slice(0, 29 - "lvh ".length - tail.length);
   return `lvh ${name}${tail}`;
+}
+
+/**
+ * The public ports whose traffic a counting forward counts (see Forward.countTraffic), as `[first, last]` runs:
+ * its own, less what other forwards take where it has all_ports (their traffic is theirs).
+ */
+export function countedPorts(f: Pick<Forward, "publicPort" | "count" | "except">): [number, number][] {
+  const out: [number, number][] = [];
+  let next = f.publicPort;
+  const last = f.publicPort + f.count - 1;
+  for (const [a, b] of [...(f.except ?? [])].sort((x, y) => x[0] - y[0])) {
+    if (a > next) out.push([next, Math.min(a - 1, last)]);
+    next = Math.max(next, b + 1);
+  }
+  if (next <= last) out.push([next, last]);
+  return out;
 }
 
 /** The public address that stands for every local address of the host (loopback excluded). */
@@ -91,16 +112,46 @@ export interface LiveForward {
 
 /**
  * A forward's counters since its rules were last written (a start re-writes them, and they count from 0 again):
- * new connections (its DNAT rule, or its map element, which sees each connection's first packet only).
+ * new connections (its DNAT rule, or its map element, which sees each connection's first packet only), and where
+ * the forward asks for them (`counters`, see Forward.countTraffic) the packets and bytes, both ways, of its
+ * connections the host forwards (clients outside, and guests through the hairpin; not the host's own).
  */
 export interface Counters {
   connections: number;
-  /**
-   * Absent where not counted, which is today everywhere: no rule of ours sees every packet of one forward (one
-   * accept serves all of a domain's forwards, so that no packet walks a rule per forward).
-   */
+  /** Absent where the forward does not count them: one accept serves all forwards, which counts none. */
   packets?: number;
   bytes?: number;
+}
+
+/** What one counter of a counting forward saw (see Forward.countTraffic): its ports, packets and bytes. */
+export interface Traffic {
+  domain: string;
+  family: Family;
+  protocol: string;
+  /** The forward's public address, or `*`. */
+  publicIp: string;
+  /** The run of public ports the counter is for: a forward's, or part of one (all_ports). */
+  first: number;
+  last: number;
+  packets: number;
+  bytes: number;
+}
+
+/** Adds a counter's packets and bytes to the live forward whose public address and ports it counts. */
+export function addTraffic(forwards: LiveForward[], t: Traffic): void {
+  const f = forwards.find((f) =>
+    f.domain === t.domain && !f.outbound && f.family === t.family && f.protocol === t.protocol &&
+    f.publicIp === t.publicIp && within(f.publicPorts, t.first, t.last)
+  );
+  if (!f) return;
+  const c = f.counters ?? { connections: 0 };
+  f.counters = { ...c, packets: (c.packets ?? 0) + t.packets, bytes: (c.bytes ?? 0) + t.bytes };
+}
+
+/** Whether the ports `first`-`last` are among `ports` (`<port>` or `<first>-<last>`). */
+function within(ports: string, first: number, last: number): boolean {
+  const [a = NaN, b = a] = ports.split("-").map(Number);
+  return first >= a && last <= b;
 }
 
 /**

@@ -1,6 +1,6 @@
 /** The iptables backend's text: a domain's rules as iptables-restore batches (sync, additions, rollback). */
 
-import { ANY_PUBLIC, type Forward, LOG_RATE, logPrefix, type Snat } from "./forward.ts";
+import { ANY_PUBLIC, countedPorts, type Forward, LOG_RATE, logPrefix, type Snat } from "./forward.ts";
 import { chainLine, chainOwner, gateChange, type Live, Table, TABLES } from "./iptables_live.ts";
 import { chainNames, CT_LABEL, GATE_CHAIN, GATE_JUMP, ruleComment, USER_CHAIN } from "./names.ts";
 import { iptablesSourceMatches } from "./sources.ts";
@@ -13,6 +13,8 @@ export interface Rule {
   chain: string;
   /** The rule after `-A <chain> `, as iptables-restore reads it. */
   spec: string;
+  /** A jump that goes at the end of its chain, not the top (the accepts in our gate: see ruleLines). */
+  append?: true;
 }
 
 /**
@@ -104,31 +106,53 @@ export function ruleLines(
     ? ""
     : `-A ${c.fwd} ${comment} -j ${USER_CHAIN}\n-A ${c.fwd} ${comment} -j ACCEPT`;
   const outbound = snats.length > 0 ? [{ table: "nat" as const, chain: c.snat, spec: "" }] : [];
+  // Where our nftables table translates, it counts too (see nftDomainObjects).
+  const counting = translate ? countLines(forwards.filter((f) => f.countTraffic), c.cnt, comment) : [];
+  const cnt = counting.length > 0 ? [{ table: "filter" as const, chain: c.cnt, spec: "" }] : [];
   return {
     chains: translate
       ? [
         { table: "nat", chain: c.dnat, spec: "" },
         { table: "nat", chain: c.snat, spec: "" },
         { table: "filter", chain: c.fwd, spec: "" },
+        ...cnt,
       ]
       : [...outbound, ...(forwards.length > 0 ? [{ table: "filter" as const, chain: c.fwd, spec: "" }] : [])],
     // Inserted at the top: NAT must win over other tools'; the gate's own rule goes on top of FORWARD, ahead of
-    // libvirt's REJECT (see renderSync).
+    // libvirt's REJECT (see renderSync). In the gate, the accepts are appended and the counters inserted, so that
+    // every counter comes before the first accept, whichever domain started last.
     jumps: translate
       ? [
         jump("nat", "PREROUTING", c.dnat),
         jump("nat", "OUTPUT", c.dnat),
         jump("nat", "POSTROUTING", c.snat),
-        jump("filter", GATE_CHAIN, c.fwd),
+        { ...jump("filter", GATE_CHAIN, c.fwd), append: true },
+        ...cnt.map(() => jump("filter", GATE_CHAIN, c.cnt)),
       ]
       : [
         ...outbound.map(() => jump("nat", "POSTROUTING", c.snat)),
-        ...(forwards.length > 0 ? [jump("filter", GATE_CHAIN, c.fwd)] : []),
+        ...(forwards.length > 0 ? [{ ...jump("filter", GATE_CHAIN, c.fwd), append: true as const }] : []),
       ],
-    text: { nat: dnat.join("") + snat.join(""), filter: fwd },
+    text: { nat: dnat.join("") + snat.join(""), filter: [fwd, ...counting].join("\n") },
     count: added + (translate ? forwards.length : 0) + (forwards.length === 0 ? 0 : 2) +
-      snats.reduce((n, s) => n + (s.family === 4 ? 3 : 2), 0),
+      snats.reduce((n, s) => n + (s.family === 4 ? 3 : 2), 0) + counting.length,
   };
+}
+
+/**
+ * The rules of a domain's counting chain (`chain`, see Forward.countTraffic): one a forward (a run of ports for
+ * all_ports) that matches its connections by their original destination, both ways, and returns; its own
+ * counters are the forward's packets and bytes. Only the connections our DNAT labelled come here (the gate), the
+ * first packet too (FORWARD comes after the DNAT).
+ */
+function countLines(counted: Forward[], chain: string, comment: string): string[] {
+  return counted.flatMap((f) => {
+    const to = f.publicIp === ANY_PUBLIC ? "" : ` --ctorigdst ${f.publicIp}/${f.family === 4 ? 32 : 128}`;
+    return countedPorts(f).map(([a, b]) =>
+      `-A ${chain} -p ${f.protocol} -m conntrack${to} --ctorigdstport ${a === b ? a : `${a}:${b}`} ` +
+      `${comment} -j RETURN`
+    );
+  });
 }
 
 /**
@@ -264,9 +288,9 @@ export function renderSync(
 export function renderAdditions(want: RuleLines): Record<Table, string> {
   const out = {} as Record<Table, string>;
   for (const table of TABLES) {
-    const jumps = want.jumps.filter((r) => r.table === table).map((r) => `-I ${r.chain} ${r.spec}`).join(
-      "\n",
-    );
+    const jumps = want.jumps.filter((r) => r.table === table).map((r) =>
+      `${r.append ? "-A" : "-I"} ${r.chain} ${r.spec}`
+    ).join("\n");
     const rules = want.text[table];
     out[table] = jumps === "" ? rules : rules === "" ? jumps : `${jumps}\n${rules}`;
   }
@@ -297,13 +321,21 @@ export function renderRollback(
       (!now.gate?.chain || gateChange(now.gate, { domain, wanted: false }) === "remove");
     if (gate) out.push(chainLine(GATE_CHAIN));
     for (const r of rules) if (chainOwner(r.chain)) out.push(`-A ${r.chain} ${r.spec}`);
-    // Jumps were inserted at the top; inserting them in reverse order keeps their original relative order.
-    for (const r of [...rules].reverse()) if (!chainOwner(r.chain)) out.push(`-I ${r.chain} ${r.spec}`);
+    // Jumps were inserted at the top; inserting them in reverse order keeps their original relative order. The
+    // accepts in our gate go at its end (see ruleLines).
+    for (const r of [...rules].reverse()) {
+      if (!chainOwner(r.chain)) out.push(`${accepting(r) ? "-A" : "-I"} ${r.chain} ${r.spec}`);
+    }
     if (gate) out.push(`-I FORWARD ${GATE_JUMP}`);
     out.push("COMMIT");
   }
   const text = clear + (out.length ? out.join("\n") + "\n" : "");
   return text === "" ? undefined : text;
+}
+
+/** Whether a live rule is a domain's accept in our gate: its jump to the domain's FWD chain (see ruleLines). */
+function accepting(r: { chain: string; spec: string }): boolean {
+  return r.chain === GATE_CHAIN && r.spec.endsWith("-FWD");
 }
 
 /** The iptables programs of one family. */

@@ -2,7 +2,7 @@
  * iptables-nft's tables. */
 
 import { setSource } from "./sources.ts";
-import type { LiveForward } from "./forward.ts";
+import { addTraffic, type LiveForward } from "./forward.ts";
 
 import {
   CHAIN_PREFIX,
@@ -294,7 +294,7 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
     const dev = arg("-i");
     const description = t.filter((_, i) => t[i - 1] === "--comment").find((c) => !c.startsWith(COMMENT_TAG));
     // The DNAT rule sees a connection's first packet only (nat): its packets are the new connections. Packets and
-    // bytes are not counted per forward: one accept serves all of a domain's forwards (see ruleLines).
+    // bytes are counted by the domain's counting chain, where a forward asks for them (below).
     addLive(out, {
       domain: names.get(r.owner) ?? hashOnly(r.owner),
       family,
@@ -309,7 +309,34 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
       ...(r.counters ? { counters: { connections: r.counters[0] } } : {}),
     });
   }
+  for (const r of live.rules) if (r.chain.endsWith("-CNT")) addCounted(out, r, { names, family });
   return out;
+}
+
+/**
+ * Adds what one rule of a domain's counting chain counted (see countLines in iptables.ts) to its forward:
+ * `-p <proto> -m conntrack [--ctorigdst <address>] --ctorigdstport <ports> ... -j RETURN`.
+ */
+function addCounted(
+  out: LiveForward[],
+  r: LiveRule,
+  { names, family }: { names: Map<string, string>; family: Family },
+) {
+  if (!r.counters) return;
+  const t = tokenize(r.spec);
+  const arg = (flag: string) => (t.includes(flag) ? t[t.indexOf(flag) + 1] : undefined);
+  const [first = NaN, last = first] = (arg("--ctorigdstport") ?? "").split(":").map(Number);
+  const to = arg("--ctorigdst");
+  addTraffic(out, {
+    domain: names.get(r.owner) ?? hashOnly(r.owner),
+    family,
+    protocol: arg("-p") ?? "?",
+    publicIp: to === undefined ? "*" : to.replace(/\/(32|128)$/, ""),
+    first,
+    last,
+    packets: r.counters[0],
+    bytes: r.counters[1],
+  });
 }
 
 /**

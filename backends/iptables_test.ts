@@ -46,7 +46,7 @@ Deno.test("renderSync() renders the example config as one iptables-restore batch
       :LVH-USER - [0:0]
       :LVH-FORWARD - [0:0]
       -I FORWARD -m connlabel --label 127 -j LVH-FORWARD
-      -I LVH-FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-FORWARD ${c} -j LVH-${h}-FWD
       -A LVH-${h}-FWD ${c} -j LVH-USER
       -A LVH-${h}-FWD ${c} -j ACCEPT
       COMMIT
@@ -85,7 +85,7 @@ Deno.test('renderSync() puts a forward on "*" on every local address but loopbac
       :LVH-USER - [0:0]
       :LVH-FORWARD - [0:0]
       -I FORWARD -m connlabel --label 127 -j LVH-FORWARD
-      -I LVH-FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-FORWARD ${c} -j LVH-${h}-FWD
       -A LVH-${h}-FWD ${c} -j LVH-USER
       -A LVH-${h}-FWD ${c} -j ACCEPT
       COMMIT
@@ -217,7 +217,7 @@ Deno.test("renderSync() renders IPv6 forwards for ip6tables-restore", () => {
       :LVH-USER - [0:0]
       :LVH-FORWARD - [0:0]
       -I FORWARD -m connlabel --label 127 -j LVH-FORWARD
-      -I LVH-FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-FORWARD ${c} -j LVH-${h}-FWD
       -A LVH-${h}-FWD ${c} -j LVH-USER
       -A LVH-${h}-FWD ${c} -j ACCEPT
       COMMIT
@@ -263,7 +263,7 @@ Deno.test("renderSync() maps a range to other ports of the guest with DNAT's bas
       :LVH-USER - [0:0]
       :LVH-FORWARD - [0:0]
       -I FORWARD -m connlabel --label 127 -j LVH-FORWARD
-      -I LVH-FORWARD ${c} -j LVH-${h}-FWD
+      -A LVH-FORWARD ${c} -j LVH-${h}-FWD
       -A LVH-${h}-FWD ${c} -j LVH-USER
       -A LVH-${h}-FWD ${c} -j ACCEPT
       COMMIT
@@ -352,7 +352,7 @@ Deno.test("renderSync() creates the administrator's LVH-USER where it is missing
     `:LVH-${h}-FWD - [0:0]`,
     ":LVH-FORWARD - [0:0]",
     "-I FORWARD -m connlabel --label 127 -j LVH-FORWARD",
-    `-I LVH-FORWARD ${c} -j LVH-${h}-FWD`,
+    `-A LVH-FORWARD ${c} -j LVH-${h}-FWD`,
     `-A LVH-${h}-FWD ${c} -j LVH-USER`,
     `-A LVH-${h}-FWD ${c} -j ACCEPT`,
   ]);
@@ -472,7 +472,7 @@ Deno.test("renderSync() keeps one gate in FORWARD for every domain, and takes it
       assert.doesNotMatch(text, /:LVH-FORWARD|FORWARD -m connlabel/);
       assert.match(
         text,
-        new RegExp(`\\n-I LVH-FORWARD -m comment --comment libvirt-hook-qemu:1:web3 -j LVH-${h3}-FWD\\n`),
+        new RegExp(`\\n-A LVH-FORWARD -m comment --comment libvirt-hook-qemu:1:web3 -j LVH-${h3}-FWD\\n`),
       );
     },
   );

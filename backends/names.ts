@@ -78,12 +78,14 @@ export function domainLabel(domain: string): string {
 }
 
 /** The chains one domain owns: `LVH-<hash>-DNAT` etc., 21 characters, under iptables' 28. */
-export function chainNames(domain: string): { dnat: string; snat: string; fwd: string } {
+export function chainNames(domain: string): { dnat: string; snat: string; fwd: string; cnt: string } {
   const h = domainHash(domain);
   return {
     dnat: `${CHAIN_PREFIX}${h}-DNAT`,
     snat: `${CHAIN_PREFIX}${h}-SNAT`,
     fwd: `${CHAIN_PREFIX}${h}-FWD`,
+    // The counters of its forwards that ask for packets and bytes (see Forward.countTraffic).
+    cnt: `${CHAIN_PREFIX}${h}-CNT`,
   };
 }
 

@@ -1,6 +1,6 @@
 /** The native nftables backend: our own `inet` table, and our accept inside libvirt's nftables chains. */
 
-import { ANY_PUBLIC, type Forward, LOG_RATE, logPrefix, type Snat } from "./forward.ts";
+import { ANY_PUBLIC, countedPorts, type Forward, LOG_RATE, logPrefix, type Snat } from "./forward.ts";
 import type { Live } from "./iptables_live.ts";
 import {
   carriedDomain,
@@ -108,8 +108,53 @@ export function nftDomainObjects(
       `insert rule ${t} output jump ${p}-dnat ${comment}`,
     );
   }
+  out.push(...countObjects(domain, forwards.filter((f) => f.countTraffic), comment));
   out.push(...nftSnatObjects(domain, snats));
   return out;
+}
+
+/**
+ * Our base chain that counts the packets and bytes of the forwards that ask for it (see Forward.countTraffic), at
+ * the forward hook just after the administrator's bans (NFT_USER_HOOK): there whenever a domain counts, and only
+ * then, so that counters cost nothing per packet where no forward asks for them.
+ */
+export const COUNT_CHAIN = "traffic";
+
+/**
+ * A counting domain's objects: per family and protocol, a set of its forwards' public address and ports (`*`: any
+ * address) whose every element counts, and one rule in COUNT_CHAIN that looks a packet up by its connection's
+ * original destination. Only the connections our DNAT labelled (see CT_LABEL) get that far, both ways, the first
+ * packet too (the forward hook comes after the DNAT); a packet costs one lookup however many forwards there are.
+ * The port needs `meta l4proto` before it: nft knows a conntrack port's type from the protocol.
+ */
+function countObjects(domain: string, counted: Forward[], comment: string): string[] {
+  if (counted.length === 0) return [];
+  const p = nftPrefix(domain);
+  const t = `inet ${NFT_TABLE}`;
+  const sets = new Map<string, { family: Family; protocol: string; elements: string[] }>();
+  for (const f of counted) {
+    const name = countSet(p, f);
+    const set = sets.get(name) ?? { family: f.family, protocol: f.protocol, elements: [] };
+    const address = f.publicIp !== ANY_PUBLIC ? f.publicIp : f.family === 4 ? "0.0.0.0/0" : "::/0";
+    for (const [a, b] of countedPorts(f)) set.elements.push(`${address} . ${a === b ? a : `${a}-${b}`}`);
+    sets.set(name, set);
+  }
+  const out = [`add chain ${t} ${COUNT_CHAIN} { type filter hook forward priority -9; policy accept; }`];
+  for (const [name, { family, protocol, elements }] of sets) {
+    const ip = family === 4 ? "ip" : "ip6";
+    out.push(
+      `add set ${t} ${name} { type ${ip === "ip" ? "ipv4_addr" : "ipv6_addr"} . inet_service; flags interval; ` +
+        `counter; elements = { ${elements.join(", ")} }; }`,
+      `add rule ${t} ${COUNT_CHAIN} ct label ${CT_LABEL} meta l4proto ${protocol} ` +
+        `ct original ${ip} daddr . ct original proto-dst @${name} ${comment}`,
+    );
+  }
+  return out;
+}
+
+/** The name of a domain's counting set (prefix `p`) for a forward's family and protocol: `d<hash>-count4-tcp`. */
+function countSet(p: string, f: Pick<Forward, "family" | "protocol">): string {
+  return `${p}-count${f.family}-${f.protocol}`;
 }
 
 /** Whether a forward is a plain pair of its domain's map: one address and port, no source, interface or name. */
@@ -296,6 +341,11 @@ export function nftRemoveDomain(domain: string, live: NftLive, { keepTable = fal
       (r.comment !== undefined && ownerOf(r.comment) === h && !r.chain.startsWith(`${p}-`));
     if (mine) out.push(`delete rule ${t} ${r.chain} handle ${r.handle}`);
   }
+  // COUNT_CHAIN goes with the last counting domain (a start that counts declares it again after this).
+  const counting = live.rules.filter((r) => r.chain === COUNT_CHAIN);
+  if (live.chains.includes(COUNT_CHAIN) && counting.every((r) => r.comment && ownerOf(r.comment) === h)) {
+    out.push(`delete chain ${t} ${COUNT_CHAIN}`);
+  }
   const chains = live.chains.filter((c) => c.startsWith(`${p}-`));
   for (const c of chains) out.push(`flush chain ${t} ${c}`);
   for (const c of chains) out.push(`delete chain ${t} ${c}`);
@@ -322,6 +372,7 @@ export function holdsTheUsers(live: NftLive): boolean {
     `${DISPATCH}4`,
     `${DISPATCH}6`,
     HAIRPIN_CHAIN,
+    COUNT_CHAIN,
   ];
   const ours = (name: string) => /^d[0-9a-f]{12}-/.test(name) || base.includes(name);
   return live.rules.some((r) => r.chain === NFT_USER_CHAIN) ||

@@ -1,7 +1,7 @@
 /** The nftables backend's live state: what of ours is in nft's JSON listing, and the forwards read back from it. */
 
 import { setSource } from "./sources.ts";
-import type { LiveForward } from "./forward.ts";
+import { addTraffic, type LiveForward } from "./forward.ts";
 import type { BaseChain } from "./gates.ts";
 import {
   COMMENT_TAG,
@@ -270,7 +270,44 @@ export function nftLiveForwards(live: NftLive): LiveForward[] {
     const forward = owner && dnatForward(r, names.get(owner) ?? hashOnly(owner));
     if (forward) out.push(forward);
   }
+  addCounted(live, { forwards: out, names });
   return out;
+}
+
+/** A counting set's element as nft -j lists it: address (or `*`'s prefix) and port (or range), with its counter. */
+type CountElement = {
+  elem?: {
+    val?: { concat?: [string | { prefix?: { addr: string; len: number } }, number | { range?: number[] }] };
+    counter?: { packets?: number; bytes?: number };
+  };
+};
+
+/**
+ * Adds to each counting forward the packets and bytes of its elements in the domain's counting sets
+ * (`d<hash>-count<family>-<protocol>`, see nftDomainObjects): those of its address (or `*`) and protocol whose
+ * ports are among its own (all_ports is counted in runs of ports).
+ */
+function addCounted(live: NftLive, { forwards, names }: { forwards: LiveForward[]; names: Map<string, string> }) {
+  for (const s of live.sets) {
+    const m = /^d([0-9a-f]{12})-count([46])-(\w+)$/.exec(s.name);
+    if (!m) continue;
+    for (const e of s.elem as CountElement[]) {
+      const [address, port] = e.elem?.val?.concat ?? [];
+      const counter = e.elem?.counter;
+      if (address === undefined || port === undefined || !counter) continue;
+      const [first = NaN, last = NaN] = typeof port === "number" ? [port, port] : port.range ?? [];
+      addTraffic(forwards, {
+        domain: names.get(m[1]!) ?? hashOnly(m[1]!),
+        family: m[2] === "6" ? 6 : 4,
+        protocol: m[3]!,
+        publicIp: typeof address === "string" ? address : address.prefix?.len === 0 ? "*" : "",
+        first,
+        last,
+        packets: counter.packets ?? 0,
+        bytes: counter.bytes ?? 0,
+      });
+    }
+  }
 }
 
 /** A forward read back from one rule of a domain's dnat chain (a range, a source, "*", a dev), if it is one. */

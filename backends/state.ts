@@ -290,6 +290,13 @@ async function readChains(
   }
   // Other domains' chains were not listed: the administrator's chain is never deleted from this read.
   const { userRules: _, ...live } = parseSave(listingsToSave(listings));
+  // The domain's counting chain is known by the gate's jump into it (see ruleLines): not listed, as it is not
+  // read (a sync declares it, which empties it), so no start of a domain that does not count lists one more chain.
+  for (const r of live.rules) {
+    if (r.chain === GATE_CHAIN && r.spec.endsWith(` -j ${c.cnt}`) && !live.chains.some((x) => x.chain === c.cnt)) {
+      live.chains.push({ table: "filter", chain: c.cnt, owner: r.owner });
+    }
+  }
   return live;
 }
 

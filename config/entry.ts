@@ -97,6 +97,12 @@ export const ENTRY_FIELDS = {
       "Log each new connection to the entry's forwards in the kernel log, at most 10 a minute per " +
       "forward (bursts of 5), prefixed with the domain and the forward (`lvh web1 tcp/2222: `).",
   },
+  counters: {
+    type: "boolean",
+    description: "Count the packets and bytes of each forward (both ways, as the host forwards them), shown " +
+      "by status and qemu metrics; new connections are counted always. Costs each forwarded packet of these " +
+      "forwards a lookup, so it is off unless asked for.",
+  },
 } as const;
 
 /** What readDomain() needs beside the domain's node: how to report, where claims go, and the validator's options. */
@@ -171,6 +177,7 @@ function readEntry(node: Node, at: EntryAt): Entry | undefined {
   const ports = readPorts(cx, targets);
   const snatNode = claimSnat(cx, targets);
   const log = flagField(cx, "log");
+  const counters = flagField(cx, "counters");
   if (!["port_map", "port_range", "all_ports", "snat"].some((k) => cx.fields.has(k))) {
     at.report(node, at.path, "Entry forwards no port: give port_map or port_range", { severity: "warning" });
   }
@@ -185,6 +192,7 @@ function readEntry(node: Node, at: EntryAt): Entry | undefined {
     ...(description === undefined ? {} : { description }),
     ...(enabled ? {} : { enabled: false as const }),
     ...(log ? { log: true as const } : {}),
+    ...(counters ? { counters: true as const } : {}),
   };
 }
 

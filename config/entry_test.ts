@@ -64,7 +64,7 @@ Deno.test("readDomain() reports each mistake of an entry at its path, for its do
     ]],
     ["an unknown field, and a bad interface", `{"interfce": "x", "interface": "a b", "port_map": {}}`, [
       'web1.interfce: Unknown field "interfce"; known fields: interface, private_ip, public_ip, source_ip, ' +
-      "private_ipv6, public_ipv6, source_ipv6, source_set, port_map, port_range, all_ports, snat, dev, description, enabled, log [web1]",
+      "private_ipv6, public_ipv6, source_ipv6, source_set, port_map, port_range, all_ports, snat, dev, description, enabled, log, counters [web1]",
       'web1.interface: Not a valid interface name: it holds " ", which no interface name may hold here [web1]',
     ]],
     ["families mixed", `{"private_ip": "10.0.0.1", "public_ip": "2001:db8::1", "port_map": {"tcp": [22]}}`, [

@@ -41,6 +41,7 @@ export const PORT_FORWARD_ATTRIBUTES = {
   description: "what the forward is for, up to 64 printable ASCII characters (as description)",
   enabled: '"no": the forward stays declared but nothing is installed for it (as enabled)',
   log: '"yes": each new connection to the forward is logged in the kernel log, rate-limited (as log)',
+  counters: '"yes": the forward\'s packets and bytes are counted too (as counters)',
 } as const;
 
 /** The attributes of a `range`. */
@@ -247,6 +248,7 @@ function readPortForward(
   };
   const cx: ForwardContext = { el, path, named: readAttributes(el, path, fail), fail };
   const snat = yes(cx, "snat"), allPorts = yes(cx, "allPorts"), log = yes(cx, "log");
+  const counters = yes(cx, "counters");
   const proto = readProtocol(cx, { snat, allPorts });
   const { target, pub } = readTarget(cx);
   const mac = readMac(cx);
@@ -286,6 +288,7 @@ function readPortForward(
       ...(description === undefined ? {} : { description }),
       ...(enabled ? {} : { enabled: false as const }),
       ...(log ? { log: true as const } : {}),
+      ...(counters ? { counters: true as const } : {}),
     },
     place: { element: { line: el.line, column: el.column, path }, attributes: cx.named, ranges: positions },
   };
@@ -315,7 +318,7 @@ function attribute(cx: ForwardContext, name: string): XmlAttribute {
 }
 
 /** A yes/no flag: true where it is "yes"; anything but "yes" or "no" fails. */
-function yes(cx: ForwardContext, name: "snat" | "allPorts" | "log"): boolean {
+function yes(cx: ForwardContext, name: "snat" | "allPorts" | "log" | "counters"): boolean {
   const a = cx.named.get(name);
   if (!a || a.value === "no") return false;
   if (a.value === "yes") return true;

@@ -139,7 +139,7 @@ Deno.test("readMetadata() reports each mistake as file:line:column: message (ele
       "an unknown attribute, and no proto",
       ours(`      <lvh:portForward protocol="tcp"><lvh:range start="22"/></lvh:portForward>`),
       [
-        'web1.xml:5:24: Unknown attribute "protocol"; known: proto, address, source, sourceSet, guest, mac, snat, allPorts, dev, description, enabled, log (forwards/portForward[1]/@protocol)',
+        'web1.xml:5:24: Unknown attribute "protocol"; known: proto, address, source, sourceSet, guest, mac, snat, allPorts, dev, description, enabled, log, counters (forwards/portForward[1]/@protocol)',
         'web1.xml:5:7: Missing required attribute "proto" (tcp or udp) (forwards/portForward[1])',
       ],
     ],

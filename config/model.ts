@@ -73,6 +73,8 @@ export interface Entry {
   snat?: true;
   /** `log`: each new connection to the entry's forwards is logged, rate-limited (see Forward.log). */
   log?: true;
+  /** `counters`: each forward's packets and bytes are counted too (see Forward.countTraffic). */
+  counters?: true;
   /** Which of the guest's interfaces (its MAC, lower case), where the guest's address is to be found. */
   mac?: string;
   /** Only what arrives on this host interface (`dev`) is forwarded. */

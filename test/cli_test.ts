@@ -64,7 +64,7 @@ Deno.test("check prints every problem on stderr as file:line:column and exits 1"
   const lines = r.stderr.trimEnd().split("\n");
   assert.deepEqual(lines.slice(0, 2), [
     `${file}:2:82: Unknown field "sorce_ip"; known fields: interface, private_ip, public_ip, source_ip, private_ipv6, ` +
-    "public_ipv6, source_ipv6, source_set, port_map, port_range, all_ports, snat, dev, description, enabled, log (web1.sorce_ip)",
+    "public_ipv6, source_ipv6, source_set, port_map, port_range, all_ports, snat, dev, description, enabled, log, counters (web1.sorce_ip)",
     `${file}:3:27: Not an IP address (web2.private_ip = "192.168.122.300")`,
   ]);
   assert.equal(lines.at(-1), `${file}: 2 error(s); the domains they name will not start`);
