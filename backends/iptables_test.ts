@@ -1,6 +1,13 @@
 /** The iptables backend's text: the exact iptables-restore batches each config produces. */
 
-import { buildRules, iptablesTools, renderRollback, renderSync, ruleLines } from "./iptables.ts";
+import {
+  buildRules,
+  iptablesTools,
+  renderAdditions,
+  renderRollback,
+  renderSync,
+  ruleLines,
+} from "./iptables.ts";
 import { describeForward, describePlan, logPrefix } from "./forward.ts";
 import { liveForwards, liveOf, parseSave, userChainGoes } from "./iptables_live.ts";
 import { domainHash } from "./names.ts";
@@ -499,4 +506,55 @@ Deno.test("renderSync() keeps one gate in FORWARD for every domain, and takes it
     assert.match(text, /\n:LVH-FORWARD - \[0:0\]\n/);
     assert.ok(text.trimEnd().endsWith("-I FORWARD -m connlabel --label 127 -j LVH-FORWARD\nCOMMIT"), text);
   });
+});
+
+Deno.test('ruleLines() counts a "counters" entry\'s packets and bytes in a chain of its own, ahead of every accept; liveForwards() reads them', () => {
+  const { forwards } = forwardsOf(
+    `{"web1": [{"private_ip": "192.168.122.10", "public_ip": "203.0.113.7", "counters": true,
+                "port_map": {"tcp": [[2222, 22]]}},
+               {"private_ip": "192.168.122.10", "public_ip": "*", "counters": true, "port_map": {"udp": [[5353, 53]]}},
+               {"private_ip": "192.168.122.11", "public_ip": "203.0.113.8", "all_ports": true, "counters": true},
+               {"private_ip": "192.168.122.11", "public_ip": "203.0.113.8", "port_map": {"tcp": [[22, 22]]}}]}`,
+    "web1",
+  );
+  const h = domainHash("web1");
+  const c = "-m comment --comment libvirt-hook-qemu:1:web1";
+  const rules = ruleLines("web1", forwards);
+  // One rule a forward, by its connection's original destination ("*": its port alone, which no other forward
+  // may have); all_ports in runs around the ports other forwards take, whose traffic is theirs.
+  const counting = [
+    `-A LVH-${h}-CNT -p tcp -m conntrack --ctorigdst 203.0.113.7/32 --ctorigdstport 2222 ${c} -j RETURN`,
+    `-A LVH-${h}-CNT -p udp -m conntrack --ctorigdstport 5353 ${c} -j RETURN`,
+    `-A LVH-${h}-CNT -p tcp -m conntrack --ctorigdst 203.0.113.8/32 --ctorigdstport 1:21 ${c} -j RETURN`,
+    `-A LVH-${h}-CNT -p tcp -m conntrack --ctorigdst 203.0.113.8/32 --ctorigdstport 23:65535 ${c} -j RETURN`,
+    `-A LVH-${h}-CNT -p udp -m conntrack --ctorigdst 203.0.113.8/32 --ctorigdstport 1:5352 ${c} -j RETURN`,
+    `-A LVH-${h}-CNT -p udp -m conntrack --ctorigdst 203.0.113.8/32 --ctorigdstport 5354:65535 ${c} -j RETURN`,
+  ];
+  assert.deepEqual(rules.text.filter.split("\n").slice(2), counting);
+  // In the gate, the accept goes at the end and the counters on top: every domain's counters come before the
+  // first accept, whichever domain started last.
+  assert.deepEqual(
+    renderAdditions(rules).filter.split("\n").filter((l) => l.includes("LVH-FORWARD ")),
+    [`-A LVH-FORWARD ${c} -j LVH-${h}-FWD`, `-I LVH-FORWARD ${c} -j LVH-${h}-CNT`],
+  );
+  // A domain that does not count has no counting chain.
+  assert.equal(
+    ruleLines("web1", forwards.map(({ countTraffic: _, ...f }) => f)).text.filter.includes("CNT"),
+    false,
+  );
+  // Read back from iptables-save -c: each forward's packets and bytes are its rules' (all_ports: its runs').
+  const counted = counting.map((l, i) => `[${i + 1}:${(i + 1) * 100}] ${l}`);
+  const dnat = rules.text.nat.split("\n").filter((l) => l.includes("-j DNAT")).map((l) => `[1:60] ${l}`);
+  const live = parseSave(
+    `*nat\n-A PREROUTING ${c} -j LVH-${h}-DNAT\n${dnat.join("\n")}\nCOMMIT\n*filter\n${
+      counted.join("\n")
+    }\nCOMMIT\n`,
+  );
+  assert.deepEqual(liveForwards(live, 4).map((f) => [describeForward(f), f.counters]), [
+    ["tcp 203.0.113.7:2222 -> 192.168.122.10:22", { connections: 1, packets: 1, bytes: 100 }],
+    ["udp *:5353 -> 192.168.122.10:53", { connections: 1, packets: 2, bytes: 200 }],
+    ["tcp 203.0.113.8:22 -> 192.168.122.11:22", { connections: 1 }],
+    ["tcp 203.0.113.8:1-65535 -> 192.168.122.11:1-65535", { connections: 1, packets: 7, bytes: 700 }],
+    ["udp 203.0.113.8:1-65535 -> 192.168.122.11:1-65535", { connections: 1, packets: 11, bytes: 1100 }],
+  ]);
 });

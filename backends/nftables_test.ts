@@ -550,3 +550,111 @@ Deno.test("nftDomainObjects(): plain pairs need no jump of the domain's in our b
     `delete chain ${t} ${p}-dnat`,
   ]);
 });
+
+Deno.test('nftDomainObjects() counts a "counters" entry\'s packets and bytes by a set lookup in base chain traffic; nftLiveForwards() reads them', () => {
+  const f = forwards(
+    `{"web1": [{"private_ip": "192.168.122.10", "public_ip": "203.0.113.7", "counters": true,
+                "port_map": {"tcp": [[2222, 22]]}},
+               {"private_ip": "192.168.122.10", "public_ip": "*", "counters": true, "port_map": {"udp": [[5353, 53]]}},
+               {"private_ip": "192.168.122.11", "public_ip": "203.0.113.8", "all_ports": true, "counters": true},
+               {"private_ip": "192.168.122.11", "public_ip": "203.0.113.8", "port_map": {"tcp": [[22, 22]]}}]}`,
+    "web1",
+  );
+  const p = `d${domainHash("web1")}`;
+  const t = "inet libvirt_hook_qemu";
+  const c = 'comment "libvirt-hook-qemu:1:web1"';
+  const set = (name: string, elements: string) =>
+    `add set ${t} ${p}-count4-${name} { type ipv4_addr . inet_service; flags interval; counter; ` +
+    `elements = { ${elements} }; }`;
+  const rule = (proto: string) =>
+    `add rule ${t} traffic ct label 127 meta l4proto ${proto} ct original ip daddr . ct original proto-dst ` +
+    `@${p}-count4-${proto} ${c}`;
+  const objects = nftDomainObjects("web1", f);
+  assert.deepEqual(
+    objects.slice(
+      objects.indexOf(`add chain ${t} traffic { type filter hook forward priority -9; policy accept; }`),
+    ),
+    [
+      `add chain ${t} traffic { type filter hook forward priority -9; policy accept; }`,
+      // all_ports in runs around the ports other forwards take (their traffic is theirs); "*" on any address.
+      set("tcp", "203.0.113.7 . 2222, 203.0.113.8 . 1-21, 203.0.113.8 . 23-65535"),
+      rule("tcp"),
+      set("udp", "0.0.0.0/0 . 5353, 203.0.113.8 . 1-5352, 203.0.113.8 . 5354-65535"),
+      rule("udp"),
+    ],
+  );
+  // A domain that does not count has no counting objects.
+  assert.equal(
+    nftDomainObjects("web1", f.map(({ countTraffic: _, ...x }) => x)).some((l) => l.includes("traffic")),
+    false,
+  );
+});
+
+Deno.test("nftLiveForwards() adds each counting forward's packets and bytes from its elements in the domain's counting set", () => {
+  const p = `d${domainHash("web1")}`;
+  const counted = (val: unknown, packets: number, bytes: number) => ({
+    elem: { val, counter: { packets, bytes } },
+  });
+  const live = parseNftJson(JSON.stringify({
+    nftables: [
+      { table: { family: "inet", name: "libvirt_hook_qemu", handle: 1 } },
+      {
+        map: {
+          family: "inet",
+          table: "libvirt_hook_qemu",
+          name: `${p}-dnat4`,
+          handle: 2,
+          elem: [
+            [counted({ concat: ["203.0.113.7", "tcp", 2222] }, 3, 180), { concat: ["192.168.122.10", 22] }],
+            [counted({ concat: ["203.0.113.7", "tcp", 2223] }, 1, 60), { concat: ["192.168.122.10", 22] }],
+          ],
+        },
+      },
+      {
+        set: {
+          family: "inet",
+          table: "libvirt_hook_qemu",
+          name: `${p}-count4-tcp`,
+          handle: 3,
+          elem: [
+            counted({ concat: ["203.0.113.7", 2222] }, 20, 2400),
+            // Another address's: no forward of this domain, so nobody's.
+            counted({ concat: ["203.0.113.9", { range: [3000, 3001] }] }, 5, 500),
+          ],
+        },
+      },
+    ],
+  }));
+  assert.deepEqual(nftLiveForwards(live).map((f) => [describeForward(f), f.counters]), [
+    // The same guest port through two forwards: each its own.
+    ["tcp 203.0.113.7:2222 -> 192.168.122.10:22", { connections: 3, packets: 20, bytes: 2400 }],
+    ["tcp 203.0.113.7:2223 -> 192.168.122.10:22", { connections: 1 }],
+  ]);
+});
+
+Deno.test("nftRemoveDomain() takes base chain traffic with the last counting domain only", () => {
+  const rule = (domain: string, handle: number) => ({
+    family: "inet",
+    table: "libvirt_hook_qemu",
+    chain: "traffic",
+    handle,
+    comment: `libvirt-hook-qemu:1:${domain}`,
+    expr: [],
+  });
+  const state = (rules: ReturnType<typeof rule>[]): NftLive => ({
+    ...emptyNftLive(),
+    table: true,
+    chains: ["traffic", `d${domainHash("web1")}-dnat`, `d${domainHash("web2")}-dnat`],
+    rules,
+  });
+  const t = "inet libvirt_hook_qemu";
+  const removal = (live: NftLive) =>
+    nftRemoveDomain("web1", live, { keepTable: true }).filter((l) => l.includes("traffic"));
+  assert.deepEqual(removal(state([rule("web1", 5), rule("web2", 6)])), [`delete rule ${t} traffic handle 5`]);
+  assert.deepEqual(removal(state([rule("web1", 5)])), [
+    `delete rule ${t} traffic handle 5`,
+    `delete chain ${t} traffic`,
+  ]);
+  // Left empty by a version that did not take it: it goes too.
+  assert.deepEqual(removal(state([])), [`delete chain ${t} traffic`]);
+});

@@ -199,7 +199,10 @@ function gatesOnTheWay({ domain, f, c, bridge }: ForwardPath): Finding[] {
   return out;
 }
 
-/** What the counters say, where our rules count (iptables): nothing arrived, or it arrived and was dropped. */
+/**
+ * What the counters say, where our rules count (iptables): nothing arrived, or it arrived and was dropped before
+ * our gate (seen where the forward counts its packets).
+ */
 function counted({ f, c }: ForwardPath): Finding[] {
   const dnat = c.counters.get(`dnat ${f.protocol} ${f.publicPort}`);
   const accepted = c.counters.get(`fwd ${f.protocol} ${f.publicPort}`);
@@ -207,10 +210,18 @@ function counted({ f, c }: ForwardPath): Finding[] {
   if (dnat === 0) return [note("no connection has arrived yet (the DNAT counter is 0)")];
   if (accepted === 0) {
     return [
-      fail(`${dnat} packet(s) arrived and were translated, but none was accepted on the way to the guest`),
+      fail(
+        `${dnat} connection(s) arrived and were translated, but none reached our accept on the way to the guest`,
+      ),
     ];
   }
-  return [ok(`${dnat} packet(s) arrived and were translated${accepted ? `, ${accepted} accepted` : ""}`)];
+  return [
+    ok(
+      `${dnat} connection(s) arrived and were translated${
+        accepted ? `, ${accepted} packet(s) forwarded` : ""
+      }`,
+    ),
+  ];
 }
 
 /** Whether the guest answers the connections that conntrack saw reach it. */
@@ -357,11 +368,12 @@ export async function readFlows(
 
 /**
  * Our rules' packet counters (iptables-save -c), by `dnat|fwd <protocol> <public port>`: telling "nothing
- * arrives" from "arrives, but is dropped on the way". The nftables backend keeps no counters of its own.
+ * arrives" from "arrives, but is dropped on the way". `fwd`: the domain's counting chain (a forward with
+ * `"counters": true`), which only what passed FORWARD up to our gate reaches. The nftables backend is not read.
  */
 export async function readCounters(deps: HookDeps, domain: string): Promise<Map<string, number>> {
   const out = new Map<string, number>();
-  const { dnat, fwd } = chainNames(domain);
+  const { dnat, cnt: fwd } = chainNames(domain);
   for (const save of ["iptables-save", "ip6tables-save"]) {
     const r = await deps.runner.run([save, "-c"]).catch(() => undefined);
     if (!r || r.code !== 0) continue;

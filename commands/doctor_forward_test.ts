@@ -8,7 +8,7 @@ import { FACTS, forwardsOf } from "../test/util.ts";
 
 const h = domainHash("web 1");
 
-Deno.test("readCounters() sums our DNAT and accept counters by protocol and public port", async () => {
+Deno.test("readCounters() sums our DNAT and counting chain counters by protocol and public port", async () => {
   const f = await fakeCommandDeps("{}", (argv) =>
     argv[0] === "iptables-save"
       ? {
@@ -18,7 +18,8 @@ Deno.test("readCounters() sums our DNAT and accept counters by protocol and publ
           `[3:180] -A LVH-${h}-DNAT -d 203.0.113.1/32 -p udp -m udp --dport 2222 -j DNAT --to-destination 192.168.122.10:53`,
           "COMMIT",
           "*filter",
-          `[0:0] -A LVH-${h}-FWD -p tcp -m conntrack --ctstate DNAT --ctorigdstport 2222 -j ACCEPT`,
+          `[0:0] -A LVH-${h}-CNT -p tcp -m conntrack --ctorigdst 203.0.113.1 --ctorigdstport 2222 -j RETURN`,
+          `[5:300] -A LVH-${h}-FWD -j ACCEPT`,
           "[9:9] -A FORWARD -j ACCEPT",
           "COMMIT",
         ].join("\n"),

@@ -99,7 +99,8 @@ export const ENTRY_FIELDS = {
   },
   counters: {
     type: "boolean",
-    description: "Count the packets and bytes of each forward (both ways, as the host forwards them), shown " +
+    description:
+      "Count the packets and bytes of each forward (both ways, as the host forwards them), shown " +
       "by status and qemu metrics; new connections are counted always. Costs each forwarded packet of these " +
       "forwards a lookup, so it is off unless asked for.",
   },

@@ -82,6 +82,9 @@ Deno.test("readDomain() reports each mistake of an entry at its path, for its do
     ["log that is no boolean", `{"log": "yes", "port_map": {"tcp": [22]}}`, [
       "web1.log: Expected true or false, found a string [web1]",
     ]],
+    ["counters that is no boolean", `{"counters": 1, "port_map": {"tcp": [22]}}`, [
+      "web1.counters: Expected true or false, found a number [web1]",
+    ]],
   ];
   for (const [name, json, want] of cases) {
     await t.step(name, () => {
@@ -255,14 +258,16 @@ Deno.test("readDomain() gives source_set to every target", () => {
   ]);
 });
 
-Deno.test('readDomain() reads "log": true onto the entry, and false as nothing', async (t) => {
-  for (const [value, want] of [["true", { log: true }], ["false", {}]] as const) {
-    await t.step(`log ${value}`, () => {
-      const { entries, problems } = read(
-        `{"private_ip": "10.0.0.1", "log": ${value}, "port_map": {"tcp": [22]}}`,
-      );
-      assert.deepEqual(problems, []);
-      assert.deepEqual(entries?.[0]?.log, (want as { log?: true }).log);
-    });
-  }
-});
+for (const flag of ["log", "counters"] as const) {
+  Deno.test(`readDomain() reads "${flag}": true onto the entry, and false as nothing`, async (t) => {
+    for (const [value, want] of [["true", true], ["false", undefined]] as const) {
+      await t.step(`${flag} ${value}`, () => {
+        const { entries, problems } = read(
+          `{"private_ip": "10.0.0.1", "${flag}": ${value}, "port_map": {"tcp": [22]}}`,
+        );
+        assert.deepEqual(problems, []);
+        assert.equal(entries?.[0]?.[flag], want);
+      });
+    }
+  });
+}

@@ -268,17 +268,19 @@ Deno.test("readMetadata() reads source as a list of the forward's family, and so
   });
 });
 
-Deno.test('readMetadata() reads log="yes" onto the entry, "no" as nothing, anything else as a mistake', () => {
-  const read = (value: string) => {
-    const xml = `<domain type='kvm'><name>web1</name><metadata>
+for (const flag of ["log", "counters"] as const) {
+  Deno.test(`readMetadata() reads ${flag}="yes" onto the entry, "no" as nothing, anything else as a mistake`, () => {
+    const read = (value: string) => {
+      const xml = `<domain type='kvm'><name>web1</name><metadata>
   <lvh:forwards xmlns:lvh="urn:libvirt-hook-qemu:1">
-    <lvh:portForward proto="tcp" log="${value}"><lvh:range start="2222" to="22"/></lvh:portForward>
+    <lvh:portForward proto="tcp" ${flag}="${value}"><lvh:range start="2222" to="22"/></lvh:portForward>
   </lvh:forwards></metadata></domain>`;
-    return readMetadata("web1", { root: parseXml(xml), file: "web1.xml" });
-  };
-  assert.equal(read("yes").entries[0]?.log, true);
-  assert.equal(read("no").entries[0]?.log, undefined);
-  assert.deepEqual(read("maybe").diagnostics.map(formatDiagnostic), [
-    'web1.xml:3:34: Expected "yes" or "no" (forwards/portForward[1]/@log = "maybe")',
-  ]);
-});
+      return readMetadata("web1", { root: parseXml(xml), file: "web1.xml" });
+    };
+    assert.equal(read("yes").entries[0]?.[flag], true);
+    assert.equal(read("no").entries[0]?.[flag], undefined);
+    assert.deepEqual(read("maybe").diagnostics.map(formatDiagnostic), [
+      `web1.xml:3:34: Expected "yes" or "no" (forwards/portForward[1]/@${flag} = "maybe")`,
+    ]);
+  });
+}
