@@ -179,6 +179,8 @@ Deno.test("startBatches() are the very batches syncDomain() runs, for every host
                   ? { all_ports: true }
                   : { port_map: { tcp: [[2222, 22]], udp: [53] } }),
                 ...(kind === "snat" ? { snat: true } : {}),
+                // Packets and bytes counted where a whole address or "*" is forwarded.
+                ...(kind === "all_ports" || kind === "listen" ? { counters: true } : {}),
               };
               const { forwards, snats } = forwardsOf(JSON.stringify({ web1: entry }), "web1");
               assert.ok(forwards.length > 0);
@@ -215,6 +217,15 @@ Deno.test("startBatches() are the very batches syncDomain() runs, for every host
                   backend === "nftables"
                     ? /fib daddr type local .*iifname "eth1"/
                     : /--dst-type LOCAL -i eth1/,
+                );
+              }
+              if (kind === "all_ports" || kind === "listen") {
+                // The counters are in what plan shows: a chain jumped from the gate, or a set in our table.
+                assert.match(
+                  plan,
+                  backend === "nftables"
+                    ? /\nadd rule inet libvirt_hook_qemu traffic ct label 127 meta l4proto tcp /
+                    : /\n-I LVH-FORWARD -d 192\.168\.122\.10\/32 -m comment --comment \S+ -j LVH-\w+-CNT\n/,
                 );
               }
               if (plan.includes("# nft -f -")) nftSeen++;

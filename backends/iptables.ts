@@ -127,7 +127,17 @@ export function ruleLines(
         jump("nat", "OUTPUT", c.dnat),
         jump("nat", "POSTROUTING", c.snat),
         { ...jump("filter", GATE_CHAIN, c.fwd), append: true },
-        ...cnt.map(() => jump("filter", GATE_CHAIN, c.cnt)),
+        // Jumps by the guest addresses the counters are for, its end of the connection both ways: the packets of
+        // other guests pass jumps that do not match, never this domain's counters. (Not `--ctreplsrc`: iptables-nft
+        // 1.8.9 saves it without its mask, and cannot delete it by that text.)
+        ...(cnt.length === 0 ? [] : unique(forwards.filter((f) => f.countTraffic).map((f) => f.privateIp)))
+          .flatMap((ip) =>
+            ["-d", "-s"].map((way): Rule => ({
+              table: "filter",
+              chain: GATE_CHAIN,
+              spec: `${way} ${ip}/${ip.includes(":") ? 128 : 32} ${comment} -j ${c.cnt}`,
+            }))
+          ),
       ]
       : [
         ...outbound.map(() => jump("nat", "POSTROUTING", c.snat)),

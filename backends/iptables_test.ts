@@ -535,7 +535,14 @@ Deno.test('ruleLines() counts a "counters" entry\'s packets and bytes in a chain
   // first accept, whichever domain started last.
   assert.deepEqual(
     renderAdditions(rules).filter.split("\n").filter((l) => l.includes("LVH-FORWARD ")),
-    [`-A LVH-FORWARD ${c} -j LVH-${h}-FWD`, `-I LVH-FORWARD ${c} -j LVH-${h}-CNT`],
+    [
+      `-A LVH-FORWARD ${c} -j LVH-${h}-FWD`,
+      // Entered by the packets of its guests' connections alone, both ways.
+      `-I LVH-FORWARD -d 192.168.122.10/32 ${c} -j LVH-${h}-CNT`,
+      `-I LVH-FORWARD -s 192.168.122.10/32 ${c} -j LVH-${h}-CNT`,
+      `-I LVH-FORWARD -d 192.168.122.11/32 ${c} -j LVH-${h}-CNT`,
+      `-I LVH-FORWARD -s 192.168.122.11/32 ${c} -j LVH-${h}-CNT`,
+    ],
   );
   // A domain that does not count has no counting chain.
   assert.equal(

@@ -143,7 +143,9 @@ function countObjects(domain: string, counted: Forward[], comment: string): stri
   for (const [name, { family, protocol, elements }] of sets) {
     const ip = family === 4 ? "ip" : "ip6";
     out.push(
-      `add set ${t} ${name} { type ${ip === "ip" ? "ipv4_addr" : "ipv6_addr"} . inet_service; flags interval; ` +
+      `add set ${t} ${name} { type ${
+        ip === "ip" ? "ipv4_addr" : "ipv6_addr"
+      } . inet_service; flags interval; ` +
         `counter; elements = { ${elements.join(", ")} }; }`,
       `add rule ${t} ${COUNT_CHAIN} ct label ${CT_LABEL} meta l4proto ${protocol} ` +
         `ct original ${ip} daddr . ct original proto-dst @${name} ${comment}`,

@@ -287,7 +287,10 @@ type CountElement = {
  * (`d<hash>-count<family>-<protocol>`, see nftDomainObjects): those of its address (or `*`) and protocol whose
  * ports are among its own (all_ports is counted in runs of ports).
  */
-function addCounted(live: NftLive, { forwards, names }: { forwards: LiveForward[]; names: Map<string, string> }) {
+function addCounted(
+  live: NftLive,
+  { forwards, names }: { forwards: LiveForward[]; names: Map<string, string> },
+) {
   for (const s of live.sets) {
     const m = /^d([0-9a-f]{12})-count([46])-(\w+)$/.exec(s.name);
     if (!m) continue;

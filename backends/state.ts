@@ -293,7 +293,9 @@ async function readChains(
   // The domain's counting chain is known by the gate's jump into it (see ruleLines): not listed, as it is not
   // read (a sync declares it, which empties it), so no start of a domain that does not count lists one more chain.
   for (const r of live.rules) {
-    if (r.chain === GATE_CHAIN && r.spec.endsWith(` -j ${c.cnt}`) && !live.chains.some((x) => x.chain === c.cnt)) {
+    if (
+      r.chain === GATE_CHAIN && r.spec.endsWith(` -j ${c.cnt}`) && !live.chains.some((x) => x.chain === c.cnt)
+    ) {
       live.chains.push({ table: "filter", chain: c.cnt, owner: r.owner });
     }
   }
