@@ -87,16 +87,7 @@ export function ruleLines(
     }
     snat.push(p.snat, privatePorts, p.translated, publicPorts, p.snatTail, "\n");
   }
-  // Outbound 1:1 NAT, after the hairpin rules: the guest's new connections to anywhere but its own network (and
-  // multicast and broadcast, which libvirt leaves alone too) leave from its public address. In POSTROUTING our
-  // jump comes first, so this wins over libvirt's masquerade (LIBVIRT_PRT) on hosts where libvirt uses iptables.
-  for (const s of snats) {
-    const from = `-A ${c.snat} -s ${s.privateIp}/${s.family === 4 ? 32 : 128}`;
-    for (const keep of s.family === 4 ? ["224.0.0.0/24", "255.255.255.255/32"] : ["ff00::/8"]) {
-      snat.push(from, ` -d ${keep} `, comment, " -j RETURN", "\n");
-    }
-    snat.push(from, ` ! -d ${s.network} `, comment, ` -j SNAT --to-source ${s.publicIp}`, "\n");
-  }
+  outboundLines(snats, { chain: c.snat, comment, into: snat });
   // Every line ends with a newline; the text has none at its end.
   snat[snat.length - 1] = "";
   // The administrator's bans first (see USER_CHAIN), then the accept: only the connections our DNAT labelled
@@ -107,15 +98,16 @@ export function ruleLines(
     : `-A ${c.fwd} ${comment} -j ${USER_CHAIN}\n-A ${c.fwd} ${comment} -j ACCEPT`;
   const outbound = snats.length > 0 ? [{ table: "nat" as const, chain: c.snat, spec: "" }] : [];
   // Where our nftables table translates, it counts too (see nftDomainObjects).
-  const counting = translate ? countLines(forwards.filter((f) => f.countTraffic), c.cnt, comment) : [];
-  const cnt = counting.length > 0 ? [{ table: "filter" as const, chain: c.cnt, spec: "" }] : [];
+  const counting = translate
+    ? countingParts(forwards.filter((f) => f.countTraffic), { chain: c.cnt, comment })
+    : { chains: [], jumps: [], lines: [] };
   return {
     chains: translate
       ? [
         { table: "nat", chain: c.dnat, spec: "" },
         { table: "nat", chain: c.snat, spec: "" },
         { table: "filter", chain: c.fwd, spec: "" },
-        ...cnt,
+        ...counting.chains,
       ]
       : [...outbound, ...(forwards.length > 0 ? [{ table: "filter" as const, chain: c.fwd, spec: "" }] : [])],
     // Inserted at the top: NAT must win over other tools'; the gate's own rule goes on top of FORWARD, ahead of
@@ -127,42 +119,66 @@ export function ruleLines(
         jump("nat", "OUTPUT", c.dnat),
         jump("nat", "POSTROUTING", c.snat),
         { ...jump("filter", GATE_CHAIN, c.fwd), append: true },
-        // Jumps by the guest addresses the counters are for, its end of the connection both ways: the packets of
-        // other guests pass jumps that do not match, never this domain's counters. (Not `--ctreplsrc`: iptables-nft
-        // 1.8.9 saves it without its mask, and cannot delete it by that text.)
-        ...(cnt.length === 0 ? [] : unique(forwards.filter((f) => f.countTraffic).map((f) => f.privateIp)))
-          .flatMap((ip) =>
-            ["-d", "-s"].map((way): Rule => ({
-              table: "filter",
-              chain: GATE_CHAIN,
-              spec: `${way} ${ip}/${ip.includes(":") ? 128 : 32} ${comment} -j ${c.cnt}`,
-            }))
-          ),
+        ...counting.jumps,
       ]
       : [
         ...outbound.map(() => jump("nat", "POSTROUTING", c.snat)),
         ...(forwards.length > 0 ? [{ ...jump("filter", GATE_CHAIN, c.fwd), append: true as const }] : []),
       ],
-    text: { nat: dnat.join("") + snat.join(""), filter: [fwd, ...counting].join("\n") },
+    text: { nat: dnat.join("") + snat.join(""), filter: [fwd, ...counting.lines].join("\n") },
     count: added + (translate ? forwards.length : 0) + (forwards.length === 0 ? 0 : 2) +
-      snats.reduce((n, s) => n + (s.family === 4 ? 3 : 2), 0) + counting.length,
+      snats.reduce((n, s) => n + (s.family === 4 ? 3 : 2), 0) + counting.lines.length,
   };
 }
 
 /**
- * The rules of a domain's counting chain (`chain`, see Forward.countTraffic): one a forward (a run of ports for
- * all_ports) that matches its connections by their original destination, both ways, and returns; its own
- * counters are the forward's packets and bytes. Only the connections our DNAT labelled come here (the gate), the
- * first packet too (FORWARD comes after the DNAT).
+ * Outbound 1:1 NAT, after the hairpin rules (pushed `into` them): the guest's new connections to anywhere but its
+ * own network (and multicast and broadcast, which libvirt leaves alone too) leave from its public address. In
+ * POSTROUTING our jump comes first, so this wins over libvirt's masquerade (LIBVIRT_PRT) on hosts where libvirt
+ * uses iptables.
  */
-function countLines(counted: Forward[], chain: string, comment: string): string[] {
-  return counted.flatMap((f) => {
+function outboundLines(
+  snats: Snat[],
+  { chain, comment, into }: { chain: string; comment: string; into: string[] },
+) {
+  for (const s of snats) {
+    const from = `-A ${chain} -s ${s.privateIp}/${s.family === 4 ? 32 : 128}`;
+    for (const keep of s.family === 4 ? ["224.0.0.0/24", "255.255.255.255/32"] : ["ff00::/8"]) {
+      into.push(from, ` -d ${keep} `, comment, " -j RETURN", "\n");
+    }
+    into.push(from, ` ! -d ${s.network} `, comment, ` -j SNAT --to-source ${s.publicIp}`, "\n");
+  }
+}
+
+/**
+ * A counting domain's chain (`chain`, see Forward.countTraffic), its rules and the jumps into it. A rule per
+ * forward (a run of ports for all_ports) matches its connections by their original destination, both ways, and
+ * returns; its own counters are the forward's packets and bytes. Only the connections our DNAT labelled come
+ * here (the gate), the first packet too (FORWARD comes after the DNAT), and only those of the domain's guests:
+ * the jumps match the guest's end of the connection both ways, so other guests' packets pass a jump that does not
+ * match, never these rules. (Not `--ctreplsrc`: iptables-nft 1.8.9 saves it without its mask, and cannot delete
+ * it by that text.)
+ */
+function countingParts(
+  counted: Forward[],
+  { chain, comment }: { chain: string; comment: string },
+): { chains: Rule[]; jumps: Rule[]; lines: string[] } {
+  if (counted.length === 0) return { chains: [], jumps: [], lines: [] };
+  const lines = counted.flatMap((f) => {
     const to = f.publicIp === ANY_PUBLIC ? "" : ` --ctorigdst ${f.publicIp}/${f.family === 4 ? 32 : 128}`;
     return countedPorts(f).map(([a, b]) =>
       `-A ${chain} -p ${f.protocol} -m conntrack${to} --ctorigdstport ${a === b ? a : `${a}:${b}`} ` +
       `${comment} -j RETURN`
     );
   });
+  const jumps = unique(counted.map((f) => f.privateIp)).flatMap((ip) =>
+    ["-d", "-s"].map((way): Rule => ({
+      table: "filter",
+      chain: GATE_CHAIN,
+      spec: `${way} ${ip}/${ip.includes(":") ? 128 : 32} ${comment} -j ${chain}`,
+    }))
+  );
+  return { chains: [{ table: "filter", chain, spec: "" }], jumps, lines };
 }
 
 /**

@@ -346,10 +346,15 @@ async function runScenario(
   const last = names[names.length - 1]!;
   const perDomain = sc.domains[0]!.ports.length;
   // Per domain: three chains, four jumps, a DNAT and a hairpin rule a forward, the jump to LVH-USER and the one
-  // accept, and a log rule a forward where the entry logs; LVH-USER itself and our gate (its chain and its rule
-  // in FORWARD), made by the first start.
+  // accept, a log rule a forward where the entry logs, and where it counts a counting chain with a rule a
+  // forward and two jumps into it (its guest's address both ways); LVH-USER itself and our gate (its chain and
+  // its rule in FORWARD), made by the first start.
   const logged = sc.domains[0]!.log ? perDomain : 0;
-  const live = { chains: 3 * names.length + 2, rules: names.length * (2 * perDomain + 6 + logged) + 1 };
+  const counted = sc.domains[0]!.counters ? 1 : 0;
+  const live = {
+    chains: (3 + counted) * names.length + 2,
+    rules: names.length * (2 * perDomain + 6 + logged + counted * (perDomain + 2)) + 1,
+  };
   const none = { chains: 0, rules: 0 };
   const where = `${ctx.firewall} ${sc.label}`;
 
@@ -952,12 +957,12 @@ async function main(args: string[]): Promise<number> {
       runs: opts.runs,
       floorRuns: Math.max(opts.runs, 5),
     }));
-    // The largest N again with `"log": true` (counters are always on: every row has them).
+    // The largest N again with `"log": true` and `"counters": true` (new connections are counted in every row).
     const largest = Math.max(...opts.sizes);
     scenarios.push({
       id: `n${largest}log`,
-      label: `N=${largest}, log`,
-      domains: singleDomain(largest).map((d) => ({ ...d, log: true })),
+      label: `N=${largest}, log, counters`,
+      domains: singleDomain(largest).map((d) => ({ ...d, log: true, counters: true })),
       runs: opts.runs,
       floorRuns: Math.max(opts.runs, 5),
     });

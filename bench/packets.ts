@@ -3,8 +3,9 @@
  * a libvirt host (test/lab.ts; nothing of this machine's firewall is touched). Per host (libvirt on iptables or on
  * nftables) and backend, and per shape (one domain of N forwards; D domains of 20): the rate of new TCP
  * connections through the last forward of the last domain, and the bulk throughput of an unrelated guest's flow
- * (g2, which has no forward, to the client: it passes FORWARD like every guest's traffic), each against the
- * smallest shape of the same host and backend.
+ * (g2, which has no forward, to the client: it passes FORWARD like every guest's traffic), and of a flow through
+ * a forward of the last domain (client to g1), each against the smallest shape of the same host and backend. A
+ * shape "counted" has `"counters": true` and `"log": true` on every entry: what counting costs each packet.
  */
 
 import { parseArgs } from "node:util";
@@ -27,10 +28,19 @@ export interface Setup {
   backend: "iptables" | "nftables";
 }
 
-/** `domains` domains of `per` forwards each; the last forward of the last domain (g1, public 2222) is measured. */
+/**
+ * `domains` domains of `per` forwards each; the last forward of the last domain (g1, public 2222) is measured,
+ * and the one before it (public 5001) carries the forwarded flow. `counted`: every entry counts and logs.
+ */
 export interface Shape {
   domains: number;
   per: number;
+  counted?: boolean;
+}
+
+/** A shape as the report names it: `1x10000`, `1x10000 counted`. */
+export function shapeName(shape: Shape): string {
+  return `${shape.domains}x${shape.per}${shape.counted ? " counted" : ""}`;
 }
 
 /** The name of the domain `i` of a shape: the last, measured, is g1. */
@@ -40,19 +50,23 @@ export function domainName(shape: Shape, i: number): string {
 
 /**
  * The config of a shape: every forward to port 22 of g1's address (none to g2, the unrelated guest), public ports
- * from 20000 up, the measured one (2222) last.
+ * from 20000 up, then the forwarded flow's (5001 to g1's 5001) and the measured one (2222) last.
  */
 export function packetConfig(shape: Shape, backend: Setup["backend"]): string {
   const entries: string[] = [];
+  const flags = shape.counted ? `"counters": true, "log": true, ` : "";
   for (let d = 0; d < shape.domains; d++) {
     const last = d === shape.domains - 1;
+    const own = last ? ["[5001, 5001]", "[2222, 22]"].slice(shape.per >= 2 ? 0 : 1) : [];
     const pairs = Array.from(
-      { length: last ? shape.per - 1 : shape.per },
+      { length: shape.per - own.length },
       (_, i) => `[${20000 + d * shape.per + i}, 22]`,
     );
-    if (last) pairs.push("[2222, 22]");
+    pairs.push(...own);
     entries.push(
-      `"${domainName(shape, d)}": {"private_ip": "${A.g1v4}", "port_map": {"tcp": [${pairs.join(", ")}]}}`,
+      `"${domainName(shape, d)}": {"private_ip": "${A.g1v4}", ${flags}"port_map": {"tcp": [${
+        pairs.join(", ")
+      }]}}`,
     );
   }
   return `{"/settings": {"backend": "${backend}"}, ${entries.join(", ")}}`;
@@ -88,10 +102,14 @@ async function ourRules(lab: Lab): Promise<number> {
   return ipt + nft;
 }
 
-/** What the runs measured: new connections per second through the forward, and the unrelated flow's MB/s. */
+/**
+ * What the runs measured: new connections per second through the forward, the unrelated flow's MB/s, and the
+ * MB/s of the flow through a forward.
+ */
 interface Measured {
   connections: number[];
   bulk: number[];
+  forwarded: number[];
   failed: number;
   rules: number;
 }
@@ -100,7 +118,7 @@ interface Measured {
 interface Prepared {
   lab: Lab;
   file: string;
-  sink?: Deno.ChildProcess;
+  sinks: Deno.ChildProcess[];
   m: Measured;
 }
 
@@ -108,24 +126,32 @@ interface Prepared {
 async function prepare(setup: Setup, shape: Shape): Promise<Prepared> {
   const lab = await createLab({ libvirt: setup.libvirt });
   const file = await Deno.makeTempFile({ suffix: ".jsonc" });
-  const p: Prepared = { lab, file, m: { connections: [], bulk: [], failed: 0, rules: 0 } };
+  const p: Prepared = {
+    lab,
+    file,
+    sinks: [],
+    m: { connections: [], bulk: [], forwarded: [], failed: 0, rules: 0 },
+  };
   try {
     await Deno.writeTextFile(file, packetConfig(shape, setup.backend));
     await lab.serve(lab.ns.g1, "tcp", 22, "g1");
     await startAll(lab, file, shape);
     if (await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222) !== `g1 ${A.client4}`) {
-      throw new Error(
-        `${setup.libvirt}/${setup.backend} ${shape.domains}x${shape.per}: the forward does not carry`,
-      );
+      throw new Error(`${setup.libvirt}/${setup.backend} ${shapeName(shape)}: the forward does not carry`);
     }
     p.m.rules = await ourRules(lab);
     // The client's ports: a wide range, reused as soon as the kernel allows.
     await lab.exec(lab.ns.client, ["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65535"]);
-    p.sink = new Deno.Command("ip", {
-      args: ["netns", "exec", lab.ns.client, Deno.execPath(), "run", "--allow-net", BULK, "sink", "5001"],
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
+    // The sinks of the unrelated flow (the client's) and of the forwarded one (g1's).
+    for (const ns of [lab.ns.client, lab.ns.g1]) {
+      p.sinks.push(
+        new Deno.Command("ip", {
+          args: ["netns", "exec", ns, Deno.execPath(), "run", "--allow-net", BULK, "sink", "5001"],
+          stdout: "null",
+          stderr: "null",
+        }).spawn(),
+      );
+    }
     return p;
   } catch (err) {
     await dispose(p);
@@ -149,12 +175,15 @@ async function sample(p: Prepared, opts: { seconds: number; workers: number }): 
   const result = JSON.parse(c.stdout);
   p.m.connections.push(result.perSecond);
   p.m.failed += result.failed;
-  p.m.bulk.push(await bulk(lab, opts.seconds));
+  p.m.bulk.push(await bulk(lab, { from: lab.ns.g2, to: A.client4, seconds: opts.seconds }));
+  p.m.forwarded.push(await bulk(lab, { from: lab.ns.client, to: A.hostPub4, seconds: opts.seconds }));
 }
 
 async function dispose(p: Prepared): Promise<void> {
-  p.sink?.kill();
-  await p.sink?.status;
+  for (const sink of p.sinks) {
+    sink.kill();
+    await sink.status;
+  }
   await p.lab.close();
   await Deno.remove(p.file).catch(() => {});
 }
@@ -178,23 +207,23 @@ async function measureSetup(
   }
 }
 
-/** One bulk flow from g2 to the client's sink (retried while the sink starts listening), in MB/s. */
-async function bulk(lab: Lab, seconds: number): Promise<number> {
+/** One bulk flow to a sink's port 5001 (retried while the sink starts listening), in MB/s. */
+async function bulk(lab: Lab, { from, to, seconds }: { from: string; to: string; seconds: number }) {
   for (let attempt = 0; attempt < 50; attempt++) {
-    const r = await lab.exec(lab.ns.g2, [
+    const r = await lab.exec(from, [
       Deno.execPath(),
       "run",
       "--allow-net",
       BULK,
       "send",
-      A.client4,
+      to,
       "5001",
       String(seconds),
     ], { timeoutMs: (seconds + 30) * 1000 });
-    if (r.code === 0) return JSON.parse(r.stdout).mbPerSecond;
+    if (r.code === 0) return JSON.parse(r.stdout).mbPerSecond as number;
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
-  throw new Error("the unrelated guest's flow does not reach the client");
+  throw new Error(`the flow to ${to} does not reach its sink`);
 }
 
 /** The report's lines for one setup: a row per shape, then the ratios against the first shape and the targets. */
@@ -202,12 +231,14 @@ export function report(setup: Setup, rows: { shape: Shape; m: Measured }[]): str
   const name = `${setup.libvirt}/${setup.backend}`;
   const lines: string[] = [];
   for (const { shape, m } of rows) {
-    const c = summarize(m.connections), b = summarize(m.bulk);
+    const c = summarize(m.connections), b = summarize(m.bulk), f = summarize(m.forwarded);
     lines.push(
-      `${name.padEnd(18)} ${`${shape.domains}x${shape.per}`.padEnd(8)} ${String(m.rules).padStart(6)}  ${
+      `${name.padEnd(18)} ${shapeName(shape).padEnd(15)} ${String(m.rules).padStart(6)}  ${
         c.median.toFixed(0).padStart(7)
       }  ${`${c.min.toFixed(0)}–${c.max.toFixed(0)}`.padEnd(12)} ${b.median.toFixed(0).padStart(7)}  ${
         `${b.min.toFixed(0)}–${b.max.toFixed(0)}`.padEnd(10)
+      } ${f.median.toFixed(0).padStart(7)}  ${
+        `${f.min.toFixed(0)}–${f.max.toFixed(0)}`.padEnd(10)
       } ${m.failed}`,
     );
   }
@@ -219,12 +250,17 @@ export function report(setup: Setup, rows: { shape: Shape; m: Measured }[]): str
     `${(100 * x.median).toFixed(0)} % (${(100 * x.min).toFixed(0)}–${(100 * x.max).toFixed(0)}; target ${
       100 * target
     } %: ${x.median >= target ? "met" : "MISSED"})`;
+  const share = (x: ReturnType<typeof summarize>) =>
+    `${(100 * x.median).toFixed(0)} % (${(100 * x.min).toFixed(0)}–${(100 * x.max).toFixed(0)})`;
   for (const { shape, m } of rest) {
+    // The targets are for forwards as they are by default; a counted shape's cost is reported, not judged.
+    const judged = (x: ReturnType<typeof summarize>, target: number) =>
+      shape.counted ? share(x) : verdict(x, target);
     lines.push(
-      `${name}: ${shape.domains}x${shape.per} against ${base.shape.domains}x${base.shape.per}: new connections ` +
-        `${verdict(ratios(m.connections, base.m.connections), TARGETS.connections)}, unrelated flow ${
-          verdict(ratios(m.bulk, base.m.bulk), TARGETS.bulk)
-        }`,
+      `${name}: ${shapeName(shape)} against ${shapeName(base.shape)}: new connections ` +
+        `${judged(ratios(m.connections, base.m.connections), TARGETS.connections)}, unrelated flow ${
+          judged(ratios(m.bulk, base.m.bulk), TARGETS.bulk)
+        }, forwarded flow ${share(ratios(m.forwarded, base.m.forwarded))}`,
     );
   }
   return lines;
@@ -271,12 +307,21 @@ async function main(): Promise<number> {
   };
   const shapes: Shape[] = values.sizes.split(",").map((n) => ({ domains: 1, per: Number(n) }));
   if (Number(values.domains) > 0) shapes.push({ domains: Number(values.domains), per: 20 });
+  // The largest one domain again with counters and logging on.
+  shapes.push({
+    domains: 1,
+    per: Math.max(...shapes.map((s) => (s.domains === 1 ? s.per : 0))),
+    counted: true,
+  });
   console.log(
     `New TCP connections per second through one forward (the last domain's last), ${opts.workers} client loops, ` +
-      `and MB/s of an unrelated guest's bulk flow; ${opts.runs} runs of ${opts.seconds} s each; ` +
+      `MB/s of an unrelated guest's bulk flow and of one through a forward; ${opts.runs} runs of ${opts.seconds} s ` +
+      `each; "counted": every entry with "counters" and "log"; ` +
       `cpus ${navigator.hardwareConcurrency}, kernel ${Deno.osRelease()}`,
   );
-  console.log("libvirt/backend    shape     rules   conn/s  min–max         MB/s  min–max    failed");
+  console.log(
+    "libvirt/backend    shape            rules   conn/s  min–max         MB/s  min–max    fwd MB/s min–max    failed",
+  );
   for (const setup of parseSetups(values.setups)) {
     for (const line of report(setup, await measureSetup(setup, shapes, opts))) console.log(line);
   }

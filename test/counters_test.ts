@@ -119,6 +119,18 @@ for (const v of VARIANTS) {
         "m",
       ),
     );
+    // Switched off in the config, then `reload`: the counting objects go, the forwards stay.
+    await Deno.writeTextFile(
+      file,
+      (await Deno.readTextFile(file)).replace('"counters": true', '"counters": false'),
+    );
+    await runInLab(lab, file, ["reload"]);
+    const reloaded = JSON.parse((await runInLab(lab, file, ["status", "--json"])).stdout);
+    const again =
+      (reloaded.domains as { forwards: { forward: string; counters?: Record<string, number> }[] }[])
+        .flatMap((d) => d.forwards).find((f) => f.forward.includes(":5353 ->"))?.counters;
+    assert.deepEqual(Object.keys(again ?? {}), ["connections"]);
+    assert.doesNotMatch(await labFirewall(lab), /-CNT|chain traffic|count4/);
     await runInLab(lab, file, ["g1", "stopped", "end", "-"], "g1");
     await runInLab(lab, file, ["g2", "stopped", "end", "-"], "g2");
     assert.equal(await labFirewall(lab), before);
