@@ -16,13 +16,14 @@ const METRICS: { name: string; help: string; value: (f: LiveForward) => number |
   {
     name: "libvirt_hook_qemu_forward_packets_total",
     help:
-      "Packets of the forward's connections, both directions, since its rules were last written (iptables).",
+      "Packets of the forward's connections, both directions, as the host forwards them, since its rules " +
+      "were last written (forwards with counters on).",
     value: (f) => f.counters?.packets,
   },
   {
     name: "libvirt_hook_qemu_forward_bytes_total",
-    help:
-      "Bytes of the forward's connections, both directions, since its rules were last written (iptables).",
+    help: "Bytes of the forward's connections, both directions, as the host forwards them, since its rules " +
+      "were last written (forwards with counters on).",
     value: (f) => f.counters?.bytes,
   },
 ];
