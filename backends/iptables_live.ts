@@ -314,7 +314,7 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
 }
 
 /**
- * Adds what one rule of a domain's counting chain counted (see countLines in iptables.ts) to its forward:
+ * Adds what one rule of a domain's counting chain counted (see countingParts in iptables.ts) to its forward:
  * `-p <proto> -m conntrack [--ctorigdst <address>] --ctorigdstport <ports> ... -j RETURN`.
  */
 function addCounted(

@@ -124,7 +124,8 @@ export const COUNT_CHAIN = "traffic";
  * A counting domain's objects: per family and protocol, a set of its forwards' public address and ports (`*`: any
  * address) whose every element counts, and one rule in COUNT_CHAIN that looks a packet up by its connection's
  * original destination. Only the connections our DNAT labelled (see CT_LABEL) get that far, both ways, the first
- * packet too (the forward hook comes after the DNAT); a packet costs one lookup however many forwards there are.
+ * packet too (the forward hook comes after the DNAT). A packet of ours costs one lookup per counting domain (and
+ * protocol), however many forwards it has.
  * The port needs `meta l4proto` before it: nft knows a conntrack port's type from the protocol.
  */
 function countObjects(domain: string, counted: Forward[], comment: string): string[] {
@@ -142,11 +143,11 @@ function countObjects(domain: string, counted: Forward[], comment: string): stri
   const out = [`add chain ${t} ${COUNT_CHAIN} { type filter hook forward priority -9; policy accept; }`];
   for (const [name, { family, protocol, elements }] of sets) {
     const ip = family === 4 ? "ip" : "ip6";
+    const type = `${family === 4 ? "ipv4_addr" : "ipv6_addr"} . inet_service`;
     out.push(
-      `add set ${t} ${name} { type ${
-        ip === "ip" ? "ipv4_addr" : "ipv6_addr"
-      } . inet_service; flags interval; ` +
-        `counter; elements = { ${elements.join(", ")} }; }`,
+      `add set ${t} ${name} { type ${type}; flags interval; counter; elements = { ${
+        elements.join(", ")
+      } }; }`,
       `add rule ${t} ${COUNT_CHAIN} ct label ${CT_LABEL} meta l4proto ${protocol} ` +
         `ct original ${ip} daddr . ct original proto-dst @${name} ${comment}`,
     );
