@@ -290,10 +290,15 @@ async function removeAtOnce(domain: string, state: FirewallState, deps: ApplyDep
 
 /** A domain's filter rules (the jump to LVH-USER and the accept, `count`: 2 or none): what FORWARD gets. */
 function filterOnly(rules: RuleLines, count: number): Built[Family] {
+  // Not the counting chain: where our table translates, it counts (see nftDomainObjects).
+  const counting = (chain: string) => chain.endsWith("-CNT");
   const filter: RuleLines = {
-    chains: rules.chains.filter((c) => c.table === "filter"),
-    jumps: rules.jumps.filter((j) => j.table === "filter"),
-    text: { nat: "", filter: rules.text.filter },
+    chains: rules.chains.filter((c) => c.table === "filter" && !counting(c.chain)),
+    jumps: rules.jumps.filter((j) => j.table === "filter" && !counting(j.spec)),
+    text: {
+      nat: "",
+      filter: rules.text.filter.split("\n").filter((l) => !counting(l.split(" ", 2)[1] ?? "")).join("\n"),
+    },
     count,
   };
   return { rules: filter, additions: renderAdditions(filter) };

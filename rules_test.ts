@@ -322,6 +322,29 @@ Deno.test("desiredState() places every piece of a domain where this host needs i
       },
     );
   }
+  await t.step(
+    "where our table translates a counting forward, it counts it: iptables' FORWARD gets no counters",
+    () => {
+      const counting = forwardsOf(dual.replace('"snat": true', '"counters": true'), "web1").forwards;
+      for (const libvirt of ["iptables", "nftables"]) {
+        const state = {
+          ipt: { 4: live(libvirt === "iptables", true), 6: live(libvirt === "iptables", true) },
+          nft: nft(libvirt === "nftables"),
+        };
+        const deps = { backend: "nftables" as const, connected: FACTS.connected };
+        const desired = desiredState("web1", wantedOf("web1", { forwards: counting, snats: [] }, deps), {
+          state,
+          deps,
+        });
+        const part = desired.iptables[4];
+        assert.equal(part.place, "filter");
+        assert.deepEqual(part.rules.chains.map((c) => c.chain), [`LVH-${domainHash("web1")}-FWD`]);
+        assert.equal(part.rules.jumps.length, 1);
+        assert.doesNotMatch(`${part.rules.text.filter}\n${part.additions?.filter}`, /-CNT/);
+        assert.ok(desired.table.forwards.every((f) => f.countTraffic));
+      }
+    },
+  );
   await t.step("a removal wants nothing anywhere, on the iptables backend whatever the setting", () => {
     const state = { ipt: { 4: live(false, true), 6: live(false, true) }, nft: nft(true) };
     const deps = { backend: "nftables" as const, connected: FACTS.connected };

@@ -144,10 +144,11 @@ function countObjects(domain: string, counted: Forward[], comment: string): stri
   for (const [name, { family, protocol, elements }] of sets) {
     const ip = family === 4 ? "ip" : "ip6";
     const type = `${family === 4 ? "ipv4_addr" : "ipv6_addr"} . inet_service`;
+    // A hash where every element is one address and port; intervals (a slower kind of set) for ranges and "*".
+    const interval = elements.some((e) => e.includes("-") || e.includes("/")) ? "flags interval; " : "";
+    const list = elements.join(", ");
     out.push(
-      `add set ${t} ${name} { type ${type}; flags interval; counter; elements = { ${
-        elements.join(", ")
-      } }; }`,
+      `add set ${t} ${name} { type ${type}; ${interval}counter; elements = { ${list} }; }`,
       `add rule ${t} ${COUNT_CHAIN} ct label ${CT_LABEL} meta l4proto ${protocol} ` +
         `ct original ${ip} daddr . ct original proto-dst @${name} ${comment}`,
     );

@@ -563,8 +563,8 @@ Deno.test('nftDomainObjects() counts a "counters" entry\'s packets and bytes by 
   const p = `d${domainHash("web1")}`;
   const t = "inet libvirt_hook_qemu";
   const c = 'comment "libvirt-hook-qemu:1:web1"';
-  const set = (name: string, elements: string) =>
-    `add set ${t} ${p}-count4-${name} { type ipv4_addr . inet_service; flags interval; counter; ` +
+  const set = (name: string, elements: string, interval = "flags interval; ") =>
+    `add set ${t} ${p}-count4-${name} { type ipv4_addr . inet_service; ${interval}counter; ` +
     `elements = { ${elements} }; }`;
   const rule = (proto: string) =>
     `add rule ${t} traffic ct label 127 meta l4proto ${proto} ct original ip daddr . ct original proto-dst ` +
@@ -582,6 +582,15 @@ Deno.test('nftDomainObjects() counts a "counters" entry\'s packets and bytes by 
       set("udp", "0.0.0.0/0 . 5353, 203.0.113.8 . 1-5352, 203.0.113.8 . 5354-65535"),
       rule("udp"),
     ],
+  );
+  // Where every element is one address and port, a hash.
+  const plain = forwards(
+    `{"web1": {"private_ip": "192.168.122.10", "public_ip": "203.0.113.7", "counters": true,
+               "port_map": {"tcp": [[2222, 22], 2223]}}}`,
+    "web1",
+  );
+  assert.ok(
+    nftDomainObjects("web1", plain).includes(set("tcp", "203.0.113.7 . 2222, 203.0.113.7 . 2223", "")),
   );
   // A domain that does not count has no counting objects.
   assert.equal(

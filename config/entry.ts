@@ -101,8 +101,8 @@ export const ENTRY_FIELDS = {
     type: "boolean",
     description:
       "Count the packets and bytes of each forward (both ways, as the host forwards them), shown " +
-      "by status and qemu metrics; new connections are counted always. Costs each forwarded packet of these " +
-      "forwards a lookup, so it is off unless asked for.",
+      "by status and qemu metrics; new connections are counted always. It costs the guest's forwarded " +
+      "packets a lookup (nftables) or a rule per forward (iptables), so it is off unless asked for.",
   },
 } as const;
 

@@ -66,7 +66,8 @@ for (const v of VARIANTS) {
     what: "counters",
     claim: '"counters": true counts each forward\'s packets and bytes, both ways and through the hairpin',
     entries: `"g1": [{"private_ip": "${A.g1v4}", "port_map": {"tcp": [[2222, 22]]}},
-              {"private_ip": "${A.g1v4}", "counters": true, "port_map": {"tcp": [[2224, 22]], "udp": [[5353, 53]]}}],
+              {"private_ip": "${A.g1v4}", "private_ipv6": "${A.g1v6}", "public_ipv6": "${A.hostPub6}",
+               "counters": true, "port_map": {"tcp": [[2224, 22]], "udp": [[5353, 53]]}}],
               "g2": {"private_ip": "${A.g2v4}", "port_map": {"tcp": [[2300, 22]]}}`,
   }, async (lab, file) => {
     const before = await labFirewall(lab);
@@ -77,6 +78,8 @@ for (const v of VARIANTS) {
     await runInLab(lab, file, ["g1", "start", "begin", "-"], "g1");
     await runInLab(lab, file, ["g1", "start", "begin", "-"], "g1");
     await runInLab(lab, file, ["g2", "start", "begin", "-"], "g2");
+    // Counted once, by the backend that translates: our table's set, or the counting chain in iptables.
+    assert.doesNotMatch(await labFirewall(lab), v.backend === "nftables" ? /-CNT/ : /chain traffic|count4/);
     // Datagrams of known size: "ping\n" (IPv4 + UDP headers: 28 bytes) each way, the answer back.
     let bytes = 0;
     for (
@@ -89,6 +92,10 @@ for (const v of VARIANTS) {
       assert.equal(answer, `g1 ${expected}`);
       bytes += 28 + "ping\n".length + 28 + answer!.length + 1;
     }
+    // IPv6: 48 bytes of headers each way.
+    const answer6 = await lab.connect(lab.ns.client, "udp", A.hostPub6, 5353);
+    assert.equal(answer6, `g1 ${A.client6}`);
+    const bytes6 = 48 + "ping\n".length + 48 + answer6!.length + 1;
     for (let i = 0; i < 2; i++) {
       assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2224), `g1 ${A.client4}`);
     }
@@ -98,8 +105,10 @@ for (const v of VARIANTS) {
     const forwards =
       (status.domains as { forwards: { forward: string; counters?: Record<string, number> }[] }[])
         .flatMap((d) => d.forwards);
-    const counted = (port: number) => forwards.find((f) => f.forward.includes(`:${port} ->`))?.counters;
+    const counted = (port: number, family = 4) =>
+      forwards.find((f) => f.forward.includes(family === 4 ? `:${port} ->` : `]:${port} ->`))?.counters;
     assert.deepEqual(counted(5353), { connections: 3, packets: 6, bytes });
+    assert.deepEqual(counted(5353, 6), { connections: 1, packets: 2, bytes: bytes6 });
     const tcp = counted(2224)!;
     assert.equal(tcp.connections, 2);
     // A TCP exchange is at least a handshake, the answer and its acknowledgement: 4 packets, 40 bytes each or more.

@@ -103,10 +103,10 @@ export interface XmlForwardsVariant {
   ruleset(env: LibvirtEnv): Promise<string>;
 }
 
-/** `<forwards>` as `virsh metadata --set` takes it (no prefix: `--key` gives one). */
-export function forwardsXml(port: number, guestPort = 80): string {
-  return `<forwards><portForward proto="tcp" address="${PUBLIC_IP}"><range start="${port}" to="${guestPort}"/>` +
-    `</portForward></forwards>`;
+/** `<forwards>` as `virsh metadata --set` takes it (no prefix: `--key` gives one); `counted`: counters="yes". */
+export function forwardsXml(port: number, { guestPort = 80, counted = false } = {}): string {
+  return `<forwards><portForward proto="tcp" address="${PUBLIC_IP}"${counted ? ` counters="yes"` : ""}>` +
+    `<range start="${port}" to="${guestPort}"/></portForward></forwards>`;
 }
 
 /** The same forwards as a `<metadata>` child of a domain XML we define: prefixed elements in our namespace. */
@@ -305,7 +305,9 @@ export async function xmlForwardsScenario(t: Deno.TestContext, v: XmlForwardsVar
       async () => {
         await defineGuest(e, { name: RESERVED_GUEST, network: net.name, mac: RESERVED_MAC });
         await act(
-          `virsh metadata ${RESERVED_GUEST} ${LVH_NS} --key ${LVH_KEY} --set '${forwardsXml(8080)}' --config`,
+          `virsh metadata ${RESERVED_GUEST} ${LVH_NS} --key ${LVH_KEY} --set '${
+            forwardsXml(8080, { counted: true })
+          }' --config`,
           () =>
             e.virsh([
               "metadata",
@@ -314,7 +316,8 @@ export async function xmlForwardsScenario(t: Deno.TestContext, v: XmlForwardsVar
               "--key",
               LVH_KEY,
               "--set",
-              forwardsXml(8080),
+              // Its packets and bytes counted too (counters="yes"): read in 1b.
+              forwardsXml(8080, { counted: true }),
               "--config",
             ]),
         );
@@ -391,6 +394,11 @@ export async function xmlForwardsScenario(t: Deno.TestContext, v: XmlForwardsVar
         const s = await status("with the reserved guest running");
         assert.ok(s.includes(RESERVED_GUEST) && s.includes(SERVICE_IP), `status:\n${s}`);
         assert.doesNotMatch(s, /waiting for a DHCP lease/);
+        // The connections the checks made through the forward, counted with their packets and bytes (the host's
+        // own connection counts as a connection only: it is not forwarded).
+        const counted = /:8080 -> [^\n]*\n {4}(\d+) connections, (\d+) packets, (\d+) bytes\n/.exec(s);
+        assert.ok(counted, `status shows no packets and bytes for the counting forward:\n${s}`);
+        assert.ok(Number(counted[1]) >= 2 && Number(counted[2]) >= 8, `status:\n${s}`);
       },
     );
 
