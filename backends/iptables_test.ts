@@ -12,7 +12,7 @@ import { describeForward, describePlan, logPrefix } from "./forward.ts";
 import { liveForwards, liveOf, parseSave, userChainGoes } from "./iptables_live.ts";
 import { domainHash } from "./names.ts";
 import assert from "node:assert/strict";
-import { dedent, EXAMPLE, forwardsOf, SAVED } from "../test/util.ts";
+import { COUNTING, dedent, EXAMPLE, forwardsOf, SAVED } from "../test/util.ts";
 
 Deno.test("renderSync() renders the example config as one iptables-restore batch", () => {
   const { forwards, problems } = forwardsOf(EXAMPLE, "web1");
@@ -509,14 +509,7 @@ Deno.test("renderSync() keeps one gate in FORWARD for every domain, and takes it
 });
 
 Deno.test('ruleLines() counts a "counters" entry\'s packets and bytes in a chain of its own, ahead of every accept; liveForwards() reads them', () => {
-  const { forwards } = forwardsOf(
-    `{"web1": [{"private_ip": "192.168.122.10", "public_ip": "203.0.113.7", "counters": true,
-                "port_map": {"tcp": [[2222, 22]]}},
-               {"private_ip": "192.168.122.10", "public_ip": "*", "counters": true, "port_map": {"udp": [[5353, 53]]}},
-               {"private_ip": "192.168.122.11", "public_ip": "203.0.113.8", "all_ports": true, "counters": true},
-               {"private_ip": "192.168.122.11", "public_ip": "203.0.113.8", "port_map": {"tcp": [[22, 22]]}}]}`,
-    "web1",
-  );
+  const { forwards } = forwardsOf(COUNTING, "web1");
   const h = domainHash("web1");
   const c = "-m comment --comment libvirt-hook-qemu:1:web1";
   const rules = ruleLines("web1", forwards);

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { loadParser, parseConfig } from "../config/validate.ts";
 import { carriedDomain, domainHash } from "./names.ts";
 import { planForwards } from "../rules.ts";
-import { dedent, FACTS } from "../test/util.ts";
+import { COUNTING, dedent, FACTS } from "../test/util.ts";
 import {
   bridgesOf,
   holdsTheUsers,
@@ -430,33 +430,33 @@ Deno.test('nftDomainObjects() logs each new connection of a "log" entry, rate-li
   ]);
 });
 
-Deno.test("nftLiveForwards() reads each plain forward's new connections from its map element's counter", () => {
-  const p = `d${domainHash("web1")}`;
-  const live = parseNftJson(JSON.stringify({
+/** Our table as `nft -j` lists it, with its objects (`map` or `set`: `name`, `elem`), each with a handle. */
+function tableListing(objects: { kind: "map" | "set"; name: string; elem: unknown[] }[]): NftLive {
+  return parseNftJson(JSON.stringify({
     nftables: [
       { table: { family: "inet", name: "libvirt_hook_qemu", handle: 1 } },
-      {
-        map: {
-          family: "inet",
-          table: "libvirt_hook_qemu",
-          name: `${p}-dnat4`,
-          handle: 2,
-          elem: [
-            [
-              {
-                elem: { val: { concat: ["203.0.113.7", "tcp", 2222] }, counter: { packets: 3, bytes: 180 } },
-              },
-              {
-                concat: ["192.168.122.10", 22],
-              },
-            ],
-            // A map made before counters: its forward has none.
-            [{ concat: ["203.0.113.7", "tcp", 443] }, { concat: ["192.168.122.10", 443] }],
-          ],
-        },
-      },
+      ...objects.map(({ kind, name, elem }, i) => ({
+        [kind]: { family: "inet", table: "libvirt_hook_qemu", name, handle: i + 2, elem },
+      })),
     ],
   }));
+}
+
+/** A set or map element as nft -j lists it where its set counts: its key with its counter. */
+const counted = (val: unknown, packets: number, bytes: number) => ({
+  elem: { val, counter: { packets, bytes } },
+});
+
+Deno.test("nftLiveForwards() reads each plain forward's new connections from its map element's counter", () => {
+  const live = tableListing([{
+    kind: "map",
+    name: `d${domainHash("web1")}-dnat4`,
+    elem: [
+      [counted({ concat: ["203.0.113.7", "tcp", 2222] }, 3, 180), { concat: ["192.168.122.10", 22] }],
+      // A map made before counters: its forward has none.
+      [{ concat: ["203.0.113.7", "tcp", 443] }, { concat: ["192.168.122.10", 443] }],
+    ],
+  }]);
   assert.deepEqual(
     nftLiveForwards(live).map((f) => [describeForward(f), f.counters]),
     [
@@ -551,15 +551,8 @@ Deno.test("nftDomainObjects(): plain pairs need no jump of the domain's in our b
   ]);
 });
 
-Deno.test('nftDomainObjects() counts a "counters" entry\'s packets and bytes by a set lookup in base chain traffic; nftLiveForwards() reads them', () => {
-  const f = forwards(
-    `{"web1": [{"private_ip": "192.168.122.10", "public_ip": "203.0.113.7", "counters": true,
-                "port_map": {"tcp": [[2222, 22]]}},
-               {"private_ip": "192.168.122.10", "public_ip": "*", "counters": true, "port_map": {"udp": [[5353, 53]]}},
-               {"private_ip": "192.168.122.11", "public_ip": "203.0.113.8", "all_ports": true, "counters": true},
-               {"private_ip": "192.168.122.11", "public_ip": "203.0.113.8", "port_map": {"tcp": [[22, 22]]}}]}`,
-    "web1",
-  );
+Deno.test('nftDomainObjects() counts a "counters" entry\'s packets and bytes by a set lookup in base chain traffic', () => {
+  const f = forwards(COUNTING, "web1");
   const p = `d${domainHash("web1")}`;
   const t = "inet libvirt_hook_qemu";
   const c = 'comment "libvirt-hook-qemu:1:web1"';
@@ -601,39 +594,25 @@ Deno.test('nftDomainObjects() counts a "counters" entry\'s packets and bytes by 
 
 Deno.test("nftLiveForwards() adds each counting forward's packets and bytes from its elements in the domain's counting set", () => {
   const p = `d${domainHash("web1")}`;
-  const counted = (val: unknown, packets: number, bytes: number) => ({
-    elem: { val, counter: { packets, bytes } },
-  });
-  const live = parseNftJson(JSON.stringify({
-    nftables: [
-      { table: { family: "inet", name: "libvirt_hook_qemu", handle: 1 } },
-      {
-        map: {
-          family: "inet",
-          table: "libvirt_hook_qemu",
-          name: `${p}-dnat4`,
-          handle: 2,
-          elem: [
-            [counted({ concat: ["203.0.113.7", "tcp", 2222] }, 3, 180), { concat: ["192.168.122.10", 22] }],
-            [counted({ concat: ["203.0.113.7", "tcp", 2223] }, 1, 60), { concat: ["192.168.122.10", 22] }],
-          ],
-        },
-      },
-      {
-        set: {
-          family: "inet",
-          table: "libvirt_hook_qemu",
-          name: `${p}-count4-tcp`,
-          handle: 3,
-          elem: [
-            counted({ concat: ["203.0.113.7", 2222] }, 20, 2400),
-            // Another address's: no forward of this domain, so nobody's.
-            counted({ concat: ["203.0.113.9", { range: [3000, 3001] }] }, 5, 500),
-          ],
-        },
-      },
-    ],
-  }));
+  const live = tableListing([
+    {
+      kind: "map",
+      name: `${p}-dnat4`,
+      elem: [
+        [counted({ concat: ["203.0.113.7", "tcp", 2222] }, 3, 180), { concat: ["192.168.122.10", 22] }],
+        [counted({ concat: ["203.0.113.7", "tcp", 2223] }, 1, 60), { concat: ["192.168.122.10", 22] }],
+      ],
+    },
+    {
+      kind: "set",
+      name: `${p}-count4-tcp`,
+      elem: [
+        counted({ concat: ["203.0.113.7", 2222] }, 20, 2400),
+        // Another address's: no forward of this domain, so nobody's.
+        counted({ concat: ["203.0.113.9", { range: [3000, 3001] }] }, 5, 500),
+      ],
+    },
+  ]);
   assert.deepEqual(nftLiveForwards(live).map((f) => [describeForward(f), f.counters]), [
     // The same guest port through two forwards: each its own.
     ["tcp 203.0.113.7:2222 -> 192.168.122.10:22", { connections: 3, packets: 20, bytes: 2400 }],

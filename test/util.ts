@@ -55,6 +55,16 @@ export function forwardsOf(text: string, domain: string, facts = FACTS) {
   return planForwards(config.domains.get(domain)!, facts);
 }
 
+/**
+ * A domain whose forwards count their packets and bytes, of each kind the counters treat apart: one address and
+ * port, `"*"`, and `all_ports` around a port another forward of the address takes (which does not count).
+ */
+export const COUNTING = `{"web1": [
+  {"private_ip": "192.168.122.10", "public_ip": "203.0.113.7", "counters": true, "port_map": {"tcp": [[2222, 22]]}},
+  {"private_ip": "192.168.122.10", "public_ip": "*", "counters": true, "port_map": {"udp": [[5353, 53]]}},
+  {"private_ip": "192.168.122.11", "public_ip": "203.0.113.8", "all_ports": true, "counters": true},
+  {"private_ip": "192.168.122.11", "public_ip": "203.0.113.8", "port_map": {"tcp": [[22, 22]]}}]}`;
+
 export const EXAMPLE = await Deno.readTextFile(new URL("../hooks.jsonc", import.meta.url));
 
 export const SAVED = (h: string) =>
