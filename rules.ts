@@ -8,7 +8,7 @@ import { readLibvirtElsewhere } from "./backends/elsewhere.ts";
 import { readOtherGates } from "./backends/foreign.ts";
 import { domainForwards, forget, forgetLines, type Forgotten } from "./backends/conntrack.ts";
 import type { Forward, LiveForward, Snat } from "./backends/forward.ts";
-import { renderAdditions, type RuleLines, ruleLines } from "./backends/iptables.ts";
+import { acceptOnly, renderAdditions, type RuleLines, ruleLines } from "./backends/iptables.ts";
 import { listingsToSave, liveForwards, parseSave } from "./backends/iptables_live.ts";
 import { carriedDomain, chainNames } from "./backends/names.ts";
 import { bridgesOf } from "./backends/nftables.ts";
@@ -290,17 +290,7 @@ async function removeAtOnce(domain: string, state: FirewallState, deps: ApplyDep
 
 /** A domain's filter rules (the jump to LVH-USER and the accept, `count`: 2 or none): what FORWARD gets. */
 function filterOnly(rules: RuleLines, count: number): Built[Family] {
-  // Not the counting chain: where our table translates, it counts (see nftDomainObjects).
-  const counting = (chain: string) => chain.endsWith("-CNT");
-  const filter: RuleLines = {
-    chains: rules.chains.filter((c) => c.table === "filter" && !counting(c.chain)),
-    jumps: rules.jumps.filter((j) => j.table === "filter" && !counting(j.spec)),
-    text: {
-      nat: "",
-      filter: rules.text.filter.split("\n").filter((l) => !counting(l.split(" ", 2)[1] ?? "")).join("\n"),
-    },
-    count,
-  };
+  const filter = acceptOnly(rules, count);
   return { rules: filter, additions: renderAdditions(filter) };
 }
 

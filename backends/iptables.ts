@@ -2,7 +2,15 @@
 
 import { ANY_PUBLIC, countedPorts, type Forward, LOG_RATE, logPrefix, type Snat } from "./forward.ts";
 import { chainLine, chainOwner, gateChange, type Live, Table, TABLES } from "./iptables_live.ts";
-import { chainNames, CT_LABEL, GATE_CHAIN, GATE_JUMP, ruleComment, USER_CHAIN } from "./names.ts";
+import {
+  chainNames,
+  COUNT_SUFFIX,
+  CT_LABEL,
+  GATE_CHAIN,
+  GATE_JUMP,
+  ruleComment,
+  USER_CHAIN,
+} from "./names.ts";
 import { iptablesSourceMatches } from "./sources.ts";
 import type { Family } from "../system/address.ts";
 import { unique } from "../system/collections.ts";
@@ -179,6 +187,23 @@ function countingParts(
     }))
   );
   return { chains: [{ table: "filter", chain, spec: "" }], jumps, lines };
+}
+
+/**
+ * The filter part of a domain's rules without its counting chain (`count`: how many rules are left): what
+ * iptables' FORWARD gets where our nftables table translates, and counts (see nftDomainObjects).
+ */
+export function acceptOnly(rules: RuleLines, count: number): RuleLines {
+  const counting = (text: string) => text.endsWith(COUNT_SUFFIX);
+  return {
+    chains: rules.chains.filter((c) => c.table === "filter" && !counting(c.chain)),
+    jumps: rules.jumps.filter((j) => j.table === "filter" && !counting(j.spec)),
+    text: {
+      nat: "",
+      filter: rules.text.filter.split("\n").filter((l) => !counting(l.split(" ", 2)[1] ?? "")).join("\n"),
+    },
+    count,
+  };
 }
 
 /**

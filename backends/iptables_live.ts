@@ -8,6 +8,7 @@ import {
   CHAIN_PREFIX,
   COMMENT_TAG,
   commentDomain,
+  COUNT_SUFFIX,
   domainHash,
   GATE_CHAIN,
   GATE_JUMP,
@@ -309,7 +310,7 @@ export function liveForwards(live: Live, family: Family): LiveForward[] {
       ...(r.counters ? { counters: { connections: r.counters[0] } } : {}),
     });
   }
-  for (const r of live.rules) if (r.chain.endsWith("-CNT")) addCounted(out, r, { names, family });
+  for (const r of live.rules) if (r.chain.endsWith(COUNT_SUFFIX)) addCounted(out, r, { names, family });
   return out;
 }
 

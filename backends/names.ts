@@ -77,6 +77,9 @@ export function domainLabel(domain: string): string {
   return isHashOnly(domain) ? `#${domainHash(domain)}` : domain;
 }
 
+/** How a domain's counting chain ends (see countingParts in iptables.ts): `LVH-<hash>-CNT`. */
+export const COUNT_SUFFIX = "-CNT";
+
 /** The chains one domain owns: `LVH-<hash>-DNAT` etc., 21 characters, under iptables' 28. */
 export function chainNames(domain: string): { dnat: string; snat: string; fwd: string; cnt: string } {
   const h = domainHash(domain);
@@ -84,8 +87,7 @@ export function chainNames(domain: string): { dnat: string; snat: string; fwd: s
     dnat: `${CHAIN_PREFIX}${h}-DNAT`,
     snat: `${CHAIN_PREFIX}${h}-SNAT`,
     fwd: `${CHAIN_PREFIX}${h}-FWD`,
-    // The counters of its forwards that ask for packets and bytes (see Forward.countTraffic).
-    cnt: `${CHAIN_PREFIX}${h}-CNT`,
+    cnt: `${CHAIN_PREFIX}${h}${COUNT_SUFFIX}`,
   };
 }
 
