@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { LAB_ADDR as A } from "./lab.ts";
+import { type Lab, LAB_ADDR as A } from "./lab.ts";
 import { labFirewall, labTest, labVariants, runInLab } from "./lab_hook.ts";
 
 const VARIANTS = await labVariants("counters", [
@@ -82,13 +82,9 @@ for (const v of VARIANTS) {
     assert.doesNotMatch(await labFirewall(lab), v.backend === "nftables" ? /-CNT/ : /chain traffic|count4/);
     // Datagrams of known size: "ping\n" (IPv4 + UDP headers: 28 bytes) each way, the answer back.
     let bytes = 0;
-    for (
-      const [from, expected] of [[lab.ns.client, A.client4], [lab.ns.client, A.client4], [
-        lab.ns.g2,
-        A.bridge4,
-      ]]
-    ) {
-      const answer = await lab.connect(from!, "udp", A.hostPub4, 5353);
+    const senders = [[lab.ns.client, A.client4], [lab.ns.client, A.client4], [lab.ns.g2, A.bridge4]] as const;
+    for (const [from, expected] of senders) {
+      const answer = await lab.connect(from, "udp", A.hostPub4, 5353);
       assert.equal(answer, `g1 ${expected}`);
       bytes += 28 + "ping\n".length + 28 + answer!.length + 1;
     }
@@ -101,10 +97,7 @@ for (const v of VARIANTS) {
     }
     // The same guest port through the forward that does not count.
     assert.equal(await lab.connect(lab.ns.client, "tcp", A.hostPub4, 2222), `g1 ${A.client4}`);
-    const status = JSON.parse((await runInLab(lab, file, ["status", "--json"])).stdout);
-    const forwards =
-      (status.domains as { forwards: { forward: string; counters?: Record<string, number> }[] }[])
-        .flatMap((d) => d.forwards);
+    const forwards = await liveForwards(lab, file);
     const counted = (port: number, family = 4) =>
       forwards.find((f) => f.forward.includes(family === 4 ? `:${port} ->` : `]:${port} ->`))?.counters;
     assert.deepEqual(counted(5353), { connections: 3, packets: 6, bytes });
@@ -134,14 +127,18 @@ for (const v of VARIANTS) {
       (await Deno.readTextFile(file)).replace('"counters": true', '"counters": false'),
     );
     await runInLab(lab, file, ["reload"]);
-    const reloaded = JSON.parse((await runInLab(lab, file, ["status", "--json"])).stdout);
-    const again =
-      (reloaded.domains as { forwards: { forward: string; counters?: Record<string, number> }[] }[])
-        .flatMap((d) => d.forwards).find((f) => f.forward.includes(":5353 ->"))?.counters;
+    const again = (await liveForwards(lab, file)).find((f) => f.forward.includes(":5353 ->"))?.counters;
     assert.deepEqual(Object.keys(again ?? {}), ["connections"]);
     assert.doesNotMatch(await labFirewall(lab), /-CNT|chain traffic|count4/);
     await runInLab(lab, file, ["g1", "stopped", "end", "-"], "g1");
     await runInLab(lab, file, ["g2", "stopped", "end", "-"], "g2");
     assert.equal(await labFirewall(lab), before);
   });
+}
+
+/** Every live forward of `status --json`, with its counters. */
+async function liveForwards(lab: Lab, file: string) {
+  const status = JSON.parse((await runInLab(lab, file, ["status", "--json"])).stdout);
+  return (status.domains as { forwards: { forward: string; counters?: Record<string, number> }[] }[])
+    .flatMap((d) => d.forwards);
 }
