@@ -246,16 +246,15 @@ export function report(setup: Setup, rows: { shape: Shape; m: Measured }[]): str
   if (!base) return lines;
   // Ratios run by run (the shapes of a run were measured under the same load): their median and spread.
   const ratios = (of: number[], to: number[]) => summarize(of.map((x, i) => x / (to[i] ?? NaN)));
-  const verdict = (x: ReturnType<typeof summarize>, target: number) =>
-    `${(100 * x.median).toFixed(0)} % (${(100 * x.min).toFixed(0)}–${(100 * x.max).toFixed(0)}; target ${
-      100 * target
-    } %: ${x.median >= target ? "met" : "MISSED"})`;
-  const share = (x: ReturnType<typeof summarize>) =>
-    `${(100 * x.median).toFixed(0)} % (${(100 * x.min).toFixed(0)}–${(100 * x.max).toFixed(0)})`;
+  // A ratio's median and spread; with a target, whether it is met.
+  const share = (x: ReturnType<typeof summarize>, target?: number) =>
+    `${(100 * x.median).toFixed(0)} % (${(100 * x.min).toFixed(0)}–${(100 * x.max).toFixed(0)}${
+      target === undefined ? "" : `; target ${100 * target} %: ${x.median >= target ? "met" : "MISSED"}`
+    })`;
   for (const { shape, m } of rest) {
     // The targets are for forwards as they are by default; a counted shape's cost is reported, not judged.
     const judged = (x: ReturnType<typeof summarize>, target: number) =>
-      shape.counted ? share(x) : verdict(x, target);
+      share(x, shape.counted ? undefined : target);
     lines.push(
       `${name}: ${shapeName(shape)} against ${shapeName(base.shape)}: new connections ` +
         `${judged(ratios(m.connections, base.m.connections), TARGETS.connections)}, unrelated flow ${
